@@ -1,0 +1,3 @@
+from omnipolicy.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""What a task's observations and actions look like, as the tokenizer needs it.
+
+A :class:`TimestepSpec` names every observation field with its modality
+(image, continuous vector, discrete values, text) and the action field. It is
+plain data (JSON round trip), so checkpoints and token caches carry it and
+inference checks live observations against it before running.
+
+>>> spec = TimestepSpec(
+...     observation=(FieldSpec("state", "continuous", (39,), "float64"),
+...                  FieldSpec("instruction", "text", (), "str")),
+...     action=FieldSpec("action", "continuous", (4,), "float32", low=(-1.0,) * 4, high=(1.0,) * 4),
+... )
+>>> TimestepSpec.from_dict(spec.to_dict()) == spec
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["image", "continuous", "discrete", "text"]
+KINDS: tuple[str, ...] = ("image", "continuous", "discrete", "text")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One named array of an observation or action.
+
+    Attributes:
+        name: key in the observation mapping (or ``"action"``).
+        kind: ``image`` (uint8 H x W x C, C in {1, 3}), ``continuous`` (float
+            array, mu-law or bounded-linear binning), ``discrete`` (integers in
+            ``[0, n)``), or ``text`` (a string; shape ``()``).
+        shape: array shape of one timestep's value.
+        dtype: numpy dtype name of the value (``"str"`` for text).
+        low, high: for ``continuous``: per-element bounds, flattened. When
+            given, values are scaled linearly to [-1, 1] (bounded mode) instead
+            of mu-law companded.
+        n: for ``discrete``: number of valid values per element (``<= 1024``).
+    """
+
+    name: str
+    kind: Kind
+    shape: tuple[int, ...]
+    dtype: str
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"FieldSpec {self.name!r}: unknown kind {self.kind!r}; expected one of {list(KINDS)}")
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.kind == "image":
+            if len(self.shape) != 3 or self.shape[2] not in (1, 3):
+                raise ValueError(f"FieldSpec {self.name!r}: image shape must be (H, W, C) with C in (1, 3), got {self.shape}")
+        if self.kind == "text" and self.shape != ():
+            raise ValueError(f"FieldSpec {self.name!r}: text shape must be (), got {self.shape}")
+        if (self.low is None) != (self.high is None):
+            raise ValueError(f"FieldSpec {self.name!r}: give both low and high or neither")
+        if self.low is not None:
+            low = tuple(float(v) for v in np.broadcast_to(np.asarray(self.low, dtype=np.float64), self.shape).ravel())
+            high = tuple(float(v) for v in np.broadcast_to(np.asarray(self.high, dtype=np.float64), self.shape).ravel())
+            if any(not (lo < hi) for lo, hi in zip(low, high)):
+                raise ValueError(f"FieldSpec {self.name!r}: every low must be < high, got low={low} high={high}")
+            object.__setattr__(self, "low", low)
+            object.__setattr__(self, "high", high)
+        if self.kind == "discrete":
+            if self.n is None or not (1 <= int(self.n) <= 1024):
+                raise ValueError(f"FieldSpec {self.name!r}: discrete fields need n in [1, 1024], got {self.n!r}")
+            object.__setattr__(self, "n", int(self.n))
+
+    @property
+    def size(self) -> int:
+        """Number of scalar elements (tokens for continuous/discrete fields)."""
+        return int(np.prod(self.shape, dtype=np.int64)) if self.kind != "text" else 0
+
+    @property
+    def bounded(self) -> bool:
+        return self.low is not None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        for k in ("low", "high"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FieldSpec":
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        for k in ("low", "high"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TimestepSpec:
+    """The observation fields and the action field of one task.
+
+    Observation fields are tokenized in Gato's order regardless of the order
+    given here: text, images, then continuous/discrete tensors with keys sorted.
+    """
+
+    observation: tuple[FieldSpec, ...]
+    action: FieldSpec
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "observation", tuple(self.observation))
+        names = [f.name for f in self.observation]
+        if len(set(names)) != len(names):
+            raise ValueError(f"TimestepSpec: duplicate observation keys in {names}")
+        if self.action.kind not in ("continuous", "discrete"):
+            raise ValueError(f"TimestepSpec: action must be continuous or discrete, got {self.action.kind!r}")
+
+    def fields(self, kind: str) -> tuple[FieldSpec, ...]:
+        """Observation fields of one kind, in tokenization order (sorted by name)."""
+        return tuple(sorted((f for f in self.observation if f.kind == kind), key=lambda f: f.name))
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.observation:
+            if f.name == name:
+                return f
+        raise KeyError(f"No observation field {name!r}; fields are {[f.name for f in self.observation]}")
+
+    def to_dict(self) -> dict:
+        return {"observation": [f.to_dict() for f in self.observation], "action": self.action.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TimestepSpec":
+        return cls(tuple(FieldSpec.from_dict(f) for f in d["observation"]), FieldSpec.from_dict(d["action"]))

@@ -1,0 +1,137 @@
+"""The vocabulary layout: every id range of the token space, written down once.
+
+Ids are laid out contiguously, text first (Gato section 2.1, but with the
+discrete range separate from text instead of overlapping it)::
+
+    [0, text_size)                                 text (SentencePiece)
+    [continuous_offset, continuous_offset + 1024)  continuous bins
+    [discrete_offset, discrete_offset + 1024)      discrete values
+    [special_offset, special_offset + n_special)   separator '|', padding, image-patch marker, ...
+
+The layout is saved with every checkpoint and token cache; anything that reads
+tokens compares its layout against the stored one first.
+
+>>> layout = VocabLayout(text_size=1000)
+>>> layout.continuous_offset, layout.discrete_offset, layout.separator_id
+(1000, 2024, 3048)
+>>> VocabLayout.from_json(layout.to_json()) == layout
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+SPECIAL_TOKENS: tuple[str, ...] = ("separator", "pad", "patch")
+"""Names of the special tokens, in id order after the discrete range.
+
+``separator`` is Gato's ``|`` between observation and action tokens, ``pad``
+fills unused context, ``patch`` marks a slot whose embedding comes from an
+image patch instead of the embedding table.
+"""
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    """Every id range of the token space.
+
+    Attributes:
+        text_size: number of text (SentencePiece) ids, ``[0, text_size)``.
+        num_bins: number of continuous bins (Gato: 1024).
+        num_discrete: number of discrete values (Gato: 1024).
+        special: names of the special tokens, in id order.
+        version: layout format version; bump when the meaning of ids changes.
+    """
+
+    text_size: int
+    num_bins: int = 1024
+    num_discrete: int = 1024
+    special: tuple[str, ...] = field(default=SPECIAL_TOKENS)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("text_size", "num_bins", "num_discrete"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"VocabLayout.{name} must be a positive int, got {value!r}")
+        missing = [s for s in SPECIAL_TOKENS if s not in self.special]
+        if missing:
+            raise ValueError(f"VocabLayout.special must contain {list(SPECIAL_TOKENS)}, missing {missing}")
+        object.__setattr__(self, "special", tuple(self.special))
+
+    @property
+    def continuous_offset(self) -> int:
+        return self.text_size
+
+    @property
+    def discrete_offset(self) -> int:
+        return self.continuous_offset + self.num_bins
+
+    @property
+    def special_offset(self) -> int:
+        return self.discrete_offset + self.num_discrete
+
+    @property
+    def vocab_size(self) -> int:
+        """Total number of ids (the size of the embedding table and logits)."""
+        return self.special_offset + len(self.special)
+
+    def special_id(self, name: str) -> int:
+        """Id of a special token by name.
+
+        Raises:
+            KeyError: the name is not a special token of this layout.
+        """
+        try:
+            return self.special_offset + self.special.index(name)
+        except ValueError:
+            raise KeyError(f"Unknown special token {name!r}; this layout has {list(self.special)}") from None
+
+    @property
+    def separator_id(self) -> int:
+        return self.special_id("separator")
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_id("pad")
+
+    @property
+    def patch_id(self) -> int:
+        return self.special_id("patch")
+
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """Every named id range as ``name -> (start, stop)``."""
+        out = {
+            "text": (0, self.text_size),
+            "continuous": (self.continuous_offset, self.continuous_offset + self.num_bins),
+            "discrete": (self.discrete_offset, self.discrete_offset + self.num_discrete),
+        }
+        for name in self.special:
+            i = self.special_id(name)
+            out[name] = (i, i + 1)
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["special"] = list(self.special)
+        d["ranges"] = {k: list(v) for k, v in self.ranges().items()}  # informative, ignored on load
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VocabLayout":
+        d = {k: v for k, v in d.items() if k != "ranges"}
+        d["special"] = tuple(d.get("special", SPECIAL_TOKENS))
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "VocabLayout":
+        return cls.from_dict(json.loads(text))
+
+    def diff(self, other: "VocabLayout") -> list[str]:
+        """Human-readable differences between two layouts (empty when equal)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
