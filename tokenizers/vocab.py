@@ -42,6 +42,10 @@ class VocabLayout:
         num_discrete: number of discrete values (Gato: 1024).
         special: names of the special tokens, in id order.
         version: layout format version; bump when the meaning of ids changes.
+        text_model: first 16 hex digits of the SHA-256 of the SentencePiece
+            model the text ids come from (``""``: unspecified). Two layouts with
+            different text models are different layouts, so caches and
+            checkpoints built with another text model are caught.
     """
 
     text_size: int
@@ -49,6 +53,7 @@ class VocabLayout:
     num_discrete: int = 1024
     special: tuple[str, ...] = field(default=SPECIAL_TOKENS)
     version: int = 1
+    text_model: str = ""
 
     def __post_init__(self) -> None:
         for name in ("text_size", "num_bins", "num_discrete"):

@@ -1,0 +1,320 @@
+"""Whole episodes -> one token sequence, and action tokens -> actions.
+
+One timestep is laid out as (Gato, section 2.1)::
+
+    [text tokens (text fields sorted by key, each padded to the longest
+     encoding in the call)] [image patch slots (images sorted by key, raster
+     order)] [continuous / discrete tensor tokens (keys sorted, row-major)]
+    [separator '|'] [action tokens (row-major)]
+
+Every timestep of one call has the same length ``L``. The whole episode is
+produced with numpy array operations over the time axis; there is no Python
+loop per timestep (only per field).
+
+>>> from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
+>>> spec = TimestepSpec((FieldSpec("state", "continuous", (3,), "float64"),),
+...                     FieldSpec("action", "discrete", (), "int64", n=2))
+>>> tok = Tokenizer.default()
+>>> ep = tok.tokenize_episode(spec, {"state": np.zeros((5, 3))}, np.array([0, 1, 1, 0, 1]))
+>>> ep.tokens_per_timestep, ep.obs_tokens_per_timestep, ep.action_size, ep.tokens.shape
+(5, 4, 1, (25,))
+>>> tok.decode_actions(spec, ep.tokens.reshape(5, 5)[:, 4:]).tolist()
+[0, 1, 1, 0, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .continuous import NUM_BINS, decode_continuous, encode_continuous
+from .discrete import NUM_DISCRETE, encode_discrete
+from .image import PATCH, grid_shape, image_to_patches, normalize_patches
+from .spec import FieldSpec, TimestepSpec
+from .text import TextTokenizer
+from .vocab import VocabLayout
+
+
+@dataclass
+class TokenizedEpisode:
+    """A tokenized episode (``N = T * L`` tokens, ``P`` image patches).
+
+    Attributes:
+        tokens: int32 ``(N,)`` token ids; ``layout.patch_id`` where a patch goes.
+        loss_mask: bool ``(N,)``, True on action tokens and non-pad text tokens.
+        local_pos: int32 ``(N,)`` position within the timestep, ``0..L-1``.
+        timestep: int32 ``(N,)`` timestep index, ``0..T-1``.
+        patches: float32 ``(P, 3, 16, 16)`` in [-0.25, 0.25], or uint8
+            ``(P, 16, 16, 3)`` when tokenized with ``raw_patches=True``; the k-th
+            ``patch_id`` token in ``tokens`` is ``patches[k]``.
+        patch_pos: int32 ``(P, 2)`` ``(row, col)`` of each patch in its image.
+        tokens_per_timestep: ``L``.
+        obs_tokens_per_timestep: tokens of a timestep up to and including the separator.
+        action_size: ``A``, the number of action tokens per timestep (0 without actions).
+        clipped: number of clipped values per continuous field (observations and action).
+    """
+
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    local_pos: np.ndarray
+    timestep: np.ndarray
+    patches: np.ndarray
+    patch_pos: np.ndarray
+    tokens_per_timestep: int
+    obs_tokens_per_timestep: int
+    action_size: int
+    clipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_timesteps(self) -> int:
+        """``T``."""
+        return self.tokens.shape[0] // self.tokens_per_timestep if self.tokens_per_timestep else 0
+
+    def per_timestep(self, array: np.ndarray | None = None) -> np.ndarray:
+        """View of a per-token array (default ``tokens``) as ``(T, L)``."""
+        array = self.tokens if array is None else array
+        return array.reshape(self.num_timesteps, self.tokens_per_timestep)
+
+    def action_tokens(self) -> np.ndarray:
+        """int32 ``(T, A)`` action tokens (``(T, 0)`` when tokenized without actions)."""
+        return self.per_timestep()[:, self.obs_tokens_per_timestep:]
+
+
+def _field_array(observations: Mapping, f: FieldSpec, t: int | None) -> np.ndarray:
+    if f.name not in observations:
+        raise KeyError(f"Observation field {f.name!r} is missing; got keys {sorted(observations)}")
+    x = np.asarray(observations[f.name])
+    if x.ndim == len(f.shape) + 1 and x.shape[1:] == f.shape and (t is None or x.shape[0] == t):
+        return x
+    want = ("T" if t is None else t, *f.shape)
+    raise ValueError(f"Observation field {f.name!r} ({f.kind}) must have shape {want}, got {x.shape}")
+
+
+class Tokenizer:
+    """Turns episodes into tokens and action tokens back into actions.
+
+    Args:
+        text: the text tokenizer (SentencePiece).
+        layout: the id layout; default ``VocabLayout(text_size=text.vocab_size)``
+            tagged with the text model's hash.
+
+    Raises:
+        ValueError: ``layout`` does not match the text model.
+    """
+
+    def __init__(self, text: TextTokenizer, layout: VocabLayout | None = None) -> None:
+        expected = VocabLayout(text_size=text.vocab_size, text_model=text.sha256[:16])
+        layout = expected if layout is None else layout
+        if layout.text_size != text.vocab_size or (layout.text_model and layout.text_model != expected.text_model):
+            raise ValueError(f"VocabLayout does not match the text model: {layout.diff(expected)}")
+        if layout.num_bins != NUM_BINS or layout.num_discrete != NUM_DISCRETE:
+            raise ValueError(f"VocabLayout must have {NUM_BINS} bins and {NUM_DISCRETE} discrete ids, got {layout}")
+        self.text = text
+        self.layout = layout
+
+    @classmethod
+    def default(cls) -> "Tokenizer":
+        """The tokenizer with the shipped SentencePiece model (``tokenizers/assets/text.model``)."""
+        return cls(TextTokenizer.default())
+
+    @classmethod
+    def from_model_file(cls, path: str | Path) -> "Tokenizer":
+        """A tokenizer with another SentencePiece model (trained with byte fallback)."""
+        return cls(TextTokenizer.from_file(path))
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(layout={self.layout})"
+
+    # ------------------------------------------------------------------ text
+    def encode_text(self, text: str) -> np.ndarray:
+        """One string -> int32 text ids in ``[0, layout.text_size)``."""
+        return np.asarray(self.text.encode(text), dtype=np.int32)
+
+    def decode_text(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text ids -> string (exact inverse of :meth:`encode_text`)."""
+        return self.text.decode(np.asarray(ids).ravel().tolist())
+
+    # --------------------------------------------------------------- tensors
+    def _encode_tensor(self, f: FieldSpec, x: np.ndarray, t: int) -> tuple[np.ndarray, int]:
+        """``(T, *shape)`` values -> int64 ``(T, size)`` token ids and the clipped count."""
+        x = x.reshape(t, f.size)
+        if f.kind == "continuous":
+            bins, clipped = encode_continuous(x, f.low, f.high, field=f.name, element_ndim=1)
+            bins += self.layout.continuous_offset
+            return bins, clipped
+        if f.kind == "discrete":
+            return encode_discrete(x, f.n, field=f.name) + self.layout.discrete_offset, 0
+        raise ValueError(f"Field {f.name!r}: kind {f.kind!r} is not a tensor kind (continuous, discrete)")
+
+    def encode_actions(self, spec: TimestepSpec, actions: np.ndarray) -> tuple[np.ndarray, int]:
+        """Actions ``(T, *spec.action.shape)`` -> int64 ``(T, A)`` token ids and the clipped count.
+
+        Raises:
+            ValueError: wrong shape, NaN/inf, or a discrete value out of range.
+        """
+        a = spec.action
+        x = np.asarray(actions)
+        if x.ndim != len(a.shape) + 1 or x.shape[1:] != a.shape:
+            raise ValueError(f"Actions must have shape (T, {', '.join(map(str, a.shape))}) for field "
+                             f"{a.name!r}, got {x.shape}".replace(", )", ")"))
+        return self._encode_tensor(a, x, x.shape[0])
+
+    # --------------------------------------------------------------- episode
+    def tokenize_episode(
+        self,
+        spec: TimestepSpec,
+        observations: Mapping[str, np.ndarray | Sequence[str]],
+        actions: np.ndarray | None,
+        raw_patches: bool = False,
+    ) -> TokenizedEpisode:
+        """Tokenize ``T`` timesteps at once (see the module docstring for the layout).
+
+        Args:
+            spec: the task's timestep spec.
+            observations: every observation field with a leading time axis
+                (images uint8 ``(T, H, W, C)``; continuous ``(T, *shape)``;
+                discrete ints ``(T, *shape)``; text: ``T`` strings). Keys not in
+                ``spec`` are ignored.
+            actions: ``(T, *spec.action.shape)`` or ``None`` (each timestep then
+                ends with the separator: what the policy sees before acting).
+            raw_patches: return uint8 ``(P, 16, 16, 3)`` patches instead of floats
+                (:func:`normalize_patches` converts them later).
+
+        Returns:
+            The :class:`TokenizedEpisode`.
+
+        Raises:
+            KeyError: an observation field is missing.
+            ValueError: shapes or lengths disagree with the spec or each other,
+                a continuous value is NaN/inf, a discrete value is out of range,
+                or an image is not uint8.
+        """
+        lay = self.layout
+        t = None
+        if actions is not None:
+            actions = np.asarray(actions)
+            if actions.ndim < 1:
+                raise ValueError(f"Actions need a leading time axis: shape (T, *{spec.action.shape}), got {actions.shape}")
+            t = actions.shape[0]
+        text_fields, image_fields = spec.fields("text"), spec.fields("image")
+        tensor_fields = tuple(sorted((f for f in spec.observation if f.kind in ("continuous", "discrete")),
+                                     key=lambda f: f.name))
+
+        blocks: list[tuple[np.ndarray, np.ndarray | bool]] = []  # ((T, k) ids, (T, k) loss or constant)
+        clipped: dict[str, int] = {}
+        # text: (T, k) ids, padded with pad_id to the longest encoding in this call
+        for f in text_fields:
+            if f.name not in observations:
+                raise KeyError(f"Observation field {f.name!r} is missing; got keys {sorted(observations)}")
+            texts = observations[f.name]
+            texts = texts.tolist() if isinstance(texts, np.ndarray) else texts
+            ids, _ = self.text.encode_batch(texts, field=f.name)  # (T, k), -1 = pad
+            if t is None:
+                t = ids.shape[0]
+            elif ids.shape[0] != t:
+                raise ValueError(f"Observation field {f.name!r} has {ids.shape[0]} timesteps, expected {t}")
+            keep = ids >= 0
+            blocks.append((np.where(keep, ids, lay.pad_id), keep))
+        # images: patch slots; raw patches (T, n, 16, 16, 3)
+        raw_list, pos_list = [], []
+        for f in image_fields:
+            x = _field_array(observations, f, t)
+            t = x.shape[0]
+            raw, pos = image_to_patches(x, field=f.name)
+            raw_list.append(raw)
+            pos_list.append(pos)
+            blocks.append((np.full((1, pos.shape[0]), lay.patch_id, np.int64), False))
+        # continuous / discrete tensors, keys sorted
+        for f in tensor_fields:
+            x = _field_array(observations, f, t)
+            t = x.shape[0]
+            ids, n_clip = self._encode_tensor(f, x, t)
+            if f.kind == "continuous":
+                clipped[f.name] = n_clip
+            blocks.append((ids, False))
+        if t is None:
+            raise ValueError("Cannot tokenize an episode with no observation fields and no actions")
+        blocks.append((np.full((1, 1), lay.separator_id, np.int64), False))
+        obs_len = sum(b.shape[1] for b, _ in blocks)
+        action_size = 0
+        if actions is not None:
+            ids, n_clip = self.encode_actions(spec, actions)
+            if spec.action.kind == "continuous":
+                clipped[spec.action.name] = n_clip
+            action_size = ids.shape[1]
+            blocks.append((ids, True))
+
+        length = obs_len + action_size
+        tokens = np.empty((t, length), dtype=np.int32)  # (T, L)
+        loss = np.zeros((t, length), dtype=bool)  # (T, L)
+        col = 0
+        for ids, mask in blocks:
+            k = ids.shape[1]
+            tokens[:, col:col + k] = ids  # broadcasts (1, k) constant blocks over T
+            if mask is not False:
+                loss[:, col:col + k] = mask
+            col += k
+
+        if raw_list:
+            raw = np.concatenate(raw_list, axis=1) if len(raw_list) > 1 else raw_list[0]  # (T, n, 16, 16, 3)
+            raw = raw.reshape(-1, PATCH, PATCH, 3)  # (P, 16, 16, 3), timestep-major like the tokens
+            patches = raw if raw_patches else normalize_patches(raw)
+            patch_pos = np.tile(np.concatenate(pos_list, axis=0), (t, 1))  # (P, 2)
+        else:
+            patches = np.zeros((0, PATCH, PATCH, 3), np.uint8) if raw_patches else np.zeros((0, 3, PATCH, PATCH), np.float32)
+            patch_pos = np.zeros((0, 2), np.int32)
+
+        return TokenizedEpisode(
+            tokens=tokens.reshape(-1),
+            loss_mask=loss.reshape(-1),
+            local_pos=np.tile(np.arange(length, dtype=np.int32), t),
+            timestep=np.repeat(np.arange(t, dtype=np.int32), length),
+            patches=patches,
+            patch_pos=patch_pos.astype(np.int32, copy=False),
+            tokens_per_timestep=length,
+            obs_tokens_per_timestep=obs_len,
+            action_size=action_size,
+            clipped=clipped,
+        )
+
+    # --------------------------------------------------------------- actions
+    def action_token_ranges(self, spec: TimestepSpec) -> np.ndarray:
+        """int64 ``(A, 2)``: the valid ``[lo, hi)`` token ids of each action element."""
+        a = spec.action
+        if a.kind == "continuous":
+            lo, hi = self.layout.continuous_offset, self.layout.continuous_offset + NUM_BINS
+        else:
+            lo, hi = self.layout.discrete_offset, self.layout.discrete_offset + a.n
+        out = np.empty((a.size, 2), dtype=np.int64)
+        out[:, 0], out[:, 1] = lo, hi
+        return out
+
+    def decode_actions(self, spec: TimestepSpec, action_tokens: np.ndarray) -> np.ndarray:
+        """Action tokens ``(..., A)`` -> actions ``(..., *spec.action.shape)`` in the action's dtype.
+
+        Continuous: bin centre, then inverse mu-law (or inverse linear scaling
+        in the bounded mode). Discrete: the value itself.
+
+        Raises:
+            ValueError: the last axis is not ``A``, or a token is outside its
+                element's range (see :meth:`action_token_ranges`).
+        """
+        a = spec.action
+        tok = np.asarray(action_tokens)
+        if tok.ndim < 1 or tok.shape[-1] != a.size:
+            raise ValueError(f"Action tokens must have shape (..., {a.size}) for action {a.name!r}, got {tok.shape}")
+        if tok.dtype.kind not in "iu":
+            raise ValueError(f"Action tokens must be integers, got dtype {tok.dtype}")
+        lo, hi = self.action_token_ranges(spec)[0]
+        bad = (tok < lo) | (tok >= hi)
+        if bad.any():
+            idx = tuple(np.argwhere(bad)[0].tolist())
+            raise ValueError(f"Action token {tok[idx]} at index {idx} is outside the valid range [{lo}, {hi}) "
+                             f"for {a.kind} action {a.name!r}")
+        values = tok.astype(np.int64) - lo  # (..., A)
+        if a.kind == "continuous":
+            values = decode_continuous(values, a.low, a.high, element_ndim=1)
+        return values.reshape(*tok.shape[:-1], *a.shape).astype(np.dtype(a.dtype))
