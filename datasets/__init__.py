@@ -1,1 +1,10 @@
+"""Demonstration data: the episode store (LeRobotDataset v3 layout), collection, and the packed token cache.
 
+>>> from omnipolicy.datasets import EpisodeStore, TokenCache, WindowLoader
+"""
+
+from .cache import TokenCache
+from .loader import WindowLoader
+from .store import DatasetError, Episode, EpisodeStore, PreparedEpisode, find_stores, prepare_episode
+
+__all__ = ["DatasetError", "Episode", "EpisodeStore", "PreparedEpisode", "TokenCache", "WindowLoader", "find_stores", "prepare_episode"]

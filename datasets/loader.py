@@ -1,0 +1,153 @@
+"""Training batches from a :class:`~omnipolicy.datasets.cache.TokenCache`: windows of ``context`` tokens.
+
+Each row of a batch is one window that starts at a timestep boundary of one episode and runs until
+``context`` tokens or the episode's end (then ``pad``). The task of each row is drawn with the given task
+weights, then a start timestep uniformly among the task's valid starts (a start is valid when the window fills
+up before the episode ends, or is the episode's first timestep). With Gato's prompting, a row is instead
+prefixed, with probability ``prompt_prob``, by whole timesteps of another episode of the same task, taken
+from that episode's end half of the time and from a uniform position otherwise (Gato, section 3.3); prompt
+tokens never carry loss.
+
+Everything is vectorised over the batch: one fancy-indexed gather per array from the memory-mapped cache.
+
+>>> # loader = WindowLoader(cache, context=1024, batch_size=32, task_weights={"atari/pong": 2.0, "atari/breakout": 1.0})
+>>> # batch = next(iter(loader))  # batch["tokens"]: int64 (32, 1024)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from .cache import EPISODE_COLUMNS, TokenCache
+
+
+class WindowLoader:
+    """Samples training windows across tasks.
+
+    Args:
+        cache: the token cache.
+        context: tokens per window S.
+        batch_size: windows per batch B.
+        task_weights: task id -> sampling weight (tasks left out get 0). None: every task of the cache with
+            weight 1.
+        prompt_prob: probability that a window gets a prompt from another episode of its task.
+        seed: seed of the sampler.
+        prompt_fraction: at most this fraction of the window is prompt (whole timesteps, at least one).
+        prompt_end_prob: probability that a prompt is taken from its episode's end.
+
+    Raises:
+        ValueError: bad sizes, unknown task ids, or no task with positive weight.
+    """
+
+    def __init__(
+        self,
+        cache: TokenCache,
+        context: int,
+        batch_size: int,
+        task_weights: Mapping[str, float] | None = None,
+        prompt_prob: float = 0.0,
+        seed: int = 0,
+        prompt_fraction: float = 0.5,
+        prompt_end_prob: float = 0.5,
+    ) -> None:
+        if context < 2 or batch_size < 1:
+            raise ValueError(f"context must be >= 2 and batch_size >= 1, got context={context}, batch_size={batch_size}")
+        if not 0.0 <= prompt_prob <= 1.0 or not 0.0 < prompt_fraction < 1.0:
+            raise ValueError(f"prompt_prob must be in [0, 1] and prompt_fraction in (0, 1), got {prompt_prob}, {prompt_fraction}")
+        if cache.num_episodes == 0:
+            raise ValueError(f"Token cache {cache.dir} holds no episodes")
+        self.cache, self.context, self.batch_size = cache, int(context), int(batch_size)
+        self.prompt_prob, self.prompt_fraction, self.prompt_end_prob = prompt_prob, prompt_fraction, prompt_end_prob
+        self.rng = np.random.default_rng(seed)
+        self.pad_id = cache.layout.pad_id
+
+        ep = np.asarray(cache.episodes)
+        col = {name: ep[:, i] for i, name in enumerate(EPISODE_COLUMNS)}
+        self._start, self._L, self._T = col["token_start"], col["tokens_per_timestep"], col["num_timesteps"]
+        self._end = col["token_end"]
+        present = sorted(set(col["task_index"].tolist()))
+        names = [cache.task_ids[i] for i in present]
+        if task_weights is None:
+            weights = dict.fromkeys(names, 1.0)
+        else:
+            unknown = sorted(set(task_weights) - set(names))
+            if unknown:
+                raise ValueError(f"Unknown task ids in task_weights: {unknown}; the cache holds {names}")
+            weights = {t: float(task_weights.get(t, 0.0)) for t in names}
+            if any(w < 0 for w in weights.values()):
+                raise ValueError(f"task_weights must be >= 0, got {dict(task_weights)}")
+        total = sum(weights.values())
+        if total <= 0:
+            raise ValueError(f"No task has a positive weight: {weights}")
+        self.task_names = names
+        self.task_probs = np.array([weights[t] / total for t in names])
+        self.task_index = np.array(present, np.int64)
+        # per task: its episodes and the cumulative count of valid window starts
+        need = -(-self.context // self._L)  # timesteps to fill a window, per episode
+        n_starts = np.maximum(self._T - need + 1, 1)
+        self._task_eps = [np.flatnonzero(col["task_index"] == t) for t in present]
+        self._task_cum = [np.cumsum(n_starts[e]) for e in self._task_eps]
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        while True:
+            yield self.sample()
+
+    def sample(self) -> dict[str, np.ndarray]:
+        """One batch: tokens, loss_mask, local_pos, patch_index (B, S); patches, patch_pos; task_index (B,)."""
+        B, S, rng = self.batch_size, self.context, self.rng
+        task = rng.choice(len(self.task_names), size=B, p=self.task_probs)  # (B,) position in task_names
+        episode = np.empty(B, np.int64)
+        start_ts = np.empty(B, np.int64)
+        prompt_ep = np.full(B, -1, np.int64)
+        for k in np.unique(task):
+            rows = np.flatnonzero(task == k)
+            eps, cum = self._task_eps[k], self._task_cum[k]
+            u = rng.integers(0, cum[-1], size=len(rows))
+            j = np.searchsorted(cum, u, side="right")
+            episode[rows] = eps[j]
+            start_ts[rows] = u - np.concatenate([[0], cum[:-1]])[j]  # u - starts of the episodes before
+            if self.prompt_prob > 0 and len(eps) > 1:
+                with_prompt = rows[rng.random(len(rows)) < self.prompt_prob]
+                other = rng.integers(0, len(eps) - 1, size=len(with_prompt))
+                own = np.searchsorted(eps, episode[with_prompt])
+                prompt_ep[with_prompt] = eps[other + (other >= own)]  # any episode but the row's own
+        # prompt segment: whole timesteps from the end (prompt_end_prob) or a uniform position
+        has_p = prompt_ep >= 0
+        pe = np.where(has_p, prompt_ep, 0)
+        pL, pT = self._L[pe], self._T[pe]
+        k_p = np.clip(int(S * self.prompt_fraction) // pL, 1, pT)
+        from_end = rng.random(B) < self.prompt_end_prob
+        p_start_ts = np.where(from_end, pT - k_p, (rng.random(B) * (pT - k_p + 1)).astype(np.int64))
+        n1 = np.where(has_p, k_p * pL, 0)  # (B,) prompt tokens
+        a1 = self._start[pe] + p_start_ts * pL
+        # main segment
+        a2 = self._start[episode] + start_ts * self._L[episode]
+        avail2 = self._end[episode] - a2
+        j = np.arange(S)[None, :]  # (1, S)
+        in_prompt = j < n1[:, None]  # (B, S)
+        src = np.where(in_prompt, a1[:, None] + j, a2[:, None] + j - n1[:, None])
+        valid = in_prompt | (j - n1[:, None] < avail2[:, None])
+        src = np.where(valid, src, 0)
+        c = self.cache
+        tokens = np.where(valid, c.tokens[src], self.pad_id).astype(np.int64)
+        loss = valid & ~in_prompt & c.loss_mask[src]
+        loss[:, 0] = False  # nothing predicts the first token of a window
+        local = np.where(valid, c.local_pos[src], 0).astype(np.int64)
+        pidx = np.where(valid, c.patch_index[src], -1)
+        is_patch = pidx >= 0
+        rows_p = pidx[is_patch]  # (P,) global patch rows, in batch raster order
+        patch_index = np.full((B, S), -1, np.int64)
+        patch_index[is_patch] = np.arange(len(rows_p))
+        from omnipolicy.tokenizers import normalize_patches
+
+        return {
+            "tokens": tokens,
+            "loss_mask": loss,
+            "local_pos": local,
+            "patch_index": patch_index,
+            "patches": normalize_patches(np.asarray(c.patches[rows_p])) if len(rows_p) else np.zeros((0, 3, 16, 16), np.float32),
+            "patch_pos": np.asarray(c.patch_pos[rows_p], dtype=np.int64).reshape(-1, 2),
+            "task_index": np.asarray(c.episodes[episode, EPISODE_COLUMNS.index("task_index")], dtype=np.int64),
+        }
