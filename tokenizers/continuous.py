@@ -42,14 +42,15 @@ def _check_finite(x: np.ndarray, field: str) -> None:
         idx = np.argwhere(~np.isfinite(x))[0].tolist()
         raise ValueError(
             f"Field {field!r}: continuous values must be finite, got {bad.size} NaN/inf value(s) "
-            f"(first {bad[0]!r} at index {tuple(idx)})"
+            f"(first {bad[0].item()!r} at index {tuple(idx)})"
         )
 
 
 def mu_law_encode(x: np.ndarray) -> np.ndarray:
     """``F(x) = sgn(x) log(|x| mu + 1) / log(M mu + 1)`` elementwise, float64, not clipped."""
     x = np.asarray(x, dtype=np.float64)
-    return np.copysign(np.log1p(np.abs(x) * MU) / _LOG_DENOM, x)
+    with np.errstate(over="ignore"):  # |x| > 1.8e306: log1p(inf) = inf, the right limit
+        return np.copysign(np.log1p(np.abs(x) * MU) / _LOG_DENOM, x)
 
 
 def mu_law_decode(y: np.ndarray) -> np.ndarray:
@@ -113,9 +114,10 @@ def encode_continuous(
     x = x.astype(np.float64, copy=False)
     _check_finite(x, field)
     if low is None and high is None:
-        y = mu_law_encode(x)
-        # |F(x)| > 1 exactly when |x| > M; F(M) == 1 exactly (same log1p in numerator and denominator).
+        # |F(x)| > 1 exactly when |x| > M, and F(M) == 1 exactly (same log1p above and below the
+        # fraction bar), so clipping x to [-M, M] first is the same as clipping F(x) to [-1, 1].
         clipped = int(np.count_nonzero(np.abs(x) > M))
+        y = mu_law_encode(np.clip(x, -M, M))
     elif low is None or high is None:
         raise ValueError(f"Field {field!r}: give both low and high or neither")
     else:
@@ -146,7 +148,7 @@ def decode_continuous(
     bins = np.asarray(bins)
     if bins.size and (bins.min() < 0 or bins.max() >= NUM_BINS):
         bad = bins[(bins < 0) | (bins >= NUM_BINS)]
-        raise ValueError(f"Continuous bin ids must be in [0, {NUM_BINS}), got {bad.ravel()[0]!r}")
+        raise ValueError(f"Continuous bin ids must be in [0, {NUM_BINS}), got {bad.ravel()[0].item()!r}")
     y = bin_centres(bins)
     if low is None and high is None:
         return mu_law_decode(y)

@@ -34,7 +34,7 @@ def encode_discrete(x: np.ndarray, n: int = NUM_DISCRETE, field: str = "value") 
         ok = np.isfinite(x) & (x == np.floor(x))
         if not ok.all():
             raise ValueError(
-                f"Field {field!r}: discrete values must be whole numbers in [0, {n}), got {x[~ok].ravel()[0]!r}"
+                f"Field {field!r}: discrete values must be whole numbers in [0, {n}), got {x[~ok].ravel()[0].item()!r}"
             )
     elif x.dtype.kind not in "iub":
         raise ValueError(f"Field {field!r}: discrete values must be integers in [0, {n}), got dtype {x.dtype}")

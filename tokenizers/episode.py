@@ -109,7 +109,7 @@ class Tokenizer:
         expected = VocabLayout(text_size=text.vocab_size, text_model=text.sha256[:16])
         layout = expected if layout is None else layout
         if layout.text_size != text.vocab_size or (layout.text_model and layout.text_model != expected.text_model):
-            raise ValueError(f"VocabLayout does not match the text model: {layout.diff(expected)}")
+            raise ValueError(f"VocabLayout does not match the text model: {'; '.join(layout.diff(expected))}")
         if layout.num_bins != NUM_BINS or layout.num_discrete != NUM_DISCRETE:
             raise ValueError(f"VocabLayout must have {NUM_BINS} bins and {NUM_DISCRETE} discrete ids, got {layout}")
         self.text = text

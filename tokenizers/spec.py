@@ -62,8 +62,7 @@ class FieldSpec:
         if (self.low is None) != (self.high is None):
             raise ValueError(f"FieldSpec {self.name!r}: give both low and high or neither")
         if self.low is not None:
-            low = tuple(float(v) for v in np.broadcast_to(np.asarray(self.low, dtype=np.float64), self.shape).ravel())
-            high = tuple(float(v) for v in np.broadcast_to(np.asarray(self.high, dtype=np.float64), self.shape).ravel())
+            low, high = (self._flat_bound(b, which) for b, which in ((self.low, "low"), (self.high, "high")))
             if any(not (lo < hi) for lo, hi in zip(low, high)):
                 raise ValueError(f"FieldSpec {self.name!r}: every low must be < high, got low={low} high={high}")
             object.__setattr__(self, "low", low)
@@ -72,6 +71,19 @@ class FieldSpec:
             if self.n is None or not (1 <= int(self.n) <= 1024):
                 raise ValueError(f"FieldSpec {self.name!r}: discrete fields need n in [1, 1024], got {self.n!r}")
             object.__setattr__(self, "n", int(self.n))
+
+    def _flat_bound(self, bound, which: str) -> tuple[float, ...]:
+        """A bound given flattened (``prod(shape)`` values), shaped, or broadcastable -> flat tuple."""
+        arr = np.asarray(bound, dtype=np.float64)
+        n = int(np.prod(self.shape, dtype=np.int64))
+        try:
+            flat = arr.ravel() if arr.size == n else np.broadcast_to(arr, self.shape).ravel()
+        except ValueError:
+            raise ValueError(f"FieldSpec {self.name!r}: {which} must have {n} values (flattened) or broadcast to "
+                             f"shape {self.shape}, got shape {arr.shape}") from None
+        if not np.isfinite(flat).all():
+            raise ValueError(f"FieldSpec {self.name!r}: {which} must be finite, got {flat.tolist()}")
+        return tuple(float(v) for v in flat)
 
     @property
     def size(self) -> int:

@@ -139,4 +139,5 @@ class VocabLayout:
     def diff(self, other: "VocabLayout") -> list[str]:
         """Human-readable differences between two layouts (empty when equal)."""
         a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        keys = sorted((set(a) | set(b)) - {"ranges"})  # ranges are derived from the fields
+        return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
