@@ -1,0 +1,347 @@
+"""``omnipolicy collect``: roll out the scripted experts in parallel workers into episode stores.
+
+Each task gets its own LeRobot v3 dataset at ``OUT/<task id>`` (e.g. ``OUT/metaworld/reach-v3``), because
+a LeRobot dataset has a single feature schema. Episode ``j`` of a task is reset with seed ``SEED + j``;
+seeds already in the store (or rejected by the filter earlier) are skipped, so a rerun of the same command
+continues an interrupted or smaller collection. Workers (``multiprocessing`` forkserver processes) build the
+env and the expert once, roll out episodes and encode them (PNG, statistics); the main process appends
+them to the stores every ``--flush-seconds`` in one crash-safe commit per store.
+
+    omnipolicy collect --task classic/cartpole-v1 --task metaworld/reach-v3 --episodes 100 --out data/demos
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import tyro
+
+from .store import DEFAULT_FPS, Episode, EpisodeStore, PreparedEpisode, prepare_episode
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Collect expert demonstrations into LeRobot v3 datasets (one folder per task under --out)."""
+
+    task: Annotated[tuple[str, ...], tyro.conf.UseAppendAction]
+    """Task id to collect (repeat the flag for several tasks), e.g. classic/cartpole-v1."""
+    episodes: int
+    """Episodes each task's dataset should hold (a rerun continues until it does)."""
+    out: Path
+    """Output folder; each task is written to OUT/<task id>."""
+    workers: int = max(1, (os.cpu_count() or 1))
+    """Worker processes (0: roll out in this process)."""
+    seed: int = 0
+    """Seed of a task's first episode; episode j uses seed + j."""
+    filter_expert_fraction: float | None = None
+    """Gato's filter: keep an episode only if its expert-normalised score is at least this fraction
+    (return - random >= fraction * (expert - random); with random = 0 this is return >= fraction * expert)."""
+    flush_seconds: float = 2.0
+    """Commit finished episodes to disk at least this often."""
+    max_attempts: float = 10.0
+    """Give up on a task after rolling out this many times --episodes seeds (only matters with the filter)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rollouts (run in workers)
+
+
+def rollout(env: Any, expert: Any, task: Any, seed: int) -> Episode:
+    """One expert episode: observations before each action, the action, the reward after it.
+
+    Args:
+        env: gymnasium-style env of the task (``make_env``).
+        expert: the task's expert (``make_expert``).
+        task: the task's ``TaskSpec``.
+        seed: reset seed.
+    """
+    spec = task.timestep
+    obs, info = env.reset(seed=int(seed))
+    expert.reset(env, obs)
+    frames: dict[str, list] = {f.name: [] for f in spec.observation}
+    actions, rewards = [], []
+    success, terminated = False, False
+    for _ in range(task.max_steps):
+        action = expert.act(env, obs)
+        for name, values in frames.items():
+            values.append(obs[name])
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        rewards.append(reward)
+        success = success or bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    observations = {f.name: (list(frames[f.name]) if f.kind == "text" else np.stack(frames[f.name])) for f in spec.observation}
+    return Episode(
+        task_id=task.id,
+        observations=observations,
+        actions=np.stack([np.asarray(a) for a in actions]).astype(spec.action.dtype, copy=False),
+        rewards=np.asarray(rewards, dtype=np.float64),
+        success=success if task.has_success else None,
+        seed=int(seed),
+        terminated=bool(terminated),
+        spec=spec,
+        instruction=task.instruction,
+    )
+
+
+_WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker when the collecting process is gone (e.g. SIGKILLed), so no orphan keeps running."""
+
+    def watch() -> None:
+        ppid = os.getppid()
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            if os.getppid() != ppid:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_rollout(task_id: str, seed: int) -> tuple[PreparedEpisode, float]:
+    """Roll out and encode one episode; the env and expert are built once per worker and task."""
+    from omnipolicy.envs import get_task, make_env, make_expert
+
+    if task_id not in _WORKER_CACHE:
+        task = get_task(task_id)
+        _WORKER_CACHE[task_id] = (task, make_env(task_id, seed=int(seed)), make_expert(task_id, seed=int(seed)))
+    task, env, expert = _WORKER_CACHE[task_id]
+    t0 = time.perf_counter()
+    ep = rollout(env, expert, task, seed)
+    return prepare_episode(ep, task.timestep), time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The collection loop (main process)
+
+
+@dataclass
+class TaskProgress:
+    """Per-task bookkeeping of one collection run."""
+
+    task: Any
+    store: EpisodeStore
+    target: int
+    next_seed: int
+    max_seed: int
+    done: set[int]
+    kept: int = 0
+    rejected: int = 0
+    in_flight: int = 0
+    steps: int = 0
+    buffer: list[PreparedEpisode] | None = None
+    rejected_buffer: list[int] | None = None
+
+    @property
+    def have(self) -> int:
+        return self.store.num_episodes + len(self.buffer or [])
+
+    def take_seed(self) -> int | None:
+        while self.next_seed < self.max_seed and self.next_seed in self.done:
+            self.next_seed += 1
+        if self.next_seed >= self.max_seed or self.have + self.in_flight >= self.target:
+            return None
+        seed = self.next_seed
+        self.next_seed += 1
+        return seed
+
+
+def task_path(out: str | os.PathLike, task_id: str) -> Path:
+    """Folder of one task's dataset inside a collection's output folder."""
+    return Path(out).joinpath(*task_id.split("/"))
+
+
+def _keep(task: Any, ret: float, fraction: float | None) -> bool:
+    if fraction is None:
+        return True
+    lo, hi = float(task.random_score), float(task.expert_score)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi == lo:
+        raise ValueError(
+            f"--filter-expert-fraction needs measured random and expert scores for {task.id!r}, got "
+            f"random={lo}, expert={hi}"
+        )
+    return (ret - lo) >= fraction * (hi - lo)
+
+
+def collect(
+    task_ids: Sequence[str],
+    episodes: int,
+    out: str | os.PathLike,
+    workers: int | None = None,
+    seed: int = 0,
+    filter_expert_fraction: float | None = None,
+    flush_seconds: float = 2.0,
+    max_attempts: float = 10.0,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Collect expert episodes until every task's dataset holds ``episodes`` episodes.
+
+    Args:
+        task_ids: registered task ids.
+        episodes: episodes each task's dataset should hold.
+        out: output folder; task ``t`` goes to ``task_path(out, t)``.
+        workers: worker processes (0: in this process; None: one per CPU).
+        seed: seed of episode 0; episode j uses ``seed + j``.
+        filter_expert_fraction: Gato's filter on the expert-normalised score (None: keep all).
+        flush_seconds: commit buffered episodes at least this often.
+        max_attempts: stop a task after ``max_attempts * episodes`` seeds.
+        progress: show a tqdm bar.
+
+    Returns:
+        task id -> ``{"path", "episodes", "new", "rejected", "steps", "mean_return", "success_rate"}``.
+
+    Raises:
+        KeyError: an unknown task id (the message lists close matches).
+        ValueError: bad arguments.
+    """
+    from tqdm import tqdm
+
+    from omnipolicy.envs import get_task
+
+    if episodes < 0:
+        raise ValueError(f"episodes must be >= 0, got {episodes}")
+    if filter_expert_fraction is not None and not 0.0 <= filter_expert_fraction <= 1.5:
+        raise ValueError(f"filter_expert_fraction must be in [0, 1.5], got {filter_expert_fraction}")
+    if not task_ids:
+        raise ValueError("collect needs at least one task id")
+    workers = max(1, os.cpu_count() or 1) if workers is None else int(workers)
+    tasks: dict[str, TaskProgress] = {}
+    for tid in dict.fromkeys(task_ids):
+        task = get_task(tid)
+        if filter_expert_fraction is not None:
+            _keep(task, 0.0, filter_expert_fraction)  # fail early on unmeasured scores
+        store = EpisodeStore(task_path(out, tid), fps=int(getattr(task, "fps", DEFAULT_FPS) or DEFAULT_FPS))
+        store.recover()
+        if store.num_episodes and tid not in store.task_ids:
+            raise ValueError(f"{store.root} holds other tasks {store.task_ids}, not {tid!r}")
+        tasks[tid] = TaskProgress(
+            task=task, store=store, target=episodes, next_seed=seed,
+            max_seed=seed + max(episodes, int(math.ceil(max_attempts * episodes))),
+            done=store.seeds(tid) | store.rejected_seeds(tid), buffer=[], rejected_buffer=[],
+        )
+    start = {tid: tp.store.num_episodes for tid, tp in tasks.items()}
+    total = sum(max(0, episodes - tp.store.num_episodes) for tp in tasks.values())
+    bar = tqdm(total=total, desc="collect", unit="ep", disable=not progress, dynamic_ncols=True)
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        for tp in tasks.values():
+            if tp.buffer or tp.rejected_buffer:
+                tp.store.append_episodes(tp.buffer, rejected_seeds={tp.task.id: tp.rejected_buffer})
+                tp.buffer, tp.rejected_buffer = [], []
+
+    def accept(prepared: PreparedEpisode) -> None:
+        tp = tasks[prepared.task_id]
+        tp.in_flight -= 1
+        tp.steps += prepared.length
+        if tp.have >= tp.target:
+            return  # a surplus rollout (the filter rejected fewer than expected)
+        if _keep(tp.task, prepared.episode_return, filter_expert_fraction):
+            tp.buffer.append(prepared)
+            tp.kept += 1
+            bar.update(1)
+        else:
+            tp.rejected_buffer.append(int(prepared.seed))
+            tp.rejected += 1
+        bar.set_postfix(kept=sum(t.kept for t in tasks.values()), rejected=sum(t.rejected for t in tasks.values()))
+
+    def next_job() -> tuple[str, int] | None:
+        # the least advanced task first, so tasks progress together
+        order = sorted(tasks.values(), key=lambda tp: (tp.have + tp.in_flight) / max(tp.target, 1))
+        for tp in order:
+            s = tp.take_seed()
+            if s is not None:
+                tp.in_flight += 1
+                return tp.task.id, s
+        return None
+
+    try:
+        if workers == 0:
+            while (job := next_job()) is not None:
+                prepared, _ = _worker_rollout(*job)
+                accept(prepared)
+                if time.monotonic() - last_flush >= flush_seconds:
+                    flush()
+                    last_flush = time.monotonic()
+        else:
+            ctx = mp.get_context("forkserver")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)) as pool:
+                pending: set[Future] = set()
+                while True:
+                    while len(pending) < 2 * workers and (job := next_job()) is not None:
+                        pending.add(pool.submit(_worker_rollout, *job))
+                    if not pending:
+                        break
+                    finished, pending = wait(pending, timeout=flush_seconds, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        accept(fut.result()[0])
+                    if time.monotonic() - last_flush >= flush_seconds:
+                        flush()
+                        last_flush = time.monotonic()
+    finally:
+        flush()
+        bar.close()
+        for tp in tasks.values():
+            tp.store.close()
+
+    summary: dict[str, dict[str, Any]] = {}
+    for tid, tp in tasks.items():
+        tp.store.refresh()
+        rets = tp.store.returns(tid)
+        succ = [r["success"] for r in tp.store.episode_table().select(["success"]).to_pylist()] if tp.store.num_episodes else []
+        succ = [s for s in succ if s is not None]
+        summary[tid] = {
+            "path": str(tp.store.root),
+            "episodes": tp.store.num_episodes,
+            "new": tp.store.num_episodes - start[tid],
+            "rejected": tp.rejected,
+            "steps": tp.steps,
+            "mean_return": float(rets.mean()) if len(rets) else math.nan,
+            "success_rate": float(np.mean(succ)) if succ else None,
+        }
+        if tp.store.num_episodes < episodes:
+            print(
+                f"warning: {tid}: only {tp.store.num_episodes}/{episodes} episodes after trying seeds up to "
+                f"{tp.max_seed - 1} (the filter rejected {tp.rejected}); raise --max-attempts",
+                file=sys.stderr,
+            )
+    return summary
+
+
+def collect_command(argv: list[str], prog: str) -> None:
+    """Entry point of ``omnipolicy collect``."""
+    import json
+
+    cfg = tyro.cli(CollectConfig, args=argv, prog=prog)
+    t0 = time.perf_counter()
+    summary = collect(
+        cfg.task, cfg.episodes, cfg.out, workers=cfg.workers, seed=cfg.seed,
+        filter_expert_fraction=cfg.filter_expert_fraction, flush_seconds=cfg.flush_seconds, max_attempts=cfg.max_attempts,
+    )
+    seconds = time.perf_counter() - t0
+    width = max(len(t) for t in summary)
+    for tid, s in summary.items():
+        succ = "" if s["success_rate"] is None else f"  success {100 * s['success_rate']:.0f}%"
+        print(f"{tid:<{width}}  {s['episodes']:>6} episodes (+{s['new']}, {s['rejected']} filtered)  "
+              f"mean return {s['mean_return']:.2f}{succ}  -> {s['path']}")
+    steps = sum(s["steps"] for s in summary.values())
+    print(json.dumps({"seconds": round(seconds, 2), "steps": steps, "steps_per_s": round(steps / max(seconds, 1e-9), 1)}))
+
