@@ -56,6 +56,10 @@ def test_mixed_timestep_layout(tok: Tokenizer) -> None:
     n_patch = 1 + 2 * 3  # a_cam 16x16 -> 1 patch, b_cam 20x33 -> 2 x 3 patches
     length = n_text + n_patch + 2 + 6 + 1 + 2
     assert (ep.tokens_per_timestep, ep.obs_tokens_per_timestep, ep.action_size) == (length, length - 2, 2)
+    assert ep.segments == (("instruction", "text", 0, n_text), ("a_cam", "image", n_text, n_text + 1),
+                           ("b_cam", "image", n_text + 1, n_text + 7), ("a_buttons", "discrete", n_text + 7, n_text + 9),
+                           ("z_state", "continuous", n_text + 9, n_text + 15), ("|", "separator", length - 3, length - 2),
+                           ("action", "action", length - 2, length))
     assert ep.tokens.shape == ep.loss_mask.shape == ep.local_pos.shape == ep.timestep.shape == (t * length,)
     assert ep.tokens.dtype == np.int32 and ep.local_pos.dtype == np.int32 and ep.timestep.dtype == np.int32
     np.testing.assert_array_equal(ep.local_pos, np.tile(np.arange(length), t))

@@ -55,6 +55,8 @@ class TokenizedEpisode:
         obs_tokens_per_timestep: tokens of a timestep up to and including the separator.
         action_size: ``A``, the number of action tokens per timestep (0 without actions).
         clipped: number of clipped values per continuous field (observations and action).
+        segments: ``(name, kind, start, stop)`` of every field within a timestep, in
+            order; the separator is ``("|", "separator", ...)``.
     """
 
     tokens: np.ndarray
@@ -67,6 +69,7 @@ class TokenizedEpisode:
     obs_tokens_per_timestep: int
     action_size: int
     clipped: dict[str, int] = field(default_factory=dict)
+    segments: tuple[tuple[str, str, int, int], ...] = ()
 
     @property
     def num_timesteps(self) -> int:
@@ -204,6 +207,7 @@ class Tokenizer:
                                      key=lambda f: f.name))
 
         blocks: list[tuple[np.ndarray, np.ndarray | bool]] = []  # ((T, k) ids, (T, k) loss or constant)
+        names: list[tuple[str, str]] = []  # (name, kind) of each block
         clipped: dict[str, int] = {}
         # text: (T, k) ids, padded with pad_id to the longest encoding in this call
         for f in text_fields:
@@ -218,6 +222,7 @@ class Tokenizer:
                 raise ValueError(f"Observation field {f.name!r} has {ids.shape[0]} timesteps, expected {t}")
             keep = ids >= 0
             blocks.append((np.where(keep, ids, lay.pad_id), keep))
+            names.append((f.name, f.kind))
         # images: patch slots; raw patches (T, n, 16, 16, 3)
         raw_list, pos_list = [], []
         for f in image_fields:
@@ -227,6 +232,7 @@ class Tokenizer:
             raw_list.append(raw)
             pos_list.append(pos)
             blocks.append((np.full((1, pos.shape[0]), lay.patch_id, np.int64), False))
+            names.append((f.name, f.kind))
         # continuous / discrete tensors, keys sorted
         for f in tensor_fields:
             x = _field_array(observations, f, t)
@@ -235,9 +241,11 @@ class Tokenizer:
             if f.kind == "continuous":
                 clipped[f.name] = n_clip
             blocks.append((ids, False))
+            names.append((f.name, f.kind))
         if t is None:
             raise ValueError("Cannot tokenize an episode with no observation fields and no actions")
         blocks.append((np.full((1, 1), lay.separator_id, np.int64), False))
+        names.append(("|", "separator"))
         obs_len = sum(b.shape[1] for b, _ in blocks)
         action_size = 0
         if actions is not None:
@@ -246,13 +254,15 @@ class Tokenizer:
                 clipped[spec.action.name] = n_clip
             action_size = ids.shape[1]
             blocks.append((ids, True))
+            names.append((spec.action.name, "action"))
 
         length = obs_len + action_size
         tokens = np.empty((t, length), dtype=np.int32)  # (T, L)
         loss = np.zeros((t, length), dtype=bool)  # (T, L)
-        col = 0
-        for ids, mask in blocks:
+        col, segments = 0, []
+        for (ids, mask), (name, kind) in zip(blocks, names):
             k = ids.shape[1]
+            segments.append((name, kind, col, col + k))
             tokens[:, col:col + k] = ids  # broadcasts (1, k) constant blocks over T
             if mask is not False:
                 loss[:, col:col + k] = mask
@@ -278,6 +288,7 @@ class Tokenizer:
             obs_tokens_per_timestep=obs_len,
             action_size=action_size,
             clipped=clipped,
+            segments=tuple(segments),
         )
 
     # --------------------------------------------------------------- actions
