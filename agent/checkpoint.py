@@ -1,0 +1,187 @@
+"""Checkpoints: safetensors weights plus a JSON of everything needed to use them.
+
+A checkpoint is a directory written atomically (filled under a temporary name
+in the same parent, then renamed)::
+
+    step_000500/
+      model.safetensors   weights (tied embeddings stored once)
+      checkpoint.json     format, model config, tokenizer VocabLayout,
+                          TimestepSpec per task id, training state (step, losses, config)
+      trainer.pt          optimizer, RNG and data-loader state (only for --resume)
+
+A training run keeps its checkpoints under ``<out>/checkpoints/`` with a
+``latest`` file naming the newest one; :func:`resolve_checkpoint` accepts the
+run directory, the ``checkpoints`` directory or a step directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from omnipolicy.tokenizers.spec import TimestepSpec
+from omnipolicy.tokenizers.vocab import VocabLayout
+
+from .config import ModelConfig
+from .model import GatoModel
+
+FORMAT = "omnipolicy-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "checkpoint.json"
+TRAINER = "trainer.pt"
+LATEST = "latest"
+
+
+@dataclass
+class CheckpointMeta:
+    """The JSON half of a checkpoint.
+
+    Attributes:
+        model: model config (vocabulary size bound).
+        layout: the tokenizer's vocabulary layout the model was trained with.
+        tasks: observation/action spec of every task the model was trained on.
+        train_state: step, tokens seen, last loss, the training config, ...
+    """
+
+    model: ModelConfig
+    layout: VocabLayout
+    tasks: dict[str, TimestepSpec]
+    train_state: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model.to_dict(),
+            "vocab_layout": self.layout.to_dict(),
+            "tasks": {task_id: spec.to_dict() for task_id, spec in sorted(self.tasks.items())},
+            "train_state": self.train_state,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CheckpointMeta":
+        if d.get("format") != FORMAT:
+            raise ValueError(f"Not an omnipolicy checkpoint: format {d.get('format')!r}, expected {FORMAT!r}")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"Unsupported checkpoint format_version {d.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+        return cls(
+            model=ModelConfig.from_dict(d["model"]),
+            layout=VocabLayout.from_dict(d["vocab_layout"]),
+            tasks={task_id: TimestepSpec.from_dict(s) for task_id, s in d["tasks"].items()},
+            train_state=d.get("train_state", {}),
+        )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file in the same directory + ``os.replace``)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: GatoModel,
+    meta: CheckpointMeta,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically, replacing one already at ``path``.
+
+    Args:
+        path: the checkpoint directory to create.
+        model: the (unwrapped) model whose weights to save.
+        meta: configs, layout, task specs and training state.
+        trainer_state: optimizer/RNG/loader state to resume training (saved with ``torch.save``).
+
+    Returns:
+        The checkpoint directory.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        save_model(model, str(tmp / WEIGHTS))
+        (tmp / META).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER)
+        old = None
+        if path.exists():  # a directory cannot be replaced while non-empty: move it aside first
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory meant by ``path``.
+
+    Accepts a step directory (holding ``checkpoint.json``), a ``checkpoints``
+    directory or a run directory (the newest checkpoint named by ``latest``).
+
+    Raises:
+        FileNotFoundError: no checkpoint there (the message says where it looked).
+    """
+    path = Path(path)
+    for candidate in (path, path / "checkpoints"):
+        if (candidate / META).is_file():
+            return candidate
+        if (candidate / LATEST).is_file():
+            step_dir = candidate / (candidate / LATEST).read_text().strip()
+            if (step_dir / META).is_file():
+                return step_dir
+    raise FileNotFoundError(
+        f"No checkpoint at {path}: expected {META} there, or a {LATEST!r} file in it or in {path / 'checkpoints'}"
+    )
+
+
+def load_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """Read only the JSON half of the checkpoint at ``path`` (see :func:`resolve_checkpoint`)."""
+    ckpt = resolve_checkpoint(path)
+    return CheckpointMeta.from_dict(json.loads((ckpt / META).read_text()))
+
+
+def load_model_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GatoModel, CheckpointMeta]:
+    """Build the model of a checkpoint and load its weights.
+
+    Returns:
+        ``(model, meta)`` with the model in eval mode on ``device``.
+    """
+    ckpt = resolve_checkpoint(path)
+    meta = load_meta(ckpt)
+    model = GatoModel(meta.model)
+    load_model(model, str(ckpt / WEIGHTS), strict=True, device=str(device))
+    model.to(device).eval()
+    return model, meta
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The optimizer/RNG/loader state saved next to the weights.
+
+    Raises:
+        FileNotFoundError: the checkpoint holds no trainer state (an export without it).
+    """
+    ckpt = resolve_checkpoint(path)
+    if not (ckpt / TRAINER).is_file():
+        raise FileNotFoundError(f"Checkpoint {ckpt} has no {TRAINER}; it cannot be resumed")
+    # our own file: it holds numpy RNG states and the loader's state dict, so it is not weights-only
+    return torch.load(ckpt / TRAINER, map_location="cpu", weights_only=False)

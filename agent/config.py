@@ -1,0 +1,180 @@
+"""Model configuration and the named presets.
+
+A :class:`ModelConfig` is everything needed to build a :class:`~omnipolicy.agent.model.GatoModel`
+except the vocabulary size, which comes from the tokenizer's
+:class:`~omnipolicy.tokenizers.VocabLayout` (``config.with_vocab(layout.vocab_size)``).
+Presets live in one table, ``PRESETS``; the paper's three sizes use Gato's layer, width, head and feed-forward counts
+(arXiv 2205.06175, table 1) with context 1024. The CPU presets are small
+enough to train usefully on two cores in minutes.
+
+>>> cfg = PRESETS["cpu-tiny"].with_vocab(3051)
+>>> cfg.num_params() > 0, cfg.head_dim
+(True, 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PATCH_SIZE = 16
+"""Side of an image patch in pixels (fixed by the tokenizer)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the decoder-only transformer and its embeddings.
+
+    Attributes:
+        n_layer: number of transformer blocks.
+        n_embd: model width D.
+        n_head: attention heads (``n_embd`` must be divisible by it).
+        d_ff: hidden width of the MLP.
+        context: maximum sequence length S (learned window positions).
+        local_positions: size of the learned local-position table (positions
+            within one timestep, ``0 .. L-1``; a timestep may hold at most this many tokens).
+        pos_bins: size of the patch row and column position tables (Gato: 128);
+            larger patch indices are clamped to the last entry.
+        patch_channels: channels of the ResNet-v2 patch embedding block.
+        patch_stride: stride of the stem convolution on a 16x16 patch (1, 2, 4, 8 or 16).
+        dropout: dropout probability on embeddings, attention output and MLP output.
+        bias: biases in linear layers and norms (GPT-2 style).
+        tie_embeddings: share the token embedding with the LM head.
+        vocab_size: size of the embedding table and logits; ``None`` until
+            bound to a tokenizer layout with :meth:`with_vocab`.
+    """
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    d_ff: int
+    context: int = 1024
+    local_positions: int = 512
+    pos_bins: int = 128
+    patch_channels: int = 64
+    patch_stride: int = 2
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_embd", "n_head", "d_ff", "context", "local_positions", "pos_bins", "patch_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"ModelConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.patch_stride not in (1, 2, 4, 8, 16):
+            raise ValueError(f"ModelConfig.patch_stride must be one of (1, 2, 4, 8, 16), got {self.patch_stride!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 0):
+            raise ValueError(f"ModelConfig.vocab_size must be a positive int or None, got {self.vocab_size!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def patch_groups(self) -> int:
+        """GroupNorm groups in the patch block: 32 as in Gato, fewer when there are fewer channels."""
+        g = min(32, self.patch_channels)
+        while self.patch_channels % g:
+            g -= 1
+        return g
+
+    @property
+    def patch_grid(self) -> int:
+        """Side of the feature map after the stem convolution."""
+        return PATCH_SIZE // self.patch_stride
+
+    def with_vocab(self, vocab_size: int) -> "ModelConfig":
+        """This config bound to a vocabulary size (a new object)."""
+        return dataclasses.replace(self, vocab_size=int(vocab_size))
+
+    def num_params(self, vocab_size: int | None = None) -> int:
+        """Exact number of parameters of the model this config builds.
+
+        Args:
+            vocab_size: overrides ``self.vocab_size`` (needed when it is ``None``).
+
+        Raises:
+            ValueError: no vocabulary size is known.
+        """
+        v = self.vocab_size if vocab_size is None else vocab_size
+        if v is None:
+            raise ValueError("ModelConfig.num_params needs a vocab_size (bind one with with_vocab or pass it)")
+        d, f, c, b = self.n_embd, self.d_ff, self.patch_channels, int(self.bias)
+        norm = 2 * d if self.bias else d
+        embed = v * d + self.context * d + self.local_positions * d + 2 * self.pos_bins * d
+        patch = (
+            3 * c * self.patch_stride**2 + c  # stem conv
+            + 2 * (2 * c + 9 * c * c + c)  # two (GroupNorm, conv3x3) pairs
+            + 2 * c  # final GroupNorm
+            + c * self.patch_grid**2 * d + d  # projection to the model width
+        )
+        block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + (d * f + f * b) + (f * d + d * b)
+        head = 0 if self.tie_embeddings else v * d
+        return embed + patch + self.n_layer * block + norm + head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Gato, table 1: layers, width, heads, feed-forward; context 1024.
+    "gato-79m": ModelConfig(n_layer=8, n_embd=768, n_head=24, d_ff=3072, context=1024),
+    "gato-364m": ModelConfig(n_layer=12, n_embd=1536, n_head=12, d_ff=6144, context=1024),
+    "gato-1.18b": ModelConfig(n_layer=24, n_embd=2048, n_head=16, d_ff=8192, context=1024),
+    # Small enough to train usefully on two CPU cores in minutes.
+    "cpu-tiny": ModelConfig(
+        n_layer=2, n_embd=128, n_head=4, d_ff=512, context=256, local_positions=256, patch_channels=16, patch_stride=4
+    ),
+    "cpu-small": ModelConfig(
+        n_layer=4, n_embd=256, n_head=8, d_ff=1024, context=512, local_positions=256, patch_channels=32, patch_stride=4
+    ),
+}
+"""Named model configurations (vocabulary size unbound)."""
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The preset called ``name``.
+
+    Raises:
+        KeyError: unknown name (the message lists the presets).
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"Unknown model preset {name!r}. Available presets: {', '.join(PRESETS)}") from None
+
+
+def format_params(n: int) -> str:
+    """``79_123_456 -> '79.12M'``."""
+    if n >= 1e9:
+        return f"{n / 1e9:.3f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}K"
+
+
+def presets_table(vocab_size: int) -> str:
+    """One line per preset with its shape and exact parameter count for ``vocab_size``."""
+    lines = [f"{'preset':<11} {'layers':>6} {'width':>6} {'heads':>5} {'ff':>6} {'context':>7} {'params':>14}"]
+    for name, cfg in PRESETS.items():
+        n = cfg.num_params(vocab_size)
+        lines.append(
+            f"{name:<11} {cfg.n_layer:>6} {cfg.n_embd:>6} {cfg.n_head:>5} {cfg.d_ff:>6} {cfg.context:>7} "
+            f"{n:>14,d} ({format_params(n)})"
+        )
+    lines.append(f"(vocabulary size {vocab_size}; embeddings tied with the LM head)")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""The Gato transformer: embeddings, pre-norm decoder blocks, LM head.
+
+Reads top-down like nanoGPT's ``model.py``: the image patch embedding
+(Gato section 2.2: one ResNet-v2 block with GroupNorm and GELU, plus learned
+row and column position embeddings), attention, MLP, block, then the model.
+
+Inputs follow the training batch of ``omnipolicy.datasets.WindowLoader``:
+
+    tokens      int64 (B, S)    ids of the whole vocabulary; ``layout.patch_id`` where a patch goes
+    local_pos   int64 (B, S)    position of each token within its timestep
+    patch_index int64 (B, S)    row of ``patches`` for patch tokens, -1 elsewhere
+    patches     float32 (P, 3, 16, 16)
+    patch_pos   int64 (P, 2)    (row, col) of each patch within its image
+    loss_mask   bool  (B, S)    targets: the model predicts ``tokens[:, t]`` from ``tokens[:, :t]``
+
+The embedding of a token is its table embedding (or its patch embedding) plus
+a learned local position (within the timestep) and a learned window position
+(within the context; windows start at a timestep boundary, so training and
+acting see the same positions). The LM head covers the whole vocabulary; the
+loss computes it only where ``loss_mask`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import PATCH_SIZE, ModelConfig
+
+
+class PatchEmbedding(nn.Module):
+    """One ResNet-v2 (pre-activation) block per 16x16 patch, projected to the model width.
+
+    stem conv (kernel = stride = ``patch_stride``) -> [GroupNorm, GELU, conv3x3] x 2 + skip
+    -> GroupNorm, GELU -> flatten -> linear to ``n_embd``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c, g = cfg.patch_channels, cfg.patch_groups
+        self.stem = nn.Conv2d(3, c, kernel_size=cfg.patch_stride, stride=cfg.patch_stride)
+        self.norm1 = nn.GroupNorm(g, c)
+        self.conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(g, c)
+        self.conv2 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+        self.norm_out = nn.GroupNorm(g, c)
+        self.proj = nn.Linear(c * cfg.patch_grid**2, cfg.n_embd)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        # patches: (P, 3, 16, 16) -> (P, D)
+        x = self.stem(patches)  # (P, C, G, G)
+        h = self.conv1(F.gelu(self.norm1(x)))
+        h = self.conv2(F.gelu(self.norm2(h)))
+        x = F.gelu(self.norm_out(x + h))
+        return self.proj(x.flatten(1))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, S, D = x.shape
+        q, k, v = self.c_attn(x).split(D, dim=2)  # 3 x (B, S, D)
+        q, k, v = (t.view(B, S, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, S, D)  # (B, S, D)
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.d_ff, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_ff, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GatoModel(nn.Module):
+    """Decoder-only transformer over one token sequence of every modality.
+
+    Args:
+        cfg: model shape with ``vocab_size`` bound (``cfg.with_vocab(layout.vocab_size)``).
+
+    Raises:
+        ValueError: ``cfg.vocab_size`` is not set.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_vocab(layout.vocab_size)")
+        self.cfg = cfg
+        D = cfg.n_embd
+        self.wte = nn.Embedding(cfg.vocab_size, D)  # token table over the whole vocabulary
+        self.wpe = nn.Embedding(cfg.context, D)  # position within the context window
+        self.wle = nn.Embedding(cfg.local_positions, D)  # position within the timestep
+        self.patch_embed = PatchEmbedding(cfg)
+        self.patch_row = nn.Embedding(cfg.pos_bins, D)
+        self.patch_col = nn.Embedding(cfg.pos_bins, D)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(D, bias=cfg.bias)
+        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Number of distinct parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def embed(
+        self,
+        tokens: Tensor,
+        local_pos: Tensor,
+        patch_index: Tensor,
+        patches: Tensor,
+        patch_pos: Tensor,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Input embeddings.
+
+        Args:
+            tokens, local_pos, patch_index: (B, S) int64.
+            patches: (P, 3, 16, 16) float; patch_pos: (P, 2) int64 (row, col).
+            positions: (S,) or (B, S) window positions; default ``0 .. S-1``.
+
+        Returns:
+            (B, S, D) embeddings.
+        """
+        B, S = tokens.shape
+        if positions is None:
+            positions = torch.arange(S, device=tokens.device)
+        x = self.wte(tokens)  # (B, S, D)
+        if patches.shape[0] > 0:
+            rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
+            pe = self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])  # (P, D)
+            is_patch = (patch_index >= 0).unsqueeze(-1)  # (B, S, 1)
+            x = torch.where(is_patch, pe[patch_index.clamp(min=0)].to(x.dtype), x)  # patch slots take their patch
+        elif self.training and torch.is_grad_enabled():
+            # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
+            # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
+            zero = self.patch_embed(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE)) + self.patch_row.weight[:1] + self.patch_col.weight[:1]
+            x = x + 0.0 * zero.sum()
+        x = x + self.wle(local_pos) + self.wpe(positions)
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        local_pos: Tensor,
+        patch_index: Tensor,
+        patches: Tensor,
+        patch_pos: Tensor,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states (after the last norm), (B, S, D); see :meth:`embed` for the inputs."""
+        x = self.embed(tokens, local_pos, patch_index, patches, patch_pos, positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Logits over the whole vocabulary, (..., V), from hidden states (..., D)."""
+        return self.lm_head(hidden)
+
+    def loss_terms(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Summed cross-entropy over the target positions and their number.
+
+        The LM head runs only on the positions whose next token carries loss
+        (``loss_mask[:, 1:]``), so a batch with few action tokens costs little
+        more than the trunk.
+
+        Args:
+            batch: tensors in the WindowLoader format (see the module docstring).
+
+        Returns:
+            ``(loss_sum, count)``: float32 scalar sum of the token losses, int64 scalar count.
+        """
+        tokens = batch["tokens"]
+        h = self(tokens, batch["local_pos"], batch["patch_index"], batch["patches"], batch["patch_pos"])  # (B, S, D)
+        target_mask = batch["loss_mask"][:, 1:]  # (B, S-1): predict tokens[:, t+1] from h[:, t]
+        h_sel = h[:, :-1][target_mask]  # (M, D)
+        targets = tokens[:, 1:][target_mask]  # (M,)
+        logits = self.logits(h_sel).float()  # (M, V)
+        return F.cross_entropy(logits, targets, reduction="sum"), target_mask.sum()

@@ -1,0 +1,320 @@
+"""Acting with a trained model: observations of parallel environments in, actions out.
+
+:class:`Policy` keeps, per environment, a rolling context of its past
+timesteps (observation and action tokens); each call to :meth:`Policy.act`
+tokenizes the new observations, drops whole oldest timesteps until the window
+fits the model's context, then decodes the ``A`` action tokens one by one with
+the logits restricted to each element's valid id range (so an invalid action
+cannot come out), greedily or by temperature sampling, and turns them into
+actions with the tokenizer.
+
+This version recomputes the whole window for each action token (batched
+across environments); the KV-cached ``InferenceSession`` replaces that loop
+where latency matters.
+
+>>> policy = Policy.from_checkpoint("runs/demo")                          # doctest: +SKIP
+>>> policy.reset(num_envs=4)                                              # doctest: +SKIP
+>>> actions = policy.act("classic/cartpole-v1", [obs0, obs1, obs2, obs3])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from omnipolicy.tokenizers import TimestepSpec, Tokenizer
+from omnipolicy.tokenizers.spec import FieldSpec
+
+from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint
+from .model import GatoModel
+
+_DTYPE_KINDS = {"f": "floating", "i": "integer", "u": "integer", "b": "boolean"}
+
+
+@dataclass
+class _Timestep:
+    """One timestep of an environment's context (numpy, ready to batch)."""
+
+    tokens: np.ndarray  # int64 (L,)
+    local_pos: np.ndarray  # int64 (L,)
+    patches: np.ndarray  # float32 (p, 3, 16, 16)
+    patch_pos: np.ndarray  # int64 (p, 2)
+
+
+@dataclass
+class _EnvContext:
+    task_id: str | None
+    steps: deque  # of _Timestep, oldest first
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(t.tokens) for t in self.steps)
+
+
+def check_observation(spec: TimestepSpec, obs: Mapping[str, Any], where: str = "observation") -> None:
+    """Check one timestep's observation against a spec before tokenizing it.
+
+    Images must be uint8; continuous fields need a floating dtype and discrete
+    fields an integer one (any width); text fields must be ``str``.
+
+    Args:
+        spec: the task's timestep spec.
+        obs: field name -> value of one timestep (no time axis).
+        where: how the observation is named in errors.
+
+    Raises:
+        KeyError: a key is missing or unexpected (naming it, the expected and the given keys).
+        ValueError: a field has the wrong shape or dtype (naming key, expected and actual).
+    """
+    expected = sorted(f.name for f in spec.observation)
+    given = sorted(obs)
+    missing = [k for k in expected if k not in obs]
+    extra = [k for k in given if k not in expected]
+    if missing or extra:
+        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
+        raise KeyError(f"{where}: {what}; expected keys {expected}, got {given}")
+    for f in spec.observation:
+        _check_field(f, obs[f.name], where)
+
+
+def _check_field(f: FieldSpec, value: Any, where: str) -> None:
+    if f.kind == "text":
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: key {f.name!r} expected a str (text), got {type(value).__name__}")
+        return
+    arr = np.asarray(value)
+    if arr.shape != f.shape:
+        raise ValueError(f"{where}: key {f.name!r} expected shape {f.shape}, got {arr.shape}")
+    want = np.dtype(f.dtype)
+    if f.kind == "image":
+        ok = arr.dtype == np.uint8
+    elif f.kind == "continuous":
+        ok = arr.dtype.kind == "f"
+    else:  # discrete
+        ok = arr.dtype.kind in "iu"
+    if not ok:
+        family = "" if f.kind == "image" else f" (or another {_DTYPE_KINDS[want.kind]} dtype)"
+        raise ValueError(f"{where}: key {f.name!r} expected dtype {want}{family}, got {arr.dtype}")
+
+
+class Policy:
+    """A trained model acting in one or more environments at once.
+
+    Args:
+        model: the model (put in eval mode).
+        meta: the checkpoint's configs, layout and task specs.
+        tokenizer: the installed tokenizer (its layout must equal ``meta.layout``).
+        temperature: 0 for greedy decoding, > 0 to sample with this temperature.
+        seed: seed of the sampling generator.
+
+    Raises:
+        ValueError: the tokenizer's layout differs from the checkpoint's (the message lists what differs).
+    """
+
+    def __init__(
+        self,
+        model: GatoModel,
+        meta: CheckpointMeta,
+        tokenizer: Tokenizer,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        diff = meta.layout.diff(tokenizer.layout)
+        if diff:
+            raise ValueError(
+                "The checkpoint's vocabulary layout does not match the installed tokenizer's "
+                f"(checkpoint != installed): {'; '.join(diff)}"
+            )
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        self.model = model.eval()
+        self.meta = meta
+        self.tok = tokenizer
+        self.temperature = float(temperature)
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._ranges: dict[str, np.ndarray] = {}
+        self._envs: list[_EnvContext] = []
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        tokenizer: Tokenizer | None = None,
+        device: str | torch.device = "cpu",
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> "Policy":
+        """Load a policy from a checkpoint (a step directory or a run directory).
+
+        Args:
+            path: see :func:`~omnipolicy.agent.checkpoint.resolve_checkpoint`.
+            tokenizer: default ``Tokenizer.default()`` (the installed one).
+            device: where the model runs.
+            temperature, seed: see :class:`Policy`.
+
+        Raises:
+            FileNotFoundError: no checkpoint at ``path``.
+            ValueError: the checkpoint's layout differs from the tokenizer's.
+        """
+        tokenizer = Tokenizer.default() if tokenizer is None else tokenizer
+        ckpt = resolve_checkpoint(path)
+        diff = load_meta(ckpt).layout.diff(tokenizer.layout)
+        if diff:  # refuse before loading any weights
+            raise ValueError(
+                f"Checkpoint {ckpt} was trained with another vocabulary layout than the installed tokenizer's "
+                f"(checkpoint != installed): {'; '.join(diff)}"
+            )
+        model, meta = load_model_weights(ckpt, device=device)
+        return cls(model, meta, tokenizer, temperature=temperature, seed=seed)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def tasks(self) -> dict[str, TimestepSpec]:
+        """The spec of every task the checkpoint was trained on."""
+        return self.meta.tasks
+
+    @property
+    def num_envs(self) -> int:
+        return len(self._envs)
+
+    def reset(self, num_envs: int) -> None:
+        """Forget every context and prepare for ``num_envs`` parallel environments."""
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs!r}")
+        self._envs = [_EnvContext(None, deque()) for _ in range(num_envs)]
+
+    def reset_env(self, index: int) -> None:
+        """Forget the context of one environment (its episode ended)."""
+        if not 0 <= index < self.num_envs:
+            raise IndexError(f"env index {index} out of range for {self.num_envs} environments")
+        self._envs[index] = _EnvContext(None, deque())
+
+    def spec(self, task_id: str) -> TimestepSpec:
+        """The spec of ``task_id``.
+
+        Raises:
+            KeyError: the checkpoint was not trained on this task (the message lists its tasks).
+        """
+        try:
+            return self.meta.tasks[task_id]
+        except KeyError:
+            raise KeyError(f"Unknown task {task_id!r} for this checkpoint; it was trained on {sorted(self.meta.tasks)}") from None
+
+    def action_ranges(self, task_id: str) -> np.ndarray:
+        """int64 (A, 2): the valid ``[lo, hi)`` ids of each action token of ``task_id``."""
+        if task_id not in self._ranges:
+            self._ranges[task_id] = self.tok.action_token_ranges(self.spec(task_id))
+        return self._ranges[task_id]
+
+    # -------------------------------------------------------------------- act
+    def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:
+        one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in spec.observation}
+        ep = self.tok.tokenize_episode(spec, one, None)  # observation tokens + separator
+        return _Timestep(
+            ep.tokens.astype(np.int64),
+            ep.local_pos.astype(np.int64),
+            np.asarray(ep.patches, dtype=np.float32),
+            ep.patch_pos.astype(np.int64),
+        )
+
+    @torch.inference_mode()
+    def act(self, task_id: str, observations: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+        """One action per environment.
+
+        Args:
+            task_id: the task all these environments run.
+            observations: one observation per environment (field name -> value,
+                no time axis), in environment order; ``reset`` sets the number
+                of environments (the first call resets to ``len(observations)``).
+
+        Returns:
+            One action per environment, shaped and typed as the task's action spec.
+
+        Raises:
+            KeyError: unknown task, or an observation with a missing/unexpected key.
+            ValueError: a field of the wrong shape or dtype, a wrong number of
+                observations, or a timestep longer than the model's context.
+        """
+        spec = self.spec(task_id)
+        if not self._envs:
+            self.reset(len(observations))
+        if len(observations) != self.num_envs:
+            raise ValueError(f"Expected {self.num_envs} observations (one per environment), got {len(observations)}")
+        for i, obs in enumerate(observations):
+            check_observation(spec, obs, where=f"Task {task_id!r}, env {i} observation")
+        ranges = self.action_ranges(task_id)  # (A, 2)
+        A, context = len(ranges), self.model.cfg.context
+        current = [self._tokenize(spec, obs) for obs in observations]
+        obs_len = len(current[0].tokens)
+        if obs_len + A - 1 > context:
+            raise ValueError(
+                f"Task {task_id!r}: one timestep needs {obs_len + A - 1} tokens of context but the model has {context}"
+            )
+        for env in self._envs:
+            if env.task_id != task_id:
+                env.task_id, env.steps = task_id, deque()
+            while env.steps and env.num_tokens + obs_len + A - 1 > context:
+                env.steps.popleft()  # drop whole oldest timesteps
+
+        # one right-padded batch: history, then the new observation, then room for the action tokens
+        seqs = [list(env.steps) + [cur] for env, cur in zip(self._envs, current)]
+        lengths = np.array([sum(len(t.tokens) for t in s) for s in seqs])  # (B,)
+        B, width = len(seqs), int(lengths.max()) + A - 1
+        pad = self.tok.layout.pad_id
+        tokens = np.full((B, width), pad, np.int64)
+        local_pos = np.zeros((B, width), np.int64)
+        patch_index = np.full((B, width), -1, np.int64)
+        patches, patch_pos, n_patches = [], [], 0
+        for b, steps in enumerate(seqs):
+            tok_b = np.concatenate([t.tokens for t in steps])
+            tokens[b, : len(tok_b)] = tok_b
+            local_pos[b, : len(tok_b)] = np.concatenate([t.local_pos for t in steps])
+            slots = np.flatnonzero(tok_b == self.tok.layout.patch_id)
+            patch_index[b, slots] = n_patches + np.arange(len(slots))
+            n_patches += len(slots)
+            patches += [t.patches for t in steps]
+            patch_pos += [t.patch_pos for t in steps]
+        dev = self.device
+        t_tokens = torch.from_numpy(tokens).to(dev)
+        t_local = torch.from_numpy(local_pos).to(dev)
+        t_pindex = torch.from_numpy(patch_index).to(dev)
+        t_patches = torch.from_numpy(np.concatenate(patches).reshape(-1, 3, 16, 16)).to(dev)
+        t_ppos = torch.from_numpy(np.concatenate(patch_pos).reshape(-1, 2)).to(dev)
+        rows = torch.arange(B, device=dev)
+        pos = torch.from_numpy(lengths).to(dev)  # (B,) index of the next token to write
+
+        action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
+        for k in range(A):
+            n = int(lengths.max()) + k
+            hidden = self.model(t_tokens[:, :n], t_local[:, :n], t_pindex[:, :n], t_patches, t_ppos)  # (B, n, D)
+            lo, hi = int(ranges[k, 0]), int(ranges[k, 1])
+            logits = self.model.logits(hidden[rows, pos - 1])[:, lo:hi].float()  # (B, hi - lo): valid ids only
+            if self.temperature > 0:
+                probs = torch.softmax(logits / self.temperature, dim=-1)
+                choice = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            else:
+                choice = logits.argmax(dim=-1)
+            action_tokens[:, k] = choice + lo
+            if k + 1 < A:  # feed the chosen token back
+                t_tokens[rows, pos] = action_tokens[:, k]
+                t_local[rows, pos] = obs_len + k
+                pos = pos + 1
+
+        act_np = action_tokens.cpu().numpy()  # (B, A)
+        for env, cur, a in zip(self._envs, current, act_np):
+            env.steps.append(
+                _Timestep(
+                    np.concatenate([cur.tokens, a]),
+                    np.arange(obs_len + A, dtype=np.int64),
+                    cur.patches,
+                    cur.patch_pos,
+                )
+            )
+        actions = self.tok.decode_actions(spec, act_np)  # (B, *action shape)
+        return [np.asarray(x) for x in actions]

@@ -1,0 +1,538 @@
+"""Train a generalist policy: ``omnipolicy train`` and :func:`train`.
+
+Samples context windows across every task of the given datasets (per-task
+weights, optional Gato-style prompting), and minimises the cross-entropy of
+the action and text tokens with AdamW (betas 0.9/0.95, weight decay 0.1 on
+matrices), linear warm-up then cosine decay, and gradient clipping. bf16
+autocast on CUDA. Progress bar with loss and tokens/s, TensorBoard logs,
+a checkpoint every ``save_every`` steps, and ``--resume`` that continues a
+killed run exactly (weights, optimizer, RNG and data-loader state, step).
+
+Data parallel through ``torchrun`` (gloo on CPU, NCCL on CUDA): every rank
+draws the same global batch and trains on its share of the rows, and the loss
+is normalised by the global number of target tokens, so the update equals
+single-process training on the same global batch::
+
+    torchrun --nproc_per_node 2 -m omnipolicy.cli train --data runs/data --preset cpu-small
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from omnipolicy.tokenizers.spec import TimestepSpec
+from omnipolicy.tokenizers.vocab import VocabLayout
+
+from .checkpoint import LATEST, CheckpointMeta, atomic_write_text, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .config import PRESETS, ModelConfig, get_preset, presets_table
+from .model import GatoModel
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train a Gato-style generalist on one or more datasets."""
+
+    data: tuple[Path, ...] = ()
+    """Dataset directories (EpisodeStore roots) to train on."""
+    out: Path = Path("runs/train")
+    """Run directory: checkpoints/, tb/ (TensorBoard) and the token cache."""
+    preset: PresetName = "cpu-tiny"
+    """Model preset (see --list-presets for their parameter counts)."""
+    context: int | None = None
+    """Context window in tokens; default: the preset's."""
+    steps: int = 2000
+    """Optimizer steps in total (a resumed run continues up to this)."""
+    batch_size: int = 16
+    """Global batch size in windows (split across data-parallel ranks)."""
+    grad_accum: int = 1
+    """Micro-batches per rank per step (same update, less memory)."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine decay)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (matrices and embeddings only; not biases or norms)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """Sampling weight per task id (tasks not named get 1.0)."""
+    prompt_prob: float = 0.25
+    """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
+    seed: int = 0
+    """Seed of the initialisation and the data order."""
+    save_every: int = 500
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept in out/checkpoints (older ones are deleted)."""
+    log_every: int = 10
+    """TensorBoard logging period in steps."""
+    resume: bool = False
+    """Continue from the newest checkpoint in out/ (exactly, including data order)."""
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    threads: int | None = None
+    """torch CPU threads per process (default: torch's choice)."""
+    synthetic: bool = False
+    """Train on synthetic copy-task windows instead of datasets (smoke tests, benchmarks)."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+    """Write TensorBoard logs to out/tb."""
+    list_presets: bool = False
+    """Print the model presets with their exact parameter counts and exit."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.warmup_steps < 0 or self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(
+                f"TrainConfig: need warmup_steps >= 0, lr > 0 and 0 <= min_lr_ratio <= 1, got "
+                f"{self.warmup_steps}, {self.lr}, {self.min_lr_ratio}"
+            )
+        if not 0.0 <= self.prompt_prob <= 1.0:
+            raise ValueError(f"TrainConfig.prompt_prob must be in [0, 1], got {self.prompt_prob!r}")
+        bad = {k: v for k, v in self.task_weights.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"TrainConfig.task_weights must be >= 0, got {bad}")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The preset with the context override, bound to ``vocab_size``."""
+        cfg = get_preset(self.preset)
+        if self.context is not None:
+            cfg = ModelConfig.from_dict({**cfg.to_dict(), "context": self.context})
+        return cfg.with_vocab(vocab_size)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        step: optimizer steps done in total (including those before a resume).
+        losses: mean target-token loss of each step run in this call.
+        checkpoint: the last checkpoint written (None if none was).
+        tokens_per_s: global training throughput (window tokens per second) of this call.
+        num_params: model parameters.
+    """
+
+    step: int
+    losses: list[float]
+    checkpoint: Path | None
+    tokens_per_s: float
+    num_params: int
+
+
+# --------------------------------------------------------------------------- data
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """A numpy WindowLoader batch as tensors on ``device``."""
+    out = {}
+    for key in ("tokens", "loss_mask", "local_pos", "patch_index", "patches", "patch_pos"):
+        t = torch.from_numpy(np.ascontiguousarray(batch[key]))
+        out[key] = t.to(device, non_blocking=True)
+    out["tokens"], out["local_pos"], out["patch_index"], out["patch_pos"] = (
+        out[k].long() for k in ("tokens", "local_pos", "patch_index", "patch_pos")
+    )
+    return out
+
+
+def slice_batch(batch: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
+    """Rows ``lo:hi`` of a WindowLoader batch, with only the patches they use (``patch_index`` remapped)."""
+    index = batch["patch_index"][lo:hi]
+    used = index >= 0
+    rows, inverse = np.unique(index[used], return_inverse=True)
+    new_index = np.full_like(index, -1)
+    new_index[used] = inverse
+    out = {k: batch[k][lo:hi] for k in ("tokens", "loss_mask", "local_pos", "task_index")}
+    out.update(patch_index=new_index, patches=batch["patches"][rows], patch_pos=batch["patch_pos"][rows])
+    return out
+
+
+def check_batch(batch: dict[str, np.ndarray], cfg: ModelConfig) -> None:
+    """Raise if a batch does not fit the model (too long, unknown ids, local positions past the table)."""
+    B, S = batch["tokens"].shape
+    if S > cfg.context:
+        raise ValueError(f"Batch windows have {S} tokens but the model's context is {cfg.context}")
+    top = int(batch["tokens"].max(initial=0))
+    if top >= cfg.vocab_size or int(batch["tokens"].min(initial=0)) < 0:
+        raise ValueError(f"Batch token ids must be in [0, {cfg.vocab_size}), got max {top}")
+    lp = int(batch["local_pos"].max(initial=0))
+    if lp >= cfg.local_positions:
+        raise ValueError(
+            f"A timestep has {lp + 1} tokens but the model's local position table has {cfg.local_positions} "
+            f"entries; use a preset with more local_positions or smaller observations"
+        )
+
+
+def build_dataset_loader(cfg: TrainConfig, context: int, is_main: bool) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
+    """The WindowLoader over ``cfg.data``, the tokenizer layout and the task specs.
+
+    Rank 0 builds (or reuses) the token cache first; other ranks then open it.
+
+    Raises:
+        ValueError: no dataset directory given, or a directory that is not a dataset.
+    """
+    from omnipolicy.datasets import EpisodeStore, TokenCache, WindowLoader
+    from omnipolicy.tokenizers import Tokenizer
+
+    if not cfg.data:
+        raise ValueError("train needs at least one dataset directory (--data DIR [DIR ...]) or --synthetic")
+    tok = Tokenizer.default()
+    stores = [EpisodeStore(p) for p in cfg.data]
+    tasks: dict[str, TimestepSpec] = {}
+    for store in stores:
+        for task_id in store.task_ids:
+            tasks[task_id] = store.timestep_spec(task_id)
+    unknown = sorted(set(cfg.task_weights) - set(tasks))
+    if unknown:
+        raise ValueError(f"task_weights names unknown tasks {unknown}; the datasets hold {sorted(tasks)}")
+    cache_dir = cfg.out / "token_cache"
+    if is_main:
+        cache = TokenCache.build(stores, tok, cache_dir)
+    _barrier()
+    if not is_main:
+        cache = TokenCache.build(stores, tok, cache_dir)
+    loader = WindowLoader(
+        cache,
+        context=context,
+        batch_size=cfg.batch_size,
+        task_weights=dict(cfg.task_weights) or None,
+        prompt_prob=cfg.prompt_prob,
+        seed=cfg.seed,
+    )
+    return loader, tok.layout, tasks
+
+
+def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
+    """Synthetic copy-task windows with the installed tokenizer's layout (no dataset needed)."""
+    from omnipolicy.tokenizers import Tokenizer
+
+    from .synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
+
+    layout = Tokenizer.default().layout
+    src = SyntheticWindows(layout, context=context, batch_size=cfg.batch_size, seed=cfg.seed)
+    return src, layout, {SYNTHETIC_TASK_ID: synthetic_spec(src.obs_tokens, src.action_tokens)}
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * ratio
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices/embeddings/conv kernels only; fused where supported."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda"))
+
+
+class _LossModule(nn.Module):
+    """Wraps the model so DDP sees ``forward(batch) -> (loss_sum, count)``."""
+
+    def __init__(self, model: GatoModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.model.loss_terms(batch)
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device, bool]:
+    """``(rank, world, device, created_group)``; joins torchrun's group when launched by it."""
+    created = False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = device_arg != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        created = True
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if device_arg == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        else:
+            device = torch.device("cpu")
+    else:
+        device = torch.device(device_arg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device, created
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _autocast(device: torch.device, dtype: str):
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+# ------------------------------------------------------------------------- train
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    loader: Iterable[dict[str, np.ndarray]] | None = None,
+    layout: VocabLayout | None = None,
+    tasks: dict[str, TimestepSpec] | None = None,
+) -> TrainResult:
+    """Train (or resume) a model as ``cfg`` says.
+
+    Args:
+        cfg: the training config.
+        loader: batch source in the WindowLoader format (an iterable of dicts;
+            ``state_dict``/``load_state_dict`` make resumes exact). Default: built
+            from ``cfg.data`` (or synthetic windows with ``cfg.synthetic``).
+        layout: vocabulary layout of ``loader``'s ids (required with ``loader``).
+        tasks: task specs saved into checkpoints (required with ``loader``).
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad data, or ``--resume`` from a checkpoint of another model or layout.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device, created_group = _setup_distributed(cfg.device)
+    is_main = rank == 0
+    try:
+        return _train(cfg, loader, layout, tasks, rank, world, device, is_main)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainResult:
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world} x {cfg.grad_accum}"
+        )
+    context = cfg.context or get_preset(cfg.preset).context
+    if loader is None:
+        loader, layout, tasks = build_synthetic_loader(cfg, context) if cfg.synthetic else build_dataset_loader(cfg, context, is_main)
+    elif layout is None or tasks is None:
+        raise ValueError("train(loader=...) also needs layout= and tasks=")
+    model_cfg = cfg.model_config(layout.vocab_size)
+
+    torch.manual_seed(cfg.seed)
+    model = GatoModel(model_cfg).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    ckpt_root = cfg.out / "checkpoints"
+    step, tokens_seen = 0, 0
+    if cfg.resume:
+        try:
+            ckpt = resolve_checkpoint(ckpt_root)
+        except FileNotFoundError:
+            ckpt = None
+            if is_main:
+                print(f"--resume: no checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
+        if ckpt is not None:
+            step, tokens_seen = _restore(ckpt, model, optimizer, loader, model_cfg, layout, device)
+            if is_main:
+                print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+
+    train_module: nn.Module = _LossModule(model)
+    if world > 1:
+        train_module = nn.parallel.DistributedDataParallel(
+            train_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    writer = None
+    if is_main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(cfg.out / "tb"))
+    bar = None
+    if is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    def save() -> Path:
+        meta = CheckpointMeta(
+            model=model_cfg,
+            layout=layout,
+            tasks=dict(tasks),
+            train_state={"step": step, "tokens_seen": tokens_seen, "loss": losses[-1] if losses else None,
+                         "world_size": world, "config": _jsonable(asdict(cfg))},
+        )
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(),
+            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "step": step,
+            "tokens_seen": tokens_seen,
+        }
+        path = save_checkpoint(ckpt_root / f"step_{step:07d}", model, meta, trainer_state)
+        atomic_write_text(ckpt_root / LATEST, path.name + "\n")
+        _prune(ckpt_root, cfg.keep_last)
+        return path
+
+    losses: list[float] = []
+    last_ckpt: Path | None = None
+    per_rank = cfg.batch_size // world
+    micro = per_rank // cfg.grad_accum
+    batches = iter(loader)
+    model.train()
+    t_start = time.perf_counter()
+    tokens_this_call = 0
+    while step < cfg.steps:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = next(batches)
+        check_batch(batch, model_cfg)
+        global_count = int(batch["loss_mask"][:, 1:].sum())
+        scale = world / max(global_count, 1)  # DDP averages over ranks: gradients = d(global sum)/global count
+        loss_sum = torch.zeros((), device=device)
+        for k in range(cfg.grad_accum):
+            lo = rank * per_rank + k * micro
+            part = to_tensors(slice_batch(batch, lo, lo + micro), device)
+            sync = k == cfg.grad_accum - 1 or world == 1
+            with (nullcontext() if sync else train_module.no_sync()), _autocast(device, cfg.dtype):
+                part_sum, _ = train_module(part)
+            (part_sum * scale).backward()
+            loss_sum += part_sum.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            dist.all_reduce(loss_sum)
+        loss = loss_sum.item() / max(global_count, 1)
+        losses.append(loss)
+        step += 1
+        n_tokens = int(batch["tokens"].size)
+        tokens_seen += n_tokens
+        tokens_this_call += n_tokens
+        tok_s = tokens_this_call / max(time.perf_counter() - t_start, 1e-9)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update(1)
+        if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("train/lr", lr, step)
+            writer.add_scalar("train/tokens_per_s", tok_s, step)
+            if grad_norm is not None:
+                writer.add_scalar("train/grad_norm", float(grad_norm), step)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            if is_main:
+                last_ckpt = save()
+            _barrier()
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t_start
+    return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params())
+
+
+def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device) -> tuple[int, int]:
+    from safetensors.torch import load_model
+
+    from .checkpoint import WEIGHTS, load_meta
+
+    meta = load_meta(ckpt)
+    if meta.model != model_cfg:
+        diff = {k: (v, model_cfg.to_dict()[k]) for k, v in meta.model.to_dict().items() if model_cfg.to_dict()[k] != v}
+        raise ValueError(f"--resume: checkpoint {ckpt} has another model config (checkpoint, now): {diff}")
+    if meta.layout != layout:
+        raise ValueError(f"--resume: checkpoint {ckpt} has another vocabulary layout: {'; '.join(meta.layout.diff(layout))}")
+    load_model(model, str(ckpt / WEIGHTS), strict=True, device=str(device))
+    state = load_trainer_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(state["loader"])
+    return int(state["step"]), int(state["tokens_seen"])
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out[k] = [str(x) for x in v] if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _presets_text() -> str:
+    from omnipolicy.tokenizers import Tokenizer
+
+    return presets_table(Tokenizer.default().layout.vocab_size)
+
+
+def train_command(argv: list[str], prog: str) -> None:
+    """``omnipolicy train``: parse ``argv`` into a :class:`TrainConfig` and train."""
+    import tyro
+
+    description = __doc__.split("\n\n")[0]
+    if "-h" in argv or "--help" in argv:
+        description += "\n\nModel presets (parameters with the installed tokenizer's vocabulary):\n\n" + _presets_text()
+    cfg = tyro.cli(TrainConfig, args=argv, prog=prog, description=description)
+    if cfg.list_presets:
+        print(_presets_text())
+        return
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"trained {result.step} steps ({result.num_params:,d} parameters), final loss "
+            f"{result.losses[-1] if result.losses else float('nan'):.4f}, {result.tokens_per_s:,.0f} tokens/s; "
+            f"checkpoint {result.checkpoint}"
+        )
