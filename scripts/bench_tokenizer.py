@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"({'a' if name == 'atari' else 'b'}) {name:9s} L={ep.tokens_per_timestep:3d}  "
               f"vectorised {r['vectorised_steps_per_s']:>12,.0f} steps/s   "
               f"reference {r['reference_steps_per_s']:>10,.0f} steps/s   speedup {r['speedup']:6.1f}x")
+        if spec.fields("image"):  # what the token cache stores: uint8 patches, normalised at batch time
+            t_raw = best_time(lambda: tok.tokenize_episode(spec, obs, actions, raw_patches=True), args.repeats)
+            r["vectorised_raw_patches_steps_per_s"] = args.episode_len / t_raw
+            print(f"    {name:9s} vectorised with raw uint8 patches {args.episode_len / t_raw:>12,.0f} steps/s")
 
     obs, actions = make_episode(METAWORLD, args.chunk, rng)
     tok.tokenize_episode(METAWORLD, obs, actions)  # warm up

@@ -248,3 +248,104 @@ def test_layout_ids_never_collide_and_json_round_trips(text_size: int, extra: li
     text = lay.to_json()
     again = VocabLayout.from_json(text)
     assert again == lay and again.to_json() == text and lay.diff(again) == []
+
+
+# ------------------------------------------------------- random specs (property)
+SPECIAL_VALUES = [0.0, 1.0, -1.0, 256.0, -256.0, 1e30, -1e30, 1e-30]
+
+
+@st.composite
+def episodes(draw):
+    """A random TimestepSpec with matching random data (values include +-1, 0, +-256, huge)."""
+    fields, data = [], {}
+    t = draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    for i in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["continuous", "continuous", "discrete", "image", "text"]))
+        name = f"f{draw(st.integers(0, 99)):02d}_{i}"
+        if kind == "continuous":
+            shape = tuple(draw(st.lists(st.integers(1, 4), max_size=2)))
+            dtype = draw(st.sampled_from(["float16", "float32", "float64", "int32"]))
+            bounded = draw(st.booleans())
+            low, high = ((-2.0,), (3.0,)) if bounded else (None, None)
+            values = rng.choice(SPECIAL_VALUES, (t, *shape)) * rng.choice([0, 1], (t, *shape)) + rng.normal(size=(t, *shape))
+            limit = {"float16": 6e4, "int32": 1e6}.get(dtype, np.inf)  # stay finite in the target dtype
+            data[name] = np.clip(values, -limit, limit).astype(dtype)
+            fields.append(FieldSpec(name, kind, shape, dtype, low=low, high=high))
+        elif kind == "discrete":
+            shape, n = tuple(draw(st.lists(st.integers(1, 3), max_size=2))), draw(st.integers(1, 1024))
+            data[name] = rng.integers(0, n, (t, *shape))
+            fields.append(FieldSpec(name, kind, shape, "int64", n=n))
+        elif kind == "image":
+            shape = (draw(st.integers(1, 40)), draw(st.integers(1, 40)), draw(st.sampled_from([1, 3])))
+            data[name] = rng.integers(0, 256, (t, *shape), dtype=np.uint8)
+            fields.append(FieldSpec(name, kind, shape, "uint8"))
+        else:
+            data[name] = [draw(st.text(max_size=12)) for _ in range(t)]
+            fields.append(FieldSpec(name, kind, (), "str"))
+    if draw(st.booleans()):
+        action = FieldSpec("action", "discrete", (), "int64", n=draw(st.integers(1, 1024)))
+        actions = rng.integers(0, action.n, t)
+    else:
+        action = FieldSpec("action", "continuous", (draw(st.integers(1, 6)),), "float32")
+        actions = rng.choice(SPECIAL_VALUES, (t, action.shape[0])).astype(np.float32)
+    return TimestepSpec(tuple(fields), action), data, actions
+
+
+@settings(max_examples=80, deadline=None)
+@given(episodes(), st.booleans())
+def test_random_specs_keep_the_invariants(tok: Tokenizer, case, with_actions: bool) -> None:
+    spec, obs, actions = case
+    lay = tok.layout
+    ep = tok.tokenize_episode(spec, obs, actions if with_actions else None)
+    t, length = len(actions), ep.tokens_per_timestep
+    assert ep.tokens.shape == (t * length,) and ep.num_timesteps == t
+    rows, loss = ep.per_timestep(), ep.per_timestep(ep.loss_mask)
+    # Segments tile the timestep in Gato's order: text, images, tensors (sorted), separator, action.
+    order = {"text": 0, "image": 1, "continuous": 2, "discrete": 2, "separator": 3, "action": 4}
+    assert [s[2] for s in ep.segments] == [0] + [s[3] for s in ep.segments[:-1]] and ep.segments[-1][3] == length
+    keys = [(order[kind], name if kind != "separator" else "") for name, kind, _, _ in ep.segments]
+    assert keys == sorted(keys)
+    for name, kind, start, stop in ep.segments:
+        block, m = rows[:, start:stop], loss[:, start:stop]
+        if kind == "text":
+            assert (((block >= 0) & (block < lay.text_size)) | (block == lay.pad_id)).all()
+            np.testing.assert_array_equal(m, block != lay.pad_id)
+            for i in range(t):
+                assert tok.decode_text(block[i][block[i] != lay.pad_id]) == obs[name][i]
+        elif kind == "image":
+            assert (block == lay.patch_id).all() and not m.any()
+        elif kind == "continuous":
+            assert ((block >= lay.continuous_offset) & (block < lay.discrete_offset)).all() and not m.any()
+        elif kind == "discrete":
+            np.testing.assert_array_equal(block - lay.discrete_offset, obs[name].reshape(t, -1))
+            assert not m.any()
+        elif kind == "separator":
+            assert (block == lay.separator_id).all() and not m.any()
+        else:
+            assert m.all()
+            back = tok.decode_actions(spec, block)
+            if spec.action.kind == "discrete":
+                np.testing.assert_array_equal(back, actions)
+            else:
+                x = np.clip(actions.astype(np.float64), -256, 256)
+                f = np.sign(x) * np.log1p(np.abs(x) * 100) / np.log1p(25600)
+                g = np.sign(back) * np.log1p(np.abs(back.astype(np.float64)) * 100) / np.log1p(25600)
+                assert (np.abs(f - g) <= 1 / 1024 + 1e-6).all()
+    assert ep.patches.shape[0] == np.count_nonzero(ep.tokens == lay.patch_id) == ep.patch_pos.shape[0]
+    assert set(ep.clipped) == {f.name for f in spec.observation if f.kind == "continuous"} | (
+        {"action"} if with_actions and spec.action.kind == "continuous" else set())
+
+
+@settings(max_examples=40, deadline=None)
+@given(episodes(), st.sampled_from([np.nan, np.inf, -np.inf]), st.integers(0, 10**6))
+def test_non_finite_anywhere_raises_naming_the_field(tok: Tokenizer, case, bad: float, where: int) -> None:
+    spec, obs, actions = case
+    targets = [f.name for f in spec.observation if f.kind == "continuous" and f.dtype != "int32"]
+    if not targets:
+        return
+    name = targets[where % len(targets)]
+    x = obs[name].copy()
+    x.reshape(-1)[where % x.size] = bad
+    with pytest.raises(ValueError, match=rf"Field '{name}': continuous values must be finite"):
+        tok.tokenize_episode(spec, dict(obs, **{name: x}), actions)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -84,6 +84,15 @@ class TokenizedEpisode:
     def action_tokens(self) -> np.ndarray:
         """int32 ``(T, A)`` action tokens (``(T, 0)`` when tokenized without actions)."""
         return self.per_timestep()[:, self.obs_tokens_per_timestep:]
+
+
+class _Block(NamedTuple):
+    """One field's tokens within every timestep."""
+
+    name: str
+    kind: str
+    ids: np.ndarray  # (T, k) or (1, k) when the same for every timestep
+    loss: np.ndarray | bool  # (T, k) or one value for the whole block
 
 
 def _field_array(observations: Mapping, f: FieldSpec, t: int | None) -> np.ndarray:
@@ -200,14 +209,13 @@ class Tokenizer:
         if actions is not None:
             actions = np.asarray(actions)
             if actions.ndim < 1:
-                raise ValueError(f"Actions need a leading time axis: shape (T, *{spec.action.shape}), got {actions.shape}")
+                raise ValueError(f"Actions need a leading time axis (T, ...) for field {spec.action.name!r}, got a scalar")
             t = actions.shape[0]
         text_fields, image_fields = spec.fields("text"), spec.fields("image")
         tensor_fields = tuple(sorted((f for f in spec.observation if f.kind in ("continuous", "discrete")),
                                      key=lambda f: f.name))
 
-        blocks: list[tuple[np.ndarray, np.ndarray | bool]] = []  # ((T, k) ids, (T, k) loss or constant)
-        names: list[tuple[str, str]] = []  # (name, kind) of each block
+        blocks: list[_Block] = []
         clipped: dict[str, int] = {}
         # text: (T, k) ids, padded with pad_id to the longest encoding in this call
         for f in text_fields:
@@ -221,8 +229,7 @@ class Tokenizer:
             elif ids.shape[0] != t:
                 raise ValueError(f"Observation field {f.name!r} has {ids.shape[0]} timesteps, expected {t}")
             keep = ids >= 0
-            blocks.append((np.where(keep, ids, lay.pad_id), keep))
-            names.append((f.name, f.kind))
+            blocks.append(_Block(f.name, f.kind, np.where(keep, ids, lay.pad_id), keep))
         # images: patch slots; raw patches (T, n, 16, 16, 3)
         raw_list, pos_list = [], []
         for f in image_fields:
@@ -231,8 +238,7 @@ class Tokenizer:
             raw, pos = image_to_patches(x, field=f.name)
             raw_list.append(raw)
             pos_list.append(pos)
-            blocks.append((np.full((1, pos.shape[0]), lay.patch_id, np.int64), False))
-            names.append((f.name, f.kind))
+            blocks.append(_Block(f.name, f.kind, np.full((1, pos.shape[0]), lay.patch_id, np.int64), False))
         # continuous / discrete tensors, keys sorted
         for f in tensor_fields:
             x = _field_array(observations, f, t)
@@ -240,32 +246,29 @@ class Tokenizer:
             ids, n_clip = self._encode_tensor(f, x, t)
             if f.kind == "continuous":
                 clipped[f.name] = n_clip
-            blocks.append((ids, False))
-            names.append((f.name, f.kind))
+            blocks.append(_Block(f.name, f.kind, ids, False))
         if t is None:
             raise ValueError("Cannot tokenize an episode with no observation fields and no actions")
-        blocks.append((np.full((1, 1), lay.separator_id, np.int64), False))
-        names.append(("|", "separator"))
-        obs_len = sum(b.shape[1] for b, _ in blocks)
+        blocks.append(_Block("|", "separator", np.full((1, 1), lay.separator_id, np.int64), False))
+        obs_len = sum(b.ids.shape[1] for b in blocks)
         action_size = 0
         if actions is not None:
             ids, n_clip = self.encode_actions(spec, actions)
             if spec.action.kind == "continuous":
                 clipped[spec.action.name] = n_clip
             action_size = ids.shape[1]
-            blocks.append((ids, True))
-            names.append((spec.action.name, "action"))
+            blocks.append(_Block(spec.action.name, "action", ids, True))
 
         length = obs_len + action_size
         tokens = np.empty((t, length), dtype=np.int32)  # (T, L)
         loss = np.zeros((t, length), dtype=bool)  # (T, L)
         col, segments = 0, []
-        for (ids, mask), (name, kind) in zip(blocks, names):
-            k = ids.shape[1]
-            segments.append((name, kind, col, col + k))
-            tokens[:, col:col + k] = ids  # broadcasts (1, k) constant blocks over T
-            if mask is not False:
-                loss[:, col:col + k] = mask
+        for b in blocks:
+            k = b.ids.shape[1]
+            segments.append((b.name, b.kind, col, col + k))
+            tokens[:, col:col + k] = b.ids  # broadcasts (1, k) constant blocks over T
+            if b.loss is not False:
+                loss[:, col:col + k] = b.loss
             col += k
 
         if raw_list:
