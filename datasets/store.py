@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -427,18 +428,51 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     """Write a parquet file atomically (snappy, like LeRobot)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="snappy")
+        pq.write_table(table, tmp, compression="snappy", write_page_checksum=True)
 
 
-def read_parquet(path: Path) -> pa.Table:
-    """Read a parquet file; any failure becomes a :class:`DatasetError` that names the file."""
+def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a parquet file, checking page CRCs; any failure becomes a :class:`DatasetError` naming the file."""
     try:
-        return pq.read_table(path)
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file is missing") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         size = path.stat().st_size if path.exists() else 0
         raise DatasetError(f"{path}: not a readable parquet file ({size} bytes; truncated or corrupted?): {exc}") from None
+
+
+def _array_bytes(arr: pa.Array) -> Iterator[bytes]:
+    """Canonical bytes of an Arrow array's values (independent of chunking, offsets and file encoding)."""
+    if pa.types.is_fixed_size_list(arr.type):
+        yield from _array_bytes(arr.flatten())
+    elif pa.types.is_struct(arr.type):
+        for i in range(arr.type.num_fields):
+            yield from _array_bytes(arr.field(i))
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        yield np.asarray(arr.value_lengths().fill_null(-1), np.int64).tobytes()
+        yield from _array_bytes(arr.flatten())
+    elif pa.types.is_binary(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_binary(arr.type):
+        values = arr.to_pylist()
+        yield np.asarray([-1 if v is None else len(v) for v in values], np.int64).tobytes()
+        for v in values:
+            if v is not None:
+                yield v.encode() if isinstance(v, str) else v
+    else:
+        yield np.asarray(arr.is_null()).tobytes()
+        if arr.null_count:
+            arr = arr.fill_null(pa.scalar(0).cast(arr.type))
+        yield arr.to_numpy(zero_copy_only=False).tobytes()
+
+
+def rows_digest(table: pa.Table) -> str:
+    """Checksum of a table's contents (column names and values), the same in memory and after a parquet round trip."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in table.column_names:
+        h.update(name.encode() + b"\0")
+        for chunk in _array_bytes(table[name].combine_chunks()):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -870,7 +904,8 @@ class EpisodeStore:
         self.info["total_frames"] = frames
         self.info["omnipolicy"]["episodes_files"] = max(n_files, k_last + 1)
         self.info["splits"] = {"train": f"0:{self.info['total_episodes']}"}
-        self._episodes = pa.table({})  # stats below are recomputed from disk
+        meta = pa.concat_tables([self._episodes, pa.Table.from_pylist(adopted, schema=self._episodes.schema)])
+        self.info["omnipolicy"]["episodes_checksum"] = rows_digest(meta)
         self._commit()
         return len(adopted)
 
@@ -983,7 +1018,9 @@ class EpisodeStore:
                 meta_base = meta_base.slice(0, self._committed_rows(tail))
             else:
                 k_meta += 1
-        meta_new = self._episodes_table(prepared, ep0, frame0, k_data, k_meta, chunks_size, info)
+        starts = np.cumsum([0] + [p.length for p in prepared])
+        digests = [rows_digest(new_data.slice(int(a), int(b - a))) for a, b in zip(starts[:-1], starts[1:])]
+        meta_new = self._episodes_table(prepared, ep0, frame0, k_data, k_meta, chunks_size, info, digests)
         meta_table = pa.concat_tables([meta_base, meta_new], promote_options="default") if meta_base is not None else meta_new
         write_parquet_atomic(self._episodes_path(k_meta), meta_table)
 
@@ -993,6 +1030,7 @@ class EpisodeStore:
         info["omnipolicy"]["episodes_files"] = k_meta + 1
         info["splits"] = {"train": f"0:{info['total_episodes']}"}
         all_meta = pa.concat_tables([self._episodes, meta_new], promote_options="default") if self.num_episodes else meta_new
+        info["omnipolicy"]["episodes_checksum"] = rows_digest(all_meta)
         write_json_atomic(self.root / STATS_PATH, _stats_to_json(aggregate_stats(self._stats_of(all_meta))))
         self._write_info(info)
         return list(range(ep0, ep0 + len(prepared)))
@@ -1046,7 +1084,7 @@ class EpisodeStore:
 
     def _episodes_table(
         self, prepared: Sequence[PreparedEpisode], ep0: int, frame0: int, k_data: int, k_meta: int,
-        chunks_size: int, info: dict,
+        chunks_size: int, info: dict, digests: Sequence[str],
     ) -> pa.Table:
         n = len(prepared)
         lengths = np.array([p.length for p in prepared], np.int64)
@@ -1069,6 +1107,7 @@ class EpisodeStore:
             "success": pa.array([p.success for p in prepared], pa.bool_()),
             "episode_return": pa.array([p.episode_return for p in prepared], pa.float64()),
             "terminated": pa.array([p.terminated for p in prepared], pa.bool_()),
+            "checksum": pa.array(list(digests), pa.string()),
         }
         for key in info["features"]:
             if key in DEFAULT_FEATURES or info["features"][key]["dtype"] == "string":

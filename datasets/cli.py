@@ -1,0 +1,331 @@
+"""``omnipolicy dataset``: inspect and check episode stores.
+
+    omnipolicy dataset info DIR            tasks, episodes, frames, features, size, per-task returns
+    omnipolicy dataset verify DIR          every file intact? (exit code 1 and the file's name if not)
+    omnipolicy dataset verify DIR --repair clean up after an interrupted writer first
+    omnipolicy dataset export-minari DIR --out MINARI_DIR      (optional extra: minari)
+    omnipolicy dataset import-minari MINARI_DIR --out DIR --task ID
+
+DIR may be one dataset or a folder of datasets (what ``omnipolicy collect --out`` writes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import tyro
+
+from .store import (
+    INFO_PATH,
+    STATS_PATH,
+    TASKS_PATH,
+    DatasetError,
+    EpisodeStore,
+    decode_png,
+    find_stores,
+    read_parquet,
+    rows_digest,
+)
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def dataset_info(root: str | Path) -> dict[str, Any]:
+    """Summary of one dataset: totals, features, size and per-task return statistics.
+
+    Raises:
+        DatasetError: the dataset's metadata cannot be read (the message names the file).
+    """
+    store = EpisodeStore(root)
+    table = store.episode_table()
+    tasks = {}
+    for tid in store.task_ids:
+        idx = store.episodes_of(tid)
+        rets = store.returns(tid)
+        succ = [table["success"][i].as_py() for i in idx] if idx else []
+        succ = [s for s in succ if s is not None]
+        tasks[tid] = {
+            "instruction": store.instruction(tid),
+            "episodes": len(idx),
+            "frames": int(np.sum(table["length"].to_numpy()[idx])) if idx else 0,
+            "return_mean": float(rets.mean()) if len(rets) else math.nan,
+            "return_std": float(rets.std()) if len(rets) else math.nan,
+            "return_min": float(rets.min()) if len(rets) else math.nan,
+            "return_max": float(rets.max()) if len(rets) else math.nan,
+            "success_rate": float(np.mean(succ)) if succ else None,
+        }
+    return {
+        "path": str(store.root),
+        "codebase_version": store.info.get("codebase_version"),
+        "fps": store.fps,
+        "episodes": store.num_episodes,
+        "frames": store.num_frames,
+        "bytes": _size(store.root),
+        "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in store.info.get("features", {}).items()},
+        "tasks": tasks,
+    }
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify_dataset`: errors make the dataset unusable, warnings are recoverable."""
+
+    path: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def verify_dataset(root: str | Path, images: bool = True, repair: bool = False) -> VerifyReport:
+    """Check every file of a dataset: readable, row counts and index ranges as the metadata says, PNGs decode.
+
+    Args:
+        root: dataset folder.
+        images: decode every stored image (slower) instead of only checking the bytes are there.
+        repair: first adopt or remove what an interrupted writer left (takes the write lock).
+
+    Returns:
+        A report; each error names the file it is about.
+    """
+    root = Path(root)
+    report = VerifyReport(str(root))
+    err, warn = report.errors.append, report.warnings.append
+    if not (root / INFO_PATH).is_file():
+        err(f"{root / INFO_PATH}: missing; {root} is not a dataset (or no episode was ever committed)")
+        return report
+    try:
+        store = EpisodeStore(root)
+        if repair:
+            done = store.recover()
+            store.close()
+            if any(done.values()):
+                warn(f"repaired: adopted {done['adopted']} episodes, removed {done['removed_files']} files, "
+                     f"dropped {done['dropped_rows']} uncommitted rows")
+    except DatasetError as exc:
+        err(str(exc))
+        return report
+    info = store.info
+    for rel in (STATS_PATH,):
+        try:
+            json.loads((root / rel).read_text())
+        except FileNotFoundError:
+            err(f"{root / rel}: missing")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            err(f"{root / rel}: not valid JSON ({exc})")
+    try:
+        tasks = read_parquet(root / TASKS_PATH)
+        if tasks.num_rows < len(store.task_ids):
+            err(f"{root / TASKS_PATH}: {tasks.num_rows} tasks, info.json commits {len(store.task_ids)}")
+    except DatasetError as exc:
+        err(str(exc))
+    episodes = store.episode_table()
+    if episodes.num_rows != store.num_episodes:
+        err(f"{root / 'meta/episodes'}: {episodes.num_rows} committed rows, info.json says {store.num_episodes}")
+        return report
+    expect_digest = info.get("omnipolicy", {}).get("episodes_checksum")
+    if store.num_episodes and expect_digest and rows_digest(episodes) != expect_digest:
+        err(f"{store.episodes_files()[-1]}: committed episode rows do not match their checksum in info.json (corrupted)")
+    lengths = episodes["length"].to_numpy() if store.num_episodes else np.zeros(0, np.int64)
+    checksums = episodes["checksum"].to_pylist() if "checksum" in episodes.column_names else [None] * len(lengths)
+    if int(lengths.sum()) != store.num_frames:
+        err(f"{root / INFO_PATH}: total_frames={store.num_frames} but episode lengths add up to {int(lengths.sum())}")
+    frames_seen = 0
+    image_cols = [k for k, v in info.get("features", {}).items() if v["dtype"] == "image"]
+    for path in store.data_files():
+        rel = path.relative_to(root)
+        try:
+            table = read_parquet(path)
+        except DatasetError as exc:
+            err(str(exc))
+            continue
+        m = np.flatnonzero(
+            (episodes["data/chunk_index"].to_numpy() * store.chunks_size + episodes["data/file_index"].to_numpy())
+            == store.data_files().index(path)
+        )
+        expect = int(lengths[m].sum())
+        if table.num_rows < expect:
+            err(f"{path}: {table.num_rows} rows, the episode metadata expects {expect}")
+            continue
+        if table.num_rows > expect:
+            warn(f"{rel}: {table.num_rows - expect} rows past the commit (left by an interrupted write; --repair removes them)")
+        missing = [c for c in info["features"] if c not in table.column_names]
+        if missing:
+            err(f"{path}: columns {missing} missing")
+            continue
+        index = table["index"].to_numpy()[:expect]
+        ep_col = table["episode_index"].to_numpy()[:expect]
+        frame = table["frame_index"].to_numpy()[:expect]
+        for i in m:
+            lo, hi = int(episodes["dataset_from_index"][i].as_py()), int(episodes["dataset_to_index"][i].as_py())
+            sel = slice(lo - int(index[0]), hi - int(index[0]))
+            if (
+                hi - lo != lengths[i]
+                or not np.array_equal(index[sel], np.arange(lo, hi))
+                or not np.all(ep_col[sel] == i)
+                or not np.array_equal(frame[sel], np.arange(hi - lo))
+            ):
+                err(f"{path}: rows of episode {i} (index {lo}..{hi}) do not match the episode metadata")
+            elif checksums[i] and rows_digest(table.slice(sel.start, hi - lo)) != checksums[i]:
+                err(f"{path}: rows of episode {i} (index {lo}..{hi}) do not match their checksum (corrupted)")
+        frames_seen += expect
+        for col in image_cols:
+            shape = info["features"][col]["shape"]
+            blobs = table[col].combine_chunks().field("bytes").to_pylist()[:expect]
+            for j, blob in enumerate(blobs):
+                if not blob:
+                    err(f"{path}: {col} row {j} has no image bytes")
+                    break
+                if images:
+                    try:
+                        decode_png(blob, shape)
+                    except Exception as exc:  # noqa: BLE001 (PIL raises many types)
+                        err(f"{path}: {col} row {j}: PNG does not decode to {shape} ({type(exc).__name__}: {exc})")
+                        break
+            report.checked["images"] = report.checked.get("images", 0) + (len(blobs) if images else 0)
+    report.checked.update(episodes=store.num_episodes, frames=frames_seen, data_files=len(store.data_files()))
+    for kind, items in store.leftovers().items():
+        for item in items:
+            if kind == "files":
+                warn(f"{item}: not part of the committed dataset (left by an interrupted write; --repair removes it)")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass(frozen=True)
+class Info:
+    """Show what a dataset (or a folder of datasets) holds."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset folder, or a folder of datasets."""
+    json: bool = False
+    """Print JSON instead of a table."""
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Check that every file of a dataset is intact (exit code 1 if not)."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset folder, or a folder of datasets."""
+    images: bool = True
+    """Decode every stored PNG (--no-images only checks the bytes are there)."""
+    repair: bool = False
+    """First adopt or remove what an interrupted writer left behind."""
+
+
+@dataclass(frozen=True)
+class ExportMinari:
+    """Export a dataset to a Minari dataset folder (needs the optional `minari` package)."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset folder (one task)."""
+    out: Path
+    """Minari datasets root (MINARI_DATASETS_PATH); the dataset id is derived from the task id."""
+    dataset_id: str | None = None
+    """Minari dataset id (default: omnipolicy/<task name>/expert-v0)."""
+
+
+@dataclass(frozen=True)
+class ImportMinari:
+    """Import a Minari dataset into an episode store (needs the optional `minari` package)."""
+
+    dataset_id: tyro.conf.Positional[str]
+    """Minari dataset id."""
+    minari_root: Path
+    """Minari datasets root (MINARI_DATASETS_PATH)."""
+    out: Path
+    """Episode store folder to append to."""
+    task: str
+    """Registered task id whose TimestepSpec the episodes follow."""
+
+
+def _roots(path: Path) -> list[Path]:
+    if not path.exists():
+        sys.exit(f"omnipolicy dataset: {path} does not exist")
+    roots = find_stores(path)
+    if not roots:
+        sys.exit(f"omnipolicy dataset: no dataset (meta/info.json) at or below {path}")
+    return roots
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    print(f"{info['path']}  (LeRobot {info['codebase_version']}, {info['fps']} fps, {_fmt_bytes(info['bytes'])})")
+    print(f"  {info['episodes']} episodes, {info['frames']} frames, {len(info['tasks'])} task(s)")
+    for tid, t in info["tasks"].items():
+        succ = "" if t["success_rate"] is None else f", success {100 * t['success_rate']:.0f}%"
+        print(f"  task {tid}: {t['episodes']} episodes, {t['frames']} frames, return {t['return_mean']:.2f} "
+              f"+- {t['return_std']:.2f} [{t['return_min']:.2f}, {t['return_max']:.2f}]{succ}")
+        print(f"    \"{t['instruction']}\"")
+    print("  features:")
+    for k, v in info["features"].items():
+        print(f"    {k:<32} {v['dtype']:<8} {tuple(v['shape'])}")
+
+
+def dataset_command(argv: list[str], prog: str) -> None:
+    """Entry point of ``omnipolicy dataset``."""
+    cmd = tyro.cli(
+        Annotated[Info, tyro.conf.subcommand("info")]
+        | Annotated[Verify, tyro.conf.subcommand("verify")]
+        | Annotated[ExportMinari, tyro.conf.subcommand("export-minari")]
+        | Annotated[ImportMinari, tyro.conf.subcommand("import-minari")],
+        args=argv,
+        prog=prog,
+    )
+    if isinstance(cmd, Info):
+        infos = []
+        for root in _roots(cmd.path):
+            try:
+                infos.append(dataset_info(root))
+            except DatasetError as exc:
+                sys.exit(f"omnipolicy dataset info: {exc}")
+        if cmd.json:
+            print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
+        else:
+            for info in infos:
+                _print_info(info)
+        return
+    if isinstance(cmd, Verify):
+        bad = 0
+        for root in _roots(cmd.path):
+            report = verify_dataset(root, images=cmd.images, repair=cmd.repair)
+            status = "OK" if report.ok else "FAILED"
+            counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
+            print(f"{status}  {root}  ({counts})")
+            for e in report.errors:
+                print(f"  error: {e}")
+            for w in report.warnings:
+                print(f"  warning: {w}")
+            bad += not report.ok
+        if bad:
+            sys.exit(1)
+        return
+    from . import minari_io
+
+    if isinstance(cmd, ExportMinari):
+        print(minari_io.export_minari(cmd.path, cmd.out, cmd.dataset_id))
+    else:
+        print(minari_io.import_minari(cmd.dataset_id, cmd.minari_root, cmd.out, cmd.task))
+
