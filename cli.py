@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {
     "dataset": Command("omnipolicy.datasets.cli:dataset_command", "Inspect, verify, import or export a dataset (info, verify, ...)."),
     "train": Command("omnipolicy.agent.train:train_command", "Train a generalist policy on one or more datasets."),
     "eval": Command("omnipolicy.envs.evaluate:eval_command", "Evaluate a checkpoint in the simulators and write a report."),
-    "demo": Command("omnipolicy.agent.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),
+    "demo": Command("omnipolicy.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),
     "deploy": Command("omnipolicy.robot_bridge.deploy:deploy_command", "Drive a ROS 2 robot with a trained policy."),
     "sim-robot": Command("omnipolicy.robot_bridge.sim_robot:sim_robot_command", "Expose a simulated MuJoCo arm as a ROS 2 robot."),
 }
