@@ -1,0 +1,50 @@
+"""The shared evaluation protocol, checked with actors whose scores are known."""
+
+import json
+
+import numpy as np
+import pytest
+
+from omnipolicy.envs.evaluate import ExpertActor, RandomActor, bootstrap_ci, evaluate, run_task
+
+
+def test_expert_scores_near_100_and_random_near_0(tmp_path):
+    tasks = ("classic/cartpole-v1", "classic/mountaincar-v0")
+    expert = evaluate(ExpertActor(), tasks, episodes=6, out=tmp_path / "expert", num_envs=3, video=False)
+    random = evaluate(RandomActor(seed=1), tasks, episodes=6, out=tmp_path / "random", num_envs=3, video=False)
+    for t in tasks:
+        assert expert["tasks"][t]["normalized_mean"] > 80, expert["tasks"][t]
+        assert abs(random["tasks"][t]["normalized_mean"]) < 25, random["tasks"][t]
+    assert expert["overall"]["tasks_at_least_50"] == 2
+    assert random["overall"]["tasks_at_least_50"] == 0
+    on_disk = json.loads((tmp_path / "expert" / "report.json").read_text())
+    assert on_disk["overall"]["share_at_least_50"] == 1.0
+    md = (tmp_path / "expert" / "report.md").read_text()
+    assert "2 of 2 tasks at or above 50% of expert" in md and "## Protocol" in md
+    assert (tmp_path / "expert" / "scores.png").stat().st_size > 1000
+
+
+def test_parallel_envs_do_not_change_results():
+    one = run_task(ExpertActor(), "classic/acrobot-v1", episodes=4, num_envs=1, seed=123)
+    many = run_task(ExpertActor(), "classic/acrobot-v1", episodes=4, num_envs=4, seed=123)
+    assert one.returns == many.returns
+    assert one.lengths == many.lengths
+
+
+def test_video_written(tmp_path):
+    r = run_task(RandomActor(), "classic/cartpole-v1", episodes=2, num_envs=2, video_path=tmp_path / "v.gif")
+    from PIL import Image
+
+    with Image.open(r.video) as im:
+        assert im.n_frames > 5
+
+
+def test_bootstrap_ci_brackets_mean():
+    v = np.random.default_rng(0).normal(10, 2, size=200)
+    lo, hi = bootstrap_ci(v)
+    assert lo < v.mean() < hi and hi - lo < 1.5
+
+
+def test_bad_episode_count():
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        run_task(RandomActor(), "classic/cartpole-v1", episodes=0)
