@@ -1,0 +1,90 @@
+"""Keep ROS 2 / DDS traffic on 127.0.0.1: the shipped configurations and the environment that selects them.
+
+``config/cyclonedds-loopback.xml`` (Cyclone DDS: the ``dds`` transport and
+rmw_cyclonedds) and ``config/fastdds-loopback.xml`` (Fast DDS: rmw_fastrtps,
+as in PyPI's ros-rclpy wheels) bind to 127.0.0.1, use no multicast and
+discover peers by unicast on 127.0.0.1. Every test and benchmark runs its
+processes with :func:`loopback_env`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+CYCLONEDDS_LOOPBACK = CONFIG_DIR / "cyclonedds-loopback.xml"
+FASTDDS_LOOPBACK = CONFIG_DIR / "fastdds-loopback.xml"
+
+#: Largest domain id whose RTPS ports (7400 + 250 * id + offsets) fit in 16 bits.
+MAX_DOMAIN_ID = 232
+
+
+def check_domain_id(domain_id: int) -> int:
+    """Return ``domain_id`` if it is a usable DDS domain id.
+
+    Raises:
+        ValueError: outside ``[0, 232]``.
+    """
+    if isinstance(domain_id, bool) or not isinstance(domain_id, int) or not 0 <= domain_id <= MAX_DOMAIN_ID:
+        raise ValueError(f"ROS domain id must be an int in [0, {MAX_DOMAIN_ID}], got {domain_id!r}")
+    return domain_id
+
+
+def loopback_env(
+    domain_id: int | None = None, *, rmw: str | None = "rmw_fastrtps_cpp", base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a process whose ROS 2 / DDS traffic stays on 127.0.0.1.
+
+    Sets ``CYCLONEDDS_URI`` and ``FASTDDS_DEFAULT_PROFILES_FILE`` to the shipped
+    loopback configurations, ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, and,
+    when given, ``ROS_DOMAIN_ID`` and ``RMW_IMPLEMENTATION``.
+
+    Args:
+        domain_id: ``ROS_DOMAIN_ID`` to set, or None to keep the base's.
+        rmw: ``RMW_IMPLEMENTATION`` to set, or None to keep the base's.
+        base: environment to start from; default ``os.environ``.
+
+    Returns:
+        A new dict (``base`` is not modified).
+    """
+    env = dict(os.environ if base is None else base)
+    env["CYCLONEDDS_URI"] = CYCLONEDDS_LOOPBACK.as_uri()
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_LOOPBACK)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the discovery range on newer ROS
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(check_domain_id(domain_id))
+    if rmw is not None:
+        env["RMW_IMPLEMENTATION"] = rmw
+    return env
+
+
+def apply_loopback_env(domain_id: int | None = None, *, rmw: str | None = "rmw_fastrtps_cpp") -> None:
+    """Set :func:`loopback_env`'s variables in this process (before any DDS participant is created)."""
+    env = loopback_env(domain_id, rmw=rmw, base={})
+    os.environ.pop("ROS_LOCALHOST_ONLY", None)
+    os.environ.update(env)
+
+
+def domain_id_from_env(default: int = 0) -> int:
+    """``ROS_DOMAIN_ID`` from the environment, or ``default``.
+
+    Raises:
+        ValueError: set but not an int in ``[0, 232]``.
+    """
+    raw = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"ROS_DOMAIN_ID must be an int in [0, {MAX_DOMAIN_ID}], got {raw!r}") from None
+    return check_domain_id(value)
+
+
+def random_domain_id(low: int = 100, high: int = MAX_DOMAIN_ID) -> int:
+    """A random domain id in ``[low, high]``: one per test run or benchmark keeps runs from hearing each other."""
+    return random.SystemRandom().randint(check_domain_id(low), check_domain_id(high))

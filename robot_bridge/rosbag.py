@@ -1,0 +1,295 @@
+"""rosbag2 recordings (MCAP or SQLite3) of a robot -> aligned observation/action arrays.
+
+Reads a bag with PyPI's ``rosbags`` (no ROS install) and decodes the raw CDR
+with :mod:`omnipolicy.robot_bridge.cdr`, so bag messages and live messages go
+through the same message layer and the same :class:`JointMap` checks.
+
+Alignment rule (the only one): every message is timed by its **receive time
+in the bag** (the rosbag2 record timestamp; ``Float64MultiArray`` commands
+carry no header, and receive times are on one clock for every topic). Each
+command at time ``t`` becomes one timestep whose observation is the **latest
+joint state received at or before ``t``** (and, with an image topic, the
+latest image at or before ``t``). A command is dropped when there is no such
+state (image) or when it is older than ``max_state_age`` (``max_image_age``)
+seconds at ``t``. The action is the command itself, in task order. So a
+timestep pairs "what the robot looked like" with "what it was told next",
+exactly what a policy sees and does in the control loop.
+
+``write_bag`` writes such a bag with ``rosbags``' own serializer, for tests
+and examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnipolicy.robot_bridge import cdr
+from omnipolicy.robot_bridge.messages import (
+    Float64MultiArray,
+    Image,
+    JointMap,
+    JointState,
+    JointTrajectory,
+    ObservationMap,
+    RosMessage,
+    action_from_command,
+    image_to_array,
+    message_type,
+    validate,
+)
+from omnipolicy.robot_bridge.transport import ros_topic_name
+
+log = logging.getLogger(__name__)
+
+COMMAND_TYPES = (Float64MultiArray, JointTrajectory)
+
+
+@dataclass(frozen=True)
+class BagImportConfig:
+    """Which topics of a bag make the episode, and how they are aligned."""
+
+    joint_states: str = "/joint_states"
+    """sensor_msgs/JointState topic (the robot's state)."""
+    commands: str = "/forward_position_controller/commands"
+    """Command topic: std_msgs/Float64MultiArray (controller joint order) or trajectory_msgs/JointTrajectory."""
+    image: str | None = None
+    """Optional sensor_msgs/Image topic."""
+    max_state_age: float = 0.1
+    """Drop a command whose latest joint state is older than this (seconds)."""
+    max_image_age: float = 0.2
+    """Drop a command whose latest image is older than this (seconds)."""
+    strict: bool = True
+    """Raise on a malformed message (unknown/missing joints, NaN, bad sizes); else drop it and log one line."""
+
+    def __post_init__(self) -> None:
+        for name in ("joint_states", "commands") + (("image",) if self.image is not None else ()):
+            object.__setattr__(self, name, ros_topic_name(getattr(self, name)))
+        for name in ("max_state_age", "max_image_age"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"BagImportConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+
+
+@dataclass
+class BagEpisode:
+    """Aligned arrays of one recording, ready to become an episode.
+
+    Attributes:
+        observations: key -> ``(T, ...)`` array (keys from the ObservationMap).
+        actions: ``(T, A)`` float64, task order.
+        timestamps_ns: ``(T,)`` int64, receive time of each command.
+        state_timestamps_ns: ``(T,)`` int64, receive time of the state paired with it.
+        joint_names: task-order joint names (the columns of the vectors).
+        dropped: commands dropped by the alignment rule (no state yet, state or image too old).
+        rejected: malformed messages skipped (``strict=False`` only).
+    """
+
+    observations: dict[str, np.ndarray]
+    actions: np.ndarray
+    timestamps_ns: np.ndarray
+    state_timestamps_ns: np.ndarray
+    joint_names: tuple[str, ...]
+    dropped: int = 0
+    rejected: int = 0
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """``(T,)`` float64 seconds since the first timestep."""
+        if len(self.timestamps_ns) == 0:
+            return np.zeros(0)
+        return (self.timestamps_ns - self.timestamps_ns[0]) * 1e-9
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _read_topics(path: Path, topics: Sequence[str]) -> dict[str, tuple[type[RosMessage], list[tuple[int, bytes]]]]:
+    from rosbags.rosbag2 import Reader  # noqa: PLC0415
+
+    if not path.exists():
+        raise FileNotFoundError(f"rosbag2 directory {str(path)!r} does not exist")
+    out: dict[str, tuple[type[RosMessage], list[tuple[int, bytes]]]] = {}
+    with Reader(path) as reader:
+        available = {c.topic: c.msgtype for c in reader.connections}
+        missing = [t for t in topics if t not in available]
+        if missing:
+            raise ValueError(f"rosbag {path.name}: topics {missing} not found; the bag has {sorted(available)}")
+        conns = [c for c in reader.connections if c.topic in topics]
+        for c in conns:
+            if c.msgtype != available[c.topic]:
+                raise ValueError(f"rosbag {path.name}: topic {c.topic} has two types {c.msgtype} and {available[c.topic]}")
+        for t in topics:
+            out[t] = (message_type(available[t]), [])
+        for conn, stamp, raw in reader.messages(connections=conns):
+            out[conn.topic][1].append((int(stamp), bytes(raw)))
+    for _, msgs in out.values():
+        msgs.sort(key=lambda m: m[0])
+    return out
+
+
+def _latest_before(times: np.ndarray, query: np.ndarray, max_age: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each query time, the index of the latest ``times`` entry at or before it, and whether it is fresh.
+
+    Returns:
+        ``(index, ok)``, both ``(len(query),)``; ``ok`` is False where no entry
+        exists or it is older than ``max_age`` seconds (``index`` is then clipped to 0).
+    """
+    idx = np.searchsorted(times, query, side="right") - 1  # (Q,)
+    ok = idx >= 0
+    idx = np.maximum(idx, 0)
+    if len(times):
+        ok &= query - times[idx] <= round(max_age * 1e9)
+    return idx, ok
+
+
+def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig = BagImportConfig()) -> BagEpisode:
+    """Read a rosbag2 recording into aligned arrays (see the module docstring for the rule).
+
+    Args:
+        path: the bag directory (``metadata.yaml`` and its ``.mcap`` or ``.db3`` files).
+        obs_map: joint map and observation keys; ``obs_map.image_key`` must be
+            set iff ``config.image`` is.
+        config: topics and alignment limits.
+
+    Returns:
+        The episode arrays; ``T`` may be 0 if every command was dropped.
+
+    Raises:
+        ValueError: missing topics, wrong message types, or (``strict``) a malformed message.
+        FileNotFoundError: no such bag.
+    """
+    path = Path(path)
+    if (config.image is None) != (obs_map.image_key is None):
+        raise ValueError(
+            f"BagImportConfig.image ({config.image!r}) and ObservationMap.image_key ({obs_map.image_key!r}) "
+            "must be both set or both None"
+        )
+    topics = [config.joint_states, config.commands] + ([config.image] if config.image else [])
+    data = _read_topics(path, topics)
+    state_type, state_raw = data[config.joint_states]
+    cmd_type, cmd_raw = data[config.commands]
+    if state_type is not JointState:
+        raise ValueError(f"rosbag: {config.joint_states} has type {state_type.ROS_TYPE}, expected sensor_msgs/msg/JointState")
+    if cmd_type not in COMMAND_TYPES:
+        raise ValueError(
+            f"rosbag: {config.commands} has type {cmd_type.ROS_TYPE}; expected one of {[c.ROS_TYPE for c in COMMAND_TYPES]}"
+        )
+    rejected = 0
+
+    def decode_all(topic: str, kind: type, raw: list[tuple[int, bytes]], convert: Any) -> tuple[np.ndarray, list[Any]]:
+        nonlocal rejected
+        times, values = [], []
+        for i, (t, b) in enumerate(raw):
+            try:
+                values.append(convert(validate(cdr.decode(kind, b))))
+            except ValueError as e:
+                if config.strict:
+                    raise ValueError(f"rosbag: {topic} message {i} (t={t} ns): {e}") from None
+                rejected += 1
+                log.warning("rosbag: skipping %s message %d (t=%d ns): %s", topic, i, t, e)
+                continue
+            times.append(t)
+        return np.asarray(times, dtype=np.int64), values
+
+    jm = obs_map.joints
+    s_t, s_obs = decode_all(config.joint_states, JointState, state_raw, obs_map.joint_observation)
+    c_t, c_act = decode_all(config.commands, cmd_type, cmd_raw, lambda m: action_from_command(m, jm))
+    s_idx, keep = _latest_before(s_t, c_t, config.max_state_age)
+    if config.image:
+        i_t, i_arr = decode_all(config.image, Image, data[config.image][1], image_to_array)
+        i_idx, keep_image = _latest_before(i_t, c_t, config.max_image_age)
+        keep &= keep_image
+    rows = np.flatnonzero(keep)
+    observations: dict[str, np.ndarray] = {}
+    keys = [k for k in (obs_map.position_key, obs_map.velocity_key) if k is not None]
+    for k in keys:
+        observations[k] = np.stack([s_obs[s_idx[r]][k] for r in rows]) if len(rows) else np.zeros((0, jm.size))  # (T, J)
+    if config.image:
+        if len(rows):
+            shapes = {i_arr[i_idx[r]].shape for r in rows}
+            if len(shapes) != 1:
+                raise ValueError(f"rosbag: {config.image} changes image size within the episode: {sorted(shapes)}")
+            observations[obs_map.image_key] = np.stack([i_arr[i_idx[r]] for r in rows])  # (T, H, W, C)
+        else:
+            observations[obs_map.image_key] = np.zeros((0, 0, 0, 0), np.uint8)
+    actions = np.stack([c_act[r] for r in rows]) if len(rows) else np.zeros((0, jm.size))  # (T, A)
+    return BagEpisode(
+        observations=observations,
+        actions=actions,
+        timestamps_ns=c_t[rows],
+        state_timestamps_ns=s_t[s_idx[rows]] if len(rows) else np.zeros(0, np.int64),
+        joint_names=jm.task_joints,
+        dropped=int(len(c_t) - len(rows)),
+        rejected=rejected,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Writing (rosbags' serializer)
+# ---------------------------------------------------------------------------
+
+
+def _typestore() -> Any:
+    from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
+
+    return get_typestore(Stores.LATEST)
+
+
+def to_rosbags(msg: RosMessage, typestore: Any = None) -> Any:
+    """The ``rosbags`` message object equal to ``msg`` (for its serializer)."""
+    ts = typestore or _typestore()
+    kwargs = {}
+    for f in msg.__ros_fields__:
+        v = getattr(msg, f.name)
+        if isinstance(f.kind, type):
+            kwargs[f.name] = [to_rosbags(x, ts) for x in v] if f.seq else to_rosbags(v, ts)
+        elif f.kind == "string" and f.seq:
+            kwargs[f.name] = list(v)
+        else:
+            kwargs[f.name] = v
+    return ts.types[msg.ROS_TYPE](**kwargs)
+
+
+def rosbags_cdr(msg: RosMessage, typestore: Any = None) -> bytes:
+    """``msg`` serialized by ``rosbags`` (little-endian CDR with header): an independent encoder."""
+    ts = typestore or _typestore()
+    return bytes(ts.serialize_cdr(to_rosbags(msg, ts), msg.ROS_TYPE))
+
+
+def write_bag(path: str | Path, messages: Iterable[tuple[str, int, RosMessage]], *, storage: str = "mcap") -> Path:
+    """Write ``(topic, receive_time_ns, message)`` triples to a new rosbag2 directory with ``rosbags``.
+
+    Args:
+        path: directory to create (must not exist).
+        messages: in any order; each topic must keep one message type.
+        storage: ``mcap`` or ``sqlite3``.
+
+    Returns:
+        The bag directory.
+
+    Raises:
+        ValueError: unknown storage, or a topic with two types.
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: PLC0415
+
+    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise ValueError(f"write_bag: storage must be one of {sorted(plugins)}, got {storage!r}")
+    path = Path(path)
+    ts = _typestore()
+    with Writer(path, version=9, storage_plugin=plugins[storage]) as writer:
+        conns: dict[str, Any] = {}
+        for topic, stamp, msg in sorted(messages, key=lambda m: m[1]):
+            topic = ros_topic_name(topic)
+            conn = conns.get(topic)
+            if conn is None:
+                conn = conns[topic] = writer.add_connection(topic, msg.ROS_TYPE, typestore=ts)
+            elif conn.msgtype != msg.ROS_TYPE:
+                raise ValueError(f"write_bag: topic {topic} has type {conn.msgtype}, got a {msg.ROS_TYPE}")
+            writer.write(conn, int(stamp), rosbags_cdr(msg, ts))
+    return path
