@@ -234,6 +234,7 @@ class DdsSubscription(Subscription[M]):
 
     def __init__(self, transport: "DdsTransport", topic: str, msg_type: type[M], target: Any, qos: QosProfile) -> None:
         super().__init__(topic, msg_type, target, qos)
+        self.invalid_samples = 0  # samples without data (a writer left), never delivered
         self._listener = Listener(on_data_available=self._on_data_available)
         self._reader: DataReader | None = DataReader(
             transport._participant, transport._topic(self.topic, msg_type), to_cyclone_qos(qos), self._listener
@@ -247,6 +248,7 @@ class DdsSubscription(Subscription[M]):
             for s in samples:
                 # a writer leaving (dispose/unregister) yields a sample without data
                 if isinstance(s, InvalidSample) or not s.sample_info.valid_data:
+                    self.invalid_samples += 1
                     continue
                 try:
                     msg = validate(cdr.decode(self.msg_type, s._cdr))
