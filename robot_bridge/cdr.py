@@ -210,11 +210,10 @@ def _dec_string(r: _Reader) -> str:
     if n == 0:  # some writers send 0 for an empty string
         return ""
     p = r.take(n)
-    raw = bytes(r.data[p : p + n])
-    if raw[-1:] != b"\0":
+    if r.data[p + n - 1] != 0:
         raise CdrError(f"string at offset {p} is not NUL-terminated")
     try:
-        return raw[:-1].decode("utf-8")
+        return str(r.data[p : p + n - 1], "utf-8")
     except UnicodeDecodeError as e:
         raise CdrError(f"string at offset {p} is not UTF-8: {e}") from None
 
@@ -237,10 +236,34 @@ def _dec_primitive_seq(kind: str) -> _Dec:
 
 
 def _dec_string_seq(r: _Reader) -> tuple[str, ...]:
+    # _dec_string inlined: joint names are most of a JointState's decode time
     n = _dec_u32(r)
     if n > r.end - r.pos:
         raise CdrError(f"string sequence of {n} items cannot fit in {r.end - r.pos} bytes")
-    return tuple(_dec_string(r) for _ in range(n))
+    data, pos, end = r.data, r.pos, r.end
+    u32 = _U32_LE if r.le else _U32_BE
+    out = []
+    for _ in range(n):
+        pos += -(pos - 4) % 4
+        if pos + 4 > end:
+            raise CdrError(f"truncated message: need 4 bytes at offset {pos}, have {end - pos}")
+        (size,) = u32.unpack_from(data, pos)
+        pos += 4
+        stop = pos + size
+        if stop > end:
+            raise CdrError(f"truncated message: need {size} bytes at offset {pos}, have {end - pos}")
+        if size == 0:
+            out.append("")
+            continue
+        if data[stop - 1] != 0:
+            raise CdrError(f"string at offset {pos} is not NUL-terminated")
+        try:
+            out.append(str(data[pos : stop - 1], "utf-8"))
+        except UnicodeDecodeError as e:
+            raise CdrError(f"string at offset {pos} is not UTF-8: {e}") from None
+        pos = stop
+    r.pos = pos
+    return tuple(out)
 
 
 def _dec_message_seq(cls: type[RosMessage]) -> _Dec:
@@ -270,8 +293,13 @@ def _decoder(cls: type[RosMessage]) -> _Dec:
         else:
             plan.append(_dec_primitive_seq(f.kind) if f.seq else _dec_primitive(f.kind))
 
+    names = [f.name for f in cls.__ros_fields__]
+
     def dec(r: _Reader) -> RosMessage:
-        return cls(*[fn(r) for fn in plan])
+        # the decoded values already have the field types: skip __post_init__'s coercion
+        msg = object.__new__(cls)
+        msg.__dict__.update(zip(names, [fn(r) for fn in plan]))
+        return msg
 
     _DECODERS[cls] = dec
     return dec

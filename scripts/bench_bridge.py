@@ -1,0 +1,192 @@
+"""Benchmark: ROS 2 transport latency on 127.0.0.1 (the transport half of issue 6's benchmark).
+
+Round trips (one message in flight at a time; time from ``publish`` on the
+near side until the echoed message is delivered back, decoded):
+
+(a) ``dds -> dds echo``: our Cyclone DDS transport at both ends (echo in a child process).
+(b) ``dds -> rclpy node``: the far end is a plain rclpy node (PyPI ros-rclpy wheels,
+    Fast DDS) using ROS' own message classes. Needs ``.venv-ros`` (scripts/make_ros_venv.sh).
+(c) ``rclpy -> rclpy node``: our rclpy transport at the near end (this script re-run
+    under ``.venv-ros/bin/python``). Needs ``.venv-ros``.
+
+Messages: a 7-joint ``JointState`` (position, velocity, effort) and a 640x480
+``rgb8`` ``Image``. Baseline, in this process: serializing the same messages
+with cyclonedds-python's own IDL machinery (``sequence[uint8]`` etc.) versus
+our CDR codec; ratios are printed. All traffic stays on 127.0.0.1 (loopback
+configurations, a random ROS domain id per run). The control-loop jitter
+half of the benchmark needs the simulated robot and is not measured here.
+
+The last line of output is one JSON object with every figure.
+
+Usage: ``.venv/bin/python scripts/bench_bridge.py [--n 2000] [--image-n 50]``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import queue
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from omnipolicy.robot_bridge import cdr
+from omnipolicy.robot_bridge.echo import EchoProcess, prime
+from omnipolicy.robot_bridge.loopback import apply_loopback_env, loopback_env, random_domain_id
+from omnipolicy.robot_bridge.messages import Image, JointState, Time, array_to_image, joint_state
+from omnipolicy.robot_bridge.transport import QOS_DEFAULT, make_transport
+
+ROS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-ros" / "bin" / "python"
+JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
+
+
+@dataclass(frozen=True)
+class Args:
+    n: int = 2000
+    """JointState round trips per transport pair (after 100 warm-up round trips)."""
+    image_n: int = 50
+    """640x480 rgb8 Image round trips per transport pair."""
+    near: str = "all"
+    """Internal: 'all' runs every pair; 'rclpy' runs only (c) and prints its JSON (used under .venv-ros)."""
+    domain_id: int = -1
+    """ROS domain id; -1 picks a random one."""
+
+
+def percentiles(lat_s: list[float]) -> dict[str, float]:
+    a = np.asarray(lat_s) * 1e3
+    return {"p50_ms": round(float(np.percentile(a, 50)), 4), "p99_ms": round(float(np.percentile(a, 99)), 4),
+            "mean_ms": round(float(a.mean()), 4), "max_ms": round(float(a.max()), 4), "n": len(a)}
+
+
+def round_trips(t, src: str, dst: str, cls: type, make, n: int, warmup: int) -> dict[str, float]:
+    """``n`` sequential round trips of fresh messages through an echo on src -> dst."""
+    replies: queue.Queue = queue.Queue()
+    t.subscription(dst, cls, replies, QOS_DEFAULT)
+    pub = t.publisher(src, cls, QOS_DEFAULT)
+    prime(lambda: pub.publish(make(-1)), replies)
+    lat = []
+    for i in range(warmup + n):
+        msg = make(i)
+        t0 = time.perf_counter()
+        pub.publish(msg)
+        while True:
+            got = replies.get(timeout=10)
+            if got == msg:
+                break
+        if i >= warmup:
+            lat.append(time.perf_counter() - t0)
+    return percentiles(lat)
+
+
+def measure(near: str, far: str, far_python: str, args: Args, domain: int) -> dict:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    pairs = ["JointState:/bench/js/ping:/bench/js/pong", "Image:/bench/img/ping:/bench/img/pong"]
+
+    def js(i: int) -> JointState:
+        return joint_state(JOINTS, rng.normal(size=7), rng.normal(size=7), rng.normal(size=7), stamp=Time(i + 10, 0))
+
+    def img(i: int) -> Image:
+        return array_to_image(image, stamp=Time(i + 10, 0), frame_id="camera")
+
+    kwargs = {"domain_id": domain, **({"node_name": "bench_near"} if near == "rclpy" else {})}
+    with EchoProcess(far_python, far, domain, pairs), make_transport(near, **kwargs) as t:
+        out = {"joint_state": round_trips(t, "/bench/js/ping", "/bench/js/pong", JointState, js, args.n, 100)}
+        out["image_640x480"] = round_trips(t, "/bench/img/ping", "/bench/img/pong", Image, img, args.image_n, 5)
+    return out
+
+
+def serialization_baseline() -> dict:
+    """Our CDR codec vs cyclonedds-python's IDL serializer on the same messages (same bytes, checked)."""
+    from cyclonedds.idl import make_idl_struct
+    from cyclonedds.idl import types as t
+
+    time_ = make_idl_struct("Time_", "builtin_interfaces::msg::dds_::Time_", {"sec": t.int32, "nanosec": t.uint32})
+    header = make_idl_struct("Header_", "std_msgs::msg::dds_::Header_", {"stamp": time_, "frame_id": str})
+    f64s = t.sequence[t.float64]
+    js_idl = make_idl_struct("JointState_", "sensor_msgs::msg::dds_::JointState_",
+                             {"header": header, "name": t.sequence[str], "position": f64s, "velocity": f64s, "effort": f64s})
+    img_idl = make_idl_struct("Image_", "sensor_msgs::msg::dds_::Image_",
+                              {"header": header, "height": t.uint32, "width": t.uint32, "encoding": str,
+                               "is_bigendian": t.uint8, "step": t.uint32, "data": t.sequence[t.uint8]})
+    rng = np.random.default_rng(1)
+    js = joint_state(JOINTS, rng.normal(size=7), rng.normal(size=7), rng.normal(size=7), stamp=Time(1, 2))
+    im = array_to_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), stamp=Time(1, 2), frame_id="camera")
+    theirs_js = js_idl(header(time_(1, 2), ""), list(js.name), js.position.tolist(), js.velocity.tolist(), js.effort.tolist())
+    theirs_im = img_idl(header(time_(1, 2), "camera"), 480, 640, "rgb8", 0, 1920, im.data.tolist())
+
+    def best(fn, reps: int) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - t0) / reps)
+        return min(times)
+
+    out = {}
+    for name, ours, theirs, cls, reps_ours, reps_theirs in (
+        ("joint_state", js, theirs_js, JointState, 2000, 500),
+        ("image_640x480", im, theirs_im, Image, 50, 1),
+    ):
+        ours_bytes = cdr.encode(ours)
+        theirs_bytes = theirs.serialize()
+        if ours_bytes != theirs_bytes[: len(ours_bytes)]:
+            raise RuntimeError(f"{name}: our CDR differs from cyclonedds-python's")
+        enc_ours = best(lambda: cdr.encode(ours), reps_ours)
+        enc_theirs = best(theirs.serialize, reps_theirs)
+        dec_ours = best(lambda: cdr.decode(cls, ours_bytes), reps_ours)
+        dec_theirs = best(lambda: type(theirs).deserialize(theirs_bytes), reps_theirs)
+        out[name] = {
+            "bytes": len(ours_bytes),
+            "encode_us": round(enc_ours * 1e6, 2), "encode_cyclonedds_idl_us": round(enc_theirs * 1e6, 2),
+            "decode_us": round(dec_ours * 1e6, 2), "decode_cyclonedds_idl_us": round(dec_theirs * 1e6, 2),
+            "encode_speedup": round(enc_theirs / enc_ours, 1), "decode_speedup": round(dec_theirs / dec_ours, 1),
+        }
+    return out
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    domain = random_domain_id() if args.domain_id < 0 else args.domain_id
+    if args.near == "rclpy":  # child run under .venv-ros
+        apply_loopback_env(domain)
+        print(json.dumps(measure("rclpy", "rclpy-native", sys.executable, args, domain)))
+        return
+    results: dict = {"host": platform.node(), "cpus": os.cpu_count(), "domain_id": domain}
+    results["serialization"] = serialization_baseline()
+    for name, r in results["serialization"].items():
+        print(f"serialize {name:14s} ours {r['encode_us']:9.1f} us  cyclonedds-idl {r['encode_cyclonedds_idl_us']:11.1f} us"
+              f"  x{r['encode_speedup']}   deserialize ours {r['decode_us']:8.1f} us  cyclonedds-idl "
+              f"{r['decode_cyclonedds_idl_us']:11.1f} us  x{r['decode_speedup']}")
+    rt = results["round_trip"] = {}
+    rt["dds->dds_echo"] = measure("dds", "dds", sys.executable, args, domain)
+    if ROS_PYTHON.exists():
+        rt["dds->rclpy_node"] = measure("dds", "rclpy-native", str(ROS_PYTHON), args, random_domain_id())
+        child = subprocess.run(
+            [str(ROS_PYTHON), __file__, "--near", "rclpy", "--n", str(args.n), "--image-n", str(args.image_n),
+             "--domain-id", str(random_domain_id())],
+            capture_output=True, text=True, timeout=600, env=loopback_env(None),
+        )
+        if child.returncode != 0:
+            raise RuntimeError(f"rclpy run failed: {child.stderr[-2000:]}")
+        rt["rclpy->rclpy_node"] = json.loads(child.stdout.strip().splitlines()[-1])
+    else:
+        results["skipped"] = f"no {ROS_PYTHON}: rclpy pairs not measured (scripts/make_ros_venv.sh)"
+        print(results["skipped"])
+    base = rt["dds->dds_echo"]["joint_state"]["p50_ms"]
+    for pair, r in rt.items():
+        js, im = r["joint_state"], r["image_640x480"]
+        print(f"{pair:18s} JointState p50 {js['p50_ms']:.3f} ms p99 {js['p99_ms']:.3f} ms (x{js['p50_ms'] / base:.2f} of dds)"
+              f" | Image 640x480 p50 {im['p50_ms']:.2f} ms p99 {im['p99_ms']:.2f} ms")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
