@@ -1,0 +1,656 @@
+"""KV-cached acting: :class:`InferenceSession`.
+
+A session holds, for ``B`` environments at once, a preallocated static-shape
+KV cache over the whole context window (``n_layer x B x heads x K x head_dim``
+with ``K = context + C``) and the input embeddings of the tokens in the window.
+One control step is
+
+1. **prefill** of one timestep's observation tokens (image patches through
+   the model's patch embedder and row/column embeddings, local positions
+   ``0 .. L-1``), preceded by the previous timestep's last action token (it
+   was chosen but never fed), padded to a fixed width ``C``;
+2. **decode**: one step per action dimension ``k = 1 .. A-1`` reusing the
+   cache; every step's logits are masked to that dimension's valid ids (the
+   tokenizer's ``action_token_ranges``) before the greedy / sampled choice.
+
+Eviction. The model adds a learned *window* position (``0 .. context-1``,
+counted from the first token of the window, which starts at a timestep
+boundary) at its input, so every key and value of every layer depends on
+where the window starts: dropping the oldest timestep changes all of them,
+and a ring buffer cannot reuse them. When a new timestep no longer fits, the
+session drops whole oldest timesteps and rebuilds the cache over the kept
+window from the stored input embeddings (one causal forward, no patch
+re-embedding). The result equals a full recomputation over the same window.
+How much is dropped is ``SessionConfig.evict_keep``: ``1.0`` drops only what is
+needed (the window stays full, and from then on every step rebuilds, a
+forward over the whole context); the default ``0.5`` drops down to half the
+context, so a rebuild happens once every ``~context / (2 L)`` steps and the
+steps in between cost only the prefill and the decodes.
+
+On CUDA the weights run in bfloat16 (logits in float32), the fixed-size
+prefill and the decode step are captured as CUDA graphs and replayed; the
+decode graph reads its position, local position, input token and action
+dimension from device buffers that the previous replay advanced, so a
+control step has one host synchronisation: reading the action tokens. On the
+CPU the same code runs eagerly and attends only to the filled part of the
+cache.
+
+>>> import torch
+>>> from omnipolicy.agent import ModelConfig, GatoModel
+>>> cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=32, local_positions=16,
+...                   patch_channels=8, patch_stride=4, vocab_size=40)
+>>> session = InferenceSession(GatoModel(cfg), SessionConfig(num_envs=2))
+>>> obs = [ObsTokens(np.array([3, 4, 5])), ObsTokens(np.array([6, 7, 8]))]
+>>> out = session.step(obs, action_ranges=np.array([[10, 20], [20, 30]]))
+>>> out.action_tokens.shape, bool(((out.action_tokens[:, 0] >= 10) & (out.action_tokens[:, 0] < 20)).all())
+((2, 2), True)
+>>> session.num_tokens.tolist()  # 3 observation tokens + the first action token fed back
+[4, 4]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import PATCH_SIZE
+from .model import GatoModel
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How an :class:`InferenceSession` batches, evicts and runs."""
+
+    num_envs: int = 1
+    """Environments stepped as one batch (rows of the KV cache)."""
+    evict_keep: float = 0.5
+    """When a new timestep (with its action) no longer fits the context, drop whole oldest timesteps until the
+    window fills at most this fraction of the context; 1.0 drops only what is needed (the window then stays full
+    and every later step rebuilds the cache)."""
+    prefill_size: int = 0
+    """Static prefill width C (the observation tokens of one timestep plus the previous action's last token);
+    0 sizes it from the first step (rounded up to a multiple of 16) and grows it when a longer observation comes."""
+    max_patches: int = 0
+    """Static image-patch capacity per environment and step; 0 sizes it from the first step and grows it."""
+    dtype: str = "auto"
+    """Weights and cache dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16."""
+    cuda_graphs: bool = True
+    """Capture the prefill and the decode step as CUDA graphs and replay them (CUDA only)."""
+    seed: int = 0
+    """Seed of the sampling noise (used when temperature > 0)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_envs, int) or self.num_envs < 1:
+            raise ValueError(f"SessionConfig.num_envs must be an int >= 1, got {self.num_envs!r}")
+        if not 0.0 < self.evict_keep <= 1.0:
+            raise ValueError(f"SessionConfig.evict_keep must be in (0, 1], got {self.evict_keep!r}")
+        for name in ("prefill_size", "max_patches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"SessionConfig.{name} must be an int >= 0 (0 = automatic), got {value!r}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"SessionConfig.dtype must be one of {['auto', *_DTYPES]}, got {self.dtype!r}")
+
+
+class ObsTokens(NamedTuple):
+    """One environment's observation at one timestep, tokenized.
+
+    ``tokens`` are the observation tokens up to and including the separator
+    (``TokenizedEpisode.tokens`` of ``tokenize_episode(spec, obs, None)``);
+    their local positions are ``0 .. L-1``. The k-th ``patch_id`` token takes
+    ``patches[k]``. Any object with these three attributes is accepted
+    (``Policy``'s per-timestep record too).
+    """
+
+    tokens: np.ndarray  # int (L,)
+    patches: np.ndarray | None = None  # float32 (p, 3, 16, 16)
+    patch_pos: np.ndarray | None = None  # int (p, 2) (row, col)
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`InferenceSession.step` returns.
+
+    Attributes:
+        action_tokens: int64 (n, A), one row per stepped environment (in ``env_ids`` order).
+        logits: float32 (n, A, V) logits of each decoded position with the
+            invalid ids set to ``-inf`` (only when asked for; ``None`` otherwise).
+        rebuilt: environments (ids) whose window was shortened and cache rebuilt before this step.
+    """
+
+    action_tokens: np.ndarray
+    logits: Tensor | None = None
+    rebuilt: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _EnvState:
+    steps: deque = field(default_factory=deque)  # token count of each timestep in the window, oldest first
+    fill: int = 0  # tokens whose keys/values are in the cache (positions 0 .. fill-1)
+    pending: int = -1  # last action token of the newest timestep, chosen but not yet fed (-1: none)
+    pending_local: int = 0  # its local position
+
+    @property
+    def window_tokens(self) -> int:
+        return self.fill + (self.pending >= 0)
+
+
+class InferenceSession:
+    """Batched, KV-cached action decoding for a :class:`~omnipolicy.agent.model.GatoModel`.
+
+    Args:
+        model: the trained model. Used as is when it already has the session's
+            device and dtype and is in eval mode; otherwise a converted copy is made.
+        config: batching, eviction and execution options.
+        device: where to run; default the model's device.
+        patch_id: the layout's image-patch token (``layout.patch_id``); ``None`` when no
+            observation has images.
+
+    Raises:
+        ValueError: an invalid config (see :class:`SessionConfig`).
+    """
+
+    def __init__(
+        self,
+        model: GatoModel,
+        config: SessionConfig | None = None,
+        device: str | torch.device | None = None,
+        patch_id: int | None = None,
+    ) -> None:
+        self.config = config = SessionConfig() if config is None else config
+        self.patch_id = None if patch_id is None else int(patch_id)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if config.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = _DTYPES[config.dtype]
+        p = next(model.parameters())
+        if p.device != self.device or p.dtype != self.dtype or model.training:
+            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        self.model = model
+        cfg = model.cfg
+        self.cfg = cfg
+        self.B = config.num_envs
+        self.H = cfg.n_head
+        self.D = cfg.n_embd
+        self.context = cfg.context
+        self.vocab_size = int(cfg.vocab_size)
+        self.use_graphs = self.device.type == "cuda" and config.cuda_graphs
+        # the LM head in float32: greedy choices do not flip on bfloat16 rounding of the logits
+        w = model.lm_head.weight
+        self._head_w = w if w.dtype == torch.float32 else w.detach().float()
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self._envs = [_EnvState() for _ in range(self.B)]
+        self.C = 0  # prefill width
+        self.P = 0  # patch slots per env
+        self.A_cap = 0  # action dims the buffers hold
+        self.K = 0  # cache length (context + C)
+        self._graphs: dict[tuple, Any] = {}
+        self._pool = None
+        self.stats = {"steps": 0, "rebuilds": 0, "rebuilt_tokens": 0, "evicted_timesteps": 0}
+        with torch.inference_mode():
+            self._allocate(max(config.prefill_size, 16), config.max_patches, 16)
+
+    # ---------------------------------------------------------------- buffers
+    def _allocate(self, C: int, P: int, A_cap: int) -> None:
+        """(Re)allocate every static buffer, keeping the cache and history contents."""
+        dev, dt, B, L, H = self.device, self.dtype, self.B, self.cfg.n_layer, self.H
+        hd, D, V = self.D // self.H, self.D, self.vocab_size
+        K = self.context + C
+        old = getattr(self, "k_cache", None)
+        k_cache = torch.zeros((L, B, H, K, hd), device=dev, dtype=dt)  # (layers, B, H, K, hd)
+        v_cache = torch.zeros_like(k_cache)
+        hist = torch.zeros((B, K, D), device=dev, dtype=dt)  # input embeddings without the window position
+        if old is not None:
+            n = min(self.K, K)
+            k_cache[..., :n, :] = self.k_cache[..., :n, :]
+            v_cache[..., :n, :] = self.v_cache[..., :n, :]
+            hist[:, :n] = self.hist[:, :n]
+        self.k_cache, self.v_cache, self.hist = k_cache, v_cache, hist
+        self.C, self.P, self.A_cap, self.K = C, P, A_cap, K
+        i64 = dict(device=dev, dtype=torch.long)
+        # inputs of the prefill, staged from the host each step
+        self.in_tok = torch.zeros((B, C), **i64)
+        self.in_loc = torch.zeros((B, C), **i64)
+        self.in_pidx = torch.full((B, C), -1, **i64)  # index into the (B * P) patches, -1 elsewhere
+        self.in_fill = torch.zeros((B,), **i64)  # cache fill before the step
+        self.in_cnt = torch.ones((B,), **i64)  # tokens of this step's prefill
+        self.in_patches = torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), device=dev, dtype=dt)
+        self.in_ppos = torch.zeros((B * P, 2), **i64)
+        self.in_ranges = torch.zeros((A_cap, 2), **i64)
+        self.in_temp = torch.ones((), device=dev, dtype=torch.float32)
+        self.noise = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)  # Gumbel noise for sampling
+        # decode state, advanced by each decode step on the device
+        self.dec_tok = torch.zeros((B,), **i64)
+        self.dec_pos = torch.zeros((B,), **i64)
+        self.dec_loc = torch.zeros((B,), **i64)
+        self.dec_k = torch.zeros((1,), **i64)  # action dimension being chosen
+        # outputs
+        self.out_tok = torch.zeros((B, A_cap), **i64)
+        self.out_logits = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)
+        # constants
+        self._rows = torch.arange(B, device=dev)
+        self._cols = torch.arange(C, device=dev)
+        self._keys = torch.arange(K, device=dev)
+        self._vocab = torch.arange(V, device=dev)
+        if dev.type == "cuda":
+            pin = dict(pin_memory=True)
+            self._host = {
+                "tok": torch.zeros((B, C), dtype=torch.long, **pin),
+                "loc": torch.zeros((B, C), dtype=torch.long, **pin),
+                "pidx": torch.zeros((B, C), dtype=torch.long, **pin),
+                "fill": torch.zeros((B,), dtype=torch.long, **pin),
+                "cnt": torch.zeros((B,), dtype=torch.long, **pin),
+                "patches": torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), dtype=dt, **pin),
+                "ppos": torch.zeros((B * P, 2), dtype=torch.long, **pin),
+                "ranges": torch.zeros((A_cap, 2), dtype=torch.long, **pin),
+            }
+        self._graphs.clear()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_envs(self) -> int:
+        return self.B
+
+    @property
+    def num_tokens(self) -> np.ndarray:
+        """int64 (B,): tokens of each environment's window (cached ones plus the pending action token)."""
+        return np.array([e.window_tokens for e in self._envs], dtype=np.int64)
+
+    def window_timesteps(self, env: int) -> int:
+        """Number of timesteps in environment ``env``'s window (the newest ones of its episode)."""
+        return len(self._envs[self._check_env(env)].steps)
+
+    def _check_env(self, env: int) -> int:
+        if not isinstance(env, (int, np.integer)) or not 0 <= env < self.B:
+            raise IndexError(f"env index {env!r} out of range for a session of {self.B} environments")
+        return int(env)
+
+    def _env_list(self, env_ids: Sequence[int] | None) -> list[int]:
+        if env_ids is None:
+            return list(range(self.B))
+        ids = [self._check_env(e) for e in env_ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"env_ids must not repeat an environment, got {list(env_ids)}")
+        return ids
+
+    def reset(self, env_ids: Sequence[int] | None = None, seed: int | None = None) -> None:
+        """Start new episodes: forget the windows of ``env_ids`` (default all).
+
+        Args:
+            env_ids: environments to reset.
+            seed: reseed the sampling noise (default: the config's seed when every environment is reset).
+        """
+        for e in self._env_list(env_ids):
+            self._envs[e] = _EnvState()
+        if seed is not None or env_ids is None:
+            self.generator.manual_seed(self.config.seed if seed is None else seed)
+
+    def rollback(self, steps: int = 1, env_ids: Sequence[int] | None = None) -> None:
+        """Remove the newest ``steps`` timesteps from the windows of ``env_ids`` (default all).
+
+        The cache of the remaining timesteps stays valid (positions do not
+        move), so this costs nothing; timesteps evicted earlier do not come back.
+
+        Raises:
+            ValueError: an environment has fewer than ``steps`` timesteps in its window.
+        """
+        ids = self._env_list(env_ids)
+        for e in ids:
+            if len(self._envs[e].steps) < steps:
+                raise ValueError(f"env {e} has {len(self._envs[e].steps)} timesteps in its window, cannot roll back {steps}")
+        for e in ids:
+            st = self._envs[e]
+            for _ in range(steps):
+                st.steps.pop()
+            # the newest kept timestep's last action token was fed by the next step's prefill
+            st.fill, st.pending = sum(st.steps), -1
+
+    # ------------------------------------------------------------- the model
+    def _embed(self, tok: Tensor, loc: Tensor, pidx: Tensor | None, patches: Tensor | None, ppos: Tensor | None) -> Tensor:
+        """Input embeddings without the window position, as ``GatoModel.embed`` computes them. (B, S, D)"""
+        m = self.model
+        x = m.wte(tok)  # (B, S, D)
+        if patches is not None and patches.shape[0] > 0:
+            rc = ppos.clamp(0, self.cfg.pos_bins - 1)
+            pe = m.patch_embed(patches) + m.patch_row(rc[:, 0]) + m.patch_col(rc[:, 1])  # (n, D)
+            x = torch.where((pidx >= 0).unsqueeze(-1), pe[pidx.clamp(min=0)].to(x.dtype), x)
+        return x + m.wle(loc)
+
+    def _forward_new(self, pre: Tensor, pos: Tensor, kv_len: int, env: int | None = None) -> Tensor:
+        """Run new tokens through the blocks, writing their keys/values at ``pos``.
+
+        Args:
+            pre: (B, S, D) input embeddings without the window position.
+            pos: (B, S) window position of each token (also its cache slot).
+            kv_len: cache slots the attention reads (all written slots a valid query may see).
+            env: run on this one environment's row (``pre`` then has one row) instead of all rows.
+
+        Returns:
+            (B, S, D) hidden states before the final norm.
+        """
+        B, S, D = pre.shape
+        H, hd, K = self.H, D // self.H, self.K
+        one = slice(None) if env is None else slice(env, env + 1)
+        rows = self._rows[:B, None]
+        slot = pos.clamp(max=K - 1)  # padding queries of full windows stay inside the buffer
+        self.hist[one][rows, slot] = pre
+        x = pre + self.model.wpe(pos.clamp(max=self.context - 1))
+        mask = (self._keys[:kv_len] <= pos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, S, kv_len): causal over the cache
+        for layer, blk in enumerate(self.model.blocks):
+            h = blk.ln_1(x)
+            q, k, v = blk.attn.c_attn(h).split(D, dim=2)  # 3 x (B, S, D)
+            kc, vc = self.k_cache[layer, one], self.v_cache[layer, one]  # (B, H, K, hd)
+            kc[rows, :, slot] = k.view(B, S, H, hd)
+            vc[rows, :, slot] = v.view(B, S, H, hd)
+            q = q.view(B, S, H, hd).transpose(1, 2)  # (B, H, S, hd)
+            y = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask)
+            x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, S, D))
+            x = x + blk.mlp(blk.ln_2(x))
+        return x
+
+    def _choose(self, h: Tensor, greedy: bool) -> Tensor:
+        """Masked logits of hidden states (B, D) for action dimension ``dec_k``; record and return the choice (B,)."""
+        k = self.dec_k
+        logits = F.linear(self.model.ln_f(h).float(), self._head_w)  # (B, V) float32
+        lohi = self.in_ranges.index_select(0, k)  # (1, 2)
+        valid = (self._vocab >= lohi[:, :1]) & (self._vocab < lohi[:, 1:])  # (1, V)
+        logits = logits.masked_fill(~valid, float("-inf"))
+        if greedy:
+            choice = logits.argmax(dim=-1)
+        else:
+            choice = (logits / self.in_temp + self.noise.index_select(1, k).squeeze(1)).argmax(dim=-1)
+        self.out_logits.index_copy_(1, k, logits.unsqueeze(1))
+        self.out_tok.index_copy_(1, k, choice.unsqueeze(1))
+        k.add_(1)
+        return choice
+
+    def _prefill_body(self, greedy: bool, kv_len: int) -> None:
+        self.dec_k.zero_()
+        pos = self.in_fill.unsqueeze(1) + self._cols  # (B, C)
+        pre = self._embed(self.in_tok, self.in_loc, self.in_pidx, self.in_patches if self.P else None, self.in_ppos)
+        x = self._forward_new(pre, pos, kv_len)  # (B, C, D)
+        last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
+        choice = self._choose(x[self._rows, last], greedy)
+        self.dec_tok.copy_(choice)
+        self.dec_pos.copy_(self.in_fill + self.in_cnt)
+        self.dec_loc.copy_(self.in_loc[self._rows, last] + 1)
+
+    def _decode_body(self, greedy: bool, kv_len: int) -> None:
+        pre = self._embed(self.dec_tok[:, None], self.dec_loc[:, None], None, None, None)  # (B, 1, D)
+        x = self._forward_new(pre, self.dec_pos[:, None], kv_len)
+        choice = self._choose(x[:, 0], greedy)
+        self.dec_tok.copy_(choice)
+        self.dec_pos.add_(1)
+        self.dec_loc.add_(1)
+
+    def _rebuild(self, rows: list[int], shifts: list[int], lengths: list[int]) -> None:
+        """Drop ``shifts[i]`` oldest tokens of env ``rows[i]`` and recompute its cache over the kept ``lengths[i]``."""
+        r, shift = self._to_device(np.array(rows)), self._to_device(np.array(shifts))
+        idx = (self._keys.unsqueeze(0) + shift.unsqueeze(1)).clamp(max=self.K - 1)  # (R, K)
+        hist = torch.gather(self.hist[r], 1, idx.unsqueeze(-1).expand(-1, -1, self.D))  # (R, K, D) shifted left
+        self.hist[r] = hist
+        M = max(lengths)
+        x = hist[:, :M] + self.model.wpe(self._keys[:M])  # (R, M, D)
+        R, D, H = len(rows), self.D, self.H
+        hd = D // H
+        for layer, blk in enumerate(self.model.blocks):
+            h = blk.ln_1(x)
+            q, k, v = (t.view(R, M, H, hd).transpose(1, 2) for t in blk.attn.c_attn(h).split(D, dim=2))  # (R, H, M, hd)
+            self.k_cache[layer][r, :, :M] = k
+            self.v_cache[layer][r, :, :M] = v
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(R, M, D))
+            x = x + blk.mlp(blk.ln_2(x))
+
+    # ------------------------------------------------------------ CUDA graphs
+    def _graph(self, key: tuple, fn: Callable[[], None], restore: Sequence[Tensor] = ()) -> Any:
+        """The CUDA graph of ``fn`` (captured on first use; ``restore``: buffers the warm-up runs must not change)."""
+        g = self._graphs.get(key)
+        if g is None:
+            saved = [t.clone() for t in restore]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up (kernel selection, workspace) before capture
+                    fn()
+                    for t, s in zip(restore, saved):
+                        t.copy_(s)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._pool):
+                fn()
+            self._graphs[key] = g
+        return g
+
+    # -------------------------------------------------------------- stepping
+    def _obs_arrays(self, o: Any, e: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        tok = np.asarray(o.tokens).reshape(-1)
+        if tok.size == 0 or tok.dtype.kind not in "iu":
+            raise ValueError(f"env {e}: observation tokens must be a non-empty integer array, got {tok.dtype} of shape {tok.shape}")
+        if tok.min() < 0 or tok.max() >= self.vocab_size:
+            raise ValueError(f"env {e}: observation token ids must be in [0, {self.vocab_size}), got [{tok.min()}, {tok.max()}]")
+        patches = getattr(o, "patches", None)
+        ppos = getattr(o, "patch_pos", None)
+        n_slots = int((tok == self.patch_id).sum()) if self.patch_id is not None else 0
+        n_patches = 0 if patches is None else len(patches)
+        if n_slots != n_patches:
+            raise ValueError(f"env {e}: {n_slots} patch tokens but {n_patches} patches were given")
+        if n_patches:
+            patches = np.asarray(patches, dtype=np.float32).reshape(n_patches, 3, PATCH_SIZE, PATCH_SIZE)
+            ppos = np.asarray(ppos).reshape(n_patches, 2)
+        return tok, patches, ppos
+
+    def _evict(self, st: _EnvState, need: int) -> tuple[int, int] | None:
+        """Drop oldest timesteps so ``need`` more tokens fit; ``(shift, new_fill)`` when the cache must be rebuilt."""
+        if st.window_tokens + need <= self.context:
+            return None
+        target = max(need, int(self.config.evict_keep * self.context))
+        dropped = 0
+        while st.steps and st.window_tokens - dropped + need > target:
+            dropped += st.steps.popleft()
+            self.stats["evicted_timesteps"] += 1
+        if not st.steps:
+            st.fill, st.pending = 0, -1
+            return None
+        new_fill = st.fill - dropped
+        st.fill = new_fill
+        return dropped, new_fill
+
+    @torch.inference_mode()
+    def step(
+        self,
+        observations: Sequence[Any],
+        action_ranges: np.ndarray,
+        env_ids: Sequence[int] | None = None,
+        temperature: float = 0.0,
+        return_logits: bool = False,
+    ) -> StepResult:
+        """Feed one timestep's observation per environment and decode its action tokens.
+
+        Args:
+            observations: one :class:`ObsTokens` (or compatible object) per stepped environment.
+            action_ranges: int (A, 2): valid ``[lo, hi)`` ids of each action token
+                (``Tokenizer.action_token_ranges(spec)``); the same for all environments.
+            env_ids: the environments these observations belong to (default all, in order).
+            temperature: 0 for greedy decoding, > 0 to sample from ``softmax(logits / temperature)``.
+            return_logits: also return the masked logits (costs a device-to-host copy).
+
+        Returns:
+            The :class:`StepResult`.
+
+        Raises:
+            ValueError: wrong number of observations, invalid token ids or ranges,
+                patches that do not match the patch tokens, or a timestep longer than the context.
+        """
+        ids = self._env_list(env_ids)
+        if len(observations) != len(ids):
+            raise ValueError(f"Expected {len(ids)} observations (one per stepped environment), got {len(observations)}")
+        ranges = np.asarray(action_ranges, dtype=np.int64)
+        if ranges.ndim != 2 or ranges.shape[1] != 2 or len(ranges) < 1:
+            raise ValueError(f"action_ranges must have shape (A, 2) with A >= 1, got {ranges.shape}")
+        if (ranges[:, 0] < 0).any() or (ranges[:, 1] > self.vocab_size).any() or (ranges[:, 0] >= ranges[:, 1]).any():
+            raise ValueError(f"action_ranges must be non-empty [lo, hi) ranges inside [0, {self.vocab_size}), got {ranges.tolist()}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        A = len(ranges)
+        arrays = [self._obs_arrays(o, e) for o, e in zip(observations, ids)]
+        for (tok, _, _), e in zip(arrays, ids):
+            L = len(tok)
+            if L + A - 1 > self.context:
+                raise ValueError(f"env {e}: one timestep needs {L + A - 1} tokens of context but the model has {self.context}")
+            if L + A > self.cfg.local_positions:
+                raise ValueError(f"env {e}: a timestep of {L + A} tokens exceeds the model's {self.cfg.local_positions} local positions")
+
+        # evict on the host; rebuild the caches of shortened windows
+        rebuild_rows, shifts, lengths = [], [], []
+        for (tok, _, _), e in zip(arrays, ids):
+            r = self._evict(self._envs[e], len(tok) + A - 1)
+            if r is not None:
+                rebuild_rows.append(e), shifts.append(r[0]), lengths.append(r[1])
+        counts = [len(tok) + (self._envs[e].pending >= 0) for (tok, _, _), e in zip(arrays, ids)]
+        n_patch = max((0 if p is None else len(p)) for _, p, _ in arrays)
+        C, P, A_cap = self.C, self.P, self.A_cap
+        if max(counts) > C or n_patch > P or A + 3 > A_cap:
+            self._allocate(max(C, -(-max(counts) // 16) * 16), max(P, n_patch), max(A_cap, A + 3))
+        if rebuild_rows:
+            self._rebuild(rebuild_rows, shifts, lengths)
+            self.stats["rebuilds"] += len(rebuild_rows)
+            self.stats["rebuilt_tokens"] += sum(lengths)
+
+        # stage the prefill inputs
+        B, C, P = self.B, self.C, self.P
+        tok_in = np.zeros((B, C), np.int64)
+        loc_in = np.zeros((B, C), np.int64)
+        pidx_in = np.full((B, C), -1, np.int64)
+        fill_in = np.array([st.fill for st in self._envs], np.int64)  # inactive rows write only past their fill
+        cnt_in = np.ones(B, np.int64)
+        patches_in = np.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), np.float32) if P else None
+        ppos_in = np.zeros((B * P, 2), np.int64)
+        for (tok, patches, ppos), e, c in zip(arrays, ids, counts):
+            st, L = self._envs[e], len(tok)
+            j = c - L  # 1 when the previous action's last token leads
+            if j:
+                tok_in[e, 0], loc_in[e, 0] = st.pending, st.pending_local
+            tok_in[e, j:c] = tok
+            loc_in[e, j:c] = np.arange(L)
+            cnt_in[e] = c
+            if patches is not None and len(patches):
+                slots = np.flatnonzero(tok == self.patch_id) + j
+                pidx_in[e, slots] = e * P + np.arange(len(slots))
+                patches_in[e * P : e * P + len(patches)] = patches
+                ppos_in[e * P : e * P + len(patches)] = ppos
+        ranges_in = np.concatenate([ranges, np.repeat(ranges[-1:], self.A_cap - A, axis=0)])
+        self._stage(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in, ranges_in)
+        greedy = temperature == 0
+        if not greedy:
+            self.in_temp.fill_(float(temperature))
+            u = torch.rand(self.noise.shape, generator=self.generator, device=self.device).clamp_(1e-20, 1 - 1e-7)
+            self.noise.copy_(-torch.log(-torch.log(u)))
+
+        # prefill, then A - 1 decode steps
+        if self.use_graphs:
+            self._graph(("prefill", C, P, greedy), lambda: self._prefill_body(greedy, self.K)).replay()
+            if A > 1:
+                dec = self._graph(("decode", greedy), lambda: self._decode_body(greedy, self.K),
+                                  restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
+                for _ in range(A - 1):
+                    dec.replay()
+        else:
+            ends = [self._envs[e].fill + c for e, c in zip(ids, counts)]
+            self._prefill_body(greedy, max(ends))
+            for k in range(1, A):
+                self._decode_body(greedy, max(ends) + k)
+        action_tokens = self.out_tok[:, :A].cpu().numpy()[ids]  # the one host synchronisation
+
+        for (tok, _, _), e, c, a in zip(arrays, ids, counts, action_tokens):
+            st = self._envs[e]
+            st.steps.append(len(tok) + A)
+            st.fill += c + A - 1
+            st.pending, st.pending_local = int(a[-1]), len(tok) + A - 1
+        self.stats["steps"] += 1
+        logits = self.out_logits[ids, :A].float().cpu() if return_logits else None
+        return StepResult(action_tokens.astype(np.int64), logits, rebuild_rows)
+
+    def _stage(self, tok, loc, pidx, fill, cnt, patches, ppos, ranges) -> None:
+        """Copy the step's inputs into the static device buffers (asynchronous from pinned memory on CUDA)."""
+        pairs = [("tok", self.in_tok, tok), ("loc", self.in_loc, loc), ("pidx", self.in_pidx, pidx),
+                 ("fill", self.in_fill, fill), ("cnt", self.in_cnt, cnt), ("ranges", self.in_ranges, ranges)]
+        if patches is not None:
+            pairs += [("patches", self.in_patches, patches), ("ppos", self.in_ppos, ppos)]
+        for name, dst, src in pairs:
+            src_t = torch.from_numpy(src)
+            if self.device.type == "cuda":
+                stage = self._host[name]
+                stage.copy_(src_t)
+                dst.copy_(stage, non_blocking=True)
+            else:
+                dst.copy_(src_t)
+
+    @torch.inference_mode()
+    def append(self, timesteps: Sequence[Sequence[Any]], env_ids: Sequence[int] | None = None) -> None:
+        """Feed whole past timesteps (observation and action tokens) without decoding: a prompt or a replayed history.
+
+        Args:
+            timesteps: per stepped environment, a sequence of timesteps, each an
+                :class:`ObsTokens` whose ``tokens`` hold the observation, separator and action tokens.
+            env_ids: the environments (default all, in order).
+
+        Raises:
+            ValueError: the window cannot hold them (this method does not evict).
+        """
+        ids = self._env_list(env_ids)
+        if len(timesteps) != len(ids):
+            raise ValueError(f"Expected {len(ids)} timestep lists (one per environment), got {len(timesteps)}")
+        for seq, e in zip(timesteps, ids):
+            st = self._envs[e]
+            arrays = [self._obs_arrays(t, e) for t in seq]
+            if not arrays:
+                continue
+            tok = np.concatenate(([st.pending] if st.pending >= 0 else []) + [a[0] for a in arrays]).astype(np.int64)
+            loc = np.concatenate(([st.pending_local] if st.pending >= 0 else []) + [np.arange(len(a[0])) for a in arrays])
+            if st.fill + len(tok) > self.context:
+                raise ValueError(f"env {e}: appending {len(tok)} tokens to a window of {st.fill} exceeds the context {self.context}")
+            if max(len(a[0]) for a in arrays) > self.cfg.local_positions:
+                raise ValueError(f"env {e}: a timestep exceeds the model's {self.cfg.local_positions} local positions")
+            patches = [a[1] for a in arrays if a[1] is not None and len(a[1])]
+            pt = pp = pidx = None
+            if patches:
+                pt = self._to_device(np.concatenate(patches)).to(self.dtype)
+                pp = self._to_device(np.concatenate([a[2] for a in arrays if a[1] is not None and len(a[1])]).astype(np.int64))
+                is_patch = tok == self.patch_id
+                pidx = self._to_device(np.where(is_patch, np.cumsum(is_patch) - 1, -1))[None]
+            n = len(tok)
+            pos = torch.arange(st.fill, st.fill + n, device=self.device)[None]
+            t_tok, t_loc = self._to_device(tok)[None], self._to_device(loc.astype(np.int64))[None]
+            self._forward_new(self._embed(t_tok, t_loc, pidx, pt, pp), pos, st.fill + n, env=e)
+            st.steps.extend(len(a[0]) for a in arrays)
+            st.fill += n
+            st.pending = -1
+
+    def _to_device(self, a: np.ndarray) -> Tensor:
+        """A host array on the session's device without blocking the host (pinned, asynchronous on CUDA)."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one forward pass reads for a token: the blocks, the final norm and the LM head."""
+        m = self.model
+        n = sum(p.numel() * p.element_size() for p in m.blocks.parameters())
+        n += sum(p.numel() * p.element_size() for p in m.ln_f.parameters())
+        return n + self._head_w.numel() * self._head_w.element_size()
