@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cyclonedds.core import Listener, Policy, Qos
+from cyclonedds.core import DDSException, Listener, Policy, Qos
 from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.idl import make_idl_struct
 from cyclonedds.idl import types as idl
@@ -166,7 +166,12 @@ def _acquire_domain(domain_id: int, config: str | None) -> None:
     with _DOMAINS_LOCK:
         entry = _DOMAINS.get(domain_id)
         if entry is None:
-            dom = Domain(domain_id, config) if config is not None else None
+            try:
+                dom = Domain(domain_id, config) if config is not None else None
+            except DDSException as e:
+                raise ValueError(
+                    f"Cyclone DDS rejected the configuration of domain {domain_id} (its log lines above say why): {e}"
+                ) from None
             _DOMAINS[domain_id] = [dom, config, 1]
             return
         if entry[1] != config:

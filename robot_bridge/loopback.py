@@ -5,6 +5,16 @@ rmw_cyclonedds) and ``config/fastdds-loopback.xml`` (Fast DDS: rmw_fastrtps,
 as in PyPI's ros-rclpy wheels) bind to 127.0.0.1, use no multicast and
 discover peers by unicast on 127.0.0.1. Every test and benchmark runs its
 processes with :func:`loopback_env`.
+
+``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set to ``SYSTEM_DEFAULT``: "leave the
+middleware's discovery settings alone", so the files above decide. Measured
+with the ros-rclpy wheels (Kilted, rmw_fastrtps_cpp): with ``LOCALHOST`` the
+RMW adds its own transport on top of the profile and the node binds UDP
+sockets on the machine's other interface and on 0.0.0.0; with
+``SYSTEM_DEFAULT`` every socket it opens is bound to 127.0.0.1.
+(Cyclone DDS 11 itself binds its two unicast receive sockets to 0.0.0.0 but
+advertises and sends to 127.0.0.1 only; it has no option to bind them to an
+address.)
 """
 
 from __future__ import annotations
@@ -39,8 +49,9 @@ def loopback_env(
     """The environment of a process whose ROS 2 / DDS traffic stays on 127.0.0.1.
 
     Sets ``CYCLONEDDS_URI`` and ``FASTDDS_DEFAULT_PROFILES_FILE`` to the shipped
-    loopback configurations, ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, and,
-    when given, ``ROS_DOMAIN_ID`` and ``RMW_IMPLEMENTATION``.
+    loopback configurations, ``ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT``
+    (the files decide; see the module docstring), and, when given,
+    ``ROS_DOMAIN_ID`` and ``RMW_IMPLEMENTATION``.
 
     Args:
         domain_id: ``ROS_DOMAIN_ID`` to set, or None to keep the base's.
@@ -53,7 +64,7 @@ def loopback_env(
     env = dict(os.environ if base is None else base)
     env["CYCLONEDDS_URI"] = CYCLONEDDS_LOOPBACK.as_uri()
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_LOOPBACK)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the discovery range on newer ROS
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(check_domain_id(domain_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import time
@@ -136,7 +137,7 @@ def test_loopback_configs_stay_on_127_0_0_1():
     env = loopback_env(42, base={"ROS_LOCALHOST_ONLY": "1", "PATH": "/bin"})
     assert env["CYCLONEDDS_URI"] == CYCLONEDDS_LOOPBACK.as_uri()
     assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(FASTDDS_LOOPBACK)
-    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and env["ROS_DOMAIN_ID"] == "42"
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT" and env["ROS_DOMAIN_ID"] == "42"
     assert env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp" and "ROS_LOCALHOST_ONLY" not in env and env["PATH"] == "/bin"
     with pytest.raises(ValueError, match=r"ROS domain id must be an int in \[0, 232\], got 233"):
         loopback_env(233)
@@ -381,3 +382,45 @@ def test_ros_type_support_reads_and_writes_our_bytes():
         assert cdr.decode(type(m), theirs) == m
     assert "name=['shoulder', 'elbow', 'wrist']" in decoded[0]["repr"] and "frame_id='cam'" in decoded[1]["repr"]
     assert qos == [True, True, True, 1]
+
+
+def udp_local_addresses(pid: int) -> set[str]:
+    """IPv4 addresses the UDP sockets of process ``pid`` are bound to (from /proc, no tools needed)."""
+    import socket
+    import struct
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    addrs = set()
+    with open(f"/proc/{pid}/net/udp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[9] in inodes:
+                addrs.add(socket.inet_ntoa(struct.pack("<I", int(cols[1].split(":")[0], 16))))
+    with open(f"/proc/{pid}/net/udp6") as f:
+        assert not any(line.split()[9] in inodes for line in f.readlines()[1:]), "an IPv6 UDP socket is open"
+    return addrs
+
+
+@pytest.mark.skipif(not Path("/proc/self/net/udp").exists(), reason="needs Linux /proc")
+def test_dds_transport_sockets_stay_on_loopback():
+    with DdsTransport(domain_id=DOMAIN) as t:
+        t.publisher("/sockets/x", Bool)
+        addrs = udp_local_addresses(os.getpid())
+    # Cyclone 11 binds its two unicast receive sockets to 0.0.0.0 (no option to bind them to an
+    # address) but sends and advertises 127.0.0.1 only; nothing is bound to another interface
+    assert "127.0.0.1" in addrs and addrs <= {"127.0.0.1", "0.0.0.0"}
+
+
+@pytest.mark.ros
+@needs_ros_venv
+@pytest.mark.skipif(not Path("/proc/self/net/udp").exists(), reason="needs Linux /proc")
+def test_rclpy_node_sockets_stay_on_loopback():
+    with EchoProcess(str(ROS_PYTHON), "rclpy-native", random_domain_id(), ["Bool:/s/a:/s/b"]) as echo:
+        assert udp_local_addresses(echo.proc.pid) == {"127.0.0.1"}
