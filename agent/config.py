@@ -110,8 +110,7 @@ class ModelConfig:
         embed = v * d + self.context * d + self.local_positions * d + 2 * self.pos_bins * d
         patch = (
             3 * c * self.patch_stride**2 + c  # stem conv
-            + 2 * (2 * c + 9 * c * c + c)  # two (GroupNorm, conv3x3) pairs
-            + 2 * c  # final GroupNorm
+            + 2 * (2 * c + 9 * c * c) + c  # two (GroupNorm, conv3x3) pairs; the first conv has no bias
             + c * self.patch_grid**2 * d + d  # projection to the model width
         )
         block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + (d * f + f * b) + (f * d + d * b)

@@ -35,7 +35,9 @@ class PatchEmbedding(nn.Module):
     """One ResNet-v2 (pre-activation) block per 16x16 patch, projected to the model width.
 
     stem conv (kernel = stride = ``patch_stride``) -> [GroupNorm, GELU, conv3x3] x 2 + skip
-    -> GroupNorm, GELU -> flatten -> linear to ``n_embd``.
+    -> flatten -> linear to ``n_embd``. The skip path is not normalised, so a
+    patch's absolute intensity survives (a flat black and a flat white patch
+    embed differently; GroupNorm alone would map them to the same vector).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -43,10 +45,9 @@ class PatchEmbedding(nn.Module):
         c, g = cfg.patch_channels, cfg.patch_groups
         self.stem = nn.Conv2d(3, c, kernel_size=cfg.patch_stride, stride=cfg.patch_stride)
         self.norm1 = nn.GroupNorm(g, c)
-        self.conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+        self.conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1, bias=False)  # GroupNorm follows: a bias would be inert
         self.norm2 = nn.GroupNorm(g, c)
         self.conv2 = nn.Conv2d(c, c, kernel_size=3, padding=1)
-        self.norm_out = nn.GroupNorm(g, c)
         self.proj = nn.Linear(c * cfg.patch_grid**2, cfg.n_embd)
 
     def forward(self, patches: Tensor) -> Tensor:
@@ -54,8 +55,7 @@ class PatchEmbedding(nn.Module):
         x = self.stem(patches)  # (P, C, G, G)
         h = self.conv1(F.gelu(self.norm1(x)))
         h = self.conv2(F.gelu(self.norm2(h)))
-        x = F.gelu(self.norm_out(x + h))
-        return self.proj(x.flatten(1))
+        return self.proj((x + h).flatten(1))
 
 
 class CausalSelfAttention(nn.Module):

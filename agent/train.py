@@ -191,40 +191,31 @@ def check_batch(batch: dict[str, np.ndarray], cfg: ModelConfig) -> None:
 def build_dataset_loader(cfg: TrainConfig, context: int, is_main: bool) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
     """The WindowLoader over ``cfg.data``, the tokenizer layout and the task specs.
 
-    Rank 0 builds (or reuses) the token cache first; other ranks then open it.
+    The token cache lives in ``out/token_cache`` and is rebuilt only when the
+    data or the tokenizer layout changed (ranks wait on its lock; one builds).
 
     Raises:
-        ValueError: no dataset directory given, or a directory that is not a dataset.
+        ValueError: no dataset given, or task weights naming tasks the data does not hold.
     """
-    from omnipolicy.datasets import EpisodeStore, TokenCache, WindowLoader
+    from omnipolicy.datasets import TokenCache, WindowLoader
     from omnipolicy.tokenizers import Tokenizer
 
     if not cfg.data:
         raise ValueError("train needs at least one dataset directory (--data DIR [DIR ...]) or --synthetic")
     tok = Tokenizer.default()
-    stores = [EpisodeStore(p) for p in cfg.data]
-    tasks: dict[str, TimestepSpec] = {}
-    for store in stores:
-        for task_id in store.task_ids:
-            tasks[task_id] = store.timestep_spec(task_id)
-    unknown = sorted(set(cfg.task_weights) - set(tasks))
+    cache = TokenCache.build(list(cfg.data), tok, cfg.out / "token_cache", progress=is_main)
+    unknown = sorted(set(cfg.task_weights) - set(cache.task_ids))
     if unknown:
-        raise ValueError(f"task_weights names unknown tasks {unknown}; the datasets hold {sorted(tasks)}")
-    cache_dir = cfg.out / "token_cache"
-    if is_main:
-        cache = TokenCache.build(stores, tok, cache_dir)
-    _barrier()
-    if not is_main:
-        cache = TokenCache.build(stores, tok, cache_dir)
+        raise ValueError(f"task_weights names unknown tasks {unknown}; the datasets hold {cache.task_ids}")
     loader = WindowLoader(
         cache,
         context=context,
         batch_size=cfg.batch_size,
-        task_weights=dict(cfg.task_weights) or None,
+        task_weights={t: float(cfg.task_weights.get(t, 1.0)) for t in cache.task_ids},
         prompt_prob=cfg.prompt_prob,
         seed=cfg.seed,
     )
-    return loader, tok.layout, tasks
+    return loader, cache.layout, dict(cache.specs)
 
 
 def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
@@ -268,6 +259,23 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return self.model.loss_terms(batch)
+
+
+def loader_state(loader: Any) -> Any:
+    """The resumable state of a batch source: its ``state_dict()``, else the state of its numpy ``rng``."""
+    if hasattr(loader, "state_dict"):
+        return {"state_dict": loader.state_dict()}
+    if isinstance(getattr(loader, "rng", None), np.random.Generator):
+        return {"rng": loader.rng.bit_generator.state}
+    return None
+
+
+def set_loader_state(loader: Any, state: dict[str, Any]) -> None:
+    """Inverse of :func:`loader_state`."""
+    if "state_dict" in state:
+        loader.load_state_dict(state["state_dict"])
+    else:
+        loader.rng.bit_generator.state = state["rng"]
 
 
 def _barrier() -> None:
@@ -415,7 +423,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "rng": _rng_state(),
-            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "loader": loader_state(loader),
             "step": step,
             "tokens_seen": tokens_seen,
         }
@@ -497,8 +505,8 @@ def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layou
     state = load_trainer_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
-    if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(state["loader"])
+    if state.get("loader") is not None:
+        set_loader_state(loader, state["loader"])
     return int(state["step"]), int(state["tokens_seen"])
 
 

@@ -1,0 +1,130 @@
+"""Model presets, parameter counts, embeddings and the loss of the Gato transformer."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omnipolicy.agent import PRESETS, GatoModel, ModelConfig, get_preset
+from omnipolicy.agent.synthetic import SyntheticWindows
+from omnipolicy.agent.train import to_tensors, train_command
+from omnipolicy.tokenizers import Tokenizer
+
+LAYOUT = Tokenizer.default().layout
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=64, local_positions=32, patch_channels=8, patch_stride=4)
+    return ModelConfig(**{**base, **overrides}).with_vocab(LAYOUT.vocab_size)
+
+
+def batch_with_images(seed: int = 0, batch_size: int = 2, context: int = 64) -> dict[str, torch.Tensor]:
+    src = SyntheticWindows(LAYOUT, context=context, batch_size=batch_size, image_patches=4, seed=seed)
+    return to_tensors(src.next_batch(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_param_count_matches_instantiated_model(name):
+    cfg = PRESETS[name].with_vocab(LAYOUT.vocab_size)
+    with torch.device("meta"):
+        model = GatoModel(cfg)
+    assert model.num_params() == cfg.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_paper_presets_have_the_papers_shapes():
+    shapes = {n: (c.n_layer, c.n_embd, c.n_head, c.d_ff, c.context) for n, c in PRESETS.items()}
+    assert shapes["gato-79m"] == (8, 768, 24, 3072, 1024)
+    assert shapes["gato-364m"] == (12, 1536, 12, 6144, 1024)
+    assert shapes["gato-1.18b"] == (24, 2048, 16, 8192, 1024)
+
+
+def test_list_presets_prints_the_counts_of_the_models(capsys):
+    train_command(["--list-presets"], prog="omnipolicy train")
+    out = capsys.readouterr().out
+    for name, cfg in PRESETS.items():
+        line = next(l for l in out.splitlines() if l.startswith(name + " "))
+        printed = int(re.search(r"([\d,]{5,})", line).group(1).replace(",", ""))
+        with torch.device("meta"):
+            assert printed == GatoModel(cfg.with_vocab(LAYOUT.vocab_size)).num_params()
+
+
+def test_train_help_lists_presets_with_counts(capsys):
+    with pytest.raises(SystemExit):
+        train_command(["--help"], prog="omnipolicy train")
+    out = capsys.readouterr().out
+    n = PRESETS["cpu-small"].num_params(LAYOUT.vocab_size)
+    assert f"{n:,d}" in out and "gato-1.18b" in out
+
+
+def test_config_validation_and_preset_lookup_errors():
+    with pytest.raises(ValueError, match=r"n_embd=100 must be divisible by n_head=3"):
+        ModelConfig(n_layer=1, n_embd=100, n_head=3, d_ff=8)
+    with pytest.raises(KeyError, match=r"Unknown model preset 'gato-9b'. Available presets: gato-79m"):
+        get_preset("gato-9b")
+    with pytest.raises(ValueError, match=r"needs cfg.vocab_size"):
+        GatoModel(PRESETS["cpu-tiny"])
+    assert ModelConfig.from_dict(tiny_config().to_dict()) == tiny_config()
+
+
+def test_causal_and_patches_change_only_their_slot_and_later_positions():
+    torch.manual_seed(0)
+    model = GatoModel(tiny_config()).eval()
+    b = batch_with_images()
+    h = model(b["tokens"], b["local_pos"], b["patch_index"], b["patches"], b["patch_pos"])  # (B, S, D)
+    # change the third patch of row 0: positions before its slot are unchanged, its slot and later ones move
+    slot = int(torch.nonzero(b["patch_index"][0] >= 0)[2])
+    patches = b["patches"].clone()
+    patches[int(b["patch_index"][0, slot])] += 0.1 * torch.randn(3, 16, 16)
+    h2 = model(b["tokens"], b["local_pos"], b["patch_index"], patches, b["patch_pos"])
+    assert torch.equal(h2[0, :slot], h[0, :slot])
+    assert (h2[0, slot] - h[0, slot]).abs().max() > 1e-3
+    assert torch.equal(h2[1], h[1])
+    # a patch's row/col position matters
+    pos = b["patch_pos"].clone()
+    pos[int(b["patch_index"][0, slot])] += 1
+    h3 = model(b["tokens"], b["local_pos"], b["patch_index"], b["patches"], pos)
+    assert (h3[0, slot] - h[0, slot]).abs().max() > 1e-3
+    # positions past the 128-bin table are clamped to its last entry
+    far = b["patch_pos"].clone().fill_(500)
+    at_end = b["patch_pos"].clone().fill_(model.cfg.pos_bins - 1)
+    args = (b["tokens"], b["local_pos"], b["patch_index"], b["patches"])
+    assert torch.equal(model(*args, far), model(*args, at_end))
+
+
+def test_flat_patches_of_different_intensity_embed_differently():
+    torch.manual_seed(0)
+    model = GatoModel(tiny_config()).eval()
+    flat = torch.stack([torch.full((3, 16, 16), v) for v in (-0.25, 0.0, 0.25)])  # black, grey, white
+    emb = model.patch_embed(flat)  # (3, D)
+    assert torch.cdist(emb, emb).fill_diagonal_(1.0).min() > 1e-2
+
+
+def test_loss_on_masked_positions_equals_full_cross_entropy():
+    torch.manual_seed(0)
+    model = GatoModel(tiny_config()).eval()
+    b = batch_with_images(seed=1)
+    loss_sum, count = model.loss_terms(b)
+    h = model(b["tokens"], b["local_pos"], b["patch_index"], b["patches"], b["patch_pos"])
+    logits = model.logits(h)[:, :-1]  # (B, S-1, V): every position
+    mask = b["loss_mask"][:, 1:]
+    full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["tokens"][:, 1:].reshape(-1), reduction="none")
+    expected = (full * mask.reshape(-1)).sum()
+    assert int(count) == int(mask.sum()) > 0
+    torch.testing.assert_close(loss_sum, expected, rtol=1e-5, atol=1e-4)
+    # an untrained model is near uniform over the vocabulary
+    assert abs(loss_sum.item() / int(count) - np.log(LAYOUT.vocab_size)) < 0.5
+
+
+def test_tied_head_and_every_parameter_gets_a_gradient_without_images():
+    torch.manual_seed(0)
+    model = GatoModel(tiny_config())
+    assert model.lm_head.weight is model.wte.weight
+    src = SyntheticWindows(LAYOUT, context=64, batch_size=2, image_patches=0, seed=0)
+    loss_sum, count = model.loss_terms(to_tensors(src.next_batch(), torch.device("cpu")))
+    (loss_sum / count).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []  # DDP needs every parameter in the graph

@@ -1,0 +1,201 @@
+"""Training: overfitting, exact resume, data-parallel equivalence, checkpoints and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from omnipolicy.agent import Policy, TrainConfig, load_meta, load_model_weights, train
+from omnipolicy.agent.checkpoint import LATEST
+from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
+from omnipolicy.agent.train import lr_at, slice_batch, train_command
+from omnipolicy.tokenizers import Tokenizer
+
+LAYOUT = Tokenizer.default().layout
+TASKS = {SYNTHETIC_TASK_ID: synthetic_spec(6, 2)}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(out: Path, **overrides) -> TrainConfig:
+    base = dict(out=out, preset="cpu-tiny", context=64, steps=6, batch_size=4, lr=3e-3, warmup_steps=2,
+                save_every=3, progress=False, tensorboard=False, threads=1)
+    return TrainConfig(**{**base, **overrides})
+
+
+def source(seed: int = 0, images: int = 0, batch_size: int = 4, **kw) -> SyntheticWindows:
+    return SyntheticWindows(LAYOUT, context=64, batch_size=batch_size, image_patches=images, seed=seed, **kw)
+
+
+def params(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_model_weights(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Parameters equal up to float summation order.
+
+    The key part of each attention bias has an exactly zero gradient (softmax ignores a constant
+    added to every score), so Adam turns rounding noise there into full-size steps; it is left out.
+    """
+    for k in a:
+        x, y = a[k].clone(), b[k].clone()
+        if k.endswith("attn.c_attn.bias"):
+            d = x.shape[0] // 3
+            x[d : 2 * d] = y[d : 2 * d] = 0
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def test_overfits_a_tiny_dataset(tmp_path):
+    cfg = small_cfg(tmp_path, steps=120, batch_size=8, warmup_steps=10, save_every=1000)
+    result = train(cfg, loader=source(batch_size=8, num_windows=8), layout=LAYOUT, tasks=TASKS)
+    assert result.losses[0] > 5.0  # starts near log(vocab)
+    assert np.mean(result.losses[-5:]) < 0.05, result.losses[-10:]
+
+
+class KilledAfter:
+    """A batch source that dies (like a killed process) after ``n`` batches."""
+
+    def __init__(self, inner: SyntheticWindows, n: int) -> None:
+        self.inner, self.n = inner, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.inner):
+            if i == self.n:
+                raise KeyboardInterrupt("killed")
+            yield batch
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    full = train(small_cfg(tmp_path / "full"), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    cfg = small_cfg(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, loader=KilledAfter(source(images=4), 4), layout=LAYOUT, tasks=TASKS)
+    assert (tmp_path / "killed/checkpoints/step_0000003").is_dir()
+    # a fresh process state: other RNG draws in between must not matter
+    torch.manual_seed(1234)
+    np.random.seed(99)
+    resumed = train(replace(cfg, resume=True), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    assert resumed.step == full.step == 6
+    assert resumed.losses == full.losses[3:]
+    a, b = params(tmp_path / "full"), params(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_meta(tmp_path / "killed").train_state["step"] == 6
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train(small_cfg(tmp_path, steps=3), loader=source(), layout=LAYOUT, tasks=TASKS)
+    with pytest.raises(ValueError, match=r"another model config .*'n_layer': \(2, 4\)"):
+        train(small_cfg(tmp_path, steps=4, preset="cpu-small", resume=True), loader=source(), layout=LAYOUT, tasks=TASKS)
+
+
+def test_grad_accumulation_gives_the_same_update(tmp_path):
+    one = train(small_cfg(tmp_path / "a", steps=3), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    acc = train(small_cfg(tmp_path / "b", steps=3, grad_accum=2), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    np.testing.assert_allclose(acc.losses, one.losses, rtol=1e-5)
+    assert_same_update(params(tmp_path / "a"), params(tmp_path / "b"))
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = train(small_cfg(Path(out), steps=3), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+        if rank == 0:
+            Path(out, "losses.json").write_text(json.dumps(result.losses))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_matches_single_process(tmp_path):
+    single = train(small_cfg(tmp_path / "single", steps=3), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp")), nprocs=2, join=True)
+    ddp_losses = json.loads((tmp_path / "ddp/losses.json").read_text())
+    np.testing.assert_allclose(ddp_losses, single.losses, rtol=1e-5)
+    assert_same_update(params(tmp_path / "single"), params(tmp_path / "ddp"))
+    assert load_meta(tmp_path / "ddp").train_state["world_size"] == 2
+
+
+def test_slice_batch_keeps_each_rows_patches():
+    batch = source(images=4).next_batch()
+    part = slice_batch(batch, 2, 4)
+    for r in range(2):
+        idx = part["patch_index"][r]
+        np.testing.assert_array_equal(part["patches"][idx[idx >= 0]], batch["patches"][batch["patch_index"][2 + r][idx >= 0]])
+    assert part["patches"].shape[0] == int((batch["patch_index"][2:4] >= 0).sum())
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_checkpoints_are_written_atomically_and_pruned(tmp_path):
+    result = train(small_cfg(tmp_path, steps=7, save_every=2, keep_last=2), loader=source(), layout=LAYOUT, tasks=TASKS)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == [LATEST, "step_0000006", "step_0000007"]  # no temporaries
+    assert (ckpts / LATEST).read_text().strip() == "step_0000007" == result.checkpoint.name
+    meta = json.loads((result.checkpoint / "checkpoint.json").read_text())
+    assert meta["vocab_layout"]["text_model"] == LAYOUT.text_model
+    assert meta["tasks"][SYNTHETIC_TASK_ID]["action"]["shape"] == [2]
+    assert meta["train_state"]["config"]["preset"] == "cpu-tiny"
+
+
+def test_checkpoint_reload_gives_bit_identical_outputs(tmp_path):
+    result = train(small_cfg(tmp_path, steps=2), loader=source(), layout=LAYOUT, tasks=TASKS)
+    torch.manual_seed(0)
+    model, _ = load_model_weights(result.checkpoint)
+    again, _ = load_model_weights(tmp_path)  # run directory resolves to the latest checkpoint
+    from omnipolicy.agent.train import to_tensors
+
+    b = to_tensors(source(images=4, seed=5).next_batch(), torch.device("cpu"))
+    args = (b["tokens"], b["local_pos"], b["patch_index"], b["patches"], b["patch_pos"])
+    with torch.no_grad():
+        assert torch.equal(model.logits(model(*args)), again.logits(again(*args)))
+    assert model.training is False
+
+
+def test_policy_refuses_a_checkpoint_with_another_layout(tmp_path):
+    result = train(small_cfg(tmp_path, steps=1), loader=source(), layout=LAYOUT, tasks=TASKS)
+    meta_path = result.checkpoint / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["vocab_layout"]["text_model"] = "0123456789abcdef"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"another vocabulary layout .*text_model: '0123456789abcdef' != '" + LAYOUT.text_model):
+        Policy.from_checkpoint(tmp_path)
+
+
+def test_train_cli_smoke_on_synthetic_data(tmp_path, capsys):
+    train_command(["--synthetic", "--out", str(tmp_path), "--steps", "3", "--batch-size", "2", "--context", "64",
+                   "--save-every", "2", "--no-progress", "--threads", "1"], prog="omnipolicy train")
+    out = capsys.readouterr().out
+    assert "trained 3 steps" in out
+    assert load_meta(tmp_path).train_state["step"] == 3
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_cli(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "omnipolicy.cli",
+           "train", "--synthetic", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--context", "64",
+           "--no-progress"]
+    subprocess.run(cmd, check=True, env=env, cwd=REPO, timeout=300)
+    assert load_meta(tmp_path).train_state["world_size"] == 2
