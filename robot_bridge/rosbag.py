@@ -33,7 +33,6 @@ from omnipolicy.robot_bridge import cdr
 from omnipolicy.robot_bridge.messages import (
     Float64MultiArray,
     Image,
-    JointMap,
     JointState,
     JointTrajectory,
     ObservationMap,
