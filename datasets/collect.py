@@ -48,7 +48,7 @@ class CollectConfig:
     """Gato's filter: keep an episode only if its expert-normalised score is at least this fraction
     (return - random >= fraction * (expert - random); with random = 0 this is return >= fraction * expert)."""
     flush_seconds: float = 2.0
-    """Commit finished episodes to disk at least this often."""
+    """Commit finished episodes to disk this often (longer when a commit itself takes over 5% of the time)."""
     max_attempts: float = 10.0
     """Give up on a task after rolling out this many times --episodes seeds (only matters with the filter)."""
 
@@ -70,16 +70,20 @@ def rollout(env: Any, expert: Any, task: Any, seed: int) -> Episode:
     obs, info = env.reset(seed=int(seed))
     expert.reset(env, obs)
     frames: dict[str, list] = {f.name: [] for f in spec.observation}
+    record = [(name, values.append) for name, values in frames.items()]  # bound appends: the loop is hot
     actions, rewards = [], []
+    add_action, add_reward = actions.append, rewards.append
+    act, step, has_success = expert.act, env.step, task.has_success
     success, terminated = False, False
     for _ in range(task.max_steps):
-        action = expert.act(env, obs)
-        for name, values in frames.items():
-            values.append(obs[name])
-        actions.append(action)
-        obs, reward, terminated, truncated, info = env.step(action)
-        rewards.append(reward)
-        success = success or bool(info.get("success", False))
+        action = act(env, obs)
+        for name, add in record:
+            add(obs[name])
+        add_action(action)
+        obs, reward, terminated, truncated, info = step(action)
+        add_reward(reward)
+        if has_success and not success:
+            success = bool(info.get("success", False))
         if terminated or truncated:
             break
     observations = {f.name: (list(frames[f.name]) if f.kind == "text" else np.stack(frames[f.name])) for f in spec.observation}
@@ -241,12 +245,16 @@ def collect(
     total = sum(max(0, episodes - tp.store.num_episodes) for tp in tasks.values())
     bar = tqdm(total=total, desc="collect", unit="ep", disable=not progress, dynamic_ncols=True)
     last_flush = time.monotonic()
+    interval = [flush_seconds]
 
     def flush() -> None:
+        t0 = time.monotonic()
         for tp in tasks.values():
             if tp.buffer or tp.rejected_buffer:
                 tp.store.append_episodes(tp.buffer, rejected_seeds={tp.task.id: tp.rejected_buffer})
                 tp.buffer, tp.rejected_buffer = [], []
+        # a commit rewrites the tail data file: keep its share of the time under ~5%
+        interval[0] = max(flush_seconds, 20 * (time.monotonic() - t0))
 
     def accept(prepared: PreparedEpisode) -> None:
         tp = tasks[prepared.task_id]
@@ -278,7 +286,7 @@ def collect(
             while (job := next_job()) is not None:
                 prepared, _ = _worker_rollout(*job)
                 accept(prepared)
-                if time.monotonic() - last_flush >= flush_seconds:
+                if time.monotonic() - last_flush >= interval[0]:
                     flush()
                     last_flush = time.monotonic()
         else:
@@ -293,7 +301,7 @@ def collect(
                     finished, pending = wait(pending, timeout=flush_seconds, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         accept(fut.result()[0])
-                    if time.monotonic() - last_flush >= flush_seconds:
+                    if time.monotonic() - last_flush >= interval[0]:
                         flush()
                         last_flush = time.monotonic()
     finally:

@@ -1,0 +1,189 @@
+"""Training windows per second: the packed token cache vs decoding the parquet store per sample.
+
+The baseline loads windows the way LeRobot's ``LeRobotDataset.__getitem__`` serves frames: the parquet data
+is opened once (Arrow, memory-mapped), and each sample decodes its rows (PNG -> uint8, vectors -> numpy), then
+the tokenizer turns the window's timesteps into tokens and the batch is assembled. The cache path is
+:class:`~omnipolicy.datasets.WindowLoader` over a :class:`~omnipolicy.datasets.TokenCache` (memory-mapped,
+vectorised gathers). Both produce the same batch dict for the same kind of windows (context tokens from a
+timestep boundary).
+
+Data: synthetic episodes written to a real store: an Atari-like pixel task (84x84x3 frames, discrete
+action) and a Meta-World-like state task (39 floats + an instruction, 4 bounded actions).
+
+    .venv/bin/python scripts/bench_loader.py          target: >= 10x; ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tyro
+
+from omnipolicy.datasets import Episode, EpisodeStore, TokenCache, WindowLoader
+from omnipolicy.datasets.store import decode_png
+from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer, normalize_patches
+
+PIXELS = TimestepSpec((FieldSpec("image", "image", (84, 84, 3), "uint8"),), FieldSpec("action", "discrete", (1,), "int64", n=6))
+STATE = TimestepSpec(
+    (FieldSpec("state", "continuous", (39,), "float32"), FieldSpec("instruction", "text", (), "str")),
+    FieldSpec("action", "continuous", (4,), "float32", low=(-1.0,) * 4, high=(1.0,) * 4),
+)
+
+
+@dataclass(frozen=True)
+class Args:
+    episodes: int = 12
+    """Episodes per task."""
+    steps: int = 300
+    """Timesteps per episode."""
+    context: int = 1024
+    """Tokens per window."""
+    batch_size: int = 16
+    """Windows per batch."""
+    seconds: float = 5.0
+    """Approximate seconds per measurement."""
+
+
+def _frames(rng: np.random.Generator, t: int) -> np.ndarray:
+    """Game-like frames: flat background, a moving paddle and ball, a little noise (PNG-compressible)."""
+    img = np.full((t, 84, 84, 3), 40, np.uint8)
+    pos = (np.cumsum(rng.integers(-2, 3, t)) % 70).astype(int)
+    for i in range(t):
+        img[i, pos[i] : pos[i] + 12, 4:8] = 200
+        img[i, (2 * pos[i]) % 80 : (2 * pos[i]) % 80 + 3, (3 * i) % 80 : (3 * i) % 80 + 3] = 255
+    img += rng.integers(0, 3, img.shape, dtype=np.uint8)
+    return img
+
+
+def make_stores(root: Path, episodes: int, steps: int) -> list[EpisodeStore]:
+    rng = np.random.default_rng(0)
+    pix, st = EpisodeStore(root / "atari-like"), EpisodeStore(root / "metaworld-like")
+    pix.append_episodes([
+        Episode("bench/pixels-v0", {"image": _frames(rng, steps)}, rng.integers(0, 6, (steps, 1)), rng.normal(size=steps), seed=e, spec=PIXELS)
+        for e in range(episodes)
+    ])
+    st.append_episodes([
+        Episode("bench/state-v0", {"state": rng.normal(size=(steps, 39)).astype(np.float32), "instruction": ["Push the puck to the goal."] * steps},
+                rng.uniform(-1, 1, (steps, 4)).astype(np.float32), rng.normal(size=steps), seed=e, spec=STATE)
+        for e in range(episodes)
+    ])
+    for s in (pix, st):
+        s.close()
+    return [EpisodeStore(root / "atari-like"), EpisodeStore(root / "metaworld-like")]
+
+
+class ParquetWindows:
+    """Per-sample decoding from the parquet store, then tokenizing (the LeRobot-style baseline)."""
+
+    def __init__(self, stores: list[EpisodeStore], tok: Tokenizer, context: int, batch_size: int, seed: int = 0) -> None:
+        self.tok, self.context, self.batch_size = tok, context, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.items = []  # (table, spec, columns, episode rows, tokens per timestep)
+        for s in stores:
+            table = pa.concat_tables([pq.read_table(p, memory_map=True) for p in s.data_files()])
+            tid = s.task_ids[0]
+            spec = s.timestep_spec(tid)
+            L = tok.tokenize_episode(spec, s.load_episode(0).observations, s.load_episode(0).actions).tokens_per_timestep
+            meta = s.episode_table()
+            bounds = list(zip(meta["dataset_from_index"].to_pylist(), meta["dataset_to_index"].to_pylist()))
+            self.items.append((table, spec, s.info["omnipolicy"]["tasks"][tid]["columns"], bounds, L))
+
+    def window(self, task: int) -> dict[str, np.ndarray]:
+        table, spec, columns, bounds, L = self.items[task]
+        lo, hi = bounds[int(self.rng.integers(len(bounds)))]
+        need = -(-self.context // L)
+        start = lo + int(self.rng.integers(0, max(1, hi - lo - need + 1)))
+        rows = table.slice(start, min(need, hi - start))
+        obs = {}
+        for f in spec.observation:
+            col = rows[columns[f.name]]
+            if f.kind == "image":
+                obs[f.name] = np.stack([decode_png(d["bytes"], f.shape) for d in col.to_pylist()])
+            elif f.kind == "text":
+                obs[f.name] = col.to_pylist()
+            else:
+                obs[f.name] = np.asarray(col.to_pylist(), dtype=f.dtype).reshape(len(rows), *f.shape)
+        actions = np.asarray(rows["action"].to_pylist(), dtype=spec.action.dtype).reshape(len(rows), *spec.action.shape)
+        ep = self.tok.tokenize_episode(spec, obs, actions, raw_patches=True)
+        n = min(self.context, len(ep.tokens))
+        return {"tokens": ep.tokens[:n], "loss": ep.loss_mask[:n], "pos": ep.local_pos[:n], "patches": ep.patches, "patch_pos": ep.patch_pos}
+
+    def sample(self) -> dict[str, np.ndarray]:
+        B, S = self.batch_size, self.context
+        pad = self.tok.layout.pad_id
+        tokens = np.full((B, S), pad, np.int64)
+        loss = np.zeros((B, S), bool)
+        pos = np.zeros((B, S), np.int64)
+        pidx = np.full((B, S), -1, np.int64)
+        patches, ppos, task = [], [], self.rng.integers(0, len(self.items), B)
+        n_patch = 0
+        for b in range(B):
+            w = self.window(int(task[b]))
+            n = len(w["tokens"])
+            tokens[b, :n], loss[b, :n], pos[b, :n] = w["tokens"], w["loss"], w["pos"]
+            is_patch = np.flatnonzero(w["tokens"] == self.tok.layout.patch_id)
+            pidx[b, is_patch] = n_patch + np.arange(len(is_patch))
+            patches.append(w["patches"][: len(is_patch)])
+            ppos.append(w["patch_pos"][: len(is_patch)])
+            n_patch += len(is_patch)
+        return {"tokens": tokens, "loss_mask": loss, "local_pos": pos, "patch_index": pidx,
+                "patches": normalize_patches(np.concatenate(patches)), "patch_pos": np.concatenate(ppos).astype(np.int64),
+                "task_index": task.astype(np.int64)}
+
+
+def windows_per_second(sample, batch_size: int, seconds: float) -> tuple[float, int]:
+    sample()  # warm up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        sample()
+        n += 1
+    return n * batch_size / (time.perf_counter() - t0), n
+
+
+def main(args: Args) -> dict:
+    tok = Tokenizer.default()
+    root = Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    try:
+        t0 = time.perf_counter()
+        stores = make_stores(root / "data", args.episodes, args.steps)
+        t_write = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cache = TokenCache.build(stores, tok, root / "cache", progress=False)
+        t_build = time.perf_counter() - t0
+        loader = WindowLoader(cache, context=args.context, batch_size=args.batch_size, seed=0)
+        baseline = ParquetWindows(stores, tok, args.context, args.batch_size)
+        b1, b2 = loader.sample(), baseline.sample()
+        for k in ("tokens", "loss_mask", "local_pos", "patch_index", "task_index"):
+            assert b1[k].shape == b2[k].shape and b1[k].dtype == b2[k].dtype, k
+        base_wps, base_n = windows_per_second(baseline.sample, args.batch_size, args.seconds)
+        cache_wps, cache_n = windows_per_second(loader.sample, args.batch_size, args.seconds)
+        cache_bytes = sum(p.stat().st_size for p in (root / "cache").glob("*.npy"))
+        store_bytes = sum(p.stat().st_size for p in (root / "data").rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = cache_wps / base_wps
+    print(f"parquet per-sample decode + tokenize: {base_wps:9.1f} windows/s ({base_n} batches)")
+    print(f"packed token cache (WindowLoader):    {cache_wps:9.1f} windows/s ({cache_n} batches)")
+    print(f"speed-up {ratio:.1f}x; cache built in {t_build:.2f} s ({cache_bytes / 2**20:.1f} MiB) from a "
+          f"{store_bytes / 2**20:.1f} MiB store written in {t_write:.2f} s")
+    summary = {
+        "bench": "loader", "context": args.context, "batch_size": args.batch_size,
+        "episodes": 2 * args.episodes, "frames": 2 * args.episodes * args.steps,
+        "parquet_windows_per_s": round(base_wps, 1), "cache_windows_per_s": round(cache_wps, 1),
+        "speedup": round(ratio, 1), "target_speedup": 10, "meets_target": ratio >= 10,
+        "cache_build_s": round(t_build, 2), "cache_mib": round(cache_bytes / 2**20, 1), "store_mib": round(store_bytes / 2**20, 1),
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
