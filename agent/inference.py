@@ -328,7 +328,7 @@ class InferenceSession:
             x = torch.where((pidx >= 0).unsqueeze(-1), pe[pidx.clamp(min=0)].to(x.dtype), x)
         return x + m.wle(loc)
 
-    def _forward_new(self, pre: Tensor, pos: Tensor, kv_len: int, env: int | None = None) -> Tensor:
+    def _forward_new(self, pre: Tensor, pos: Tensor, kv_len: int, env: int | None = None, start: int | None = None) -> Tensor:
         """Run new tokens through the blocks, writing their keys/values at ``pos``.
 
         Args:
@@ -336,6 +336,8 @@ class InferenceSession:
             pos: (B, S) window position of each token (also its cache slot).
             kv_len: cache slots the attention reads (all written slots a valid query may see).
             env: run on this one environment's row (``pre`` then has one row) instead of all rows.
+            start: eager fast path: every row writes the slots ``start .. start + S - 1`` and
+                ``kv_len == start + S`` (plain slices, no per-row mask).
 
         Returns:
             (B, S, D) hidden states before the final norm.
@@ -343,54 +345,73 @@ class InferenceSession:
         B, S, D = pre.shape
         H, hd, K = self.H, D // self.H, self.K
         one = slice(None) if env is None else slice(env, env + 1)
-        rows = self._rows[:B, None]
-        slot = pos.clamp(max=K - 1)  # padding queries of full windows stay inside the buffer
-        self.hist[one][rows, slot] = pre
-        x = pre + self.model.wpe(pos.clamp(max=self.context - 1))
-        mask = (self._keys[:kv_len] <= pos.unsqueeze(-1)).unsqueeze(1)  # (B, 1, S, kv_len): causal over the cache
+        if start is None:
+            slot = pos.clamp(max=K - 1)  # padding queries of full windows stay inside the buffer
+            rows = self._rows[:B, None]
+            self.hist[one][rows, slot] = pre
+            x = pre + self.model.wpe(pos.clamp(max=self.context - 1))
+            visible = self._keys[:kv_len] <= pos.unsqueeze(-1)  # (B, S, kv_len): causal over the cache
+            mask = torch.zeros(visible.shape, device=pre.device, dtype=pre.dtype).masked_fill_(~visible, float("-inf"))
+            mask = mask.unsqueeze(1)  # (B, 1, S, kv_len), shared by every layer
+        else:
+            self.hist[one, start : start + S] = pre
+            x = pre + self.model.wpe.weight[start : start + S]
+            mask = None
+            if S > 1:  # query i sees keys 0 .. start + i
+                mask = torch.full((S, kv_len), float("-inf"), device=pre.device, dtype=pre.dtype).triu_(start + 1)
         for layer, blk in enumerate(self.model.blocks):
             h = blk.ln_1(x)
-            q, k, v = blk.attn.c_attn(h).split(D, dim=2)  # 3 x (B, S, D)
+            q, k, v = blk.attn.c_attn(h).view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, S, hd)
             kc, vc = self.k_cache[layer, one], self.v_cache[layer, one]  # (B, H, K, hd)
-            kc[rows, :, slot] = k.view(B, S, H, hd)
-            vc[rows, :, slot] = v.view(B, S, H, hd)
-            q = q.view(B, S, H, hd).transpose(1, 2)  # (B, H, S, hd)
+            if start is None:
+                kc[rows, :, slot] = k.transpose(1, 2)
+                vc[rows, :, slot] = v.transpose(1, 2)
+            else:
+                kc[:, :, start : start + S] = k
+                vc[:, :, start : start + S] = v
             y = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask)
             x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, S, D))
             x = x + blk.mlp(blk.ln_2(x))
         return x
 
-    def _choose(self, h: Tensor, greedy: bool) -> Tensor:
-        """Masked logits of hidden states (B, D) for action dimension ``dec_k``; record and return the choice (B,)."""
-        k = self.dec_k
-        logits = F.linear(self.model.ln_f(h).float(), self._head_w)  # (B, V) float32
+    def _choose(self, h: Tensor, greedy: bool, span: tuple[int, int]) -> Tensor:
+        """Choose action dimension ``dec_k`` from hidden states (B, D); record it and its masked logits.
+
+        Only the LM-head rows of ``span`` (the union of the action ranges) are computed.
+        """
+        k, (lo, hi) = self.dec_k, span
+        logits = F.linear(self.model.ln_f(h).float(), self._head_w[lo:hi])  # (B, hi - lo) float32
         lohi = self.in_ranges.index_select(0, k)  # (1, 2)
-        valid = (self._vocab >= lohi[:, :1]) & (self._vocab < lohi[:, 1:])  # (1, V)
+        ids = self._vocab[lo:hi]
+        valid = (ids >= lohi[:, :1]) & (ids < lohi[:, 1:])  # (1, hi - lo)
         logits = logits.masked_fill(~valid, float("-inf"))
         if greedy:
-            choice = logits.argmax(dim=-1)
+            choice = logits.argmax(dim=-1) + lo
         else:
-            choice = (logits / self.in_temp + self.noise.index_select(1, k).squeeze(1)).argmax(dim=-1)
-        self.out_logits.index_copy_(1, k, logits.unsqueeze(1))
+            choice = (logits / self.in_temp + self.noise[:, :, lo:hi].index_select(1, k).squeeze(1)).argmax(dim=-1) + lo
+        self.out_logits[:, :, lo:hi].index_copy_(1, k, logits.unsqueeze(1))
         self.out_tok.index_copy_(1, k, choice.unsqueeze(1))
         k.add_(1)
         return choice
 
-    def _prefill_body(self, greedy: bool, kv_len: int) -> None:
+    def _prefill_body(self, greedy: bool, span: tuple[int, int], kv_len: int, width: int | None = None,
+                      start: int | None = None) -> None:
+        S = self.C if width is None else width
         self.dec_k.zero_()
-        pos = self.in_fill.unsqueeze(1) + self._cols  # (B, C)
-        pre = self._embed(self.in_tok, self.in_loc, self.in_pidx, self.in_patches if self.P else None, self.in_ppos)
-        x = self._forward_new(pre, pos, kv_len)  # (B, C, D)
+        tok, loc = self.in_tok[:, :S], self.in_loc[:, :S]
+        pos = self.in_fill.unsqueeze(1) + self._cols[:S]  # (B, S)
+        pre = self._embed(tok, loc, self.in_pidx[:, :S], self.in_patches if self.P else None, self.in_ppos)
+        x = self._forward_new(pre, pos, kv_len, start=start)  # (B, S, D)
         last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
-        choice = self._choose(x[self._rows, last], greedy)
+        choice = self._choose(x[self._rows, last], greedy, span)
         self.dec_tok.copy_(choice)
         self.dec_pos.copy_(self.in_fill + self.in_cnt)
-        self.dec_loc.copy_(self.in_loc[self._rows, last] + 1)
+        self.dec_loc.copy_(loc[self._rows, last] + 1)
 
-    def _decode_body(self, greedy: bool, kv_len: int) -> None:
+    def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None) -> None:
         pre = self._embed(self.dec_tok[:, None], self.dec_loc[:, None], None, None, None)  # (B, 1, D)
-        x = self._forward_new(pre, self.dec_pos[:, None], kv_len)
-        choice = self._choose(x[:, 0], greedy)
+        x = self._forward_new(pre, self.dec_pos[:, None], kv_len, start=start)
+        choice = self._choose(x[:, 0], greedy, span)
         self.dec_tok.copy_(choice)
         self.dec_pos.add_(1)
         self.dec_loc.add_(1)
@@ -562,18 +583,27 @@ class InferenceSession:
             self.noise.copy_(-torch.log(-torch.log(u)))
 
         # prefill, then A - 1 decode steps
+        span = (int(ranges[:, 0].min()), int(ranges[:, 1].max()))
+        self._span = span
         if self.use_graphs:
-            self._graph(("prefill", C, P, greedy), lambda: self._prefill_body(greedy, self.K)).replay()
+            self._graph(("prefill", C, P, greedy, span), lambda: self._prefill_body(greedy, span, self.K)).replay()
             if A > 1:
-                dec = self._graph(("decode", greedy), lambda: self._decode_body(greedy, self.K),
+                dec = self._graph(("decode", greedy, span), lambda: self._decode_body(greedy, span, self.K),
                                   restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
                 for _ in range(A - 1):
                     dec.replay()
         else:
-            ends = [self._envs[e].fill + c for e, c in zip(ids, counts)]
-            self._prefill_body(greedy, max(ends))
-            for k in range(1, A):
-                self._decode_body(greedy, max(ends) + k)
+            fills = [self._envs[e].fill for e in ids]
+            ends = [f + c for f, c in zip(fills, counts)]
+            if len(ids) == B and len(set(fills)) == 1 and len(set(counts)) == 1:  # lockstep: plain slices
+                f, c = fills[0], counts[0]
+                self._prefill_body(greedy, span, f + c, width=c, start=f)
+                for k in range(1, A):
+                    self._decode_body(greedy, span, f + c + k, start=f + c + k - 1)
+            else:
+                self._prefill_body(greedy, span, max(ends))
+                for k in range(1, A):
+                    self._decode_body(greedy, span, max(ends) + k)
         action_tokens = self.out_tok[:, :A].cpu().numpy()[ids]  # the one host synchronisation
 
         for (tok, _, _), e, c, a in zip(arrays, ids, counts, action_tokens):
@@ -582,7 +612,10 @@ class InferenceSession:
             st.fill += c + A - 1
             st.pending, st.pending_local = int(a[-1]), len(tok) + A - 1
         self.stats["steps"] += 1
-        logits = self.out_logits[ids, :A].float().cpu() if return_logits else None
+        logits = None
+        if return_logits:
+            logits = torch.full((len(ids), A, self.vocab_size), float("-inf"))
+            logits[:, :, span[0] : span[1]] = self.out_logits[ids, :A, span[0] : span[1]].cpu()
         return StepResult(action_tokens.astype(np.int64), logits, rebuild_rows)
 
     def _stage(self, tok, loc, pidx, fill, cnt, patches, ppos, ranges) -> None:
@@ -648,9 +681,15 @@ class InferenceSession:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def weight_bytes_per_token(self) -> int:
-        """Bytes of weights one forward pass reads for a token: the blocks, the final norm and the LM head."""
+    def weight_bytes_per_token(self, span: tuple[int, int] | None = None) -> int:
+        """Bytes of weights one forward pass reads for a token: the blocks, the final norm and the LM-head rows used.
+
+        Args:
+            span: the ``[lo, hi)`` ids whose logits are computed (default: the last step's action span,
+                or the whole vocabulary before any step).
+        """
         m = self.model
+        lo, hi = span or getattr(self, "_span", (0, self.vocab_size))
         n = sum(p.numel() * p.element_size() for p in m.blocks.parameters())
         n += sum(p.numel() * p.element_size() for p in m.ln_f.parameters())
-        return n + self._head_w.numel() * self._head_w.element_size()
+        return n + (hi - lo) * self._head_w.shape[1] * self._head_w.element_size()

@@ -1,0 +1,297 @@
+"""Benchmark: control-step latency of the KV-cached InferenceSession against two baselines.
+
+Workload: a 64-token observation (63 continuous tokens and the separator) and
+a 7-dimension continuous action per timestep, context 1024, the window full
+of past timesteps (13 past timesteps of 71 tokens: 923 tokens, plus the
+current 64 + 6 fed action tokens = 993). A control step is "observation
+tokens in, action tokens out" and contains one prefill and 6 decode steps.
+
+Measured in the same process, for each preset (random weights, seeded):
+
+- ``session``: :class:`~omnipolicy.agent.inference.InferenceSession` at the
+  full window (each timed step is rolled back afterwards, so every step sees
+  the same 923-token history), plus a rolling run of whole episodes with its
+  evictions (``rolling``: p50 / p99 / max over every step, and the rebuilds).
+- ``naive``: a full recomputation of the window without a cache for each of
+  the 7 action tokens (what a cache-less policy does).
+- ``hf``: Hugging Face ``transformers`` GPT-2 of the same width, depth, heads,
+  feed-forward and vocabulary, with its own ``past_key_values`` cache (a
+  ``DynamicCache`` cropped back to the history after each step).
+
+It also measures the machine's memory bandwidth (a large tensor copy) and
+prints the bound it implies: a control step reads the weights at least once
+per forward pass (1 prefill + 6 decodes = 7 passes), so
+``bound = 7 * weight_bytes_per_token / bandwidth``; ``ratio = p50 / bound``.
+
+Targets (issue 5), CPU presets: session >= 5x faster than naive and >= 1.5x
+faster than transformers at context 1024, p50 within 3x of the bandwidth
+bound. GPU (``--preset gato-1.18b --device cuda``): p99 >= 50 steps/s, p50
+within 2x of the HBM bound.
+
+Usage: ``.venv/bin/python scripts/bench_inference.py [--preset cpu-tiny cpu-small] [--device cpu]``.
+The last line of output is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tyro
+
+from omnipolicy.agent.config import get_preset
+from omnipolicy.agent.inference import InferenceSession, ObsTokens, SessionConfig
+from omnipolicy.agent.model import GatoModel
+from omnipolicy.tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class Args:
+    preset: tuple[str, ...] = ("cpu-tiny", "cpu-small")
+    """Model presets to benchmark (their context is set to --context)."""
+    device: str = "cpu"
+    """Torch device: cpu or cuda."""
+    context: int = 1024
+    """Context window in tokens."""
+    obs_tokens: int = 64
+    """Observation tokens per timestep (including the separator)."""
+    action_dims: int = 7
+    """Action tokens per timestep."""
+    steps: int = 200
+    """Timed control steps of the session at the full window (and of the transformers baseline)."""
+    naive_steps: int = 5
+    """Timed control steps of the naive recomputation (each costs 7 forwards over the window)."""
+    rolling_steps: int = 300
+    """Steps of the rolling run with evictions (0 to skip)."""
+    evict_keep: float = 0.5
+    """SessionConfig.evict_keep of the rolling run."""
+    hf: bool = True
+    """Run the transformers GPT-2 baseline."""
+    threads: int = 0
+    """torch threads on the CPU (0: leave torch's default)."""
+    seed: int = 0
+
+
+# --------------------------------------------------------------- utilities
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def percentiles(times_s: list[float]) -> dict[str, float]:
+    """p50 / p99 / max / mean in milliseconds."""
+    ms = np.asarray(times_s) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()), "mean_ms": float(ms.mean()), "n": len(ms)}
+
+
+def memory_bandwidth(device: torch.device, nbytes: int, repeats: int = 5) -> float:
+    """Bytes per second of a large device-local copy (read + write counted)."""
+    n = nbytes // 4
+    a = torch.ones(n, dtype=torch.float32, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        b.copy_(a)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n * 4 / best
+
+
+class Workload:
+    """Seeded token streams: ``history`` past timesteps and fresh observations."""
+
+    def __init__(self, layout, obs_tokens: int, action_dims: int, seed: int) -> None:
+        self.lay, self.L, self.A = layout, obs_tokens, action_dims
+        self.rng = np.random.default_rng(seed)
+        lo = layout.continuous_offset
+        self.ranges = np.array([[lo, lo + layout.num_bins]] * action_dims, dtype=np.int64)
+
+    def obs(self) -> np.ndarray:
+        """int64 (L,): L-1 continuous tokens and the separator."""
+        bins = self.rng.integers(0, self.lay.num_bins, self.L - 1) + self.lay.continuous_offset
+        return np.concatenate([bins, [self.lay.separator_id]]).astype(np.int64)
+
+    def timestep(self) -> np.ndarray:
+        """int64 (L + A,): an observation and an action."""
+        act = self.rng.integers(0, self.lay.num_bins, self.A) + self.lay.continuous_offset
+        return np.concatenate([self.obs(), act])
+
+
+# ---------------------------------------------------------------- measures
+def bench_session(model, work: Workload, history: list[np.ndarray], args: Args, device) -> dict:
+    sess = InferenceSession(model, SessionConfig(num_envs=1, evict_keep=args.evict_keep), device=device)
+    sess.append([[ObsTokens(t) for t in history]])
+    obs = [work.obs() for _ in range(16)]
+    times = []
+    for i in range(args.steps + 10):
+        o = [ObsTokens(obs[i % len(obs)])]
+        _sync(device)
+        t0 = time.perf_counter()
+        sess.step(o, work.ranges)
+        times.append(time.perf_counter() - t0)
+        sess.rollback(1)
+    out = {"full_window": percentiles(times[10:]), "window_tokens": int(sess.num_tokens[0]) + work.L + work.A - 1}
+    if args.rolling_steps:
+        sess = InferenceSession(model, SessionConfig(num_envs=1, evict_keep=args.evict_keep), device=device)
+        times, rebuild_times = [], []
+        for i in range(args.rolling_steps):
+            o = [ObsTokens(obs[i % len(obs)])]
+            _sync(device)
+            t0 = time.perf_counter()
+            r = sess.step(o, work.ranges)
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            if r.rebuilt:
+                rebuild_times.append(dt)
+        out["rolling"] = percentiles(times[5:]) | {
+            "evict_keep": args.evict_keep,
+            "rebuild_steps": len(rebuild_times),
+            "rebuild_step_p50_ms": float(np.median(rebuild_times) * 1e3) if rebuild_times else None,
+        }
+    out["weight_bytes_per_token"] = sess.weight_bytes_per_token()
+    return out
+
+
+@torch.inference_mode()
+def bench_naive(model: GatoModel, work: Workload, history: list[np.ndarray], args: Args, device) -> dict:
+    hist = np.concatenate(history)
+    hist_loc = np.concatenate([np.arange(len(t)) for t in history])
+    times = []
+    for i in range(args.naive_steps + 1):
+        obs = work.obs()
+        tok = torch.from_numpy(np.concatenate([hist, obs])).to(device)[None]
+        loc = torch.from_numpy(np.concatenate([hist_loc, np.arange(work.L)])).to(device)[None]
+        no_patches = torch.zeros((0, 3, 16, 16), device=device, dtype=next(model.parameters()).dtype)
+        no_pos = torch.zeros((0, 2), dtype=torch.long, device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        for k, (lo, hi) in enumerate(work.ranges):
+            pidx = torch.full_like(tok, -1)
+            h = model(tok, loc, pidx, no_patches, no_pos)  # (1, n, D): the whole window again
+            choice = model.logits(h[:, -1]).float()[:, lo:hi].argmax(-1) + int(lo)
+            tok = torch.cat([tok, choice[:, None]], dim=1)
+            loc = torch.cat([loc, loc[:, -1:] + 1], dim=1)
+        _sync(device)
+        _ = tok[0, -1].item()
+        times.append(time.perf_counter() - t0)
+    return {"full_window": percentiles(times[1:])}
+
+
+@torch.inference_mode()
+def bench_hf(model: GatoModel, work: Workload, history: list[np.ndarray], args: Args, device, dtype) -> dict:
+    import transformers
+    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
+
+    c = model.cfg
+    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.context, n_embd=c.n_embd, n_layer=c.n_layer,
+                        n_head=c.n_head, n_inner=c.d_ff, activation_function="gelu_new", resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    torch.manual_seed(args.seed)
+    gpt = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa", torch_dtype=dtype).to(device).eval()
+    hist = torch.from_numpy(np.concatenate(history)).to(device)[None]
+    n_hist = hist.shape[1]
+    cache = DynamicCache()
+    gpt(hist, past_key_values=cache, use_cache=True)
+    times = []
+    for i in range(args.steps + 10):
+        obs = torch.from_numpy(work.obs()).to(device)[None]
+        _sync(device)
+        t0 = time.perf_counter()
+        x, pos = obs, n_hist
+        chosen = []
+        for lo, hi in work.ranges:
+            ids = torch.arange(pos, pos + x.shape[1], device=device)[None]
+            logits = gpt(x, past_key_values=cache, use_cache=True, position_ids=ids, logits_to_keep=1).logits
+            choice = logits[:, -1].float()[:, lo:hi].argmax(-1, keepdim=True) + int(lo)
+            chosen.append(choice)
+            pos += x.shape[1]
+            x = choice
+        _ = torch.cat(chosen, 1).cpu()
+        times.append(time.perf_counter() - t0)
+        cache.crop(n_hist)
+    params = sum(p.numel() for p in gpt.parameters())
+    return {"full_window": percentiles(times[10:]), "params": params, "version": transformers.__version__}
+
+
+def run_preset(name: str, args: Args, layout, device: torch.device) -> dict:
+    cfg = dataclasses.replace(get_preset(name), context=args.context).with_vocab(layout.vocab_size)
+    torch.manual_seed(args.seed)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with device:
+        model = GatoModel(cfg).to(dtype).eval()
+    work = Workload(layout, args.obs_tokens, args.action_dims, args.seed)
+    step_len = args.obs_tokens + args.action_dims
+    n_hist = (args.context - (step_len - 1)) // step_len  # past timesteps that leave room for the current one
+    history = [work.timestep() for _ in range(n_hist)]
+    res = {"preset": name, "params": model.num_params(), "dtype": str(dtype).replace("torch.", ""),
+           "history_timesteps": n_hist}
+    print(f"\n== {name}: {model.num_params():,d} parameters, {res['dtype']}, {n_hist} past timesteps of {step_len} tokens")
+    res["session"] = bench_session(model, work, history, args, device)
+    print(f"session   p50 {res['session']['full_window']['p50_ms']:8.2f} ms  p99 {res['session']['full_window']['p99_ms']:8.2f} ms"
+          f"  (window {res['session']['window_tokens']} tokens)")
+    if "rolling" in res["session"]:
+        r = res["session"]["rolling"]
+        print(f"rolling   p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  max {r['max_ms']:.2f} ms "
+              f"({r['rebuild_steps']} rebuild steps, p50 {r['rebuild_step_p50_ms'] or 0:.2f} ms, evict_keep {r['evict_keep']})")
+    res["naive"] = bench_naive(model, work, history, args, device)
+    print(f"naive     p50 {res['naive']['full_window']['p50_ms']:8.2f} ms  p99 {res['naive']['full_window']['p99_ms']:8.2f} ms")
+    if args.hf:
+        try:
+            res["hf"] = bench_hf(model, work, history, args, device, dtype)
+            print(f"hf gpt2   p50 {res['hf']['full_window']['p50_ms']:8.2f} ms  p99 {res['hf']['full_window']['p99_ms']:8.2f} ms"
+                  f"  (transformers {res['hf']['version']}, {res['hf']['params']:,d} parameters)")
+        except ImportError as e:
+            print(f"hf gpt2   skipped: {e} (pip install transformers)")
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layout = Tokenizer.default().layout
+    bw = memory_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 28)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    print(f"machine: {machine}; memory bandwidth (copy) {bw / 1e9:.1f} GB/s")
+    results = {"bench": "inference", "device": args.device, "machine": machine, "bandwidth_GBps": bw / 1e9,
+               "context": args.context, "obs_tokens": args.obs_tokens, "action_dims": args.action_dims, "presets": {}}
+    for name in args.preset:
+        res = run_preset(name, args, layout, device)
+        s50 = res["session"]["full_window"]["p50_ms"]
+        s99 = res["session"]["full_window"]["p99_ms"]
+        bound_ms = args.action_dims * res["session"]["weight_bytes_per_token"] / bw * 1e3
+        res["bound_ms"] = bound_ms
+        res["ratio_to_bound"] = s50 / bound_ms
+        res["speedup_vs_naive"] = res["naive"]["full_window"]["p50_ms"] / s50
+        res["steps_per_s_p99"] = 1e3 / s99
+        print(f"bandwidth bound {bound_ms:.2f} ms/step ({args.action_dims} passes x "
+              f"{res['session']['weight_bytes_per_token'] / 1e6:.1f} MB / {bw / 1e9:.1f} GB/s); session p50 = "
+              f"{res['ratio_to_bound']:.2f}x bound; {res['speedup_vs_naive']:.1f}x faster than naive", end="")
+        if "hf" in res:
+            res["speedup_vs_hf"] = res["hf"]["full_window"]["p50_ms"] / s50
+            print(f"; {res['speedup_vs_hf']:.2f}x faster than transformers", end="")
+        print(f"; p99 {res['steps_per_s_p99']:.0f} steps/s")
+        if device.type == "cuda":
+            res["meets_targets"] = bool(res["steps_per_s_p99"] >= 50 and res["ratio_to_bound"] <= 2)
+        else:
+            res["meets_targets"] = bool(res["speedup_vs_naive"] >= 5 and res.get("speedup_vs_hf", 0) >= 1.5
+                                        and res["ratio_to_bound"] <= 3)
+        results["presets"][name] = res
+    print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
