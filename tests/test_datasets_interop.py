@@ -85,8 +85,9 @@ def _read_with_lerobot(root: Path, tmp: Path) -> tuple[dict, dict]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp / "hf-cache"),
                HF_LEROBOT_HOME=str(tmp / "lerobot-home"))
     env.pop("PYTHONPATH", None)
+    # cwd outside the repository: its `datasets/` folder would shadow Hugging Face's `datasets` package
     proc = subprocess.run([str(LEROBOT_PYTHON), "-c", READER, str(root), str(out)], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return dict(np.load(str(out) + ".npz")), json.loads(Path(str(out) + ".json").read_text())
 
@@ -95,7 +96,8 @@ def _read_with_lerobot(root: Path, tmp: Path) -> tuple[dict, dict]:
 def lerobot_python() -> Path:
     if not LEROBOT_PYTHON.exists():
         pytest.skip(f"{LEROBOT_PYTHON} missing: run `make test-interop` to build the lerobot environment")
-    probe = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.datasets.lerobot_dataset"], capture_output=True, text=True)
+    probe = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.datasets.lerobot_dataset"], capture_output=True,
+                           text=True, cwd="/")
     if probe.returncode != 0:
         pytest.skip(f"{LEROBOT_PYTHON} cannot import lerobot: {probe.stderr.strip().splitlines()[-1:]}")
     return LEROBOT_PYTHON
@@ -125,6 +127,8 @@ def _compare(root: Path, arrays: dict, meta: dict) -> None:
             else:
                 got = arrays[key][sl]
                 want = ep.observations[f.name]
+                if want.dtype == np.float64:  # stored as float64; LeRobot's torch.tensor(list) gives float32
+                    want = want.astype(np.float32)
                 np.testing.assert_array_equal(got.reshape(want.shape), want)
                 if f.kind != "image":
                     assert got.dtype == want.dtype, (key, got.dtype, want.dtype)
