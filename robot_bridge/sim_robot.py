@@ -1,0 +1,417 @@
+"""``omnipolicy sim-robot``: a simulated arm of the task suite, exposed as a ROS 2 robot.
+
+The node steps the task's simulator in real time, one control period per
+tick (50 Hz for ``dmc/reacher-easy``), and speaks what a ros2_control robot
+speaks (see :mod:`omnipolicy.robot_bridge.arms` for the topics of each arm):
+
+- publishes ``/joint_states`` (``sensor_msgs/JointState``: position, velocity,
+  effort = the applied command) and the task state on its own topic
+  (``/sim_robot/task_state``, a ``JointState`` of named values, same stamp);
+- publishes a camera ``sensor_msgs/Image`` (rgb8, sensor-data QoS) on
+  ``/sim_robot/camera/image_raw`` when ``--camera-rate-hz`` is set;
+- accepts ``Float64MultiArray`` efforts on ``/<controller>/commands``
+  (controller joint order) and ``JointTrajectory`` messages on
+  ``/<trajectory_controller>/joint_trajectory`` (the first point's positions
+  become targets of a joint PD, as joint_trajectory_controller does on an
+  effort interface); the newest valid command of either kind is in force.
+
+**Hold rule.** An effort command is in force for ``--command-timeout``
+seconds after it arrives; after that the robot applies zero effort (torque
+off; the joints' damping stops the arm within a few tenths of a second). A
+trajectory target stays in force until replaced (the last safe command of a
+position interface). Malformed commands (wrong length, unknown joints, NaN)
+are rejected with one log line each and leave the previous command in force.
+
+**Episodes.** Episode ``k`` starts from ``env.reset(seed=SEED + k)``, exactly
+as plain simulation does, and lasts ``--episode-seconds``; the first one
+starts when the first command arrives (until then the arm rests at its
+initial state and the state is published). At the start of each episode the
+node publishes ``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
+``Bool(success)`` on ``/sim_robot/success``, where **success means the
+target is reached at the end of the episode** (for the reacher: the
+fingertip inside the target sphere, dm_control's reward radius). It also
+prints one JSON line per episode on stdout (``{"event": "episode", ...}``),
+a ``{"event": "ready"}`` line once its endpoints exist and a
+``{"event": "summary"}`` line at exit (also written to ``--summary``).
+
+SIGINT/SIGTERM stop it cleanly (summary written, endpoints closed).
+
+    omnipolicy sim-robot --task dmc/reacher-easy --transport dds --episodes 10
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, get_arm, make_sim_arm
+from omnipolicy.robot_bridge.messages import (
+    Bool,
+    Float64MultiArray,
+    Header,
+    Image,
+    JointMap,
+    JointState,
+    JointTrajectory,
+    Time,
+    action_from_command,
+    array_to_image,
+)
+from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+
+log = logging.getLogger("omnipolicy.sim_robot")
+
+
+@dataclass(frozen=True)
+class SimRobotConfig:
+    """Run a simulated arm of the task suite as a ROS 2 robot (joint states out, commands in)."""
+
+    task: str = "dmc/reacher-easy"
+    """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy)."""
+    transport: Literal["dds", "rclpy"] = "dds"
+    """rclpy: a real ROS 2 node (needs rclpy); dds: ROS 2's wire protocol over Cyclone DDS."""
+    domain_id: int | None = None
+    """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
+    episodes: int = 0
+    """Stop after this many episodes (0: run until stopped)."""
+    episode_seconds: float = 2.0
+    """Length of an episode; success is judged at its end."""
+    seed: int = 0
+    """Episode k starts from env.reset(seed=SEED + k)."""
+    publish_rate_hz: float = 0.0
+    """Joint-state rate (0: every control step). Must divide the control rate."""
+    camera_rate_hz: float = 0.0
+    """Camera image rate (0: no camera). Must divide the control rate."""
+    camera_size: int = 84
+    """Camera image height and width in pixels."""
+    command_timeout: float = 0.1
+    """An effort command is applied for at most this long; then zero effort (the hold rule)."""
+    trajectory_kp: float = 5.0
+    """Joint PD gain (effort per rad) that tracks a JointTrajectory's positions."""
+    trajectory_kd: float = 0.5
+    """Joint PD damping (effort per rad/s)."""
+    start_on_command: bool = True
+    """Start the first episode at the first command (else at once)."""
+    max_seconds: float = 0.0
+    """Stop after this long (0: no limit)."""
+    summary: Path | None = None
+    """Write the final summary JSON here (atomically)."""
+    log_level: str = "INFO"
+    """Logging level of the node (stderr)."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout (the machine-readable log of the node)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def percentiles_ms(values_s: list[float]) -> dict[str, float | None]:
+    """p50 / p99 / max of durations in seconds, in milliseconds (None when empty)."""
+    if not values_s:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    a = np.asarray(values_s) * 1e3
+    return {k: round(float(v), 4) for k, v in (("p50_ms", np.percentile(a, 50)), ("p99_ms", np.percentile(a, 99)), ("max_ms", a.max()))}
+
+
+def _divisor(rate_hz: float, control_hz: float, what: str) -> int:
+    if rate_hz <= 0:
+        return 1
+    k = control_hz / rate_hz
+    if abs(k - round(k)) > 1e-6 or round(k) < 1:
+        raise ValueError(f"--{what} must divide the control rate {control_hz:g} Hz (e.g. {control_hz:g}, {control_hz / 2:g}), got {rate_hz:g}")
+    return int(round(k))
+
+
+class CommandSlot:
+    """The command in force, written by transport threads and read by the stepping loop.
+
+    Args:
+        joints: the controller's joint map.
+        timeout: seconds an effort command stays in force.
+        clock: monotonic clock.
+    """
+
+    def __init__(self, joints: JointMap, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.joints = joints
+        self.timeout = float(timeout)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._effort: tuple[float, np.ndarray] | None = None  # (arrival time, task-order effort)
+        self._target: np.ndarray | None = None  # trajectory position target (task order)
+        self._newest: str | None = None  # "effort" | "trajectory"
+        self.received = 0
+        self.rejected = 0
+        self.first_command: float | None = None
+
+    def on_effort(self, msg: Float64MultiArray) -> None:
+        self._accept(msg, "effort")
+
+    def on_trajectory(self, msg: JointTrajectory) -> None:
+        self._accept(msg, "trajectory")
+
+    def _accept(self, msg: Any, kind: str) -> None:
+        now = self.clock()
+        try:
+            values = action_from_command(msg, self.joints)  # (J,) task order; raises on length/names/NaN
+        except ValueError as e:
+            with self._lock:
+                self.rejected += 1
+            log.warning("rejected a %s command: %s (previous command stays in force)", type(msg).__name__, e)
+            return
+        with self._lock:
+            self.received += 1
+            if self.first_command is None:
+                self.first_command = now
+            if kind == "effort":
+                self._effort = (now, values)
+            else:
+                self._target = values
+            self._newest = kind
+
+    def effort(self, position: np.ndarray, velocity: np.ndarray, kp: float, kd: float) -> tuple[np.ndarray, bool]:
+        """The effort to apply now (task order) and whether the hold rule chose it."""
+        now = self.clock()
+        with self._lock:
+            newest, effort, target = self._newest, self._effort, self._target
+        if newest == "trajectory" and target is not None:
+            return np.clip(kp * (target - position) - kd * velocity, -1.0, 1.0), False
+        if effort is not None and now - effort[0] <= self.timeout:
+            return effort[1], False
+        return np.zeros(self.joints.size), True
+
+
+class SimRobot:
+    """A simulated arm publishing and commanded over a :class:`Transport`; a context manager.
+
+    Args:
+        cfg: the node's configuration.
+        transport: an open transport (default: made from ``cfg``; closed with the robot).
+        sim: the simulated arm (default: ``make_sim_arm(cfg.task)``).
+
+    Raises:
+        KeyError: no arm for the task. ValueError: inconsistent rates or episode length.
+    """
+
+    def __init__(self, cfg: SimRobotConfig, transport: Transport | None = None, sim: SimArm | None = None) -> None:
+        self.cfg = cfg
+        self.spec: ArmSpec = get_arm(cfg.task)
+        control_hz = self.spec.rate_hz
+        self.publish_every = _divisor(cfg.publish_rate_hz, control_hz, "publish-rate-hz")
+        self.camera_every = _divisor(cfg.camera_rate_hz, control_hz, "camera-rate-hz") if cfg.camera_rate_hz > 0 else 0
+        self.episode_steps = int(round(cfg.episode_seconds / self.spec.control_period))
+        if self.episode_steps < 1:
+            raise ValueError(f"--episode-seconds must be at least one control period ({self.spec.control_period} s), got {cfg.episode_seconds}")
+        self.sim = sim if sim is not None else make_sim_arm(cfg.task, render=self.camera_every > 0)
+        if self.episode_steps > self.sim.task.max_steps:
+            raise ValueError(
+                f"--episode-seconds {cfg.episode_seconds} is {self.episode_steps} steps; the task's episodes last at most "
+                f"{self.sim.task.max_steps} steps ({self.sim.task.max_steps * self.spec.control_period:g} s)"
+            )
+        self._own_transport = transport is None
+        if transport is None:
+            kwargs: dict[str, Any] = {"domain_id": cfg.domain_id}
+            if cfg.transport == "rclpy":
+                kwargs["node_name"] = "omnipolicy_sim_robot"
+            transport = make_transport(cfg.transport, **kwargs)
+        self.t = transport
+        joints = JointMap(self.spec.joints)
+        self.commands = CommandSlot(joints, cfg.command_timeout)
+        s = self.spec
+        self.pub_state = self.t.publisher(s.joint_states_topic, JointState, QOS_ROS2_CONTROL)
+        self.pub_task = self.t.publisher(s.task_state_topic, JointState, QOS_ROS2_CONTROL) if s.task_state_names else None
+        self.pub_episode = self.t.publisher(s.episode_topic, Bool, QOS_DEFAULT)
+        self.pub_success = self.t.publisher(s.success_topic, Bool, QOS_DEFAULT)
+        self.pub_camera = self.t.publisher(s.camera_topic, Image, QOS_SENSOR_DATA) if self.camera_every else None
+        self.sub_effort = self.t.subscription(s.command_topic, Float64MultiArray, self.commands.on_effort, QOS_ROS2_CONTROL)
+        self.sub_traj = self.t.subscription(s.trajectory_topic, JointTrajectory, self.commands.on_trajectory, QOS_ROS2_CONTROL)
+        self.stop_event = threading.Event()
+        self.episodes: list[dict[str, Any]] = []
+        self.ticks = 0
+        self.hold_ticks = 0
+        self.overruns = 0
+        self.lateness: list[float] = []
+        self.step_time: list[float] = []
+
+    # ------------------------------------------------------------ publishing
+    def publish_state(self) -> None:
+        """Joint state and task state of this instant, with one stamp."""
+        stamp = Time.now()
+        pos, vel, eff = self.sim.joint_state()
+        self.pub_state.publish(JointState(Header(stamp=stamp), self.spec.joints, pos, vel, eff))
+        if self.pub_task is not None:
+            self.pub_task.publish(JointState(Header(stamp=stamp, frame_id="world"), self.spec.task_state_names, self.sim.task_state()))
+
+    def publish_camera(self) -> None:
+        size = self.cfg.camera_size
+        self.pub_camera.publish(array_to_image(self.sim.camera(size, size), frame_id="camera"))  # type: ignore[union-attr]
+
+    # --------------------------------------------------------------- running
+    def run(self) -> dict[str, Any]:
+        """Step in real time until the episodes are done, ``max_seconds`` pass or :meth:`stop` is called.
+
+        Returns:
+            The summary (also printed as a JSON line and written to ``cfg.summary``).
+        """
+        cfg, period = self.cfg, self.spec.control_period
+        episode, step_in_ep = 0, 0
+        self.sim.reset(cfg.seed)
+        ep = self._new_episode(episode)
+        started = not cfg.start_on_command
+        t_start = time.monotonic()
+        emit("ready", task=cfg.task, transport=self.t.name, joints=list(self.spec.joints), period_s=period,
+             episode_steps=self.episode_steps, command_topic=self.spec.command_topic)
+        self.publish_state()
+        next_tick = time.monotonic() + period
+        while not self.stop_event.is_set():
+            if cfg.max_seconds and time.monotonic() - t_start > cfg.max_seconds:
+                break
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                self.stop_event.wait(delay)
+                if self.stop_event.is_set():
+                    break
+            now = time.monotonic()
+            late = now - next_tick
+            self.lateness.append(max(0.0, late))
+            if late > period:  # fell behind by more than a tick: count it and re-anchor (physics stays 1 step per tick)
+                self.overruns += 1
+                next_tick = now
+            next_tick += period
+            if not started:
+                if self.commands.first_command is None:
+                    self.publish_state()  # at rest at the episode's initial state until commanded
+                    continue
+                started = True
+                self.pub_episode.publish(Bool(True))
+            t0 = time.perf_counter()
+            pos, vel, _ = self.sim.joint_state()
+            effort, held = self.commands.effort(pos, vel, cfg.trajectory_kp, cfg.trajectory_kd)
+            self.sim.step(effort)
+            self.step_time.append(time.perf_counter() - t0)
+            self.ticks += 1
+            self.hold_ticks += held
+            step_in_ep += 1
+            ep["hold_steps"] += held
+            if self.sim.inside() and ep["first_reach_s"] is None:
+                ep["first_reach_s"] = round(step_in_ep * period, 4)
+            if step_in_ep >= self.episode_steps:
+                self._end_episode(ep, step_in_ep)
+                episode += 1
+                if cfg.episodes and episode >= cfg.episodes:
+                    break
+                step_in_ep = 0
+                self.sim.reset(cfg.seed + episode)
+                ep = self._new_episode(episode)
+                self.pub_episode.publish(Bool(True))
+            if self.ticks % self.publish_every == 0 or step_in_ep == 0:
+                self.publish_state()
+            if self.camera_every and self.ticks % self.camera_every == 0:
+                self.publish_camera()
+        return self.finish()
+
+    def _new_episode(self, index: int) -> dict[str, Any]:
+        return {"index": index, "seed": self.cfg.seed + index, "first_reach_s": None, "hold_steps": 0}
+
+    def _end_episode(self, ep: dict[str, Any], steps: int) -> None:
+        success = self.sim.inside()
+        ep.update(success=bool(success), reached=ep["first_reach_s"] is not None, steps=steps,
+                  final_distance=round(self.sim.distance(), 5))
+        self.pub_success.publish(Bool(bool(success)))
+        self.episodes.append(ep)
+        emit("episode", **ep)
+
+    def summary(self) -> dict[str, Any]:
+        eps = self.episodes
+        return {
+            "task": self.cfg.task,
+            "transport": self.t.name,
+            "episodes": len(eps),
+            "success_rate": float(np.mean([e["success"] for e in eps])) if eps else None,
+            "reached_rate": float(np.mean([e["reached"] for e in eps])) if eps else None,
+            "successes": [e["success"] for e in eps],
+            "seeds": [e["seed"] for e in eps],
+            "ticks": self.ticks,
+            "hold_ticks": self.hold_ticks,
+            "overruns": self.overruns,
+            "tick_lateness": percentiles_ms(self.lateness),
+            "step_time": percentiles_ms(self.step_time),
+            "commands_received": self.commands.received,
+            "commands_rejected": self.commands.rejected + self.sub_effort.rejected + self.sub_traj.rejected,
+            "states_published": self.pub_state.published,
+        }
+
+    def finish(self) -> dict[str, Any]:
+        out = self.summary()
+        emit("summary", **out)
+        if self.cfg.summary is not None:
+            write_json_atomic(self.cfg.summary, out)
+        return out
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from signal handlers and other threads)."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        if self._own_transport:
+            self.t.close()
+
+    def __enter__(self) -> "SimRobot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def install_stop_signals(stop: Callable[[], None]) -> None:
+    """SIGINT and SIGTERM call ``stop`` (the main loop then shuts down cleanly)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def sim_robot_command(argv: list[str], prog: str) -> None:
+    """Entry point of ``omnipolicy sim-robot``."""
+    import tyro  # noqa: PLC0415
+
+    cfg = tyro.cli(SimRobotConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
+    setup_logging(cfg.log_level)
+    with SimRobot(cfg) as robot:
+        install_stop_signals(robot.stop)
+        robot.run()
