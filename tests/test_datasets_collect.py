@@ -1,0 +1,67 @@
+"""omnipolicy collect: appends, continues, filters like Gato, and workers give the same episodes as in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnipolicy.datasets import EpisodeStore
+from omnipolicy.datasets.collect import collect, collect_command, task_path
+
+pytest.importorskip("gymnasium")
+
+
+def test_collect_appends_and_a_rerun_continues(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first = collect(["classic/cartpole-v1", "classic/mountaincar-v0"], 3, tmp_path, workers=0, progress=False)
+    assert {t: s["new"] for t, s in first.items()} == {"classic/cartpole-v1": 3, "classic/mountaincar-v0": 3}
+    collect_command(["--task", "classic/cartpole-v1", "--task", "classic/mountaincar-v0", "--episodes", "5",
+                     "--out", str(tmp_path), "--workers", "0"], prog="omnipolicy collect")
+    out = capsys.readouterr().out
+    assert "classic/cartpole-v1" in out and "5 episodes (+2, 0 filtered)" in out
+    for tid in ("classic/cartpole-v1", "classic/mountaincar-v0"):
+        store = EpisodeStore(task_path(tmp_path, tid))
+        assert store.task_ids == [tid] and store.num_episodes == 5 and store.seeds(tid) == set(range(5))
+        assert store.instruction(tid).endswith(".")
+    assert np.all(EpisodeStore(task_path(tmp_path, "classic/mountaincar-v0")).returns() > -200)  # reached the flag
+    again = collect(["classic/cartpole-v1"], 5, tmp_path, workers=0, progress=False)
+    assert again["classic/cartpole-v1"]["new"] == 0 and again["classic/cartpole-v1"]["steps"] == 0
+
+
+def test_workers_give_the_same_episodes_as_in_process(tmp_path: Path) -> None:
+    collect(["classic/acrobot-v1"], 4, tmp_path / "inline", workers=0, progress=False)
+    collect(["classic/acrobot-v1"], 4, tmp_path / "pool", workers=2, progress=False)
+    a = EpisodeStore(task_path(tmp_path / "inline", "classic/acrobot-v1"))
+    b = EpisodeStore(task_path(tmp_path / "pool", "classic/acrobot-v1"))
+    by_seed = {b.load_episode(i).seed: b.load_episode(i) for i in range(b.num_episodes)}
+    assert set(by_seed) == set(range(4))
+    for i in range(a.num_episodes):
+        x = a.load_episode(i)
+        y = by_seed[x.seed]
+        np.testing.assert_array_equal(x.observations["state"], y.observations["state"])
+        np.testing.assert_array_equal(x.actions, y.actions)
+
+
+def test_gato_filter_keeps_only_near_expert_episodes(tmp_path: Path) -> None:
+    from omnipolicy.envs import get_task
+
+    task = get_task("classic/pendulum-v1")
+    fraction = 0.95
+    threshold = task.random_score + fraction * (task.expert_score - task.random_score)
+    first = collect([task.id], 6, tmp_path, workers=0, seed=0, filter_expert_fraction=fraction, progress=False)
+    store = EpisodeStore(task_path(tmp_path, task.id))
+    assert store.num_episodes == 6 and np.all(store.returns() >= threshold)
+    rejected = store.rejected_seeds(task.id)
+    assert len(rejected) == first[task.id]["rejected"] > 0  # the pendulum expert sometimes needs a second swing
+    assert not rejected & store.seeds(task.id)
+    second = collect([task.id], 9, tmp_path, workers=0, seed=0, filter_expert_fraction=fraction, progress=False)
+    store.refresh()
+    assert store.num_episodes == 9 and np.all(store.returns() >= threshold)
+    # rejected seeds are remembered, not rolled again: every rollout of the rerun is a new seed
+    assert second[task.id]["steps"] == task.max_steps * (second[task.id]["new"] + second[task.id]["rejected"])
+    assert len(store.rejected_seeds(task.id)) == len(rejected) + second[task.id]["rejected"]
+    with pytest.raises(ValueError, match=r"filter_expert_fraction must be in \[0, 1.5\]"):
+        collect([task.id], 1, tmp_path, workers=0, filter_expert_fraction=3.0, progress=False)
+    with pytest.raises(KeyError):
+        collect(["classic/no-such-task"], 1, tmp_path, workers=0, progress=False)
