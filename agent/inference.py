@@ -44,8 +44,8 @@ cache.
 >>> out = session.step(obs, action_ranges=np.array([[10, 20], [20, 30]]))
 >>> out.action_tokens.shape, bool(((out.action_tokens[:, 0] >= 10) & (out.action_tokens[:, 0] < 20)).all())
 ((2, 2), True)
->>> session.num_tokens.tolist()  # 3 observation tokens + the first action token fed back
-[4, 4]
+>>> session.num_tokens.tolist()  # the window: 3 observation tokens and 2 action tokens
+[5, 5]
 """
 
 from __future__ import annotations

@@ -237,3 +237,12 @@ def test_cuda_graph_session_equals_full_recomputation(dtype, atol):
             histories[e].append((o, a))
         check_against_reference(ref_model, session, histories, out, env_ids, atol=atol)
     assert len(session._graphs) == 2  # one prefill and one decode graph, replayed every step
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from omnipolicy.agent import inference
+
+    result = doctest.testmod(inference)
+    assert result.failed == 0 and result.attempted > 0
