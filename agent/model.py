@@ -76,6 +76,30 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, S, D)  # (B, S, D)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
+    def forward_selected(self, x: Tensor, query_pos: Tensor, query_valid: Tensor) -> Tensor:
+        """Attention outputs at chosen query positions only (keys and values from every position).
+
+        Args:
+            x: (B, S, D) normalised block input.
+            query_pos: (B, M) int64 positions whose output is wanted (ascending per row; padded).
+            query_valid: (B, M) bool, False on padding.
+
+        Returns:
+            (N, D) outputs of the valid queries, row-major (N = ``query_valid.sum()``).
+        """
+        B, S, D = x.shape
+        H, hd, M = self.n_head, D // self.n_head, query_pos.shape[1]
+        w, b = self.c_attn.weight, self.c_attn.bias
+        kv = F.linear(x, w[D:], None if b is None else b[D:])  # (B, S, 2D): no queries for unused positions
+        k, v = (t.view(B, S, H, hd).transpose(1, 2) for t in kv.split(D, dim=2))  # (B, H, S, hd)
+        xq = x.gather(1, query_pos.unsqueeze(-1).expand(B, M, D))  # (B, M, D)
+        q = F.linear(xq, w[:D], None if b is None else b[:D]).view(B, M, H, hd).transpose(1, 2)  # (B, H, M, hd)
+        allowed = torch.arange(S, device=x.device) <= query_pos.unsqueeze(-1)  # (B, M, S) causal
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, M, hd)
+        y = y.transpose(1, 2).reshape(B, M, D)[query_valid]  # (N, D)
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -101,6 +125,19 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def forward_selected(self, x: Tensor, selected: Tensor) -> Tensor:
+        """The block's output at the ``selected`` (B, S) positions only, (N, D) row-major.
+
+        Equal to ``self(x)[selected]``, without the queries, attention output
+        and MLP of the positions nobody reads (the last block of a loss pass).
+        """
+        counts = selected.sum(1)  # (B,)
+        M = int(counts.max()) if selected.numel() else 0
+        query_pos = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :M]  # (B, M) selected first, ascending
+        query_valid = torch.arange(M, device=x.device) < counts.unsqueeze(1)  # (B, M)
+        x_sel = x[selected] + self.attn.forward_selected(self.ln_1(x), query_pos, query_valid)  # (N, D)
+        return x_sel + self.mlp(self.ln_2(x_sel))
 
 
 class GatoModel(nn.Module):
@@ -174,8 +211,9 @@ class GatoModel(nn.Module):
         if patches.shape[0] > 0:
             rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
             pe = self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])  # (P, D)
-            is_patch = (patch_index >= 0).unsqueeze(-1)  # (B, S, 1)
-            x = torch.where(is_patch, pe[patch_index.clamp(min=0)].to(x.dtype), x)  # patch slots take their patch
+            flat = patch_index.reshape(-1)  # (B*S,)
+            slots = torch.nonzero(flat >= 0).squeeze(1)  # (P',) patch slots
+            x = x.reshape(B * S, -1).index_copy(0, slots, pe[flat[slots]].to(x.dtype)).view(B, S, -1)  # slots take their patch
         elif self.training and torch.is_grad_enabled():
             # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
             # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
@@ -206,9 +244,10 @@ class GatoModel(nn.Module):
     def loss_terms(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the target positions and their number.
 
-        The LM head runs only on the positions whose next token carries loss
-        (``loss_mask[:, 1:]``), so a batch with few action tokens costs little
-        more than the trunk.
+        The LM head, and the queries, attention output and MLP of the last
+        block, run only on the positions whose next token carries loss
+        (``loss_mask[:, 1:]``): a batch with few action tokens costs little
+        more than the trunk minus most of its last block.
 
         Args:
             batch: tensors in the WindowLoader format (see the module docstring).
@@ -217,9 +256,13 @@ class GatoModel(nn.Module):
             ``(loss_sum, count)``: float32 scalar sum of the token losses, int64 scalar count.
         """
         tokens = batch["tokens"]
-        h = self(tokens, batch["local_pos"], batch["patch_index"], batch["patches"], batch["patch_pos"])  # (B, S, D)
-        target_mask = batch["loss_mask"][:, 1:]  # (B, S-1): predict tokens[:, t+1] from h[:, t]
-        h_sel = h[:, :-1][target_mask]  # (M, D)
-        targets = tokens[:, 1:][target_mask]  # (M,)
-        logits = self.logits(h_sel).float()  # (M, V)
+        target_mask = batch["loss_mask"][:, 1:]  # (B, S-1): h[:, t] predicts tokens[:, t+1]
+        x = self.embed(tokens, batch["local_pos"], batch["patch_index"], batch["patches"], batch["patch_pos"])
+        for block in self.blocks[:-1]:
+            x = block(x)  # (B, S, D)
+        # the last block only where a prediction is scored: same values as self(...)[selected]
+        selected = F.pad(target_mask, (0, 1))  # (B, S)
+        h_sel = self.ln_f(self.blocks[-1].forward_selected(x, selected))  # (N, D)
+        targets = tokens[:, 1:][target_mask]  # (N,)
+        logits = self.logits(h_sel).float()  # (N, V)
         return F.cross_entropy(logits, targets, reduction="sum"), target_mask.sum()
