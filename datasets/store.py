@@ -585,6 +585,7 @@ class EpisodeStore:
         self._lock_fh: io.BufferedRandom | None = None
         self._recovered = False
         self._table_cache: tuple[Path, pa.Table] | None = None
+        self._stats_cache: tuple[str, dict] | None = None  # (episodes checksum, aggregated stats of those episodes)
         self.refresh()
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -1048,8 +1049,10 @@ class EpisodeStore:
         info["splits"] = {"train": f"0:{info['total_episodes']}"}
         all_meta = pa.concat_tables([self._episodes, meta_new], promote_options="default") if self.num_episodes else meta_new
         info["omnipolicy"]["episodes_checksum"] = rows_digest(all_meta)
-        write_json_atomic(self.root / STATS_PATH, _stats_to_json(aggregate_stats(self._stats_of(all_meta))))
+        stats = aggregate_stats([self.committed_stats(), *self._stats_of(meta_new)])
+        write_json_atomic(self.root / STATS_PATH, _stats_to_json(stats))
         self._write_info(info)
+        self._stats_cache = (info["omnipolicy"]["episodes_checksum"], stats)
         return list(range(ep0, ep0 + len(prepared)))
 
     def _write_info(self, info: dict) -> None:
@@ -1060,7 +1063,14 @@ class EpisodeStore:
         """Write stats and info for the current in-memory info (used by recovery)."""
         self._write_info(self.info)
         if self.num_episodes:
-            write_json_atomic(self.root / STATS_PATH, _stats_to_json(aggregate_stats(self._stats_of(self._episodes))))
+            write_json_atomic(self.root / STATS_PATH, _stats_to_json(self.committed_stats()))
+
+    def committed_stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """Aggregated statistics of the committed episodes (from their metadata rows; cached per commit)."""
+        key = self.info.get("omnipolicy", {}).get("episodes_checksum", "")
+        if self._stats_cache is None or self._stats_cache[0] != key:
+            self._stats_cache = (key, aggregate_stats(self._stats_of(self._episodes)) if self.num_episodes else {})
+        return self._stats_cache[1]
 
     @staticmethod
     def _stats_of(meta: pa.Table) -> list[dict[str, dict[str, np.ndarray]]]:

@@ -273,3 +273,14 @@ def test_verify_and_info_commands(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert f"error: {data}: not a readable parquet file" in out and "Traceback" not in out
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from omnipolicy.datasets import cache, loader
+
+    for module in (store_mod, cache, loader):
+        result = doctest.testmod(module)
+        assert result.failed == 0, module.__name__
+    assert doctest.testmod(store_mod).attempted > 0
