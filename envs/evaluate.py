@@ -372,7 +372,8 @@ def _plot_scores(summary: dict, path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=8)
     ax.set_ylabel("expert-normalised score")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[d]) for d in domains]
-    ax.legend(handles + ax.get_legend_handles_labels()[0], domains + ["expert", "50% of expert"], fontsize=7, ncol=2)
+    ax.legend(handles + ax.get_legend_handles_labels()[0], domains + ["expert", "50% of expert"], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Expert-normalised score per task (95% CI)")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
