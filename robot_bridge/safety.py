@@ -7,7 +7,8 @@ limit means depends on the robot's command interface:
 
 ``effort`` (forward_command_controller on effort interfaces; torques):
     1. clip each effort to ``[-effort_limit, effort_limit]``;
-    2. rate limit: move at most ``max_delta`` from the previously sent effort;
+    2. rate limit: move at most ``max_delta`` from the previously sent effort
+       (zero before the first command and after a hold: efforts ramp up);
     3. position limits: a joint at or beyond ``position_lower + margin`` /
        ``position_upper - margin`` gets no effort pushing it further out
        (that component becomes 0, the one pulling it back stays);
@@ -206,8 +207,8 @@ class SafetyFilter:
 
         if self.limits.interface == "effort":
             apply("effort", np.clip(out, -self._umax, self._umax))
-            if prev is not None:
-                apply("rate", np.clip(out, prev - self._delta, prev + self._delta))
+            prev = np.zeros_like(out) if prev is None else prev  # nothing sent yet: the robot applies no effort
+            apply("rate", np.clip(out, prev - self._delta, prev + self._delta))
             outward_hi = (q >= self._upper - self._margin) & (out > 0)
             outward_lo = (q <= self._lower + self._margin) & (out < 0)
             apply("position", np.where(outward_hi | outward_lo, 0.0, out))
@@ -288,9 +289,9 @@ class EStopLatch:
     latches again on its next message.
 
     >>> e = EStopLatch()
-    >>> e.engage(); e.release_request(); e.engaged
+    >>> _ = e.engage(); e.release_request(); e.engaged
     True
-    >>> e.clear(); e.engaged, e.engagements, e.clears
+    >>> _ = e.clear(); e.engaged, e.engagements, e.clears
     (False, 1, 1)
     """
 

@@ -100,8 +100,8 @@ class SimRobotConfig:
     """An effort command is applied for at most this long; then zero effort (the hold rule)."""
     trajectory_kp: float = 5.0
     """Joint PD gain (effort per rad) that tracks a JointTrajectory's positions."""
-    trajectory_kd: float = 0.5
-    """Joint PD damping (effort per rad/s)."""
+    trajectory_kd: float = 0.2
+    """Joint PD damping (effort per rad/s); above ~0.3 the light wrist's damping goes unstable at 50 Hz."""
     start_on_command: bool = True
     """Start the first episode at the first command (else at once)."""
     max_seconds: float = 0.0
@@ -415,3 +415,83 @@ def sim_robot_command(argv: list[str], prog: str) -> None:
     with SimRobot(cfg) as robot:
         install_stop_signals(robot.stop)
         robot.run()
+
+
+class NodeProcess:
+    """An ``omnipolicy sim-robot`` or ``deploy`` node in a child process (loopback environment); a context manager.
+
+    Reads the node's JSON event lines (``ready``, ``episode``, ``summary``) from its stdout in a thread.
+
+    Args:
+        command: ``"sim-robot"`` or ``"deploy"``.
+        args: the command's options.
+        domain_id: ROS domain id (also put in the child's environment).
+        python: interpreter (``.venv-ros/bin/python`` for ``--transport rclpy``); default this one.
+        ready_timeout: seconds to wait for the ``ready`` event.
+
+    Raises:
+        RuntimeError: the node exited or did not get ready in time (its stderr tail is in the message).
+    """
+
+    def __init__(self, command: str, args: list[str], domain_id: int, python: str | None = None, ready_timeout: float = 60.0) -> None:
+        import subprocess  # noqa: PLC0415
+
+        from omnipolicy.robot_bridge.loopback import loopback_env  # noqa: PLC0415
+
+        cmd = [python or sys.executable, "-m", "omnipolicy.cli", command, "--domain-id", str(domain_id), *args]
+        env = loopback_env(domain_id)
+        env.setdefault("MUJOCO_GL", "egl")
+        self.stderr_file = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=env)
+        self.events: list[dict[str, Any]] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + ready_timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.stderr_tail()
+                self.close()
+                raise RuntimeError(f"{command} node did not get ready ({' '.join(cmd)}): {tail}")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.events.append(event)
+            if event.get("event") == "ready":
+                self._ready.set()
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The events of one kind received so far."""
+        return [e for e in list(self.events) if e.get("event") == kind]
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the node to exit; its return code. Raises ``subprocess.TimeoutExpired``."""
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def stderr_tail(self, n: int = 3000) -> str:
+        self.stderr_file.seek(0)
+        return self.stderr_file.read()[-n:]
+
+    def close(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Send ``sig`` (SIGTERM: clean shutdown) and wait; kill if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except Exception:  # noqa: BLE001  lingering: kill it
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+
+    def __enter__(self) -> "NodeProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self.stderr_file.close()

@@ -1,0 +1,504 @@
+"""``omnipolicy deploy``: drive a ROS 2 robot with a trained policy (or the task's scripted expert), safely.
+
+Each control tick (the fixed-rate control loop, default the task's control
+rate) does, in this order:
+
+1. **e-stop**: a ``Bool(True)`` on ``--estop-topic`` latches a stop; only a
+   ``Bool(True)`` on ``--estop-clear-topic`` releases it (``False`` on the
+   e-stop topic is logged and ignored) -> hold.
+2. **watchdog**: every topic of the observation recipe must have delivered a
+   valid message within ``--state-timeout`` seconds (receive time) -> else hold,
+   logged once when it starts and once when state returns.
+3. **rejected state**: a message that cannot be used (unknown, missing or
+   duplicate joint names, wrong lengths, NaN/inf, a malformed or undecodable
+   message) is rejected with one log line; the robot is held until a valid
+   message arrives on that topic.
+4. **observation**: the task's observation dict is rebuilt from the newest
+   messages by the arm's explicit recipe (:mod:`omnipolicy.robot_bridge.arms`)
+   and checked against the checkpoint's ``TimestepSpec`` (checked once at
+   start-up too: a checkpoint of another task or layout never runs).
+5. **act**: the policy (``--actor policy``; ``Policy.from_checkpoint``) or the
+   task's scripted expert (``--actor expert``, on a local copy of the
+   simulator synced to the observation: validates the wiring before you trust
+   a policy).
+6. **safety**: :class:`~omnipolicy.robot_bridge.safety.SafetyFilter` clips the
+   command to the joint position, velocity and effort limits and the maximum
+   change per step; every clip is counted and reported.
+7. **publish** the command (``Float64MultiArray`` on ``/<controller>/commands``).
+
+Holding publishes the interface's hold command (zero effort; see
+:mod:`~omnipolicy.robot_bridge.safety`). After a hold, and on every
+``Bool(True)`` on the arm's episode topic, the policy's context is reset: its
+history no longer matches the robot. The node keeps running when the robot
+side restarts (state goes stale -> hold; state returns -> resume).
+SIGINT/SIGTERM: publish one last hold command, write the summary, close.
+
+Transports: ``dds`` runs anywhere ``.venv`` runs. ``rclpy`` needs rclpy *and*
+torch in one interpreter: build ``.venv-ros`` with
+``scripts/make_ros_venv.sh --with-torch`` (torch 2.13.0 is installed there
+first, pinned) and run ``.venv-ros/bin/omnipolicy deploy --transport rclpy``;
+``--actor expert`` needs only ``--with-sim``.
+
+    omnipolicy deploy --checkpoint runs/reacher --task dmc/reacher-easy --transport dds
+    omnipolicy deploy --actor expert --task dmc/reacher-easy --transport rclpy --duration 30
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from omnipolicy.robot_bridge.arms import ArmSpec, ImageSource, NamedSource, check_observation, get_arm
+from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
+from omnipolicy.robot_bridge.messages import Bool, Float64MultiArray, JointMap, MultiArrayLayout, RosMessage
+from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
+from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging, write_json_atomic
+from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+
+log = logging.getLogger("omnipolicy.deploy")
+
+HOLD_REASONS = ("estop", "stale", "rejected", "observation", "actor", "safety", "late")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Drive a ROS 2 robot with a trained policy (or the task's scripted expert) behind a safety filter."""
+
+    task: str = "dmc/reacher-easy"
+    """Task the robot performs (an arm must be registered for it: dmc/reacher-easy)."""
+    checkpoint: Path | None = None
+    """Checkpoint (step or run directory) of the policy; required with --actor policy."""
+    actor: Literal["policy", "expert"] = "policy"
+    """policy: the checkpoint; expert: the task's scripted expert on a local simulator synced to the observation."""
+    transport: Literal["dds", "rclpy"] = "dds"
+    """rclpy: a real ROS 2 node; dds: ROS 2's wire protocol over Cyclone DDS (no ROS install)."""
+    domain_id: int | None = None
+    """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
+    rate_hz: float = 0.0
+    """Control rate (0: the task's control rate, 50 Hz for dmc/reacher-easy)."""
+    state_timeout: float = 0.1
+    """Watchdog: hold when the newest valid state of any observation topic is older than this (s)."""
+    max_delta: float | None = None
+    """Maximum change of a joint command between two ticks (default: no limit)."""
+    effort_limit: float | None = None
+    """Tighter absolute effort limit for every joint (default: the arm's)."""
+    velocity_limit: float | None = None
+    """Tighter joint speed limit for every joint, rad/s (default: the arm's)."""
+    position_limit: tuple[str, ...] = ()
+    """Tighter joint position limits, each 'joint:lower:upper' in rad (repeatable)."""
+    estop_topic: str = "/estop"
+    """std_msgs/Bool: True latches an emergency stop."""
+    estop_clear_topic: str = "/estop/clear"
+    """std_msgs/Bool: True clears a latched emergency stop."""
+    duration: float = 0.0
+    """Stop after this many seconds (0: run until SIGINT/SIGTERM)."""
+    summary: Path | None = None
+    """Write the final statistics JSON here (atomically)."""
+    device: str = "cpu"
+    """torch device of the policy."""
+    temperature: float = 0.0
+    """Policy sampling temperature (0: greedy)."""
+    log_level: str = "INFO"
+    """Logging level (stderr)."""
+
+    def __post_init__(self) -> None:
+        if self.actor == "policy" and self.checkpoint is None:
+            raise ValueError("deploy --actor policy needs --checkpoint (or use --actor expert to validate the wiring)")
+        if not self.state_timeout > 0:
+            raise ValueError(f"--state-timeout must be > 0 seconds, got {self.state_timeout}")
+        if self.rate_hz < 0 or self.duration < 0:
+            raise ValueError(f"--rate-hz and --duration must be >= 0, got {self.rate_hz} and {self.duration}")
+
+
+# ---------------------------------------------------------------------------
+# Actors
+# ---------------------------------------------------------------------------
+
+
+class PolicyActor:
+    """A checkpoint acting in one environment (its context reset on :meth:`reset`)."""
+
+    def __init__(self, checkpoint: Path, task_id: str, device: str = "cpu", temperature: float = 0.0) -> None:
+        from omnipolicy.agent import Policy  # noqa: PLC0415  (torch only when a policy acts)
+
+        self.policy = Policy.from_checkpoint(checkpoint, device=device, temperature=temperature)
+        self.task_id = task_id
+        self.spec = self.policy.spec(task_id)  # KeyError naming the checkpoint's tasks
+        self.policy.reset(1)
+
+    def reset(self) -> None:
+        self.policy.reset_env(0)
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.policy.act(self.task_id, [obs])[0]
+
+
+class ExpertActor:
+    """The task's scripted expert on a local copy of the simulator, synced to each observation."""
+
+    def __init__(self, task_id: str) -> None:
+        from omnipolicy.envs import get_task, make_expert  # noqa: PLC0415
+        from omnipolicy.robot_bridge.arms import make_sim_arm  # noqa: PLC0415
+
+        self.twin = make_sim_arm(task_id)
+        self.twin.reset(0)
+        self.expert = make_expert(task_id)
+        self.spec = get_task(task_id).timestep
+        self._fresh = True
+
+    def reset(self) -> None:
+        self._fresh = True
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        self.twin.sync_to(obs)
+        if self._fresh:
+            self.expert.reset(self.twin.env, dict(obs))
+            self._fresh = False
+        return np.asarray(self.expert.act(self.twin.env, dict(obs)))
+
+
+# ---------------------------------------------------------------------------
+# The node
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Topic:
+    """The newest valid message of one observation topic."""
+
+    msg: RosMessage | None = None
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # source key -> vector (named sources)
+    invalid: bool = False  # the newest message was rejected: hold until a valid one comes
+    rejected: int = 0
+    transport_rejected_seen: int = 0
+
+
+def arm_limits(arm: ArmSpec, cfg: DeployConfig) -> SafetyLimits:
+    """The arm's limits, tightened by the command-line overrides (never loosened).
+
+    Raises:
+        ValueError: an override that loosens a limit, or a bad ``joint:lower:upper``.
+    """
+    lim = arm.limits
+    changes: dict[str, Any] = {}
+    if cfg.max_delta is not None:
+        changes["max_delta"] = cfg.max_delta
+    for name, value in (("effort_limit", cfg.effort_limit), ("velocity_limit", cfg.velocity_limit)):
+        if value is not None:
+            if any(value > v for v in getattr(lim, name)):
+                raise ValueError(f"--{name.replace('_', '-')} {value} loosens the arm's limit {list(getattr(lim, name))}")
+            changes[name] = value
+    if cfg.position_limit:
+        lower, upper = list(lim.position_lower), list(lim.position_upper)
+        for joint, (lo, hi) in parse_joint_limits(cfg.position_limit, lim.joints).items():
+            k = lim.joints.index(joint)
+            if lo < lower[k] or hi > upper[k]:
+                raise ValueError(f"--position-limit {joint}:{lo}:{hi} loosens the arm's limits [{lower[k]}, {upper[k]}]")
+            lower[k], upper[k] = lo, hi
+        changes.update(position_lower=tuple(lower), position_upper=tuple(upper))
+    return lim.replace(**changes) if changes else lim
+
+
+class Deployer:
+    """The deploy node: subscriptions, the per-tick decision, the command publisher; a context manager.
+
+    Args:
+        cfg: the configuration.
+        transport: an open transport (default: made from ``cfg``; closed with the node).
+        actor: what acts (default: from ``cfg``); needs ``spec``, ``reset()`` and ``act(obs)``.
+
+    Raises:
+        KeyError: no arm for the task, or a checkpoint not trained on it.
+        ValueError: the arm's observation recipe does not produce the checkpoint's observation spec.
+    """
+
+    def __init__(self, cfg: DeployConfig, transport: Transport | None = None, actor: Any = None) -> None:
+        self.cfg = cfg
+        self.arm = arm = get_arm(cfg.task)
+        if actor is None:
+            actor = ExpertActor(cfg.task) if cfg.actor == "expert" else PolicyActor(cfg.checkpoint, cfg.task, cfg.device, cfg.temperature)
+        self.actor = actor
+        self.spec = actor.spec
+        arm.observation.check_spec(self.spec)  # before any command is sent
+        self.period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else arm.control_period
+        self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
+        self.joints = JointMap(arm.joints)
+        self.estop = EStopLatch()
+        self.watchdogs = {topic: Watchdog(cfg.state_timeout) for topic in arm.observation.topics}
+        self._lock = threading.Lock()
+        self._topics = {topic: _Topic() for topic in arm.observation.topics}
+        self._sources: dict[str, list[Any]] = {}
+        for s in arm.observation.sources:
+            self._sources.setdefault(s.topic, []).append(s)
+        self._reset_requested = False
+        self._holding: str | None = "stale"  # nothing received yet
+        self.holds = {r: 0 for r in HOLD_REASONS}
+        self.ticks = 0
+        self.acted = 0
+        self.context_resets = 0
+        self.act_time: list[float] = []
+        self.tick_time: list[float] = []
+        self.last_command: np.ndarray | None = None
+        self.last_reason: str | None = None
+        self.loop: ControlLoop | None = None
+        self._stop_requested = False
+
+        self._own_transport = transport is None
+        if transport is None:
+            kwargs: dict[str, Any] = {"domain_id": cfg.domain_id}
+            if cfg.transport == "rclpy":
+                kwargs["node_name"] = "omnipolicy_deploy"
+            transport = make_transport(cfg.transport, **kwargs)
+        self.t = transport
+        self.pub = self.t.publisher(arm.command_topic, Float64MultiArray, QOS_ROS2_CONTROL)
+        self.subs = {}
+        for topic, cls in arm.observation.topics.items():
+            qos = QOS_SENSOR_DATA if cls.__name__ == "Image" else QOS_ROS2_CONTROL
+            self.subs[topic] = self.t.subscription(topic, cls, lambda m, topic=topic: self.on_state(topic, m), qos)
+        self.t.subscription(cfg.estop_topic, Bool, self.on_estop, QOS_DEFAULT)
+        self.t.subscription(cfg.estop_clear_topic, Bool, self.on_estop_clear, QOS_DEFAULT)
+        self.t.subscription(arm.episode_topic, Bool, self.on_episode, QOS_DEFAULT)
+        log.info("deploying %s (%s) on %s at %.1f Hz; observation recipe: %s", cfg.task, cfg.actor, self.t.name,
+                 1.0 / self.period, "; ".join(arm.observation.describe()))
+
+    # -------------------------------------------------------------- callbacks
+    def on_state(self, topic: str, msg: RosMessage, now: float | None = None) -> None:
+        """A message on an observation topic: keep it if the recipe can use it, else reject it (one log line)."""
+        now = time.monotonic() if now is None else now
+        try:
+            values = {s.key: s.values(msg) for s in self._sources[topic] if isinstance(s, NamedSource)}
+            if topic == self.arm.joint_states_topic:
+                values["_position"] = self.joints.task_vector(msg, "position")  # type: ignore[arg-type]
+                values["_velocity"] = self.joints.task_vector(msg, "velocity")  # type: ignore[arg-type]
+        except ValueError as e:
+            with self._lock:
+                st = self._topics[topic]
+                st.invalid = True
+                st.rejected += 1
+            log.warning("rejected a %s on %s: %s (robot held until a valid one)", type(msg).__name__, topic, e)
+            return
+        with self._lock:
+            st = self._topics[topic]
+            st.msg, st.values, st.invalid = msg, values, False
+            self.watchdogs[topic].feed(now)
+
+    def on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            if self.estop.engage():
+                log.error("E-STOP engaged on %s: holding until a True on %s", self.cfg.estop_topic, self.cfg.estop_clear_topic)
+        else:
+            if self.estop.engaged:
+                log.warning("e-stop False on %s ignored: the stop is latched; publish True on %s to clear it",
+                            self.cfg.estop_topic, self.cfg.estop_clear_topic)
+            self.estop.release_request()
+
+    def on_estop_clear(self, msg: Bool) -> None:
+        if msg.data and self.estop.clear():
+            log.warning("e-stop cleared on %s", self.cfg.estop_clear_topic)
+
+    def on_episode(self, msg: Bool) -> None:
+        if msg.data:
+            with self._lock:
+                self._reset_requested = True
+
+    # ------------------------------------------------------------------ tick
+    def _hold_reason(self, now: float) -> str | None:
+        if self.estop.engaged:
+            return "estop"
+        for topic, st in self._topics.items():
+            sub_rejected = self.subs[topic].rejected  # undecodable / inconsistent messages the transport dropped
+            if sub_rejected != st.transport_rejected_seen:
+                st.transport_rejected_seen = sub_rejected
+                st.invalid = True  # counted and logged (one line each) by the subscription itself
+            if st.invalid:
+                return "rejected"
+            if not self.watchdogs[topic].fresh(now):
+                return "stale"
+        return None
+
+    def decide(self, step: int = 0, now: float | None = None) -> np.ndarray | None:
+        """One control step's command (the control loop's callback): act, or the hold command.
+
+        Returns:
+            (J,) task-order command to send, or None (nothing to send: a position hold without a known position).
+        """
+        t0 = time.perf_counter()
+        now = time.monotonic() if now is None else now
+        self.ticks += 1
+        with self._lock:
+            reason = self._hold_reason(now)
+            latest = {topic: st.msg for topic, st in self._topics.items()}
+            values = {k: v for st in self._topics.values() for k, v in st.values.items()}
+            reset, self._reset_requested = self._reset_requested, False
+        command = None
+        if reason is None:
+            if reset or self._holding is not None:
+                self.actor.reset()  # a new episode, or the history broke while holding
+                self.context_resets += 1
+            command, reason = self._act(latest, values)
+        if reason is not None:
+            command = self._hold(reason, now, values.get("_position"))
+        elif self._holding is not None:
+            log.info("resumed after holding (%s)", self._holding)
+            self._holding = None
+        self.last_reason = reason
+        self.tick_time.append(time.perf_counter() - t0)
+        return command
+
+    def send(self, command: np.ndarray) -> None:
+        """Publish a command (task order -> controller order); it becomes the rate limiter's reference."""
+        command = np.asarray(command, dtype=np.float64)
+        self.pub.publish(Float64MultiArray(MultiArrayLayout(), self.joints.robot_vector(command)))
+        self.safety.last_sent = command
+        self.last_command = command
+
+    def fallback(self) -> np.ndarray | None:
+        """What the control loop sends when a command misses its deadline: the hold command."""
+        self.holds["late"] += 1
+        with self._lock:
+            position = self._topics[self.arm.joint_states_topic].values.get("_position")
+        return self.safety.hold(position)
+
+    def tick(self, now: float | None = None) -> np.ndarray | None:
+        """:meth:`decide` then :meth:`send` (one step without the control loop); returns what was sent."""
+        command = self.decide(0, now)
+        if command is not None:
+            self.send(command)
+        return command
+
+    def run(self, duration: float | None = None, handle_signals: bool = False) -> dict[str, Any]:
+        """Run in the fixed-rate :class:`ControlLoop` until ``duration`` passes or :meth:`stop`; then hold.
+
+        A command that misses its deadline (one period) is never sent; the hold command goes out instead.
+
+        Args:
+            duration: seconds to run (None: until stopped).
+            handle_signals: SIGINT/SIGTERM stop the loop (main thread only).
+
+        Returns:
+            :meth:`report` with the loop's ``LoopSummary`` under ``"loop"``.
+        """
+        loop_cfg = ControlLoopConfig(rate_hz=1.0 / self.period, fallback="default", default_action=self.fallback,
+                                     duration_s=duration, print_summary=False)
+        self.loop = ControlLoop(self.decide, loop_cfg, send=self.send)
+        if self._stop_requested:
+            self.loop.stop()
+        with self.loop:
+            summary = self.loop.run(handle_signals=(signal.SIGINT, signal.SIGTERM) if handle_signals else ())
+        final = self.safety.hold(self._topics[self.arm.joint_states_topic].values.get("_position"))
+        if final is not None:
+            self.send(final)  # leave the robot with the hold command
+        log.info("%s", summary)
+        out = self.report()
+        out["loop"] = summary.to_dict()
+        return out
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from another thread or a signal handler)."""
+        self._stop_requested = True
+        if self.loop is not None:
+            self.loop.stop()
+
+    def _act(self, latest: Mapping[str, RosMessage | None], values: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+        try:
+            obs = {}
+            for s in self.arm.observation.sources:
+                if isinstance(s, ImageSource):
+                    obs[s.key] = self._image(s, latest[s.topic])  # (H, W, C) uint8; shape checked below
+                else:
+                    obs[s.key] = values[s.key].astype(self._dtype(s.key))
+            check_observation(self.spec, obs)
+        except (KeyError, ValueError) as e:
+            log.warning("observation rejected: %s", e)
+            return None, "observation"
+        t0 = time.perf_counter()
+        try:
+            action = np.asarray(self.actor.act(obs), dtype=np.float64).reshape(-1)
+        except Exception as e:  # noqa: BLE001  the robot is held; the node keeps running
+            log.error("actor failed: %s: %s", type(e).__name__, e)
+            return None, "actor"
+        self.act_time.append(time.perf_counter() - t0)
+        try:
+            safe = self.safety.filter(action, values["_position"], values["_velocity"])
+        except ValueError as e:
+            log.error("unsafe action rejected: %s", e)
+            return None, "safety"
+        for kind, joints in safe.clipped.items():
+            log.debug("clipped (%s) %s: %s -> %s", kind, [j for j, c in zip(self.safety.limits.joints, joints) if c],
+                      safe.requested.tolist(), safe.command.tolist())
+        self.acted += 1
+        return safe.command, None
+
+    def _dtype(self, key: str) -> np.dtype:
+        return np.dtype(next(f.dtype for f in self.spec.observation if f.name == key))
+
+    def _image(self, source: ImageSource, msg: RosMessage | None) -> np.ndarray:
+        from omnipolicy.robot_bridge.messages import image_to_array  # noqa: PLC0415
+
+        if msg is None:
+            raise ValueError(f"no image on {source.topic} yet")
+        return image_to_array(msg)  # type: ignore[arg-type]
+
+    def _hold(self, reason: str, now: float, position: np.ndarray | None) -> np.ndarray | None:
+        self.holds[reason] += 1
+        if self._holding != reason:
+            if reason == "stale":
+                ages = {t: round(w.age(now), 3) for t, w in self.watchdogs.items()}
+                log.warning("holding: state stale (age s %s > %.3f s)", ages, self.cfg.state_timeout)
+            elif reason != "estop":  # the e-stop logs itself
+                log.warning("holding: %s", reason)
+            self._holding = reason
+        return self.safety.hold(position)
+
+    # ------------------------------------------------------------- reporting
+    def report(self) -> dict[str, Any]:
+        """Counters and timings (JSON-able)."""
+        return {
+            "task": self.cfg.task,
+            "actor": self.cfg.actor,
+            "transport": self.t.name,
+            "rate_hz": round(1.0 / self.period, 3),
+            "ticks": self.ticks,
+            "acted": self.acted,
+            "holds": dict(self.holds),
+            "context_resets": self.context_resets,
+            "rejected": {t: st.rejected + self.subs[t].rejected for t, st in self._topics.items()},
+            "estop": {"engagements": self.estop.engagements, "clears": self.estop.clears,
+                      "ignored_releases": self.estop.ignored_releases, "engaged": self.estop.engaged},
+            "safety": self.safety.report(),
+            "act_time": percentiles_ms(self.act_time),
+            "tick_time": percentiles_ms(self.tick_time),
+            "commands_published": self.pub.published,
+        }
+
+    def close(self) -> None:
+        if self._own_transport:
+            self.t.close()
+
+    def __enter__(self) -> "Deployer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def deploy_command(argv: list[str], prog: str) -> None:
+    """Entry point of ``omnipolicy deploy``."""
+    import tyro  # noqa: PLC0415
+
+    cfg = tyro.cli(DeployConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
+    setup_logging(cfg.log_level)
+    with Deployer(cfg) as node:
+        emit("ready", task=cfg.task, actor=cfg.actor, transport=node.t.name, rate_hz=round(1.0 / node.period, 3))
+        out = node.run(duration=cfg.duration or None, handle_signals=True)
+    emit("summary", **out)
+    if cfg.summary is not None:
+        write_json_atomic(cfg.summary, out)

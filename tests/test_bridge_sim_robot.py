@@ -1,0 +1,277 @@
+"""The simulated arm as a ROS 2 robot: arm spec vs the model, exact observations, hold rule, the node on the wire."""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cyclonedds")
+pytest.importorskip("dm_control")
+
+from omnipolicy.envs import get_task, make_env, make_expert  # noqa: E402
+from omnipolicy.robot_bridge.arms import (  # noqa: E402
+    ARMS,
+    ImageSource,
+    NamedSource,
+    ObservationRecipe,
+    check_observation,
+    get_arm,
+    make_sim_arm,
+)
+from omnipolicy.robot_bridge.loopback import random_domain_id  # noqa: E402
+from omnipolicy.robot_bridge.messages import (  # noqa: E402
+    Bool,
+    Float64MultiArray,
+    Header,
+    Image,
+    JointMap,
+    JointState,
+    MultiArrayLayout,
+    Time,
+    image_to_array,
+    joint_state,
+    trajectory_from_action,
+)
+from omnipolicy.robot_bridge.sim_robot import CommandSlot, NodeProcess, SimRobotConfig, SimRobot  # noqa: E402
+from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_SENSOR_DATA, make_transport, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+TASK = "dmc/reacher-easy"
+ARM = get_arm(TASK)
+ROOT = Path(__file__).resolve().parents[1]
+ROS_PYTHON = ROOT / ".venv-ros" / "bin" / "python"
+needs_ros_sim = pytest.mark.skipif(
+    not (ROOT / ".venv-ros" / ".omnipolicy-ros-sim-ok").exists(),
+    reason="no .venv-ros with simulators; create it with scripts/make_ros_venv.sh --with-sim",
+)
+
+
+def messages_of(arm) -> dict[str, JointState]:
+    """The messages the robot publishes for its current state (as SimRobot.publish_state builds them)."""
+    pos, vel, eff = arm.joint_state()
+    return {
+        ARM.joint_states_topic: joint_state(ARM.joints, pos, vel, eff),
+        ARM.task_state_topic: joint_state(ARM.task_state_names, arm.task_state()),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The arm spec and the observation recipe
+# ---------------------------------------------------------------------------
+
+
+def test_arm_limits_and_joint_order_match_the_model():
+    arm = make_sim_arm(TASK)
+    m = arm.physics.named.model
+    assert list(arm.physics.model.joint(i).name for i in range(2)) == list(ARM.joints)  # qpos order = controller order
+    lim = ARM.limits
+    assert not m.jnt_limited["shoulder"] and lim.position_lower[0] == -math.inf and lim.position_upper[0] == math.inf
+    assert m.jnt_limited["wrist"]
+    np.testing.assert_allclose([lim.position_lower[1], lim.position_upper[1]], m.jnt_range["wrist"], atol=1e-12)
+    np.testing.assert_allclose(np.c_[-np.asarray(lim.effort_limit), lim.effort_limit], m.actuator_ctrlrange[list(ARM.joints)])
+    assert ARM.control_period == pytest.approx(arm.physics.timestep() * arm.env.n_sub_steps)
+    assert ARM.command_topic == "/effort_controller/commands" and ARM.trajectory_topic == "/joint_trajectory_controller/joint_trajectory"
+    assert TASK in ARMS
+
+
+def test_recipe_rebuilds_the_exact_plain_simulation_observation():
+    """Messages -> recipe gives, value for value, what env.step returns (float32), over a whole episode."""
+    spec = get_task(TASK).timestep
+    ARM.observation.check_spec(spec)
+    arm = make_sim_arm(TASK)
+    env = make_env(TASK)
+    expert = make_expert(TASK)
+    arm.reset(5)
+    obs, _ = env.reset(seed=5)
+    for t in range(60):
+        built = ARM.observation.build(messages_of(arm), spec)
+        check_observation(spec, built)
+        assert sorted(built) == sorted(obs)
+        for k in obs:
+            assert built[k].dtype == obs[k].dtype and np.array_equal(built[k], obs[k]), (t, k)
+        action = expert.act(env, obs)
+        obs = env.step(action)[0]
+        arm.step(action)
+
+
+def test_recipe_rejects_bad_messages_with_one_line_reasons():
+    spec = get_task(TASK).timestep
+    arm = make_sim_arm(TASK)
+    arm.reset(0)
+    msgs = messages_of(arm)
+    bad = {
+        "unknown joint names \\['elbow'\\]": joint_state(["shoulder", "elbow"], [0.0, 0.0], [0.0, 0.0]),
+        "missing joint names \\['wrist'\\]": joint_state(["shoulder"], [0.0], [0.0]),
+        r"non-finite values for joints \['wrist'\]": joint_state(ARM.joints, [0.0, np.nan], [0.0, 0.0]),
+        "JointState.velocity is empty": joint_state(ARM.joints, [0.0, 0.0]),
+        "velocity has 1 values for 2 joint names": JointState(Header(), ARM.joints, [0.0, 0.0], [0.0], []),
+    }
+    for match, msg in bad.items():
+        with pytest.raises(ValueError, match=match) as info:
+            ARM.observation.build({**msgs, ARM.joint_states_topic: msg}, spec)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no message on /sim_robot/task_state yet"):
+        ARM.observation.build({ARM.joint_states_topic: msgs[ARM.joint_states_topic]}, spec)
+
+
+def test_recipe_spec_mismatch_is_refused():
+    spec = get_task(TASK).timestep
+    wrong = ObservationRecipe((NamedSource("position", "/joint_states", "position", ("shoulder",)),))
+    with pytest.raises(ValueError, match=r"missing: \['to_target', 'velocity'\]"):
+        wrong.check_spec(spec)
+    short = ObservationRecipe(ARM.observation.sources[:2] + (NamedSource("to_target", "/t", "position", ("x",)),))
+    with pytest.raises(ValueError, match=r"'to_target' gives a continuous vector of shape \(1,\), the spec's field is continuous \(2,\)"):
+        short.check_spec(spec)
+    pixels = ObservationRecipe((ImageSource("position", "/cam"),) + ARM.observation.sources[1:])
+    with pytest.raises(ValueError, match="'position' comes from an Image"):
+        pixels.check_spec(spec)
+    with pytest.raises(KeyError, match=r"No robot arm for task 'dmc/reacher-hard'.*dmc/reacher-easy"):
+        get_arm("dmc/reacher-hard")
+
+
+def test_expert_twin_synced_from_the_observation_acts_like_the_expert_on_the_real_simulator():
+    spec = get_task(TASK).timestep
+    real, twin = make_sim_arm(TASK), make_sim_arm(TASK)
+    real.reset(3)
+    twin.reset(77)  # another target and arm pose: sync_to must overwrite all of it
+    expert = make_expert(TASK)
+    for _ in range(40):
+        obs = ARM.observation.build(messages_of(real), spec)  # float32, as deploy sees it
+        twin.sync_to(obs)
+        np.testing.assert_allclose(twin.task_state(), obs["to_target"], atol=1e-6)
+        a_real, a_twin = expert.act(real.env, real.obs), expert.act(twin.env, obs)
+        np.testing.assert_allclose(a_twin, a_real, atol=1e-4)
+        real.step(a_real)
+
+
+# ---------------------------------------------------------------------------
+# Commands and the hold rule (fake clock)
+# ---------------------------------------------------------------------------
+
+
+def test_command_slot_hold_rule_trajectory_and_rejects(caplog):
+    now = [0.0]
+    slot = CommandSlot(JointMap(ARM.joints), timeout=0.1, clock=lambda: now[0])
+    q, qd = np.array([0.1, -0.2]), np.array([0.5, 0.0])
+    assert slot.effort(q, qd, 5.0, 0.2) == (pytest.approx([0.0, 0.0]), True)  # nothing yet: zero effort
+    slot.on_effort(Float64MultiArray(MultiArrayLayout(), [0.3, -0.4]))
+    now[0] = 0.1
+    effort, held = slot.effort(q, qd, 5.0, 0.5)
+    assert effort.tolist() == [0.3, -0.4] and not held
+    now[0] = 0.1001  # the command is older than the timeout: zero effort
+    effort, held = slot.effort(q, qd, 5.0, 0.5)
+    assert effort.tolist() == [0.0, 0.0] and held
+    caplog.clear()
+    for bad in ([0.3], [0.3, np.nan], [0.1, 0.2, 0.3]):
+        slot.on_effort(Float64MultiArray(MultiArrayLayout(), bad))
+    assert slot.rejected == 3 and len([r for r in caplog.records if "rejected a Float64MultiArray" in r.message]) == 3
+    slot.on_trajectory(trajectory_from_action([1.0, -1.0], JointMap(("wrist", "shoulder"))))  # by name: wrist=1, shoulder=-1
+    effort, held = slot.effort(q, qd, 5.0, 0.5)
+    assert effort == pytest.approx(np.clip(5.0 * (np.array([-1.0, 1.0]) - q) - 0.5 * qd, -1, 1)) and not held
+    now[0] = 100.0  # a trajectory target stays in force
+    assert slot.effort(q, qd, 5.0, 0.5)[0] == pytest.approx(effort)
+    assert slot.received == 2 and slot.first_command == 0.0
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="must divide the control rate 50 Hz"):
+        SimRobot(SimRobotConfig(publish_rate_hz=30.0), transport=object(), sim=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="task's episodes last at most 1000 steps"):
+        SimRobot(SimRobotConfig(episode_seconds=25.0), transport=object(), sim=make_sim_arm(TASK))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# The node on the wire
+# ---------------------------------------------------------------------------
+
+
+def plain_constant_effort(seed: int, effort, steps: int) -> float:
+    arm = make_sim_arm(TASK)
+    arm.reset(seed)
+    for _ in range(steps):
+        arm.step(np.asarray(effort))
+    return round(arm.distance(), 5)
+
+
+def drive_constant(python: str | None, transport: str, effort=(0.4, -0.6)) -> None:
+    """Constant effort at 100 Hz for two 0.5 s episodes: the physics must equal plain simulation exactly."""
+    domain = random_domain_id()
+    args = ["--transport", transport, "--episodes", "2", "--episode-seconds", "0.5", "--seed", "11", "--camera-rate-hz", "10"]
+    with make_transport("dds", domain_id=domain) as t, NodeProcess("sim-robot", args, domain, python) as robot:
+        states: queue.Queue = queue.Queue()
+        images: queue.Queue = queue.Queue()
+        successes: list[bool] = []
+        starts: list[bool] = []
+        t.subscription(ARM.joint_states_topic, JointState, states)
+        t.subscription(ARM.camera_topic, Image, images, QOS_SENSOR_DATA)
+        t.subscription(ARM.success_topic, Bool, lambda m: successes.append(m.data), QOS_DEFAULT)
+        t.subscription(ARM.episode_topic, Bool, lambda m: starts.append(m.data), QOS_DEFAULT)
+        pub = t.publisher(ARM.command_topic, Float64MultiArray)
+        first = states.get(timeout=30)  # at rest, waiting for the first command
+        assert first.name == ARM.joints and np.all(first.velocity == 0)
+        wait_for(lambda: pub.matched() > 0, 30, "sim-robot's command subscription")
+        while robot.proc.poll() is None:
+            pub.publish(Float64MultiArray(MultiArrayLayout(), list(effort)))
+            time.sleep(0.01)
+        assert robot.wait(10) == 0
+        eps = robot.of("episode")
+        summary = robot.of("summary")[0]
+    assert [e["seed"] for e in eps] == [11, 12] and [e["steps"] for e in eps] == [25, 25]
+    assert [e["final_distance"] for e in eps] == [plain_constant_effort(s, effort, 25) for s in (11, 12)]
+    assert [e["hold_steps"] for e in eps] == [0, 0]
+    assert summary["episodes"] == 2 and summary["transport"] == transport and summary["commands_rejected"] == 0
+    wait_for(lambda: len(successes) == 2, 5, "two success messages")
+    assert successes == [e["success"] for e in eps] and starts[:2] == [True, True]
+    img = image_to_array(images.get(timeout=5))
+    assert img.shape == (84, 84, 3) and img.std() > 5  # a rendered scene, not a blank frame
+    seen = []
+    while not states.empty():
+        seen.append(states.get_nowait())
+    assert any(np.allclose(m.effort, effort) for m in seen)  # the applied command is reported as effort
+
+
+def test_sim_robot_over_dds_steps_exactly_like_plain_simulation():
+    drive_constant(None, "dds")
+
+
+@pytest.mark.ros
+@needs_ros_sim
+def test_sim_robot_as_rclpy_node_steps_exactly_like_plain_simulation():
+    drive_constant(str(ROS_PYTHON), "rclpy")
+
+
+def test_sim_robot_trajectory_command_and_hold_when_commands_stop():
+    domain = random_domain_id()
+    args = ["--transport", "dds", "--episode-seconds", "10", "--command-timeout", "0.1", "--max-seconds", "30"]
+    with make_transport("dds", domain_id=domain) as t, NodeProcess("sim-robot", args, domain) as robot:
+        latest: queue.Queue = queue.Queue(maxsize=1)
+        t.subscription(ARM.joint_states_topic, JointState, latest)
+        traj = t.publisher(ARM.trajectory_topic, type(trajectory_from_action([0, 0], JointMap(ARM.joints))))
+        wait_for(lambda: traj.matched() > 0, 30, "sim-robot's trajectory subscription")
+        traj.publish(trajectory_from_action([0.8, -1.2], JointMap(ARM.joints)))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            msg = latest.get(timeout=5)
+            if np.allclose(msg.position, [0.8, -1.2], atol=0.02) and np.allclose(msg.velocity, 0, atol=0.05):
+                break
+        else:
+            pytest.fail(f"arm did not reach the trajectory target: {msg.position}")
+        # effort commands, then silence: the hold rule applies zero effort and the arm comes to rest
+        eff = t.publisher(ARM.command_topic, Float64MultiArray)
+        wait_for(lambda: eff.matched() > 0, 30, "sim-robot's command subscription")
+        for _ in range(20):
+            eff.publish(Float64MultiArray(MultiArrayLayout(), [1.0, 1.0]))
+            time.sleep(0.02)
+        moving = latest.get(timeout=2)
+        assert np.abs(moving.velocity).max() > 1.0
+        time.sleep(0.8)
+        rest = latest.get(timeout=2)
+        assert rest.effort.tolist() == [0.0, 0.0]
+        assert np.abs(rest.velocity).max() < 0.05 * np.abs(moving.velocity).max()
+    assert robot.of("summary")[0]["hold_ticks"] > 30
