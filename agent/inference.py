@@ -197,6 +197,8 @@ class InferenceSession:
         self.A_cap = 0  # action dims the buffers hold
         self.K = 0  # cache length (context + C)
         self._graphs: dict[tuple, Any] = {}
+        self._record = False  # eager mode: keep the logits (return_logits)
+        self._static = False  # run the graph-mode bodies eagerly (static shapes, device-side decode state)
         self._pool = None
         self.stats = {"steps": 0, "rebuilds": 0, "rebuilt_tokens": 0, "evicted_timesteps": 0}
         with torch.inference_mode():
@@ -228,7 +230,7 @@ class InferenceSession:
         self.in_cnt = torch.ones((B,), **i64)  # tokens of this step's prefill
         self.in_patches = torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), device=dev, dtype=dt)
         self.in_ppos = torch.zeros((B * P, 2), **i64)
-        self.in_ranges = torch.zeros((A_cap, 2), **i64)
+        self.in_mask = torch.zeros((A_cap, V), device=dev, dtype=torch.float32)  # 0 on valid ids, -inf elsewhere
         self.in_temp = torch.ones((), device=dev, dtype=torch.float32)
         self.noise = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)  # Gumbel noise for sampling
         # decode state, advanced by each decode step on the device
@@ -243,7 +245,10 @@ class InferenceSession:
         self._rows = torch.arange(B, device=dev)
         self._cols = torch.arange(C, device=dev)
         self._keys = torch.arange(K, device=dev)
-        self._vocab = torch.arange(V, device=dev)
+        # prefill masks are views of one matrix: _causal[i, j] = -inf where j > i + K, so that
+        # _causal[:S, K - start : K - start + kv_len] lets query i see keys 0 .. start + i
+        self._causal = torch.full((C, 2 * K), float("-inf"), device=dev, dtype=dt).triu_(K + 1)
+        self._mask_key = None
         if dev.type == "cuda":
             pin = dict(pin_memory=True)
             self._host = {
@@ -254,7 +259,7 @@ class InferenceSession:
                 "cnt": torch.zeros((B,), dtype=torch.long, **pin),
                 "patches": torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), dtype=dt, **pin),
                 "ppos": torch.zeros((B * P, 2), dtype=torch.long, **pin),
-                "ranges": torch.zeros((A_cap, 2), dtype=torch.long, **pin),
+                "mask": torch.zeros((A_cap, V), dtype=torch.float32, **pin),
             }
         self._graphs.clear()
 
@@ -358,7 +363,7 @@ class InferenceSession:
             x = pre + self.model.wpe.weight[start : start + S]
             mask = None
             if S > 1:  # query i sees keys 0 .. start + i
-                mask = torch.full((S, kv_len), float("-inf"), device=pre.device, dtype=pre.dtype).triu_(start + 1)
+                mask = self._causal[:S, K - start : K - start + kv_len]
         for layer, blk in enumerate(self.model.blocks):
             h = blk.ln_1(x)
             q, k, v = blk.attn.c_attn(h).view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, S, hd)
@@ -374,46 +379,57 @@ class InferenceSession:
             x = x + blk.mlp(blk.ln_2(x))
         return x
 
-    def _choose(self, h: Tensor, greedy: bool, span: tuple[int, int]) -> Tensor:
-        """Choose action dimension ``dec_k`` from hidden states (B, D); record it and its masked logits.
+    def _choose(self, h: Tensor, greedy: bool, span: tuple[int, int], k: int | None = None) -> Tensor:
+        """Choose an action dimension from hidden states (B, D); record the choice (and the masked logits).
 
-        Only the LM-head rows of ``span`` (the union of the action ranges) are computed.
+        Only the LM-head rows of ``span`` (the union of the action ranges) are computed. ``k`` is the
+        dimension in eager mode; CUDA graphs read and advance the device counter ``dec_k`` instead.
         """
-        k, (lo, hi) = self.dec_k, span
+        lo, hi = span
         logits = F.linear(self.model.ln_f(h).float(), self._head_w[lo:hi])  # (B, hi - lo) float32
-        lohi = self.in_ranges.index_select(0, k)  # (1, 2)
-        ids = self._vocab[lo:hi]
-        valid = (ids >= lohi[:, :1]) & (ids < lohi[:, 1:])  # (1, hi - lo)
-        logits = logits.masked_fill(~valid, float("-inf"))
-        if greedy:
-            choice = logits.argmax(dim=-1) + lo
+        kd = self.dec_k
+        logits = logits + (self.in_mask[k, lo:hi] if k is not None else self.in_mask[:, lo:hi].index_select(0, kd))
+        if not greedy:
+            noise = self.noise[:, k, lo:hi] if k is not None else self.noise[:, :, lo:hi].index_select(1, kd).squeeze(1)
+            choice = (logits / self.in_temp + noise).argmax(dim=-1) + lo
         else:
-            choice = (logits / self.in_temp + self.noise[:, :, lo:hi].index_select(1, k).squeeze(1)).argmax(dim=-1) + lo
-        self.out_logits[:, :, lo:hi].index_copy_(1, k, logits.unsqueeze(1))
-        self.out_tok.index_copy_(1, k, choice.unsqueeze(1))
-        k.add_(1)
+            choice = logits.argmax(dim=-1) + lo
+        if k is not None:
+            self.out_tok[:, k] = choice
+            if self._record:
+                self.out_logits[:, k, lo:hi] = logits
+        else:
+            self.out_logits[:, :, lo:hi].index_copy_(1, kd, logits.unsqueeze(1))
+            self.out_tok.index_copy_(1, kd, choice.unsqueeze(1))
+            kd.add_(1)
         return choice
 
     def _prefill_body(self, greedy: bool, span: tuple[int, int], kv_len: int, width: int | None = None,
                       start: int | None = None) -> None:
         S = self.C if width is None else width
-        self.dec_k.zero_()
         tok, loc = self.in_tok[:, :S], self.in_loc[:, :S]
         pos = self.in_fill.unsqueeze(1) + self._cols[:S]  # (B, S)
         pre = self._embed(tok, loc, self.in_pidx[:, :S], self.in_patches if self.P else None, self.in_ppos)
         x = self._forward_new(pre, pos, kv_len, start=start)  # (B, S, D)
-        last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
-        choice = self._choose(x[self._rows, last], greedy, span)
-        self.dec_tok.copy_(choice)
-        self.dec_pos.copy_(self.in_fill + self.in_cnt)
-        self.dec_loc.copy_(loc[self._rows, last] + 1)
+        if start is None:  # graph mode: the decode graph reads its state from the device
+            self.dec_k.zero_()
+            last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
+            choice = self._choose(x[self._rows, last], greedy, span)
+            self.dec_tok.copy_(choice)
+            self.dec_pos.copy_(self.in_fill + self.in_cnt)
+            self.dec_loc.copy_(loc[self._rows, last] + 1)
+        else:  # eager, every row has S tokens
+            self.dec_tok.copy_(self._choose(x[:, -1], greedy, span, k=0))
+            self.dec_loc.copy_(loc[:, -1] + 1)
 
-    def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None) -> None:
+    def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None,
+                     k: int | None = None) -> None:
         pre = self._embed(self.dec_tok[:, None], self.dec_loc[:, None], None, None, None)  # (B, 1, D)
-        x = self._forward_new(pre, self.dec_pos[:, None], kv_len, start=start)
-        choice = self._choose(x[:, 0], greedy, span)
-        self.dec_tok.copy_(choice)
-        self.dec_pos.add_(1)
+        pos = self.dec_pos[:, None] if start is None else None
+        x = self._forward_new(pre, pos, kv_len, start=start)
+        self.dec_tok.copy_(self._choose(x[:, 0], greedy, span, k=k))
+        if start is None:
+            self.dec_pos.add_(1)
         self.dec_loc.add_(1)
 
     def _rebuild(self, rows: list[int], shifts: list[int], lengths: list[int]) -> None:
@@ -574,8 +590,14 @@ class InferenceSession:
                 pidx_in[e, slots] = e * P + np.arange(len(slots))
                 patches_in[e * P : e * P + len(patches)] = patches
                 ppos_in[e * P : e * P + len(patches)] = ppos
-        ranges_in = np.concatenate([ranges, np.repeat(ranges[-1:], self.A_cap - A, axis=0)])
-        self._stage(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in, ranges_in)
+        key = ranges.tobytes()
+        mask_in = None
+        if key != self._mask_key:  # the additive logit mask of each action dimension
+            mask_in = np.full((self.A_cap, self.vocab_size), -np.inf, np.float32)
+            for k, (lo, hi) in enumerate(np.concatenate([ranges, np.repeat(ranges[-1:], self.A_cap - A, axis=0)])):
+                mask_in[k, lo:hi] = 0.0
+            self._mask_key = key
+        self._stage(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in, mask_in)
         greedy = temperature == 0
         if not greedy:
             self.in_temp.fill_(float(temperature))
@@ -592,14 +614,19 @@ class InferenceSession:
                                   restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
                 for _ in range(A - 1):
                     dec.replay()
+        elif self._static:  # what the graphs run, eagerly (tests the graph code path without a GPU)
+            self._prefill_body(greedy, span, self.K)
+            for _ in range(A - 1):
+                self._decode_body(greedy, span, self.K)
         else:
             fills = [self._envs[e].fill for e in ids]
             ends = [f + c for f, c in zip(fills, counts)]
+            self._record = return_logits
             if len(ids) == B and len(set(fills)) == 1 and len(set(counts)) == 1:  # lockstep: plain slices
                 f, c = fills[0], counts[0]
                 self._prefill_body(greedy, span, f + c, width=c, start=f)
                 for k in range(1, A):
-                    self._decode_body(greedy, span, f + c + k, start=f + c + k - 1)
+                    self._decode_body(greedy, span, f + c + k, start=f + c + k - 1, k=k)
             else:
                 self._prefill_body(greedy, span, max(ends))
                 for k in range(1, A):
@@ -618,10 +645,12 @@ class InferenceSession:
             logits[:, :, span[0] : span[1]] = self.out_logits[ids, :A, span[0] : span[1]].cpu()
         return StepResult(action_tokens.astype(np.int64), logits, rebuild_rows)
 
-    def _stage(self, tok, loc, pidx, fill, cnt, patches, ppos, ranges) -> None:
+    def _stage(self, tok, loc, pidx, fill, cnt, patches, ppos, mask) -> None:
         """Copy the step's inputs into the static device buffers (asynchronous from pinned memory on CUDA)."""
         pairs = [("tok", self.in_tok, tok), ("loc", self.in_loc, loc), ("pidx", self.in_pidx, pidx),
-                 ("fill", self.in_fill, fill), ("cnt", self.in_cnt, cnt), ("ranges", self.in_ranges, ranges)]
+                 ("fill", self.in_fill, fill), ("cnt", self.in_cnt, cnt)]
+        if mask is not None:
+            pairs.append(("mask", self.in_mask, mask))
         if patches is not None:
             pairs += [("patches", self.in_patches, patches), ("ppos", self.in_ppos, ppos)]
         for name, dst, src in pairs:

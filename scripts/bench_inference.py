@@ -35,6 +35,7 @@ The last line of output is one JSON object with every figure.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import platform
 import statistics
@@ -195,13 +196,23 @@ def bench_hf(model: GatoModel, work: Workload, history: list[np.ndarray], args: 
     c = model.cfg
     hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.context, n_embd=c.n_embd, n_layer=c.n_layer,
                         n_head=c.n_head, n_inner=c.d_ff, activation_function="gelu_new", resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+                        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
     torch.manual_seed(args.seed)
-    gpt = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa", torch_dtype=dtype).to(device).eval()
+    gpt = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa").to(device=device, dtype=dtype).eval()
+    # transformers 5.x calls the cache argument `cache` (and crops by a negative count); 4.x `past_key_values`
+    cache_kw = "cache" if "cache" in inspect.signature(gpt.forward).parameters else "past_key_values"
     hist = torch.from_numpy(np.concatenate(history)).to(device)[None]
     n_hist = hist.shape[1]
     cache = DynamicCache()
-    gpt(hist, past_key_values=cache, use_cache=True)
+    gpt(hist, use_cache=True, **{cache_kw: cache})
+
+    def crop() -> None:
+        extra = cache.get_seq_length() - n_hist
+        try:
+            cache.crop(-extra)
+        except ValueError:
+            crop()
+
     times = []
     for i in range(args.steps + 10):
         obs = torch.from_numpy(work.obs()).to(device)[None]
@@ -211,14 +222,14 @@ def bench_hf(model: GatoModel, work: Workload, history: list[np.ndarray], args: 
         chosen = []
         for lo, hi in work.ranges:
             ids = torch.arange(pos, pos + x.shape[1], device=device)[None]
-            logits = gpt(x, past_key_values=cache, use_cache=True, position_ids=ids, logits_to_keep=1).logits
+            logits = gpt(x, use_cache=True, position_ids=ids, logits_to_keep=1, **{cache_kw: cache}).logits
             choice = logits[:, -1].float()[:, lo:hi].argmax(-1, keepdim=True) + int(lo)
             chosen.append(choice)
             pos += x.shape[1]
             x = choice
         _ = torch.cat(chosen, 1).cpu()
         times.append(time.perf_counter() - t0)
-        cache.crop(n_hist)
+        crop()
     params = sum(p.numel() for p in gpt.parameters())
     return {"full_window": percentiles(times[10:]), "params": params, "version": transformers.__version__}
 

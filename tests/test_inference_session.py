@@ -75,10 +75,11 @@ def check_against_reference(model, session, histories, out, env_ids, atol):
         assert (out.action_tokens[row] >= RANGES[:, 0]).all() and (out.action_tokens[row] < RANGES[:, 1]).all()
 
 
-@pytest.mark.parametrize("evict_keep", [0.5, 1.0])
-def test_logits_equal_full_recomputation_at_every_step_of_a_long_episode(evict_keep):
+@pytest.mark.parametrize("evict_keep,static", [(0.5, False), (1.0, False), (0.5, True)])
+def test_logits_equal_full_recomputation_at_every_step_of_a_long_episode(evict_keep, static):
     model = tiny_model()
     session = InferenceSession(model, SessionConfig(num_envs=3, evict_keep=evict_keep), patch_id=LAYOUT.patch_id)
+    session._static = static  # the CUDA-graph bodies (fixed prefill width, whole cache, device counters), eagerly
     rng = np.random.default_rng(1)
     histories = {e: [] for e in range(3)}
     windows, rebuilds = set(), 0
@@ -134,6 +135,9 @@ def test_sampling_is_deterministic_for_a_fixed_seed_and_reset_restarts_it():
 
     a, s = run(0)
     b, _ = run(0)
+    s_static = InferenceSession(model, SessionConfig(num_envs=2, seed=0))
+    s_static._static = True  # the graph path draws the same noise and decodes the same actions
+    np.testing.assert_array_equal(np.stack([s_static.step(o, RANGES, temperature=1.0).action_tokens for o in episode]), a)
     c, _ = run(1)
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
@@ -168,6 +172,7 @@ def test_rollback_and_append_keep_the_cache_consistent():
     prompt = [make_obs(rng, n_patches=1) for _ in range(2)]
     prompt_actions = [rng.integers(RANGES[:, 0], RANGES[:, 1]) for _ in prompt]
     session = InferenceSession(model, SessionConfig(num_envs=1), patch_id=LAYOUT.patch_id)
+    session._static = True
     session.append([[ObsTokens(np.concatenate([o.tokens, a]), o.patches, o.patch_pos) for o, a in zip(prompt, prompt_actions)]])
     history = list(zip(prompt, prompt_actions))
     obs = make_obs(rng, n_patches=1)
