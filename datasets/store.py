@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
@@ -895,7 +896,7 @@ class EpisodeStore:
                 t = pq.read_table(p)
             except Exception:  # noqa: BLE001 (an unreadable leftover is removed, not adopted)
                 continue
-            candidates.append((k, t.filter(pa.compute.greater_equal(t["episode_index"], total))))
+            candidates.append((k, t.filter(pc.greater_equal(t["episode_index"], total))))
         rows = pa.concat_tables([t for _, t in candidates], promote_options="default").to_pylist() if candidates else []
         rows.sort(key=lambda r: r["episode_index"])
         adopted = []
