@@ -495,3 +495,38 @@ class NodeProcess:
     def __exit__(self, *exc: object) -> None:
         self.close()
         self.stderr_file.close()
+
+
+def simulate_episodes(task: str, act: Callable[[SimArm, dict[str, Any]], Any], seeds: list[int], episode_seconds: float,
+                      reset: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """The node's episodes in plain simulation (no ROS, no real time): the baseline a robot run is compared with.
+
+    Episode ``k`` starts from ``env.reset(seed=seeds[k])``, ``act(obs)`` chooses every control step's effort from
+    the task's observation (``arm`` is there for scripted experts, which read the simulator), and success is judged at the end exactly as :class:`SimRobot` judges it.
+
+    Args:
+        task: a task with an arm.
+        act: ``(arm, observation dict) -> action`` (task order).
+        seeds: one seed per episode.
+        episode_seconds: episode length (rounded to control periods).
+        reset: called before each episode (a policy's context reset).
+
+    Returns:
+        One dict per episode with ``seed``, ``success``, ``reached``, ``first_reach_s``, ``final_distance``.
+    """
+    spec = get_arm(task)
+    steps = int(round(episode_seconds / spec.control_period))
+    arm = make_sim_arm(task)
+    out = []
+    for seed in seeds:
+        arm.reset(seed)
+        if reset is not None:
+            reset()
+        first = None
+        for k in range(steps):
+            arm.step(np.asarray(act(arm, arm.obs), dtype=np.float64))
+            if first is None and arm.inside():
+                first = round((k + 1) * spec.control_period, 4)
+        out.append({"seed": seed, "success": arm.inside(), "reached": first is not None, "first_reach_s": first,
+                    "final_distance": round(arm.distance(), 5)})
+    return out

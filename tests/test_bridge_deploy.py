@@ -1,0 +1,366 @@
+"""``omnipolicy deploy``: every fault holds or stops the robot, and the expert drives sim-robot like plain simulation.
+
+Part 1 calls the node's callbacks and its per-tick decision directly (a fake clock, a stub actor, no robot).
+Part 2 runs the node against ``omnipolicy sim-robot`` on 127.0.0.1 (dds; the rclpy node in ``.venv-ros``) and
+provokes the faults on the wire. The policy variants (a checkpoint trained in the fixture) are in
+``test_bridge_deploy_policy.py`` (slow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cyclonedds")
+pytest.importorskip("dm_control")
+
+from omnipolicy.envs import get_task, make_expert  # noqa: E402
+from omnipolicy.robot_bridge import cdr  # noqa: E402
+from omnipolicy.robot_bridge.arms import get_arm  # noqa: E402
+from omnipolicy.robot_bridge.dds import DdsTransport  # noqa: E402
+from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer  # noqa: E402
+from omnipolicy.robot_bridge.loopback import random_domain_id  # noqa: E402
+from omnipolicy.robot_bridge.messages import Bool, Float64MultiArray, Header, JointState, joint_state  # noqa: E402
+from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
+from omnipolicy.robot_bridge.transport import QOS_DEFAULT, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+TASK = "dmc/reacher-easy"
+ARM = get_arm(TASK)
+JS, TS = ARM.joint_states_topic, ARM.task_state_topic
+ROOT = Path(__file__).resolve().parents[1]
+ROS_PYTHON = ROOT / ".venv-ros" / "bin" / "python"
+needs_ros_sim = pytest.mark.skipif(
+    not (ROOT / ".venv-ros" / ".omnipolicy-ros-sim-ok").exists(),
+    reason="no .venv-ros with simulators; create it with scripts/make_ros_venv.sh --with-sim",
+)
+#: Episodes of the end-to-end runs and the stated margin: the robot's success rate over real-time ROS 2 may differ
+#: from plain simulation's on the same seeds by at most this much (late ticks send the hold command instead).
+EPISODES, EPISODE_S, MARGIN = 8, 1.5, 0.25
+
+
+class StubActor:
+    """Acts with a fixed action and records what it saw."""
+
+    def __init__(self, action=(0.5, -0.5), spec=None) -> None:
+        self.spec = spec or get_task(TASK).timestep
+        self.action = np.asarray(action, dtype=np.float32)
+        self.observations: list[dict] = []
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def act(self, obs):
+        self.observations.append(obs)
+        return self.action
+
+
+@pytest.fixture(scope="module")
+def transport():
+    with DdsTransport(domain_id=random_domain_id()) as t:
+        yield t
+
+
+def node_with(transport, actor=None, **cfg) -> Deployer:
+    return Deployer(DeployConfig(task=TASK, actor="expert", **cfg), transport=transport, actor=actor or StubActor())
+
+
+def feed(node: Deployer, now: float, position=(0.1, 0.2), velocity=(0.0, 0.0), to_target=(0.05, -0.02)) -> None:
+    node.on_state(JS, joint_state(ARM.joints, position, velocity), now=now)
+    node.on_state(TS, joint_state(ARM.task_state_names, to_target), now=now)
+
+
+def warnings_with(caplog, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------
+# Part 1: the decision, fault by fault
+# ---------------------------------------------------------------------------
+
+
+def test_acts_on_the_exact_observation_and_checks_the_spec(transport):
+    actor = StubActor((0.25, -0.75))
+    node = node_with(transport, actor)
+    assert node.decide(now=0.0) is not None and node.last_reason == "stale"  # nothing received: hold
+    feed(node, 10.0, position=(0.1, 0.2), velocity=(0.3, -0.4), to_target=(0.05, -0.02))
+    cmd = node.decide(now=10.01)
+    assert cmd.tolist() == [0.25, -0.75] and node.last_reason is None
+    obs = actor.observations[-1]
+    assert {k: v.dtype for k, v in obs.items()} == {"position": np.float32, "velocity": np.float32, "to_target": np.float32}
+    assert obs["position"].tolist() == np.float32([0.1, 0.2]).tolist()
+    assert obs["velocity"].tolist() == np.float32([0.3, -0.4]).tolist()
+    assert obs["to_target"].tolist() == np.float32([0.05, -0.02]).tolist()
+    assert node.acted == 1 and node.holds["stale"] == 1
+
+
+def test_a_checkpoint_of_another_observation_spec_is_refused(transport):
+    other = get_task("mujoco/reacher-v5").timestep  # one "state" vector: the recipe cannot build it
+    with pytest.raises(ValueError, match=r"differ from the checkpoint's observation keys \['state'\]"):
+        node_with(transport, StubActor(spec=other))
+    with pytest.raises(ValueError, match="needs --checkpoint"):
+        DeployConfig(actor="policy")
+
+
+def test_stale_state_holds_with_one_log_line_and_resumes(transport, caplog):
+    actor = StubActor()
+    node = node_with(transport, actor, state_timeout=0.1)
+    feed(node, 10.0)
+    assert node.decide(now=10.05).tolist() == [0.5, -0.5]
+    resets = actor.resets
+    caplog.set_level(logging.INFO, "omnipolicy.deploy")
+    caplog.clear()
+    for k in range(5):
+        assert node.decide(now=10.2 + k * 0.02).tolist() == [0.0, 0.0]  # zero effort: the hold command
+    assert node.holds["stale"] == 5 and len(warnings_with(caplog, "holding: state stale")) == 1
+    feed(node, 11.0)
+    assert node.decide(now=11.01).tolist() == [0.5, -0.5]
+    assert len(warnings_with(caplog, "resumed after holding (stale)")) == 1
+    assert actor.resets == resets + 1  # the history broke: the context is reset
+
+
+@pytest.mark.parametrize(
+    "topic, msg, reason",
+    [
+        (JS, joint_state(ARM.joints, [0.1, np.nan], [0.0, 0.0]), r"non-finite values for joints \['wrist'\]"),
+        (JS, joint_state(["shoulder", "elbow"], [0.1, 0.2], [0.0, 0.0]), r"unknown joint names \['elbow'\]"),
+        (JS, joint_state(["shoulder"], [0.1], [0.0]), r"missing joint names \['wrist'\]"),
+        (JS, JointState(Header(), ARM.joints, [0.1, 0.2, 0.3], [0.0, 0.0], []), "3 values for 2 joint names"),
+        (JS, joint_state(ARM.joints, [0.1, 0.2]), "JointState.velocity is empty"),
+        (TS, joint_state(["to_target_x"], [0.1]), r"missing joint names \['to_target_y'\]"),
+        (TS, joint_state(ARM.task_state_names, [np.inf, 0.0]), r"non-finite values for joints \['to_target_x'\]"),
+    ],
+    ids=["nan", "unknown-joint", "missing-joint", "wrong-length", "no-velocity", "task-state-missing", "task-state-inf"],
+)
+def test_rejected_state_holds_until_a_valid_one(transport, caplog, topic, msg, reason):
+    node = node_with(transport)
+    feed(node, 10.0)
+    assert node.decide(now=10.01).tolist() == [0.5, -0.5]
+    caplog.clear()
+    node.on_state(topic, msg, now=10.02)
+    lines = warnings_with(caplog, "rejected a JointState")
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert re.search(reason, lines[0]), lines[0]
+    assert node.decide(now=10.03).tolist() == [0.0, 0.0] and node.last_reason == "rejected"
+    assert node.decide(now=10.04).tolist() == [0.0, 0.0]  # still held: no valid message since
+    assert node.report()["rejected"][topic] == 1 and node.holds["rejected"] == 2
+    feed(node, 10.05)
+    assert node.decide(now=10.06).tolist() == [0.5, -0.5]
+
+
+def test_inconsistent_message_on_the_wire_is_rejected_by_the_transport_and_holds(transport):
+    node = node_with(transport)
+    with DdsTransport(domain_id=transport.domain_id) as other:
+        pub = other.publisher(JS, JointState)
+        wait_for(lambda: pub.matched() > 0 and node.subs[JS].matched() > 0, 20, "deploy's joint state subscription")
+        feed(node, time.monotonic())
+        assert node.decide().tolist() == [0.5, -0.5]
+        # valid CDR that is no valid JointState (velocity: 1 value for 2 names): the transport rejects it
+        pub.publish_cdr(cdr.encode(JointState(Header(), ARM.joints, [0.1, 0.2], [0.0])))
+        wait_for(lambda: node.subs[JS].rejected == 1, 10, "the transport to reject the message")
+    assert node.decide().tolist() == [0.0, 0.0] and node.last_reason == "rejected"
+    assert node.report()["rejected"][JS] == 1
+
+
+def test_estop_latches_until_cleared(transport, caplog):
+    actor = StubActor()
+    node = node_with(transport, actor)
+    feed(node, 10.0)
+    assert node.decide(now=10.01).tolist() == [0.5, -0.5]
+    node.on_estop(Bool(True))
+    assert node.decide(now=10.02).tolist() == [0.0, 0.0] and node.last_reason == "estop"
+    node.on_estop(Bool(False))  # releasing the button does not release the latch
+    feed(node, 10.03)
+    assert node.decide(now=10.04).tolist() == [0.0, 0.0] and node.last_reason == "estop"
+    assert len(warnings_with(caplog, "e-stop False on /estop ignored")) == 1
+    node.on_estop_clear(Bool(False))
+    assert node.decide(now=10.05).tolist() == [0.0, 0.0]
+    node.on_estop_clear(Bool(True))
+    assert node.decide(now=10.06).tolist() == [0.5, -0.5]
+    rep = node.report()["estop"]
+    assert rep == {"engagements": 1, "clears": 1, "ignored_releases": 1, "engaged": False}
+    assert node.holds["estop"] == 3
+
+
+def test_limits_clamp_and_are_counted(transport):
+    node = node_with(transport, StubActor((1.0, 1.0)), effort_limit=0.3, max_delta=0.2, position_limit=("wrist:-0.5:0.5",))
+    feed(node, 10.0, position=(0.0, 0.0))
+    assert node.decide(now=10.01) == pytest.approx([0.2, 0.2])  # ramps from zero: max change 0.2 per tick
+    node.send(node.decide(now=10.02))
+    assert node.last_command == pytest.approx([0.3, 0.3])  # then the effort limit
+    feed(node, 10.03, position=(0.0, 0.48))  # wrist within the 5 degree margin of its tightened limit
+    assert node.decide(now=10.04) == pytest.approx([0.3, 0.0])
+    clipped = node.report()["safety"]["clipped"]
+    assert clipped["rate"] == {"shoulder": 1, "wrist": 1}
+    assert clipped["effort"] == {"shoulder": 3, "wrist": 3}
+    assert clipped["position"] == {"shoulder": 0, "wrist": 1}
+    with pytest.raises(ValueError, match="loosens the arm's limit"):
+        node_with(transport, effort_limit=2.0)
+    with pytest.raises(ValueError, match=r"unknown joint 'elbow'"):
+        node_with(transport, position_limit=("elbow:-1:1",))
+
+
+def test_new_episode_resets_the_context(transport):
+    actor = StubActor()
+    node = node_with(transport, actor)
+    feed(node, 10.0)
+    node.decide(now=10.01)
+    resets = actor.resets
+    node.decide(now=10.02)
+    assert actor.resets == resets
+    node.on_episode(Bool(True))
+    node.decide(now=10.03)
+    assert actor.resets == resets + 1
+
+
+# ---------------------------------------------------------------------------
+# Part 2: against sim-robot on 127.0.0.1
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(node: Deployer):
+    """Run the node's control loop in a thread; stop it on exit. Yields the dict its report lands in."""
+    out: dict = {}
+    th = threading.Thread(target=lambda: out.update(node.run()), daemon=True)
+    th.start()
+    try:
+        yield out
+    finally:
+        node.stop()
+        th.join(15)
+        assert not th.is_alive()
+
+
+def sim_robot(domain: int, python: str | None = None, transport: str = "dds", episodes: int = EPISODES, seed: int = 0):
+    args = ["--transport", transport, "--episodes", str(episodes), "--episode-seconds", str(EPISODE_S), "--seed", str(seed)]
+    return NodeProcess("sim-robot", args, domain, python)
+
+
+def plain_expert_success(seeds) -> list[bool]:
+    expert = make_expert(TASK)
+    return [e["success"] for e in simulate_episodes(TASK, lambda arm, obs: expert.act(arm.env, obs), list(seeds), EPISODE_S)]
+
+
+def check_against_plain(robot: NodeProcess, seed: int = 0) -> dict:
+    summary = robot.of("summary")[0]
+    plain = plain_expert_success(range(seed, seed + summary["episodes"]))
+    rate, plain_rate = summary["success_rate"], float(np.mean(plain))
+    assert abs(rate - plain_rate) <= MARGIN, (summary["successes"], plain)
+    assert plain_rate >= 0.75  # the comparison means something: the expert reaches most targets
+    return summary
+
+
+def test_expert_drives_sim_robot_over_dds_like_plain_simulation():
+    domain = random_domain_id()
+    with sim_robot(domain) as robot, Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node:
+        with running(node) as report:
+            assert robot.wait(EPISODES * EPISODE_S + 60) == 0
+    check_against_plain(robot)
+    assert report["acted"] > EPISODES * EPISODE_S * 40 and report["loop"]["steps"] > 0
+    assert sum(report["rejected"].values()) == 0 and report["holds"]["estop"] == 0
+
+
+def test_estop_over_the_wire_stops_the_robot_until_cleared():
+    domain = random_domain_id()
+    with sim_robot(domain, episodes=0) as robot, Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node, \
+            DdsTransport(domain_id=domain) as t, running(node):
+        states: queue.Queue = queue.Queue(maxsize=1)
+        commands: queue.Queue = queue.Queue(maxsize=1)
+        t.subscription(JS, JointState, states)
+        t.subscription(ARM.command_topic, Float64MultiArray, commands)
+        estop, clear = t.publisher("/estop", Bool, QOS_DEFAULT), t.publisher("/estop/clear", Bool, QOS_DEFAULT)
+        wait_for(lambda: node.acted > 20, 30, "the expert to act")
+        wait_for(lambda: estop.matched() > 0 and clear.matched() > 0, 20, "deploy's e-stop subscriptions")
+        estop.publish(Bool(True))
+        wait_for(lambda: node.estop.engaged, 5, "the e-stop to latch")
+        estop.publish(Bool(False))  # released button: still stopped
+        time.sleep(1.0)
+        assert commands.get(timeout=2).data.tolist() == [0.0, 0.0]
+        rest = states.get(timeout=2)
+        assert rest.effort.tolist() == [0.0, 0.0] and np.abs(rest.velocity).max() < 0.05  # the arm has stopped
+        assert node.estop.engaged and node.holds["estop"] > 30
+        acted = node.acted
+        clear.publish(Bool(True))
+        wait_for(lambda: node.acted > acted + 10, 5, "acting to resume after the clear")
+        assert not node.estop.engaged
+    assert robot.of("summary")  # stopped cleanly by SIGTERM
+
+
+def test_faulty_messages_and_a_robot_restart_hold_then_resume(caplog):
+    caplog.set_level(logging.INFO, "omnipolicy.deploy")
+    domain = random_domain_id()
+    with Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node, running(node), \
+            DdsTransport(domain_id=domain) as t:
+        bad = t.publisher(JS, JointState)
+        with sim_robot(domain, episodes=0) as first:
+            wait_for(lambda: node.acted > 20, 30, "the expert to act")
+            wait_for(lambda: bad.matched() > 0, 20, "deploy's joint state subscription")
+            for msg in (joint_state(ARM.joints, [0.0, np.nan], [0.0, 0.0]), joint_state(["shoulder", "elbow"], [0.0, 0.0], [0.0, 0.0])):
+                bad.publish(msg)
+            wait_for(lambda: node.report()["rejected"][JS] == 2, 5, "both bad states rejected")
+            wait_for(lambda: node.holds["rejected"] >= 1, 2, "the robot held for a rejected state")
+            first.close(signal.SIGKILL)  # the robot side dies
+        held = node.holds["stale"]
+        time.sleep(0.5)
+        assert node.holds["stale"] >= held + 15  # 0.5 s at 50 Hz, minus the 0.1 s timeout
+        assert node.last_command.tolist() == [0.0, 0.0]
+        acted = node.acted
+        with sim_robot(domain, episodes=3) as second:  # the robot comes back: the node resumes by itself
+            assert second.wait(3 * EPISODE_S + 60) == 0
+        assert node.acted > acted + 100
+    lines = warnings_with(caplog, "rejected a JointState on /joint_states")
+    assert len(lines) == 2 and "non-finite" in lines[0] and "unknown joint names ['elbow']" in lines[1]
+    assert len(warnings_with(caplog, "holding: state stale")) >= 1 and warnings_with(caplog, "resumed after holding (stale)")
+    assert sum(e["success"] for e in second.of("episode")) >= 2
+
+
+def test_deploy_cli_stops_cleanly_on_sigterm_and_sigint_leaving_the_hold_command(tmp_path):
+    domain = random_domain_id()
+    with sim_robot(domain, episodes=0) as robot, DdsTransport(domain_id=domain) as t:
+        commands: list = []
+        t.subscription(ARM.command_topic, Float64MultiArray, lambda m: commands.append(m.data.tolist()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            summary = tmp_path / f"{sig.name}.json"
+            args = ["--actor", "expert", "--transport", "dds", "--summary", str(summary)]
+            with NodeProcess("deploy", args, domain) as dep:
+                wait_for(lambda: len(commands) > 30 and any(c != [0.0, 0.0] for c in commands[-10:]), 30, "the expert's commands")
+                dep.proc.send_signal(sig)
+                assert dep.wait(10) == 0
+                report = dep.of("summary")[0]
+            time.sleep(0.2)
+            assert commands[-1] == [0.0, 0.0]  # the last command on the wire is the hold command
+            assert report["loop"]["stopped_by"] == "stop" and report["acted"] > 20
+            assert summary.exists() and '"acted"' in summary.read_text()
+            commands.clear()
+    assert robot.of("summary")[0]["commands_received"] > 60
+
+
+@pytest.mark.ros
+@needs_ros_sim
+@pytest.mark.parametrize("deploy_transport", ["dds", "rclpy"])
+def test_expert_drives_the_rclpy_sim_robot_like_plain_simulation(deploy_transport):
+    """sim-robot is a real rclpy node (.venv-ros); deploy talks to it over dds (here) or as an rclpy node (.venv-ros)."""
+    domain = random_domain_id()
+    with sim_robot(domain, str(ROS_PYTHON), "rclpy") as robot:
+        if deploy_transport == "dds":
+            with Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node, running(node):
+                assert robot.wait(EPISODES * EPISODE_S + 60) == 0
+        else:
+            with NodeProcess("deploy", ["--actor", "expert", "--transport", "rclpy"], domain, str(ROS_PYTHON)) as dep:
+                assert robot.wait(EPISODES * EPISODE_S + 60) == 0
+                dep.close()
+                assert dep.of("summary")[0]["transport"] == "rclpy"
+    summary = check_against_plain(robot)
+    assert summary["transport"] == "rclpy"
