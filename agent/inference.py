@@ -51,6 +51,7 @@ cache.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -468,8 +469,13 @@ class InferenceSession:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self._pool):
-                fn()
+            try:
+                with torch.cuda.graph(g, pool=self._pool):
+                    fn()
+            except RuntimeError as e:  # keep acting, eagerly, and say why
+                warnings.warn(f"InferenceSession: CUDA graph capture of {key[0]} failed ({e}); running eagerly", stacklevel=3)
+                self.use_graphs, self._static = False, True
+                return None
             self._graphs[key] = g
         return g
 
@@ -607,13 +613,18 @@ class InferenceSession:
         # prefill, then A - 1 decode steps
         span = (int(ranges[:, 0].min()), int(ranges[:, 1].max()))
         self._span = span
-        if self.use_graphs:
-            self._graph(("prefill", C, P, greedy, span), lambda: self._prefill_body(greedy, span, self.K)).replay()
+        pre = self._graph(("prefill", C, P, greedy, span), lambda: self._prefill_body(greedy, span, self.K)) if self.use_graphs else None
+        if pre is not None:
+            pre.replay()
+            dec = None
             if A > 1:
                 dec = self._graph(("decode", greedy, span), lambda: self._decode_body(greedy, span, self.K),
                                   restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
-                for _ in range(A - 1):
+            for _ in range(A - 1):
+                if dec is not None:
                     dec.replay()
+                else:  # the decode capture failed: same body, eagerly
+                    self._decode_body(greedy, span, self.K)
         elif self._static:  # what the graphs run, eagerly (tests the graph code path without a GPU)
             self._prefill_body(greedy, span, self.K)
             for _ in range(A - 1):
