@@ -13,8 +13,16 @@ Messages: a 7-joint ``JointState`` (position, velocity, effort) and a 640x480
 ``rgb8`` ``Image``. Baseline, in this process: serializing the same messages
 with cyclonedds-python's own IDL machinery (``sequence[uint8]`` etc.) versus
 our CDR codec; ratios are printed. All traffic stays on 127.0.0.1 (loopback
-configurations, a random ROS domain id per run). The control-loop jitter
-half of the benchmark needs the simulated robot and is not measured here.
+configurations, a random ROS domain id per run).
+
+Control loop (issue 6's second half): ``omnipolicy sim-robot`` (dmc/reacher-easy,
+50 Hz, a child process: dds, and the rclpy node under ``.venv-ros`` when it has the
+simulators) driven by a deploy node in this process at 50 Hz for ``--control-seconds``:
+the loop's latency (observation in -> command out) p50/p99, wake-up jitter p50/p99,
+deadline misses and skipped ticks, the robot's tick lateness, and the episodes'
+success rate. Actor: the task's scripted expert (default) or ``--checkpoint``'s policy.
+Baseline, in this process: the same ControlLoop at 50 Hz with a no-op callback (no ROS,
+no actor); ratios of the jitter are printed.
 
 The last line of output is one JSON object with every figure.
 
@@ -56,6 +64,10 @@ class Args:
     """Internal: 'all' runs every pair; 'rclpy' runs only (c) and prints its JSON (used under .venv-ros)."""
     domain_id: int = -1
     """ROS domain id; -1 picks a random one."""
+    control_seconds: float = 10.0
+    """Seconds of driving sim-robot at 50 Hz per robot transport (0 skips the control-loop half)."""
+    checkpoint: str = ""
+    """Policy checkpoint for the control-loop half (default: the task's scripted expert)."""
 
 
 def percentiles(lat_s: list[float]) -> dict[str, float]:
@@ -152,6 +164,41 @@ def serialization_baseline() -> dict:
     return out
 
 
+def control_loop_baseline(seconds: float) -> dict:
+    """The ControlLoop at 50 Hz with a no-op callback: the scheduler's own jitter on this machine."""
+    from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
+
+    with ControlLoop(lambda step: step, ControlLoopConfig(rate_hz=50.0, duration_s=seconds, print_summary=False)) as loop:
+        return loop.run().to_dict()
+
+
+def control_loop(robot_python: str, robot_transport: str, args: Args) -> dict:
+    """Drive sim-robot at 50 Hz from a deploy node in this process (dds) for ``args.control_seconds``."""
+    from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer
+    from omnipolicy.robot_bridge.sim_robot import NodeProcess
+
+    domain = random_domain_id()
+    actor = "policy" if args.checkpoint else "expert"
+    cfg = DeployConfig(task="dmc/reacher-easy", actor=actor, checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                       transport="dds", domain_id=domain)
+    robot_args = ["--transport", robot_transport, "--episode-seconds", "2", "--max-seconds", str(args.control_seconds + 60)]
+    with Deployer(cfg) as node, NodeProcess("sim-robot", robot_args, domain, robot_python) as robot:
+        report = node.run(duration=args.control_seconds)
+        robot.close()
+        sim = robot.of("summary")[0]
+    loop = report["loop"]
+    return {
+        "robot": f"sim-robot ({robot_transport})", "deploy": "dds", "actor": actor, "rate_hz": loop["rate_hz"],
+        "achieved_rate_hz": round(loop["achieved_rate_hz"], 3), "steps": loop["steps"],
+        "latency_ms": {k: round(v, 4) for k, v in loop["latency"].items()},
+        "jitter_ms": {k: round(v, 4) for k, v in loop["jitter"].items()},
+        "deadline_misses": loop["misses"], "skipped_ticks": loop["skipped_ticks"],
+        "act_ms": report["act_time"], "holds": report["holds"],
+        "robot_tick_lateness_ms": sim["tick_lateness"], "robot_overruns": sim["overruns"],
+        "episodes": sim["episodes"], "success_rate": sim["success_rate"],
+    }
+
+
 def main() -> None:
     args = tyro.cli(Args)
     domain = random_domain_id() if args.domain_id < 0 else args.domain_id
@@ -180,6 +227,19 @@ def main() -> None:
     else:
         results["skipped"] = f"no {ROS_PYTHON}: rclpy pairs not measured (scripts/make_ros_venv.sh)"
         print(results["skipped"])
+    if args.control_seconds > 0:
+        cl = results["control_loop"] = {"baseline_noop_loop": control_loop_baseline(args.control_seconds)}
+        cl["dds_robot"] = control_loop(sys.executable, "dds", args)
+        if (ROS_PYTHON.parent.parent / ".omnipolicy-ros-sim-ok").exists():
+            cl["rclpy_robot"] = control_loop(str(ROS_PYTHON), "rclpy", args)
+        b = cl["baseline_noop_loop"]["jitter"]
+        for name, r in cl.items():
+            if name == "baseline_noop_loop":
+                continue
+            j, lat = r["jitter_ms"], r["latency_ms"]
+            print(f"control loop -> {r['robot']:20s} latency p50 {lat['p50_ms']:.2f} ms p99 {lat['p99_ms']:.2f} ms | jitter p50 "
+                  f"{j['p50_ms']:.3f} ms p99 {j['p99_ms']:.3f} ms (x{j['p99_ms'] / max(b['p99_ms'], 1e-9):.1f} of a no-op loop's p99 "
+                  f"{b['p99_ms']:.3f} ms) | misses {r['deadline_misses']}/{r['steps']} | success {r['success_rate']}")
     base = rt["dds->dds_echo"]["joint_state"]["p50_ms"]
     for pair, r in rt.items():
         js, im = r["joint_state"], r["image_640x480"]
