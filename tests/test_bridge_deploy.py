@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
 import signal
@@ -326,25 +327,36 @@ def test_faulty_messages_and_a_robot_restart_hold_then_resume(caplog):
     assert sum(e["success"] for e in second.of("episode")) >= 2
 
 
-def test_deploy_cli_stops_cleanly_on_sigterm_and_sigint_leaving_the_hold_command(tmp_path):
+def test_deploy_cli_stops_cleanly_on_sigterm_leaving_the_hold_command(tmp_path):
     domain = random_domain_id()
+    summary = tmp_path / "deploy.json"
     with sim_robot(domain, episodes=0) as robot, DdsTransport(domain_id=domain) as t:
         commands: list = []
         t.subscription(ARM.command_topic, Float64MultiArray, lambda m: commands.append(m.data.tolist()))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            summary = tmp_path / f"{sig.name}.json"
-            args = ["--actor", "expert", "--transport", "dds", "--summary", str(summary)]
-            with NodeProcess("deploy", args, domain) as dep:
-                wait_for(lambda: len(commands) > 30 and any(c != [0.0, 0.0] for c in commands[-10:]), 30, "the expert's commands")
-                dep.proc.send_signal(sig)
-                assert dep.wait(10) == 0
-                report = dep.of("summary")[0]
-            time.sleep(0.2)
-            assert commands[-1] == [0.0, 0.0]  # the last command on the wire is the hold command
-            assert report["loop"]["stopped_by"] == "stop" and report["acted"] > 20
-            assert summary.exists() and '"acted"' in summary.read_text()
-            commands.clear()
-    assert robot.of("summary")[0]["commands_received"] > 60
+        with NodeProcess("deploy", ["--actor", "expert", "--transport", "dds", "--summary", str(summary)], domain) as dep:
+            wait_for(lambda: len(commands) > 30 and any(c != [0.0, 0.0] for c in commands[-10:]), 30, "the expert's commands")
+            dep.proc.send_signal(signal.SIGTERM)
+            assert dep.wait(10) == 0
+            report = dep.of("summary")[0]
+        time.sleep(0.2)
+        assert commands[-1] == [0.0, 0.0]  # the last command on the wire is the hold command
+    assert report["loop"]["stopped_by"] == "stop" and report["acted"] > 20
+    assert '"acted"' in summary.read_text() and robot.of("summary")[0]["commands_received"] > 30
+
+
+def test_sigint_stops_the_control_loop_and_holds(transport):
+    """SIGINT (Ctrl-C) in the main thread: the loop ends within a period, the last command sent is the hold command."""
+    node = node_with(transport, StubActor((0.5, 0.5)))
+    sent: list = []
+    send = node.send
+    node.send = lambda c: (sent.append(np.asarray(c).tolist()), send(c))  # type: ignore[method-assign]
+    feeder = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    before = signal.getsignal(signal.SIGINT)
+    feeder.start()
+    t0 = time.monotonic()
+    report = node.run(duration=10.0, handle_signals=True)
+    assert time.monotonic() - t0 < 2.0 and report["loop"]["stopped_by"] == "stop"
+    assert sent[-1] == [0.0, 0.0] and signal.getsignal(signal.SIGINT) is before
 
 
 @pytest.mark.ros
