@@ -10,7 +10,9 @@ STAMP := $(VENV)/.omnipolicy-installed
 export MUJOCO_GL ?= egl
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test test-all test-interop bench clean
+.PHONY: setup demo test test-all test-interop test-ros bench clean
+LEROBOT_VENV ?= .venv-lerobot
+ROS_VENV ?= .venv-ros
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,22 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "not interop" --timeout=1800
+
+# Opt-in: LeRobot's own loader reads our datasets (lerobot 0.4.4 pins torch<2.11: ~8 GB in its own venv).
+$(LEROBOT_VENV)/.lerobot-installed:
+	@test -x $(LEROBOT_VENV)/bin/python || $(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/python -m pip install --quiet "lerobot==0.4.4"
+	@touch $@
+
+test-interop: $(STAMP) $(LEROBOT_VENV)/.lerobot-installed
+	OMNIPOLICY_LEROBOT_PYTHON=$(LEROBOT_VENV)/bin/python $(PY) -m pytest -q -m interop tests/test_datasets_interop.py --timeout=1800
+
+# Opt-in: a real rclpy (PyPI's ros-rclpy wheels, Kilted) in its own venv, for the cross-implementation tests.
+$(ROS_VENV)/.omnipolicy-ros-torch-ok:
+	bash scripts/make_ros_venv.sh --with-torch $(ROS_VENV)
+
+test-ros: $(STAMP) $(ROS_VENV)/.omnipolicy-ros-torch-ok
+	$(PY) -m pytest -q -m ros --timeout=900
 
 bench: $(STAMP)
 	$(PY) scripts/bench_tokenizer.py
