@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
 DOMAINS: tuple[str, ...] = ("classic", "atari", "mujoco", "dmc", "metaworld")
-_FAMILIES_READY = ("classic", "mujoco", "dmc", "metaworld")
+_FAMILIES_READY = ("classic", "atari", "mujoco", "dmc", "metaworld")
 FAMILY_MODULES: tuple[str, ...] = tuple(f"omnipolicy.envs.{d}" for d in _FAMILIES_READY)
 """Modules whose import registers the tasks of one family (one per domain)."""
 

@@ -100,9 +100,11 @@ def test_task_contract(task_id: str) -> None:
         for k, v in o1.items():
             if isinstance(v, np.ndarray):
                 assert not np.shares_memory(v, o2[k]), k
-        # A different seed gives a different start (seeds reach the simulator).
-        other = rollout(env, 6, [], mutate=False)
-        assert any(not np.array_equal(clean[0][k], other[0][k]) for k in clean[0] if k != "instruction")
+        # A different seed gives a different start (seeds reach the simulator). ALE games always
+        # start from the same screen; there the seed drives the sticky actions instead.
+        if spec.domain != "atari":
+            other = rollout(env, 6, [], mutate=False)
+            assert any(not np.array_equal(clean[0][k], other[0][k]) for k in clean[0] if k != "instruction")
     finally:
         env.close()
 
