@@ -210,6 +210,7 @@ class ArmSpec:
         joint_states_topic, task_state_topic, camera_topic: where the robot publishes.
         controller: forward command controller name (commands on ``/<controller>/commands``).
         trajectory_controller: joint trajectory controller name (``/<name>/joint_trajectory``).
+        camera: (height, width) of the camera image the observation needs at every control step, or None.
         episode_topic: Bool True at the start of each episode (a deploy node resets the policy's context).
         success_topic: Bool at the end of each episode: target reached and held.
         description: one line for ``--help`` and logs.
@@ -226,6 +227,7 @@ class ArmSpec:
     camera_topic: str = "/sim_robot/camera/image_raw"
     controller: str = "effort_controller"
     trajectory_controller: str = "joint_trajectory_controller"
+    camera: tuple[int, int] | None = None
     episode_topic: str = "/sim_robot/episode_start"
     success_topic: str = "/sim_robot/success"
     description: str = ""
@@ -301,6 +303,9 @@ class SimArm:
         render: build the env so that ``camera()`` can render.
     """
 
+    #: observation keys :meth:`sync_to` needs (the expert twin of ``deploy --actor expert``)
+    twin_keys: tuple[str, ...] = ()
+
     def __init__(self, spec: ArmSpec, render: bool = False) -> None:
         from omnipolicy.envs import get_task, make_env  # noqa: PLC0415
 
@@ -348,18 +353,31 @@ REACHER_JOINTS = ("shoulder", "wrist")
 REACHER_TASK_STATE = ("to_target_x", "to_target_y")
 
 
+REACHER_LIMITS = SafetyLimits(
+    REACHER_JOINTS,
+    "effort",
+    position_lower=(-math.inf, math.radians(-160)),  # reacher.xml: shoulder unlimited, wrist -160..160 deg
+    position_upper=(math.inf, math.radians(160)),
+    velocity_limit=(40.0, 60.0),  # rad/s; about 2x the expert's peak speeds
+    effort_limit=(1.0, 1.0),  # the motors' ctrlrange
+    position_margin=math.radians(5),
+)
+
+
+@register_arm(
+    ArmSpec(
+        task_id="dmc/reacher-easy-pixels",
+        limits=REACHER_LIMITS,
+        observation=ObservationRecipe((ImageSource("image", "/sim_robot/camera/image_raw"),)),
+        control_period=0.02,
+        camera=(84, 84),
+        description="the same reacher observed only through its 84x84 camera (camera 0, every control step)",
+    )
+)
 @register_arm(
     ArmSpec(
         task_id="dmc/reacher-easy",
-        limits=SafetyLimits(
-            REACHER_JOINTS,
-            "effort",
-            position_lower=(-math.inf, math.radians(-160)),  # reacher.xml: shoulder unlimited, wrist -160..160 deg
-            position_upper=(math.inf, math.radians(160)),
-            velocity_limit=(40.0, 60.0),  # rad/s; about 2x the expert's peak speeds
-            effort_limit=(1.0, 1.0),  # the motors' ctrlrange
-            position_margin=math.radians(5),
-        ),
+        limits=REACHER_LIMITS,
         observation=ObservationRecipe(
             (
                 NamedSource("position", "/joint_states", "position", REACHER_JOINTS),
@@ -374,6 +392,8 @@ REACHER_TASK_STATE = ("to_target_x", "to_target_y")
 )
 class DmcReacherArm(SimArm):
     """dm_control ``reacher/easy``: the fingertip must touch the 5 cm target (dm_control's reward radius)."""
+
+    twin_keys = ("position", "velocity", "to_target")
 
     def __init__(self, spec: ArmSpec, render: bool = False) -> None:
         super().__init__(spec, render)
@@ -404,6 +424,9 @@ class DmcReacherArm(SimArm):
         return self.distance() <= self.radius()
 
     def camera(self, height: int, width: int) -> np.ndarray:
+        image = self.obs.get("image")
+        if image is not None and image.shape[:2] == (height, width):
+            return image  # the pixels task rendered exactly this (camera 0) in its step: no second render
         return np.asarray(self.physics.render(height, width, camera_id=0), dtype=np.uint8)
 
     def sync_to(self, obs: Mapping[str, np.ndarray]) -> None:

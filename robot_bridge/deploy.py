@@ -56,9 +56,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from omnipolicy.robot_bridge.arms import ArmSpec, ImageSource, NamedSource, check_observation, get_arm
+from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, check_observation, get_arm
 from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
-from omnipolicy.robot_bridge.messages import Bool, Float64MultiArray, JointMap, MultiArrayLayout, RosMessage
+from omnipolicy.robot_bridge.messages import (
+    Bool,
+    Float64MultiArray,
+    Image,
+    JointMap,
+    JointState,
+    MultiArrayLayout,
+    RosMessage,
+    image_to_array,
+)
 from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging, write_json_atomic
 from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
@@ -148,10 +157,16 @@ class ExpertActor:
         from omnipolicy.envs import get_task, make_expert  # noqa: PLC0415
         from omnipolicy.robot_bridge.arms import make_sim_arm  # noqa: PLC0415
 
+        self.spec = get_task(task_id).timestep
         self.twin = make_sim_arm(task_id)
+        keys = sorted(f.name for f in self.spec.observation)
+        if not set(self.twin.twin_keys) <= set(keys):
+            raise ValueError(
+                f"--actor expert for {task_id} syncs its simulator from observation keys {list(self.twin.twin_keys)}, "
+                f"but the task observes {keys}; use a state task of the same arm to validate the wiring"
+            )
         self.twin.reset(0)
         self.expert = make_expert(task_id)
-        self.spec = get_task(task_id).timestep
         self._fresh = True
 
     def reset(self) -> None:
@@ -232,10 +247,14 @@ class Deployer:
         self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
         self.joints = JointMap(arm.joints)
         self.estop = EStopLatch()
-        self.watchdogs = {topic: Watchdog(cfg.state_timeout) for topic in arm.observation.topics}
+        # the joint states are always read: the safety filter and the hold command need them
+        self.topic_types = {arm.joint_states_topic: JointState, **arm.observation.topics}
+        if self.topic_types[arm.joint_states_topic] is not JointState:
+            raise ValueError(f"{arm.joint_states_topic} must carry JointState messages")
+        self.watchdogs = {topic: Watchdog(cfg.state_timeout) for topic in self.topic_types}
         self._lock = threading.Lock()
-        self._topics = {topic: _Topic() for topic in arm.observation.topics}
-        self._sources: dict[str, list[Any]] = {}
+        self._topics = {topic: _Topic() for topic in self.topic_types}
+        self._sources: dict[str, list[Any]] = {topic: [] for topic in self.topic_types}
         for s in arm.observation.sources:
             self._sources.setdefault(s.topic, []).append(s)
         self._reset_requested = False
@@ -260,8 +279,8 @@ class Deployer:
         self.t = transport
         self.pub = self.t.publisher(arm.command_topic, Float64MultiArray, QOS_ROS2_CONTROL)
         self.subs = {}
-        for topic, cls in arm.observation.topics.items():
-            qos = QOS_SENSOR_DATA if cls.__name__ == "Image" else QOS_ROS2_CONTROL
+        for topic, cls in self.topic_types.items():
+            qos = QOS_SENSOR_DATA if cls is Image else QOS_ROS2_CONTROL
             self.subs[topic] = self.t.subscription(topic, cls, lambda m, topic=topic: self.on_state(topic, m), qos)
         self.t.subscription(cfg.estop_topic, Bool, self.on_estop, QOS_DEFAULT)
         self.t.subscription(cfg.estop_clear_topic, Bool, self.on_estop_clear, QOS_DEFAULT)
@@ -274,7 +293,15 @@ class Deployer:
         """A message on an observation topic: keep it if the recipe can use it, else reject it (one log line)."""
         now = time.monotonic() if now is None else now
         try:
-            values = {s.key: s.values(msg) for s in self._sources[topic] if isinstance(s, NamedSource)}
+            values = {}
+            for s in self._sources[topic]:
+                if isinstance(s, NamedSource):
+                    values[s.key] = s.values(msg).astype(self._dtype(s.key))  # (n,) in the spec's dtype
+                else:
+                    values[s.key] = image = image_to_array(msg)  # type: ignore[arg-type]  # (H, W, C) RGB uint8
+                    want = self._shape(s.key)
+                    if image.shape != want:
+                        raise ValueError(f"image of shape {image.shape}, observation {s.key!r} needs {want}")
             if topic == self.arm.joint_states_topic:
                 values["_position"] = self.joints.task_vector(msg, "position")  # type: ignore[arg-type]
                 values["_velocity"] = self.joints.task_vector(msg, "velocity")  # type: ignore[arg-type]
@@ -335,7 +362,6 @@ class Deployer:
         self.ticks += 1
         with self._lock:
             reason = self._hold_reason(now)
-            latest = {topic: st.msg for topic, st in self._topics.items()}
             values = {k: v for st in self._topics.values() for k, v in st.values.items()}
             reset, self._reset_requested = self._reset_requested, False
         command = None
@@ -343,7 +369,7 @@ class Deployer:
             if reset or self._holding is not None:
                 self.actor.reset()  # a new episode, or the history broke while holding
                 self.context_resets += 1
-            command, reason = self._act(latest, values)
+            command, reason = self._act(values)
         if reason is not None:
             command = self._hold(reason, now, values.get("_position"))
         elif self._holding is not None:
@@ -407,14 +433,9 @@ class Deployer:
         if self.loop is not None:
             self.loop.stop()
 
-    def _act(self, latest: Mapping[str, RosMessage | None], values: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+    def _act(self, values: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str | None]:
         try:
-            obs = {}
-            for s in self.arm.observation.sources:
-                if isinstance(s, ImageSource):
-                    obs[s.key] = self._image(s, latest[s.topic])  # (H, W, C) uint8; shape checked below
-                else:
-                    obs[s.key] = values[s.key].astype(self._dtype(s.key))
+            obs = {s.key: values[s.key] for s in self.arm.observation.sources}
             check_observation(self.spec, obs)
         except (KeyError, ValueError) as e:
             log.warning("observation rejected: %s", e)
@@ -440,12 +461,8 @@ class Deployer:
     def _dtype(self, key: str) -> np.dtype:
         return np.dtype(next(f.dtype for f in self.spec.observation if f.name == key))
 
-    def _image(self, source: ImageSource, msg: RosMessage | None) -> np.ndarray:
-        from omnipolicy.robot_bridge.messages import image_to_array  # noqa: PLC0415
-
-        if msg is None:
-            raise ValueError(f"no image on {source.topic} yet")
-        return image_to_array(msg)  # type: ignore[arg-type]
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return tuple(next(f.shape for f in self.spec.observation if f.name == key))
 
     def _hold(self, reason: str, now: float, position: np.ndarray | None) -> np.ndarray | None:
         self.holds[reason] += 1

@@ -227,6 +227,11 @@ class SimRobot:
         control_hz = self.spec.rate_hz
         self.publish_every = _divisor(cfg.publish_rate_hz, control_hz, "publish-rate-hz")
         self.camera_every = _divisor(cfg.camera_rate_hz, control_hz, "camera-rate-hz") if cfg.camera_rate_hz > 0 else 0
+        self.camera_size = (cfg.camera_size, cfg.camera_size)
+        if self.spec.camera is not None:  # the task observes the camera: every control step, at the observation's size
+            if self.camera_every > 1:
+                raise ValueError(f"{cfg.task} observes the camera at every control step; --camera-rate-hz must be {control_hz:g} or 0")
+            self.camera_every, self.camera_size = 1, tuple(self.spec.camera)
         self.episode_steps = int(round(cfg.episode_seconds / self.spec.control_period))
         if self.episode_steps < 1:
             raise ValueError(f"--episode-seconds must be at least one control period ({self.spec.control_period} s), got {cfg.episode_seconds}")
@@ -262,17 +267,15 @@ class SimRobot:
         self.step_time: list[float] = []
 
     # ------------------------------------------------------------ publishing
-    def publish_state(self) -> None:
-        """Joint state and task state of this instant, with one stamp."""
+    def publish_state(self, camera: bool = False) -> None:
+        """Joint state and task state (and the camera image) of this instant, with one stamp."""
         stamp = Time.now()
+        if camera and self.pub_camera is not None:  # rendered first: the image is the state below
+            self.pub_camera.publish(array_to_image(self.sim.camera(*self.camera_size), stamp=stamp, frame_id="camera"))
         pos, vel, eff = self.sim.joint_state()
         self.pub_state.publish(JointState(Header(stamp=stamp), self.spec.joints, pos, vel, eff))
         if self.pub_task is not None:
             self.pub_task.publish(JointState(Header(stamp=stamp, frame_id="world"), self.spec.task_state_names, self.sim.task_state()))
-
-    def publish_camera(self) -> None:
-        size = self.cfg.camera_size
-        self.pub_camera.publish(array_to_image(self.sim.camera(size, size), frame_id="camera"))  # type: ignore[union-attr]
 
     # --------------------------------------------------------------- running
     def run(self) -> dict[str, Any]:
@@ -289,7 +292,8 @@ class SimRobot:
         t_start = time.monotonic()
         emit("ready", task=cfg.task, transport=self.t.name, joints=list(self.spec.joints), period_s=period,
              episode_steps=self.episode_steps, command_topic=self.spec.command_topic)
-        self.publish_state()
+        cam = self.camera_every > 0
+        self.publish_state(cam)
         next_tick = time.monotonic() + period
         while not self.stop_event.is_set():
             if cfg.max_seconds and time.monotonic() - t_start > cfg.max_seconds:
@@ -308,7 +312,7 @@ class SimRobot:
             next_tick += period
             if not started:
                 if self.commands.first_command is None:
-                    self.publish_state()  # at rest at the episode's initial state until commanded
+                    self.publish_state(cam)  # at rest at the episode's initial state until commanded
                     continue
                 started = True
                 self.pub_episode.publish(Bool(True))
@@ -332,10 +336,9 @@ class SimRobot:
                 self.sim.reset(cfg.seed + episode)
                 ep = self._new_episode(episode)
                 self.pub_episode.publish(Bool(True))
-            if self.ticks % self.publish_every == 0 or step_in_ep == 0:
-                self.publish_state()
-            if self.camera_every and self.ticks % self.camera_every == 0:
-                self.publish_camera()
+            camera_now = cam and (self.ticks % self.camera_every == 0 or step_in_ep == 0)
+            if camera_now or self.ticks % self.publish_every == 0 or step_in_ep == 0:
+                self.publish_state(camera_now)
         return self.finish()
 
     def _new_episode(self, index: int) -> dict[str, Any]:

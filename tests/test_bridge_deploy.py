@@ -376,3 +376,20 @@ def test_expert_drives_the_rclpy_sim_robot_like_plain_simulation(deploy_transpor
                 assert dep.of("summary")[0]["transport"] == "rclpy"
     summary = check_against_plain(robot)
     assert summary["transport"] == "rclpy"
+
+
+def test_camera_observation_over_the_wire():
+    """The pixels task: sim-robot publishes its camera every control step; deploy acts on the images (and reads the
+    joint states for the safety filter)."""
+    task = "dmc/reacher-easy-pixels"
+    domain = random_domain_id()
+    actor = StubActor((0.6, -0.6), spec=get_task(task).timestep)
+    args = ["--task", task, "--transport", "dds", "--episodes", "1", "--episode-seconds", "2"]
+    with NodeProcess("sim-robot", args, domain) as robot, \
+            Deployer(DeployConfig(task=task, actor="expert", domain_id=domain), actor=actor) as node, running(node):
+        assert robot.wait(60) == 0
+    images = [o["image"] for o in actor.observations]
+    assert len(images) > 50 and all(i.shape == (84, 84, 3) and i.dtype == np.uint8 for i in images)
+    assert not np.array_equal(images[0], images[-1])  # the arm moved in the camera's view
+    assert node.report()["rejected"] == {JS: 0, ARM.camera_topic: 0}
+    assert robot.of("summary")[0]["hold_ticks"] < 20

@@ -32,7 +32,7 @@ from omnipolicy.robot_bridge.messages import (  # noqa: E402
     JointMap,
     JointState,
     MultiArrayLayout,
-    Time,
+    array_to_image,
     image_to_array,
     joint_state,
     trajectory_from_action,
@@ -275,3 +275,23 @@ def test_sim_robot_trajectory_command_and_hold_when_commands_stop():
         assert rest.effort.tolist() == [0.0, 0.0]
         assert np.abs(rest.velocity).max() < 0.05 * np.abs(moving.velocity).max()
     assert robot.of("summary")[0]["hold_ticks"] > 30
+
+
+def test_pixels_arm_camera_message_is_the_plain_simulation_image():
+    task = "dmc/reacher-easy-pixels"
+    spec, arm_spec = get_task(task).timestep, get_arm(task)
+    arm_spec.observation.check_spec(spec)
+    assert arm_spec.camera == (84, 84) and arm_spec.limits == ARM.limits
+    arm, env = make_sim_arm(task), make_env(task)
+    arm.reset(4)
+    obs, _ = env.reset(seed=4)
+    for _ in range(5):
+        msg = array_to_image(arm.camera(84, 84), frame_id="camera")
+        built = arm_spec.observation.build({arm_spec.camera_topic: msg}, spec)
+        assert built["image"].dtype == np.uint8 and np.array_equal(built["image"], obs["image"])
+        obs = env.step(np.float32([0.5, -0.5]))[0]
+        arm.step(np.array([0.5, -0.5]))
+    with pytest.raises(ValueError, match="syncs its simulator from observation keys"):
+        from omnipolicy.robot_bridge.deploy import ExpertActor
+
+        ExpertActor(task)
