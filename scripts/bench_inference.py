@@ -6,7 +6,9 @@ of past timesteps (13 past timesteps of 71 tokens: 923 tokens, plus the
 current 64 + 6 fed action tokens = 993). A control step is "observation
 tokens in, action tokens out" and contains one prefill and 6 decode steps.
 
-Measured in the same process, for each preset (random weights, seeded):
+Measured in the same process, for each preset (random weights, seeded), the
+contenders taking turns step after step (so a machine shared with other
+processes loads them alike); wall-clock and the stepping thread's CPU time:
 
 - ``session``: :class:`~omnipolicy.agent.inference.InferenceSession` at the
   full window (each timed step is rolled back afterwards, so every step sees
@@ -129,111 +131,145 @@ class Workload:
         return np.concatenate([self.obs(), act])
 
 
-# ---------------------------------------------------------------- measures
-def bench_session(model, work: Workload, history: list[np.ndarray], args: Args, device) -> dict:
-    sess = InferenceSession(model, SessionConfig(num_envs=1, evict_keep=args.evict_keep), device=device)
-    sess.append([[ObsTokens(t) for t in history]])
-    obs = [work.obs() for _ in range(16)]
-    times = []
-    for i in range(args.steps + 10):
-        o = [ObsTokens(obs[i % len(obs)])]
-        _sync(device)
-        t0 = time.perf_counter()
-        sess.step(o, work.ranges)
-        times.append(time.perf_counter() - t0)
-        sess.rollback(1)
-    out = {"full_window": percentiles(times[10:]), "window_tokens": int(sess.num_tokens[0]) + work.L + work.A - 1}
-    if args.rolling_steps:
-        sess = InferenceSession(model, SessionConfig(num_envs=1, evict_keep=args.evict_keep), device=device)
-        times, rebuild_times = [], []
-        for i in range(args.rolling_steps):
-            o = [ObsTokens(obs[i % len(obs)])]
+# ------------------------------------------------------------- contenders
+class SessionContender:
+    """The KV-cached session at the full window: each step is rolled back (untimed) afterwards."""
+
+    name = "session"
+
+    def __init__(self, model: GatoModel, work: Workload, history: list[np.ndarray], device, evict_keep: float) -> None:
+        self.work = work
+        self.sess = InferenceSession(model, SessionConfig(num_envs=1, evict_keep=evict_keep), device=device)
+        self.sess.append([[ObsTokens(t) for t in history]])
+        self.window_tokens = int(self.sess.num_tokens[0]) + work.L + work.A - 1
+
+    def step(self, obs: np.ndarray) -> np.ndarray:
+        return self.sess.step([ObsTokens(obs)], self.work.ranges).action_tokens[0]
+
+    def after(self) -> None:
+        self.sess.rollback(1)
+
+
+class NaiveContender:
+    """No cache: the whole window is recomputed for each of the action tokens."""
+
+    name = "naive"
+
+    def __init__(self, model: GatoModel, work: Workload, history: list[np.ndarray], device) -> None:
+        self.model, self.work, self.device = model, work, device
+        self.hist = torch.from_numpy(np.concatenate(history)).to(device)
+        self.hist_loc = torch.from_numpy(np.concatenate([np.arange(len(t)) for t in history])).to(device)
+        self.no_patches = torch.zeros((0, 3, 16, 16), device=device, dtype=next(model.parameters()).dtype)
+        self.no_pos = torch.zeros((0, 2), dtype=torch.long, device=device)
+
+    @torch.inference_mode()
+    def step(self, obs: np.ndarray) -> np.ndarray:
+        tok = torch.cat([self.hist, torch.from_numpy(obs).to(self.device)])[None]
+        loc = torch.cat([self.hist_loc, torch.arange(len(obs), device=self.device)])[None]
+        for lo, hi in self.work.ranges:
+            h = self.model(tok, loc, torch.full_like(tok, -1), self.no_patches, self.no_pos)  # (1, n, D): the whole window
+            choice = self.model.logits(h[:, -1]).float()[:, lo:hi].argmax(-1) + int(lo)
+            tok = torch.cat([tok, choice[:, None]], dim=1)
+            loc = torch.cat([loc, loc[:, -1:] + 1], dim=1)
+        return tok[0, -len(self.work.ranges):].cpu().numpy()
+
+    def after(self) -> None:
+        pass
+
+
+class HFContender:
+    """transformers GPT-2 of the same shape with its own cache (a DynamicCache cropped back after each step)."""
+
+    name = "hf"
+
+    def __init__(self, model: GatoModel, work: Workload, history: list[np.ndarray], device, dtype, seed: int) -> None:
+        import transformers
+        from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
+
+        c = model.cfg
+        hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.context, n_embd=c.n_embd, n_layer=c.n_layer,
+                            n_head=c.n_head, n_inner=c.d_ff, activation_function="gelu_new", resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
+        torch.manual_seed(seed)
+        with device:  # initialise on the device (a 1B model initialises slowly on the CPU)
+            self.gpt = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa").to(dtype=dtype).eval()
+        self.version = transformers.__version__
+        self.params = sum(p.numel() for p in self.gpt.parameters())
+        self.work, self.device = work, device
+        # transformers 5.x calls the cache argument `cache` (and crops by a negative count); 4.x `past_key_values`
+        self.cache_kw = "cache" if "cache" in inspect.signature(self.gpt.forward).parameters else "past_key_values"
+        hist = torch.from_numpy(np.concatenate(history)).to(device)[None]
+        self.n_hist = hist.shape[1]
+        self.cache = DynamicCache()
+        with torch.inference_mode():
+            self.gpt(hist, use_cache=True, **{self.cache_kw: self.cache})
+
+    @torch.inference_mode()
+    def step(self, obs: np.ndarray) -> np.ndarray:
+        x, pos, chosen = torch.from_numpy(obs).to(self.device)[None], self.n_hist, []
+        for lo, hi in self.work.ranges:
+            ids = torch.arange(pos, pos + x.shape[1], device=self.device)[None]
+            logits = self.gpt(x, use_cache=True, position_ids=ids, logits_to_keep=1, **{self.cache_kw: self.cache}).logits
+            x = logits[:, -1].float()[:, lo:hi].argmax(-1, keepdim=True) + int(lo)
+            chosen.append(x)
+            pos += ids.shape[1]
+        return torch.cat(chosen, 1)[0].cpu().numpy()
+
+    def after(self) -> None:
+        extra = self.cache.get_seq_length() - self.n_hist
+        try:
+            self.cache.crop(-extra)
+        except ValueError:
+            self.cache.crop(self.n_hist)
+
+
+def interleaved(contenders: list, work: Workload, args: Args, device) -> dict[str, dict]:
+    """Time the contenders in turn, round after round, so that all of them meet the same machine load.
+
+    Returns:
+        name -> {"full_window": wall-clock percentiles, "thread_cpu": CPU time of the stepping thread}.
+    """
+    wall = {c.name: [] for c in contenders}
+    cpu = {c.name: [] for c in contenders}
+    warm, obs = 10, [work.obs() for _ in range(16)]
+    every = max(1, args.steps // max(args.naive_steps, 1))  # a few naive steps (one warm-up), spread over the run
+    for i in range(args.steps + warm):
+        for c in contenders:
+            if c.name == "naive" and not (i >= warm - 1 and (i - warm + 1) % every == 0
+                                          and len(wall["naive"]) <= args.naive_steps):
+                continue
             _sync(device)
-            t0 = time.perf_counter()
-            r = sess.step(o, work.ranges)
-            dt = time.perf_counter() - t0
-            times.append(dt)
-            if r.rebuilt:
-                rebuild_times.append(dt)
-        out["rolling"] = percentiles(times[5:] if len(times) > 10 else times) | {
-            "evict_keep": args.evict_keep,
-            "rebuild_steps": len(rebuild_times),
-            "rebuild_step_p50_ms": float(np.median(rebuild_times) * 1e3) if rebuild_times else None,
-        }
-    out["weight_bytes_per_token"] = sess.weight_bytes_per_token()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            c.step(obs[i % len(obs)])
+            _sync(device)
+            wall[c.name].append(time.perf_counter() - t0)
+            cpu[c.name].append(time.thread_time() - c0)
+            c.after()
+    out = {}
+    for c in contenders:
+        skip = 1 if c.name == "naive" else warm
+        out[c.name] = {"full_window": percentiles(wall[c.name][skip:]), "thread_cpu": percentiles(cpu[c.name][skip:])}
     return out
 
 
-@torch.inference_mode()
-def bench_naive(model: GatoModel, work: Workload, history: list[np.ndarray], args: Args, device) -> dict:
-    hist = np.concatenate(history)
-    hist_loc = np.concatenate([np.arange(len(t)) for t in history])
-    times = []
-    for i in range(args.naive_steps + 1):
-        obs = work.obs()
-        tok = torch.from_numpy(np.concatenate([hist, obs])).to(device)[None]
-        loc = torch.from_numpy(np.concatenate([hist_loc, np.arange(work.L)])).to(device)[None]
-        no_patches = torch.zeros((0, 3, 16, 16), device=device, dtype=next(model.parameters()).dtype)
-        no_pos = torch.zeros((0, 2), dtype=torch.long, device=device)
+def rolling(model: GatoModel, work: Workload, args: Args, device) -> dict:
+    """Whole episodes from an empty window with evictions: every step's latency and the rebuild steps'."""
+    sess = InferenceSession(model, SessionConfig(num_envs=1, evict_keep=args.evict_keep), device=device)
+    obs = [work.obs() for _ in range(16)]
+    times, rebuild_times = [], []
+    for i in range(args.rolling_steps):
         _sync(device)
         t0 = time.perf_counter()
-        for k, (lo, hi) in enumerate(work.ranges):
-            pidx = torch.full_like(tok, -1)
-            h = model(tok, loc, pidx, no_patches, no_pos)  # (1, n, D): the whole window again
-            choice = model.logits(h[:, -1]).float()[:, lo:hi].argmax(-1) + int(lo)
-            tok = torch.cat([tok, choice[:, None]], dim=1)
-            loc = torch.cat([loc, loc[:, -1:] + 1], dim=1)
-        _sync(device)
-        _ = tok[0, -1].item()
-        times.append(time.perf_counter() - t0)
-    return {"full_window": percentiles(times[1:])}
-
-
-@torch.inference_mode()
-def bench_hf(model: GatoModel, work: Workload, history: list[np.ndarray], args: Args, device, dtype) -> dict:
-    import transformers
-    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
-
-    c = model.cfg
-    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.context, n_embd=c.n_embd, n_layer=c.n_layer,
-                        n_head=c.n_head, n_inner=c.d_ff, activation_function="gelu_new", resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
-    torch.manual_seed(args.seed)
-    with device:  # initialise on the device (a 1B model initialises slowly on the CPU)
-        gpt = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa").to(dtype=dtype).eval()
-    # transformers 5.x calls the cache argument `cache` (and crops by a negative count); 4.x `past_key_values`
-    cache_kw = "cache" if "cache" in inspect.signature(gpt.forward).parameters else "past_key_values"
-    hist = torch.from_numpy(np.concatenate(history)).to(device)[None]
-    n_hist = hist.shape[1]
-    cache = DynamicCache()
-    gpt(hist, use_cache=True, **{cache_kw: cache})
-
-    def crop() -> None:
-        extra = cache.get_seq_length() - n_hist
-        try:
-            cache.crop(-extra)
-        except ValueError:
-            crop()
-
-    times = []
-    for i in range(args.steps + 10):
-        obs = torch.from_numpy(work.obs()).to(device)[None]
-        _sync(device)
-        t0 = time.perf_counter()
-        x, pos = obs, n_hist
-        chosen = []
-        for lo, hi in work.ranges:
-            ids = torch.arange(pos, pos + x.shape[1], device=device)[None]
-            logits = gpt(x, use_cache=True, position_ids=ids, logits_to_keep=1, **{cache_kw: cache}).logits
-            choice = logits[:, -1].float()[:, lo:hi].argmax(-1, keepdim=True) + int(lo)
-            chosen.append(choice)
-            pos += x.shape[1]
-            x = choice
-        _ = torch.cat(chosen, 1).cpu()
-        times.append(time.perf_counter() - t0)
-        crop()
-    params = sum(p.numel() for p in gpt.parameters())
-    return {"full_window": percentiles(times[10:]), "params": params, "version": transformers.__version__}
+        r = sess.step([ObsTokens(obs[i % len(obs)])], work.ranges)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        if r.rebuilt:
+            rebuild_times.append(dt)
+    return percentiles(times[5:] if len(times) > 10 else times) | {
+        "evict_keep": args.evict_keep,
+        "rebuild_steps": len(rebuild_times),
+        "rebuild_step_p50_ms": float(np.median(rebuild_times) * 1e3) if rebuild_times else None,
+    }
 
 
 def run_preset(name: str, args: Args, layout, device: torch.device) -> dict:
@@ -249,22 +285,29 @@ def run_preset(name: str, args: Args, layout, device: torch.device) -> dict:
     res = {"preset": name, "params": model.num_params(), "dtype": str(dtype).replace("torch.", ""),
            "history_timesteps": n_hist}
     print(f"\n== {name}: {model.num_params():,d} parameters, {res['dtype']}, {n_hist} past timesteps of {step_len} tokens")
-    res["session"] = bench_session(model, work, history, args, device)
-    print(f"session   p50 {res['session']['full_window']['p50_ms']:8.2f} ms  p99 {res['session']['full_window']['p99_ms']:8.2f} ms"
-          f"  (window {res['session']['window_tokens']} tokens)")
-    if "rolling" in res["session"]:
-        r = res["session"]["rolling"]
-        print(f"rolling   p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  max {r['max_ms']:.2f} ms "
-              f"({r['rebuild_steps']} rebuild steps, p50 {r['rebuild_step_p50_ms'] or 0:.2f} ms, evict_keep {r['evict_keep']})")
-    res["naive"] = bench_naive(model, work, history, args, device)
-    print(f"naive     p50 {res['naive']['full_window']['p50_ms']:8.2f} ms  p99 {res['naive']['full_window']['p99_ms']:8.2f} ms")
+    session = SessionContender(model, work, history, device, args.evict_keep)
+    contenders = [session, NaiveContender(model, work, history, device)]
     if args.hf:
         try:
-            res["hf"] = bench_hf(model, work, history, args, device, dtype)
-            print(f"hf gpt2   p50 {res['hf']['full_window']['p50_ms']:8.2f} ms  p99 {res['hf']['full_window']['p99_ms']:8.2f} ms"
-                  f"  (transformers {res['hf']['version']}, {res['hf']['params']:,d} parameters)")
+            contenders.append(HFContender(model, work, history, device, dtype, args.seed))
         except ImportError as e:
             print(f"hf gpt2   skipped: {e} (pip install transformers)")
+    timed = interleaved(contenders, work, args, device)
+    res["session"] = timed["session"] | {"window_tokens": session.window_tokens,
+                                         "weight_bytes_per_token": session.sess.weight_bytes_per_token()}
+    res["naive"] = timed["naive"]
+    for c in contenders:
+        t = timed[c.name]
+        extra = f"  (window {session.window_tokens} tokens)" if c.name == "session" else ""
+        if c.name == "hf":
+            res["hf"] = t | {"version": c.version, "params": c.params}
+            extra = f"  (transformers {c.version}, {c.params:,d} parameters)"
+        print(f"{c.name:<9} p50 {t['full_window']['p50_ms']:8.2f} ms  p99 {t['full_window']['p99_ms']:8.2f} ms"
+              f"  thread CPU p50 {t['thread_cpu']['p50_ms']:8.2f} ms{extra}")
+    if args.rolling_steps:
+        r = res["session"]["rolling"] = rolling(model, work, args, device)
+        print(f"rolling   p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  max {r['max_ms']:.2f} ms "
+              f"({r['rebuild_steps']} rebuild steps, p50 {r['rebuild_step_p50_ms'] or 0:.2f} ms, evict_keep {r['evict_keep']})")
     return res
 
 
@@ -295,13 +338,17 @@ def run(args: Args) -> dict:
         bound_ms = args.action_dims * res["session"]["weight_bytes_per_token"] / bw * 1e3
         res["bound_ms"] = bound_ms
         res["ratio_to_bound"] = s50 / bound_ms
+        if device.type == "cpu":
+            res["ratio_to_bound_thread_cpu"] = res["session"]["thread_cpu"]["p50_ms"] / bound_ms
         res["speedup_vs_naive"] = res["naive"]["full_window"]["p50_ms"] / s50
         res["steps_per_s_p99"] = 1e3 / s99
+        cpu_note = f" (thread CPU time {res['ratio_to_bound_thread_cpu']:.2f}x)" if "ratio_to_bound_thread_cpu" in res else ""
         print(f"bandwidth bound {bound_ms:.2f} ms/step ({args.action_dims} passes x "
               f"{res['session']['weight_bytes_per_token'] / 1e6:.1f} MB / {bw / 1e9:.1f} GB/s); session p50 = "
-              f"{res['ratio_to_bound']:.2f}x bound; {res['speedup_vs_naive']:.1f}x faster than naive", end="")
+              f"{res['ratio_to_bound']:.2f}x bound{cpu_note}; {res['speedup_vs_naive']:.1f}x faster than naive", end="")
         if "hf" in res:
             res["speedup_vs_hf"] = res["hf"]["full_window"]["p50_ms"] / s50
+            res["speedup_vs_hf_thread_cpu"] = res["hf"]["thread_cpu"]["p50_ms"] / res["session"]["thread_cpu"]["p50_ms"]
             print(f"; {res['speedup_vs_hf']:.2f}x faster than transformers", end="")
         print(f"; p99 {res['steps_per_s_p99']:.0f} steps/s")
         if device.type == "cuda":
