@@ -158,7 +158,13 @@ def random_policy(checkpoint: Path, seed: int) -> Policy:
 def recorded_logits(policy: Policy) -> list[torch.Tensor]:
     """Record the (B, V) logits of every decoding step of ``policy``."""
     seen, logits = [], policy.model.logits
-    policy.model.logits = lambda hidden: seen.append(logits(hidden)) or seen[-1]
+
+    def recording(hidden):
+        seen.append(logits(hidden))
+        return seen[-1]
+
+    recording.__wrapped__ = logits
+    policy.model.logits = recording
     return seen
 
 
@@ -180,6 +186,39 @@ def test_batched_acting_equals_acting_one_env_at_a_time(checkpoint, task_id):
         for step, row in zip(logits, alone_logits):
             torch.testing.assert_close(step[e], row[0], rtol=1e-5, atol=1e-5)
     assert torch.stack(logits).std(dim=1).mean() > 0.05  # the logits depend on the input
+
+
+@pytest.mark.parametrize("task_id", [IMAGE_TASK, VECTOR_TASK])
+def test_policy_sees_what_training_windows_show(checkpoint, task_id):
+    """Teacher-forced acting gives the logits of the model on the training-format window of the same episode."""
+    policy = random_policy(checkpoint, seed=1)
+    logits = recorded_logits(policy)
+    spec, ep = SPECS[task_id], episode(task_id, seed=7, T=12)
+    full = TOK.tokenize_episode(spec, ep.observations, ep.actions)  # what the token cache holds
+    L, Lo, expert = full.tokens_per_timestep, full.obs_tokens_per_timestep, full.action_tokens()
+    patch_of = np.cumsum(full.tokens == TOK.layout.patch_id) - 1  # token -> its row of full.patches
+    policy.reset(1)
+    for t in range(12):
+        logits.clear()
+        policy.act(task_id, [{k: v[t] for k, v in ep.observations.items()}])
+        env = policy._envs[0]
+        chosen = env.steps[-1].tokens[Lo:].copy()  # (A,) the policy's own action tokens of this step
+        env.steps[-1].tokens[Lo:] = expert[t]  # teacher forcing for the next steps
+        start = (t + 1 - len(env.steps)) * L  # the window the policy kept: whole timesteps up to t
+        window = slice(start, t * L + Lo + len(chosen) - 1)  # up to the last fed action token
+        tokens = torch.tensor(full.tokens[window], dtype=torch.long)[None]
+        tokens[0, t * L - start + Lo :] = torch.from_numpy(chosen[:-1])  # this step was fed its own choices
+        is_patch = tokens[0] == TOK.layout.patch_id
+        rows = patch_of[window][is_patch.numpy()]
+        patch_index = torch.full_like(tokens, -1)
+        patch_index[0, is_patch] = torch.arange(len(rows))
+        with torch.no_grad():
+            h = policy.model(tokens, torch.tensor(full.local_pos[window], dtype=torch.long)[None], patch_index,
+                             torch.from_numpy(full.patches[rows]), torch.tensor(full.patch_pos[rows], dtype=torch.long))
+            for k, step_logits in enumerate(logits):  # action token k is predicted at position Lo - 1 + k
+                ref = policy.model.logits.__wrapped__(h[0, t * L - start + Lo - 1 + k])
+                torch.testing.assert_close(step_logits[0], ref, rtol=1e-5, atol=1e-4)
+    assert len(policy._envs[0].steps) < 12  # the window rolled
 
 
 def test_rolling_context_drops_whole_oldest_timesteps(checkpoint):
