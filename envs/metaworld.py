@@ -93,7 +93,10 @@ class MetaWorldEnv(TaskEnv):
     "metaworld/button-press-topdown-v3", env_name="button-press-topdown-v3", instruction="Press the button down from the top."
 )
 @metaworld_task(
-    "metaworld/peg-insert-side-v3", env_name="peg-insert-side-v3", instruction="Pick up the peg and insert it sideways into the hole."
+    "metaworld/peg-insert-side-v3",
+    env_name="peg-insert-side-v3",
+    instruction="Pick up the peg and insert it sideways into the hole.",
+    expert="omnipolicy.envs.experts.metaworld:PegInsertSideExpert",
 )
 @metaworld_task("metaworld/window-open-v3", env_name="window-open-v3", instruction="Slide the window open.")
 @metaworld_task("metaworld/window-close-v3", env_name="window-close-v3", instruction="Slide the window closed.")

@@ -6,11 +6,7 @@ import numpy as np
 
 from omnipolicy.envs.experts.base import Expert
 from omnipolicy.envs.experts.lqr import dlqr, linearize
-from omnipolicy.envs.experts.mujoco import two_link_ik
-
-
-def _wrap(angle: float) -> float:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
+from omnipolicy.envs.experts.mujoco import joint_error, two_link_ik, wrap_angle
 
 
 class CartpoleExpert(Expert):
@@ -42,7 +38,7 @@ class CartpoleExpert(Expert):
         physics = env.physics
         x, th = (float(v) for v in physics.named.data.qpos[["slider", "hinge_1"]])
         x_dot, th_dot = (float(v) for v in physics.named.data.qvel[["slider", "hinge_1"]])
-        th = _wrap(th)
+        th = float(wrap_angle(th))
         if np.cos(th) > self.catch_cos:
             return self.continuous(-self._K @ np.array([x, th, x_dot, th_dot]))
         energy = 0.5 * th_dot**2 / self._w0_sq + np.cos(th) - 1.0
@@ -74,5 +70,5 @@ class ReacherExpert(Expert):
         q = physics.named.data.qpos[["shoulder", "wrist"]].copy()
         qd = physics.named.data.qvel[["shoulder", "wrist"]].copy()
         target = physics.named.data.geom_xpos["target"][:2] - physics.named.data.xpos["arm"][:2]
-        err = np.array([_wrap(e) for e in two_link_ik(target, self.links, q) - q])
-        return self.continuous(self.kp * err - self.kd * qd)
+        q_des = two_link_ik(target, self.links, q, elbow_limit=np.deg2rad(160))
+        return self.continuous(self.kp * joint_error(q_des, q) - self.kd * qd)

@@ -51,22 +51,35 @@ class ReacherExpert(Expert):
         sim = env.unwrapped_env
         q, qd = sim.data.qpos[:2], sim.data.qvel[:2]
         target = sim.get_body_com("target")[:2]
-        q_des = two_link_ik(target, self.links, q)
-        err = (q_des - q + np.pi) % (2 * np.pi) - np.pi
-        return self.continuous(self.kp * err - self.kd * qd)
+        q_des = two_link_ik(target, self.links, q, elbow_limit=3.0)
+        return self.continuous(self.kp * joint_error(q_des, q) - self.kd * qd)
 
 
-def two_link_ik(target: np.ndarray, links: tuple[float, float], q_now: np.ndarray) -> np.ndarray:
-    """Joint angles putting a planar two-link tip at ``target``; the elbow branch nearer ``q_now``."""
+def two_link_ik(target: np.ndarray, links: tuple[float, float], q_now: np.ndarray, elbow_limit: float = np.pi) -> np.ndarray:
+    """Joint angles putting a planar two-link tip at ``target``.
+
+    Of the two elbow branches, the one within ``elbow_limit`` that is nearer ``q_now`` (the
+    shoulder turns freely, so its distance wraps; the elbow is a limited joint, so it doesn't).
+    """
     l1, l2 = links
     x, y = float(target[0]), float(target[1])
     c2 = np.clip((x * x + y * y - l1 * l1 - l2 * l2) / (2 * l1 * l2), -1.0, 1.0)
     best = None
     for s in (1.0, -1.0):
-        q2 = s * np.arccos(c2)
+        q2 = float(np.clip(s * np.arccos(c2), -elbow_limit, elbow_limit))
         q1 = np.arctan2(y, x) - np.arctan2(l2 * np.sin(q2), l1 + l2 * np.cos(q2))
         q = np.array([q1, q2])
-        dist = np.abs((q - q_now + np.pi) % (2 * np.pi) - np.pi).sum()
+        dist = abs(wrap_angle(q1 - q_now[0])) + abs(q2 - q_now[1])
         if best is None or dist < best[0]:
             best = (dist, q)
     return best[1]
+
+
+def wrap_angle(angle):
+    """Angle(s) wrapped to [-pi, pi)."""
+    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
+
+
+def joint_error(q_des: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Shoulder error wrapped (a free joint), elbow error direct (a limited joint)."""
+    return np.array([wrap_angle(q_des[0] - q[0]), q_des[1] - q[1]])
