@@ -13,6 +13,10 @@ One control step is
    cache; every step's logits are masked to that dimension's valid ids (the
    tokenizer's ``action_token_ranges``) before the greedy / sampled choice.
 
+The last block of the prefill runs attention and MLP for the last token only
+(the others need only their keys and values), the LM head computes only the
+rows of the action ids, and a rebuild skips the last block's outputs entirely.
+
 Eviction. The model adds a learned *window* position (``0 .. context-1``,
 counted from the first token of the window, which starts at a timestep
 boundary) at its input, so every key and value of every layer depends on
@@ -334,19 +338,34 @@ class InferenceSession:
             x = torch.where((pidx >= 0).unsqueeze(-1), pe[pidx.clamp(min=0)].to(x.dtype), x)
         return x + m.wle(loc)
 
-    def _forward_new(self, pre: Tensor, pos: Tensor, kv_len: int, env: int | None = None, start: int | None = None) -> Tensor:
+    def _forward_new(
+        self,
+        pre: Tensor,
+        pos: Tensor | None,
+        kv_len: int,
+        env: int | None = None,
+        start: int | None = None,
+        last: Tensor | None = None,
+        kv_only: bool = False,
+    ) -> Tensor | None:
         """Run new tokens through the blocks, writing their keys/values at ``pos``.
+
+        The last block runs its attention and MLP only for the token whose output is wanted
+        (``last``; the others' outputs of that block would only feed the logits), or not at all
+        (``kv_only``): only their keys and values are needed.
 
         Args:
             pre: (B, S, D) input embeddings without the window position.
-            pos: (B, S) window position of each token (also its cache slot).
+            pos: (B, S) window position of each token (also its cache slot); unused with ``start``.
             kv_len: cache slots the attention reads (all written slots a valid query may see).
             env: run on this one environment's row (``pre`` then has one row) instead of all rows.
             start: eager fast path: every row writes the slots ``start .. start + S - 1`` and
-                ``kv_len == start + S`` (plain slices, no per-row mask).
+                ``kv_len == start + S`` (plain slices, no per-row mask); the output is the last token's.
+            last: (B,) index of the token whose output is wanted (without ``start``).
+            kv_only: fill the cache only, return nothing.
 
         Returns:
-            (B, S, D) hidden states before the final norm.
+            (B, 1, D) hidden state (before the final norm) of the wanted token of each row, or ``None``.
         """
         B, S, D = pre.shape
         H, hd, K = self.H, D // self.H, self.K
@@ -365,6 +384,7 @@ class InferenceSession:
             mask = None
             if S > 1:  # query i sees keys 0 .. start + i
                 mask = self._causal[:S, K - start : K - start + kv_len]
+        n_layer = len(self.model.blocks)
         for layer, blk in enumerate(self.model.blocks):
             h = blk.ln_1(x)
             q, k, v = blk.attn.c_attn(h).view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, S, hd)
@@ -375,6 +395,15 @@ class InferenceSession:
             else:
                 kc[:, :, start : start + S] = k
                 vc[:, :, start : start + S] = v
+            if layer == n_layer - 1 and S > 1:  # the last block: only one query per row matters
+                if kv_only:
+                    return None
+                if start is None:
+                    sel = self._rows[:B], last
+                    q, mask, x = q[sel[0], :, sel[1]].unsqueeze(2), mask[sel[0], :, sel[1]].unsqueeze(2), x[sel].unsqueeze(1)
+                else:  # the last token sees every key
+                    q, mask, x = q[:, :, -1:], None, x[:, -1:]
+                S = 1
             y = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask)
             x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, S, D))
             x = x + blk.mlp(blk.ln_2(x))
@@ -411,16 +440,16 @@ class InferenceSession:
         tok, loc = self.in_tok[:, :S], self.in_loc[:, :S]
         pos = self.in_fill.unsqueeze(1) + self._cols[:S]  # (B, S)
         pre = self._embed(tok, loc, self.in_pidx[:, :S], self.in_patches if self.P else None, self.in_ppos)
-        x = self._forward_new(pre, pos, kv_len, start=start)  # (B, S, D)
+        last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
+        x = self._forward_new(pre, pos, kv_len, start=start, last=last)  # (B, 1, D)
         if start is None:  # graph mode: the decode graph reads its state from the device
             self.dec_k.zero_()
-            last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
-            choice = self._choose(x[self._rows, last], greedy, span)
+            choice = self._choose(x[:, 0], greedy, span)
             self.dec_tok.copy_(choice)
             self.dec_pos.copy_(self.in_fill + self.in_cnt)
             self.dec_loc.copy_(loc[self._rows, last] + 1)
         else:  # eager, every row has S tokens
-            self.dec_tok.copy_(self._choose(x[:, -1], greedy, span, k=0))
+            self.dec_tok.copy_(self._choose(x[:, 0], greedy, span, k=0))
             self.dec_loc.copy_(loc[:, -1] + 1)
 
     def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None,
@@ -448,6 +477,8 @@ class InferenceSession:
             q, k, v = (t.view(R, M, H, hd).transpose(1, 2) for t in blk.attn.c_attn(h).split(D, dim=2))  # (R, H, M, hd)
             self.k_cache[layer][r, :, :M] = k
             self.v_cache[layer][r, :, :M] = v
+            if layer == len(self.model.blocks) - 1:
+                break  # nothing reads the last block's outputs: only its keys and values were needed
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(R, M, D))
             x = x + blk.mlp(blk.ln_2(x))
@@ -709,7 +740,7 @@ class InferenceSession:
             n = len(tok)
             pos = torch.arange(st.fill, st.fill + n, device=self.device)[None]
             t_tok, t_loc = self._to_device(tok)[None], self._to_device(loc.astype(np.int64))[None]
-            self._forward_new(self._embed(t_tok, t_loc, pidx, pt, pp), pos, st.fill + n, env=e)
+            self._forward_new(self._embed(t_tok, t_loc, pidx, pt, pp), pos, st.fill + n, env=e, kv_only=True)
             st.steps.extend(len(a[0]) for a in arrays)
             st.fill += n
             st.pending = -1
