@@ -124,7 +124,7 @@ class _PaddleExpert(Expert):
         """Whether to plan now: the ball moves toward our paddle."""
         return ball[1] != 0 and prev[1] != 0 and ball[1] > prev[1]
 
-    def _outcome(self, resistance: int) -> float:
+    def _outcome(self, resistance: int, nudge: int = 0) -> float:
         """Value of playing the pre-contact state out with the paddle at ``resistance`` (< 0: a miss)."""
         raise NotImplementedError
 
@@ -167,11 +167,11 @@ class _PaddleExpert(Expert):
         self.pre_state = states[max(0, len(states) - self.PRE_STEPS)]
         self.pre_ball = self._ball_in(self.pre_state)
 
-    def _start(self, resistance: int) -> None:
-        """Load the planning state with the paddle at ``resistance``."""
+    def _start(self, resistance: int, nudge: int = 0) -> None:
+        """Load the planning state with the paddle at ``resistance`` (its position ``nudge`` px off)."""
         self.sim.restore(with_resistance(self.pre_state, resistance))
         if self.TELEPORT:
-            self.sim.ale.setRAM(self.PADDLE_RAM, self.position(resistance))
+            self.sim.ale.setRAM(self.PADDLE_RAM, int(np.clip(self.position(resistance) + nudge, 0, 255)))
 
     def _ball_in(self, state) -> tuple[int, int]:
         self.sim.restore(state)
@@ -215,9 +215,16 @@ class _PaddleExpert(Expert):
         scored = [(v, r) for v, r in scored if v >= 0]
         if not scored:
             return None
-        top = max(v for v, _ in scored)
-        ties = [r for v, r in scored if v == top]
-        return ties[int(self.rng.integers(len(ties)))]
+        # Best value first (random among equals); with a teleported paddle, keep the first whose
+        # hit also survives the paddle 1 px off (settled positions vary by a pixel with history).
+        self.last_value = max(v for v, _ in scored)
+        order = self.rng.permutation(len(scored))
+        ranked = [scored[i][1] for i in sorted(order, key=lambda i: -scored[i][0])]
+        if self.TELEPORT:
+            for r in ranked:
+                if all(self._outcome(r, nudge) >= 0 for nudge in (-1, 1)):
+                    return r
+        return ranked[0]
 
     def act(self, env, obs):
         ale = env.ale
@@ -227,6 +234,8 @@ class _PaddleExpert(Expert):
         if self._incoming(ball, self.prev):
             if self.path and self.path[0] == ball:
                 self.path.pop(0)
+            elif not self.path and self.target is not None and ball[1] > self.prev[1]:
+                pass  # past the planning point, the contact under way: hold the planned position
             else:
                 self._replay(ale.cloneState())
                 self.target = None
@@ -343,17 +352,35 @@ class BreakoutExpert(_PaddleExpert):
     def _key(self, resistance):
         return abs(self.position(resistance) + self.CENTRE - self.line_ball[0])
 
-    def _outcome(self, resistance):
-        self._start(resistance)
+    LONG_LOOKAHEAD = 150
+    """Used after ``STALE`` plans in a row foresee no brick (the last bricks are far up)."""
+    STALE = 10
+
+    def reset(self, env, obs) -> None:
+        super().reset(env, obs)
+        self.stale = 0
+
+    def _plan(self, resistance, steps):
+        target = super()._plan(resistance, steps)
+        if target is not None:
+            self.stale = self.stale + 1 if self.last_value <= 1.0 else 0
+        return target
+
+    @property
+    def lookahead(self) -> int:
+        return self.LONG_LOOKAHEAD if self.stale >= self.STALE else self.LOOKAHEAD
+
+    def _outcome(self, resistance, nudge=0):
+        self._start(resistance, nudge)
         lives = self.sim.ale.lives()
         y, hit, value = int(self.sim.ram()[101]), False, 0.0
-        for _ in range(120):
+        for _ in range(60 + self.lookahead):
             value += self.sim.step(self.NOOP)
             ny = int(self.sim.ram()[101])
             if self.sim.ale.lives() < lives or (not hit and (ny == 0 or ny > 200)):
                 return -1.0 if not hit else value
             if not hit and ny < y:
-                hit, remaining = True, self.LOOKAHEAD
+                hit, remaining = True, self.lookahead
             if hit:
                 remaining -= 1
                 if remaining == 0:
