@@ -186,10 +186,12 @@ def test_rollback_and_append_keep_the_cache_consistent():
         session.rollback(4)
 
 
-def test_observations_of_growing_length_grow_the_static_buffers():
+@pytest.mark.parametrize("static", [False, True])
+def test_observations_of_growing_length_grow_the_static_buffers(static):
     model = tiny_model(seed=8)
     rng = np.random.default_rng(8)
     session = InferenceSession(model, SessionConfig(num_envs=1, prefill_size=8, max_patches=1), patch_id=LAYOUT.patch_id)
+    session._static = static
     history = []
     for t in range(6):
         obs = make_obs(rng, n_patches=t % 3, n_values=2 + 3 * t, n_text=t % 2)
