@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
 DOMAINS: tuple[str, ...] = ("classic", "atari", "mujoco", "dmc", "metaworld")
-_FAMILIES_READY = ("classic", "atari", "mujoco", "dmc", "metaworld")
-FAMILY_MODULES: tuple[str, ...] = tuple(f"omnipolicy.envs.{d}" for d in _FAMILIES_READY)
+FAMILY_MODULES: tuple[str, ...] = tuple(f"omnipolicy.envs.{d}" for d in DOMAINS)
 """Modules whose import registers the tasks of one family (one per domain)."""
 
 SCORES_PATH = Path(__file__).with_name("expert_scores.json")
@@ -250,8 +249,8 @@ def _ensure_loaded() -> None:
     _LOADED = True
 
 
-def get_task(task_id: str) -> TaskSpec:
-    """The registered :class:`TaskSpec` of ``task_id``.
+def get_task(task_id: str | TaskSpec) -> TaskSpec:
+    """The registered :class:`TaskSpec` of ``task_id`` (a spec is returned as is).
 
     Raises:
         KeyError: for an unknown id; the message lists close matches and the domains.

@@ -3,16 +3,14 @@
 ALE drives both games' paddles through the analogue paddle controller: each
 frame a press moves a hidden resistance by 23 000 units (92 000 per agent step
 at frameskip 4), clamped to [27 450, 790 196], and the paddle drifts to the
-position the resistance encodes over about two steps. The resistance is not in
-RAM; it is the first int32 of the serialized emulator state, so the experts read
-it exactly and servo it, which makes them immune to sticky actions: a repeated
-action shows up in the next reading and the plan adapts.
+position the resistance encodes within about three steps. The resistance is not
+in RAM; it is the first int32 of the serialized emulator state, so the experts
+read it exactly every step, which makes them robust to sticky actions: a
+repeated action shows up in the next reading and the plan adapts.
 
-Pong: a private emulator (sticky actions off) restored from the real one
-predicts when and where the ball reaches our paddle; the expert then picks the
-reachable resistance that hits the ball 2-6 pixels above the paddle's reference
-row, the hit that sends a steep return the built-in opponent misses (measured
-with a lookahead planner over thousands of hits; see ``HIT_WINDOW``).
+Both experts plan each contact on a private emulator (sticky actions off)
+restored from the real one; see :class:`_PaddleExpert`. They act on hidden
+emulator state, which is fine for demonstrations: the learner sees only pixels.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from omnipolicy.envs.experts.base import Expert
 
 PRESS = 92_000  # resistance change of one agent step of UP/DOWN (4 frames x 23 000)
 R_MIN, R_MAX = 27_450, 790_196
-RAM_SIZE = 128
 
 
 def paddle_resistance(ale) -> int:
@@ -38,13 +35,6 @@ def with_resistance(state, resistance: int):
     raw = bytearray(state.serialize())
     raw[:4] = int(resistance).to_bytes(4, "little", signed=True)
     return ale_py.ALEState(bytes(raw))
-
-
-def resistance_lattice() -> np.ndarray:
-    """Every resistance the paddle can take: multiples of 23 000 from either clamp."""
-    lo = R_MIN + 23_000 * np.arange(int((R_MAX - R_MIN) // 23_000) + 1)
-    hi = R_MAX - 23_000 * np.arange(int((R_MAX - R_MIN) // 23_000) + 1)
-    return np.unique(np.concatenate([lo, hi]))
 
 
 class _Emulator:
@@ -75,13 +65,13 @@ class _PaddleExpert(Expert):
     """Plan each paddle contact on a private emulator, then servo the paddle resistance to the plan.
 
     When the ball heads for our paddle, the private emulator replays its path up to
-    the contact (our paddle can't change it before). From a few steps before the
-    contact, each reachable resistance is tried: written into the replayed state
-    (the paddle settles there within ``SETTLE`` steps, as the real one will) and
-    played out by :meth:`_outcome`. Candidates are tried nearest-first by
-    :meth:`_key`; the best outcome becomes the target. Every step the real
-    resistance is read again, so a sticky action that knocks the paddle off its
-    lattice triggers a re-plan.
+    the paddle's line (our paddle can't change it before). From ``PRE_STEPS``
+    before that, each resistance reachable in time is tried: written into the
+    replayed state (the paddle settles there, as the real one will after the
+    presses) and played out by :meth:`_outcome`. Candidates are tried
+    most-promising first by :meth:`_key`; the best outcome becomes the target and
+    the paddle is pressed toward it. Every step the real resistance is read again,
+    so a sticky action that knocks the paddle off its lattice triggers a re-plan.
     """
 
     GAME = ""
@@ -90,11 +80,11 @@ class _PaddleExpert(Expert):
     SETTLE = 3
     """Steps the paddle needs to reach a new resistance's position."""
     PRE_STEPS = 6
+    """Plans are played out from this many steps before the ball reaches the paddle's line."""
     LATE = 0
     """Presses allowed beyond the ``SETTLE`` margin (the paddle mostly settles in two steps)."""
     TELEPORT = False
     """Also write the candidate's settled paddle position into RAM (no sweep across the ball)."""
-    """Plans are played out from this many steps before the contact."""
     TRIES = 8
     """Candidates played out per plan at most."""
 

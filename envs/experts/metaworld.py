@@ -8,9 +8,6 @@ import numpy as np
 
 from omnipolicy.envs.experts.base import Expert
 
-# The scripted policies warn on every step whose P-gain saturates the action; the env clips anyway.
-warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", module="metaworld")
-
 POLICY_NAMES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
 """Policy class names that don't follow ``Sawyer<CamelName>V3Policy``."""
 
@@ -37,7 +34,11 @@ class MetaWorldExpert(Expert):
             raise ValueError(f"{spec.id}: metaworld.policies has no {name}") from None
 
     def act(self, env, obs):
-        return self.continuous(self.policy.get_action(np.asarray(obs["state"], dtype=np.float64)))
+        with warnings.catch_warnings():
+            # The policies warn on every step whose P-gain saturates the action; the env clips anyway.
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            action = self.policy.get_action(np.asarray(obs["state"], dtype=np.float64))
+        return self.continuous(action)
 
 
 class PegInsertSideExpert(MetaWorldExpert):

@@ -1,0 +1,127 @@
+"""Registry, spec validation, `omnipolicy tasks`, Atari resizing and the measuring script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnipolicy.envs import DEFAULT_SUITE, TaskSpec, get_task, list_tasks, register_task
+from omnipolicy.envs.registry import SCORES_PATH, bounded_action, load_scores, tasks_command, vector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_suite_is_the_issue_suite() -> None:
+    assert sorted(DEFAULT_SUITE) == sorted(
+        ["classic/cartpole-v1", "classic/acrobot-v1", "classic/mountaincar-v0", "classic/pendulum-v1",
+         "atari/pong", "atari/breakout",
+         "mujoco/inverted-pendulum-v5", "mujoco/inverted-double-pendulum-v5", "mujoco/reacher-v5",
+         "dmc/cartpole-balance", "dmc/cartpole-swingup", "dmc/point_mass-easy", "dmc/reacher-easy"]
+        + [f"metaworld/{n}-v3" for n in ("reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close",
+                                         "button-press-topdown", "peg-insert-side", "window-open", "window-close")]
+    )  # fmt: skip
+
+
+def test_scores_come_from_the_measured_file() -> None:
+    scores = load_scores()
+    for spec in list_tasks():
+        entry = scores[spec.scores_from or spec.id]
+        assert spec.random_score == entry["random"]["return_mean"]
+        assert spec.expert_score == entry["expert"]["return_mean"]
+        assert entry["expert"]["episodes"] >= 20 and entry["random"]["episodes"] >= 20
+        assert spec.expert_score > spec.random_score
+        if spec.has_success:
+            assert spec.expert_success >= 0.9, spec.id
+        assert math.isclose(spec.normalize(spec.random_score), 0.0, abs_tol=1e-9)
+        assert math.isclose(spec.normalize(spec.expert_score), 100.0)
+
+
+def test_unmeasured_task_refuses_to_normalise() -> None:
+    spec = replace(get_task("classic/cartpole-v1"), random_score=math.nan)
+    with pytest.raises(ValueError, match=r"no measured scores; run scripts/measure_experts.py --tasks classic/cartpole-v1"):
+        spec.normalize(1.0)
+
+
+def test_spec_validation_names_the_problem() -> None:
+    base = get_task("classic/cartpole-v1")
+    with pytest.raises(ValueError, match=r"unknown domain 'gym'; expected one of \['classic', 'atari'"):
+        replace(base, domain="gym")
+    with pytest.raises(ValueError, match=r"Task id 'mujoco/x' must start with its domain, 'classic/'"):
+        replace(base, id="mujoco/x")
+    with pytest.raises(ValueError, match=r"expected a 'module:attr' path, got 'nocolon'"):
+        replace(base, expert_entry_point="nocolon")
+
+
+def test_register_task_refuses_duplicates() -> None:
+    decorator = register_task(
+        "classic/cartpole-v1",
+        domain="classic",
+        observation=(vector("state", 4),),
+        action=bounded_action(-1.0, 1.0, 1),
+        max_steps=10,
+        instruction="x",
+        expert="m:a",
+    )
+    with pytest.raises(ValueError, match=r"Task 'classic/cartpole-v1' is already registered"):
+        decorator(lambda spec, render_mode=None: None)
+    assert isinstance(get_task("classic/cartpole-v1"), TaskSpec)
+
+
+def test_tasks_command_lists_every_task(capsys) -> None:
+    tasks_command([], prog="omnipolicy tasks")
+    out = capsys.readouterr().out
+    for spec in list_tasks():
+        assert spec.id in out
+    assert "discrete(6)" in out and "image 84x84x3" in out and "state (39,) + instruction text" in out
+    tasks_command(["--domain", "metaworld", "--json"], prog="omnipolicy tasks")
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 10 and all(r["has_success"] and r["expert_success"] >= 0.9 for r in rows)
+
+
+def test_area_resize_is_exact_area_interpolation() -> None:
+    from omnipolicy.envs.atari import area_resize
+
+    frame = np.random.default_rng(0).integers(0, 256, (210, 160, 3)).astype(np.uint8)
+    out = area_resize(frame)
+    assert out.shape == (84, 84, 3) and out.dtype == np.uint8
+    # Output (0, 0) covers rows [0, 2.5) and columns [0, 160/84) of the input.
+    wr, wc = np.array([1.0, 1.0, 0.5]), np.array([1.0, 160 / 84 - 1])
+    expected = np.einsum("r,c,rck->k", wr, wc, frame[:3, :2].astype(np.float64)) / (wr.sum() * wc.sum())
+    np.testing.assert_allclose(out[0, 0], expected, atol=0.5)
+    assert np.all(area_resize(np.full((210, 160, 3), 77, np.uint8)) == 77)
+    # Block means when the ratio is an integer.
+    small = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    np.testing.assert_allclose(area_resize(small, 2, 3), small.reshape(2, 2, 3, 2, 3).mean(axis=(1, 3)), atol=0.5)
+
+
+def test_atari_observation_is_the_resized_screen() -> None:
+    from omnipolicy.envs import make_env
+    from omnipolicy.envs.atari import area_resize
+
+    env = make_env("atari/breakout", seed=0, render_mode="rgb_array")
+    obs, _ = env.reset()
+    obs, *_ = env.step(np.array([1]))
+    screen = env.render()
+    assert screen.shape == (210, 160, 3)
+    np.testing.assert_array_equal(obs["image"], area_resize(screen))
+
+
+def test_measure_script_writes_scores(tmp_path, monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("measure_experts", ROOT / "scripts" / "measure_experts.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "measure_experts", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    out = tmp_path / "scores.json"
+    module.main(["--tasks", "classic/cartpole-v1", "--episodes", "3", "--out", str(out)])
+    entry = json.loads(out.read_text())["tasks"]["classic/cartpole-v1"]
+    assert entry["expert"]["return_mean"] == 500.0 and entry["expert"]["episodes"] == 3
+    assert entry["random"]["return_mean"] < 100.0 and len(entry["random"]["returns"]) == 3
+    assert "--tasks classic/cartpole-v1" in entry["expert"]["command"]
+    assert out.parent.joinpath(f".{out.name}.lock").exists() is False and SCORES_PATH.name == "expert_scores.json"
