@@ -27,9 +27,12 @@ rate) does, in this order:
 7. **publish** the command (``Float64MultiArray`` on ``/<controller>/commands``).
 
 Holding publishes the interface's hold command (zero effort; see
-:mod:`~omnipolicy.robot_bridge.safety`). After a hold, and on every
-``Bool(True)`` on the arm's episode topic, the policy's context is reset: its
-history no longer matches the robot. The node keeps running when the robot
+:mod:`~omnipolicy.robot_bridge.safety`). A command not ready one period after
+its tick is never sent: the control loop sends the hold command instead.
+After a hold or a late tick, and on every ``Bool(True)`` on the arm's episode
+topic, the policy's context is reset: its history no longer matches the robot.
+The policy acts through a KV-cached ``InferenceSession`` (a few ms a step on
+a CPU for the tiny presets). The node keeps running when the robot
 side restarts (state goes stale -> hold; state returns -> resume).
 SIGINT/SIGTERM: publish one last hold command, write the summary, close.
 
@@ -133,21 +136,35 @@ class DeployConfig:
 
 
 class PolicyActor:
-    """A checkpoint acting in one environment (its context reset on :meth:`reset`)."""
+    """A checkpoint acting in one environment through a KV-cached :class:`~omnipolicy.agent.inference.InferenceSession`.
+
+    Each step prefills one timestep's observation tokens and decodes the action tokens (logits masked to the
+    valid action ids), instead of recomputing the whole context window as ``Policy.act`` does: a control
+    step costs a few milliseconds on a CPU. :meth:`reset` forgets the context.
+    """
 
     def __init__(self, checkpoint: Path, task_id: str, device: str = "cpu", temperature: float = 0.0) -> None:
         from omnipolicy.agent import Policy  # noqa: PLC0415  (torch only when a policy acts)
+        from omnipolicy.agent.inference import InferenceSession, SessionConfig  # noqa: PLC0415
 
-        self.policy = Policy.from_checkpoint(checkpoint, device=device, temperature=temperature)
+        policy = Policy.from_checkpoint(checkpoint, device=device)  # checks the tokenizer layout
         self.task_id = task_id
-        self.spec = self.policy.spec(task_id)  # KeyError naming the checkpoint's tasks
-        self.policy.reset(1)
+        self.spec = policy.spec(task_id)  # KeyError naming the checkpoint's tasks
+        self.tok = policy.tok
+        self.ranges = policy.action_ranges(task_id)  # (A, 2)
+        self.temperature = float(temperature)
+        self.session = InferenceSession(policy.model, SessionConfig(num_envs=1), patch_id=self.tok.layout.patch_id)
 
     def reset(self) -> None:
-        self.policy.reset_env(0)
+        self.session.reset()
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.policy.act(self.task_id, [obs])[0]
+        from omnipolicy.agent.inference import ObsTokens  # noqa: PLC0415
+
+        one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in self.spec.observation}
+        ep = self.tok.tokenize_episode(self.spec, one, None)  # the observation tokens + separator of one timestep
+        step = self.session.step([ObsTokens(ep.tokens, ep.patches, ep.patch_pos)], self.ranges, temperature=self.temperature)
+        return self.tok.decode_actions(self.spec, step.action_tokens)[0]  # (*action shape,)
 
 
 class ExpertActor:
@@ -258,6 +275,7 @@ class Deployer:
         for s in arm.observation.sources:
             self._sources.setdefault(s.topic, []).append(s)
         self._reset_requested = False
+        self._late = False
         self._holding: str | None = "stale"  # nothing received yet
         self.holds = {r: 0 for r in HOLD_REASONS}
         self.ticks = 0
@@ -364,10 +382,11 @@ class Deployer:
             reason = self._hold_reason(now)
             values = {k: v for st in self._topics.values() for k, v in st.values.items()}
             reset, self._reset_requested = self._reset_requested, False
+            late, self._late = self._late, False
         command = None
         if reason is None:
-            if reset or self._holding is not None:
-                self.actor.reset()  # a new episode, or the history broke while holding
+            if reset or late or self._holding is not None:
+                self.actor.reset()  # a new episode, or the history broke (a hold, or a late action replaced)
                 self.context_resets += 1
             command, reason = self._act(values)
         if reason is not None:
@@ -390,6 +409,7 @@ class Deployer:
         """What the control loop sends when a command misses its deadline: the hold command."""
         self.holds["late"] += 1
         with self._lock:
+            self._late = True  # the actor's last action never went out: its context no longer matches the robot
             position = self._topics[self.arm.joint_states_topic].values.get("_position")
         return self.safety.hold(position)
 

@@ -393,3 +393,58 @@ def test_camera_observation_over_the_wire():
     assert not np.array_equal(images[0], images[-1])  # the arm moved in the camera's view
     assert node.report()["rejected"] == {JS: 0, ARM.camera_topic: 0}
     assert robot.of("summary")[0]["hold_ticks"] < 20
+
+
+# ---------------------------------------------------------------------------
+# The policy path with an untrained checkpoint (fast; the trained one is in test_bridge_deploy_policy.py)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    from omnipolicy.agent import CheckpointMeta, GatoModel, ModelConfig, save_checkpoint
+    from omnipolicy.tokenizers import Tokenizer
+
+    layout = Tokenizer.default().layout
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=90, local_positions=32, patch_channels=8,
+                      patch_stride=4).with_vocab(layout.vocab_size)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "step_0000001"
+    save_checkpoint(path, GatoModel(cfg), CheckpointMeta(cfg, layout, {TASK: get_task(TASK).timestep}))
+    return path
+
+
+def test_policy_actor_decodes_valid_actions_like_policy_act(random_checkpoint):
+    from omnipolicy.agent import Policy
+    from omnipolicy.robot_bridge.deploy import PolicyActor
+
+    actor = PolicyActor(random_checkpoint, TASK)
+    policy = Policy.from_checkpoint(random_checkpoint)
+    policy.reset(1)
+    eps = []
+
+    def act(arm, obs):
+        actor.reset()  # one timestep from an empty context each: the two decoders see the same tokens
+        policy.reset_env(0)
+        a, b = actor.act(obs), policy.act(TASK, [obs])[0]
+        assert a.shape == (2,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1.0)
+        eps.append(np.abs(a - b).max())
+        return a
+
+    simulate_episodes(TASK, act, [0], 0.5)
+    # the KV-cached session and the full recomputation agree (to a bin or two where logits nearly tie)
+    assert len(eps) == 25 and max(eps) <= 2 * 2.0 / 1023
+    with pytest.raises(KeyError, match=r"Unknown task 'dmc/cartpole-balance' for this checkpoint"):
+        PolicyActor(random_checkpoint, "dmc/cartpole-balance")
+
+
+def test_deploy_cli_runs_a_checkpoint_against_sim_robot(random_checkpoint):
+    domain = random_domain_id()
+    with sim_robot(domain, episodes=1) as robot, \
+            NodeProcess("deploy", ["--checkpoint", str(random_checkpoint), "--transport", "dds"], domain) as dep:
+        assert robot.wait(60) == 0
+        dep.close()
+    report = dep.of("summary")[0]
+    assert report["actor"] == "policy" and report["acted"] > 50 and report["act_time"]["p50_ms"] < 20
+    assert robot.of("summary")[0]["commands_received"] > 50
