@@ -85,7 +85,7 @@ class DeployConfig:
     """Drive a ROS 2 robot with a trained policy (or the task's scripted expert) behind a safety filter."""
 
     task: str = "dmc/reacher-easy"
-    """Task the robot performs (an arm must be registered for it: dmc/reacher-easy)."""
+    """Task the robot performs (an arm must be registered for it: dmc/reacher-easy, dmc/reacher-easy-pixels)."""
     checkpoint: Path | None = None
     """Checkpoint (step or run directory) of the policy; required with --actor policy."""
     actor: Literal["policy", "expert"] = "policy"

@@ -79,7 +79,7 @@ class SimRobotConfig:
     """Run a simulated arm of the task suite as a ROS 2 robot (joint states out, commands in)."""
 
     task: str = "dmc/reacher-easy"
-    """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy)."""
+    """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy, dmc/reacher-easy-pixels)."""
     transport: Literal["dds", "rclpy"] = "dds"
     """rclpy: a real ROS 2 node (needs rclpy); dds: ROS 2's wire protocol over Cyclone DDS."""
     domain_id: int | None = None
