@@ -40,8 +40,13 @@ class ModelConfig:
         dropout: dropout probability on embeddings, attention output and MLP output.
         bias: biases in linear layers and norms (GPT-2 style).
         tie_embeddings: share the token embedding with the LM head.
+        value_features: Fourier features of a continuous bin's value added
+            (through a learned projection) to its table embedding, so that
+            neighbouring bins start out similar and rarely seen bins are not
+            blank; 0 disables (plain Gato).
         vocab_size: size of the embedding table and logits; ``None`` until
-            bound to a tokenizer layout with :meth:`with_vocab`.
+            bound to a tokenizer layout with :meth:`with_layout` (or :meth:`with_vocab`).
+        continuous_ids: ``[start, stop)`` of the continuous-bin ids, bound by :meth:`with_layout`.
     """
 
     n_layer: int
@@ -56,7 +61,9 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    value_features: int = 16
     vocab_size: int | None = None
+    continuous_ids: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_embd", "n_head", "d_ff", "context", "local_positions", "pos_bins", "patch_channels"):
@@ -71,6 +78,13 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 0):
             raise ValueError(f"ModelConfig.vocab_size must be a positive int or None, got {self.vocab_size!r}")
+        if self.value_features < 0 or self.value_features % 2:
+            raise ValueError(f"ModelConfig.value_features must be an even int >= 0, got {self.value_features!r}")
+        if self.continuous_ids is not None:
+            lo, hi = (int(v) for v in self.continuous_ids)
+            if not 0 <= lo < hi <= (self.vocab_size or hi):
+                raise ValueError(f"ModelConfig.continuous_ids must be a range inside the vocabulary, got {self.continuous_ids!r}")
+            object.__setattr__(self, "continuous_ids", (lo, hi))
 
     @property
     def head_dim(self) -> int:
@@ -90,8 +104,13 @@ class ModelConfig:
         return PATCH_SIZE // self.patch_stride
 
     def with_vocab(self, vocab_size: int) -> "ModelConfig":
-        """This config bound to a vocabulary size (a new object)."""
+        """This config bound to a vocabulary size only (no value features without :meth:`with_layout`)."""
         return dataclasses.replace(self, vocab_size=int(vocab_size))
+
+    def with_layout(self, layout) -> "ModelConfig":
+        """This config bound to a tokenizer's :class:`~omnipolicy.tokenizers.VocabLayout` (a new object)."""
+        lo = layout.continuous_offset
+        return dataclasses.replace(self, vocab_size=int(layout.vocab_size), continuous_ids=(lo, lo + layout.num_bins))
 
     def num_params(self, vocab_size: int | None = None) -> int:
         """Exact number of parameters of the model this config builds.
@@ -115,7 +134,8 @@ class ModelConfig:
         )
         block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + (d * f + f * b) + (f * d + d * b)
         head = 0 if self.tie_embeddings else v * d
-        return embed + patch + self.n_layer * block + norm + head
+        values = self.value_features * d if self.continuous_ids is not None else 0
+        return embed + values + patch + self.n_layer * block + norm + head
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,6 +146,9 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        d = dict(d)
+        if d.get("continuous_ids") is not None:
+            d["continuous_ids"] = tuple(d["continuous_ids"])
         return cls(**d)
 
 
@@ -166,14 +189,14 @@ def format_params(n: int) -> str:
     return f"{n / 1e3:.1f}K"
 
 
-def presets_table(vocab_size: int) -> str:
-    """One line per preset with its shape and exact parameter count for ``vocab_size``."""
+def presets_table(layout) -> str:
+    """One line per preset with its shape and exact parameter count when bound to ``layout``."""
     lines = [f"{'preset':<11} {'layers':>6} {'width':>6} {'heads':>5} {'ff':>6} {'context':>7} {'params':>14}"]
     for name, cfg in PRESETS.items():
-        n = cfg.num_params(vocab_size)
+        n = cfg.with_layout(layout).num_params()
         lines.append(
             f"{name:<11} {cfg.n_layer:>6} {cfg.n_embd:>6} {cfg.n_head:>5} {cfg.d_ff:>6} {cfg.context:>7} "
             f"{n:>14,d} ({format_params(n)})"
         )
-    lines.append(f"(vocabulary size {vocab_size}; embeddings tied with the LM head)")
+    lines.append(f"(vocabulary size {layout.vocab_size}; embeddings tied with the LM head)")
     return "\n".join(lines)

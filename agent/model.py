@@ -58,6 +58,39 @@ class PatchEmbedding(nn.Module):
         return self.proj((x + h).flatten(1))
 
 
+class TokenEmbedding(nn.Embedding):
+    """The token table over the whole vocabulary, plus a smooth value term for continuous bins.
+
+    A continuous id ``c`` (bin ``i`` of ``n``) also gets ``W f(u_i)``: ``f`` are
+    ``value_features`` sines and cosines of the bin centre ``u_i`` in [-1, 1]
+    and ``W`` is learned. Neighbouring bins thus share most of their
+    embedding from the start, and a bin seldom seen in training is not a
+    random vector. ``weight`` stays the plain table (tied with the LM head).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg.vocab_size, cfg.n_embd)
+        self.value_proj: nn.Linear | None = None
+        if cfg.value_features and cfg.continuous_ids is not None:
+            lo, hi = cfg.continuous_ids
+            n = hi - lo
+            u = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1  # (n,) bin centres
+            freq = torch.arange(1, cfg.value_features // 2 + 1, dtype=torch.float64) * (math.pi / 2)  # (F/2,)
+            feats = torch.cat([torch.sin(u[:, None] * freq), torch.cos(u[:, None] * freq)], dim=1)  # (n, F)
+            self.register_buffer("value_feats", feats.float(), persistent=False)
+            self.value_proj = nn.Linear(cfg.value_features, cfg.n_embd, bias=False)
+            self.lo, self.n = lo, n
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = super().forward(tokens)  # (..., D)
+        if self.value_proj is not None:
+            rel = tokens - self.lo
+            is_value = ((rel >= 0) & (rel < self.n)).unsqueeze(-1)  # (..., 1)
+            value = self.value_proj(self.value_feats[rel.clamp(0, self.n - 1)])  # (..., D)
+            x = x + value * is_value.to(value.dtype)
+        return x
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through ``F.scaled_dot_product_attention``."""
 
@@ -144,7 +177,7 @@ class GatoModel(nn.Module):
     """Decoder-only transformer over one token sequence of every modality.
 
     Args:
-        cfg: model shape with ``vocab_size`` bound (``cfg.with_vocab(layout.vocab_size)``).
+        cfg: model shape bound to a vocabulary (``cfg.with_layout(tokenizer.layout)``).
 
     Raises:
         ValueError: ``cfg.vocab_size`` is not set.
@@ -153,10 +186,10 @@ class GatoModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size is None:
-            raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_vocab(layout.vocab_size)")
+            raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_layout(tokenizer.layout)")
         self.cfg = cfg
         D = cfg.n_embd
-        self.wte = nn.Embedding(cfg.vocab_size, D)  # token table over the whole vocabulary
+        self.wte = TokenEmbedding(cfg)  # token table over the whole vocabulary (+ continuous value features)
         self.wpe = nn.Embedding(cfg.context, D)  # position within the context window
         self.wle = nn.Embedding(cfg.local_positions, D)  # position within the timestep
         self.patch_embed = PatchEmbedding(cfg)

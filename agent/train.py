@@ -18,6 +18,7 @@ single-process training on the same global batch::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -118,12 +119,12 @@ class TrainConfig:
         if bad:
             raise ValueError(f"TrainConfig.task_weights must be >= 0, got {bad}")
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        """The preset with the context override, bound to ``vocab_size``."""
+    def model_config(self, layout: VocabLayout) -> ModelConfig:
+        """The preset with the context override, bound to ``layout``."""
         cfg = get_preset(self.preset)
         if self.context is not None:
-            cfg = ModelConfig.from_dict({**cfg.to_dict(), "context": self.context})
-        return cfg.with_vocab(vocab_size)
+            cfg = dataclasses.replace(cfg, context=self.context)
+        return cfg.with_layout(layout)
 
 
 @dataclass
@@ -377,10 +378,16 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         loader, layout, tasks = build_synthetic_loader(cfg, context) if cfg.synthetic else build_dataset_loader(cfg, context, is_main)
     elif layout is None or tasks is None:
         raise ValueError("train(loader=...) also needs layout= and tasks=")
-    model_cfg = cfg.model_config(layout.vocab_size)
+    model_cfg = cfg.model_config(layout)
 
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     model = GatoModel(model_cfg).to(device)
+    if is_main:
+        print(f"model {cfg.preset}: {model.num_params():,d} parameters, context {model_cfg.context}, vocabulary "
+              f"{model_cfg.vocab_size}; {len(tasks)} task(s); {world} process(es) on {device}", file=sys.stderr)
     optimizer = make_optimizer(model, cfg, device)
     ckpt_root = cfg.out / "checkpoints"
     step, tokens_seen = 0, 0
@@ -523,16 +530,24 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def _presets_text() -> str:
     from omnipolicy.tokenizers import Tokenizer
 
-    return presets_table(Tokenizer.default().layout.vocab_size)
+    return presets_table(Tokenizer.default().layout)
 
 
 def train_command(argv: list[str], prog: str) -> None:
     """``omnipolicy train``: parse ``argv`` into a :class:`TrainConfig` and train."""
     import tyro
 
-    description = __doc__.split("\n\n")[0]
+    description = "Train a Gato-style generalist policy on one or more datasets (torchrun for several processes)."
     if "-h" in argv or "--help" in argv:
-        description += "\n\nModel presets (parameters with the installed tokenizer's vocabulary):\n\n" + _presets_text()
+        from omnipolicy.tokenizers import Tokenizer
+
+        layout = Tokenizer.default().layout
+        lines = [
+            f"{name}: {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, ff {c.d_ff}, context {c.context}: "
+            f"{c.with_layout(layout).num_params():,d} parameters"
+            for name, c in PRESETS.items()
+        ]
+        description += "\n\nModel presets (exact parameter counts with the installed tokenizer):\n\n" + "\n\n".join(lines)
     cfg = tyro.cli(TrainConfig, args=argv, prog=prog, description=description)
     if cfg.list_presets:
         print(_presets_text())

@@ -21,6 +21,7 @@ Needs ``transformers`` (the ``bench`` extra). Ends with one JSON line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -110,8 +111,7 @@ def main(args: Args) -> dict:
     layout = Tokenizer.default().layout
     preset = get_preset(args.preset)
     context = args.context or preset.context
-    cfg = preset.with_vocab(layout.vocab_size)
-    cfg = type(cfg).from_dict({**cfg.to_dict(), "context": context})
+    cfg = dataclasses.replace(preset, context=context).with_layout(layout)
     torch.manual_seed(0)
     ours = GatoModel(cfg).to(device).train()
     hf = gpt2_like(cfg, layout.vocab_size, context).to(device).train()

@@ -19,7 +19,7 @@ LAYOUT = Tokenizer.default().layout
 
 def tiny_config(**overrides) -> ModelConfig:
     base = dict(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=64, local_positions=32, patch_channels=8, patch_stride=4)
-    return ModelConfig(**{**base, **overrides}).with_vocab(LAYOUT.vocab_size)
+    return ModelConfig(**{**base, **overrides}).with_layout(LAYOUT)
 
 
 def batch_with_images(seed: int = 0, batch_size: int = 2, context: int = 64) -> dict[str, torch.Tensor]:
@@ -29,7 +29,7 @@ def batch_with_images(seed: int = 0, batch_size: int = 2, context: int = 64) -> 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_param_count_matches_instantiated_model(name):
-    cfg = PRESETS[name].with_vocab(LAYOUT.vocab_size)
+    cfg = PRESETS[name].with_layout(LAYOUT)
     with torch.device("meta"):
         model = GatoModel(cfg)
     assert model.num_params() == cfg.num_params() == sum(p.numel() for p in model.parameters())
@@ -49,14 +49,14 @@ def test_list_presets_prints_the_counts_of_the_models(capsys):
         line = next(l for l in out.splitlines() if l.startswith(name + " "))
         printed = int(re.search(r"([\d,]{5,})", line).group(1).replace(",", ""))
         with torch.device("meta"):
-            assert printed == GatoModel(cfg.with_vocab(LAYOUT.vocab_size)).num_params()
+            assert printed == GatoModel(cfg.with_layout(LAYOUT)).num_params()
 
 
 def test_train_help_lists_presets_with_counts(capsys):
     with pytest.raises(SystemExit):
         train_command(["--help"], prog="omnipolicy train")
     out = capsys.readouterr().out
-    n = PRESETS["cpu-small"].num_params(LAYOUT.vocab_size)
+    n = PRESETS["cpu-small"].with_layout(LAYOUT).num_params()
     assert f"{n:,d}" in out and "gato-1.18b" in out
 
 
@@ -101,6 +101,19 @@ def test_flat_patches_of_different_intensity_embed_differently():
     flat = torch.stack([torch.full((3, 16, 16), v) for v in (-0.25, 0.0, 0.25)])  # black, grey, white
     emb = model.patch_embed(flat)  # (3, D)
     assert torch.cdist(emb, emb).fill_diagonal_(1.0).min() > 1e-2
+
+
+def test_value_features_give_continuous_bins_a_smooth_shared_term():
+    torch.manual_seed(0)
+    model = GatoModel(tiny_config())
+    lo, hi = LAYOUT.continuous_offset, LAYOUT.continuous_offset + LAYOUT.num_bins
+    ids = torch.tensor([5, lo, lo + 1, lo + 512, hi - 1, LAYOUT.discrete_offset, LAYOUT.separator_id])
+    extra = model.wte(ids) - model.wte.weight[ids]  # what the value term adds
+    assert extra[[0, 5, 6]].abs().max() == 0  # text, discrete and special ids: the table alone
+    assert extra[1:5].norm(dim=1).min() > 1e-3
+    assert (extra[1] - extra[2]).norm() < 0.1 * (extra[1] - extra[3]).norm()  # neighbours share their value term
+    plain = GatoModel(tiny_config(value_features=0))
+    assert plain.wte.value_proj is None and model.num_params() - plain.num_params() == 16 * 32
 
 
 def test_loss_on_masked_positions_equals_full_cross_entropy():
