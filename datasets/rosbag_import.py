@@ -1,0 +1,482 @@
+"""rosbag2 recordings (MCAP or SQLite3) -> episodes in an episode store: ``omnipolicy dataset from-rosbag``.
+
+One bag is one episode. Messages are decoded by :mod:`omnipolicy.robot_bridge` (PyPI's ``rosbags``, no ROS
+install) and aligned by the rule of :mod:`omnipolicy.robot_bridge.rosbag`: every command (receive time ``t``
+in the bag) becomes one timestep; its observation is the latest joint state (and image) received at or
+before ``t``, and the command is dropped when there is none or it is older than ``--max-state-age``
+(``--max-image-age``). Tasks whose observation also reads other ``JointState`` topics (the task state of
+``dmc/reacher-easy``: target minus fingertip) align those by the same rule and age limit: a command is
+dropped unless every state topic has a fresh message at or before it.
+
+Where each observation key comes from:
+
+- a task with a robot arm (:mod:`omnipolicy.robot_bridge.arms`): the arm's observation recipe, its
+  ``/joint_states`` topic and its command topic (``/<controller>/commands``); ``--state-topic``,
+  ``--command-topic`` and ``--image-topic`` rename the topics of a recording made elsewhere;
+- any other task, or with ``--joints``: the joints in the controller's order (= the action's order), the
+  joint positions (velocities) as the task's ``position`` (``velocity``) key or ``--position-key``
+  (``--velocity-key``), and the image of ``--image-topic`` as the task's image key.
+
+A bag holds no reward and no success signal: rewards are stored as 0 and success as unknown (None), and
+``meta/rosbag_imports.json`` in the dataset says so for every imported episode, with the bag, topics and
+alignment settings it came from.
+
+    omnipolicy dataset from-rosbag recordings/run-*/ --out data/robot/reacher --task dmc/reacher-easy
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnipolicy.robot_bridge import cdr
+from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
+from omnipolicy.robot_bridge.messages import JointMap, JointState, ObservationMap, validate
+from omnipolicy.robot_bridge.rosbag import BagEpisode, BagImportConfig, _latest_before, _read_topics, read_bag
+from omnipolicy.robot_bridge.transport import ros_topic_name
+from omnipolicy.tokenizers.spec import TimestepSpec
+
+from .store import INFO_PATH, Episode, EpisodeStore, prepare_episode, write_json_atomic
+
+NOTES_PATH = "meta/rosbag_imports.json"
+REWARD_NOTE = "unknown: a rosbag holds no reward; stored as 0.0 at every timestep"
+SUCCESS_NOTE = "unknown: a rosbag holds no success signal; stored as None"
+
+
+@dataclass(frozen=True)
+class BagLayout:
+    """Where every part of a task's timestep comes from in a bag.
+
+    Attributes:
+        task_id: the registered task.
+        spec: its timestep spec (what the episodes must match).
+        obs_map: joints (controller order = action order) and the keys read from the joint-state/image topics.
+        config: topics and alignment limits for :func:`~omnipolicy.robot_bridge.rosbag.read_bag`.
+        extra: observation keys read from other ``JointState`` topics (aligned by the same rule).
+    """
+
+    task_id: str
+    spec: TimestepSpec
+    obs_map: ObservationMap
+    config: BagImportConfig
+    extra: tuple[NamedSource, ...] = ()
+
+    @property
+    def keys(self) -> list[str]:
+        """Observation keys the layout produces."""
+        m = self.obs_map
+        return [k for k in (m.position_key, m.velocity_key, m.image_key) if k is not None] + [s.key for s in self.extra]
+
+    def describe(self) -> list[str]:
+        """One line per observation key and one for the action: ``key <- topic field[names]``."""
+        m, c = self.obs_map, self.config
+        lines = [f"{k} <- {c.joint_states} {f}{list(m.joints.task_joints)}"
+                 for k, f in ((m.position_key, "position"), (m.velocity_key, "velocity")) if k is not None]
+        if m.image_key is not None:
+            lines.append(f"{m.image_key} <- {c.image} (sensor_msgs/Image -> RGB uint8)")
+        lines += [s.describe() for s in self.extra]
+        lines.append(f"action <- {c.commands} {list(m.joints.robot_joints)}")
+        return lines
+
+    def check_spec(self) -> None:
+        """Check keys and vector sizes against the task's spec before any bag is read.
+
+        Raises:
+            ValueError: keys, kinds or shapes differ (naming what the task expects and what the layout gives).
+        """
+        fields = {f.name: f for f in self.spec.observation}
+        got = self.keys
+        if sorted(got) != sorted(fields):
+            raise ValueError(
+                f"task {self.task_id!r} expects observation keys {sorted(fields)}, the bag import gives {sorted(got)} "
+                f"(missing: {sorted(set(fields) - set(got))}, extra: {sorted(set(got) - set(fields))}); "
+                f"from: {'; '.join(self.describe())}"
+            )
+        m = self.obs_map
+        shapes = {k: (m.joints.size,) for k in (m.position_key, m.velocity_key) if k is not None}
+        shapes.update({s.key: s.shape for s in self.extra})
+        for key, shape in shapes.items():
+            f = fields[key]
+            if f.kind != "continuous" or tuple(f.shape) != shape:
+                raise ValueError(
+                    f"task {self.task_id!r}: observation {key!r} expected {f.kind} {tuple(f.shape)}, "
+                    f"got continuous {shape} from the bag"
+                )
+        if m.image_key is not None and fields[m.image_key].kind != "image":
+            raise ValueError(f"task {self.task_id!r}: observation {m.image_key!r} expected {fields[m.image_key].kind}, got image")
+        a = self.spec.action
+        if a.kind != "continuous" or tuple(a.shape) != (m.joints.size,):
+            raise ValueError(
+                f"task {self.task_id!r}: action expected {a.kind} {tuple(a.shape)}, got continuous ({m.joints.size},) "
+                f"from {self.config.commands} joints {list(m.joints.robot_joints)}"
+            )
+
+
+def task_layout(
+    task_id: str,
+    *,
+    joints: Sequence[str] = (),
+    ignore_joints: Sequence[str] = (),
+    state_topic: str | None = None,
+    command_topic: str | None = None,
+    image_topic: str | None = None,
+    position_key: str | None = None,
+    velocity_key: str | None = None,
+    max_state_age: float = 0.1,
+    max_image_age: float = 0.2,
+    strict: bool = True,
+    spec: TimestepSpec | None = None,
+) -> BagLayout:
+    """The :class:`BagLayout` of a task: its arm's observation recipe, or explicit joints and topics.
+
+    Args:
+        task_id: registered task id.
+        joints: joint names in the controller's order (= the action's order); given, or for a task without an
+            arm, the explicit layout is used.
+        ignore_joints: other joint names the joint states may carry (dropped).
+        state_topic, command_topic, image_topic: topic names (default: the arm's, else ``/joint_states`` and
+            ``/forward_position_controller/commands``, and no image unless ``image_topic``).
+        position_key, velocity_key: explicit layout only: observation keys of the joint positions/velocities
+            (default: ``position``/``velocity`` where the task's spec has such a field).
+        max_state_age, max_image_age, strict: see :class:`~omnipolicy.robot_bridge.rosbag.BagImportConfig`.
+        spec: the timestep spec (default: the registered task's).
+
+    Raises:
+        KeyError: unknown task.
+        ValueError: no arm and no joints, bad topic names, or a layout that does not produce the task's spec.
+    """
+    if spec is None:
+        from omnipolicy.envs import get_task  # noqa: PLC0415
+
+        spec = get_task(task_id).timestep
+    fields = {f.name: f for f in spec.observation}
+    arm = ARMS.get(task_id)
+    limits = dict(max_state_age=max_state_age, max_image_age=max_image_age, strict=strict)
+    if joints or arm is None:
+        if not joints:
+            raise ValueError(
+                f"task {task_id!r} has no robot arm (tasks with one: {sorted(ARMS)}); give --joints (the controller's "
+                f"joint order) and the topics (--state-topic, --command-topic, --image-topic)"
+            )
+        images = [f.name for f in spec.observation if f.kind == "image"]
+        if arm is not None:  # --joints with an arm: its topics stay the defaults
+            state_topic = state_topic or arm.joint_states_topic
+            command_topic = command_topic or arm.command_topic
+            cams = [s.topic for s in arm.observation.sources if isinstance(s, ImageSource)]
+            image_topic = image_topic or (cams[0] if cams else None)
+        if image_topic is not None and len(images) != 1:
+            raise ValueError(f"--image-topic needs a task with one image observation; {task_id!r} has {images}")
+        pk = position_key or ("position" if "position" in fields else None)
+        vk = velocity_key or ("velocity" if "velocity" in fields else None)
+        ik = images[0] if image_topic is not None else None
+        if pk is None and vk is None and ik is None:
+            raise ValueError(
+                f"task {task_id!r} expects observation keys {sorted(fields)}; name the joint-state keys with "
+                f"--position-key/--velocity-key or give --image-topic"
+            )
+        obs_map = ObservationMap(JointMap(tuple(joints), ignored=tuple(ignore_joints)), pk, vk, ik)
+        config = BagImportConfig(
+            joint_states=state_topic or BagImportConfig.joint_states,
+            commands=command_topic or BagImportConfig.commands,
+            image=image_topic,
+            **limits,
+        )
+        layout = BagLayout(task_id, spec, obs_map, config)
+    else:
+        if position_key or velocity_key:
+            raise ValueError(f"task {task_id!r} takes its observation keys from its arm's recipe; "
+                             "--position-key/--velocity-key apply only with --joints or to a task without an arm")
+        layout = _arm_layout(arm, spec, state_topic, command_topic, image_topic, ignore_joints, limits)
+    layout.check_spec()
+    return layout
+
+
+def _arm_layout(arm: Any, spec: TimestepSpec, state_topic: str | None, command_topic: str | None,
+                image_topic: str | None, ignore_joints: Sequence[str], limits: dict[str, Any]) -> BagLayout:
+    """Map the arm's observation recipe onto read_bag's joint-state/image keys plus extra JointState topics."""
+    state = ros_topic_name(state_topic or arm.joint_states_topic)
+    keys: dict[str, str | None] = {"position": None, "velocity": None}
+    image_key = image = None
+    extra: list[NamedSource] = []
+    ignored: set[str] = set(ignore_joints)
+    for s in arm.observation.sources:
+        if isinstance(s, ImageSource):
+            if image_key is not None:
+                raise ValueError(f"task {arm.task_id!r}: the rosbag import reads one image topic, the recipe has several")
+            image_key, image = s.key, image_topic or s.topic
+            continue
+        on_state = ros_topic_name(s.topic) == ros_topic_name(arm.joint_states_topic)
+        if on_state and s.field in keys and keys[s.field] is None and tuple(s.names) == tuple(arm.joints):
+            keys[s.field] = s.key
+            ignored.update(s.ignored)
+        else:
+            extra.append(replace(s, topic=state) if on_state else s)
+    if image_topic is not None and image_key is None:
+        raise ValueError(f"--image-topic given, but task {arm.task_id!r} observes no image (its recipe: {arm.observation.describe()})")
+    obs_map = ObservationMap(JointMap(tuple(arm.joints), ignored=tuple(sorted(ignored))),
+                             position_key=keys["position"], velocity_key=keys["velocity"], image_key=image_key)
+    config = BagImportConfig(joint_states=state, commands=command_topic or arm.command_topic, image=image, **limits)
+    return BagLayout(arm.task_id, spec, obs_map, config, tuple(extra))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def find_bags(paths: Sequence[str | Path]) -> list[Path]:
+    """The bags named by ``paths``: a bag folder (``metadata.yaml``), an ``.mcap``/``.db3`` file, or a folder of bags.
+
+    Raises:
+        FileNotFoundError: a path that does not exist or holds no bag.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"rosbag {str(p)!r} does not exist")
+        if p.is_file() or (p / "metadata.yaml").is_file():
+            out.append(p)
+            continue
+        found = sorted(m.parent for m in p.glob("*/metadata.yaml"))
+        if not found:
+            raise FileNotFoundError(f"no rosbag2 recording at {str(p)!r} (a bag folder has a metadata.yaml)")
+        out += found
+    return out
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Topic -> message type of every connection in a bag (reads only its index)."""
+    from rosbags.rosbag2 import Reader  # noqa: PLC0415
+
+    with Reader(Path(path)) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def _check_topics(path: Path, layout: BagLayout) -> None:
+    c = layout.config
+    wanted = {c.joint_states: "--state-topic", c.commands: "--command-topic"}
+    if c.image:
+        wanted[c.image] = "--image-topic"
+    for s in layout.extra:
+        wanted.setdefault(ros_topic_name(s.topic), f"{s.key!r} of the task's recipe")
+    have = bag_topics(path)
+    missing = [f"{t} ({what})" for t, what in wanted.items() if t not in have]
+    if missing:
+        listing = ", ".join(f"{t} [{ty}]" for t, ty in sorted(have.items())) or "no topics"
+        raise ValueError(f"rosbag {str(path)!r}: topic {', '.join(missing)} not found; the bag has: {listing}")
+
+
+def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
+    """Add the extra JointState topics' keys to ``ep`` by the same rule; drop commands they cannot serve."""
+    by_topic: dict[str, list[NamedSource]] = {}
+    for s in layout.extra:
+        by_topic.setdefault(ros_topic_name(s.topic), []).append(s)
+    data = _read_topics(path, list(by_topic))
+    keep = np.ones(len(ep), dtype=bool)  # (T,)
+    values: dict[str, np.ndarray] = {}
+    rejected = 0
+    for topic, sources in by_topic.items():
+        cls, raw = data[topic]
+        if cls is not JointState:
+            raise ValueError(f"rosbag {path.name}: {topic} has type {cls.ROS_TYPE}, expected sensor_msgs/msg/JointState")
+        times, rows = [], []
+        for i, (t, b) in enumerate(raw):
+            try:
+                msg = validate(cdr.decode(JointState, b))
+                rows.append([s.values(msg) for s in sources])
+            except ValueError as e:
+                if layout.config.strict:
+                    raise ValueError(f"rosbag: {topic} message {i} (t={t} ns): {e}") from None
+                rejected += 1
+                continue
+            times.append(t)
+        idx, ok = _latest_before(np.asarray(times, np.int64), ep.timestamps_ns, layout.config.max_state_age)
+        keep &= ok
+        for j, s in enumerate(sources):
+            values[s.key] = np.stack([rows[i][j] for i in idx]) if rows else np.zeros((len(ep), len(s.names)))  # (T, n)
+    sel = np.flatnonzero(keep)
+    return BagEpisode(
+        observations={k: v[sel] for k, v in {**ep.observations, **values}.items()},
+        actions=ep.actions[sel],
+        timestamps_ns=ep.timestamps_ns[sel],
+        state_timestamps_ns=ep.state_timestamps_ns[sel],
+        joint_names=ep.joint_names,
+        dropped=ep.dropped + int(len(ep) - len(sel)),
+        rejected=ep.rejected + rejected,
+    )
+
+
+@dataclass
+class BagReport:
+    """What one bag gave: frames kept, messages dropped by the alignment rule or rejected as malformed."""
+
+    bag: str
+    frames: int
+    dropped: int
+    rejected: int
+    duration_s: float
+    out_of_bounds: int = 0
+    """Action values outside the spec's bounds (kept as recorded; the tokenizer clips them)."""
+    rate_hz: float | None = None
+    """Command rate: 1 / the median interval between kept timesteps (None for a single timestep)."""
+
+
+def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagReport]:
+    """One bag as an :class:`Episode` of the layout's task (rewards 0, success None, in the spec's dtypes).
+
+    Raises:
+        FileNotFoundError: no such bag.
+        ValueError: a topic the bag lacks (the message lists the bag's topics), a malformed message
+            (``strict``), an image size or anything else that differs from the task's spec, or no timestep
+            left after alignment.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"rosbag {str(path)!r} does not exist")
+    _check_topics(path, layout)
+    ep = read_bag(path, layout.obs_map, layout.config)
+    if layout.extra and len(ep):
+        ep = _align_extra(path, ep, layout)
+    if len(ep) == 0:
+        raise ValueError(
+            f"rosbag {str(path)!r}: no timestep left after alignment ({ep.dropped} commands on {layout.config.commands} "
+            f"dropped: no state at or before them, or older than --max-state-age {layout.config.max_state_age} s"
+            + (f" / --max-image-age {layout.config.max_image_age} s" if layout.config.image else "") + ")"
+        )
+    spec = layout.spec
+    observations = {}
+    for f in spec.observation:
+        value = ep.observations[f.name]
+        if value.shape[1:] != tuple(f.shape):
+            raise ValueError(
+                f"rosbag {str(path)!r}: observation {f.name!r} of task {layout.task_id!r} expected shape {tuple(f.shape)}, "
+                f"got {value.shape[1:]} from {layout.config.image if f.kind == 'image' else layout.config.joint_states}"
+            )
+        observations[f.name] = value.astype(f.dtype)
+    actions = ep.actions.astype(spec.action.dtype)  # (T, A)
+    oob = 0
+    if spec.action.bounded:
+        lo, hi = np.asarray(spec.action.low), np.asarray(spec.action.high)
+        oob = int(np.sum((actions < lo) | (actions > hi)))
+    from omnipolicy.envs import get_task  # noqa: PLC0415
+
+    try:
+        instruction = get_task(layout.task_id).instruction
+    except KeyError:
+        instruction = None
+    episode = Episode(layout.task_id, observations, actions, np.zeros(len(ep), np.float32), success=None,
+                      terminated=False, spec=spec, instruction=instruction)
+    period = float(np.median(np.diff(ep.timestamps))) if len(ep) > 1 else 0.0
+    report = BagReport(str(path), len(ep), ep.dropped, ep.rejected, float(ep.timestamps[-1]), oob,
+                       1.0 / period if period > 0 else None)
+    return episode, report
+
+
+@dataclass
+class ImportSummary:
+    """Outcome of :func:`import_bags`."""
+
+    out: str
+    task_id: str
+    bags: list[BagReport] = field(default_factory=list)
+    episode_indices: list[int] = field(default_factory=list)
+    total_episodes: int = 0
+
+    @property
+    def frames(self) -> int:
+        return sum(b.frames for b in self.bags)
+
+    @property
+    def dropped(self) -> int:
+        return sum(b.dropped for b in self.bags)
+
+    @property
+    def rejected(self) -> int:
+        return sum(b.rejected for b in self.bags)
+
+    def lines(self) -> list[str]:
+        """The printed summary."""
+        out = [f"  {b.bag}: {b.frames} frames over {b.duration_s:.2f} s, {b.dropped} commands dropped by the alignment "
+               f"rule, {b.rejected} malformed messages rejected"
+               + (f", {b.out_of_bounds} action values outside the spec's bounds" if b.out_of_bounds else "")
+               for b in self.bags]
+        first = self.episode_indices[0] if self.episode_indices else 0
+        out.append(f"imported {len(self.bags)} episodes ({self.frames} frames; {self.dropped} commands dropped, "
+                   f"{self.rejected} messages rejected) of {self.task_id} into {self.out} as episodes "
+                   f"{first}..{first + len(self.bags) - 1} ({self.total_episodes} in total)")
+        out.append(f"  rewards {REWARD_NOTE}; success {SUCCESS_NOTE} (noted in {NOTES_PATH})")
+        return out
+
+
+def import_bags(bags: Sequence[str | Path], out: str | Path, layout: BagLayout, fps: int | None = None,
+                progress: bool = False) -> ImportSummary:
+    """Append one episode per bag to the episode store at ``out`` (all or none) and note their provenance.
+
+    Args:
+        bags: bag folders, ``.mcap``/``.db3`` files or folders of bags (see :func:`find_bags`).
+        out: episode store folder (created or appended to).
+        layout: see :func:`task_layout`.
+        fps: frames per second recorded for a new store (default: the first bag's command rate, from the median interval).
+        progress: show a progress bar over the bags.
+
+    Returns:
+        Per-bag counts and the new episode indices.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`read_bag_episode`; nothing is written then.
+    """
+    paths = find_bags(bags)
+    prepared, reports = [], []
+    it = paths
+    if progress and len(paths) > 1:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        it = tqdm(paths, desc="rosbags", unit="bag")
+    for p in it:
+        ep, report = read_bag_episode(p, layout)
+        prepared.append(prepare_episode(ep))  # PNG-encoded: long image bags do not pile up as raw frames
+        reports.append(report)
+    if fps is None:
+        rates = [r.rate_hz for r in reports if r.rate_hz]
+        fps = max(1, round(rates[0])) if rates else 1
+    summary = ImportSummary(str(out), layout.task_id, reports)
+    with EpisodeStore(out, fps=fps) as store:
+        summary.episode_indices = store.append_episodes(prepared)
+        summary.total_episodes = store.num_episodes
+        _write_notes(store, summary, layout)
+    return summary
+
+
+def read_notes(root: str | Path) -> list[dict[str, Any]]:
+    """The import notes of a dataset (``meta/rosbag_imports.json``), only for committed episodes; [] if none."""
+    path = Path(root) / NOTES_PATH
+    if not path.is_file() or not (Path(root) / INFO_PATH).is_file():
+        return []
+    total = json.loads((Path(root) / INFO_PATH).read_text()).get("total_episodes", 0)
+    return [n for n in json.loads(path.read_text()) if all(i < total for i in n["episodes"])]
+
+
+def _write_notes(store: EpisodeStore, summary: ImportSummary, layout: BagLayout) -> None:
+    c = layout.config
+    notes = read_notes(store.root)
+    notes.append({
+        "source": "rosbag2",
+        "task_id": summary.task_id,
+        "episodes": summary.episode_indices,
+        "bags": [b.bag for b in summary.bags],
+        "frames": [b.frames for b in summary.bags],
+        "dropped_commands": [b.dropped for b in summary.bags],
+        "rejected_messages": [b.rejected for b in summary.bags],
+        "rewards": REWARD_NOTE,
+        "success": SUCCESS_NOTE,
+        "alignment": ("each command (bag receive time t) is one timestep; observation = latest message of every "
+                      "state/image topic at or before t; dropped if none or older than the max age"),
+        "max_state_age_s": c.max_state_age,
+        "max_image_age_s": c.max_image_age if c.image else None,
+        "topics": layout.describe(),
+    })
+    write_json_atomic(store.root / NOTES_PATH, notes)
