@@ -411,7 +411,7 @@ class Deployer:
         with self._lock:
             self._late = True  # the actor's last action never went out: its context no longer matches the robot
             position = self._topics[self.arm.joint_states_topic].values.get("_position")
-        return self.safety.hold(position)
+        return self.safety.hold(position, commit=False)
 
     def tick(self, now: float | None = None) -> np.ndarray | None:
         """:meth:`decide` then :meth:`send` (one step without the control loop); returns what was sent."""
@@ -439,7 +439,7 @@ class Deployer:
             self.loop.stop()
         with self.loop:
             summary = self.loop.run(handle_signals=(signal.SIGINT, signal.SIGTERM) if handle_signals else ())
-        final = self.safety.hold(self._topics[self.arm.joint_states_topic].values.get("_position"))
+        final = self.safety.hold(self._topics[self.arm.joint_states_topic].values.get("_position"), commit=False)
         if final is not None:
             self.send(final)  # leave the robot with the hold command
         log.info("%s", summary)
@@ -468,7 +468,8 @@ class Deployer:
             return None, "actor"
         self.act_time.append(time.perf_counter() - t0)
         try:
-            safe = self.safety.filter(action, values["_position"], values["_velocity"])
+            # not committed: the control loop may still drop it as late; send() makes it the rate limit's reference
+            safe = self.safety.filter(action, values["_position"], values["_velocity"], commit=False)
         except ValueError as e:
             log.error("unsafe action rejected: %s", e)
             return None, "safety"
@@ -493,7 +494,7 @@ class Deployer:
             elif reason != "estop":  # the e-stop logs itself
                 log.warning("holding: %s", reason)
             self._holding = reason
-        return self.safety.hold(position)
+        return self.safety.hold(position, commit=False)
 
     # ------------------------------------------------------------- reporting
     def report(self) -> dict[str, Any]:

@@ -176,16 +176,18 @@ class SafetyFilter:
             raise ValueError(f"SafetyFilter: {name} is not finite for joints {bad}: {v.tolist()}")
         return v
 
-    def filter(self, command: Any, position: Any, velocity: Any) -> SafeCommand:
+    def filter(self, command: Any, position: Any, velocity: Any, commit: bool = True) -> SafeCommand:
         """The command to send for ``command`` given the measured joint state, and what was clipped.
 
         Args:
             command: (J,) requested effort or position targets, controller joint order.
             position: (J,) measured joint positions.
             velocity: (J,) measured joint velocities.
+            commit: make the result :attr:`last_sent` (the rate limit's reference). Pass False when the
+                caller may still drop the command (a late control tick) and set ``last_sent`` when it is sent.
 
         Returns:
-            The :class:`SafeCommand`; it becomes :attr:`last_sent`.
+            The :class:`SafeCommand`.
 
         Raises:
             ValueError: wrong lengths or non-finite values (nothing is sent; the caller holds).
@@ -221,13 +223,14 @@ class SafetyFilter:
             if prev is not None:
                 apply("rate", np.clip(out, prev - self._delta, prev + self._delta))
         self.filtered += 1
-        self.last_sent = out
+        if commit:
+            self.last_sent = out
         return SafeCommand(out, req, clipped)
 
-    def hold(self, position: Any = None) -> np.ndarray | None:
+    def hold(self, position: Any = None, commit: bool = True) -> np.ndarray | None:
         """The hold command: zero effort, or the last measured position (None if unknown: send nothing).
 
-        It becomes :attr:`last_sent` (a resumed effort command is then rate limited from zero).
+        With ``commit`` it becomes :attr:`last_sent` (a resumed effort command is then rate limited from zero).
         """
         if self.limits.interface == "effort":
             out = np.zeros(len(self.limits.joints))
@@ -238,7 +241,8 @@ class SafetyFilter:
             if out.shape != (len(self.limits.joints),) or not np.all(np.isfinite(out)):
                 return None
             out = np.clip(out, self._lower, self._upper)
-        self.last_sent = out
+        if commit:
+            self.last_sent = out
         return out.copy()
 
     def report(self) -> dict[str, Any]:

@@ -197,14 +197,14 @@ def test_estop_latches_until_cleared(transport, caplog):
 def test_limits_clamp_and_are_counted(transport):
     node = node_with(transport, StubActor((1.0, 1.0)), effort_limit=0.3, max_delta=0.2, position_limit=("wrist:-0.5:0.5",))
     feed(node, 10.0, position=(0.0, 0.0))
-    assert node.decide(now=10.01) == pytest.approx([0.2, 0.2])  # ramps from zero: max change 0.2 per tick
-    node.send(node.decide(now=10.02))
-    assert node.last_command == pytest.approx([0.3, 0.3])  # then the effort limit
+    assert node.tick(now=10.01) == pytest.approx([0.2, 0.2])  # ramps from zero: max change 0.2 per tick
+    assert node.decide(now=10.015) == pytest.approx([0.3, 0.3])  # decided but never sent (a late tick) ...
+    assert node.tick(now=10.02) == pytest.approx([0.3, 0.3])  # ... so the ramp continues from what was sent
     feed(node, 10.03, position=(0.0, 0.48))  # wrist within the 5 degree margin of its tightened limit
-    assert node.decide(now=10.04) == pytest.approx([0.3, 0.0])
+    assert node.tick(now=10.04) == pytest.approx([0.3, 0.0])
     clipped = node.report()["safety"]["clipped"]
     assert clipped["rate"] == {"shoulder": 1, "wrist": 1}
-    assert clipped["effort"] == {"shoulder": 3, "wrist": 3}
+    assert clipped["effort"] == {"shoulder": 4, "wrist": 4}
     assert clipped["position"] == {"shoulder": 0, "wrist": 1}
     with pytest.raises(ValueError, match="loosens the arm's limit"):
         node_with(transport, effort_limit=2.0)
@@ -448,3 +448,32 @@ def test_deploy_cli_runs_a_checkpoint_against_sim_robot(random_checkpoint):
     report = dep.of("summary")[0]
     assert report["actor"] == "policy" and report["acted"] > 50 and report["act_time"]["p50_ms"] < 20
     assert robot.of("summary")[0]["commands_received"] > 50
+
+
+def test_limits_hold_on_the_wire():
+    """Tightened limits: every command on the wire within the effort limit and the maximum change per tick,
+    and the real arm's wrist kept near its tightened position limit while the expert pushes past it."""
+    domain = random_domain_id()
+    cfg = DeployConfig(task=TASK, actor="expert", domain_id=domain, effort_limit=0.5, max_delta=0.1,
+                       position_limit=("wrist:-0.6:0.6",))
+    # seeds 16-18 start with the wrist inside +-0.5 rad and the expert's solutions bend it past +-1.5 rad
+    with DdsTransport(domain_id=domain) as t, sim_robot(domain, episodes=3, seed=16) as robot, Deployer(cfg) as node:
+        on_wire: list = []
+        wrist: list = []
+        t.subscription(ARM.command_topic, Float64MultiArray, lambda m: on_wire.append(m.data.copy()))
+        t.subscription(JS, JointState, lambda m: wrist.append(float(m.position[1])))
+        sent: list = []
+        send = node.send
+        node.send = lambda cmd: (sent.append(np.array(cmd)), send(cmd))  # type: ignore[method-assign]
+        with running(node):
+            assert robot.wait(3 * EPISODE_S + 60) == 0
+    assert len(on_wire) > 200 and np.abs(np.array(on_wire)).max() <= 0.5 + 1e-12
+    c = np.array(sent)  # every command sent, in order (a KEEP_LAST 1 reader may miss some)
+    # each joint's command moves at most 0.1 per tick, except to exactly zero (a hold, or a position/velocity guard)
+    ok = (np.abs(np.diff(c, axis=0)) <= 0.1 + 1e-9) | (c[1:] == 0.0)
+    bad = np.flatnonzero(~ok.all(axis=1))
+    assert ok.all(), [(c[i].tolist(), c[i + 1].tolist()) for i in bad[:5]]
+    clipped = node.report()["safety"]["clipped"]
+    assert clipped["effort"]["shoulder"] + clipped["effort"]["wrist"] > 0 and clipped["rate"]["wrist"] > 0
+    assert clipped["position"]["wrist"] > 0  # the expert wanted the wrist past 0.6 rad
+    assert len(wrist) > 100 and max(abs(w) for w in wrist) <= 0.6 + 0.1  # coasting past the margin, then held

@@ -147,3 +147,11 @@ def test_parse_joint_limits():
         parse_joint_limits(["elbow:0:1"], J)
     with pytest.raises(ValueError, match="must be 'joint:lower:upper'"):
         parse_joint_limits(["wrist:0"], J)
+
+
+def test_uncommitted_commands_do_not_move_the_rate_reference():
+    f = effort_filter(max_delta=0.25)
+    assert f.filter([1.0, 0.0], [0, 0], [0, 0], commit=False).command.tolist() == [0.25, 0.0]
+    assert f.last_sent is None  # dropped (a late tick): the next one ramps from zero again
+    assert f.filter([1.0, 0.0], [0, 0], [0, 0]).command.tolist() == [0.25, 0.0]
+    assert f.hold(commit=False).tolist() == [0.0, 0.0] and f.last_sent.tolist() == [0.25, 0.0]
