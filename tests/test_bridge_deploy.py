@@ -327,20 +327,22 @@ def test_faulty_messages_and_a_robot_restart_hold_then_resume(caplog):
     assert sum(e["success"] for e in second.of("episode")) >= 2
 
 
-def test_deploy_cli_stops_cleanly_on_sigterm_leaving_the_hold_command(tmp_path):
+def test_deploy_cli_runs_a_checkpoint_and_stops_cleanly_on_sigterm_leaving_the_hold_command(tmp_path, random_checkpoint):
     domain = random_domain_id()
     summary = tmp_path / "deploy.json"
+    args = ["--checkpoint", str(random_checkpoint), "--transport", "dds", "--summary", str(summary)]
     with sim_robot(domain, episodes=0) as robot, DdsTransport(domain_id=domain) as t:
         commands: list = []
         t.subscription(ARM.command_topic, Float64MultiArray, lambda m: commands.append(m.data.tolist()))
-        with NodeProcess("deploy", ["--actor", "expert", "--transport", "dds", "--summary", str(summary)], domain) as dep:
-            wait_for(lambda: len(commands) > 30 and any(c != [0.0, 0.0] for c in commands[-10:]), 30, "the expert's commands")
+        with NodeProcess("deploy", args, domain) as dep:
+            wait_for(lambda: len(commands) > 30 and any(c != [0.0, 0.0] for c in commands[-10:]), 30, "the policy's commands")
             dep.proc.send_signal(signal.SIGTERM)
             assert dep.wait(10) == 0
             report = dep.of("summary")[0]
         time.sleep(0.2)
         assert commands[-1] == [0.0, 0.0]  # the last command on the wire is the hold command
-    assert report["loop"]["stopped_by"] == "stop" and report["acted"] > 20
+    assert report["loop"]["stopped_by"] == "stop" and report["acted"] > 20 and report["actor"] == "policy"
+    assert report["act_time"]["p50_ms"] < 20  # the KV-cached session fits a 50 Hz period
     assert '"acted"' in summary.read_text() and robot.of("summary")[0]["commands_received"] > 30
 
 
@@ -437,17 +439,6 @@ def test_policy_actor_decodes_valid_actions_like_policy_act(random_checkpoint):
     assert len(eps) == 25 and max(eps) <= 2 * 2.0 / 1023
     with pytest.raises(KeyError, match=r"Unknown task 'dmc/cartpole-balance' for this checkpoint"):
         PolicyActor(random_checkpoint, "dmc/cartpole-balance")
-
-
-def test_deploy_cli_runs_a_checkpoint_against_sim_robot(random_checkpoint):
-    domain = random_domain_id()
-    with sim_robot(domain, episodes=1) as robot, \
-            NodeProcess("deploy", ["--checkpoint", str(random_checkpoint), "--transport", "dds"], domain) as dep:
-        assert robot.wait(60) == 0
-        dep.close()
-    report = dep.of("summary")[0]
-    assert report["actor"] == "policy" and report["acted"] > 50 and report["act_time"]["p50_ms"] < 20
-    assert robot.of("summary")[0]["commands_received"] > 50
 
 
 def test_limits_hold_on_the_wire():
