@@ -13,7 +13,8 @@ embedding on every image patch.
 On CUDA (bf16 autocast) it also prints model FLOPs utilisation (nanoGPT's
 estimate: 6 N + 12 L S D FLOPs per token, against the GPU's dense bf16 peak).
 
-    python scripts/bench_train.py                       # cpu-small, both batch kinds
+    python scripts/bench_train.py                       # cpu-small, both batch kinds, float32
+    python scripts/bench_train.py --dtype bfloat16      # both models under bf16 autocast
     python scripts/bench_train.py --preset gato-79m --batch-size 8 --device cuda
 
 Needs ``transformers`` (the ``bench`` extra). Ends with one JSON line.
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +36,7 @@ import tyro
 
 from omnipolicy.agent import GatoModel, get_preset
 from omnipolicy.agent.synthetic import SyntheticWindows
-from omnipolicy.agent.train import to_tensors
+from omnipolicy.agent.train import autocast_dtype, to_tensors
 from omnipolicy.tokenizers import Tokenizer
 
 BATCH_KINDS = {
@@ -62,6 +64,8 @@ class Args:
     """Untimed steps per model and kind."""
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu' or 'cuda'."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """Autocast dtype of both models (auto: bfloat16 on CUDA and on CPUs with native bf16)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     peak_tflops: float | None = None
@@ -117,16 +121,15 @@ def main(args: Args) -> dict:
     hf = gpt2_like(cfg, layout.vocab_size, context).to(device).train()
     fused = device.type in ("cpu", "cuda")
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused) for m in (ours, hf)]
+    amp = autocast_dtype(device, args.dtype)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
         sync = torch.cuda.synchronize
     else:
-        from contextlib import nullcontext as autocast
-
         sync = lambda: None  # noqa: E731
     n_ours, n_hf = ours.num_params(), sum(p.numel() for p in hf.parameters())
-    print(f"device {device}, threads {torch.get_num_threads()}, preset {args.preset} (context {context}), "
+    print(f"device {device}, {amp or torch.float32}, threads {torch.get_num_threads()}, preset {args.preset} (context {context}), "
           f"ours {n_ours:,d} params, GPT-2 {n_hf:,d} params, batch {args.batch_size} x {context}")
     results = {}
     for kind in args.kinds:
@@ -175,6 +178,7 @@ def main(args: Args) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "dtype": str(amp or torch.float32),
         "preset": args.preset,
         "context": context,
         "batch_size": args.batch_size,

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from omnipolicy.agent import Policy, TrainConfig, load_meta, load_model_weights, train
 from omnipolicy.agent.checkpoint import LATEST
 from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
-from omnipolicy.agent.train import lr_at, slice_batch, train_command
+from omnipolicy.agent.train import autocast_dtype, cpu_has_native_bf16, lr_at, slice_batch, train_command
 from omnipolicy.tokenizers import Tokenizer
 
 LAYOUT = Tokenizer.default().layout
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_cfg(out: Path, **overrides) -> TrainConfig:
     base = dict(out=out, preset="cpu-tiny", context=64, steps=6, batch_size=4, lr=3e-3, warmup_steps=2,
-                save_every=3, progress=False, tensorboard=False, threads=1)
+                save_every=3, progress=False, tensorboard=False, threads=1, dtype="float32")
     return TrainConfig(**{**base, **overrides})
 
 
@@ -56,7 +56,7 @@ def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 
 def test_overfits_a_tiny_dataset(tmp_path):
-    cfg = small_cfg(tmp_path, steps=120, batch_size=8, warmup_steps=10, save_every=1000)
+    cfg = small_cfg(tmp_path, steps=120, batch_size=8, warmup_steps=10, save_every=1000, dtype="auto")  # bf16 where native
     result = train(cfg, loader=source(batch_size=8, num_windows=8), layout=LAYOUT, tasks=TASKS)
     assert result.losses[0] > 5.0  # starts near log(vocab)
     assert np.mean(result.losses[-5:]) < 0.05, result.losses[-10:]
@@ -137,6 +137,13 @@ def test_slice_batch_keeps_each_rows_patches():
         idx = part["patch_index"][r]
         np.testing.assert_array_equal(part["patches"][idx[idx >= 0]], batch["patches"][batch["patch_index"][2 + r][idx >= 0]])
     assert part["patches"].shape[0] == int((batch["patch_index"][2:4] >= 0).sum())
+
+
+def test_autocast_dtype_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, "float32") is None and autocast_dtype(cuda, "float32") is None
+    assert autocast_dtype(cpu, "bfloat16") == autocast_dtype(cuda, "auto") == torch.bfloat16
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if cpu_has_native_bf16() else None)
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
