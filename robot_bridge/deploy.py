@@ -11,8 +11,8 @@ rate) does, in this order:
    logged once when it starts and once when state returns.
 3. **rejected state**: a message that cannot be used (unknown, missing or
    duplicate joint names, wrong lengths, NaN/inf, a malformed or undecodable
-   message) is rejected with one log line; the robot is held until a valid
-   message arrives on that topic.
+   message) is rejected with one log line; the robot is held for at least one
+   tick, and until a valid message arrives on that topic.
 4. **observation**: the task's observation dict is rebuilt from the newest
    messages by the arm's explicit recipe (:mod:`omnipolicy.robot_bridge.arms`)
    and checked against the checkpoint's ``TimestepSpec`` (checked once at
@@ -209,6 +209,7 @@ class _Topic:
     msg: RosMessage | None = None
     values: dict[str, np.ndarray] = field(default_factory=dict)  # source key -> vector (named sources)
     invalid: bool = False  # the newest message was rejected: hold until a valid one comes
+    unseen_reject: bool = False  # a rejection no tick has acted on yet: hold at least one tick for it
     rejected: int = 0
     transport_rejected_seen: int = 0
 
@@ -326,7 +327,7 @@ class Deployer:
         except ValueError as e:
             with self._lock:
                 st = self._topics[topic]
-                st.invalid = True
+                st.invalid = st.unseen_reject = True
                 st.rejected += 1
             log.warning("rejected a %s on %s: %s (robot held until a valid one)", type(msg).__name__, topic, e)
             return
@@ -362,8 +363,9 @@ class Deployer:
             sub_rejected = self.subs[topic].rejected  # undecodable / inconsistent messages the transport dropped
             if sub_rejected != st.transport_rejected_seen:
                 st.transport_rejected_seen = sub_rejected
-                st.invalid = True  # counted and logged (one line each) by the subscription itself
-            if st.invalid:
+                st.unseen_reject = True  # counted and logged (one line each) by the subscription itself
+            if st.invalid or st.unseen_reject:
+                st.unseen_reject = False
                 return "rejected"
             if not self.watchdogs[topic].fresh(now):
                 return "stale"
