@@ -375,6 +375,7 @@ def train(
     Raises:
         ValueError: bad data, or ``--resume`` from a checkpoint of another model or layout.
     """
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device, created_group = _setup_distributed(cfg.device)
@@ -382,6 +383,7 @@ def train(
     try:
         return _train(cfg, loader, layout, tasks, rank, world, device, is_main)
     finally:
+        torch.set_num_threads(threads)
         if created_group:
             dist.destroy_process_group()
 

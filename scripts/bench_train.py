@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see omnipolicy/agent/__init__.py
 import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
