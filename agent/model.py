@@ -218,14 +218,20 @@ class GatoModel(nn.Module):
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def embed_patches(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
+        """Embeddings of image patches with their row/column positions (clamped to the table), (P, D)."""
+        rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
+        return self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])
+
     def embed(
         self,
         tokens: Tensor,
         local_pos: Tensor,
         patch_index: Tensor,
-        patches: Tensor,
-        patch_pos: Tensor,
+        patches: Tensor | None,
+        patch_pos: Tensor | None,
         positions: Tensor | None = None,
+        patch_embeddings: Tensor | None = None,
     ) -> Tensor:
         """Input embeddings.
 
@@ -233,6 +239,8 @@ class GatoModel(nn.Module):
             tokens, local_pos, patch_index: (B, S) int64.
             patches: (P, 3, 16, 16) float; patch_pos: (P, 2) int64 (row, col).
             positions: (S,) or (B, S) window positions; default ``0 .. S-1``.
+            patch_embeddings: (P, D) from :meth:`embed_patches`, instead of
+                ``patches`` and ``patch_pos`` (a policy re-uses them across steps).
 
         Returns:
             (B, S, D) embeddings.
@@ -241,16 +249,17 @@ class GatoModel(nn.Module):
         if positions is None:
             positions = torch.arange(S, device=tokens.device)
         x = self.wte(tokens)  # (B, S, D)
-        if patches.shape[0] > 0:
-            rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
-            pe = self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])  # (P, D)
+        pe = patch_embeddings
+        if pe is None and patches is not None and patches.shape[0] > 0:
+            pe = self.embed_patches(patches, patch_pos)  # (P, D)
+        if pe is not None and pe.shape[0] > 0:
             flat = patch_index.reshape(-1)  # (B*S,)
             slots = torch.nonzero(flat >= 0).squeeze(1)  # (P',) patch slots
             x = x.reshape(B * S, -1).index_copy(0, slots, pe[flat[slots]].to(x.dtype)).view(B, S, -1)  # slots take their patch
         elif self.training and torch.is_grad_enabled():
             # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
             # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
-            zero = self.patch_embed(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE)) + self.patch_row.weight[:1] + self.patch_col.weight[:1]
+            zero = self.embed_patches(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device))
             x = x + 0.0 * zero.sum()
         x = x + self.wle(local_pos) + self.wpe(positions)
         return F.dropout(x, self.cfg.dropout, self.training)
@@ -260,12 +269,13 @@ class GatoModel(nn.Module):
         tokens: Tensor,
         local_pos: Tensor,
         patch_index: Tensor,
-        patches: Tensor,
-        patch_pos: Tensor,
+        patches: Tensor | None,
+        patch_pos: Tensor | None,
         positions: Tensor | None = None,
+        patch_embeddings: Tensor | None = None,
     ) -> Tensor:
         """Final hidden states (after the last norm), (B, S, D); see :meth:`embed` for the inputs."""
-        x = self.embed(tokens, local_pos, patch_index, patches, patch_pos, positions)
+        x = self.embed(tokens, local_pos, patch_index, patches, patch_pos, positions, patch_embeddings)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)

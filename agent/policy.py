@@ -44,6 +44,7 @@ class _Timestep:
     local_pos: np.ndarray  # int64 (L,)
     patches: np.ndarray  # float32 (p, 3, 16, 16)
     patch_pos: np.ndarray  # int64 (p, 2)
+    patch_emb: torch.Tensor | None = None  # (p, D) on the model's device, computed once
 
 
 @dataclass
@@ -252,6 +253,15 @@ class Policy:
         A, context = len(ranges), self.model.cfg.context
         current = [self._tokenize(spec, obs) for obs in observations]
         obs_len = len(current[0].tokens)
+        dev = self.device
+        counts = [len(c.patches) for c in current]
+        if sum(counts):  # embed the new patches once; later steps re-use them from the context
+            pe = self.model.embed_patches(
+                torch.from_numpy(np.concatenate([c.patches for c in current])).to(dev),
+                torch.from_numpy(np.concatenate([c.patch_pos for c in current])).to(dev),
+            )  # (sum p, D)
+            for c, emb in zip(current, pe.split(counts)):
+                c.patch_emb = emb
         if obs_len + A - 1 > context:
             raise ValueError(
                 f"Task {task_id!r}: one timestep needs {obs_len + A - 1} tokens of context but the model has {context}"
@@ -270,7 +280,7 @@ class Policy:
         tokens = np.full((B, width), pad, np.int64)
         local_pos = np.zeros((B, width), np.int64)
         patch_index = np.full((B, width), -1, np.int64)
-        patches, patch_pos, n_patches = [], [], 0
+        patch_embs, n_patches = [], 0
         for b, steps in enumerate(seqs):
             tok_b = np.concatenate([t.tokens for t in steps])
             tokens[b, : len(tok_b)] = tok_b
@@ -278,21 +288,19 @@ class Policy:
             slots = np.flatnonzero(tok_b == self.tok.layout.patch_id)
             patch_index[b, slots] = n_patches + np.arange(len(slots))
             n_patches += len(slots)
-            patches += [t.patches for t in steps]
-            patch_pos += [t.patch_pos for t in steps]
-        dev = self.device
+            patch_embs += [t.patch_emb for t in steps if t.patch_emb is not None]
         t_tokens = torch.from_numpy(tokens).to(dev)
         t_local = torch.from_numpy(local_pos).to(dev)
         t_pindex = torch.from_numpy(patch_index).to(dev)
-        t_patches = torch.from_numpy(np.concatenate(patches).reshape(-1, 3, 16, 16)).to(dev)
-        t_ppos = torch.from_numpy(np.concatenate(patch_pos).reshape(-1, 2)).to(dev)
+        t_pemb = torch.cat(patch_embs) if patch_embs else None  # (P, D) in patch_index order
         rows = torch.arange(B, device=dev)
         pos = torch.from_numpy(lengths).to(dev)  # (B,) index of the next token to write
 
         action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
         for k in range(A):
             n = int(lengths.max()) + k
-            hidden = self.model(t_tokens[:, :n], t_local[:, :n], t_pindex[:, :n], t_patches, t_ppos)  # (B, n, D)
+            hidden = self.model(t_tokens[:, :n], t_local[:, :n], t_pindex[:, :n], None, None,
+                                patch_embeddings=t_pemb)  # (B, n, D)
             lo, hi = int(ranges[k, 0]), int(ranges[k, 1])
             logits = self.model.logits(hidden[rows, pos - 1])[:, lo:hi].float()  # (B, hi - lo): valid ids only
             if self.temperature > 0:
@@ -314,6 +322,7 @@ class Policy:
                     np.arange(obs_len + A, dtype=np.int64),
                     cur.patches,
                     cur.patch_pos,
+                    cur.patch_emb,
                 )
             )
         actions = self.tok.decode_actions(spec, act_np)  # (B, *action shape)
