@@ -1,5 +1,8 @@
 """A trained checkpoint drives sim-robot over ROS 2 and reaches targets as often as it does in plain simulation (slow).
 
+Measured here (2 shared cores, loaded): collecting 60 demonstrations takes ~10 s and 2500 training steps of
+``cpu-tiny`` (context 45, batch 32) about 50 min.
+
 The fixture trains a tiny policy (``cpu-tiny``) on expert demonstrations of dmc/reacher-easy with the project's own
 ``collect`` and ``train``; on this 2-core machine that takes minutes, not the ~60 s a default test may take, so these
 tests are ``slow`` (the fast variant drives sim-robot with the scripted expert through the same deploy path:
@@ -35,7 +38,7 @@ needs_ros_torch = pytest.mark.skipif(
 #: Episodes per comparison, their length, and the stated margin between the success rate over ROS 2 (real time,
 #: one control period of latency, late ticks replaced by the hold command) and in plain simulation, same seeds.
 EPISODES, EPISODE_S, MARGIN, SEED = 12, 2.0, 0.25, 100
-DEMOS, TRAIN_STEPS = 40, 1500
+DEMOS, TRAIN_STEPS, CONTEXT, BATCH = 60, 2500, 45, 32  # context: 5 timesteps of 9 tokens (the task is Markov)
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +51,17 @@ def checkpoint(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("reacher_policy")
     collect([TASK], episodes=DEMOS, out=out / "data", workers=0, progress=False)
-    train(TrainConfig(data=(task_path(out / "data", TASK),), out=out / "run", preset="cpu-tiny", steps=TRAIN_STEPS,
-                      batch_size=16, lr=1e-3, warmup_steps=50, save_every=TRAIN_STEPS, prompt_prob=0.0,
-                      progress=False, tensorboard=False))
+    train(TrainConfig(data=(task_path(out / "data", TASK),), out=out / "run", preset="cpu-tiny", context=CONTEXT,
+                      steps=TRAIN_STEPS, batch_size=BATCH, lr=1e-3, warmup_steps=50, save_every=TRAIN_STEPS,
+                      prompt_prob=0.0, progress=False, tensorboard=False))
     return out / "run"
 
 
 @pytest.fixture(scope="module")
-def plain(checkpoint) -> list[bool]:
-    """The checkpoint's successes in plain simulation on the robot's seeds and episode length."""
+def plain(checkpoint) -> list[dict]:
+    """The checkpoint's episodes in plain simulation on the robot's seeds and episode length."""
     actor = PolicyActor(checkpoint, TASK)
-    eps = simulate_episodes(TASK, lambda arm, obs: actor.act(obs), list(range(SEED, SEED + EPISODES)), EPISODE_S, actor.reset)
-    return [e["success"] for e in eps]
+    return simulate_episodes(TASK, lambda arm, obs: actor.act(obs), list(range(SEED, SEED + EPISODES)), EPISODE_S, actor.reset)
 
 
 def sim_robot(domain: int, python: str | None, transport: str) -> NodeProcess:
@@ -67,13 +69,18 @@ def sim_robot(domain: int, python: str | None, transport: str) -> NodeProcess:
     return NodeProcess("sim-robot", args, domain, python)
 
 
-def compare(robot: NodeProcess, plain: list[bool]) -> None:
+def compare(robot: NodeProcess, plain: list[dict]) -> None:
+    """Both rates within the margin: ``reached`` (the fingertip touched the target during the episode) and
+    ``success`` (touching it at the end)."""
     summary = robot.of("summary")[0]
-    assert summary["seeds"] == list(range(SEED, SEED + EPISODES))
-    rate, plain_rate = summary["success_rate"], float(np.mean(plain))
-    print(f"success over ROS 2 ({summary['transport']} robot): {rate:.2f}; plain simulation: {plain_rate:.2f}")
-    assert abs(rate - plain_rate) <= MARGIN, (summary["successes"], plain)
-    assert plain_rate >= 0.25, f"the fixture's policy is too weak for the comparison to mean anything: {plain}"
+    eps = robot.of("episode")
+    assert summary["seeds"] == [e["seed"] for e in plain]
+    for key in ("reached", "success"):
+        rate, plain_rate = float(np.mean([e[key] for e in eps])), float(np.mean([e[key] for e in plain]))
+        print(f"{key} over ROS 2 ({summary['transport']} robot): {rate:.2f}; plain simulation: {plain_rate:.2f}")
+        assert abs(rate - plain_rate) <= MARGIN, (key, [e[key] for e in eps], [e[key] for e in plain])
+    reached = np.mean([e["reached"] for e in plain])
+    assert reached >= 0.5, f"the fixture's policy reaches too few targets for the comparison to mean anything: {reached}"
 
 
 def test_policy_over_dds_matches_plain_simulation(checkpoint, plain):
