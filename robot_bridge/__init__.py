@@ -9,4 +9,9 @@
 - ``loopback``: 127.0.0.1-only DDS configurations (``config/``) and environment.
 - ``rosbag``: rosbag2 recordings -> aligned observation/action arrays; bag writer.
 - ``echo``: an echo node for tests and ``scripts/bench_bridge.py``.
+- ``arms``: what a robot and a deploy node agree on per task (joints, limits, topics, the
+  observation recipe messages -> observation), and the simulated arms.
+- ``safety``: limits, rate limit, watchdog and e-stop latch of the command path (pure).
+- ``sim_robot``: ``omnipolicy sim-robot``, a simulated arm as a ROS 2 robot.
+- ``deploy``: ``omnipolicy deploy``, a policy (or the scripted expert) driving a robot.
 """
