@@ -59,13 +59,21 @@ class PolicyActor:
 
     def begin(self, task: TaskSpec, envs: Sequence) -> None:
         self.task_id = task.id
+        self.policy.temperature = self.temperature
         self.policy.reset(len(envs))
+        self.last_obs: list[dict | None] = [None] * len(envs)
 
     def reset_env(self, index: int, obs: dict) -> None:
         self.policy.reset_env(index)
+        self.last_obs[index] = obs
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
-        return self.policy.act(self.task_id, list(observations), env_ids=list(active), temperature=self.temperature)
+        # The policy steps every environment together; finished ones repeat their last observation
+        # and their actions are dropped.
+        for i, o in zip(active, observations):
+            self.last_obs[i] = o
+        actions = self.policy.act(self.task_id, self.last_obs)
+        return [actions[i] for i in active]
 
 
 class ExpertActor:
