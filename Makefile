@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/omnipolicy tokenize-demo
+	$(VENV)/bin/omnipolicy demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not interop and not ros" --timeout=600
