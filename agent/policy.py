@@ -140,6 +140,7 @@ class Policy:
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._ranges: dict[str, np.ndarray] = {}
+        self._prompts: dict[str, list[_Timestep]] = {}
         self._envs: list[_EnvContext] = []
 
     @classmethod
@@ -207,6 +208,61 @@ class Policy:
         except KeyError:
             raise KeyError(f"Unknown task {task_id!r} for this checkpoint; it was trained on {sorted(self.meta.tasks)}") from None
 
+    def set_prompt(
+        self,
+        task_id: str,
+        observations: Mapping[str, Any] | None,
+        actions: np.ndarray | None = None,
+        max_fraction: float = 0.5,
+    ) -> int:
+        """Prefix every environment's context on ``task_id`` with a demonstration (Gato's prompting).
+
+        The demonstration's last whole timesteps that fit in ``max_fraction`` of
+        the context are kept (training prompts take at most half a window, from
+        the demonstration's end half of the time); they never leave the window,
+        the environment's own timesteps follow them.
+
+        Args:
+            task_id: the task the prompt is for.
+            observations: the demonstration's observations with a leading time
+                axis (as in an ``Episode``); ``None`` removes the prompt.
+            actions: its actions ``(T, *action shape)``.
+            max_fraction: at most this fraction of the context goes to the prompt.
+
+        Returns:
+            The number of prompt timesteps kept.
+
+        Raises:
+            ValueError: a bad fraction, or not even one timestep fits.
+        """
+        if observations is None:
+            self._prompts.pop(task_id, None)
+            return 0
+        if not 0.0 < max_fraction < 1.0:
+            raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
+        spec = self.spec(task_id)
+        ep = self.tok.tokenize_episode(spec, observations, actions)
+        L, budget = ep.tokens_per_timestep, int(self.model.cfg.context * max_fraction)
+        keep = min(budget // L, ep.num_timesteps)
+        if keep < 1:
+            raise ValueError(f"Task {task_id!r}: a prompt timestep has {L} tokens, more than {budget} ({max_fraction} of the context)")
+        first = ep.num_timesteps - keep
+        is_patch = ep.tokens == self.tok.layout.patch_id
+        patch_of = np.cumsum(is_patch) - 1  # token -> its row of ep.patches
+        steps = []
+        for t in range(first, ep.num_timesteps):
+            sl = slice(t * L, (t + 1) * L)
+            rows = patch_of[sl][is_patch[sl]]
+            patches = np.asarray(ep.patches[rows], dtype=np.float32).reshape(-1, 3, 16, 16)
+            patch_pos = ep.patch_pos[rows].astype(np.int64).reshape(-1, 2)
+            emb = None
+            if len(rows):
+                with torch.inference_mode():
+                    emb = self.model.embed_patches(torch.from_numpy(patches).to(self.device), torch.from_numpy(patch_pos).to(self.device))
+            steps.append(_Timestep(ep.tokens[sl].astype(np.int64), ep.local_pos[sl].astype(np.int64), patches, patch_pos, emb))
+        self._prompts[task_id] = steps
+        return keep
+
     def action_ranges(self, task_id: str) -> np.ndarray:
         """int64 (A, 2): the valid ``[lo, hi)`` ids of each action token of ``task_id``."""
         if task_id not in self._ranges:
@@ -266,14 +322,18 @@ class Policy:
             raise ValueError(
                 f"Task {task_id!r}: one timestep needs {obs_len + A - 1} tokens of context but the model has {context}"
             )
+        prompt = self._prompts.get(task_id, [])
+        room = context - sum(len(t.tokens) for t in prompt)
+        if obs_len + A - 1 > room:
+            raise ValueError(f"Task {task_id!r}: the prompt leaves {room} tokens of context, a timestep needs {obs_len + A - 1}")
         for env in self._envs:
             if env.task_id != task_id:
                 env.task_id, env.steps = task_id, deque()
-            while env.steps and env.num_tokens + obs_len + A - 1 > context:
+            while env.steps and env.num_tokens + obs_len + A - 1 > room:
                 env.steps.popleft()  # drop whole oldest timesteps
 
-        # one right-padded batch: history, then the new observation, then room for the action tokens
-        seqs = [list(env.steps) + [cur] for env, cur in zip(self._envs, current)]
+        # one right-padded batch: prompt, history, the new observation, then room for the action tokens
+        seqs = [prompt + list(env.steps) + [cur] for env, cur in zip(self._envs, current)]
         lengths = np.array([sum(len(t.tokens) for t in s) for s in seqs])  # (B,)
         B, width = len(seqs), int(lengths.max()) + A - 1
         pad = self.tok.layout.pad_id

@@ -188,15 +188,30 @@ def test_batched_acting_equals_acting_one_env_at_a_time(checkpoint, task_id):
     assert torch.stack(logits).std(dim=1).mean() > 0.05  # the logits depend on the input
 
 
+def segment(ep, window: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens, local positions, patches and patch positions of ``ep.tokens[window]`` (a training-window piece)."""
+    patch_of = np.cumsum(ep.tokens == TOK.layout.patch_id) - 1  # token -> its row of ep.patches
+    rows = patch_of[window][ep.tokens[window] == TOK.layout.patch_id]
+    return ep.tokens[window].astype(np.int64), ep.local_pos[window].astype(np.int64), ep.patches[rows], ep.patch_pos[rows]
+
+
+@pytest.mark.parametrize("prompted", [False, True])
 @pytest.mark.parametrize("task_id", [IMAGE_TASK, VECTOR_TASK])
-def test_policy_sees_what_training_windows_show(checkpoint, task_id):
-    """Teacher-forced acting gives the logits of the model on the training-format window of the same episode."""
+def test_policy_sees_what_training_windows_show(checkpoint, task_id, prompted):
+    """Teacher-forced acting gives the logits of the model on the training-format window of the same episode
+    (after a prompt: the demonstration's last timesteps, then the episode, as WindowLoader's prompted rows)."""
     policy = random_policy(checkpoint, seed=1)
     logits = recorded_logits(policy)
     spec, ep = SPECS[task_id], episode(task_id, seed=7, T=12)
     full = TOK.tokenize_episode(spec, ep.observations, ep.actions)  # what the token cache holds
     L, Lo, expert = full.tokens_per_timestep, full.obs_tokens_per_timestep, full.action_tokens()
-    patch_of = np.cumsum(full.tokens == TOK.layout.patch_id) - 1  # token -> its row of full.patches
+    prefix = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3, 16, 16), np.float32), np.zeros((0, 2), np.int64)]
+    if prompted:
+        demo = episode(task_id, seed=8, T=12)
+        kept = policy.set_prompt(task_id, demo.observations, demo.actions, max_fraction=0.5)
+        assert kept == min(12, (CONTEXT // 2) // L)
+        demo_tokens = TOK.tokenize_episode(spec, demo.observations, demo.actions)
+        prefix = segment(demo_tokens, slice((12 - kept) * L, 12 * L))
     policy.reset(1)
     for t in range(12):
         logits.clear()
@@ -205,20 +220,36 @@ def test_policy_sees_what_training_windows_show(checkpoint, task_id):
         chosen = env.steps[-1].tokens[Lo:].copy()  # (A,) the policy's own action tokens of this step
         env.steps[-1].tokens[Lo:] = expert[t]  # teacher forcing for the next steps
         start = (t + 1 - len(env.steps)) * L  # the window the policy kept: whole timesteps up to t
-        window = slice(start, t * L + Lo + len(chosen) - 1)  # up to the last fed action token
-        tokens = torch.tensor(full.tokens[window], dtype=torch.long)[None]
-        tokens[0, t * L - start + Lo :] = torch.from_numpy(chosen[:-1])  # this step was fed its own choices
-        is_patch = tokens[0] == TOK.layout.patch_id
-        rows = patch_of[window][is_patch.numpy()]
-        patch_index = torch.full_like(tokens, -1)
-        patch_index[0, is_patch] = torch.arange(len(rows))
+        own = list(segment(full, slice(start, t * L + Lo + len(chosen) - 1)))  # up to the last fed action token
+        own[0][t * L - start + Lo :] = chosen[:-1]  # this step was fed its own choices
+        tokens, local, patches, ppos = (np.concatenate([p, o]) for p, o in zip(prefix, own))
+        is_patch = tokens == TOK.layout.patch_id
+        patch_index = np.full(len(tokens), -1)
+        patch_index[is_patch] = np.arange(is_patch.sum())
+        at = len(prefix[0]) + t * L - start + Lo - 1  # where action token 0 is predicted
         with torch.no_grad():
-            h = policy.model(tokens, torch.tensor(full.local_pos[window], dtype=torch.long)[None], patch_index,
-                             torch.from_numpy(full.patches[rows]), torch.tensor(full.patch_pos[rows], dtype=torch.long))
-            for k, step_logits in enumerate(logits):  # action token k is predicted at position Lo - 1 + k
-                ref = policy.model.logits.__wrapped__(h[0, t * L - start + Lo - 1 + k])
-                torch.testing.assert_close(step_logits[0], ref, rtol=1e-5, atol=1e-4)
+            h = policy.model(*(torch.from_numpy(x)[None] for x in (tokens, local, patch_index)),
+                             torch.from_numpy(patches.astype(np.float32)), torch.from_numpy(ppos.astype(np.int64)))
+            for k, step_logits in enumerate(logits):  # action token k is predicted at position at + k
+                torch.testing.assert_close(step_logits[0], policy.model.logits.__wrapped__(h[0, at + k]), rtol=1e-5, atol=1e-4)
     assert len(policy._envs[0].steps) < 12  # the window rolled
+
+
+def test_prompt_takes_a_fixed_share_of_the_window_and_can_be_removed(checkpoint):
+    policy = Policy.from_checkpoint(checkpoint)
+    demo = episode(VECTOR_TASK, seed=9, T=12)
+    with pytest.raises(ValueError, match=r"max_fraction must be in \(0, 1\), got 1.5"):
+        policy.set_prompt(VECTOR_TASK, demo.observations, demo.actions, max_fraction=1.5)
+    assert policy.set_prompt(VECTOR_TASK, demo.observations, demo.actions, max_fraction=0.25) == 2  # 16 tokens // 7
+    rng = np.random.default_rng(6)
+    policy.reset(1)
+    for _ in range(15):
+        policy.act(VECTOR_TASK, [observation(VECTOR_TASK, rng)])
+    assert policy._envs[0].num_tokens <= CONTEXT - 14 and len(policy._envs[0].steps) == (CONTEXT - 14 - 1) // 7
+    assert policy.set_prompt(VECTOR_TASK, None) == 0
+    before = len(policy._envs[0].steps)
+    policy.act(VECTOR_TASK, [observation(VECTOR_TASK, rng)])
+    assert len(policy._envs[0].steps) == before + 1  # the room the prompt held is free again
 
 
 def test_rolling_context_drops_whole_oldest_timesteps(checkpoint):
