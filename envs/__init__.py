@@ -3,6 +3,18 @@
 >>> from omnipolicy.envs import get_task, make_env, make_expert, DEFAULT_SUITE
 
 Importing this package loads no simulator; ``make_env`` imports the one it needs.
+
+Conventions shared by every task (``omnipolicy tasks`` lists them):
+
+* observations are dicts keyed by ``spec.timestep.observation`` names: float32 vectors,
+  uint8 (H, W, 3) images, ``str`` text; each step returns fresh arrays;
+* discrete actions are int64 arrays of shape (1,); continuous actions float32, clipped to
+  the spec's bounds;
+* ``reset(seed=s)`` is deterministic; episodes truncate at ``spec.max_steps``;
+* where ``spec.has_success``, ``info["success"]`` is True once the task has been solved in
+  the episode (so the last step's value is the episode's success);
+* ``RandomPolicy`` (``omnipolicy.envs.experts.base``) is the normalisation's 0 point;
+  scores are measured by ``scripts/measure_experts.py`` into ``envs/expert_scores.json``.
 """
 
 from typing import Any

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
@@ -331,8 +331,8 @@ def __getattr__(name: str) -> Any:
 class TasksConfig:
     """List the registered tasks with their measured random and expert scores."""
 
-    domain: str | None = None
-    """Only tasks of this domain (classic, atari, mujoco, dmc, metaworld)."""
+    domain: Literal["classic", "atari", "mujoco", "dmc", "metaworld"] | None = None
+    """Only tasks of this domain."""
     default_only: bool = False
     """Only the tasks of the default suite."""
     json: bool = False
