@@ -24,7 +24,7 @@ DEMO_EPISODES: dict[str, int] = {
     "mujoco": 30,
     "dmc": 12,
     "metaworld": 20,
-    "atari": 6,
+    "atari": 3,
 }
 """Demonstrations per task by domain for the default run (sized for the 30-minute budget)."""
 
