@@ -81,6 +81,17 @@ class TokenEmbedding(nn.Embedding):
             self.value_proj = nn.Linear(cfg.value_features, cfg.n_embd, bias=False)
             self.lo, self.n = lo, n
 
+    def reset_value_proj(self, std: float = 0.02) -> None:
+        """Initialise the value term to the table's scale (each output element ~ N(0, std^2)).
+
+        The features' squares sum to ``value_features / 2`` for every bin, so
+        the weights get ``std / sqrt(value_features / 2)``: neighbouring bins
+        then share about half of their embedding instead of nearly all of it
+        (which slowed learning exact bins).
+        """
+        if self.value_proj is not None:
+            nn.init.normal_(self.value_proj.weight, mean=0.0, std=std / math.sqrt(self.value_feats.shape[1] / 2))
+
     def forward(self, tokens: Tensor) -> Tensor:
         x = super().forward(tokens)  # (..., D)
         if self.value_proj is not None:
@@ -201,6 +212,7 @@ class GatoModel(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
+        self.wte.reset_value_proj()
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))

@@ -56,7 +56,7 @@ def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 
 def test_overfits_a_tiny_dataset(tmp_path):
-    cfg = small_cfg(tmp_path, steps=120, batch_size=8, warmup_steps=10, save_every=1000, dtype="auto")  # bf16 where native
+    cfg = small_cfg(tmp_path, steps=120, batch_size=8, warmup_steps=10, save_every=1000, dtype="bfloat16")  # the bf16 path learns too
     result = train(cfg, loader=source(batch_size=8, num_windows=8), layout=LAYOUT, tasks=TASKS)
     assert result.losses[0] > 5.0  # starts near log(vocab)
     assert np.mean(result.losses[-5:]) < 0.05, result.losses[-10:]
@@ -143,7 +143,8 @@ def test_autocast_dtype_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype(cpu, "float32") is None and autocast_dtype(cuda, "float32") is None
     assert autocast_dtype(cpu, "bfloat16") == autocast_dtype(cuda, "auto") == torch.bfloat16
-    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype(cpu, "auto") is None
+    assert isinstance(cpu_has_native_bf16(), bool)
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
