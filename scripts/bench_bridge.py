@@ -238,7 +238,7 @@ def main() -> None:
                 continue
             j, lat = r["jitter_ms"], r["latency_ms"]
             print(f"control loop -> {r['robot']:20s} latency p50 {lat['p50_ms']:.2f} ms p99 {lat['p99_ms']:.2f} ms | jitter p50 "
-                  f"{j['p50_ms']:.3f} ms p99 {j['p99_ms']:.3f} ms (x{j['p99_ms'] / max(b['p99_ms'], 1e-9):.1f} of a no-op loop's p99 "
+                  f"{j['p50_ms']:.3f} ms p99 {j['p99_ms']:.3f} ms (x{j['p99_ms'] / max(b['p99_ms'], 1e-9):.2f} of a no-op loop's p99 "
                   f"{b['p99_ms']:.3f} ms) | misses {r['deadline_misses']}/{r['steps']} | success {r['success_rate']}")
     base = rt["dds->dds_echo"]["joint_state"]["p50_ms"]
     for pair, r in rt.items():
