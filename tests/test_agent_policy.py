@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,9 @@ SPECS = {
     ),
 }
 CONTEXT = 64
+# These tests pin the full-recomputation path (its contexts are inspected); the KV-cached session path
+# (issue 5) has its own tests in test_inference_session.py.
+RECOMPUTE = {"use_session": False} if "use_session" in inspect.signature(Policy).parameters else {}
 
 
 def observation(task_id: str, rng: np.random.Generator) -> dict:
@@ -103,7 +106,7 @@ def test_resume_from_a_dataset_run_equals_uninterrupted(dataset, tmp_path, monke
 
 
 def test_act_returns_valid_actions_for_parallel_envs(checkpoint):
-    policy = Policy.from_checkpoint(checkpoint)
+    policy = Policy.from_checkpoint(checkpoint, **RECOMPUTE)
     rng = np.random.default_rng(0)
     policy.reset(3)
     for _ in range(3):
@@ -120,7 +123,7 @@ def test_act_returns_valid_actions_for_parallel_envs(checkpoint):
 @pytest.mark.parametrize("temperature", [0.0, 1.5])
 @pytest.mark.parametrize("task_id", [IMAGE_TASK, VECTOR_TASK])
 def test_masked_decoding_never_yields_invalid_ids(checkpoint, monkeypatch, task_id, temperature):
-    policy = Policy.from_checkpoint(checkpoint, temperature=temperature, seed=1)
+    policy = Policy.from_checkpoint(checkpoint, temperature=temperature, seed=1, **RECOMPUTE)
     ranges = policy.action_ranges(task_id)  # (A, 2)
     logits = policy.model.logits
     invalid = torch.ones(TOK.layout.vocab_size, dtype=torch.bool)
@@ -152,7 +155,7 @@ def random_policy(checkpoint: Path, seed: int) -> Policy:
     with torch.no_grad():
         for p in model.parameters():  # larger weights than GPT-2's init: outputs that vary more with the input
             p.normal_(0.0, 0.3)
-    return Policy(model, meta, TOK)
+    return Policy(model, meta, TOK, **RECOMPUTE)
 
 
 def recorded_logits(policy: Policy) -> list[torch.Tensor]:
@@ -236,7 +239,7 @@ def test_policy_sees_what_training_windows_show(checkpoint, task_id, prompted):
 
 
 def test_prompt_takes_a_fixed_share_of_the_window_and_can_be_removed(checkpoint):
-    policy = Policy.from_checkpoint(checkpoint)
+    policy = Policy.from_checkpoint(checkpoint, **RECOMPUTE)
     demo = episode(VECTOR_TASK, seed=9, T=12)
     with pytest.raises(ValueError, match=r"max_fraction must be in \(0, 1\), got 1.5"):
         policy.set_prompt(VECTOR_TASK, demo.observations, demo.actions, max_fraction=1.5)
@@ -253,7 +256,7 @@ def test_prompt_takes_a_fixed_share_of_the_window_and_can_be_removed(checkpoint)
 
 
 def test_rolling_context_drops_whole_oldest_timesteps(checkpoint):
-    policy = Policy.from_checkpoint(checkpoint)
+    policy = Policy.from_checkpoint(checkpoint, **RECOMPUTE)
     rng = np.random.default_rng(4)
     policy.reset(2)
     step_len = None
@@ -270,7 +273,7 @@ def test_rolling_context_drops_whole_oldest_timesteps(checkpoint):
 
 
 def test_observation_errors_name_key_expected_and_actual(checkpoint):
-    policy = Policy.from_checkpoint(checkpoint)
+    policy = Policy.from_checkpoint(checkpoint, **RECOMPUTE)
     rng = np.random.default_rng(5)
     good = observation(IMAGE_TASK, rng)
     policy.reset(1)
@@ -298,18 +301,22 @@ def test_observation_errors_name_key_expected_and_actual(checkpoint):
 def test_policy_learns_the_synthetic_copy_rule(tmp_path):
     """End to end: train on synthetic windows, then act through the tokenizer on fresh observations."""
     src = SyntheticWindows(TOK.layout, context=CONTEXT, batch_size=16, seed=0)
-    cfg = TrainConfig(out=tmp_path, preset="cpu-tiny", context=CONTEXT, steps=400, batch_size=16, lr=3e-3,
+    cfg = TrainConfig(out=tmp_path, preset="cpu-tiny", context=CONTEXT, steps=600, batch_size=16, lr=3e-3,
                       warmup_steps=20, progress=False, tensorboard=False)
     train(cfg, loader=src, layout=TOK.layout, tasks={SYNTHETIC_TASK_ID: synthetic_spec(6, 2)})
-    policy = Policy.from_checkpoint(tmp_path)
+    policy = Policy.from_checkpoint(tmp_path, **RECOMPUTE)
     spec = policy.spec(SYNTHETIC_TASK_ID)
     rng = np.random.default_rng(0)
     policy.reset(4)
-    hits = total = 0
+    exact = near = total = 0
     for _ in range(10):
         obs = [{"state": rng.uniform(-1, 1, 6).astype(np.float32)} for _ in range(4)]
-        for o, a in zip(obs, policy.act(SYNTHETIC_TASK_ID, obs)):
-            bins = TOK.tokenize_episode(spec, {"state": o["state"][None]}, None).tokens[:2] + np.arange(2)
-            hits += int(np.isclose(a, TOK.decode_actions(spec, bins[None])[0]).sum())
+        actions = policy.act(SYNTHETIC_TASK_ID, obs)
+        for o, a, env in zip(obs, actions, policy._envs):
+            want = TOK.tokenize_episode(spec, {"state": o["state"][None]}, None).tokens[:2] + np.arange(2)  # (2,)
+            got = env.steps[-1].tokens[-2:]
+            np.testing.assert_array_equal(a, TOK.decode_actions(spec, got[None])[0])
+            exact += int((got == want).sum())
+            near += int((np.abs(got - want) <= 2).sum())
             total += 2
-    assert hits / total >= 0.75
+    assert exact / total >= 0.5 and near / total >= 0.85, (exact / total, near / total)
