@@ -8,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.omnipolicy-installed
 export MUJOCO_GL ?= egl
+export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup demo test test-all test-interop test-ros bench clean

@@ -129,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 3. The shared evaluation protocol on every task, then the report.
     t0 = time.perf_counter()
     print(f"[3/3] evaluating {len(tasks)} tasks x {cfg.eval_episodes} episodes")
-    policy = Policy.from_checkpoint(result.checkpoint)
+    policy = Policy.from_checkpoint(result.checkpoint, use_session=True)
     summary = evaluate(
         PolicyActor(policy),
         tasks,

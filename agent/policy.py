@@ -112,6 +112,11 @@ class Policy:
         tokenizer: the installed tokenizer (its layout must equal ``meta.layout``).
         temperature: 0 for greedy decoding, > 0 to sample with this temperature.
         seed: seed of the sampling generator.
+        use_session: act through a KV-cached :class:`~omnipolicy.agent.inference.InferenceSession`
+            (tens of times faster than recomputing the window; when the window is full the oldest
+            timesteps leave down to half the context). Evaluation and deployment use it; the default
+            recomputes the whole window every step (the reference semantics). Tasks with a prompt (:meth:`set_prompt`)
+            always recompute, so the prompt never leaves the window.
 
     Raises:
         ValueError: the tokenizer's layout differs from the checkpoint's (the message lists what differs).
@@ -124,6 +129,7 @@ class Policy:
         tokenizer: Tokenizer,
         temperature: float = 0.0,
         seed: int = 0,
+        use_session: bool = False,
     ) -> None:
         diff = meta.layout.diff(tokenizer.layout)
         if diff:
@@ -142,6 +148,9 @@ class Policy:
         self._ranges: dict[str, np.ndarray] = {}
         self._prompts: dict[str, list[_Timestep]] = {}
         self._envs: list[_EnvContext] = []
+        self.seed = seed
+        self.use_session = use_session
+        self._session = None  # InferenceSession, made on the first session step after reset()
 
     @classmethod
     def from_checkpoint(
@@ -151,6 +160,7 @@ class Policy:
         device: str | torch.device = "cpu",
         temperature: float = 0.0,
         seed: int = 0,
+        use_session: bool = False,
     ) -> "Policy":
         """Load a policy from a checkpoint (a step directory or a run directory).
 
@@ -158,7 +168,7 @@ class Policy:
             path: see :func:`~omnipolicy.agent.checkpoint.resolve_checkpoint`.
             tokenizer: default ``Tokenizer.default()`` (the installed one).
             device: where the model runs.
-            temperature, seed: see :class:`Policy`.
+            temperature, seed, use_session: see :class:`Policy`.
 
         Raises:
             FileNotFoundError: no checkpoint at ``path``.
@@ -173,7 +183,7 @@ class Policy:
                 f"(checkpoint != installed): {'; '.join(diff)}"
             )
         model, meta = load_model_weights(ckpt, device=device)
-        return cls(model, meta, tokenizer, temperature=temperature, seed=seed)
+        return cls(model, meta, tokenizer, temperature=temperature, seed=seed, use_session=use_session)
 
     # ------------------------------------------------------------------ state
     @property
@@ -190,12 +200,15 @@ class Policy:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs!r}")
         self._envs = [_EnvContext(None, deque()) for _ in range(num_envs)]
+        self._session = None
 
     def reset_env(self, index: int) -> None:
         """Forget the context of one environment (its episode ended)."""
         if not 0 <= index < self.num_envs:
             raise IndexError(f"env index {index} out of range for {self.num_envs} environments")
         self._envs[index] = _EnvContext(None, deque())
+        if self._session is not None:
+            self._session.reset([index])
 
     def spec(self, task_id: str) -> TimestepSpec:
         """The spec of ``task_id``.
@@ -280,8 +293,27 @@ class Policy:
             ep.patch_pos.astype(np.int64),
         )
 
+    def _act_session(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
+                     env_ids: list[int]) -> list[np.ndarray]:
+        """The KV-cached path: one prefill of the new observation, then one decode step per action token."""
+        from .inference import InferenceSession, SessionConfig
+
+        if self._session is None:
+            self._session = InferenceSession(
+                self.model, SessionConfig(num_envs=self.num_envs, seed=self.seed), device=self.device,
+                patch_id=self.tok.layout.patch_id,
+            )
+        for i in env_ids:
+            if self._envs[i].task_id != task_id:  # a new task starts from an empty context
+                self._envs[i].task_id = task_id
+                self._session.reset([i])
+        current = [self._tokenize(spec, obs) for obs in observations]
+        out = self._session.step(current, self.action_ranges(task_id), env_ids=env_ids, temperature=self.temperature)
+        return [np.asarray(x) for x in self.tok.decode_actions(spec, out.action_tokens)]
+
     @torch.inference_mode()
-    def act(self, task_id: str, observations: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+    def act(self, task_id: str, observations: Sequence[Mapping[str, Any]],
+            env_ids: Sequence[int] | None = None) -> list[np.ndarray]:
         """One action per environment.
 
         Args:
@@ -289,6 +321,8 @@ class Policy:
             observations: one observation per environment (field name -> value,
                 no time axis), in environment order; ``reset`` sets the number
                 of environments (the first call resets to ``len(observations)``).
+            env_ids: with the KV-cached session, the environments these observations
+                belong to (default: all, in order); the others keep their context.
 
         Returns:
             One action per environment, shaped and typed as the task's action spec.
@@ -301,10 +335,22 @@ class Policy:
         spec = self.spec(task_id)
         if not self._envs:
             self.reset(len(observations))
-        if len(observations) != self.num_envs:
-            raise ValueError(f"Expected {self.num_envs} observations (one per environment), got {len(observations)}")
-        for i, obs in enumerate(observations):
+        ids = list(range(self.num_envs)) if env_ids is None else [int(i) for i in env_ids]
+        if len(observations) != len(ids):
+            raise ValueError(f"Expected {len(ids)} observations (one per environment), got {len(observations)}")
+        bad = [i for i in ids if not 0 <= i < self.num_envs]
+        if bad or len(set(ids)) != len(ids):
+            raise ValueError(f"env_ids must be distinct indices in [0, {self.num_envs}), got {ids}")
+        for i, obs in zip(ids, observations):
             check_observation(spec, obs, where=f"Task {task_id!r}, env {i} observation")
+        if self.use_session and task_id not in self._prompts:
+            return self._act_session(task_id, spec, observations, ids)
+        if env_ids is not None and ids != list(range(self.num_envs)):
+            raise ValueError("env_ids needs the KV-cached session (use_session=True and no prompt for this task)")
+        if self._session is not None:  # leaving the session path: its contexts are not shared with this one
+            self._session = None
+            for env in self._envs:
+                env.task_id = None
         ranges = self.action_ranges(task_id)  # (A, 2)
         A, context = len(ranges), self.model.cfg.context
         current = [self._tokenize(spec, obs) for obs in observations]

@@ -68,8 +68,10 @@ class PolicyActor:
         self.last_obs[index] = obs
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
-        # The policy steps every environment together; finished ones repeat their last observation
-        # and their actions are dropped.
+        if self.policy.use_session and self.task_id not in self.policy._prompts:
+            return self.policy.act(self.task_id, list(observations), env_ids=list(active))
+        # The recomputing path steps every environment together; finished ones repeat their last
+        # observation and their actions are dropped.
         for i, o in zip(active, observations):
             self.last_obs[i] = o
         actions = self.policy.act(self.task_id, self.last_obs)
@@ -486,7 +488,7 @@ def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
             raise ValueError("--checkpoint is required with --actor policy (or use --actor expert / random)")
         from omnipolicy.agent import Policy
 
-        policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device)
+        policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device, use_session=True)
         tasks = cfg.tasks or tuple(policy.task_ids)
         unknown = [t for t in tasks if t not in policy.task_ids]
         if unknown:
