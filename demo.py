@@ -46,9 +46,9 @@ class DemoConfig:
     """Demonstration episodes per task (0: per-domain defaults sized for the 30-minute budget)."""
     workers: int = 2
     """Collection worker processes."""
-    preset: str = "cpu-small"
+    preset: str = "cpu-tiny"
     """Model preset (`omnipolicy train --list-presets`)."""
-    train_steps: int = 3000
+    train_steps: int = 4000
     """Optimizer steps (the default fits the 30-minute budget on a 2-core CPU; fixed so runs are reproducible)."""
     batch_size: int = 16
     """Windows per optimizer step."""
@@ -58,6 +58,9 @@ class DemoConfig:
     """Evaluation episodes per task."""
     eval_envs: int = 10
     """Parallel evaluation environments per task (batched through the policy)."""
+    eval_max_steps: int = 2000
+    """Cap on evaluation episode length (only Atari episodes are longer; a policy that never serves in
+    Breakout would otherwise run 27,000 steps). Written into the report's protocol."""
     video: bool = True
     """Write one rollout GIF per task."""
     seed: int = 0
@@ -137,6 +140,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         out,
         num_envs=cfg.eval_envs,
         video=cfg.video,
+        max_steps=cfg.eval_max_steps,
         title="omnipolicy demo: one generalist, every task",
         extra_protocol={
             "checkpoint": str(result.checkpoint),
