@@ -489,10 +489,11 @@ def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
         from omnipolicy.agent import Policy
 
         policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device, use_session=True)
-        tasks = cfg.tasks or tuple(policy.task_ids)
-        unknown = [t for t in tasks if t not in policy.task_ids]
+        known = tuple(sorted(policy.tasks))
+        tasks = cfg.tasks or known
+        unknown = [t for t in tasks if t not in policy.tasks]
         if unknown:
-            raise ValueError(f"Checkpoint was not trained on {unknown}; it knows {list(policy.task_ids)}")
+            raise ValueError(f"Checkpoint was not trained on {unknown}; it knows {list(known)}")
         return PolicyActor(policy, cfg.temperature), tasks
     if not cfg.tasks:
         raise ValueError(f"--tasks is required with --actor {cfg.actor}")

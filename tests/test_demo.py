@@ -1,0 +1,38 @@
+"""The main job at a tiny budget: collect -> train -> eval -> report, through the command line."""
+
+import json
+import math
+import time
+
+import pytest
+
+from omnipolicy.cli import main
+
+
+def test_demo_smoke_collect_train_eval_report(tmp_path):
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    main([
+        "demo", "--out", str(out), "--tasks", "classic/cartpole-v1", "classic/pendulum-v1",
+        "--episodes", "3", "--workers", "0", "--train-steps", "20", "--batch-size", "4",
+        "--eval-episodes", "2", "--eval-envs", "2", "--no-video",
+    ])
+    elapsed = time.perf_counter() - start
+    assert elapsed < 120, f"smoke run took {elapsed:.0f} s"
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["tasks"]) == {"classic/cartpole-v1", "classic/pendulum-v1"}
+    for t in report["tasks"].values():
+        assert t["episodes"] == 2 and len(t["returns"]) == 2
+        assert math.isfinite(t["normalized_mean"])
+        lo, hi = t["normalized_ci95"]
+        assert lo <= t["normalized_mean"] <= hi
+    assert report["protocol"]["demonstrations"] == {"classic/cartpole-v1": 3, "classic/pendulum-v1": 3}
+    assert 0.0 <= report["overall"]["share_at_least_50"] <= 1.0
+    assert "tasks at or above 50% of expert" in (out / "report.md").read_text()
+    # the checkpoint evaluates again through `omnipolicy eval`, with the same protocol and numbers
+    main(["eval", "--checkpoint", str(out / "train"), "--episodes", "2", "--num-envs", "2",
+          "--out", str(tmp_path / "eval"), "--no-video", "--tasks", "classic/cartpole-v1"])
+    again = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert again["tasks"]["classic/cartpole-v1"]["returns"] == report["tasks"]["classic/cartpole-v1"]["returns"]
+    with pytest.raises(ValueError, match=r"not trained on \['classic/acrobot-v1'\]; it knows"):
+        main(["eval", "--checkpoint", str(out / "train"), "--tasks", "classic/acrobot-v1", "--out", str(tmp_path / "x")])
