@@ -48,7 +48,7 @@ class DemoConfig:
     """Collection worker processes."""
     preset: str = "cpu-tiny"
     """Model preset (`omnipolicy train --list-presets`)."""
-    train_steps: int = 4000
+    train_steps: int = 7000
     """Optimizer steps (the default fits the 30-minute budget on a 2-core CPU; fixed so runs are reproducible)."""
     batch_size: int = 16
     """Windows per optimizer step."""
