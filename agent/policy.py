@@ -293,6 +293,10 @@ class Policy:
             ep.patch_pos.astype(np.int64),
         )
 
+    def acts_through_session(self, task_id: str) -> bool:
+        """Whether :meth:`act` on ``task_id`` takes the KV-cached path (and so accepts any ``env_ids``)."""
+        return self.use_session and task_id not in self._prompts
+
     def _act_session(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
                      env_ids: list[int]) -> list[np.ndarray]:
         """The KV-cached path: one prefill of the new observation, then one decode step per action token."""
@@ -343,7 +347,7 @@ class Policy:
             raise ValueError(f"env_ids must be distinct indices in [0, {self.num_envs}), got {ids}")
         for i, obs in zip(ids, observations):
             check_observation(spec, obs, where=f"Task {task_id!r}, env {i} observation")
-        if self.use_session and task_id not in self._prompts:
+        if self.acts_through_session(task_id):
             return self._act_session(task_id, spec, observations, ids)
         if env_ids is not None and ids != list(range(self.num_envs)):
             raise ValueError("env_ids needs the KV-cached session (use_session=True and no prompt for this task)")

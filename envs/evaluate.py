@@ -68,7 +68,7 @@ class PolicyActor:
         self.last_obs[index] = obs
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
-        if self.policy.use_session and self.task_id not in self.policy._prompts:
+        if self.policy.acts_through_session(self.task_id):
             return self.policy.act(self.task_id, list(observations), env_ids=list(active))
         # The recomputing path steps every environment together; finished ones repeat their last
         # observation and their actions are dropped.
