@@ -14,9 +14,8 @@ dataset per task), ``train/`` (checkpoints, TensorBoard logs, token cache),
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_EPISODES: dict[str, int] = {
