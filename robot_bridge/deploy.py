@@ -370,6 +370,7 @@ class Deployer:
     def _hold_reason(self, now: float) -> str | None:
         if self.estop.engaged:
             return "estop"
+        stale = rejected = False
         for topic, st in self._topics.items():
             sub_rejected = self.subs[topic].rejected  # undecodable / inconsistent messages the transport dropped
             if sub_rejected != st.transport_rejected_seen:
@@ -377,10 +378,10 @@ class Deployer:
                 st.unseen_reject = True  # counted and logged (one line each) by the subscription itself
             if st.invalid or st.unseen_reject:
                 st.unseen_reject = False
-                return "rejected"
-            if not self.watchdogs[topic].fresh(now):
-                return "stale"
-        return None
+                rejected = True
+            stale |= not self.watchdogs[topic].fresh(now)
+        # stale outranks rejected: a sender that died right after a bad message is a dead sender
+        return "stale" if stale else "rejected" if rejected else None
 
     def decide(self, step: int = 0, now: float | None = None) -> np.ndarray | None:
         """One control step's command (the control loop's callback): act, or the hold command.

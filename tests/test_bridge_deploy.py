@@ -160,6 +160,19 @@ def test_rejected_state_holds_until_a_valid_one(transport, caplog, topic, msg, r
     assert node.decide(now=10.06).tolist() == [0.5, -0.5]
 
 
+def test_a_sender_that_dies_right_after_a_bad_message_is_held_as_stale(transport, caplog):
+    node = node_with(transport, state_timeout=0.1)
+    feed(node, 10.0)
+    node.on_state(JS, joint_state(ARM.joints, [0.1, np.nan], [0.0, 0.0]), now=10.01)
+    assert node.decide(now=10.02).tolist() == [0.0, 0.0] and node.last_reason == "rejected"
+    caplog.set_level(logging.INFO, "omnipolicy.deploy")
+    assert node.decide(now=10.5).tolist() == [0.0, 0.0] and node.last_reason == "stale"  # nothing since: dead sender
+    assert node.holds == {**node.holds, "rejected": 1, "stale": 1}
+    assert len(warnings_with(caplog, "holding: state stale")) == 1
+    feed(node, 11.0)
+    assert node.decide(now=11.01).tolist() == [0.5, -0.5]
+
+
 def test_inconsistent_message_on_the_wire_is_rejected_by_the_transport_and_holds(transport):
     node = node_with(transport)
     with DdsTransport(domain_id=transport.domain_id) as other:
