@@ -146,6 +146,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             "preset": cfg.preset,
             "demonstrations": {t: collected[t]["episodes"] for t in tasks},
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}",
+            "continuous_decoding": policy.continuous_decoding,
         },
     )
     timings["eval_s"] = time.perf_counter() - t0

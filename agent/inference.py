@@ -203,6 +203,7 @@ class InferenceSession:
         self.K = 0  # cache length (context + C)
         self._graphs: dict[tuple, Any] = {}
         self._record = False  # eager mode: keep the logits (return_logits)
+        self._expect = False  # some action dimension is decoded by its expected id (see step's expected_dims)
         self._static = False  # run the graph-mode bodies eagerly (static shapes, device-side decode state)
         self._pool = None
         self.stats = {"steps": 0, "rebuilds": 0, "rebuilt_tokens": 0, "evicted_timesteps": 0}
@@ -237,6 +238,7 @@ class InferenceSession:
         self.in_ppos = torch.zeros((B * P, 2), **i64)
         self.in_mask = torch.zeros((A_cap, V), device=dev, dtype=torch.float32)  # 0 on valid ids, -inf elsewhere
         self.in_temp = torch.ones((), device=dev, dtype=torch.float32)
+        self.in_expect = torch.zeros((A_cap,), device=dev, dtype=torch.bool)  # dims decoded by the expected id
         self.noise = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)  # Gumbel noise for sampling
         # decode state, advanced by each decode step on the device
         self.dec_tok = torch.zeros((B,), **i64)
@@ -248,6 +250,7 @@ class InferenceSession:
         self.out_logits = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)
         # constants
         self._rows = torch.arange(B, device=dev)
+        self._ids = torch.arange(V, device=dev, dtype=torch.float32)  # offsets inside a span, for expectations
         self._cols = torch.arange(C, device=dev)
         self._keys = torch.arange(K, device=dev)
         # prefill masks are views of one matrix: _causal[i, j] = -inf where j > i + K, so that
@@ -423,7 +426,12 @@ class InferenceSession:
             noise = self.noise[:, k, lo:hi] if k is not None else self.noise[:, :, lo:hi].index_select(1, kd).squeeze(1)
             choice = (logits / self.in_temp + noise).argmax(dim=-1) + lo
         else:
-            choice = logits.argmax(dim=-1) + lo
+            choice = logits.argmax(dim=-1)
+            if self._expect:  # ordinal ids: the expected id under the masked softmax, rounded (a valid id: masked ones weigh 0)
+                expected = (torch.softmax(logits, dim=-1) @ self._ids[: hi - lo]).round().long()
+                flag = self.in_expect[k] if k is not None else self.in_expect.index_select(0, kd).squeeze(0)
+                choice = torch.where(flag, expected, choice)
+            choice = choice + lo
         if k is not None:
             self.out_tok[:, k] = choice
             if self._record:
@@ -552,6 +560,7 @@ class InferenceSession:
         env_ids: Sequence[int] | None = None,
         temperature: float = 0.0,
         return_logits: bool = False,
+        expected_dims: Sequence[bool] | np.ndarray | None = None,
     ) -> StepResult:
         """Feed one timestep's observation per environment and decode its action tokens.
 
@@ -562,6 +571,9 @@ class InferenceSession:
             env_ids: the environments these observations belong to (default all, in order).
             temperature: 0 for greedy decoding, > 0 to sample from ``softmax(logits / temperature)``.
             return_logits: also return the masked logits (costs a device-to-host copy).
+            expected_dims: bool (A,): with greedy decoding, these dimensions take the expected id under the
+                masked softmax (rounded to the nearest id) instead of the most likely one. For ordinal ids
+                (continuous bins): an uncertain, spread-out prediction gives its mean, not one extreme mode.
 
         Returns:
             The :class:`StepResult`.
@@ -581,6 +593,9 @@ class InferenceSession:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
         A = len(ranges)
+        expect = np.zeros(A, bool) if expected_dims is None else np.asarray(expected_dims, dtype=bool).reshape(-1)
+        if len(expect) != A:
+            raise ValueError(f"expected_dims must have one flag per action dimension ({A}), got {len(expect)}")
         arrays = [self._obs_arrays(o, e) for o, e in zip(observations, ids)]
         for (tok, _, _), e in zip(arrays, ids):
             L = len(tok)
@@ -627,12 +642,15 @@ class InferenceSession:
                 pidx_in[e, slots] = e * P + np.arange(len(slots))
                 patches_in[e * P : e * P + len(patches)] = patches
                 ppos_in[e * P : e * P + len(patches)] = ppos
-        key = ranges.tobytes()
+        key = ranges.tobytes() + expect.tobytes()
         mask_in = None
         if key != self._mask_key:  # the additive logit mask of each action dimension
             mask_in = np.full((self.A_cap, self.vocab_size), -np.inf, np.float32)
             for k, (lo, hi) in enumerate(np.concatenate([ranges, np.repeat(ranges[-1:], self.A_cap - A, axis=0)])):
                 mask_in[k, lo:hi] = 0.0
+            self.in_expect.zero_()
+            self.in_expect[:A] = torch.from_numpy(expect).to(self.device)
+            self._expect = bool(expect.any())
             self._mask_key = key
         self._stage(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in, mask_in)
         greedy = temperature == 0
@@ -644,12 +662,12 @@ class InferenceSession:
         # prefill, then A - 1 decode steps
         span = (int(ranges[:, 0].min()), int(ranges[:, 1].max()))
         self._span = span
-        pre = self._graph(("prefill", C, P, greedy, span), lambda: self._prefill_body(greedy, span, self.K)) if self.use_graphs else None
+        pre = self._graph(("prefill", C, P, greedy, self._expect, span), lambda: self._prefill_body(greedy, span, self.K)) if self.use_graphs else None
         if pre is not None:
             pre.replay()
             dec = None
             if A > 1:
-                dec = self._graph(("decode", greedy, span), lambda: self._decode_body(greedy, span, self.K),
+                dec = self._graph(("decode", greedy, self._expect, span), lambda: self._decode_body(greedy, span, self.K),
                                   restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
             for _ in range(A - 1):
                 if dec is not None:

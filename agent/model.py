@@ -31,6 +31,17 @@ from torch import Tensor, nn
 from .config import PATCH_SIZE, ModelConfig
 
 
+def gaussian_bin_targets(index: Tensor, bins: int, sigma: float) -> Tensor:
+    """Target distributions (N, bins): a Gaussian of ``sigma`` bins centred on each ``index``, integrated over each bin.
+
+    Bin ``j`` covers ``[j - 0.5, j + 0.5)``; mass outside ``[-0.5, bins - 0.5)`` is dropped and each row renormalised.
+    """
+    edges = torch.arange(bins + 1, device=index.device, dtype=torch.float32) - 0.5
+    cdf = torch.special.ndtr((edges[None, :] - index.float()[:, None]) / sigma)  # (N, bins + 1)
+    q = cdf[:, 1:] - cdf[:, :-1]
+    return q / q.sum(-1, keepdim=True)
+
+
 class PatchEmbedding(nn.Module):
     """One ResNet-v2 (pre-activation) block per 16x16 patch, projected to the model width.
 
@@ -296,7 +307,7 @@ class GatoModel(nn.Module):
         """Logits over the whole vocabulary, (..., V), from hidden states (..., D)."""
         return self.lm_head(hidden)
 
-    def loss_terms(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def loss_terms(self, batch: dict[str, Tensor], bin_sigma: float = 0.0) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the target positions and their number.
 
         The LM head, and the queries, attention output and MLP of the last
@@ -304,8 +315,15 @@ class GatoModel(nn.Module):
         (``loss_mask[:, 1:]``): a batch with few action tokens costs little
         more than the trunk minus most of its last block.
 
+        With ``bin_sigma > 0`` a continuous-bin target is not one-hot but a Gaussian of that many bins
+        around it (integrated over each bin, truncated to the bins; "HL-Gauss", Farebrother et al. 2024,
+        arXiv 2403.03950), and its loss is the KL divergence to the prediction (0 at a perfect fit):
+        neighbouring bins share credit, so the ordinal structure of the bins is learned from the
+        first step instead of bin by bin. Text and discrete targets keep the plain cross-entropy.
+
         Args:
             batch: tensors in the WindowLoader format (see the module docstring).
+            bin_sigma: width of the continuous targets in bins (0: Gato's one-hot cross-entropy).
 
         Returns:
             ``(loss_sum, count)``: float32 scalar sum of the token losses, int64 scalar count.
@@ -320,4 +338,12 @@ class GatoModel(nn.Module):
         h_sel = self.ln_f(self.blocks[-1].forward_selected(x, selected))  # (N, D)
         targets = tokens[:, 1:][target_mask]  # (N,)
         logits = self.logits(h_sel).float()  # (N, V)
-        return F.cross_entropy(logits, targets, reduction="sum"), target_mask.sum()
+        if bin_sigma <= 0 or self.cfg.continuous_ids is None:
+            return F.cross_entropy(logits, targets, reduction="sum"), target_mask.sum()
+        logp = F.log_softmax(logits, dim=-1)
+        nll = -logp.gather(1, targets[:, None]).squeeze(1)  # (N,)
+        lo, hi = self.cfg.continuous_ids
+        cont = (targets >= lo) & (targets < hi)
+        q = gaussian_bin_targets(targets[cont] - lo, hi - lo, bin_sigma)  # (Nc, bins)
+        kl = (q * (q.clamp_min(1e-30).log() - logp[cont][:, lo:hi])).sum(-1)
+        return torch.where(cont, 0.0, nll).sum() + kl.sum(), target_mask.sum()

@@ -34,6 +34,15 @@ from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_c
 from .model import GatoModel
 
 _DTYPE_KINDS = {"f": "floating", "i": "integer", "u": "integer", "b": "boolean"}
+CONTINUOUS_DECODINGS = ("auto", "mean", "mode")
+"""How a continuous action dimension picks its bin under greedy decoding (see :class:`Policy`)."""
+
+
+def continuous_dims(layout, ranges: np.ndarray) -> np.ndarray:
+    """bool (A,): which action dimensions (``[lo, hi)`` id ranges) are continuous bins of ``layout``."""
+    lo, hi = layout.continuous_offset, layout.continuous_offset + layout.num_bins
+    ranges = np.asarray(ranges)
+    return (ranges[:, 0] >= lo) & (ranges[:, 1] <= hi)
 
 
 @dataclass
@@ -111,6 +120,12 @@ class Policy:
         meta: the checkpoint's configs, layout and task specs.
         tokenizer: the installed tokenizer (its layout must equal ``meta.layout``).
         temperature: 0 for greedy decoding, > 0 to sample with this temperature.
+        continuous_decoding: with greedy decoding, how a continuous action dimension picks its bin:
+            ``"mean"`` the expected bin under the masked softmax, rounded; ``"mode"`` the most likely bin
+            (Gato's argmax); ``"auto"`` (default) the one that matches the training loss: mean for a checkpoint
+            trained with Gaussian bin targets (``TrainConfig.bin_sigma > 0``, whose predictions are
+            unimodal bumps), mode for one-hot targets (whose diffuse tails would pull a mean to the middle).
+            Discrete dimensions always take the mode.
         seed: seed of the sampling generator.
         use_session: act through a KV-cached :class:`~omnipolicy.agent.inference.InferenceSession`
             (tens of times faster than recomputing the window; when the window is full the oldest
@@ -130,6 +145,7 @@ class Policy:
         temperature: float = 0.0,
         seed: int = 0,
         use_session: bool = False,
+        continuous_decoding: str = "auto",
     ) -> None:
         diff = meta.layout.diff(tokenizer.layout)
         if diff:
@@ -139,6 +155,12 @@ class Policy:
             )
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        if continuous_decoding not in CONTINUOUS_DECODINGS:
+            raise ValueError(f"continuous_decoding must be one of {CONTINUOUS_DECODINGS}, got {continuous_decoding!r}")
+        if continuous_decoding == "auto":
+            sigma = (meta.train_state.get("config") or {}).get("bin_sigma") or 0
+            continuous_decoding = "mean" if sigma > 0 else "mode"
+        self.continuous_decoding = continuous_decoding
         self.model = model.eval()
         self.meta = meta
         self.tok = tokenizer
@@ -161,6 +183,7 @@ class Policy:
         temperature: float = 0.0,
         seed: int = 0,
         use_session: bool = False,
+        continuous_decoding: str = "auto",
     ) -> "Policy":
         """Load a policy from a checkpoint (a step directory or a run directory).
 
@@ -168,7 +191,7 @@ class Policy:
             path: see :func:`~omnipolicy.agent.checkpoint.resolve_checkpoint`.
             tokenizer: default ``Tokenizer.default()`` (the installed one).
             device: where the model runs.
-            temperature, seed, use_session: see :class:`Policy`.
+            temperature, seed, use_session, continuous_decoding: see :class:`Policy`.
 
         Raises:
             FileNotFoundError: no checkpoint at ``path``.
@@ -183,7 +206,8 @@ class Policy:
                 f"(checkpoint != installed): {'; '.join(diff)}"
             )
         model, meta = load_model_weights(ckpt, device=device)
-        return cls(model, meta, tokenizer, temperature=temperature, seed=seed, use_session=use_session)
+        return cls(model, meta, tokenizer, temperature=temperature, seed=seed, use_session=use_session,
+                   continuous_decoding=continuous_decoding)
 
     # ------------------------------------------------------------------ state
     @property
@@ -282,6 +306,12 @@ class Policy:
             self._ranges[task_id] = self.tok.action_token_ranges(self.spec(task_id))
         return self._ranges[task_id]
 
+    def expected_dims(self, task_id: str) -> np.ndarray:
+        """bool (A,): the action dimensions of ``task_id`` decoded by their expected bin (see ``continuous_decoding``)."""
+        if self.continuous_decoding != "mean":
+            return np.zeros(len(self.action_ranges(task_id)), bool)
+        return continuous_dims(self.tok.layout, self.action_ranges(task_id))
+
     # -------------------------------------------------------------------- act
     def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:
         one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in spec.observation}
@@ -312,7 +342,8 @@ class Policy:
                 self._envs[i].task_id = task_id
                 self._session.reset([i])
         current = [self._tokenize(spec, obs) for obs in observations]
-        out = self._session.step(current, self.action_ranges(task_id), env_ids=env_ids, temperature=self.temperature)
+        out = self._session.step(current, self.action_ranges(task_id), env_ids=env_ids, temperature=self.temperature,
+                                 expected_dims=self.expected_dims(task_id))
         return [np.asarray(x) for x in self.tok.decode_actions(spec, out.action_tokens)]
 
     @torch.inference_mode()
@@ -407,6 +438,7 @@ class Policy:
         pos = torch.from_numpy(lengths).to(dev)  # (B,) index of the next token to write
 
         action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
+        expect = self.expected_dims(task_id)
         for k in range(A):
             n = int(lengths.max()) + k
             hidden = self.model(t_tokens[:, :n], t_local[:, :n], t_pindex[:, :n], None, None,
@@ -416,6 +448,8 @@ class Policy:
             if self.temperature > 0:
                 probs = torch.softmax(logits / self.temperature, dim=-1)
                 choice = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            elif expect[k]:  # the expected bin, rounded
+                choice = (torch.softmax(logits, dim=-1) @ torch.arange(hi - lo, device=dev, dtype=torch.float32)).round().long()
             else:
                 choice = logits.argmax(dim=-1)
             action_tokens[:, k] = choice + lo

@@ -77,6 +77,9 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 disables)."""
     task_weights: dict[str, float] = field(default_factory=dict)
     """Sampling weight per task id (tasks not named get 1.0)."""
+    bin_sigma: float = 0.0
+    """Continuous action targets as a Gaussian of this many bins around the demonstrated bin (HL-Gauss; loss = KL);
+    0: Gato's one-hot cross-entropy. Neighbouring bins share credit, which small budgets learn much faster from."""
     prompt_prob: float = 0.25
     """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
     seed: int = 0
@@ -113,6 +116,8 @@ class TrainConfig:
                 f"TrainConfig: need warmup_steps >= 0, lr > 0 and 0 <= min_lr_ratio <= 1, got "
                 f"{self.warmup_steps}, {self.lr}, {self.min_lr_ratio}"
             )
+        if not self.bin_sigma >= 0:
+            raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
         if not 0.0 <= self.prompt_prob <= 1.0:
             raise ValueError(f"TrainConfig.prompt_prob must be in [0, 1], got {self.prompt_prob!r}")
         bad = {k: v for k, v in self.task_weights.items() if not v >= 0}
@@ -254,12 +259,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 class _LossModule(nn.Module):
     """Wraps the model so DDP sees ``forward(batch) -> (loss_sum, count)``."""
 
-    def __init__(self, model: GatoModel) -> None:
+    def __init__(self, model: GatoModel, bin_sigma: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.bin_sigma = bin_sigma
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return self.model.loss_terms(batch)
+        return self.model.loss_terms(batch, self.bin_sigma)
 
 
 def loader_state(loader: Any) -> Any:
@@ -426,7 +432,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             if is_main:
                 print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
 
-    train_module: nn.Module = _LossModule(model)
+    train_module: nn.Module = _LossModule(model, cfg.bin_sigma)
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == "cuda" else None

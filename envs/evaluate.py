@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -477,6 +477,9 @@ class EvalConfig:
     """Cap on episode length (default: each task's own limit)."""
     temperature: float = 0.0
     """Sampling temperature for action tokens (0 = greedy)."""
+    continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
+    """Greedy bin of a continuous action dimension: the expected bin under the model's distribution (mean), the
+    most likely one (mode, Gato's argmax), or auto: mean for checkpoints trained with Gaussian bin targets."""
     device: str = "cpu"
     """Torch device for the policy."""
 
@@ -488,7 +491,8 @@ def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
             raise ValueError("--checkpoint is required with --actor policy (or use --actor expert / random)")
         from omnipolicy.agent import Policy
 
-        policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device, use_session=True)
+        policy = Policy.from_checkpoint(cfg.checkpoint, device=cfg.device, use_session=True,
+                                        continuous_decoding=cfg.continuous_decoding)
         known = tuple(sorted(policy.tasks))
         tasks = cfg.tasks or known
         unknown = [t for t in tasks if t not in policy.tasks]
@@ -511,8 +515,10 @@ def eval_command(argv: list[str], prog: str) -> None:
     actor, tasks = make_actor(cfg)
     for t in tasks:
         get_task(t)  # unknown ids fail before any rollout, with close matches
+    decoding = actor.policy.continuous_decoding if isinstance(actor, PolicyActor) else None  # "auto" resolved
     summary = evaluate(actor, tasks, cfg.episodes, cfg.out, cfg.num_envs, cfg.seed, cfg.video, cfg.max_steps,
-                       extra_protocol={"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature})
+                       extra_protocol={"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature,
+                                       "continuous_decoding": decoding})
     o = summary["overall"]
     print(f"{o['tasks_at_least_50']}/{o['tasks']} tasks >= 50% of expert; mean normalised {o['normalized_mean']:.1f}")
     print(f"report: {Path(cfg.out) / 'report.md'}")

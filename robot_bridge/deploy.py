@@ -162,6 +162,7 @@ class PolicyActor:
         self.spec = policy.spec(task_id)  # KeyError naming the checkpoint's tasks
         self.tok = policy.tok
         self.ranges = policy.action_ranges(task_id)  # (A, 2)
+        self.expected_dims = policy.expected_dims(task_id)  # continuous dims: the expected bin (Policy's default)
         self.temperature = float(temperature)
         self.session = InferenceSession(policy.model, SessionConfig(num_envs=1), patch_id=self.tok.layout.patch_id)
 
@@ -173,7 +174,8 @@ class PolicyActor:
 
         one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in self.spec.observation}
         ep = self.tok.tokenize_episode(self.spec, one, None)  # the observation tokens + separator of one timestep
-        step = self.session.step([ObsTokens(ep.tokens, ep.patches, ep.patch_pos)], self.ranges, temperature=self.temperature)
+        step = self.session.step([ObsTokens(ep.tokens, ep.patches, ep.patch_pos)], self.ranges, temperature=self.temperature,
+                                 expected_dims=self.expected_dims)
         return self.tok.decode_actions(self.spec, step.action_tokens)[0]  # (*action shape,)
 
 

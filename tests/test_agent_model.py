@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from omnipolicy.agent import PRESETS, GatoModel, ModelConfig, get_preset
+from omnipolicy.agent.model import gaussian_bin_targets
 from omnipolicy.agent.synthetic import SyntheticWindows
 from omnipolicy.agent.train import to_tensors, train_command
 from omnipolicy.tokenizers import Tokenizer
@@ -137,6 +138,40 @@ def test_loss_on_masked_positions_equals_full_cross_entropy():
         torch.testing.assert_close(fast[n], p.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
     # an untrained model is near uniform over the vocabulary
     assert abs(loss_sum.item() / int(count) - np.log(LAYOUT.vocab_size)) < 0.5
+
+
+def test_gaussian_bin_targets_are_normalised_bumps_truncated_at_the_ends():
+    q = gaussian_bin_targets(torch.tensor([0, 5, 1023]), 1024, sigma=2.0)
+    torch.testing.assert_close(q.sum(-1), torch.ones(3))
+    assert q.argmax(-1).tolist() == [0, 5, 1023]
+    torch.testing.assert_close(q[1, 3], q[1, 7])  # symmetric around its centre
+    assert q[1, 5] == pytest.approx(0.1974, abs=1e-3)  # P(|z| < 0.25) for sigma 2: the bin's own share
+    assert q[0, 0] == pytest.approx(0.1974 / 0.5987, abs=1e-3)  # mass below bin 0's lower edge (z < -0.25) cut off
+    assert q[1, 20] < 1e-10
+    one_hot = gaussian_bin_targets(torch.tensor([7]), 16, sigma=1e-3)
+    assert one_hot[0, 7] == pytest.approx(1.0)
+
+
+def test_gaussian_bin_loss_is_the_kl_on_continuous_targets_and_cross_entropy_on_the_others():
+    torch.manual_seed(0)
+    model = GatoModel(tiny_config()).eval()
+    b = batch_with_images(seed=2)
+    lo, hi = model.cfg.continuous_ids
+    targets_at = b["loss_mask"].nonzero()[::3]  # every third target becomes a discrete action
+    b["tokens"][targets_at[:, 0], targets_at[:, 1]] = LAYOUT.discrete_offset + 2
+    loss_sum, count = model.loss_terms(b, bin_sigma=3.0)
+    h = model(b["tokens"], b["local_pos"], b["patch_index"], b["patches"], b["patch_pos"])
+    mask = b["loss_mask"][:, 1:]
+    logp = F.log_softmax(model.logits(h)[:, :-1][mask].float(), -1)  # (N, V)
+    targets = b["tokens"][:, 1:][mask]
+    cont = (targets >= lo) & (targets < hi)
+    assert 0 < int(cont.sum()) < len(targets)  # both kinds of target in the batch
+    q = gaussian_bin_targets(targets[cont] - lo, hi - lo, 3.0)
+    kl = (q * (q.log().clamp_min(-1e30) - logp[cont][:, lo:hi])).sum()
+    ce = -logp[~cont].gather(1, targets[~cont, None]).sum()
+    assert int(count) == len(targets)
+    torch.testing.assert_close(loss_sum, kl + ce, rtol=1e-5, atol=1e-3)
+    assert model.loss_terms(b, bin_sigma=0.0)[0] == model.loss_terms(b)[0]  # 0: Gato's one-hot cross-entropy
 
 
 def test_tied_head_and_every_parameter_gets_a_gradient_without_images():

@@ -42,12 +42,15 @@ def tokenize(obs: dict) -> ObsTokens:
     return ObsTokens(ep.tokens.astype(np.int64), ep.patches, ep.patch_pos)
 
 
-def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_window():
+@pytest.mark.parametrize("decoding", ["mode", "mean"])
+def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_window(decoding):
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=96, local_positions=64, patch_channels=8,
                       patch_stride=4).with_vocab(TOK.layout.vocab_size)
     model = GatoModel(cfg).eval()
-    policy = Policy(model, CheckpointMeta(cfg, TOK.layout, {TASK: SPEC}), TOK)
+    policy = Policy(model, CheckpointMeta(cfg, TOK.layout, {TASK: SPEC}), TOK, continuous_decoding=decoding)
+    expect = policy.expected_dims(TASK)
+    assert expect.tolist() == [decoding == "mean"] * 2
     policy.reset(2)
     # Policy drops only the timesteps that no longer fit: evict_keep=1.0 is the same window
     session = InferenceSession(model, SessionConfig(num_envs=2, evict_keep=1.0), patch_id=TOK.layout.patch_id)
@@ -57,8 +60,24 @@ def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_
     for t in range(14):  # about 17 tokens a timestep: the 96-token window overflows after 5
         obs = [observation(rng), observation(rng)]
         expected = policy.act(TASK, obs)
-        out = session.step([tokenize(o) for o in obs], ranges)
+        out = session.step([tokenize(o) for o in obs], ranges, expected_dims=expect)
         got = TOK.decode_actions(SPEC, out.action_tokens)
         np.testing.assert_array_equal(got, np.stack(expected))
         rebuilt += len(out.rebuilt)
     assert rebuilt >= 10 and session.window_timesteps(0) < 14
+
+
+def test_auto_decoding_follows_the_training_targets_and_bad_names_are_refused():
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, context=96, local_positions=64, patch_channels=8,
+                      patch_stride=4).with_vocab(TOK.layout.vocab_size)
+    model = GatoModel(cfg).eval()
+
+    def policy(train_state, **kw):
+        return Policy(model, CheckpointMeta(cfg, TOK.layout, {TASK: SPEC}, train_state), TOK, **kw)
+
+    assert policy({}).continuous_decoding == "mode"  # no training record: Gato's argmax
+    assert policy({"config": {"bin_sigma": 0.0}}).continuous_decoding == "mode"
+    assert policy({"config": {"bin_sigma": 8.0}}).continuous_decoding == "mean"
+    assert policy({"config": {"bin_sigma": 8.0}}, continuous_decoding="mode").continuous_decoding == "mode"
+    with pytest.raises(ValueError, match=r"continuous_decoding must be one of \('auto', 'mean', 'mode'\), got 'median'"):
+        policy({}, continuous_decoding="median")

@@ -99,6 +99,30 @@ def test_logits_equal_full_recomputation_at_every_step_of_a_long_episode(evict_k
         assert session.num_tokens[0] + 10 + len(RANGES) - 1 > model.cfg.context
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_expected_dims_take_the_rounded_mean_bin_and_the_others_the_mode(static):
+    model = tiny_model(seed=2)
+    session = InferenceSession(model, SessionConfig(num_envs=2), patch_id=LAYOUT.patch_id)
+    session._static = static
+    rng = np.random.default_rng(3)
+    means = 0
+    for t in range(6):
+        expect = [True, t % 2 == 0, False]  # the flags may change between steps
+        out = session.step([make_obs(rng), make_obs(rng)], RANGES, return_logits=True, expected_dims=expect)
+        for row in range(2):
+            for k, (lo, hi) in enumerate(RANGES):
+                logits = out.logits[row, k, lo:hi]
+                if expect[k]:
+                    want = int((torch.softmax(logits, -1) @ torch.arange(hi - lo, dtype=torch.float32)).round()) + lo
+                    means += int(want != int(logits.argmax()) + lo)  # an untrained model: mean and mode differ
+                else:
+                    want = int(logits.argmax()) + lo
+                assert out.action_tokens[row, k] == want
+    assert means > 6
+    with pytest.raises(ValueError, match=r"one flag per action dimension \(3\), got 2"):
+        session.step([make_obs(rng), make_obs(rng)], RANGES, expected_dims=[True, False])
+
+
 def test_eviction_drops_whole_oldest_timesteps_to_the_configured_fraction():
     model = tiny_model(context=64)
     session = InferenceSession(model, SessionConfig(evict_keep=0.5))
