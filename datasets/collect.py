@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,22 +51,49 @@ class CollectConfig:
     """Commit finished episodes to disk this often (longer when a commit itself takes over 5% of the time)."""
     max_attempts: float = 10.0
     """Give up on a task after rolling out this many times --episodes seeds (only matters with the filter)."""
+    action_noise: float = 0.0
+    """DART-style noise injection (Laskey et al. 2017): the env executes the expert's action plus Gaussian noise
+    of this many half-ranges (continuous, clipped to the bounds) or a random action with this probability
+    (discrete); the recorded action stays the expert's. The data then shows how the expert recovers from the
+    states a learner's small errors lead to. 0: plain expert rollouts."""
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Rollouts (run in workers)
 
 
-def rollout(env: Any, expert: Any, task: Any, seed: int) -> Episode:
+def perturb(action: np.ndarray, spec: Any, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """The action the env executes under DART noise injection (see ``CollectConfig.action_noise``).
+
+    Args:
+        action: the expert's action.
+        spec: the action's ``FieldSpec`` (continuous: half-range from ``low``/``high``, 1 when unbounded;
+            discrete: ``n`` values per element).
+        noise: Gaussian scale in half-ranges (continuous) or the probability of a random value (discrete).
+        rng: the episode's noise generator.
+    """
+    a = np.asarray(action)
+    if spec.kind == "discrete":
+        flip = rng.random(a.shape) < noise
+        return np.where(flip, rng.integers(0, spec.n, a.shape), a).astype(a.dtype)
+    if spec.low is None:
+        return (a + noise * rng.standard_normal(a.shape)).astype(a.dtype)
+    low, high = np.reshape(spec.low, a.shape), np.reshape(spec.high, a.shape)
+    return np.clip(a + noise * (high - low) / 2 * rng.standard_normal(a.shape), low, high).astype(a.dtype)
+
+
+def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0.0) -> Episode:
     """One expert episode: observations before each action, the action, the reward after it.
 
     Args:
         env: gymnasium-style env of the task (``make_env``).
         expert: the task's expert (``make_expert``).
         task: the task's ``TaskSpec``.
-        seed: reset seed.
+        seed: reset seed (also seeds the noise).
+        action_noise: see ``CollectConfig.action_noise`` (the recorded actions are the expert's either way).
     """
     spec = task.timestep
+    noise_rng = np.random.default_rng([int(seed), 0xDA127])
     obs, info = env.reset(seed=int(seed))
     expert.reset(env, obs)
     frames: dict[str, list] = {f.name: [] for f in spec.observation}
@@ -80,6 +107,8 @@ def rollout(env: Any, expert: Any, task: Any, seed: int) -> Episode:
         for name, add in record:
             add(obs[name])
         add_action(action)
+        if action_noise > 0:
+            action = perturb(action, spec.action, action_noise, noise_rng)
         obs, reward, terminated, truncated, info = step(action)
         add_reward(reward)
         if has_success and not success:
@@ -121,7 +150,7 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_rollout(task_id: str, seed: int) -> tuple[PreparedEpisode, float]:
+def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0) -> tuple[PreparedEpisode, float]:
     """Roll out and encode one episode; the env and expert are built once per worker and task."""
     from omnipolicy.envs import get_task, make_env, make_expert
 
@@ -130,7 +159,7 @@ def _worker_rollout(task_id: str, seed: int) -> tuple[PreparedEpisode, float]:
         _WORKER_CACHE[task_id] = (task, make_env(task_id, seed=int(seed)), make_expert(task_id, seed=int(seed)))
     task, env, expert = _WORKER_CACHE[task_id]
     t0 = time.perf_counter()
-    ep = rollout(env, expert, task, seed)
+    ep = rollout(env, expert, task, seed, action_noise)
     return prepare_episode(ep, task.timestep), time.perf_counter() - t0
 
 
@@ -196,6 +225,7 @@ def collect(
     flush_seconds: float = 2.0,
     max_attempts: float = 10.0,
     progress: bool = True,
+    action_noise: float | Mapping[str, float] = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Collect expert episodes until every task's dataset holds ``episodes`` episodes.
 
@@ -209,6 +239,7 @@ def collect(
         flush_seconds: commit buffered episodes at least this often.
         max_attempts: stop a task after ``max_attempts * episodes`` seeds.
         progress: show a tqdm bar.
+        action_noise: DART noise injection (``CollectConfig.action_noise``), one value or per task id (default 0).
 
     Returns:
         task id -> ``{"path", "episodes", "new", "rejected", "steps", "mean_return", "success_rate"}``.
@@ -227,6 +258,10 @@ def collect(
         raise ValueError(f"filter_expert_fraction must be in [0, 1.5], got {filter_expert_fraction}")
     if not task_ids:
         raise ValueError("collect needs at least one task id")
+    noise = {t: float(action_noise.get(t, 0.0) if isinstance(action_noise, Mapping) else action_noise) for t in task_ids}
+    bad = {t: v for t, v in noise.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"action_noise must be in [0, 1] (half-ranges / probability), got {bad}")
     workers = max(1, os.cpu_count() or 1) if workers is None else int(workers)
     tasks: dict[str, TaskProgress] = {}
     for tid in dict.fromkeys(task_ids):
@@ -285,7 +320,7 @@ def collect(
     try:
         if workers == 0:
             while (job := next_job()) is not None:
-                prepared, _ = _worker_rollout(*job)
+                prepared, _ = _worker_rollout(*job, noise[job[0]])
                 accept(prepared)
                 if time.monotonic() - last_flush >= interval[0]:
                     flush()
@@ -296,7 +331,7 @@ def collect(
                 pending: set[Future] = set()
                 while True:
                     while len(pending) < 2 * workers and (job := next_job()) is not None:
-                        pending.add(pool.submit(_worker_rollout, *job))
+                        pending.add(pool.submit(_worker_rollout, *job, noise[job[0]]))
                     if not pending:
                         break
                     finished, pending = wait(pending, timeout=flush_seconds, return_when=FIRST_COMPLETED)
@@ -344,6 +379,7 @@ def collect_command(argv: list[str], prog: str) -> None:
     summary = collect(
         cfg.task, cfg.episodes, cfg.out, workers=cfg.workers, seed=cfg.seed,
         filter_expert_fraction=cfg.filter_expert_fraction, flush_seconds=cfg.flush_seconds, max_attempts=cfg.max_attempts,
+        action_noise=cfg.action_noise,
     )
     seconds = time.perf_counter() - t0
     width = max(len(t) for t in summary)

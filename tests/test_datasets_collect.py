@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from omnipolicy.datasets import EpisodeStore
-from omnipolicy.datasets.collect import collect, collect_command, task_path
+from omnipolicy.datasets.collect import collect, collect_command, perturb, rollout, task_path
+from omnipolicy.tokenizers import FieldSpec
 
 pytest.importorskip("gymnasium")
 
@@ -65,3 +66,53 @@ def test_gato_filter_keeps_only_near_expert_episodes(tmp_path: Path) -> None:
         collect([task.id], 1, tmp_path, workers=0, filter_expert_fraction=3.0, progress=False)
     with pytest.raises(KeyError):
         collect(["classic/no-such-task"], 1, tmp_path, workers=0, progress=False)
+
+
+class _Recording:
+    """Wraps an env and records the actions it was given."""
+
+    def __init__(self, env) -> None:
+        self.env, self.executed = env, []
+
+    def reset(self, **kw):
+        return self.env.reset(**kw)
+
+    def step(self, action):
+        self.executed.append(np.array(action))
+        return self.env.step(action)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
+@pytest.mark.parametrize("task_id", ["classic/pendulum-v1", "classic/cartpole-v1"])
+def test_dart_noise_perturbs_what_the_env_executes_but_records_the_experts_actions(task_id: str) -> None:
+    from omnipolicy.envs import get_task, make_env, make_expert
+
+    task = get_task(task_id)
+    env, expert = _Recording(make_env(task_id, seed=0)), make_expert(task_id, seed=0)
+    ep = rollout(env, expert, task, seed=3, action_noise=0.3)
+    executed = np.array(env.executed)
+    assert executed.shape == ep.actions.shape
+    changed = np.any(executed != ep.actions, axis=tuple(range(1, executed.ndim)))
+    spec = task.timestep.action
+    if spec.kind == "discrete":
+        assert 0.05 < changed.mean() < 0.3  # a random action with probability 0.3 (half of them the same one)
+        assert set(np.unique(executed)) <= set(range(spec.n))
+    else:
+        assert changed.mean() > 0.9 and (executed >= spec.low[0]).all() and (executed <= spec.high[0]).all()
+    clean_env = _Recording(make_env(task_id, seed=0))
+    clean = rollout(clean_env, make_expert(task_id, seed=0), task, seed=3)
+    np.testing.assert_array_equal(np.array(clean_env.executed), clean.actions)  # no noise: executed = recorded
+    again = rollout(_Recording(make_env(task_id, seed=0)), make_expert(task_id, seed=0), task, seed=3, action_noise=0.3)
+    np.testing.assert_array_equal(again.actions, ep.actions)  # the noise is seeded by the episode seed
+
+
+def test_perturb_clips_to_the_bounds_and_bad_noise_is_refused(tmp_path: Path) -> None:
+    spec = FieldSpec("action", "continuous", (2,), "float32", low=(-1.0, 0.0), high=(1.0, 2.0))
+    rng = np.random.default_rng(0)
+    out = np.array([perturb(np.array([1.0, 1.0], np.float32), spec, 0.5, rng) for _ in range(2000)])
+    assert out.dtype == np.float32 and (out[:, 0] <= 1.0).all() and (out[:, 1] >= 0.0).all() and (out[:, 1] <= 2.0).all()
+    assert abs(out[:, 1].std() - 0.5) < 0.05  # 0.5 half-ranges of a [0, 2] range
+    with pytest.raises(ValueError, match=r"action_noise must be in \[0, 1\].*'classic/cartpole-v1': 1.5"):
+        collect(["classic/cartpole-v1"], 1, tmp_path, workers=0, action_noise={"classic/cartpole-v1": 1.5})
