@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 PATCH_SIZE = 16
 """Side of an image patch in pixels (fixed by the tokenizer)."""
+ACTION_INPUTS = ("tokens", "hidden")
+"""What the model reads at action positions (see ``ModelConfig.action_inputs``)."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,17 @@ class ModelConfig:
             (through a learned projection) to its table embedding, so that
             neighbouring bins start out similar and rarely seen bins are not
             blank; 0 disables (plain Gato).
+        action_inputs: what the model reads at an action token's position: ``"tokens"`` (Gato: the action
+            token itself, so later predictions see earlier actions) or ``"hidden"`` (the padding token: every
+            action is predicted from the observations, local position and earlier hidden slots alone). Small
+            demonstration sets of smooth experts teach a model that reads past actions to copy the last one
+            (the "copycat problem" of behaviour cloning with history, Wen et al. 2020, arXiv 2010.14876):
+            near-perfect on the data, stuck on its own first mistake when it acts. ``"hidden"`` removes the shortcut.
         vocab_size: size of the embedding table and logits; ``None`` until
             bound to a tokenizer layout with :meth:`with_layout` (or :meth:`with_vocab`).
         continuous_ids: ``[start, stop)`` of the continuous-bin ids, bound by :meth:`with_layout`.
+        separator_id, pad_id: the layout's separator and padding ids, bound by :meth:`with_layout`
+            (``action_inputs="hidden"`` needs them).
     """
 
     n_layer: int
@@ -62,8 +72,11 @@ class ModelConfig:
     bias: bool = True
     tie_embeddings: bool = True
     value_features: int = 16
+    action_inputs: str = "tokens"
     vocab_size: int | None = None
     continuous_ids: tuple[int, int] | None = None
+    separator_id: int | None = None
+    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_embd", "n_head", "d_ff", "context", "local_positions", "pos_bins", "patch_channels"):
@@ -80,6 +93,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.vocab_size must be a positive int or None, got {self.vocab_size!r}")
         if self.value_features < 0 or self.value_features % 2:
             raise ValueError(f"ModelConfig.value_features must be an even int >= 0, got {self.value_features!r}")
+        if self.action_inputs not in ACTION_INPUTS:
+            raise ValueError(f"ModelConfig.action_inputs must be one of {ACTION_INPUTS}, got {self.action_inputs!r}")
         if self.continuous_ids is not None:
             lo, hi = (int(v) for v in self.continuous_ids)
             if not 0 <= lo < hi <= (self.vocab_size or hi):
@@ -110,7 +125,8 @@ class ModelConfig:
     def with_layout(self, layout) -> "ModelConfig":
         """This config bound to a tokenizer's :class:`~omnipolicy.tokenizers.VocabLayout` (a new object)."""
         lo = layout.continuous_offset
-        return dataclasses.replace(self, vocab_size=int(layout.vocab_size), continuous_ids=(lo, lo + layout.num_bins))
+        return dataclasses.replace(self, vocab_size=int(layout.vocab_size), continuous_ids=(lo, lo + layout.num_bins),
+                                   separator_id=int(layout.separator_id), pad_id=int(layout.pad_id))
 
     def num_params(self, vocab_size: int | None = None) -> int:
         """Exact number of parameters of the model this config builds.

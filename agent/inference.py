@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import PATCH_SIZE
-from .model import GatoModel
+from .model import GatoModel, hide_actions
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -191,6 +191,7 @@ class InferenceSession:
         self.context = cfg.context
         self.vocab_size = int(cfg.vocab_size)
         self.use_graphs = self.device.type == "cuda" and config.cuda_graphs
+        self.hidden = cfg.action_inputs == "hidden"  # action positions read the padding id (ModelConfig.action_inputs)
         # the LM head in float32: greedy choices do not flip on bfloat16 rounding of the logits
         w = model.lm_head.weight
         self._head_w = w if w.dtype == torch.float32 else w.detach().float()
@@ -250,6 +251,7 @@ class InferenceSession:
         self.out_logits = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)
         # constants
         self._rows = torch.arange(B, device=dev)
+        self._pad_tok = torch.full((B, 1), self.cfg.pad_id if self.hidden else 0, device=dev, dtype=torch.long)
         self._ids = torch.arange(V, device=dev, dtype=torch.float32)  # offsets inside a span, for expectations
         self._cols = torch.arange(C, device=dev)
         self._keys = torch.arange(K, device=dev)
@@ -329,6 +331,10 @@ class InferenceSession:
                 st.steps.pop()
             # the newest kept timestep's last action token was fed by the next step's prefill
             st.fill, st.pending = sum(st.steps), -1
+
+    def _fed(self, action_token: int) -> int:
+        """What the model reads for an action token it chose (the padding id with hidden action inputs)."""
+        return self.cfg.pad_id if self.hidden else action_token
 
     # ------------------------------------------------------------- the model
     def _embed(self, tok: Tensor, loc: Tensor, pidx: Tensor | None, patches: Tensor | None, ppos: Tensor | None) -> Tensor:
@@ -462,7 +468,8 @@ class InferenceSession:
 
     def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None,
                      k: int | None = None) -> None:
-        pre = self._embed(self.dec_tok[:, None], self.dec_loc[:, None], None, None, None)  # (B, 1, D)
+        fed = self.dec_tok[:, None] if not self.hidden else self._pad_tok  # the chosen action, or the padding id
+        pre = self._embed(fed, self.dec_loc[:, None], None, None, None)  # (B, 1, D)
         pos = self.dec_pos[:, None] if start is None else None
         x = self._forward_new(pre, pos, kv_len, start=start)
         self.dec_tok.copy_(self._choose(x[:, 0], greedy, span, k=k))
@@ -633,7 +640,7 @@ class InferenceSession:
             st, L = self._envs[e], len(tok)
             j = c - L  # 1 when the previous action's last token leads
             if j:
-                tok_in[e, 0], loc_in[e, 0] = st.pending, st.pending_local
+                tok_in[e, 0], loc_in[e, 0] = self._fed(st.pending), st.pending_local
             tok_in[e, j:c] = tok
             loc_in[e, j:c] = np.arange(L)
             cnt_in[e] = c
@@ -742,7 +749,8 @@ class InferenceSession:
             arrays = [self._obs_arrays(t, e) for t in seq]
             if not arrays:
                 continue
-            tok = np.concatenate(([st.pending] if st.pending >= 0 else []) + [a[0] for a in arrays]).astype(np.int64)
+            tok = np.concatenate(([self._fed(st.pending)] if st.pending >= 0 else [])
+                                 + [hide_actions(a[0], self.cfg) for a in arrays]).astype(np.int64)
             loc = np.concatenate(([st.pending_local] if st.pending >= 0 else []) + [np.arange(len(a[0])) for a in arrays])
             if st.fill + len(tok) > self.context:
                 raise ValueError(f"env {e}: appending {len(tok)} tokens to a window of {st.fill} exceeds the context {self.context}")

@@ -31,6 +31,18 @@ from torch import Tensor, nn
 from .config import PATCH_SIZE, ModelConfig
 
 
+def hide_actions(timestep_tokens, cfg: ModelConfig):
+    """One timestep's tokens (observation, separator, actions) as the model reads them: with
+    ``cfg.action_inputs == "hidden"`` the actions after the separator become the padding id (numpy, a copy)."""
+    if cfg.action_inputs != "hidden":
+        return timestep_tokens
+    out = timestep_tokens.copy()
+    sep = (out == cfg.separator_id).nonzero()[0]
+    if len(sep):
+        out[sep[0] + 1 :] = cfg.pad_id
+    return out
+
+
 def gaussian_bin_targets(index: Tensor, bins: int, sigma: float) -> Tensor:
     """Target distributions (N, bins): a Gaussian of ``sigma`` bins centred on each ``index``, integrated over each bin.
 
@@ -209,6 +221,8 @@ class GatoModel(nn.Module):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_layout(tokenizer.layout)")
+        if cfg.action_inputs == "hidden" and None in (cfg.continuous_ids, cfg.separator_id, cfg.pad_id):
+            raise ValueError("ModelConfig.action_inputs='hidden' needs the layout's ids; bind it with cfg.with_layout(layout)")
         self.cfg = cfg
         D = cfg.n_embd
         self.wte = TokenEmbedding(cfg)  # token table over the whole vocabulary (+ continuous value features)
@@ -259,7 +273,8 @@ class GatoModel(nn.Module):
         """Input embeddings.
 
         Args:
-            tokens, local_pos, patch_index: (B, S) int64.
+            tokens, local_pos, patch_index: (B, S) int64; the sequence starts at a timestep boundary
+                (with ``action_inputs="hidden"`` the actions are found after each timestep's separator).
             patches: (P, 3, 16, 16) float; patch_pos: (P, 2) int64 (row, col).
             positions: (S,) or (B, S) window positions; default ``0 .. S-1``.
             patch_embeddings: (P, D) from :meth:`embed_patches`, instead of
@@ -271,7 +286,7 @@ class GatoModel(nn.Module):
         B, S = tokens.shape
         if positions is None:
             positions = torch.arange(S, device=tokens.device)
-        x = self.wte(tokens)  # (B, S, D)
+        x = self.wte(self.input_tokens(tokens, local_pos))  # (B, S, D)
         pe = patch_embeddings
         if pe is None and patches is not None and patches.shape[0] > 0:
             pe = self.embed_patches(patches, patch_pos)  # (P, D)
@@ -306,6 +321,18 @@ class GatoModel(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Logits over the whole vocabulary, (..., V), from hidden states (..., D)."""
         return self.lm_head(hidden)
+
+    def input_tokens(self, tokens: Tensor, local_pos: Tensor) -> Tensor:
+        """The tokens as the model reads them: with ``action_inputs="hidden"``, every token after the separator
+        of its timestep (the actions, prompts' included) becomes the padding id. (B, S) int64."""
+        if self.cfg.action_inputs != "hidden":
+            return tokens
+        is_sep = tokens == self.cfg.separator_id
+        seps = is_sep.cumsum(1)  # separators up to and including each position
+        idx = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        start = torch.where(local_pos == 0, idx, 0).cummax(1).values  # first position of each token's timestep
+        after_sep = seps - seps.gather(1, start) + is_sep.gather(1, start).long() > 0
+        return tokens.masked_fill(after_sep & ~is_sep, self.cfg.pad_id)
 
     def loss_terms(self, batch: dict[str, Tensor], bin_sigma: float = 0.0) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the target positions and their number.

@@ -57,6 +57,9 @@ class TrainConfig:
     """Model preset (see --list-presets for their parameter counts)."""
     context: int | None = None
     """Context window in tokens; default: the preset's."""
+    action_inputs: Literal["tokens", "hidden"] | None = None
+    """What the model reads at action positions (ModelConfig.action_inputs): tokens (Gato) or hidden (every action
+    predicted from observations only; no copying of the last action); default: the preset's."""
     steps: int = 2000
     """Optimizer steps in total (a resumed run continues up to this)."""
     batch_size: int = 16
@@ -125,10 +128,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.task_weights must be >= 0, got {bad}")
 
     def model_config(self, layout: VocabLayout) -> ModelConfig:
-        """The preset with the context override, bound to ``layout``."""
+        """The preset with the context and action-input overrides, bound to ``layout``."""
         cfg = get_preset(self.preset)
         if self.context is not None:
             cfg = dataclasses.replace(cfg, context=self.context)
+        if self.action_inputs is not None:
+            cfg = dataclasses.replace(cfg, action_inputs=self.action_inputs)
         return cfg.with_layout(layout)
 
 

@@ -174,6 +174,30 @@ def test_gaussian_bin_loss_is_the_kl_on_continuous_targets_and_cross_entropy_on_
     assert model.loss_terms(b, bin_sigma=0.0)[0] == model.loss_terms(b)[0]  # 0: Gato's one-hot cross-entropy
 
 
+def test_hidden_action_inputs_read_padding_after_each_separator_and_nothing_else():
+    model = GatoModel(tiny_config(action_inputs="hidden"))
+    sep, pad, c = LAYOUT.separator_id, LAYOUT.pad_id, LAYOUT.continuous_offset
+    # a prompt timestep, then two timesteps: text + values, separator, 2 action tokens
+    step = [5, 6, c + 1, c + 2, sep, c + 900, c + 901]
+    tokens = torch.tensor([step * 3 + [pad, pad]])
+    local = torch.tensor([list(range(7)) * 3 + [0, 0]])
+    got = model.input_tokens(tokens, local)[0].tolist()
+    assert got == [5, 6, c + 1, c + 2, sep, pad, pad] * 3 + [pad, pad]
+    assert torch.equal(GatoModel(tiny_config()).input_tokens(tokens, local), tokens)  # Gato: actions are read
+    # the action tokens no longer change any output; an observation token still does
+    other = tokens.clone()
+    other[0, [5, 6, 12, 13]] = c + 3
+    obs = tokens.clone()
+    obs[0, 2] = c + 500
+    run = lambda t: model(t, local, torch.full_like(t, -1), None, None)  # noqa: E731
+    model.eval()
+    assert torch.equal(run(tokens), run(other)) and not torch.allclose(run(tokens), run(obs))
+    with pytest.raises(ValueError, match=r"action_inputs must be one of \('tokens', 'hidden'\), got 'masked'"):
+        tiny_config(action_inputs="masked")
+    with pytest.raises(ValueError, match="needs the layout's ids"):
+        GatoModel(ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, action_inputs="hidden").with_vocab(100))
+
+
 def test_tied_head_and_every_parameter_gets_a_gradient_without_images():
     torch.manual_seed(0)
     model = GatoModel(tiny_config())

@@ -42,11 +42,11 @@ def tokenize(obs: dict) -> ObsTokens:
     return ObsTokens(ep.tokens.astype(np.int64), ep.patches, ep.patch_pos)
 
 
-@pytest.mark.parametrize("decoding", ["mode", "mean"])
-def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_window(decoding):
+@pytest.mark.parametrize("decoding,inputs", [("mode", "tokens"), ("mean", "tokens"), ("mean", "hidden")])
+def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_window(decoding, inputs):
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=96, local_positions=64, patch_channels=8,
-                      patch_stride=4).with_vocab(TOK.layout.vocab_size)
+                      patch_stride=4, action_inputs=inputs).with_layout(TOK.layout)
     model = GatoModel(cfg).eval()
     policy = Policy(model, CheckpointMeta(cfg, TOK.layout, {TASK: SPEC}), TOK, continuous_decoding=decoding)
     expect = policy.expected_dims(TASK)

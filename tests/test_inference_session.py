@@ -31,7 +31,7 @@ def tiny_model(seed: int = 0, context: int = 64, **overrides) -> GatoModel:
     base = dict(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=context, local_positions=32, patch_channels=8,
                 patch_stride=4)
     torch.manual_seed(seed)
-    return GatoModel(ModelConfig(**{**base, **overrides}).with_vocab(LAYOUT.vocab_size)).eval()
+    return GatoModel(ModelConfig(**{**base, **overrides}).with_layout(LAYOUT)).eval()
 
 
 def make_obs(rng: np.random.Generator, n_patches: int = 2, n_values: int = 4, n_text: int = 0) -> ObsTokens:
@@ -75,9 +75,10 @@ def check_against_reference(model, session, histories, out, env_ids, atol):
         assert (out.action_tokens[row] >= RANGES[:, 0]).all() and (out.action_tokens[row] < RANGES[:, 1]).all()
 
 
-@pytest.mark.parametrize("evict_keep,static", [(0.5, False), (1.0, False), (0.5, True)])
-def test_logits_equal_full_recomputation_at_every_step_of_a_long_episode(evict_keep, static):
-    model = tiny_model()
+@pytest.mark.parametrize("evict_keep,static,inputs", [(0.5, False, "tokens"), (1.0, False, "tokens"), (0.5, True, "tokens"),
+                                                     (0.5, False, "hidden"), (0.5, True, "hidden")])
+def test_logits_equal_full_recomputation_at_every_step_of_a_long_episode(evict_keep, static, inputs):
+    model = tiny_model(action_inputs=inputs)
     session = InferenceSession(model, SessionConfig(num_envs=3, evict_keep=evict_keep), patch_id=LAYOUT.patch_id)
     session._static = static  # the CUDA-graph bodies (fixed prefill width, whole cache, device counters), eagerly
     rng = np.random.default_rng(1)
@@ -190,8 +191,9 @@ def test_reset_of_one_env_starts_its_episode_over_and_leaves_the_others():
     assert session.window_timesteps(1) == 4 and session.window_timesteps(0) > 4
 
 
-def test_rollback_and_append_keep_the_cache_consistent():
-    model = tiny_model(seed=7)
+@pytest.mark.parametrize("inputs", ["tokens", "hidden"])
+def test_rollback_and_append_keep_the_cache_consistent(inputs):
+    model = tiny_model(seed=7, action_inputs=inputs)
     rng = np.random.default_rng(7)
     prompt = [make_obs(rng, n_patches=1) for _ in range(2)]
     prompt_actions = [rng.integers(RANGES[:, 0], RANGES[:, 1]) for _ in prompt]
