@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 DEMO_EPISODES: dict[str, int] = {
     "classic": 30,
@@ -26,6 +27,21 @@ DEMO_EPISODES: dict[str, int] = {
     "atari": 3,
 }
 """Demonstrations per task by domain for the default run (sized for the 30-minute budget)."""
+
+DEMO_NOISE: dict[str, float] = {
+    "classic": 0.0,
+    "mujoco": 0.3,
+    "dmc": 0.3,
+    "metaworld": 0.3,
+    "atari": 0.0,
+}
+"""DART action noise at collection by domain (``collect(action_noise=...)``): continuous control experts hold their
+systems so still that clean demonstrations show almost no deviation to correct; noisy execution with the expert's
+actions recorded shows the corrections. Discrete classic tasks and Atari learn well from clean data."""
+
+NOISE_OVERRIDE: dict[str, float] = {
+    "classic/pendulum-v1": 0.3,  # the one continuous classic task
+}
 
 EPISODES_OVERRIDE: dict[str, int] = {
     "mujoco/reacher-v5": 200,  # 50-step episodes: more of them for the same number of tokens
@@ -64,6 +80,12 @@ class DemoConfig:
     """Write one rollout GIF per task."""
     seed: int = 0
     """Seed for collection and training."""
+    action_noise: float | None = None
+    """DART action noise for every task (default: the per-domain table DEMO_NOISE)."""
+    bin_sigma: float = 8.0
+    """Gaussian width of continuous action targets in bins (TrainConfig.bin_sigma; 0 = Gato's one-hot)."""
+    action_inputs: Literal["tokens", "hidden"] = "hidden"
+    """What the model reads at action positions (ModelConfig.action_inputs; tokens = Gato)."""
 
 
 def demo_command(argv: list[str], prog: str) -> None:
@@ -76,6 +98,35 @@ def demo_command(argv: list[str], prog: str) -> None:
         f"\n{o['tasks_at_least_50']} of {o['tasks']} tasks at or above 50% of expert; "
         f"mean expert-normalised score {o['normalized_mean']:.1f}\nreport: {cfg.out / 'report.md'}"
     )
+
+
+def noise_for(task_id: str, cfg: DemoConfig) -> float:
+    if cfg.action_noise is not None:
+        return cfg.action_noise
+    return NOISE_OVERRIDE.get(task_id, DEMO_NOISE[task_id.split("/")[0]])
+
+
+def check_collection_settings(data: Path, noise: dict[str, float]) -> None:
+    """Refuse to extend datasets collected with other noise levels (a rerun would silently mix them)."""
+    from omnipolicy.datasets.collect import task_path
+
+    record = data / "demo_collection.json"
+    # datasets from before the record existed were collected without noise
+    before = {t: 0.0 for t in noise if task_path(data, t).exists()}
+    if record.exists():
+        before.update(json.loads(record.read_text())["action_noise"])
+    if before:
+        changed = {t: (before[t], v) for t, v in noise.items() if t in before and before[t] != v}
+        if changed:
+            raise ValueError(
+                f"{data} holds demonstrations collected with other action noise (before, now): {changed}; "
+                f"delete that folder or pick another --out"
+            )
+        noise = {**before, **noise}
+    data.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"action_noise": noise}, indent=2, sort_keys=True))
+    tmp.replace(record)
 
 
 def episodes_for(task_id: str, cfg: DemoConfig) -> int:
@@ -101,12 +152,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 1. Demonstrations: one dataset per task, by group so the per-domain counts apply.
     t0 = time.perf_counter()
     print(f"[1/3] collecting expert demonstrations for {len(tasks)} tasks into {out / 'data'}")
+    noise = {t: noise_for(t, cfg) for t in tasks}
+    check_collection_settings(out / "data", noise)
     by_count: dict[int, list[str]] = {}
     for t in tasks:
         by_count.setdefault(episodes_for(t, cfg), []).append(t)
     collected = {}
     for n, group in sorted(by_count.items()):
-        collected.update(collect(group, n, out / "data", workers=cfg.workers, seed=cfg.seed))
+        collected.update(collect(group, n, out / "data", workers=cfg.workers, seed=cfg.seed, action_noise=noise))
     timings["collect_s"] = time.perf_counter() - t0
 
     # 2. One generalist on all of it, for a wall-clock budget.
@@ -122,6 +175,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             lr=cfg.lr,
             warmup_steps=100,
             seed=cfg.seed,
+            bin_sigma=cfg.bin_sigma,
+            action_inputs=cfg.action_inputs,
             save_every=250,
             resume=True,
         )
@@ -147,6 +202,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "demonstrations": {t: collected[t]["episodes"] for t in tasks},
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}",
             "continuous_decoding": policy.continuous_decoding,
+            "demonstration_action_noise": {t: v for t, v in noise.items() if v},
+            "model": f"action inputs {cfg.action_inputs}, Gaussian bin targets sigma {cfg.bin_sigma}",
         },
     )
     timings["eval_s"] = time.perf_counter() - t0

@@ -36,3 +36,18 @@ def test_demo_smoke_collect_train_eval_report(tmp_path):
     assert again["tasks"]["classic/cartpole-v1"]["returns"] == report["tasks"]["classic/cartpole-v1"]["returns"]
     with pytest.raises(ValueError, match=r"not trained on \['classic/acrobot-v1'\]; it knows"):
         main(["eval", "--checkpoint", str(out / "train"), "--tasks", "classic/acrobot-v1", "--out", str(tmp_path / "x")])
+
+
+def test_demo_refuses_to_extend_data_collected_with_other_noise(tmp_path):
+    from omnipolicy.demo import check_collection_settings
+
+    check_collection_settings(tmp_path, {"dmc/cartpole-balance": 0.3, "classic/cartpole-v1": 0.0})
+    check_collection_settings(tmp_path, {"dmc/cartpole-balance": 0.3, "mujoco/reacher-v5": 0.3})  # same, and a new task
+    record = json.loads((tmp_path / "demo_collection.json").read_text())["action_noise"]
+    assert record == {"classic/cartpole-v1": 0.0, "dmc/cartpole-balance": 0.3, "mujoco/reacher-v5": 0.3}
+    with pytest.raises(ValueError, match=r"other action noise \(before, now\): \{'dmc/cartpole-balance': \(0.3, 0.0\)\}"):
+        check_collection_settings(tmp_path, {"dmc/cartpole-balance": 0.0})
+    old = tmp_path / "old"
+    (old / "dmc" / "reacher-easy").mkdir(parents=True)  # a dataset from before the record: collected without noise
+    with pytest.raises(ValueError, match=r"\{'dmc/reacher-easy': \(0.0, 0.3\)\}"):
+        check_collection_settings(old, {"dmc/reacher-easy": 0.3})
