@@ -56,6 +56,9 @@ class CollectConfig:
     of this many half-ranges (continuous, clipped to the bounds) or a random action with this probability
     (discrete); the recorded action stays the expert's. The data then shows how the expert recovers from the
     states a learner's small errors lead to. 0: plain expert rollouts."""
+    max_steps: int | None = None
+    """Cap on episode length (default: the task's own limit). Short episodes of a task whose expert reaches its
+    goal quickly and then holds still put the reaching part, not the holding, in most of the data."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ def perturb(action: np.ndarray, spec: Any, noise: float, rng: np.random.Generato
     return np.clip(a + noise * (high - low) / 2 * rng.standard_normal(a.shape), low, high).astype(a.dtype)
 
 
-def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0.0) -> Episode:
+def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0.0, max_steps: int | None = None) -> Episode:
     """One expert episode: observations before each action, the action, the reward after it.
 
     Args:
@@ -91,6 +94,7 @@ def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0
         task: the task's ``TaskSpec``.
         seed: reset seed (also seeds the noise).
         action_noise: see ``CollectConfig.action_noise`` (the recorded actions are the expert's either way).
+        max_steps: cap on the episode length (default ``task.max_steps``); a capped episode is truncated.
     """
     spec = task.timestep
     noise_rng = np.random.default_rng([int(seed), 0xDA127])
@@ -102,7 +106,7 @@ def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0
     add_action, add_reward = actions.append, rewards.append
     act, step, has_success = expert.act, env.step, task.has_success
     success, terminated = False, False
-    for _ in range(task.max_steps):
+    for _ in range(task.max_steps if max_steps is None else min(max_steps, task.max_steps)):
         action = act(env, obs)
         for name, add in record:
             add(obs[name])
@@ -150,7 +154,8 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0) -> tuple[PreparedEpisode, float]:
+def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0,
+                    max_steps: int | None = None) -> tuple[PreparedEpisode, float]:
     """Roll out and encode one episode; the env and expert are built once per worker and task."""
     from omnipolicy.envs import get_task, make_env, make_expert
 
@@ -159,7 +164,7 @@ def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0) -> tuple
         _WORKER_CACHE[task_id] = (task, make_env(task_id, seed=int(seed)), make_expert(task_id, seed=int(seed)))
     task, env, expert = _WORKER_CACHE[task_id]
     t0 = time.perf_counter()
-    ep = rollout(env, expert, task, seed, action_noise)
+    ep = rollout(env, expert, task, seed, action_noise, max_steps)
     return prepare_episode(ep, task.timestep), time.perf_counter() - t0
 
 
@@ -226,6 +231,7 @@ def collect(
     max_attempts: float = 10.0,
     progress: bool = True,
     action_noise: float | Mapping[str, float] = 0.0,
+    max_steps: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Collect expert episodes until every task's dataset holds ``episodes`` episodes.
 
@@ -240,6 +246,7 @@ def collect(
         max_attempts: stop a task after ``max_attempts * episodes`` seeds.
         progress: show a tqdm bar.
         action_noise: DART noise injection (``CollectConfig.action_noise``), one value or per task id (default 0).
+        max_steps: cap on episode length (``CollectConfig.max_steps``; None: each task's own).
 
     Returns:
         task id -> ``{"path", "episodes", "new", "rejected", "steps", "mean_return", "success_rate"}``.
@@ -254,6 +261,8 @@ def collect(
 
     if episodes < 0:
         raise ValueError(f"episodes must be >= 0, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 (or None for each task's limit), got {max_steps}")
     if filter_expert_fraction is not None and not 0.0 <= filter_expert_fraction <= 1.5:
         raise ValueError(f"filter_expert_fraction must be in [0, 1.5], got {filter_expert_fraction}")
     if not task_ids:
@@ -320,7 +329,7 @@ def collect(
     try:
         if workers == 0:
             while (job := next_job()) is not None:
-                prepared, _ = _worker_rollout(*job, noise[job[0]])
+                prepared, _ = _worker_rollout(*job, noise[job[0]], max_steps)
                 accept(prepared)
                 if time.monotonic() - last_flush >= interval[0]:
                     flush()
@@ -331,7 +340,7 @@ def collect(
                 pending: set[Future] = set()
                 while True:
                     while len(pending) < 2 * workers and (job := next_job()) is not None:
-                        pending.add(pool.submit(_worker_rollout, *job, noise[job[0]]))
+                        pending.add(pool.submit(_worker_rollout, *job, noise[job[0]], max_steps))
                     if not pending:
                         break
                     finished, pending = wait(pending, timeout=flush_seconds, return_when=FIRST_COMPLETED)
@@ -379,7 +388,7 @@ def collect_command(argv: list[str], prog: str) -> None:
     summary = collect(
         cfg.task, cfg.episodes, cfg.out, workers=cfg.workers, seed=cfg.seed,
         filter_expert_fraction=cfg.filter_expert_fraction, flush_seconds=cfg.flush_seconds, max_attempts=cfg.max_attempts,
-        action_noise=cfg.action_noise,
+        action_noise=cfg.action_noise, max_steps=cfg.max_steps,
     )
     seconds = time.perf_counter() - t0
     width = max(len(t) for t in summary)

@@ -116,3 +116,14 @@ def test_perturb_clips_to_the_bounds_and_bad_noise_is_refused(tmp_path: Path) ->
     assert abs(out[:, 1].std() - 0.5) < 0.05  # 0.5 half-ranges of a [0, 2] range
     with pytest.raises(ValueError, match=r"action_noise must be in \[0, 1\].*'classic/cartpole-v1': 1.5"):
         collect(["classic/cartpole-v1"], 1, tmp_path, workers=0, action_noise={"classic/cartpole-v1": 1.5})
+
+
+def test_max_steps_caps_episodes_as_truncated(tmp_path: Path) -> None:
+    summary = collect(["classic/cartpole-v1"], 3, tmp_path, workers=0, max_steps=7, progress=False)
+    store = EpisodeStore(task_path(tmp_path, "classic/cartpole-v1"))
+    assert summary["classic/cartpole-v1"]["steps"] == 21
+    for i in range(3):
+        ep = store.load_episode(i)
+        assert len(ep.actions) == 7 and not ep.terminated
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        collect(["classic/cartpole-v1"], 3, tmp_path, workers=0, max_steps=0)
