@@ -438,7 +438,7 @@ def evaluate(
     protocol = {
         "actor": actor.name,
         "episodes_per_task": episodes,
-        "parallel_envs": num_envs,
+        "parallel_envs": max(1, min(num_envs, episodes)),  # what ran: never more envs than episodes
         "seeds": f"episode k of a task resets with seed {seed} + k",
         "episode_limit": "task max_steps" + (f", capped at {max_steps}" if max_steps else ""),
         "atari": "ALE v5: frameskip 4, repeat_action_probability 0.25, full action set off",
