@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import PATCH_SIZE
-from .model import GatoModel, hide_actions
+from .model import GatoModel, expected_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -252,7 +252,6 @@ class InferenceSession:
         # constants
         self._rows = torch.arange(B, device=dev)
         self._pad_tok = torch.full((B, 1), self.cfg.pad_id if self.hidden else 0, device=dev, dtype=torch.long)
-        self._ids = torch.arange(V, device=dev, dtype=torch.float32)  # offsets inside a span, for expectations
         self._cols = torch.arange(C, device=dev)
         self._keys = torch.arange(K, device=dev)
         # prefill masks are views of one matrix: _causal[i, j] = -inf where j > i + K, so that
@@ -434,7 +433,7 @@ class InferenceSession:
         else:
             choice = logits.argmax(dim=-1)
             if self._expect:  # ordinal ids: the expected id under the masked softmax, rounded (a valid id: masked ones weigh 0)
-                expected = (torch.softmax(logits, dim=-1) @ self._ids[: hi - lo]).round().long()
+                expected = expected_ids(logits)
                 flag = self.in_expect[k] if k is not None else self.in_expect.index_select(0, kd).squeeze(0)
                 choice = torch.where(flag, expected, choice)
             choice = choice + lo
@@ -749,8 +748,7 @@ class InferenceSession:
             arrays = [self._obs_arrays(t, e) for t in seq]
             if not arrays:
                 continue
-            tok = np.concatenate(([self._fed(st.pending)] if st.pending >= 0 else [])
-                                 + [hide_actions(a[0], self.cfg) for a in arrays]).astype(np.int64)
+            tok = np.concatenate(([self._fed(st.pending)] if st.pending >= 0 else []) + [a[0] for a in arrays]).astype(np.int64)
             loc = np.concatenate(([st.pending_local] if st.pending >= 0 else []) + [np.arange(len(a[0])) for a in arrays])
             if st.fill + len(tok) > self.context:
                 raise ValueError(f"env {e}: appending {len(tok)} tokens to a window of {st.fill} exceeds the context {self.context}")
@@ -765,7 +763,8 @@ class InferenceSession:
                 pidx = self._to_device(np.where(is_patch, np.cumsum(is_patch) - 1, -1))[None]
             n = len(tok)
             pos = torch.arange(st.fill, st.fill + n, device=self.device)[None]
-            t_tok, t_loc = self._to_device(tok)[None], self._to_device(loc.astype(np.int64))[None]
+            t_loc = self._to_device(loc.astype(np.int64))[None]
+            t_tok = self.model.input_tokens(self._to_device(tok)[None], t_loc)  # the timesteps' actions, hidden or not
             self._forward_new(self._embed(t_tok, t_loc, pidx, pt, pp), pos, st.fill + n, env=e, kv_only=True)
             st.steps.extend(len(a[0]) for a in arrays)
             st.fill += n

@@ -31,16 +31,14 @@ from torch import Tensor, nn
 from .config import PATCH_SIZE, ModelConfig
 
 
-def hide_actions(timestep_tokens, cfg: ModelConfig):
-    """One timestep's tokens (observation, separator, actions) as the model reads them: with
-    ``cfg.action_inputs == "hidden"`` the actions after the separator become the padding id (numpy, a copy)."""
-    if cfg.action_inputs != "hidden":
-        return timestep_tokens
-    out = timestep_tokens.copy()
-    sep = (out == cfg.separator_id).nonzero()[0]
-    if len(sep):
-        out[sep[0] + 1 :] = cfg.pad_id
-    return out
+def expected_ids(logits: Tensor) -> Tensor:
+    """The expected offset under ``softmax(logits)`` over the last axis, rounded: (...,) int64.
+
+    Masked (-inf) logits weigh 0, so the result lies between the lowest and highest valid offsets;
+    greedy decoding of ordinal ids (continuous bins) with ``continuous_decoding="mean"``.
+    """
+    offsets = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
+    return (torch.softmax(logits.float(), dim=-1) @ offsets).round().long()
 
 
 def gaussian_bin_targets(index: Tensor, bins: int, sigma: float) -> Tensor:

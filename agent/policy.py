@@ -31,18 +31,11 @@ from omnipolicy.tokenizers import TimestepSpec, Tokenizer
 from omnipolicy.tokenizers.spec import FieldSpec
 
 from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint
-from .model import GatoModel
+from .model import GatoModel, expected_ids
 
 _DTYPE_KINDS = {"f": "floating", "i": "integer", "u": "integer", "b": "boolean"}
 CONTINUOUS_DECODINGS = ("auto", "mean", "mode")
 """How a continuous action dimension picks its bin under greedy decoding (see :class:`Policy`)."""
-
-
-def continuous_dims(layout, ranges: np.ndarray) -> np.ndarray:
-    """bool (A,): which action dimensions (``[lo, hi)`` id ranges) are continuous bins of ``layout``."""
-    lo, hi = layout.continuous_offset, layout.continuous_offset + layout.num_bins
-    ranges = np.asarray(ranges)
-    return (ranges[:, 0] >= lo) & (ranges[:, 1] <= hi)
 
 
 @dataclass
@@ -308,9 +301,8 @@ class Policy:
 
     def expected_dims(self, task_id: str) -> np.ndarray:
         """bool (A,): the action dimensions of ``task_id`` decoded by their expected bin (see ``continuous_decoding``)."""
-        if self.continuous_decoding != "mean":
-            return np.zeros(len(self.action_ranges(task_id)), bool)
-        return continuous_dims(self.tok.layout, self.action_ranges(task_id))
+        continuous = self.continuous_decoding == "mean" and self.spec(task_id).action.kind == "continuous"
+        return np.full(len(self.action_ranges(task_id)), continuous)
 
     # -------------------------------------------------------------------- act
     def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:
@@ -449,7 +441,7 @@ class Policy:
                 probs = torch.softmax(logits / self.temperature, dim=-1)
                 choice = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
             elif expect[k]:  # the expected bin, rounded
-                choice = (torch.softmax(logits, dim=-1) @ torch.arange(hi - lo, device=dev, dtype=torch.float32)).round().long()
+                choice = expected_ids(logits)
             else:
                 choice = logits.argmax(dim=-1)
             action_tokens[:, k] = choice + lo
