@@ -141,42 +141,32 @@ class DeployConfig:
 
 
 class PolicyActor:
-    """A checkpoint acting in one environment through a KV-cached :class:`~omnipolicy.agent.inference.InferenceSession`.
+    """A checkpoint acting in one environment through :class:`~omnipolicy.agent.Policy`'s KV-cached session.
 
     Each step prefills one timestep's observation tokens and decodes the action tokens (logits masked to the
-    valid action ids), instead of recomputing the whole context window as ``Policy.act`` does: a control
-    step costs a few milliseconds on a CPU. :meth:`reset` forgets the context.
+    valid action ids) instead of recomputing the whole context window: a control step costs a few milliseconds
+    on a CPU. :meth:`reset` forgets the context.
     """
 
     def __init__(self, checkpoint: Path, task_id: str, device: str = "cpu", temperature: float = 0.0, threads: int = 1) -> None:
         import torch  # noqa: PLC0415  (only when a policy acts)
 
         from omnipolicy.agent import Policy  # noqa: PLC0415
-        from omnipolicy.agent.inference import InferenceSession, SessionConfig  # noqa: PLC0415
 
         if threads > 0 and torch.device(device).type == "cpu":
             torch.set_num_threads(threads)
 
-        policy = Policy.from_checkpoint(checkpoint, device=device)  # checks the tokenizer layout
+        # checks the tokenizer layout; continuous_decoding "auto" as everywhere else
+        self.policy = Policy.from_checkpoint(checkpoint, device=device, temperature=temperature, use_session=True)
         self.task_id = task_id
-        self.spec = policy.spec(task_id)  # KeyError naming the checkpoint's tasks
-        self.tok = policy.tok
-        self.ranges = policy.action_ranges(task_id)  # (A, 2)
-        self.expected_dims = policy.expected_dims(task_id)  # continuous dims: the expected bin (Policy's default)
-        self.temperature = float(temperature)
-        self.session = InferenceSession(policy.model, SessionConfig(num_envs=1), patch_id=self.tok.layout.patch_id)
+        self.spec = self.policy.spec(task_id)  # KeyError naming the checkpoint's tasks
+        self.policy.reset(1)
 
     def reset(self) -> None:
-        self.session.reset()
+        self.policy.reset_env(0)
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        from omnipolicy.agent.inference import ObsTokens  # noqa: PLC0415
-
-        one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in self.spec.observation}
-        ep = self.tok.tokenize_episode(self.spec, one, None)  # the observation tokens + separator of one timestep
-        step = self.session.step([ObsTokens(ep.tokens, ep.patches, ep.patch_pos)], self.ranges, temperature=self.temperature,
-                                 expected_dims=self.expected_dims)
-        return self.tok.decode_actions(self.spec, step.action_tokens)[0]  # (*action shape,)
+        return self.policy.act(self.task_id, [obs])[0]  # (*action shape,)
 
 
 class ExpertActor:
