@@ -298,11 +298,12 @@ def run_preset(name: str, args: Args, layout, device: torch.device) -> dict:
             print(f"hf gpt2   skipped: {e} (pip install transformers)")
     timed = interleaved(contenders, work, args, device)
     res["session"] = timed["session"] | {"window_tokens": session.window_tokens,
-                                         "weight_bytes_per_token": session.sess.weight_bytes_per_token()}
+                                         "weight_bytes_per_token": session.sess.weight_bytes_per_token(),
+                                         "cuda_graphs": len(session.sess._graphs)}
     res["naive"] = timed["naive"]
     for c in contenders:
         t = timed[c.name]
-        extra = f"  (window {session.window_tokens} tokens)" if c.name == "session" else ""
+        extra = f"  (window {session.window_tokens} tokens, {len(session.sess._graphs)} CUDA graphs)" if c.name == "session" else ""
         if c.name == "hf":
             res["hf"] = t | {"version": c.version, "params": c.params}
             extra = f"  (transformers {c.version}, {c.params:,d} parameters)"

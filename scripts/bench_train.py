@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import tyro
 
 from omnipolicy.agent import GatoModel, get_preset
 from omnipolicy.agent.synthetic import SyntheticWindows
@@ -194,4 +193,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
+    import tyro  # here only: the device check imports main() where tyro is not installed
+
     main(tyro.cli(Args))
