@@ -246,6 +246,9 @@ class InferenceSession:
         self.dec_pos = torch.zeros((B,), **i64)
         self.dec_loc = torch.zeros((B,), **i64)
         self.dec_k = torch.zeros((1,), **i64)  # action dimension being chosen
+        # inputs of a cache rebuild (graph mode): rows and their shifts
+        self.rb_rows = torch.zeros((B,), **i64)
+        self.rb_shift = torch.zeros((B,), **i64)
         # outputs
         self.out_tok = torch.zeros((B, A_cap), **i64)
         self.out_logits = torch.zeros((B, A_cap, V), device=dev, dtype=torch.float32)
@@ -269,6 +272,8 @@ class InferenceSession:
                 "patches": torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), dtype=dt, **pin),
                 "ppos": torch.zeros((B * P, 2), dtype=torch.long, **pin),
                 "mask": torch.zeros((A_cap, V), dtype=torch.float32, **pin),
+                "rb_rows": torch.zeros((B,), dtype=torch.long, **pin),
+                "rb_shift": torch.zeros((B,), dtype=torch.long, **pin),
             }
         self._graphs.clear()
 
@@ -477,14 +482,35 @@ class InferenceSession:
         self.dec_loc.add_(1)
 
     def _rebuild(self, rows: list[int], shifts: list[int], lengths: list[int]) -> None:
-        """Drop ``shifts[i]`` oldest tokens of env ``rows[i]`` and recompute its cache over the kept ``lengths[i]``."""
-        r, shift = self._to_device(np.array(rows)), self._to_device(np.array(shifts))
+        """Drop ``shifts[i]`` oldest tokens of env ``rows[i]`` and recompute its cache over the kept ``lengths[i]``.
+
+        With CUDA graphs (and in the static mode that tests them) the recomputed length is rounded up to
+        a multiple of 64 and the rebuild is captured once per (rows, length) and replayed: an eager
+        rebuild of a large model costs more in kernel launches than in arithmetic. The slots past a
+        row's kept length then hold garbage, as they already do for the shorter rows of a batch; no
+        query sees a slot past its own position, and the next tokens overwrite them.
+        """
+        R, M = len(rows), max(lengths)
+        if not (self.use_graphs or self._static):
+            self._rebuild_body(self._to_device(np.array(rows)), self._to_device(np.array(shifts)), M)
+            return
+        M = min(self.context, -(-M // 64) * 64)
+        self._stage_into("rb_rows", self.rb_rows, np.array(rows, np.int64))
+        self._stage_into("rb_shift", self.rb_shift, np.array(shifts, np.int64))
+        fn = lambda: self._rebuild_body(self.rb_rows[:R], self.rb_shift[:R], M)  # noqa: E731
+        g = self._graph(("rebuild", R, M), fn, restore=(self.hist, self.k_cache, self.v_cache)) if self.use_graphs else None
+        if g is not None:
+            g.replay()
+        else:
+            fn()
+
+    def _rebuild_body(self, r: Tensor, shift: Tensor, M: int) -> None:
+        """Shift the input embeddings of rows ``r`` left by ``shift`` and recompute their first ``M`` cache slots."""
         idx = (self._keys.unsqueeze(0) + shift.unsqueeze(1)).clamp(max=self.K - 1)  # (R, K)
         hist = torch.gather(self.hist[r], 1, idx.unsqueeze(-1).expand(-1, -1, self.D))  # (R, K, D) shifted left
         self.hist[r] = hist
-        M = max(lengths)
         x = hist[:, :M] + self.model.wpe(self._keys[:M])  # (R, M, D)
-        R, D, H = len(rows), self.D, self.H
+        R, D, H = len(r), self.D, self.H
         hd = D // H
         for layer, blk in enumerate(self.model.blocks):
             h = blk.ln_1(x)
@@ -720,13 +746,17 @@ class InferenceSession:
         if patches is not None:
             pairs += [("patches", self.in_patches, patches), ("ppos", self.in_ppos, ppos)]
         for name, dst, src in pairs:
-            src_t = torch.from_numpy(src)
-            if self.device.type == "cuda":
-                stage = self._host[name]
-                stage.copy_(src_t)
-                dst.copy_(stage, non_blocking=True)
-            else:
-                dst.copy_(src_t)
+            self._stage_into(name, dst, src)
+
+    def _stage_into(self, name: str, dst: Tensor, src: np.ndarray) -> None:
+        """Copy ``src`` into the leading rows of the static device buffer ``dst`` (through pinned ``_host[name]`` on CUDA)."""
+        src_t = torch.from_numpy(src)
+        if self.device.type == "cuda":
+            stage = self._host[name][: len(src_t)]
+            stage.copy_(src_t)
+            dst[: len(src_t)].copy_(stage, non_blocking=True)
+        else:
+            dst[: len(src_t)].copy_(src_t)
 
     @torch.inference_mode()
     def append(self, timesteps: Sequence[Sequence[Any]], env_ids: Sequence[int] | None = None) -> None:
