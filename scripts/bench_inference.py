@@ -303,7 +303,8 @@ def run_preset(name: str, args: Args, layout, device: torch.device) -> dict:
     res["naive"] = timed["naive"]
     for c in contenders:
         t = timed[c.name]
-        extra = f"  (window {session.window_tokens} tokens, {len(session.sess._graphs)} CUDA graphs)" if c.name == "session" else ""
+        graphs = f", {len(session.sess._graphs)} CUDA graphs" if session.sess._graphs else ""
+        extra = f"  (window {session.window_tokens} tokens{graphs})" if c.name == "session" else ""
         if c.name == "hf":
             res["hf"] = t | {"version": c.version, "params": c.params}
             extra = f"  (transformers {c.version}, {c.params:,d} parameters)"
