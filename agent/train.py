@@ -295,6 +295,15 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def resolve_device(device_arg: str, cuda_available: bool, gpus: int, local_rank: int) -> torch.device:
+    """The training device of ``TrainConfig.device``: auto = CUDA where available; a CUDA device without an
+    index is this process's GPU (torchrun's ``LOCAL_RANK`` modulo the GPUs), as ``torch.cuda.set_device`` needs one."""
+    device = torch.device("cuda" if cuda_available else "cpu") if device_arg == "auto" else torch.device(device_arg)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(gpus, 1))
+    return device
+
+
 def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device, bool]:
     """``(rank, world, device, created_group)``; joins torchrun's group when launched by it."""
     created = False
@@ -304,13 +313,8 @@ def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device, bool]:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         created = True
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if device_arg == "auto":
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        else:
-            device = torch.device("cpu")
-    else:
-        device = torch.device(device_arg)
+    device = resolve_device(device_arg, torch.cuda.is_available(), torch.cuda.device_count(),
+                            int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return rank, world, device, created

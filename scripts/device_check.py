@@ -8,6 +8,8 @@
    of the HBM bound.
 3. ``scripts/bench_train.py`` on ``gato-79m`` and ``gato-364m`` under bf16 autocast: training tokens/s
    against transformers GPT-2 of the same shape, and model FLOPs utilisation (issue 4; no target).
+4. The user paths on CUDA: ``train`` (bf16 autocast, a checkpoint, ``resume``) on synthetic windows, then
+   ``Policy.act`` on CUDA through the session and through recomputation, against the CPU policy.
 
 Exit status 0 only if the tests pass and the inference targets are met; 3 when there is no CUDA device
 (nothing was checked). Each part runs on even if an earlier one failed, and its error is recorded.
@@ -27,7 +29,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("tests", "inference", "train")
+PARTS = ("tests", "inference", "train", "policy")
 
 
 def main() -> int:
@@ -98,6 +100,16 @@ def main() -> int:
                 print(report["train"][preset]["error"], flush=True)
             save()
 
+    if "policy" in a.parts:
+        try:
+            report["policy"] = policy_smoke(out / "policy_smoke", "cuda")
+            ok &= report["policy"]["ok"]
+        except Exception:
+            report["policy"] = {"error": traceback.format_exc()}
+            print(report["policy"]["error"], flush=True)
+            ok = False
+        save()
+
     report["ok"] = bool(ok)
     save()
     lines = [f"device_check: {'PASS' if ok else 'FAIL'} on {report['gpu']}"]
@@ -106,6 +118,10 @@ def main() -> int:
     if "targets" in report:
         t = report["targets"]
         lines.append(f"  gato-1.18b bf16: p99 {t['p99_steps_per_s']:.0f} steps/s (>= 50), p50 {t['p50_ratio_to_hbm_bound']:.2f}x HBM bound (<= 2)")
+    if "agreement_with_cpu" in report.get("policy", {}):
+        p = report["policy"]
+        lines.append(f"  train + act on CUDA: steps {p['steps']}, actions agree with the CPU policy: "
+                     + ", ".join(f"{k} {v:.0%}" for k, v in p["agreement_with_cpu"].items()))
     for preset, r in report.get("train", {}).items():
         if "results" in r:
             lines.append(f"  train {preset}: " + ", ".join(
@@ -113,6 +129,43 @@ def main() -> int:
                 for k, v in r["results"].items()))
     print("\n".join(lines), flush=True)
     return 0 if ok else 1
+
+
+def policy_smoke(out: Path, device: str) -> dict:
+    """Train cpu-tiny for 60 steps, resume to 90 (on ``device``), then act with it there and on the CPU."""
+    import shutil
+
+    import numpy as np
+
+    from omnipolicy.agent import Policy, TrainConfig, train
+    from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
+    from omnipolicy.tokenizers import Tokenizer
+
+    shutil.rmtree(out, ignore_errors=True)
+    layout = Tokenizer.default().layout
+    spec = synthetic_spec(obs_tokens=6, action_tokens=3)
+    steps = []
+    for n in (60, 90):  # the second run resumes from the first one's last checkpoint
+        cfg = TrainConfig(out=out, preset="cpu-tiny", context=64, steps=n, batch_size=8, lr=3e-3, warmup_steps=5,
+                          save_every=30, progress=False, tensorboard=False, device=device, resume=True)
+        loader = SyntheticWindows(layout, context=64, batch_size=8, obs_tokens=6, action_tokens=3, seed=0)
+        steps.append(train(cfg, loader=loader, layout=layout, tasks={SYNTHETIC_TASK_ID: spec}).step)
+    checkpoint = out / "checkpoints"
+    policies = {"session": Policy.from_checkpoint(checkpoint, device=device, use_session=True),
+                "recompute": Policy.from_checkpoint(checkpoint, device=device, use_session=False),
+                "cpu": Policy.from_checkpoint(checkpoint, device="cpu", use_session=True)}
+    rng = np.random.default_rng(0)
+    episode = [[{"state": rng.uniform(-1, 1, 6).astype(np.float32)} for _ in range(3)] for _ in range(20)]
+    actions = {}
+    for name, policy in policies.items():
+        policy.reset(3)
+        actions[name] = np.stack([np.stack(policy.act(SYNTHETIC_TASK_ID, obs)) for obs in episode])  # (20, 3, 3)
+    agree = {k: float(np.isclose(v, actions["cpu"], atol=0.02).mean()) for k, v in actions.items() if k != "cpu"}
+    finite = all(bool(np.isfinite(v).all()) and v.shape == (20, 3, 3) for v in actions.values())
+    res = {"steps": steps, "agreement_with_cpu": agree, "actions_finite": finite,
+           "ok": steps == [60, 90] and finite}
+    print(f"policy smoke on {device}: {res}", flush=True)
+    return res
 
 
 if __name__ == "__main__":

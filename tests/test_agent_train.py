@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from omnipolicy.agent import Policy, TrainConfig, load_meta, load_model_weights, train
 from omnipolicy.agent.checkpoint import LATEST
 from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
-from omnipolicy.agent.train import autocast_dtype, cpu_has_native_bf16, lr_at, slice_batch, train_command
+from omnipolicy.agent.train import autocast_dtype, cpu_has_native_bf16, lr_at, resolve_device, slice_batch, train_command
 from omnipolicy.tokenizers import Tokenizer
 
 LAYOUT = Tokenizer.default().layout
@@ -53,6 +53,16 @@ def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
             d = x.shape[0] // 3
             x[d : 2 * d] = y[d : 2 * d] = 0
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def test_device_resolution_gives_cuda_an_index():
+    # `--device cuda` once reached torch.cuda.set_device without an index and failed on a GPU machine
+    assert resolve_device("cuda", True, 1, 0) == torch.device("cuda", 0)
+    assert resolve_device("cuda", True, 2, 3) == torch.device("cuda", 1)  # torchrun's LOCAL_RANK modulo the GPUs
+    assert resolve_device("cuda:1", True, 2, 0) == torch.device("cuda", 1)
+    assert resolve_device("auto", True, 4, 2) == torch.device("cuda", 2)
+    assert resolve_device("auto", False, 0, 0) == torch.device("cpu")
+    assert resolve_device("cpu", True, 1, 0) == torch.device("cpu")
 
 
 def test_overfits_a_tiny_dataset(tmp_path):
