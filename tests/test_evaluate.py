@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from omnipolicy.envs.evaluate import ExpertActor, RandomActor, bootstrap_ci, evaluate, run_task
+from omnipolicy.envs.evaluate import ExpertActor, FrameSampler, RandomActor, bootstrap_ci, evaluate, run_task
 
 
 def test_expert_scores_near_100_and_random_near_0(tmp_path):
@@ -48,3 +48,20 @@ def test_bootstrap_ci_brackets_mean():
 def test_bad_episode_count():
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         run_task(RandomActor(), "classic/cartpole-v1", episodes=0)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 149, 150, 500, 1000, 2001])
+def test_frame_sampler_keeps_evenly_spaced_frames_and_renders_only_those(steps):
+    sampler, rendered = FrameSampler(max_frames=150), []
+
+    def render(t):
+        rendered.append(t)
+        return np.full((2, 2, 3), t % 256, np.uint8)
+
+    for t in range(steps):
+        sampler.offer(lambda t=t: render(t))
+    kept = [t for t in range(steps) if t % sampler.stride == 0]
+    assert len(sampler.frames) == len(kept) < 150
+    assert [int(f[0, 0, 0]) for f in sampler.frames] == [t % 256 for t in kept]  # every stride-th step, from step 0
+    assert len(sampler.frames) >= min(steps, 75)  # never fewer than half the cap once the episode is long enough
+    assert len(rendered) <= min(steps, 150 + steps // 2)  # long episodes are not rendered at every step
