@@ -306,17 +306,15 @@ def resolve_device(device_arg: str, cuda_available: bool, gpus: int, local_rank:
 
 def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device, bool]:
     """``(rank, world, device, created_group)``; joins torchrun's group when launched by it."""
-    created = False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        use_cuda = device_arg != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        created = True
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = resolve_device(device_arg, torch.cuda.is_available(), torch.cuda.device_count(),
                             int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    created = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        created = True
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     return rank, world, device, created
 
 
