@@ -152,7 +152,7 @@ class FrameSampler:
     """Evenly spaced frames of an episode of unknown length, at most ``max_frames``, rendering only those kept.
 
     Every ``stride``-th step is rendered; when ``max_frames`` are held, every other one is dropped and the
-    stride doubles. A 1000-step episode is rendered ~300 times instead of 1000 (software OpenGL renders a
+    stride doubles. A 1000-step episode is rendered 350 times instead of 1000 (software OpenGL renders a
     Meta-World frame in ~25 ms, so the video was a third of the evaluation's time).
     """
 
