@@ -23,10 +23,17 @@ DEMO_EPISODES: dict[str, int] = {
     "classic": 30,
     "mujoco": 30,
     "dmc": 12,
-    "metaworld": 20,
+    "metaworld": 40,
     "atari": 3,
 }
 """Demonstrations per task by domain for the default run (sized for the 30-minute budget)."""
+
+DEMO_MAX_STEPS: dict[str, int] = {
+    "metaworld": 250,
+}
+"""Episode caps at collection by domain (``collect(max_steps=...)``; the evaluation still runs each task's full
+episodes). The Meta-World experts succeed within ~70-170 of the 500 steps and then hold still: halving the episodes
+doubles the object and goal placements (of the 50 a task draws from) for the same collection time."""
 
 DEMO_NOISE: dict[str, float] = {
     "classic": 0.0,
@@ -41,11 +48,20 @@ actions recorded shows the corrections. Discrete classic tasks and Atari learn w
 
 NOISE_OVERRIDE: dict[str, float] = {
     "classic/pendulum-v1": 0.3,  # the one continuous classic task
+    "mujoco/inverted-double-pendulum-v5": 0.1,  # at 0.3 the expert falls within ~33 steps; at 0.1 it holds all 1000
 }
 
 EPISODES_OVERRIDE: dict[str, int] = {
     "mujoco/reacher-v5": 200,  # 50-step episodes: more of them for the same number of tokens
     "classic/mountaincar-v0": 60,
+    "classic/pendulum-v1": 100,
+    "dmc/reacher-easy": 80,  # a new target each episode: 80 targets instead of 12
+    "dmc/cartpole-swingup": 30,
+}
+
+MAX_STEPS_OVERRIDE: dict[str, int] = {
+    "dmc/reacher-easy": 150,  # the expert reaches its target within ~30 steps and then holds it
+    "dmc/cartpole-swingup": 400,  # the swing-up takes ~170 steps; the rest balances (as cartpole-balance does)
 }
 
 
@@ -63,7 +79,7 @@ class DemoConfig:
     """Collection worker processes."""
     preset: str = "cpu-tiny"
     """Model preset (`omnipolicy train --list-presets`)."""
-    train_steps: int = 7000
+    train_steps: int = 9000
     """Optimizer steps (the default fits the 30-minute budget on a 2-core CPU; fixed so runs are reproducible)."""
     batch_size: int = 16
     """Windows per optimizer step."""
@@ -73,6 +89,8 @@ class DemoConfig:
     """Evaluation episodes per task."""
     eval_envs: int = 10
     """Parallel evaluation environments per task (batched through the policy)."""
+    eval_workers: int = 2
+    """Processes evaluating tasks side by side (one per core here; the scores do not depend on it)."""
     eval_max_steps: int = 2000
     """Cap on evaluation episode length (only Atari episodes are longer; a policy that never serves in
     Breakout would otherwise run 27,000 steps). Written into the report's protocol."""
@@ -106,27 +124,41 @@ def noise_for(task_id: str, cfg: DemoConfig) -> float:
     return NOISE_OVERRIDE.get(task_id, DEMO_NOISE[task_id.split("/")[0]])
 
 
-def check_collection_settings(data: Path, noise: dict[str, float]) -> None:
-    """Refuse to extend datasets collected with other noise levels (a rerun would silently mix them)."""
+def check_collection_settings(data: Path, noise: dict[str, float], max_steps: dict[str, int | None] | None = None) -> None:
+    """Refuse to extend datasets collected with other noise levels or episode caps (a rerun would silently mix them).
+
+    Args:
+        data: the demo's data folder; the settings are recorded in ``demo_collection.json`` there.
+        noise: DART action noise per task id.
+        max_steps: episode cap per task id at collection (None or missing: the task's own limit).
+    """
     from omnipolicy.datasets.collect import task_path
 
+    now = {"action_noise": noise, "max_steps": {t: (max_steps or {}).get(t) for t in noise}}
+    labels = {"action_noise": "action noise", "max_steps": "episode caps (max_steps; None = the task's own limit)"}
     record = data / "demo_collection.json"
-    # datasets from before the record existed were collected without noise
-    before = {t: 0.0 for t in noise if task_path(data, t).exists()}
+    # datasets from before the record existed were collected without noise, to the task's own limit
+    existing = [t for t in noise if task_path(data, t).exists()]
+    before = {"action_noise": {t: 0.0 for t in existing}, "max_steps": {t: None for t in existing}}
     if record.exists():
-        before.update(json.loads(record.read_text())["action_noise"])
-    if before:
-        changed = {t: (before[t], v) for t, v in noise.items() if t in before and before[t] != v}
+        saved = json.loads(record.read_text())
+        for key in before:
+            before[key].update(saved.get(key, {}))
+    for key, values in now.items():
+        changed = {t: (before[key][t], v) for t, v in values.items() if t in before[key] and before[key][t] != v}
         if changed:
             raise ValueError(
-                f"{data} holds demonstrations collected with other action noise (before, now): {changed}; "
+                f"{data} holds demonstrations collected with other {labels[key]} (before, now): {changed}; "
                 f"delete that folder or pick another --out"
             )
-        noise = {**before, **noise}
     data.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"action_noise": noise}, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps({key: {**before[key], **now[key]} for key in now}, indent=2, sort_keys=True))
     tmp.replace(record)
+
+
+def max_steps_for(task_id: str) -> int | None:
+    return MAX_STEPS_OVERRIDE.get(task_id, DEMO_MAX_STEPS.get(task_id.split("/")[0]))
 
 
 def episodes_for(task_id: str, cfg: DemoConfig) -> int:
@@ -137,7 +169,7 @@ def episodes_for(task_id: str, cfg: DemoConfig) -> int:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
-    from omnipolicy.agent import Policy, TrainConfig, train
+    from omnipolicy.agent import TrainConfig, train
     from omnipolicy.datasets.collect import collect
     from omnipolicy.envs import DEFAULT_SUITE, get_task
     from omnipolicy.envs.evaluate import PolicyActor, evaluate
@@ -153,13 +185,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     print(f"[1/3] collecting expert demonstrations for {len(tasks)} tasks into {out / 'data'}")
     noise = {t: noise_for(t, cfg) for t in tasks}
-    check_collection_settings(out / "data", noise)
+    caps = {t: max_steps_for(t) for t in tasks}
+    check_collection_settings(out / "data", noise, caps)
     by_count: dict[int, list[str]] = {}
     for t in tasks:
         by_count.setdefault(episodes_for(t, cfg), []).append(t)
     collected = {}
     for n, group in sorted(by_count.items()):
-        collected.update(collect(group, n, out / "data", workers=cfg.workers, seed=cfg.seed, action_noise=noise))
+        collected.update(collect(group, n, out / "data", workers=cfg.workers, seed=cfg.seed, action_noise=noise,
+                                 max_steps=caps))
     timings["collect_s"] = time.perf_counter() - t0
 
     # 2. One generalist on all of it, for a wall-clock budget.
@@ -186,9 +220,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 3. The shared evaluation protocol on every task, then the report.
     t0 = time.perf_counter()
     print(f"[3/3] evaluating {len(tasks)} tasks x {cfg.eval_episodes} episodes")
-    policy = Policy.from_checkpoint(result.checkpoint, use_session=True)
+    actor = PolicyActor.from_checkpoint(result.checkpoint)
     summary = evaluate(
-        PolicyActor(policy),
+        actor,
         tasks,
         cfg.eval_episodes,
         out,
@@ -196,13 +230,15 @@ def run_demo(cfg: DemoConfig) -> dict:
         video=cfg.video,
         max_steps=cfg.eval_max_steps,
         title="omnipolicy demo: one generalist, every task",
+        workers=cfg.eval_workers,
         extra_protocol={
             "checkpoint": str(result.checkpoint),
             "preset": cfg.preset,
             "demonstrations": {t: collected[t]["episodes"] for t in tasks},
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}",
-            "continuous_decoding": policy.continuous_decoding,
+            "continuous_decoding": actor.policy.continuous_decoding,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
+            "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},
             "model": f"action inputs {cfg.action_inputs}, Gaussian bin targets sigma {cfg.bin_sigma}",
         },
     )

@@ -137,7 +137,7 @@ def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0
 _WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
 
 
-def _watch_parent(parent_pid: int) -> None:
+def watch_parent(parent_pid: int) -> None:
     """Exit this worker when the collecting process is gone (e.g. SIGKILLed), so no orphan keeps running."""
 
     def watch() -> None:
@@ -231,7 +231,7 @@ def collect(
     max_attempts: float = 10.0,
     progress: bool = True,
     action_noise: float | Mapping[str, float] = 0.0,
-    max_steps: int | None = None,
+    max_steps: int | Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Collect expert episodes until every task's dataset holds ``episodes`` episodes.
 
@@ -246,7 +246,8 @@ def collect(
         max_attempts: stop a task after ``max_attempts * episodes`` seeds.
         progress: show a tqdm bar.
         action_noise: DART noise injection (``CollectConfig.action_noise``), one value or per task id (default 0).
-        max_steps: cap on episode length (``CollectConfig.max_steps``; None: each task's own).
+        max_steps: cap on episode length (``CollectConfig.max_steps``), one value or per task id (None, or a task
+            not in the mapping: the task's own limit).
 
     Returns:
         task id -> ``{"path", "episodes", "new", "rejected", "steps", "mean_return", "success_rate"}``.
@@ -261,8 +262,10 @@ def collect(
 
     if episodes < 0:
         raise ValueError(f"episodes must be >= 0, got {episodes}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 (or None for each task's limit), got {max_steps}")
+    caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
+    bad_caps = {t: v for t, v in caps.items() if v is not None and not (isinstance(v, int) and v >= 1)}
+    if bad_caps:
+        raise ValueError(f"max_steps must be an int >= 1 (or None for each task's limit), got {bad_caps}")
     if filter_expert_fraction is not None and not 0.0 <= filter_expert_fraction <= 1.5:
         raise ValueError(f"filter_expert_fraction must be in [0, 1.5], got {filter_expert_fraction}")
     if not task_ids:
@@ -329,18 +332,18 @@ def collect(
     try:
         if workers == 0:
             while (job := next_job()) is not None:
-                prepared, _ = _worker_rollout(*job, noise[job[0]], max_steps)
+                prepared, _ = _worker_rollout(*job, noise[job[0]], caps[job[0]])
                 accept(prepared)
                 if time.monotonic() - last_flush >= interval[0]:
                     flush()
                     last_flush = time.monotonic()
         else:
             ctx = mp.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)) as pool:
                 pending: set[Future] = set()
                 while True:
                     while len(pending) < 2 * workers and (job := next_job()) is not None:
-                        pending.add(pool.submit(_worker_rollout, *job, noise[job[0]], max_steps))
+                        pending.add(pool.submit(_worker_rollout, *job, noise[job[0]], caps[job[0]]))
                     if not pending:
                         break
                     finished, pending = wait(pending, timeout=flush_seconds, return_when=FIRST_COMPLETED)

@@ -7,7 +7,7 @@ with an RNG seeded by the reset seed, so a seeded reset is deterministic.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,17 @@ metaworld_task = partial(
 )
 
 
+@lru_cache(maxsize=None)
+def _mt1(env_name: str):
+    """``metaworld.MT1(env_name, seed=0)``, built once per process (~0.6 s: it resets the env 50 times to make its tasks).
+
+    Envs only read its ``train_classes`` and ``train_tasks``, so parallel envs of a task share one.
+    """
+    import metaworld
+
+    return metaworld.MT1(env_name, seed=0)
+
+
 class MetaWorldEnv(TaskEnv):
     """A Meta-World v3 task behind the gymnasium interface.
 
@@ -37,10 +48,8 @@ class MetaWorldEnv(TaskEnv):
     """
 
     def __init__(self, spec, env_name: str, render_mode: str | None = None) -> None:
-        import metaworld
-
         super().__init__(spec, render_mode)
-        benchmark = metaworld.MT1(env_name, seed=0)
+        benchmark = _mt1(env_name)
         kwargs = {"camera_name": "corner2", "width": 240, "height": 240} if render_mode else {}
         self.env = benchmark.train_classes[env_name](render_mode=render_mode, **kwargs)
         self.env.model.light_castshadow[:] = 0

@@ -125,5 +125,12 @@ def test_max_steps_caps_episodes_as_truncated(tmp_path: Path) -> None:
     for i in range(3):
         ep = store.load_episode(i)
         assert len(ep.actions) == 7 and not ep.terminated
-    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+    with pytest.raises(ValueError, match=r"max_steps must be an int >= 1 .*'classic/cartpole-v1': 0"):
         collect(["classic/cartpole-v1"], 3, tmp_path, workers=0, max_steps=0)
+
+
+def test_max_steps_per_task(tmp_path: Path) -> None:
+    tasks = ["classic/cartpole-v1", "classic/acrobot-v1"]
+    summary = collect(tasks, 2, tmp_path, workers=0, max_steps={"classic/cartpole-v1": 5}, progress=False)
+    assert summary["classic/cartpole-v1"]["steps"] == 10
+    assert summary["classic/acrobot-v1"]["steps"] > 10  # the expert swings up in ~80 steps: its own limit applies

@@ -51,3 +51,17 @@ def test_demo_refuses_to_extend_data_collected_with_other_noise(tmp_path):
     (old / "dmc" / "reacher-easy").mkdir(parents=True)  # a dataset from before the record: collected without noise
     with pytest.raises(ValueError, match=r"\{'dmc/reacher-easy': \(0.0, 0.3\)\}"):
         check_collection_settings(old, {"dmc/reacher-easy": 0.3})
+
+
+def test_demo_refuses_to_extend_data_collected_with_other_episode_caps(tmp_path):
+    from omnipolicy.demo import check_collection_settings, max_steps_for
+
+    noise = {"metaworld/reach-v3": 0.3, "dmc/point_mass-easy": 0.3}
+    check_collection_settings(tmp_path, noise, {"metaworld/reach-v3": 250})
+    record = json.loads((tmp_path / "demo_collection.json").read_text())
+    assert record["max_steps"] == {"metaworld/reach-v3": 250, "dmc/point_mass-easy": None}
+    check_collection_settings(tmp_path, noise, {"metaworld/reach-v3": 250, "dmc/point_mass-easy": None})  # the same
+    with pytest.raises(ValueError, match=r"other episode caps .*\{'metaworld/reach-v3': \(250, None\)\}"):
+        check_collection_settings(tmp_path, noise)
+    assert max_steps_for("metaworld/push-v3") == 250 and max_steps_for("dmc/reacher-easy") == 150
+    assert max_steps_for("classic/cartpole-v1") is None

@@ -65,3 +65,22 @@ def test_frame_sampler_keeps_evenly_spaced_frames_and_renders_only_those(steps):
     assert [int(f[0, 0, 0]) for f in sampler.frames] == [t % 256 for t in kept]  # every stride-th step, from step 0
     assert len(sampler.frames) >= min(steps, 75)  # never fewer than half the cap once the episode is long enough
     assert len(rendered) <= min(steps, 150 + steps // 2)  # long episodes are not rendered at every step
+
+
+def test_worker_processes_give_the_same_results_as_one_process(tmp_path):
+    tasks = ("classic/acrobot-v1", "classic/cartpole-v1", "classic/mountaincar-v0")
+    for actor in (ExpertActor(), RandomActor(seed=3)):
+        one = evaluate(actor, tasks, episodes=3, out=tmp_path / f"{actor.name}1", num_envs=3, video=False)
+        two = evaluate(actor, tasks, episodes=3, out=tmp_path / f"{actor.name}2", num_envs=3, video=False, workers=2)
+        assert list(two["tasks"]) == list(tasks)  # the report keeps the caller's order
+        for t in tasks:
+            assert two["tasks"][t]["returns"] == one["tasks"][t]["returns"], (actor.name, t)
+
+
+def test_workers_need_an_actor_with_a_recipe(tmp_path):
+    actor = ExpertActor()
+    actor.recipe = None
+    with pytest.raises(ValueError, match="has no recipe"):
+        evaluate(actor, ("classic/acrobot-v1", "classic/cartpole-v1"), episodes=1, out=tmp_path, video=False, workers=2)
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        evaluate(ExpertActor(), ("classic/acrobot-v1",), episodes=1, out=tmp_path, video=False, workers=0)
