@@ -59,18 +59,6 @@ EPISODES_OVERRIDE: dict[str, int] = {
     "dmc/cartpole-swingup": 30,
 }
 
-TASK_WEIGHTS: dict[str, float] = {
-    # learned to ~100% of expert early in every run: half the windows
-    **dict.fromkeys(("classic/acrobot-v1", "classic/cartpole-v1", "classic/mountaincar-v0", "dmc/cartpole-balance",
-                     "dmc/point_mass-easy", "mujoco/inverted-pendulum-v5", "mujoco/reacher-v5",
-                     "metaworld/drawer-close-v3"), 0.5),
-    # not learned at all at this budget (3 demonstrations, 38 tokens per action): half the windows
-    "atari/breakout": 0.5,
-    "atari/pong": 0.5,
-}
-"""Training windows drawn per task, relative to 1 (``TrainConfig.task_weights``): the demo's 9000 steps go where
-they still change a score."""
-
 MAX_STEPS_OVERRIDE: dict[str, int] = {
     "dmc/reacher-easy": 150,  # the expert reaches its target within ~30 steps and then holds it
     "dmc/cartpole-swingup": 400,  # the swing-up takes ~170 steps; the rest balances (as cartpole-balance does)
@@ -223,7 +211,6 @@ def run_demo(cfg: DemoConfig) -> dict:
             seed=cfg.seed,
             bin_sigma=cfg.bin_sigma,
             action_inputs=cfg.action_inputs,
-            task_weights={t: w for t, w in TASK_WEIGHTS.items() if t in tasks},
             save_every=250,
             resume=True,
         )
@@ -252,7 +239,6 @@ def run_demo(cfg: DemoConfig) -> dict:
             "continuous_decoding": actor.policy.continuous_decoding,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
             "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},
-            "training_task_weights": {t: w for t, w in TASK_WEIGHTS.items() if t in tasks},
             "model": f"action inputs {cfg.action_inputs}, Gaussian bin targets sigma {cfg.bin_sigma}",
         },
     )
