@@ -15,7 +15,6 @@ enough to train usefully on two cores in minutes.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 PATCH_SIZE = 16
@@ -47,11 +46,6 @@ class ModelConfig:
             (through a learned projection) to its table embedding, so that
             neighbouring bins start out similar and rarely seen bins are not
             blank; 0 disables (plain Gato).
-        value_scales: scales ``s`` of further value features ``tanh(x / s)``, where ``x`` is the bin's
-            decoded mu-law value (the observation itself, up to the bin width). Each is close to linear in
-            ``x`` for ``|x| < s``, so a linear function of an observation (a balancing controller's gains) is one
-            projection away; the Fourier features of the mu-law code ``u`` would have to build the exponential
-            that undoes the mu-law first. Empty disables.
         action_inputs: what the model reads at an action token's position: ``"tokens"`` (Gato: the action
             token itself, so later predictions see earlier actions) or ``"hidden"`` (the padding token: every
             action is predicted from the observations, local position and earlier hidden slots alone). Small
@@ -78,7 +72,6 @@ class ModelConfig:
     bias: bool = True
     tie_embeddings: bool = True
     value_features: int = 16
-    value_scales: tuple[float, ...] = ()
     action_inputs: str = "tokens"
     vocab_size: int | None = None
     continuous_ids: tuple[int, int] | None = None
@@ -100,10 +93,6 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.vocab_size must be a positive int or None, got {self.vocab_size!r}")
         if self.value_features < 0 or self.value_features % 2:
             raise ValueError(f"ModelConfig.value_features must be an even int >= 0, got {self.value_features!r}")
-        scales = tuple(float(v) for v in self.value_scales)
-        if not all(math.isfinite(v) and v > 0 for v in scales):
-            raise ValueError(f"ModelConfig.value_scales must be positive numbers, got {self.value_scales!r}")
-        object.__setattr__(self, "value_scales", scales)
         if self.action_inputs not in ACTION_INPUTS:
             raise ValueError(f"ModelConfig.action_inputs must be one of {ACTION_INPUTS}, got {self.action_inputs!r}")
         if self.continuous_ids is not None:
@@ -161,7 +150,7 @@ class ModelConfig:
         )
         block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + (d * f + f * b) + (f * d + d * b)
         head = 0 if self.tie_embeddings else v * d
-        values = (self.value_features + len(self.value_scales)) * d if self.continuous_ids is not None else 0
+        values = self.value_features * d if self.continuous_ids is not None else 0
         return embed + values + patch + self.n_layer * block + norm + head
 
     def to_dict(self) -> dict:
@@ -179,24 +168,17 @@ class ModelConfig:
         return cls(**d)
 
 
-VALUE_SCALES = (0.1, 1.0, 10.0)
-"""The presets' ``value_scales``: near-linear views of an observation at three magnitudes. On
-InvertedDoublePendulum alone (cpu-tiny, 1000 steps) they lifted the normalised score from 7.5 to 76.5 (its
-expert is a linear controller); in the 23-task demo, where that task gets 1/23 of the steps, from 5 to 10."""
-
 PRESETS: dict[str, ModelConfig] = {
     # Gato, table 1: layers, width, heads, feed-forward; context 1024.
-    "gato-79m": ModelConfig(n_layer=8, n_embd=768, n_head=24, d_ff=3072, context=1024, value_scales=VALUE_SCALES),
-    "gato-364m": ModelConfig(n_layer=12, n_embd=1536, n_head=12, d_ff=6144, context=1024, value_scales=VALUE_SCALES),
-    "gato-1.18b": ModelConfig(n_layer=24, n_embd=2048, n_head=16, d_ff=8192, context=1024, value_scales=VALUE_SCALES),
+    "gato-79m": ModelConfig(n_layer=8, n_embd=768, n_head=24, d_ff=3072, context=1024),
+    "gato-364m": ModelConfig(n_layer=12, n_embd=1536, n_head=12, d_ff=6144, context=1024),
+    "gato-1.18b": ModelConfig(n_layer=24, n_embd=2048, n_head=16, d_ff=8192, context=1024),
     # Small enough to train usefully on two CPU cores in minutes.
     "cpu-tiny": ModelConfig(
-        n_layer=2, n_embd=128, n_head=4, d_ff=512, context=256, local_positions=256, patch_channels=16, patch_stride=4,
-        value_scales=VALUE_SCALES,
+        n_layer=2, n_embd=128, n_head=4, d_ff=512, context=256, local_positions=256, patch_channels=16, patch_stride=4
     ),
     "cpu-small": ModelConfig(
-        n_layer=4, n_embd=256, n_head=8, d_ff=1024, context=512, local_positions=256, patch_channels=32, patch_stride=4,
-        value_scales=VALUE_SCALES,
+        n_layer=4, n_embd=256, n_head=8, d_ff=1024, context=512, local_positions=256, patch_channels=32, patch_stride=4
     ),
 }
 """Named model configurations (vocabulary size unbound)."""

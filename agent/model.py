@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,29 +83,23 @@ class TokenEmbedding(nn.Embedding):
     """The token table over the whole vocabulary, plus a smooth value term for continuous bins.
 
     A continuous id ``c`` (bin ``i`` of ``n``) also gets ``W f(u_i)``: ``f`` are
-    ``value_features`` sines and cosines of the bin centre ``u_i`` in [-1, 1],
-    then ``tanh(x_i / s)`` for each of ``value_scales`` with ``x_i`` the bin's
-    decoded mu-law value, and ``W`` is learned. Neighbouring bins thus share
-    most of their embedding from the start, and a bin seldom seen in training
-    is not a random vector. ``weight`` stays the plain table (tied with the LM head).
+    ``value_features`` sines and cosines of the bin centre ``u_i`` in [-1, 1]
+    and ``W`` is learned. Neighbouring bins thus share most of their
+    embedding from the start, and a bin seldom seen in training is not a
+    random vector. ``weight`` stays the plain table (tied with the LM head).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.vocab_size, cfg.n_embd)
         self.value_proj: nn.Linear | None = None
-        if (cfg.value_features or cfg.value_scales) and cfg.continuous_ids is not None:
-            from omnipolicy.tokenizers.continuous import mu_law_decode
-
+        if cfg.value_features and cfg.continuous_ids is not None:
             lo, hi = cfg.continuous_ids
             n = hi - lo
-            u = (np.arange(n, dtype=np.float64) + 0.5) / n * 2 - 1  # (n,) bin centres
-            freq = np.arange(1, cfg.value_features // 2 + 1, dtype=np.float64) * (math.pi / 2)  # (F/2,)
-            x = mu_law_decode(u)  # (n,) the values the bins stand for
-            scales = np.asarray(cfg.value_scales, dtype=np.float64)  # (K,)
-            feats = np.concatenate([np.sin(u[:, None] * freq), np.cos(u[:, None] * freq),
-                                    np.tanh(x[:, None] / scales)], axis=1)  # (n, F + K)
-            self.register_buffer("value_feats", torch.tensor(feats, dtype=torch.float32), persistent=False)
-            self.value_proj = nn.Linear(feats.shape[1], cfg.n_embd, bias=False)
+            u = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1  # (n,) bin centres
+            freq = torch.arange(1, cfg.value_features // 2 + 1, dtype=torch.float64) * (math.pi / 2)  # (F/2,)
+            feats = torch.cat([torch.sin(u[:, None] * freq), torch.cos(u[:, None] * freq)], dim=1)  # (n, F)
+            self.register_buffer("value_feats", feats.float(), persistent=False)
+            self.value_proj = nn.Linear(cfg.value_features, cfg.n_embd, bias=False)
             self.lo, self.n = lo, n
 
     def reset_value_proj(self, std: float = 0.02) -> None:
@@ -118,7 +111,7 @@ class TokenEmbedding(nn.Embedding):
         (which slowed learning exact bins).
         """
         if self.value_proj is not None:
-            nn.init.normal_(self.value_proj.weight, mean=0.0, std=std / math.sqrt(max(self.value_feats.shape[1] / 2, 1)))
+            nn.init.normal_(self.value_proj.weight, mean=0.0, std=std / math.sqrt(self.value_feats.shape[1] / 2))
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = super().forward(tokens)  # (..., D)

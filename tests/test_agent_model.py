@@ -117,28 +117,6 @@ def test_value_features_give_continuous_bins_a_smooth_shared_term():
     assert plain.wte.value_proj is None and model.num_params() - plain.num_params() == 16 * 32
 
 
-def test_value_scales_add_near_linear_features_of_the_decoded_observation():
-    from omnipolicy.tokenizers.continuous import bin_centres, encode_continuous, mu_law_decode
-
-    model = GatoModel(tiny_config(value_scales=(0.1, 1.0, 10.0)))
-    feats = model.wte.value_feats  # (bins, 16 Fourier + 3 scales)
-    assert feats.shape == (LAYOUT.num_bins, 19)
-    x = np.array([-3.0, -0.05, 0.0, 0.02, 0.5, 40.0])
-    bins, _ = encode_continuous(x)  # bin indices (ids minus the continuous offset)
-    centres = mu_law_decode(bin_centres(bins))
-    np.testing.assert_allclose(feats[bins, 16:].numpy(), np.tanh(centres[:, None] / np.array([0.1, 1.0, 10.0])), atol=1e-6)
-    # within a scale the feature is close to linear in the observation: 0.02 and -0.05 at scale 1 differ by ~0.07
-    assert abs((feats[bins[3], 17] - feats[bins[1], 17]).item() - 0.07) < 0.01
-    assert model.num_params() - GatoModel(tiny_config()).num_params() == 3 * 32
-    only_scales = GatoModel(tiny_config(value_features=0, value_scales=(1.0,)))
-    assert only_scales.wte.value_feats.shape == (LAYOUT.num_bins, 1)
-    with pytest.raises(ValueError, match=r"value_scales must be positive numbers, got \(1.0, -2.0\)"):
-        tiny_config(value_scales=(1.0, -2.0))
-    cfg = tiny_config(value_scales=(0.1, 1.0))
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg  # JSON gives a list back; it becomes the tuple again
-    assert ModelConfig.from_dict({k: v for k, v in tiny_config().to_dict().items() if k != "value_scales"}) == tiny_config()
-
-
 def test_loss_on_masked_positions_equals_full_cross_entropy():
     torch.manual_seed(0)
     model = GatoModel(tiny_config()).eval()
