@@ -198,6 +198,11 @@ class FrameSampler:
         self.step += 1
 
 
+def episode_limit(task: TaskSpec, max_steps: int | None) -> int:
+    """Steps an evaluation episode may last: the task's own limit, capped at ``max_steps`` when given."""
+    return min(max_steps or task.max_steps, task.max_steps)
+
+
 def run_task(
     actor: Actor,
     task_id: str,
@@ -226,7 +231,7 @@ def run_task(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     task = get_task(task_id)
-    limit = min(max_steps or task.max_steps, task.max_steps)
+    limit = episode_limit(task, max_steps)
     num_envs = max(1, min(num_envs, episodes))
     envs = [make_env(task_id, render_mode="rgb_array" if (i == 0 and video_path) else None) for i in range(num_envs)]
     start = time.perf_counter()
@@ -548,7 +553,7 @@ def _run_tasks_in_workers(actor: Actor, task_ids: Sequence[str], workers: int, b
         raise ValueError(f"evaluate(workers={workers}) rebuilds the actor in each worker process, but this "
                          f"{type(actor).__name__} has no recipe (build a PolicyActor with PolicyActor.from_checkpoint)")
     # the longest tasks first, so no worker is left with a long one at the end
-    order = sorted(task_ids, key=lambda t: -min(get_task(t).max_steps, max_steps or get_task(t).max_steps))
+    order = sorted(task_ids, key=lambda t: -episode_limit(get_task(t), max_steps))
     threads = max(1, (os.cpu_count() or 1) // workers)
     done: dict[str, TaskResult] = {}
     ctx = mp.get_context("forkserver")
