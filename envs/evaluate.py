@@ -495,7 +495,7 @@ def evaluate(
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     paths = {t: out / "videos" / f"{t.replace('/', '__')}.gif" if video else None for t in task_ids}
-    workers = min(workers, len(task_ids))
+    workers = max(1, min(workers, len(task_ids)))  # never more processes than tasks
     with tqdm(total=episodes * len(task_ids), desc=f"eval {actor.name}", unit="ep") as bar:
         if workers == 1:
             results = []
