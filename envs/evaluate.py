@@ -284,7 +284,7 @@ def run_task(
             env.close()
     video = None
     if video_path and frames.frames:
-        video = str(write_gif(frames.frames, video_path))
+        video = str(write_gif(frames.frames, video_path, frame_step=frames.stride))
     return TaskResult(
         task_id=task.id,
         domain=task.domain,
@@ -298,8 +298,12 @@ def run_task(
     )
 
 
-def write_gif(frames: Sequence[np.ndarray], path: Path, max_frames: int = 300, fps: int = 20) -> Path:
-    """Write RGB frames as an animated GIF (every k-th frame so at most ``max_frames``), atomically."""
+def write_gif(frames: Sequence[np.ndarray], path: Path, max_frames: int = 300, fps: int = 20, frame_step: int = 1) -> Path:
+    """Write RGB frames as an animated GIF (every k-th frame so at most ``max_frames``), atomically.
+
+    ``frame_step``: environment steps between consecutive given frames; the GIF plays ``fps`` steps per second
+    either way (a :class:`FrameSampler`'s frames are ``stride`` steps apart).
+    """
     from PIL import Image
 
     path = Path(path)
@@ -307,7 +311,8 @@ def write_gif(frames: Sequence[np.ndarray], path: Path, max_frames: int = 300, f
     stride = max(1, math.ceil(len(frames) / max_frames))
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames[::stride]]
     tmp = path.with_name(path.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
+    duration = int(1000 * stride * frame_step / fps)  # ms per GIF frame
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
     os.replace(tmp, path)
     return path
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from omnipolicy.envs.evaluate import ExpertActor, FrameSampler, RandomActor, bootstrap_ci, evaluate, run_task
+from omnipolicy.envs.evaluate import ExpertActor, FrameSampler, RandomActor, bootstrap_ci, evaluate, run_task, write_gif
 
 
 def test_expert_scores_near_100_and_random_near_0(tmp_path):
@@ -37,6 +37,15 @@ def test_video_written(tmp_path):
 
     with Image.open(r.video) as im:
         assert im.n_frames > 5
+
+
+def test_gif_plays_at_the_episode_speed_when_frames_are_sampled(tmp_path):
+    frames = [np.full((4, 4, 3), 10 * i, np.uint8) for i in range(20)]
+    from PIL import Image
+
+    for frame_step, ms in ((1, 50), (8, 400)):  # 20 steps per second either way
+        with Image.open(write_gif(frames, tmp_path / f"{frame_step}.gif", frame_step=frame_step)) as im:
+            assert im.n_frames == 20 and im.info["duration"] == ms
 
 
 def test_bootstrap_ci_brackets_mean():
