@@ -104,6 +104,9 @@ class DemoConfig:
     """Gaussian width of continuous action targets in bins (TrainConfig.bin_sigma; 0 = Gato's one-hot)."""
     action_inputs: Literal["tokens", "hidden"] = "hidden"
     """What the model reads at action positions (ModelConfig.action_inputs; tokens = Gato)."""
+    val_fraction: float = 0.05
+    """Share of each task's demonstrations held out for the validation loss (TrainConfig.val_fraction; tasks with
+    fewer than 20 keep all of theirs)."""
 
 
 def demo_command(argv: list[str], prog: str) -> None:
@@ -211,11 +214,17 @@ def run_demo(cfg: DemoConfig) -> dict:
             seed=cfg.seed,
             bin_sigma=cfg.bin_sigma,
             action_inputs=cfg.action_inputs,
+            val_fraction=cfg.val_fraction,
+            val_every=1000,
             save_every=250,
             resume=True,
         )
     )
     timings["train_s"] = time.perf_counter() - t0
+    if result.val_loss:
+        mean = sum(result.val_loss.values()) / len(result.val_loss)
+        print(f"validation loss {mean:.3f} on held-out demonstrations of {len(result.val_loss)} tasks (training loss "
+              f"{result.losses[-1]:.3f}; per task in the checkpoint's train_state.val_loss and TensorBoard's val/)")
 
     # 3. The shared evaluation protocol on every task, then the report.
     t0 = time.perf_counter()

@@ -85,6 +85,13 @@ class TrainConfig:
     0: Gato's one-hot cross-entropy. Neighbouring bins share credit, which small budgets learn much faster from."""
     prompt_prob: float = 0.25
     """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
+    val_fraction: float = 0.0
+    """Share of each task's episodes held out of training for a validation loss (its last floor(share x episodes);
+    a task with fewer than 1 / share episodes keeps all of them). 0 disables."""
+    val_every: int = 500
+    """Validation period in steps (and at the end), when ``val_fraction`` holds episodes out."""
+    val_windows: int = 16
+    """Held-out windows per task in the validation loss (drawn once, the same at every validation)."""
     seed: int = 0
     """Seed of the initialisation and the data order."""
     save_every: int = 500
@@ -111,7 +118,7 @@ class TrainConfig:
     """Print the model presets with their exact parameter counts and exit."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_last"):
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_last", "val_every", "val_windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.warmup_steps < 0 or self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -123,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
         if not 0.0 <= self.prompt_prob <= 1.0:
             raise ValueError(f"TrainConfig.prompt_prob must be in [0, 1], got {self.prompt_prob!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         bad = {k: v for k, v in self.task_weights.items() if not v >= 0}
         if bad:
             raise ValueError(f"TrainConfig.task_weights must be >= 0, got {bad}")
@@ -147,6 +156,7 @@ class TrainResult:
         checkpoint: the last checkpoint written (None if none was).
         tokens_per_s: global training throughput (window tokens per second) of this call.
         num_params: model parameters.
+        val_loss: task id -> loss on its held-out windows at the last validation (empty without ``val_fraction``).
     """
 
     step: int
@@ -154,6 +164,7 @@ class TrainResult:
     checkpoint: Path | None
     tokens_per_s: float
     num_params: int
+    val_loss: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- data
@@ -199,16 +210,22 @@ def check_batch(batch: dict[str, np.ndarray], cfg: ModelConfig) -> None:
         )
 
 
-def build_dataset_loader(cfg: TrainConfig, context: int, is_main: bool) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
-    """The WindowLoader over ``cfg.data``, the tokenizer layout and the task specs.
+def build_dataset_loader(
+    cfg: TrainConfig, context: int, is_main: bool
+) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec], dict[str, dict[str, np.ndarray]]]:
+    """The WindowLoader over ``cfg.data``, the tokenizer layout, the task specs and the validation batches.
 
     The token cache lives in ``out/token_cache`` and is rebuilt only when the
     data or the tokenizer layout changed (ranks wait on its lock; one builds).
+    With ``cfg.val_fraction``, each task's last episodes are left out of the
+    loader and ``cfg.val_windows`` windows of them (no prompts, a fixed seed)
+    make that task's validation batch.
 
     Raises:
         ValueError: no dataset given, or task weights naming tasks the data does not hold.
     """
-    from omnipolicy.datasets import TokenCache, WindowLoader
+    from omnipolicy.datasets import TokenCache, WindowLoader, holdout_split
+    from omnipolicy.datasets.cache import EPISODE_COLUMNS
     from omnipolicy.tokenizers import Tokenizer
 
     if not cfg.data:
@@ -218,6 +235,7 @@ def build_dataset_loader(cfg: TrainConfig, context: int, is_main: bool) -> tuple
     unknown = sorted(set(cfg.task_weights) - set(cache.task_ids))
     if unknown:
         raise ValueError(f"task_weights names unknown tasks {unknown}; the datasets hold {cache.task_ids}")
+    train_eps, held_out = holdout_split(cache, cfg.val_fraction)
     loader = WindowLoader(
         cache,
         context=context,
@@ -225,8 +243,20 @@ def build_dataset_loader(cfg: TrainConfig, context: int, is_main: bool) -> tuple
         task_weights={t: float(cfg.task_weights.get(t, 1.0)) for t in cache.task_ids},
         prompt_prob=cfg.prompt_prob,
         seed=cfg.seed,
+        episodes=train_eps,
     )
-    return loader, cache.layout, dict(cache.specs)
+    val: dict[str, dict[str, np.ndarray]] = {}
+    if len(held_out):
+        task_of = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("task_index")]
+        for task in sorted({cache.task_ids[i] for i in task_of[held_out]}):
+            one = WindowLoader(cache, context=context, batch_size=cfg.val_windows, task_weights={task: 1.0},
+                               seed=cfg.seed + 1, episodes=held_out)
+            val[task] = one.sample()
+    if is_main and cfg.val_fraction > 0:
+        kept = sorted(set(cache.task_ids) - set(val))
+        print(f"validation: {len(held_out)} held-out episode(s) of {len(val)} task(s)"
+              + (f"; too few episodes to hold any out: {kept}" if kept else ""), file=sys.stderr)
+    return loader, cache.layout, dict(cache.specs), val
 
 
 def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
@@ -408,8 +438,15 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world} x {cfg.grad_accum}"
         )
     context = cfg.context or get_preset(cfg.preset).context
+    val_batches: dict[str, dict[str, np.ndarray]] = {}
+    if cfg.val_fraction > 0 and is_main and (loader is not None or cfg.synthetic):
+        print("validation: val_fraction holds out episodes of --data datasets; a given loader or --synthetic windows "
+              "get no validation loss", file=sys.stderr)
     if loader is None:
-        loader, layout, tasks = build_synthetic_loader(cfg, context) if cfg.synthetic else build_dataset_loader(cfg, context, is_main)
+        if cfg.synthetic:
+            loader, layout, tasks = build_synthetic_loader(cfg, context)
+        else:
+            loader, layout, tasks, val_batches = build_dataset_loader(cfg, context, is_main)
     elif layout is None or tasks is None:
         raise ValueError("train(loader=...) also needs layout= and tasks=")
     model_cfg = cfg.model_config(layout)
@@ -461,7 +498,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             layout=layout,
             tasks=dict(tasks),
             train_state={"step": step, "tokens_seen": tokens_seen, "loss": losses[-1] if losses else None,
-                         "world_size": world, "config": _jsonable(asdict(cfg))},
+                         "val_loss": dict(val_loss) or None, "world_size": world, "config": _jsonable(asdict(cfg))},
         )
         trainer_state = {
             "optimizer": optimizer.state_dict(),
@@ -475,7 +512,19 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         _prune(ckpt_root, cfg.keep_last)
         return path
 
+    def validate() -> dict[str, float]:
+        """Loss on each task's held-out windows (main process only; the model is left in training mode)."""
+        model.eval()
+        out = {}
+        with torch.no_grad(), _autocast(device, cfg.dtype):
+            for task, vb in val_batches.items():
+                s, n = model.loss_terms(to_tensors(vb, device), cfg.bin_sigma)
+                out[task] = float(s) / max(float(n), 1.0)
+        model.train()
+        return out
+
     losses: list[float] = []
+    val_loss: dict[str, float] = {}
     last_ckpt: Path | None = None
     per_rank = cfg.batch_size // world
     micro = per_rank // cfg.grad_accum
@@ -512,8 +561,15 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         tokens_seen += n_tokens
         tokens_this_call += n_tokens
         tok_s = tokens_this_call / max(time.perf_counter() - t_start, 1e-9)
+        if is_main and val_batches and (step % cfg.val_every == 0 or step == cfg.steps):
+            val_loss = validate()
+            if writer is not None:
+                writer.add_scalar("val/loss", float(np.mean(list(val_loss.values()))), step)
+                for task, v in val_loss.items():
+                    writer.add_scalar(f"val/{task}", v, step)
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
+            extra = {"val": f"{np.mean(list(val_loss.values())):.4f}"} if val_loss else {}
+            bar.set_postfix(loss=f"{loss:.4f}", **extra, tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
             bar.update(1)
         if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             writer.add_scalar("train/loss", loss, step)
@@ -530,7 +586,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     if writer is not None:
         writer.close()
     elapsed = time.perf_counter() - t_start
-    return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params())
+    return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params(), val_loss)
 
 
 def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device) -> tuple[int, int]:
@@ -595,3 +651,7 @@ def train_command(argv: list[str], prog: str) -> None:
             f"{result.losses[-1] if result.losses else float('nan'):.4f}, {result.tokens_per_s:,.0f} tokens/s; "
             f"checkpoint {result.checkpoint}"
         )
+        if result.val_loss:
+            worst = sorted(result.val_loss.items(), key=lambda kv: -kv[1])[:3]
+            print(f"validation loss (held-out episodes) {np.mean(list(result.val_loss.values())):.4f} over "
+                  f"{len(result.val_loss)} task(s); highest: " + ", ".join(f"{t} {v:.4f}" for t, v in worst))

@@ -4,7 +4,7 @@
 """
 
 from .cache import TokenCache
-from .loader import WindowLoader
+from .loader import WindowLoader, holdout_split
 from .store import DatasetError, Episode, EpisodeStore, PreparedEpisode, find_stores, prepare_episode
 
-__all__ = ["DatasetError", "Episode", "EpisodeStore", "PreparedEpisode", "TokenCache", "WindowLoader", "find_stores", "prepare_episode"]
+__all__ = ["DatasetError", "Episode", "EpisodeStore", "PreparedEpisode", "TokenCache", "WindowLoader", "find_stores", "holdout_split", "prepare_episode"]

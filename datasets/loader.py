@@ -16,7 +16,7 @@ Everything is vectorised over the batch: one fancy-indexed gather per array from
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,9 +36,10 @@ class WindowLoader:
         seed: seed of the sampler.
         prompt_fraction: at most this fraction of the window is prompt (whole timesteps, at least one).
         prompt_end_prob: probability that a prompt is taken from its episode's end.
+        episodes: cache episode indices that windows and prompts come from (None: all; see :func:`holdout_split`).
 
     Raises:
-        ValueError: bad sizes, unknown task ids, or no task with positive weight.
+        ValueError: bad sizes, unknown task ids, no task with positive weight, or no episode to draw from.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class WindowLoader:
         seed: int = 0,
         prompt_fraction: float = 0.5,
         prompt_end_prob: float = 0.5,
+        episodes: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if context < 2 or batch_size < 1:
             raise ValueError(f"context must be >= 2 and batch_size >= 1, got context={context}, batch_size={batch_size}")
@@ -67,7 +69,15 @@ class WindowLoader:
         col = {name: ep[:, i] for i, name in enumerate(EPISODE_COLUMNS)}
         self._start, self._L, self._T = col["token_start"], col["tokens_per_timestep"], col["num_timesteps"]
         self._end = col["token_end"]
-        present = sorted(set(col["task_index"].tolist()))
+        allowed = np.ones(len(ep), bool)
+        if episodes is not None:
+            chosen = np.asarray(episodes, dtype=np.int64).reshape(-1)
+            if len(chosen) == 0 or chosen.min() < 0 or chosen.max() >= len(ep):
+                raise ValueError(f"episodes must be a non-empty list of cache episode indices in [0, {len(ep)}), "
+                                 f"got {len(chosen)} index(es) spanning {chosen.min(initial=0)}..{chosen.max(initial=-1)}")
+            allowed[:] = False
+            allowed[chosen] = True
+        present = sorted(set(col["task_index"][allowed].tolist()))
         names = [cache.task_ids[i] for i in present]
         if task_weights is None:
             weights = dict.fromkeys(names, 1.0)
@@ -87,7 +97,7 @@ class WindowLoader:
         # per task: its episodes and the cumulative count of valid window starts
         need = -(-self.context // self._L)  # timesteps to fill a window, per episode
         n_starts = np.maximum(self._T - need + 1, 1)
-        self._task_eps = [np.flatnonzero(col["task_index"] == t) for t in present]
+        self._task_eps = [np.flatnonzero((col["task_index"] == t) & allowed) for t in present]
         self._task_cum = [np.cumsum(n_starts[e]) for e in self._task_eps]
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -95,7 +105,7 @@ class WindowLoader:
             yield self.sample()
 
     def sample(self) -> dict[str, np.ndarray]:
-        """One batch: tokens, loss_mask, local_pos, patch_index (B, S); patches, patch_pos; task_index (B,)."""
+        """One batch: tokens, loss_mask, local_pos, patch_index (B, S); patches, patch_pos; task_index, episode (B,)."""
         B, S, rng = self.batch_size, self.context, self.rng
         task = rng.choice(len(self.task_names), size=B, p=self.task_probs)  # (B,) position in task_names
         episode = np.empty(B, np.int64)
@@ -150,4 +160,23 @@ class WindowLoader:
             "patches": normalize_patches(np.asarray(c.patches[rows_p])) if len(rows_p) else np.zeros((0, 3, 16, 16), np.float32),
             "patch_pos": np.asarray(c.patch_pos[rows_p], dtype=np.int64).reshape(-1, 2),
             "task_index": np.asarray(c.episodes[episode, EPISODE_COLUMNS.index("task_index")], dtype=np.int64),
+            "episode": episode,
         }
+
+
+def holdout_split(cache: TokenCache, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split the cache's episodes into training and held-out ones, per task: ``(train, held_out)`` index arrays.
+
+    Each task holds out its last ``floor(fraction * n)`` episodes (in cache order, so the split is the same on
+    every run over the same data); a task with fewer than ``1 / fraction`` episodes keeps all of them for training.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"hold-out fraction must be in [0, 1), got {fraction!r}")
+    task = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("task_index")] if cache.num_episodes else np.zeros(0, np.int64)
+    held = np.zeros(len(task), bool)
+    for t in np.unique(task):
+        eps = np.flatnonzero(task == t)
+        k = int(np.floor(fraction * len(eps) + 1e-9))
+        if k:
+            held[eps[-k:]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)

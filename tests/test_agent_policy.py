@@ -320,3 +320,15 @@ def test_policy_learns_the_synthetic_copy_rule(tmp_path):
             near += int((np.abs(got - want) <= 2).sum())
             total += 2
     assert exact / total >= 0.5 and near / total >= 0.85, (exact / total, near / total)
+
+
+def test_validation_loss_comes_from_held_out_episodes_and_falls(dataset, tmp_path):
+    # 4 episodes per task: val_fraction 0.25 holds out each task's last one
+    cfg = dict(val_fraction=0.25, val_every=40, val_windows=4, lr=3e-3, prompt_prob=0.0, bin_sigma=8.0)
+    early = train(train_cfg(tmp_path / "early", dataset, steps=2, **cfg))
+    late = train(train_cfg(tmp_path / "late", dataset, steps=80, **cfg))
+    assert set(early.val_loss) == set(late.val_loss) == set(SPECS)
+    for task in SPECS:
+        assert np.isfinite(late.val_loss[task]) and late.val_loss[task] < 0.9 * early.val_loss[task], (early, late)
+    assert load_meta(tmp_path / "late").train_state["val_loss"] == pytest.approx(late.val_loss)
+    assert train(train_cfg(tmp_path / "none", dataset, steps=2)).val_loss == {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omnipolicy.datasets import Episode, EpisodeStore, TokenCache, WindowLoader
+from omnipolicy.datasets import Episode, EpisodeStore, TokenCache, WindowLoader, holdout_split
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer, normalize_patches
 
 # Observations name their own episode and timestep, so every token says where it came from.
@@ -177,3 +177,23 @@ def test_prompts_come_from_other_episodes_of_the_same_task(stores: Path, tmp_pat
         prompt_t = t[r][t[r] >= 0][:k]
         from_end += int(prompt_t[-1] == lengths[prompt_ep] - 1)
     assert 0.35 < from_end / 256 < 0.75  # half from episode ends (plus uniform ones that happen to end there)
+
+
+def test_held_out_episodes_never_reach_training_windows(stores: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    cache = TokenCache.build([stores], tok, tmp_path / "cache", progress=False)
+    # cache order: task a's 4 episodes, then b's 2 and c's 2; a quarter holds out a's last episode only
+    train_eps, held = holdout_split(cache, 0.25)
+    assert held.tolist() == [3] and train_eps.tolist() == [0, 1, 2, 4, 5, 6, 7]
+    assert holdout_split(cache, 0.5)[1].tolist() == [2, 3, 5, 7]
+    assert holdout_split(cache, 0.0)[1].tolist() == []
+    loader = WindowLoader(cache, context=32, batch_size=200, seed=3, prompt_prob=1.0, episodes=train_eps,
+                          task_weights={"toy/ids-a-v0": 1.0, "toy/ids-b-v0": 1.0})
+    b = loader.sample()
+    ep, _ = _decode(b, tok.layout)
+    assert 3 not in set(b["episode"].tolist()) and not (ep == 3).any()  # neither as window nor as prompt
+    only = WindowLoader(cache, context=32, batch_size=50, seed=3, episodes=held)
+    assert set(only.sample()["episode"].tolist()) == {3} and only.task_names == ["toy/ids-a-v0"]
+    with pytest.raises(ValueError, match=r"hold-out fraction must be in \[0, 1\)"):
+        holdout_split(cache, 1.0)
+    with pytest.raises(ValueError, match=r"episodes must be a non-empty list of cache episode indices in \[0, 8\)"):
+        WindowLoader(cache, context=32, batch_size=2, episodes=[8])
