@@ -157,6 +157,8 @@ class TrainResult:
         tokens_per_s: global training throughput (window tokens per second) of this call.
         num_params: model parameters.
         val_loss: task id -> loss on its held-out windows at the last validation (empty without ``val_fraction``).
+        fit_loss: task id -> loss on as many fixed windows of its training episodes, measured alongside
+            ``val_loss`` (the same tasks and measurement, so the two compare: a gap means overfitting).
     """
 
     step: int
@@ -165,6 +167,7 @@ class TrainResult:
     tokens_per_s: float
     num_params: int
     val_loss: dict[str, float] = field(default_factory=dict)
+    fit_loss: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- data
@@ -212,14 +215,15 @@ def check_batch(batch: dict[str, np.ndarray], cfg: ModelConfig) -> None:
 
 def build_dataset_loader(
     cfg: TrainConfig, context: int, is_main: bool
-) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec], dict[str, dict[str, np.ndarray]]]:
+) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec], dict[tuple[str, str], dict[str, np.ndarray]]]:
     """The WindowLoader over ``cfg.data``, the tokenizer layout, the task specs and the validation batches.
 
     The token cache lives in ``out/token_cache`` and is rebuilt only when the
     data or the tokenizer layout changed (ranks wait on its lock; one builds).
     With ``cfg.val_fraction``, each task's last episodes are left out of the
     loader and ``cfg.val_windows`` windows of them (no prompts, a fixed seed)
-    make that task's validation batch.
+    make that task's validation batch, under ``(task, "val")``; as many windows
+    of the task's training episodes go under ``(task, "fit")``.
 
     Raises:
         ValueError: no dataset given, or task weights naming tasks the data does not hold.
@@ -245,16 +249,17 @@ def build_dataset_loader(
         seed=cfg.seed,
         episodes=train_eps,
     )
-    val: dict[str, dict[str, np.ndarray]] = {}
+    val: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     if len(held_out):
         task_of = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("task_index")]
         for task in sorted({cache.task_ids[i] for i in task_of[held_out]}):
-            one = WindowLoader(cache, context=context, batch_size=cfg.val_windows, task_weights={task: 1.0},
-                               seed=cfg.seed + 1, episodes=held_out)
-            val[task] = one.sample()
+            for kind, eps in (("val", held_out), ("fit", train_eps)):
+                one = WindowLoader(cache, context=context, batch_size=cfg.val_windows, task_weights={task: 1.0},
+                                   seed=cfg.seed + 1, episodes=eps)
+                val[task, kind] = one.sample()
     if is_main and cfg.val_fraction > 0:
-        kept = sorted(set(cache.task_ids) - set(val))
-        print(f"validation: {len(held_out)} held-out episode(s) of {len(val)} task(s)"
+        kept = sorted(set(cache.task_ids) - {task for task, _ in val})
+        print(f"validation: {len(held_out)} held-out episode(s) of {len(val) // 2} task(s)"
               + (f"; too few episodes to hold any out: {kept}" if kept else ""), file=sys.stderr)
     return loader, cache.layout, dict(cache.specs), val
 
@@ -438,7 +443,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world} x {cfg.grad_accum}"
         )
     context = cfg.context or get_preset(cfg.preset).context
-    val_batches: dict[str, dict[str, np.ndarray]] = {}
+    val_batches: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     if cfg.val_fraction > 0 and is_main and (loader is not None or cfg.synthetic):
         print("validation: val_fraction holds out episodes of --data datasets; a given loader or --synthetic windows "
               "get no validation loss", file=sys.stderr)
@@ -498,7 +503,8 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             layout=layout,
             tasks=dict(tasks),
             train_state={"step": step, "tokens_seen": tokens_seen, "loss": losses[-1] if losses else None,
-                         "val_loss": dict(val_loss) or None, "world_size": world, "config": _jsonable(asdict(cfg))},
+                         "val_loss": dict(val_loss) or None, "fit_loss": dict(fit_loss) or None,
+                         "world_size": world, "config": _jsonable(asdict(cfg))},
         )
         trainer_state = {
             "optimizer": optimizer.state_dict(),
@@ -512,19 +518,20 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         _prune(ckpt_root, cfg.keep_last)
         return path
 
-    def validate() -> dict[str, float]:
-        """Loss on each task's held-out windows (main process only; the model is left in training mode)."""
+    def validate() -> tuple[dict[str, float], dict[str, float]]:
+        """Loss on each task's held-out and training windows (main process only; the model stays in training mode)."""
         model.eval()
-        out = {}
+        out: dict[str, dict[str, float]] = {"val": {}, "fit": {}}
         with torch.no_grad(), _autocast(device, cfg.dtype):
-            for task, vb in val_batches.items():
+            for (task, kind), vb in val_batches.items():
                 s, n = model.loss_terms(to_tensors(vb, device), cfg.bin_sigma)
-                out[task] = float(s) / max(float(n), 1.0)
+                out[kind][task] = float(s) / max(float(n), 1.0)
         model.train()
-        return out
+        return out["val"], out["fit"]
 
     losses: list[float] = []
     val_loss: dict[str, float] = {}
+    fit_loss: dict[str, float] = {}
     last_ckpt: Path | None = None
     per_rank = cfg.batch_size // world
     micro = per_rank // cfg.grad_accum
@@ -562,13 +569,14 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         tokens_this_call += n_tokens
         tok_s = tokens_this_call / max(time.perf_counter() - t_start, 1e-9)
         if is_main and val_batches and (step % cfg.val_every == 0 or step == cfg.steps):
-            val_loss = validate()
+            val_loss, fit_loss = validate()
             if writer is not None:
-                writer.add_scalar("val/loss", float(np.mean(list(val_loss.values()))), step)
-                for task, v in val_loss.items():
-                    writer.add_scalar(f"val/{task}", v, step)
+                for name, losses_of in (("val", val_loss), ("fit", fit_loss)):
+                    writer.add_scalar(f"{name}/loss", float(np.mean(list(losses_of.values()))), step)
+                    for task, v in losses_of.items():
+                        writer.add_scalar(f"{name}/{task}", v, step)
         if bar is not None:
-            extra = {"val": f"{np.mean(list(val_loss.values())):.4f}"} if val_loss else {}
+            extra = {k: f"{np.mean(list(v.values())):.4f}" for k, v in (("val", val_loss), ("fit", fit_loss)) if v}
             bar.set_postfix(loss=f"{loss:.4f}", **extra, tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
             bar.update(1)
         if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -586,7 +594,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     if writer is not None:
         writer.close()
     elapsed = time.perf_counter() - t_start
-    return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params(), val_loss)
+    return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params(), val_loss, fit_loss)
 
 
 def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device) -> tuple[int, int]:
@@ -653,5 +661,6 @@ def train_command(argv: list[str], prog: str) -> None:
         )
         if result.val_loss:
             worst = sorted(result.val_loss.items(), key=lambda kv: -kv[1])[:3]
-            print(f"validation loss (held-out episodes) {np.mean(list(result.val_loss.values())):.4f} over "
-                  f"{len(result.val_loss)} task(s); highest: " + ", ".join(f"{t} {v:.4f}" for t, v in worst))
+            print(f"validation loss {np.mean(list(result.val_loss.values())):.4f} on held-out episodes, "
+                  f"{np.mean(list(result.fit_loss.values())):.4f} on training episodes (mean over "
+                  f"{len(result.val_loss)} task(s)); highest: " + ", ".join(f"{t} {v:.4f}" for t, v in worst))
