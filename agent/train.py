@@ -38,7 +38,15 @@ from torch import Tensor, nn
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
-from .checkpoint import LATEST, CheckpointMeta, atomic_write_text, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .checkpoint import (
+    LATEST,
+    CheckpointMeta,
+    atomic_write_text,
+    load_meta,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import PRESETS, ModelConfig, get_preset, presets_table
 from .model import GatoModel
 
@@ -469,6 +477,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     optimizer = make_optimizer(model, cfg, device)
     ckpt_root = cfg.out / "checkpoints"
     step, tokens_seen = 0, 0
+    resumed_from: Path | None = None
     if cfg.resume:
         try:
             ckpt = resolve_checkpoint(ckpt_root)
@@ -478,6 +487,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
                 print(f"--resume: no checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
         if ckpt is not None:
             step, tokens_seen = _restore(ckpt, model, optimizer, loader, model_cfg, layout, device)
+            resumed_from = ckpt
             if is_main:
                 print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
 
@@ -530,9 +540,11 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         return out["val"], out["fit"]
 
     losses: list[float] = []
-    val_loss: dict[str, float] = {}
-    fit_loss: dict[str, float] = {}
-    last_ckpt: Path | None = None
+    # a resumed run that has no step left still reports its checkpoint and last validation
+    done = load_meta(resumed_from).train_state if resumed_from is not None else {}
+    val_loss: dict[str, float] = dict(done.get("val_loss") or {})
+    fit_loss: dict[str, float] = dict(done.get("fit_loss") or {})
+    last_ckpt: Path | None = resumed_from
     per_rank = cfg.batch_size // world
     micro = per_rank // cfg.grad_accum
     batches = iter(loader)
@@ -600,7 +612,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
 def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device) -> tuple[int, int]:
     from safetensors.torch import load_model
 
-    from .checkpoint import WEIGHTS, load_meta
+    from .checkpoint import WEIGHTS
 
     meta = load_meta(ckpt)
     if meta.model != model_cfg:

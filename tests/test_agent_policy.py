@@ -335,5 +335,8 @@ def test_validation_loss_comes_from_held_out_episodes_and_falls(dataset, tmp_pat
     assert state["val_loss"] == pytest.approx(late.val_loss) and state["fit_loss"] == pytest.approx(late.fit_loss)
     # 3 training episodes per task: the vector task's continuous actions fit far better than they generalise
     assert late.fit_loss[VECTOR_TASK] < 0.5 * late.val_loss[VECTOR_TASK]
+    again = train(train_cfg(tmp_path / "late", dataset, steps=80, resume=True, **cfg))  # nothing left to do
+    assert again.losses == [] and again.checkpoint == late.checkpoint
+    assert again.val_loss == pytest.approx(late.val_loss) and again.fit_loss == pytest.approx(late.fit_loss)
     none = train(train_cfg(tmp_path / "none", dataset, steps=2))
     assert none.val_loss == {} and none.fit_loss == {}

@@ -12,11 +12,12 @@ from omnipolicy.cli import main
 def test_demo_smoke_collect_train_eval_report(tmp_path):
     out = tmp_path / "demo"
     start = time.perf_counter()
-    main([
+    argv = [
         "demo", "--out", str(out), "--tasks", "classic/cartpole-v1", "classic/pendulum-v1",
         "--episodes", "3", "--workers", "0", "--train-steps", "20", "--batch-size", "4",
-        "--eval-episodes", "2", "--eval-envs", "2", "--no-video",
-    ])
+        "--eval-episodes", "2", "--eval-envs", "2", "--no-video", "--val-fraction", "0.34",
+    ]
+    main(argv)
     elapsed = time.perf_counter() - start
     assert elapsed < 120, f"smoke run took {elapsed:.0f} s"
     report = json.loads((out / "report.json").read_text())
@@ -29,6 +30,15 @@ def test_demo_smoke_collect_train_eval_report(tmp_path):
     assert report["protocol"]["demonstrations"] == {"classic/cartpole-v1": 3, "classic/pendulum-v1": 3}
     assert 0.0 <= report["overall"]["share_at_least_50"] <= 1.0
     assert "tasks at or above 50% of expert" in (out / "report.md").read_text()
+    # one of 3 demonstrations per task held out: both tasks have a validation and a training-episodes loss
+    for key in ("validation_loss", "training_episodes_loss"):
+        assert set(report["protocol"][key]) == {"classic/cartpole-v1", "classic/pendulum-v1"}
+    # a rerun of the finished run (say, after an interrupted evaluation) skips training and evaluates the same checkpoint
+    main(argv)
+    rerun = json.loads((out / "report.json").read_text())
+    assert rerun["protocol"]["checkpoint"] == report["protocol"]["checkpoint"]
+    assert rerun["protocol"]["validation_loss"] == report["protocol"]["validation_loss"]
+    assert rerun["tasks"]["classic/cartpole-v1"]["returns"] == report["tasks"]["classic/cartpole-v1"]["returns"]
     # the checkpoint evaluates again through `omnipolicy eval`, with the same protocol and numbers
     main(["eval", "--checkpoint", str(out / "train"), "--episodes", "2", "--num-envs", "2",
           "--out", str(tmp_path / "eval"), "--no-video", "--tasks", "classic/cartpole-v1"])
