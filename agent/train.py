@@ -94,8 +94,8 @@ class TrainConfig:
     prompt_prob: float = 0.25
     """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
     val_fraction: float = 0.0
-    """Share of each task's episodes held out of training for a validation loss (its last floor(share x episodes);
-    a task with fewer than 1 / share episodes keeps all of them). 0 disables."""
+    """Share of each task's episodes held out of training for a validation loss on their action tokens (its last
+    floor(share x episodes); a task with fewer than 1 / share episodes keeps all of them). 0 disables."""
     val_every: int = 500
     """Validation period in steps (and at the end), when ``val_fraction`` holds episodes out."""
     val_windows: int = 16
@@ -231,7 +231,10 @@ def build_dataset_loader(
     With ``cfg.val_fraction``, each task's last episodes are left out of the
     loader and ``cfg.val_windows`` windows of them (no prompts, a fixed seed)
     make that task's validation batch, under ``(task, "val")``; as many windows
-    of the task's training episodes go under ``(task, "fit")``.
+    of the task's training episodes go under ``(task, "fit")``. Both score the
+    action tokens only (where a task has any): the instruction that an
+    observation repeats every step is predicted almost perfectly and would
+    dilute the figure (a Meta-World step has 8 instruction tokens, 4 actions).
 
     Raises:
         ValueError: no dataset given, or task weights naming tasks the data does not hold.
@@ -264,7 +267,11 @@ def build_dataset_loader(
             for kind, eps in (("val", held_out), ("fit", train_eps)):
                 one = WindowLoader(cache, context=context, batch_size=cfg.val_windows, task_weights={task: 1.0},
                                    seed=cfg.seed + 1, episodes=eps)
-                val[task, kind] = one.sample()
+                batch = one.sample()
+                actions = batch["loss_mask"] & (batch["tokens"] >= cache.layout.text_size)
+                if actions.any():  # score actions only: an instruction repeated every step is predicted trivially
+                    batch["loss_mask"] = actions
+                val[task, kind] = batch
     if is_main and cfg.val_fraction > 0:
         kept = sorted(set(cache.task_ids) - {task for task, _ in val})
         print(f"validation: {len(held_out)} held-out episode(s) of {len(val) // 2} task(s)"
