@@ -340,3 +340,18 @@ def test_validation_loss_comes_from_held_out_episodes_and_falls(dataset, tmp_pat
     assert again.val_loss == pytest.approx(late.val_loss) and again.fit_loss == pytest.approx(late.fit_loss)
     none = train(train_cfg(tmp_path / "none", dataset, steps=2))
     assert none.val_loss == {} and none.fit_loss == {}
+
+
+def test_validation_batches_score_actions_of_the_right_episodes(dataset, tmp_path):
+    from omnipolicy.agent.train import build_dataset_loader
+
+    loader, layout, _, val = build_dataset_loader(train_cfg(tmp_path, dataset, val_fraction=0.25, val_windows=8), CONTEXT, False)
+    assert set(val) == {(t, k) for t in SPECS for k in ("val", "fit")}
+    for (task, kind), b in val.items():
+        assert b["loss_mask"].any() and not (b["loss_mask"] & (b["tokens"] < layout.text_size)).any()
+        held = set(b["episode"].tolist())
+        last = {IMAGE_TASK: 3, VECTOR_TASK: 7}[task]  # each task's last of its 4 episodes (cache order)
+        assert (held == {last}) if kind == "val" else (held and last not in held and held <= set(range(last - 3, last)))
+    train_batch = loader.sample()
+    assert (train_batch["loss_mask"] & (train_batch["tokens"] < layout.text_size)).any()  # training still scores text
+    assert not set(train_batch["episode"].tolist()) & {3, 7}
