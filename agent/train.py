@@ -99,7 +99,7 @@ class TrainConfig:
     val_every: int = 500
     """Validation period in steps (and at the end), when ``val_fraction`` holds episodes out."""
     val_windows: int = 16
-    """Held-out windows per task in the validation loss (drawn once, the same at every validation)."""
+    """Windows per task for the held-out (val) and training-episode (fit) losses (drawn once, the same every time)."""
     seed: int = 0
     """Seed of the initialisation and the data order."""
     save_every: int = 500
@@ -161,7 +161,7 @@ class TrainResult:
     Attributes:
         step: optimizer steps done in total (including those before a resume).
         losses: mean target-token loss of each step run in this call.
-        checkpoint: the last checkpoint written (None if none was).
+        checkpoint: the newest checkpoint: the last one this call wrote, else the one it resumed from (None if neither).
         tokens_per_s: global training throughput (window tokens per second) of this call.
         num_params: model parameters.
         val_loss: task id -> loss on its held-out windows at the last validation (empty without ``val_fraction``).
