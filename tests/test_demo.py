@@ -1,15 +1,29 @@
 """The main job at a tiny budget: collect -> train -> eval -> report, through the command line."""
 
+import importlib.util
 import json
 import math
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from omnipolicy.cli import main
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
-def test_demo_smoke_collect_train_eval_report(tmp_path):
+
+def load_script(name: str, monkeypatch):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_smoke_collect_train_eval_report(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     start = time.perf_counter()
     argv = [
@@ -44,6 +58,12 @@ def test_demo_smoke_collect_train_eval_report(tmp_path):
           "--out", str(tmp_path / "eval"), "--no-video", "--tasks", "classic/cartpole-v1"])
     again = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert again["tasks"]["classic/cartpole-v1"]["returns"] == report["tasks"]["classic/cartpole-v1"]["returns"]
+    # the action-error diagnostic: the checkpoint's one continuous-action task, expert-driven
+    tool = load_script("action_error", monkeypatch)
+    errors = tool.main(tool.Config(checkpoint=out / "train", envs=2, steps=10))
+    assert set(errors) == {"classic/pendulum-v1"} and 0.0 < errors["classic/pendulum-v1"] < 4.0  # torque in [-2, 2]
+    with pytest.raises(ValueError, match="action error needs a continuous action, the task's is discrete"):
+        tool.action_error(tool.PolicyActor.from_checkpoint(out / "train"), "classic/cartpole-v1", 1, 2, 0)
     with pytest.raises(ValueError, match=r"not trained on \['classic/acrobot-v1'\]; it knows"):
         main(["eval", "--checkpoint", str(out / "train"), "--tasks", "classic/acrobot-v1", "--out", str(tmp_path / "x")])
 
@@ -75,3 +95,20 @@ def test_demo_refuses_to_extend_data_collected_with_other_episode_caps(tmp_path)
         check_collection_settings(tmp_path, noise)
     assert max_steps_for("metaworld/push-v3") == 250 and max_steps_for("dmc/reacher-easy") == 150
     assert max_steps_for("classic/cartpole-v1") is None
+
+
+def test_experts_act_as_well_on_tokenised_observations(monkeypatch):
+    tool = load_script("expert_on_tokens", monkeypatch)
+    from omnipolicy.envs import get_task
+    from omnipolicy.tokenizers.continuous import encode_continuous
+
+    spec = get_task("classic/pendulum-v1").timestep
+    obs = {"state": np.array([0.3, -0.95, 7.9], dtype=np.float32)}
+    seen = tool.through_tokens(obs, spec)["state"]
+    assert seen.dtype == np.float32 and np.abs(seen - obs["state"]).max() < 0.05
+    assert not np.array_equal(seen, obs["state"])  # binned to bin centres ...
+    np.testing.assert_array_equal(encode_continuous(seen)[0], encode_continuous(obs["state"])[0])  # ... of the same bins
+    results = tool.main(tool.Config(tasks=("classic/cartpole-v1", "classic/pendulum-v1"), episodes=1))
+    assert results["classic/cartpole-v1"]["exact_return"] == results["classic/cartpole-v1"]["tokens_return"] == 500.0
+    exact, tokens = results["classic/pendulum-v1"]["exact_return"], results["classic/pendulum-v1"]["tokens_return"]
+    assert abs(tokens - exact) < 0.1 * abs(exact)
