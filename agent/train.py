@@ -485,6 +485,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     ckpt_root = cfg.out / "checkpoints"
     step, tokens_seen = 0, 0
     resumed_from: Path | None = None
+    done: dict[str, Any] = {}  # train_state of the checkpoint resumed from
     if cfg.resume:
         try:
             ckpt = resolve_checkpoint(ckpt_root)
@@ -493,7 +494,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             if is_main:
                 print(f"--resume: no checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
         if ckpt is not None:
-            step, tokens_seen = _restore(ckpt, model, optimizer, loader, model_cfg, layout, device)
+            step, tokens_seen, done = _restore(ckpt, model, optimizer, loader, model_cfg, layout, device)
             resumed_from = ckpt
             if is_main:
                 print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
@@ -548,7 +549,6 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
 
     losses: list[float] = []
     # a resumed run that has no step left still reports its checkpoint and last validation
-    done = load_meta(resumed_from).train_state if resumed_from is not None else {}
     val_loss: dict[str, float] = dict(done.get("val_loss") or {})
     fit_loss: dict[str, float] = dict(done.get("fit_loss") or {})
     last_ckpt: Path | None = resumed_from
@@ -616,7 +616,10 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params(), val_loss, fit_loss)
 
 
-def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device) -> tuple[int, int]:
+def _restore(
+    ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device
+) -> tuple[int, int, dict[str, Any]]:
+    """Load ``ckpt`` into the model, optimizer, RNGs and loader: ``(step, tokens_seen, the checkpoint's train_state)``."""
     from safetensors.torch import load_model
 
     from .checkpoint import WEIGHTS
@@ -633,7 +636,7 @@ def _restore(ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layou
     _set_rng_state(state["rng"])
     if state.get("loader") is not None:
         set_loader_state(loader, state["loader"])
-    return int(state["step"]), int(state["tokens_seen"])
+    return int(state["step"]), int(state["tokens_seen"]), meta.train_state
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
