@@ -227,9 +227,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     timings["train_s"] = time.perf_counter() - t0
     if result.val_loss:
-        val, fit = (sum(d.values()) / len(d) for d in (result.val_loss, result.fit_loss))
-        print(f"validation loss {val:.3f} on held-out demonstrations, {fit:.3f} on training ones (mean over "
-              f"{len(result.val_loss)} tasks; per task in report.json's protocol and TensorBoard's val/ and fit/)")
+        print(result.validation_summary() + " (every task's in report.json's protocol, TensorBoard's val/ and fit/)")
 
     # 3. The shared evaluation protocol on every task, then the report.
     t0 = time.perf_counter()

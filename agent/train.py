@@ -177,6 +177,15 @@ class TrainResult:
     val_loss: dict[str, float] = field(default_factory=dict)
     fit_loss: dict[str, float] = field(default_factory=dict)
 
+    def validation_summary(self) -> str:
+        """One line: the mean held-out and training-episode losses and the three worst tasks ('' without validation)."""
+        if not self.val_loss:
+            return ""
+        worst = sorted(self.val_loss.items(), key=lambda kv: -kv[1])[:3]
+        return (f"validation loss {np.mean(list(self.val_loss.values())):.4f} on held-out episodes, "
+                f"{np.mean(list(self.fit_loss.values())):.4f} on training episodes (mean over {len(self.val_loss)} "
+                f"task(s)); highest: " + ", ".join(f"{t} {v:.4f}" for t, v in worst))
+
 
 # --------------------------------------------------------------------------- data
 
@@ -682,7 +691,4 @@ def train_command(argv: list[str], prog: str) -> None:
             f"checkpoint {result.checkpoint}"
         )
         if result.val_loss:
-            worst = sorted(result.val_loss.items(), key=lambda kv: -kv[1])[:3]
-            print(f"validation loss {np.mean(list(result.val_loss.values())):.4f} on held-out episodes, "
-                  f"{np.mean(list(result.fit_loss.values())):.4f} on training episodes (mean over "
-                  f"{len(result.val_loss)} task(s)); highest: " + ", ".join(f"{t} {v:.4f}" for t, v in worst))
+            print(result.validation_summary())
