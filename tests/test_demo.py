@@ -1,29 +1,16 @@
 """The main job at a tiny budget: collect -> train -> eval -> report, through the command line."""
 
-import importlib.util
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from omnipolicy.cli import main
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
-
-def load_script(name: str, monkeypatch):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_demo_smoke_collect_train_eval_report(tmp_path, monkeypatch):
+def test_demo_smoke_collect_train_eval_report(tmp_path, load_script):
     out = tmp_path / "demo"
     start = time.perf_counter()
     argv = [
@@ -59,7 +46,7 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, monkeypatch):
     again = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert again["tasks"]["classic/cartpole-v1"]["returns"] == report["tasks"]["classic/cartpole-v1"]["returns"]
     # the action-error diagnostic: the checkpoint's one continuous-action task, expert-driven
-    tool = load_script("action_error", monkeypatch)
+    tool = load_script("action_error")
     errors = tool.main(tool.Config(checkpoint=out / "train", envs=2, steps=10))
     assert set(errors) == {"classic/pendulum-v1"} and 0.0 < errors["classic/pendulum-v1"] < 4.0  # torque in [-2, 2]
     with pytest.raises(ValueError, match="action error needs a continuous action, the task's is discrete"):
@@ -97,8 +84,8 @@ def test_demo_refuses_to_extend_data_collected_with_other_episode_caps(tmp_path)
     assert max_steps_for("classic/cartpole-v1") is None
 
 
-def test_experts_act_as_well_on_tokenised_observations(monkeypatch):
-    tool = load_script("expert_on_tokens", monkeypatch)
+def test_experts_act_as_well_on_tokenised_observations(load_script):
+    tool = load_script("expert_on_tokens")
     from omnipolicy.envs import get_task
     from omnipolicy.tokenizers.continuous import encode_continuous
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from omnipolicy.envs import DEFAULT_SUITE, TaskSpec, get_task, list_tasks, register_task
 from omnipolicy.envs.registry import SCORES_PATH, bounded_action, load_scores, tasks_command, vector
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_suite_is_the_issue_suite() -> None:
@@ -113,11 +108,8 @@ def test_atari_observation_is_the_resized_screen() -> None:
     np.testing.assert_array_equal(obs["image"], area_resize(screen))
 
 
-def test_measure_script_writes_scores(tmp_path, monkeypatch) -> None:
-    spec = importlib.util.spec_from_file_location("measure_experts", ROOT / "scripts" / "measure_experts.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "measure_experts", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
+def test_measure_script_writes_scores(tmp_path, load_script) -> None:
+    module = load_script("measure_experts")
     out = tmp_path / "scores.json"
     module.main(["--tasks", "classic/cartpole-v1", "--episodes", "3", "--out", str(out)])
     entry = json.loads(out.read_text())["tasks"]["classic/cartpole-v1"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,14 +10,6 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_inference.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_inference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def import_transformers_gpt2() -> None:
@@ -36,10 +27,10 @@ def import_transformers_gpt2() -> None:
 
 
 @pytest.mark.parametrize("hf", [False, True])
-def test_bench_inference_tiny_budget_prints_one_json_line_with_every_figure(hf, capsys):
+def test_bench_inference_tiny_budget_prints_one_json_line_with_every_figure(hf, capsys, load_script):
     if hf:
         import_transformers_gpt2()
-    bench = load_bench()
+    bench = load_script("bench_inference")
     n = torch.get_num_threads()
     try:
         res = bench.run(bench.Args(preset=("cpu-tiny",), context=256, steps=4, naive_steps=1, rolling_steps=12, hf=hf,

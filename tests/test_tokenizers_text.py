@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +81,7 @@ def test_pickle_round_trip() -> None:
     assert tok2.decode_text(tok.encode_text(s)) == s
 
 
-def test_shipped_model_is_reproducible_from_corpus() -> None:
-    spec = importlib.util.spec_from_file_location("train_text_tokenizer", ROOT / "scripts" / "train_text_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+def test_shipped_model_is_reproducible_from_corpus(load_script) -> None:
+    module = load_script("train_text_tokenizer")
     fresh = module.train(ASSETS / "corpus.txt", vocab_size=1000)
     assert fresh == (ASSETS / "text.model").read_bytes(), "retrain with scripts/train_text_tokenizer.py and commit"
