@@ -28,7 +28,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,10 @@ class TrainConfig:
     predicted from observations only; no copying of the last action); default: the preset's."""
     steps: int = 2000
     """Optimizer steps in total (a resumed run continues up to this)."""
+    stop_at: int | None = None
+    """Stop after this step (and save a checkpoint there) although the schedule runs to ``steps``; a later
+    ``--resume`` continues, for example after a DAgger round added data (``omnipolicy dagger``). None: run to
+    ``steps``."""
     batch_size: int = 16
     """Global batch size in windows (split across data-parallel ranks)."""
     grad_accum: int = 1
@@ -96,6 +100,10 @@ class TrainConfig:
     val_fraction: float = 0.0
     """Share of each task's episodes held out of training for a validation loss on their action tokens (its last
     floor(share x episodes); a task with fewer than 1 / share episodes keeps all of them). 0 disables."""
+    holdout_from: tuple[Path, ...] = ()
+    """Datasets whose episodes the validation may hold out (default: every --data dataset). Name the
+    demonstrations when later datasets (DAgger rounds) are added between resumes, so the held-out episodes
+    stay the same."""
     val_every: int = 500
     """Validation period in steps (and at the end), when ``val_fraction`` holds episodes out."""
     val_windows: int = 16
@@ -143,6 +151,8 @@ class TrainConfig:
         bad = {k: v for k, v in self.task_weights.items() if not v >= 0}
         if bad:
             raise ValueError(f"TrainConfig.task_weights must be >= 0, got {bad}")
+        if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+            raise ValueError(f"TrainConfig.stop_at must be in [1, steps={self.steps}] (or None), got {self.stop_at!r}")
 
     def model_config(self, layout: VocabLayout) -> ModelConfig:
         """The preset with the context and action-input overrides, bound to ``layout``."""
@@ -259,7 +269,8 @@ def build_dataset_loader(
     unknown = sorted(set(cfg.task_weights) - set(cache.task_ids))
     if unknown:
         raise ValueError(f"task_weights names unknown tasks {unknown}; the datasets hold {cache.task_ids}")
-    train_eps, held_out = holdout_split(cache, cfg.val_fraction)
+    eligible = holdout_eligible(cache, cfg.holdout_from)
+    train_eps, held_out = holdout_split(cache, cfg.val_fraction, eligible)
     loader = WindowLoader(
         cache,
         context=context,
@@ -272,8 +283,10 @@ def build_dataset_loader(
     val: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     if len(held_out):
         task_of = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("task_index")]
+        # training windows of the same datasets as the held-out ones, so that "fit" and "val" compare
+        fit_eps = train_eps[eligible[train_eps]]
         for task in sorted({cache.task_ids[i] for i in task_of[held_out]}):
-            for kind, eps in (("val", held_out), ("fit", train_eps)):
+            for kind, eps in (("val", held_out), ("fit", fit_eps)):
                 one = WindowLoader(cache, context=context, batch_size=cfg.val_windows, task_weights={task: 1.0},
                                    seed=cfg.seed + 1, episodes=eps)
                 batch = one.sample()
@@ -286,6 +299,26 @@ def build_dataset_loader(
         print(f"validation: {len(held_out)} held-out episode(s) of {len(val) // 2} task(s)"
               + (f"; too few episodes to hold any out: {kept}" if kept else ""), file=sys.stderr)
     return loader, cache.layout, dict(cache.specs), val
+
+
+def holdout_eligible(cache: Any, holdout_from: Sequence[Path]) -> np.ndarray:
+    """bool (episodes,): the cache episodes that come from a dataset under one of ``holdout_from`` (all if empty).
+
+    Raises:
+        ValueError: no dataset of the cache lies under ``holdout_from``.
+    """
+    from omnipolicy.datasets.cache import EPISODE_COLUMNS
+
+    store_of = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("store_index")]
+    if not holdout_from:
+        return np.ones(len(store_of), bool)
+    roots = [Path(p).resolve() for p in holdout_from]
+    stores = [Path(r).resolve() for r in cache.manifest["stores"]]
+    chosen = [i for i, r in enumerate(stores) if any(r == root or root in r.parents for root in roots)]
+    if not chosen:
+        raise ValueError(f"holdout_from {[str(p) for p in holdout_from]} holds none of the training datasets "
+                         f"{[str(r) for r in stores]}")
+    return np.isin(store_of, chosen)
 
 
 def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
@@ -567,7 +600,8 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     model.train()
     t_start = time.perf_counter()
     tokens_this_call = 0
-    while step < cfg.steps:
+    end = cfg.steps if cfg.stop_at is None else cfg.stop_at
+    while step < end:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -596,7 +630,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         tokens_seen += n_tokens
         tokens_this_call += n_tokens
         tok_s = tokens_this_call / max(time.perf_counter() - t_start, 1e-9)
-        if is_main and val_batches and (step % cfg.val_every == 0 or step == cfg.steps):
+        if is_main and val_batches and (step % cfg.val_every == 0 or step == end):
             val_loss, fit_loss = validate()
             if writer is not None:
                 for name, losses_of in (("val", val_loss), ("fit", fit_loss)):
@@ -613,7 +647,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             writer.add_scalar("train/tokens_per_s", tok_s, step)
             if grad_norm is not None:
                 writer.add_scalar("train/grad_norm", float(grad_norm), step)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step == end:
             if is_main:
                 last_ckpt = save()
             _barrier()

@@ -164,18 +164,28 @@ class WindowLoader:
         }
 
 
-def holdout_split(cache: TokenCache, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(cache: TokenCache, fraction: float, eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split the cache's episodes into training and held-out ones, per task: ``(train, held_out)`` index arrays.
 
-    Each task holds out its last ``floor(fraction * n)`` episodes (in cache order, so the split is the same on
-    every run over the same data); a task with fewer than ``1 / fraction`` episodes keeps all of them for training.
+    Each task holds out its last ``floor(fraction * n)`` eligible episodes (in cache order, so the split is the
+    same on every run over the same data); a task with fewer than ``1 / fraction`` eligible episodes keeps all of
+    them for training.
+
+    Args:
+        eligible: bool (episodes,): the episodes that may be held out (None: all), e.g. the demonstrations but
+            not DAgger rounds added later, so that adding data does not move the held-out set.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"hold-out fraction must be in [0, 1), got {fraction!r}")
     task = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("task_index")] if cache.num_episodes else np.zeros(0, np.int64)
+    if eligible is None:
+        eligible = np.ones(len(task), bool)
+    eligible = np.asarray(eligible, bool)
+    if eligible.shape != task.shape:
+        raise ValueError(f"eligible must hold one flag per cache episode ({len(task)}), got shape {eligible.shape}")
     held = np.zeros(len(task), bool)
     for t in np.unique(task):
-        eps = np.flatnonzero(task == t)
+        eps = np.flatnonzero((task == t) & eligible)
         k = int(np.floor(fraction * len(eps) + 1e-9))
         if k:
             held[eps[-k:]] = True

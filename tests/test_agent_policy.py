@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +356,23 @@ def test_validation_batches_score_actions_of_the_right_episodes(dataset, tmp_pat
     train_batch = loader.sample()
     assert (train_batch["loss_mask"] & (train_batch["tokens"] < layout.text_size)).any()  # training still scores text
     assert not set(train_batch["episode"].tolist()) & {3, 7}
+
+
+def test_holdout_from_keeps_the_held_out_set_when_data_is_added(dataset, tmp_path):
+    from omnipolicy.agent.train import build_dataset_loader
+
+    extra = tmp_path / "dagger"
+    EpisodeStore(extra / "vector").append_episodes([episode(VECTOR_TASK, s) for s in (100, 101, 102, 103)])
+    demos_only = build_dataset_loader(train_cfg(tmp_path / "a", dataset, val_fraction=0.25, val_windows=8), CONTEXT, False)[3]
+    both = build_dataset_loader(replace(train_cfg(tmp_path / "b", dataset, holdout_from=(dataset,), val_fraction=0.25,
+                                                  val_windows=8), data=(dataset, extra)), CONTEXT, False)[3]
+    for key, b in demos_only.items():  # the same episodes held out; "fit" windows still come from the demonstrations
+        assert set(both[key]["episode"].tolist()) <= set(range(8)), key
+        if key[1] == "val":
+            assert set(both[key]["episode"].tolist()) == set(b["episode"].tolist())
+    unheld = build_dataset_loader(replace(train_cfg(tmp_path / "c", dataset, val_fraction=0.25, val_windows=8),
+                                          data=(dataset, extra)), CONTEXT, False)[3]
+    assert set(unheld[VECTOR_TASK, "val"]["episode"].tolist()) <= {10, 11}  # without it: the added data's last two
+    with pytest.raises(ValueError, match="holdout_from .* holds none of the training datasets"):
+        build_dataset_loader(train_cfg(tmp_path / "d", dataset, holdout_from=(tmp_path / "elsewhere",),
+                                       val_fraction=0.25), CONTEXT, False)

@@ -217,3 +217,17 @@ def test_torchrun_two_processes_cli(tmp_path):
            "--no-progress"]
     subprocess.run(cmd, check=True, env=env, cwd=REPO, timeout=300)
     assert load_meta(tmp_path).train_state["world_size"] == 2
+
+
+def test_stop_at_then_resume_equals_uninterrupted_run(tmp_path):
+    full = train(small_cfg(tmp_path / "full"), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    cfg = small_cfg(tmp_path / "phased")
+    first = train(replace(cfg, stop_at=4), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    assert first.step == 4 and first.checkpoint.name == "step_0000004"
+    rest = train(replace(cfg, resume=True), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    assert rest.step == full.step == 6
+    assert first.losses + rest.losses == full.losses  # the learning-rate schedule is the whole run's
+    a, b = params(tmp_path / "full"), params(tmp_path / "phased")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"stop_at must be in \[1, steps=6\]"):
+        replace(cfg, stop_at=7)

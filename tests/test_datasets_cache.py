@@ -197,3 +197,15 @@ def test_held_out_episodes_never_reach_training_windows(stores: Path, tmp_path: 
         holdout_split(cache, 1.0)
     with pytest.raises(ValueError, match=r"episodes must be a non-empty list of cache episode indices in \[0, 8\)"):
         WindowLoader(cache, context=32, batch_size=2, episodes=[8])
+
+
+def test_hold_out_only_from_eligible_episodes(stores: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    cache = TokenCache.build([stores], tok, tmp_path / "cache", progress=False)
+    # task a's episodes are 0-3: with 3 not eligible (say, a DAgger round added later), 2 is held out instead
+    eligible = np.ones(8, bool)
+    eligible[3] = False
+    train_eps, held = holdout_split(cache, 0.5, eligible)
+    assert held.tolist() == [2, 5, 7] and 3 in train_eps.tolist()  # floor(0.5 * 3) = 1 of task a's eligible three
+    assert holdout_split(cache, 0.25, eligible)[1].tolist() == []  # 3 eligible episodes are too few for a quarter
+    with pytest.raises(ValueError, match=r"eligible must hold one flag per cache episode \(8\), got shape \(3,\)"):
+        holdout_split(cache, 0.25, np.ones(3, bool))
