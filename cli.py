@@ -34,6 +34,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "tasks": Command("omnipolicy.envs.registry:tasks_command", "List registered tasks with their random and expert scores."),
     "collect": Command("omnipolicy.datasets.collect:collect_command", "Collect expert demonstrations into a dataset."),
+    "dagger": Command("omnipolicy.datasets.dagger:dagger_command",
+                      "Run a checkpoint's policy and record the expert's action in each state it visits (DAgger)."),
     "dataset": Command("omnipolicy.datasets.cli:dataset_command", "Inspect, verify, import or export a dataset (info, verify, ...)."),
     "train": Command("omnipolicy.agent.train:train_command", "Train a generalist policy on one or more datasets."),
     "eval": Command("omnipolicy.envs.evaluate:eval_command", "Evaluate a checkpoint in the simulators and write a report."),

@@ -1,0 +1,298 @@
+"""``omnipolicy dagger``: run a trained policy and record the expert's action in every state it visits.
+
+DAgger (Ross, Gordon and Bagnell, 2011). Behaviour cloning learns from the
+states the expert visits; a learned policy's small errors take it to states no
+demonstration shows, and its errors compound there (a swing-up that arrives
+at the top too fast and never learned the catch; a pendulum that falls past
+the angles the expert ever let it reach). A DAgger round runs the policy, asks
+the task's scripted expert what it would do in each state the policy reached,
+and stores those (observation, expert action) pairs as episodes; training on
+the demonstrations plus the rounds teaches recoveries from the policy's own
+mistakes. The scripted experts here read the simulator's state, so they can
+label any state.
+
+    omnipolicy dagger --checkpoint runs/train --task dmc/cartpole-swingup --episodes 10 --out data/dagger
+
+Each task goes to ``OUT/<task id>`` (a LeRobot v3 dataset, like ``collect``),
+episode ``k`` of a round is reset with the next seed from ``--seed`` on that the
+store does not hold yet, so a second round (or a rerun) adds new episodes. The
+stored actions are the expert's; the stored rewards and success are what the
+environment gave for the policy's actions, so a round's summary is also a
+quick score of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import tyro
+
+from .collect import task_path, watch_parent
+from .store import Episode, EpisodeStore
+
+DEFAULT_SEED = 70_000
+"""First reset seed of a round: away from collection (0+), evaluation (10 000+) and action-error (50 000+) seeds."""
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    """Roll out a checkpoint's policy and store the expert's action in each visited state (one DAgger round)."""
+
+    checkpoint: Path
+    """Checkpoint, checkpoints folder or training run folder."""
+    task: Annotated[tuple[str, ...], tyro.conf.UseAppendAction]
+    """Task id to run (repeat the flag for several tasks); the checkpoint must know it."""
+    episodes: int
+    """Episodes added per task in this round (run side by side through the policy)."""
+    out: Path
+    """Output folder; each task is written to OUT/<task id>."""
+    max_steps: int | None = None
+    """Cap on episode length (default: the task's own limit)."""
+    expert_share: float = 0.0
+    """Probability that a step executes the expert's action instead of the policy's (DAgger's beta; 0 = the
+    policy drives every step)."""
+    seed: int = DEFAULT_SEED
+    """Seeds are taken from here upwards, skipping those the store already holds."""
+    workers: int = 1
+    """Processes that run tasks side by side (each loads the checkpoint)."""
+
+
+def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: int | None = None,
+                    expert_share: float = 0.0) -> list[Episode]:
+    """Run ``actor`` in one environment per seed, side by side; label every visited state with the expert's action.
+
+    Args:
+        actor: an evaluation actor (e.g. ``PolicyActor``): ``begin``, ``reset_env``, ``act``.
+        task_id: registered task id.
+        seeds: reset seed of each episode.
+        max_steps: cap on episode length (default and upper bound: the task's ``max_steps``).
+        expert_share: probability that a step executes the expert's action instead of the actor's.
+
+    Returns:
+        One :class:`Episode` per seed: the observations the actor met, the expert's actions, the rewards the
+        executed actions earned.
+    """
+    from omnipolicy.envs.registry import get_task, make_env, make_expert
+
+    if not 0.0 <= expert_share <= 1.0:
+        raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
+    task = get_task(task_id)
+    spec = task.timestep
+    n = len(seeds)
+    if n == 0:
+        return []
+    envs = [make_env(task_id) for _ in range(n)]
+    experts = [make_expert(task_id, seed=int(s)) for s in seeds]
+    rng = np.random.default_rng([int(seeds[0]), 0xDA66E2])
+    actor.begin(task, envs)
+    obs: list[dict] = []
+    frames: list[dict[str, list]] = []
+    labels: list[list] = [[] for _ in range(n)]
+    rewards: list[list[float]] = [[] for _ in range(n)]
+    success = [False] * n
+    terminated = [False] * n
+    for k, (env, seed) in enumerate(zip(envs, seeds)):
+        o, _ = env.reset(seed=int(seed))
+        actor.reset_env(k, o)
+        experts[k].reset(env, o)
+        obs.append(o)
+        frames.append({f.name: [] for f in spec.observation})
+    limit = task.max_steps if max_steps is None else min(int(max_steps), task.max_steps)
+    active = list(range(n))
+    for _ in range(limit):
+        if not active:
+            break
+        actions = actor.act(active, [obs[k] for k in active])
+        still = []
+        for k, action in zip(active, actions):
+            label = experts[k].act(envs[k], obs[k])
+            for name, values in frames[k].items():
+                values.append(obs[k][name])
+            labels[k].append(label)
+            if expert_share > 0 and rng.random() < expert_share:
+                action = label
+            obs[k], reward, term, trunc, info = envs[k].step(action)
+            rewards[k].append(float(reward))
+            success[k] = success[k] or bool(info.get("success", False))
+            if term or trunc:
+                terminated[k] = bool(term)
+            else:
+                still.append(k)
+        active = still
+    for env in envs:
+        env.close()
+    out = []
+    for k, seed in enumerate(seeds):
+        observations = {f.name: frames[k][f.name] if f.kind == "text" else np.array(frames[k][f.name], dtype=f.dtype)
+                        for f in spec.observation}
+        out.append(Episode(
+            task_id=task_id, observations=observations, actions=np.array(labels[k], dtype=spec.action.dtype),
+            rewards=np.asarray(rewards[k], dtype=np.float64), success=success[k] if task.has_success else None,
+            seed=int(seed), terminated=terminated[k], spec=spec, instruction=task.instruction,
+        ))
+    return out
+
+
+_WORKER_ACTOR: Any = None
+
+
+def _init_worker(checkpoint: str, threads: int, parent_pid: int) -> None:
+    import torch
+
+    from omnipolicy.envs.evaluate import PolicyActor
+
+    global _WORKER_ACTOR
+    watch_parent(parent_pid)
+    torch.set_num_threads(threads)
+    _WORKER_ACTOR = PolicyActor.from_checkpoint(checkpoint)
+
+
+def _worker_episodes(task_id: str, seeds: list[int], max_steps: int | None, expert_share: float) -> list[Episode]:
+    return policy_episodes(_WORKER_ACTOR, task_id, seeds, max_steps, expert_share)
+
+
+def _free_seeds(store: EpisodeStore, task_id: str, start: int, count: int) -> list[int]:
+    taken = store.seeds(task_id) if store.num_episodes else set()
+    seeds, s = [], int(start)
+    while len(seeds) < count:
+        if s not in taken:
+            seeds.append(s)
+        s += 1
+    return seeds
+
+
+def dagger_round(
+    checkpoint: str | os.PathLike,
+    task_ids: Sequence[str],
+    episodes: int | Mapping[str, int],
+    out: str | os.PathLike,
+    max_steps: int | Mapping[str, int | None] | None = None,
+    expert_share: float = 0.0,
+    seed: int = DEFAULT_SEED,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """One DAgger round: run the checkpoint in each task and append the expert-labelled episodes to ``out``.
+
+    Args:
+        checkpoint: checkpoint, checkpoints folder or training run folder.
+        task_ids: registered task ids the checkpoint knows.
+        episodes: episodes to add per task (one number, or one per task id; 0 skips a task).
+        out: output folder; task ``t`` goes to ``task_path(out, t)``.
+        max_steps: cap on episode length, one value or per task id (None: the task's own limit).
+        expert_share: probability that a step executes the expert's action (DAgger's beta).
+        seed: first reset seed; seeds the task's store already holds are skipped.
+        workers: processes that run tasks side by side (1: in this process).
+        progress: show a tqdm bar.
+
+    Returns:
+        task id -> ``{"path", "episodes", "new", "steps", "policy_return", "policy_success_rate"}``: the store's
+        episode count after the round, what this round added, and the policy's mean return and success rate
+        in the round's episodes.
+
+    Raises:
+        ValueError: bad arguments, or a task the checkpoint was not trained on.
+    """
+    from tqdm import tqdm
+
+    from omnipolicy.agent import load_meta, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(Path(checkpoint))
+    known = set(load_meta(ckpt).tasks)
+    counts = {t: int(episodes.get(t, 0) if isinstance(episodes, Mapping) else episodes) for t in task_ids}
+    caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
+    if not task_ids:
+        raise ValueError("dagger needs at least one task id")
+    unknown = sorted(set(task_ids) - known)
+    if unknown:
+        raise ValueError(f"checkpoint {ckpt} was not trained on {unknown}; it knows {sorted(known)}")
+    if any(c < 0 for c in counts.values()):
+        raise ValueError(f"episodes must be >= 0 per task, got {counts}")
+    if any(c is not None and c < 1 for c in caps.values()):
+        raise ValueError(f"max_steps must be >= 1 (or None for the task's limit), got {caps}")
+    if not 0.0 <= expert_share <= 1.0:
+        raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    stores = {t: EpisodeStore(task_path(out, t)) for t in task_ids if counts[t] > 0}
+    jobs = {}
+    for t, store in stores.items():
+        store.recover()
+        jobs[t] = _free_seeds(store, t, seed, counts[t])
+    added: dict[str, list[Episode]] = {}
+    bar = tqdm(total=sum(len(s) for s in jobs.values()), desc="dagger", unit="ep", disable=not progress,
+               dynamic_ncols=True)
+
+    def keep(task_id: str, eps: list[Episode]) -> None:
+        stores[task_id].append_episodes(eps)  # one crash-safe commit per task
+        added[task_id] = eps
+        bar.set_postfix_str(task_id)
+        bar.update(len(eps))
+
+    try:
+        workers = max(1, min(workers, len(jobs)))
+        if workers == 1:
+            from omnipolicy.envs.evaluate import PolicyActor
+
+            actor = PolicyActor.from_checkpoint(ckpt)
+            for t, seeds in jobs.items():
+                keep(t, policy_episodes(actor, t, seeds, caps[t], expert_share))
+        elif jobs:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            ctx = mp.get_context("forkserver")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(str(ckpt), threads, os.getpid())) as pool:
+                # the longest tasks first, so no worker is left with one long task at the end
+                order = sorted(jobs, key=lambda t: -len(jobs[t]) * _limit(t, caps[t]))
+                futures = {pool.submit(_worker_episodes, t, jobs[t], caps[t], expert_share): t for t in order}
+                for fut in as_completed(futures):
+                    keep(futures[fut], fut.result())
+    finally:
+        bar.close()
+        for store in stores.values():
+            store.close()
+    summary = {}
+    for t in task_ids:
+        eps = added.get(t, [])
+        succ = [e.success for e in eps if e.success is not None]
+        summary[t] = {
+            "path": str(task_path(out, t)),
+            "episodes": stores[t].num_episodes if t in stores else 0,
+            "new": len(eps),
+            "steps": int(sum(len(e.actions) for e in eps)),
+            "policy_return": float(np.mean([e.rewards.sum() for e in eps])) if eps else float("nan"),
+            "policy_success_rate": float(np.mean(succ)) if succ else None,
+        }
+    return summary
+
+
+def _limit(task_id: str, cap: int | None) -> int:
+    from omnipolicy.envs.registry import get_task
+
+    task = get_task(task_id)
+    return task.max_steps if cap is None else min(cap, task.max_steps)
+
+
+def dagger_command(argv: list[str], prog: str) -> None:
+    """Entry point of ``omnipolicy dagger``."""
+    cfg = tyro.cli(DaggerConfig, args=argv, prog=prog)
+    t0 = time.perf_counter()
+    summary = dagger_round(cfg.checkpoint, cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
+                           expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers)
+    width = max(len(t) for t in summary)
+    for tid, s in summary.items():
+        succ = "" if s["policy_success_rate"] is None else f", success {100 * s['policy_success_rate']:.0f}%"
+        print(f"{tid:<{width}}  +{s['new']} episodes ({s['steps']} labelled steps; policy return "
+              f"{s['policy_return']:.2f}{succ})  -> {s['path']} ({s['episodes']} episodes)")
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2),
+                      "steps": sum(s["steps"] for s in summary.values()),
+                      "policy_return": {t: round(s["policy_return"], 3) for t, s in summary.items()}}))
