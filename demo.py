@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from omnipolicy.agent.train import TrainResult
 
 DEMO_EPISODES: dict[str, int] = {
     "classic": 30,
@@ -65,6 +69,11 @@ MAX_STEPS_OVERRIDE: dict[str, int] = {
 }
 
 
+DAGGER_MAX_STEPS = 400
+"""Episode cap of a DAgger round (besides the demonstrations' own caps): a policy that fails early in a long
+episode (Breakout without serving, a fallen pole still balanced by dm_control's 1000 steps) adds little after it."""
+
+
 @dataclass
 class DemoConfig:
     """Collect -> train -> evaluate -> report, with one set of weights for every task."""
@@ -79,8 +88,9 @@ class DemoConfig:
     """Collection worker processes."""
     preset: str = "cpu-tiny"
     """Model preset (`omnipolicy train --list-presets`)."""
-    train_steps: int = 9000
-    """Optimizer steps (the default fits the 30-minute budget on a 2-core CPU; fixed so runs are reproducible)."""
+    train_steps: int = 8000
+    """Optimizer steps (the default fits the 30-minute budget on a 2-core CPU with the DAgger rounds; fixed so runs
+    are reproducible)."""
     batch_size: int = 16
     """Windows per optimizer step."""
     lr: float = 1e-3
@@ -111,6 +121,13 @@ class DemoConfig:
     val_fraction: float = 0.05
     """Share of each task's demonstrations held out for the validation loss (TrainConfig.val_fraction; tasks with
     fewer than 20 keep all of theirs)."""
+    dagger_rounds: int = 2
+    """DAgger rounds during training (0: behaviour cloning only). Training stops after each of
+    ``train_steps * k / (rounds + 1)`` steps, the policy of that checkpoint runs ``dagger_episodes`` episodes of
+    every task with the expert labelling each state it reaches (``omnipolicy dagger``), and training resumes on
+    the demonstrations plus every round so far. The learning-rate schedule is the one of an uninterrupted run."""
+    dagger_episodes: int = 10
+    """Episodes per task per DAgger round (capped like the demonstrations, and at DAGGER_MAX_STEPS)."""
 
 
 def demo_command(argv: list[str], prog: str) -> None:
@@ -174,9 +191,75 @@ def episodes_for(task_id: str, cfg: DemoConfig) -> int:
     return EPISODES_OVERRIDE.get(task_id, DEMO_EPISODES[task_id.split("/")[0]])
 
 
+def dagger_stops(train_steps: int, rounds: int) -> list[int]:
+    """The steps after which training pauses for a DAgger round, then the last step: rounds + 1 even phases."""
+    return sorted({max(1, train_steps * k // (rounds + 1)) for k in range(1, rounds + 1)} | {train_steps})
+
+
+def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: dict[str, int | None],
+                      timings: dict[str, float]) -> TrainResult:
+    """Train in phases with DAgger rounds between them (see ``DemoConfig.dagger_rounds``).
+
+    A rerun continues where an interrupted one stopped: each phase resumes from the newest checkpoint, and
+    round ``k`` only tops each task's DAgger dataset up to ``k * dagger_episodes`` episodes, using the
+    checkpoint of the step it belongs to (a rerun past that step finds the round complete).
+
+    Returns:
+        The last phase's TrainResult.
+    """
+    from omnipolicy.agent import TrainConfig, train
+    from omnipolicy.datasets.collect import task_path
+    from omnipolicy.datasets.dagger import dagger_round
+    from omnipolicy.datasets.store import EpisodeStore
+
+    demos, dagger_dir = out / "data", out / "dagger"
+    stops = dagger_stops(cfg.train_steps, cfg.dagger_rounds) if cfg.dagger_rounds else [cfg.train_steps]
+    result = None
+    for k, stop in enumerate(stops):
+        result = train(
+            TrainConfig(
+                data=(demos, dagger_dir) if dagger_dir.is_dir() else (demos,),
+                holdout_from=(demos,),
+                out=out / "train",
+                preset=cfg.preset,
+                steps=cfg.train_steps,
+                stop_at=stop,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                warmup_steps=100,
+                seed=cfg.seed,
+                bin_sigma=cfg.bin_sigma,
+                action_inputs=cfg.action_inputs,
+                prompt_prob=cfg.prompt_prob,
+                val_fraction=cfg.val_fraction,
+                val_every=1000,
+                save_every=250,
+                resume=True,
+            )
+        )
+        if stop == cfg.train_steps:
+            break
+        if result.step > stop:
+            continue  # a rerun: this round was done before the interruption
+        t0 = time.perf_counter()
+        want = (k + 1) * cfg.dagger_episodes
+
+        def held(task_id: str) -> int:
+            path = task_path(dagger_dir, task_id)
+            return EpisodeStore(path).num_episodes if path.is_dir() else 0
+
+        missing = {t: max(0, want - held(t)) for t in tasks}
+        round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in tasks}
+        print(f"DAgger round {k + 1}/{len(stops) - 1}: the step-{stop} policy runs {cfg.dagger_episodes} episodes "
+              f"per task, the experts label every state it reaches")
+        dagger_round(result.checkpoint, tasks, missing, dagger_dir, max_steps=round_caps,
+                              workers=cfg.eval_workers)
+        timings["dagger_s"] = timings.get("dagger_s", 0.0) + time.perf_counter() - t0
+    return result
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
-    from omnipolicy.agent import TrainConfig, train
     from omnipolicy.datasets.collect import collect
     from omnipolicy.envs import DEFAULT_SUITE, get_task
     from omnipolicy.envs.evaluate import PolicyActor, evaluate
@@ -203,29 +286,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                                  max_steps=caps))
     timings["collect_s"] = time.perf_counter() - t0
 
-    # 2. One generalist on all of it, for a wall-clock budget.
+    # 2. One generalist on all of it, with DAgger rounds between phases of one learning-rate schedule.
     t0 = time.perf_counter()
-    print(f"[2/3] training {cfg.preset} on {len(tasks)} tasks for {cfg.train_steps} steps")
-    result = train(
-        TrainConfig(
-            data=(out / "data",),
-            out=out / "train",
-            preset=cfg.preset,
-            steps=cfg.train_steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            warmup_steps=100,
-            seed=cfg.seed,
-            bin_sigma=cfg.bin_sigma,
-            action_inputs=cfg.action_inputs,
-            prompt_prob=cfg.prompt_prob,
-            val_fraction=cfg.val_fraction,
-            val_every=1000,
-            save_every=250,
-            resume=True,
-        )
-    )
-    timings["train_s"] = time.perf_counter() - t0
+    print(f"[2/3] training {cfg.preset} on {len(tasks)} tasks for {cfg.train_steps} steps"
+          + (f" with {cfg.dagger_rounds} DAgger round(s)" if cfg.dagger_rounds else ""))
+    result = train_with_dagger(cfg, out, tasks, caps, timings)
+    timings["train_s"] = time.perf_counter() - t0 - timings.get("dagger_s", 0.0)
     if result.val_loss:
         print(result.validation_summary() + " (every task's in report.json's protocol, TensorBoard's val/ and fit/)")
 
@@ -249,6 +315,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             "demonstrations": {t: collected[t]["episodes"] for t in tasks},
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}, prompt share {cfg.prompt_prob}, "
                         f"{cfg.val_fraction:.0%} of each task's demonstrations held out for validation",
+            "dagger": (f"{cfg.dagger_rounds} round(s) after steps "
+                       f"{dagger_stops(cfg.train_steps, cfg.dagger_rounds)[:-1]}, {cfg.dagger_episodes} policy episodes "
+                       f"per task each (capped at {DAGGER_MAX_STEPS} steps), labelled by the experts"
+                       if cfg.dagger_rounds else "none"),
             "continuous_decoding": actor.policy.continuous_decoding,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
             "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from omnipolicy.cli import main
+from omnipolicy.datasets import EpisodeStore
+from omnipolicy.datasets.collect import task_path
 
 
 def test_demo_smoke_collect_train_eval_report(tmp_path, load_script):
@@ -16,7 +18,7 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, load_script):
     argv = [
         "demo", "--out", str(out), "--tasks", "classic/cartpole-v1", "classic/pendulum-v1",
         "--episodes", "3", "--workers", "0", "--train-steps", "20", "--batch-size", "4",
-        "--eval-episodes", "2", "--eval-envs", "2", "--no-video", "--val-fraction", "0.34",
+        "--eval-episodes", "2", "--eval-envs", "2", "--no-video", "--val-fraction", "0.34", "--dagger-episodes", "2",
     ]
     main(argv)
     elapsed = time.perf_counter() - start
@@ -34,8 +36,13 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, load_script):
     # one of 3 demonstrations per task held out: both tasks have a validation and a training-episodes loss
     for key in ("validation_loss", "training_episodes_loss"):
         assert set(report["protocol"][key]) == {"classic/cartpole-v1", "classic/pendulum-v1"}
+    # two DAgger rounds (after steps 6 and 13 of 20) of 2 policy episodes per task, held out of validation
+    assert report["protocol"]["dagger"].startswith("2 round(s) after steps [6, 13], 2 policy episodes per task")
+    dagger_episodes = {t: EpisodeStore(task_path(out / "dagger", t)).num_episodes for t in report["tasks"]}
+    assert dagger_episodes == {"classic/cartpole-v1": 4, "classic/pendulum-v1": 4}
     # a rerun of the finished run (say, after an interrupted evaluation) skips training and evaluates the same checkpoint
     main(argv)
+    assert {t: EpisodeStore(task_path(out / "dagger", t)).num_episodes for t in report["tasks"]} == dagger_episodes
     rerun = json.loads((out / "report.json").read_text())
     assert rerun["protocol"]["checkpoint"] == report["protocol"]["checkpoint"]
     assert rerun["protocol"]["validation_loss"] == report["protocol"]["validation_loss"]
