@@ -106,3 +106,12 @@ def test_experts_act_as_well_on_tokenised_observations(load_script):
     assert results["classic/cartpole-v1"]["exact_return"] == results["classic/cartpole-v1"]["tokens_return"] == 500.0
     exact, tokens = results["classic/pendulum-v1"]["exact_return"], results["classic/pendulum-v1"]["tokens_return"]
     assert abs(tokens - exact) < 0.1 * abs(exact)
+
+
+def test_dagger_rounds_only_for_the_dagger_domains():
+    from omnipolicy.demo import DemoConfig, dagger_rounds, dagger_stops
+
+    cfg = DemoConfig()
+    assert dagger_rounds(cfg, ["metaworld/reach-v3", "classic/pendulum-v1"]) == 2
+    assert dagger_rounds(cfg, ["metaworld/reach-v3"]) == 0  # Meta-World trains on its demonstrations alone
+    assert dagger_stops(8500, 2) == [2833, 5666, 8500] and dagger_stops(20, 0) == [20]
