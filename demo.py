@@ -203,9 +203,14 @@ def dagger_stops(train_steps: int, rounds: int) -> list[int]:
     return sorted({max(1, train_steps * k // (rounds + 1)) for k in range(1, rounds + 1)} | {train_steps})
 
 
+def dagger_tasks(tasks: Sequence[str]) -> list[str]:
+    """The tasks that get DAgger rounds: those of DAGGER_DOMAINS."""
+    return [t for t in tasks if t.split("/")[0] in DAGGER_DOMAINS]
+
+
 def dagger_rounds(cfg: DemoConfig, tasks: Sequence[str]) -> int:
     """The DAgger rounds the run makes: ``cfg.dagger_rounds``, or 0 when no task is of DAGGER_DOMAINS."""
-    return cfg.dagger_rounds if any(t.split("/")[0] in DAGGER_DOMAINS for t in tasks) else 0
+    return max(0, cfg.dagger_rounds) if dagger_tasks(tasks) else 0
 
 
 def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: dict[str, int | None],
@@ -225,7 +230,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
     from omnipolicy.datasets.store import EpisodeStore
 
     demos, dagger_dir = out / "data", out / "dagger"
-    dagger_tasks = [t for t in tasks if t.split("/")[0] in DAGGER_DOMAINS]
+    labelled = dagger_tasks(tasks)
     rounds = dagger_rounds(cfg, tasks)
     stops = dagger_stops(cfg.train_steps, rounds) if rounds else [cfg.train_steps]
     result = None
@@ -262,11 +267,11 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
             path = task_path(dagger_dir, task_id)
             return EpisodeStore(path).num_episodes if path.is_dir() else 0
 
-        missing = {t: max(0, want - held(t)) for t in dagger_tasks}
-        round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in dagger_tasks}
+        missing = {t: max(0, want - held(t)) for t in labelled}
+        round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in labelled}
         print(f"DAgger round {k + 1}/{len(stops) - 1}: the step-{stop} policy runs {cfg.dagger_episodes} episodes "
-              f"of each of {len(dagger_tasks)} tasks, the experts label every state it reaches")
-        dagger_round(result.checkpoint, dagger_tasks, missing, dagger_dir, max_steps=round_caps,
+              f"of each of {len(labelled)} tasks, the experts label every state it reaches")
+        dagger_round(result.checkpoint, labelled, missing, dagger_dir, max_steps=round_caps,
                      workers=cfg.eval_workers)
         timings["dagger_s"] = timings.get("dagger_s", 0.0) + time.perf_counter() - t0
     return result
