@@ -309,6 +309,8 @@ def holdout_eligible(cache: Any, holdout_from: Sequence[Path]) -> np.ndarray:
     """
     from omnipolicy.datasets.cache import EPISODE_COLUMNS
 
+    if not cache.num_episodes:
+        return np.zeros(0, bool)
     store_of = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("store_index")]
     if not holdout_from:
         return np.ones(len(store_of), bool)
