@@ -67,7 +67,7 @@ class DaggerConfig:
 
 
 def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: int | None = None,
-                    expert_share: float = 0.0) -> list[Episode]:
+                    expert_share: float = 0.0, chosen: list[list[Any]] | None = None) -> list[Episode]:
     """Run ``actor`` in one environment per seed, side by side; label every visited state with the expert's action.
 
     Args:
@@ -76,6 +76,8 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
         seeds: reset seed of each episode.
         max_steps: cap on episode length (default and upper bound: the task's ``max_steps``).
         expert_share: probability that a step executes the expert's action instead of the actor's.
+        chosen: if given, an empty list that receives, per episode, the actions the actor chose (executed or not),
+            e.g. to compare them with the expert's labels (``scripts/action_error.py``).
 
     Returns:
         One :class:`Episode` per seed: the observations the actor met, the expert's actions, the rewards the
@@ -97,6 +99,7 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
     obs: list[dict] = []
     frames: list[dict[str, list]] = []
     labels: list[list] = [[] for _ in range(n)]
+    picks: list[list] = [[] for _ in range(n)]
     rewards: list[list[float]] = [[] for _ in range(n)]
     success = [False] * n
     terminated = [False] * n
@@ -118,6 +121,7 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
             for name, values in frames[k].items():
                 values.append(obs[k][name])
             labels[k].append(label)
+            picks[k].append(action)
             if expert_share > 0 and rng.random() < expert_share:
                 action = label
             obs[k], reward, term, trunc, info = envs[k].step(action)
@@ -130,6 +134,8 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
         active = still
     for env in envs:
         env.close()
+    if chosen is not None:
+        chosen.extend(picks)
     out = []
     for k, seed in enumerate(seeds):
         observations = {f.name: frames[k][f.name] if f.kind == "text" else np.array(frames[k][f.name], dtype=f.dtype)

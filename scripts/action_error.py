@@ -26,8 +26,9 @@ import tqdm
 import tyro
 
 from omnipolicy.agent import load_meta
+from omnipolicy.datasets.dagger import policy_episodes
 from omnipolicy.envs.evaluate import PolicyActor
-from omnipolicy.envs.registry import get_task, make_env, make_expert
+from omnipolicy.envs.registry import get_task
 
 
 @dataclass(frozen=True)
@@ -49,31 +50,13 @@ def action_error(actor: PolicyActor, task_id: str, envs: int, steps: int, seed: 
     spec = get_task(task_id)
     if spec.timestep.action.kind != "continuous":
         raise ValueError(f"{task_id}: action error needs a continuous action, the task's is {spec.timestep.action.kind}")
-    pool = [make_env(task_id) for _ in range(envs)]
-    experts = [make_expert(task_id, seed=k) for k in range(envs)]
-    actor.begin(spec, pool)
-    obs = []
-    for k, env in enumerate(pool):
-        o, _ = env.reset(seed=seed + k)
-        actor.reset_env(k, o)
-        experts[k].reset(env, o)
-        obs.append(o)
-    active, errors = list(range(envs)), []
-    for _ in range(steps):
-        predicted = actor.act(active, [obs[k] for k in active])
-        still = []
-        for k, guess in zip(active, predicted):
-            expert = np.asarray(experts[k].act(pool[k], obs[k]), dtype=np.float64)
-            errors.append(np.abs(np.asarray(guess, dtype=np.float64) - expert))
-            obs[k], _, terminated, truncated, _ = pool[k].step(expert)
-            if not (terminated or truncated):
-                still.append(k)
-        active = still
-        if not active:
-            break
-    for env in pool:
-        env.close()
-    return float(np.mean(errors))
+    predicted: list[list] = []
+    episodes = policy_episodes(actor, task_id, [seed + k for k in range(envs)], max_steps=steps, expert_share=1.0,
+                               chosen=predicted)
+    return float(np.mean(np.concatenate([
+        np.abs(np.asarray(guesses, dtype=np.float64) - np.asarray(ep.actions, dtype=np.float64)).ravel()
+        for guesses, ep in zip(predicted, episodes)
+    ])))
 
 
 def main(cfg: Config) -> dict[str, float]:
