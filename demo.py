@@ -307,8 +307,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 2. One generalist on all of it, with DAgger rounds between phases of one learning-rate schedule.
     t0 = time.perf_counter()
+    rounds = dagger_rounds(cfg, tasks)
     print(f"[2/3] training {cfg.preset} on {len(tasks)} tasks for {cfg.train_steps} steps"
-          + (f" with {dagger_rounds(cfg, tasks)} DAgger round(s)" if dagger_rounds(cfg, tasks) else ""))
+          + (f" with {rounds} DAgger round(s)" if rounds else ""))
     result = train_with_dagger(cfg, out, tasks, caps, timings)
     timings["train_s"] = time.perf_counter() - t0 - timings.get("dagger_s", 0.0)
     if result.val_loss:
@@ -334,10 +335,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             "demonstrations": {t: collected[t]["episodes"] for t in tasks},
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}, prompt share {cfg.prompt_prob}, "
                         f"{cfg.val_fraction:.0%} of each task's demonstrations held out for validation",
-            "dagger": (f"{dagger_rounds(cfg, tasks)} round(s) after steps "
-                       f"{dagger_stops(cfg.train_steps, dagger_rounds(cfg, tasks))[:-1]}, {cfg.dagger_episodes} policy "
-                       f"episodes per task each (capped at {DAGGER_MAX_STEPS} steps), labelled by the experts, for the "
-                       f"{', '.join(DAGGER_DOMAINS)} tasks" if dagger_rounds(cfg, tasks) else "none"),
+            "dagger": (f"{rounds} round(s) after steps {dagger_stops(cfg.train_steps, rounds)[:-1]}, "
+                       f"{cfg.dagger_episodes} policy episodes per task each (capped at {DAGGER_MAX_STEPS} steps), "
+                       f"labelled by the experts, for the {', '.join(DAGGER_DOMAINS)} tasks" if rounds else "none"),
             "continuous_decoding": actor.policy.continuous_decoding,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
             "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},
