@@ -75,6 +75,16 @@ tasks fell from 44.7-48.8 to 37.8 (window-open 25-40 -> 5, drawer-close 97 -> 62
 (cartpole-swingup 17-26 -> 41, Pong -2 -> 18); a third of each Meta-World task's windows then came from the
 early policies' wandering, which the underfitting model learned at the demonstrations' expense."""
 
+DAGGER_SKIP: frozenset[str] = frozenset({"classic/cartpole-v1", "classic/acrobot-v1", "classic/mountaincar-v0"})
+"""Tasks of DAGGER_DOMAINS left out of the rounds: the discrete classic tasks, at expert level from their clean
+demonstrations alone. With rounds, CartPole-v1 fell from 86-100 (four runs without) to 48 and 32 (two runs with)."""
+
+DAGGER_EPISODE_SCALE: dict[str, int] = {
+    "classic/pendulum-v1": 3,  # 10 per round were lost among its 100 demonstrations; 20 gave +38 in an experiment
+    "dmc/reacher-easy": 2,  # a new target each episode; 80 demonstrations of 150 steps
+}
+"""Per-task multiples of ``DemoConfig.dagger_episodes`` (short episodes, many demonstrations to be heard over)."""
+
 DAGGER_MAX_STEPS = 400
 """Episode cap of a DAgger round (besides the demonstrations' own caps): a policy that fails early in a long
 episode (Breakout without serving, a fallen pole still balanced by dm_control's 1000 steps) adds little after it."""
@@ -134,7 +144,8 @@ class DemoConfig:
     training resumes on the demonstrations plus every round so far. The learning-rate schedule is the one of an
     uninterrupted run."""
     dagger_episodes: int = 10
-    """Episodes per task per DAgger round (capped like the demonstrations, and at DAGGER_MAX_STEPS)."""
+    """Episodes per task per DAgger round (capped like the demonstrations, and at DAGGER_MAX_STEPS; times
+    DAGGER_EPISODE_SCALE for the tasks it names; DAGGER_SKIP's tasks get none)."""
 
 
 def demo_command(argv: list[str], prog: str) -> None:
@@ -204,8 +215,13 @@ def dagger_stops(train_steps: int, rounds: int) -> list[int]:
 
 
 def dagger_tasks(tasks: Sequence[str]) -> list[str]:
-    """The tasks that get DAgger rounds: those of DAGGER_DOMAINS."""
-    return [t for t in tasks if t.split("/")[0] in DAGGER_DOMAINS]
+    """The tasks that get DAgger rounds: those of DAGGER_DOMAINS, less DAGGER_SKIP."""
+    return [t for t in tasks if t.split("/")[0] in DAGGER_DOMAINS and t not in DAGGER_SKIP]
+
+
+def dagger_episodes_for(task_id: str, cfg: DemoConfig) -> int:
+    """Policy episodes a DAgger round adds for ``task_id``: ``cfg.dagger_episodes`` times its DAGGER_EPISODE_SCALE."""
+    return cfg.dagger_episodes * DAGGER_EPISODE_SCALE.get(task_id, 1)
 
 
 def dagger_rounds(cfg: DemoConfig, tasks: Sequence[str]) -> int:
@@ -261,16 +277,16 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
         if result.step > stop:
             continue  # a rerun: this round was done before the interruption
         t0 = time.perf_counter()
-        want = (k + 1) * cfg.dagger_episodes
 
         def held(task_id: str) -> int:
             path = task_path(dagger_dir, task_id)
             return EpisodeStore(path).num_episodes if path.is_dir() else 0
 
-        missing = {t: max(0, want - held(t)) for t in labelled}
+        missing = {t: max(0, (k + 1) * dagger_episodes_for(t, cfg) - held(t)) for t in labelled}
         round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in labelled}
         print(f"DAgger round {k + 1}/{len(stops) - 1}: the step-{stop} policy runs {cfg.dagger_episodes} episodes "
-              f"of each of {len(labelled)} tasks, the experts label every state it reaches")
+              f"of each of {len(labelled)} tasks (more of {sorted(set(DAGGER_EPISODE_SCALE) & set(labelled))}), "
+              f"the experts label every state it reaches")
         dagger_round(result.checkpoint, labelled, missing, dagger_dir, max_steps=round_caps,
                      workers=cfg.eval_workers)
         timings["dagger_s"] = timings.get("dagger_s", 0.0) + time.perf_counter() - t0
@@ -337,7 +353,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                         f"{cfg.val_fraction:.0%} of each task's demonstrations held out for validation",
             "dagger": (f"{rounds} round(s) after steps {dagger_stops(cfg.train_steps, rounds)[:-1]}, "
                        f"{cfg.dagger_episodes} policy episodes per task each (capped at {DAGGER_MAX_STEPS} steps), "
-                       f"labelled by the experts, for the {', '.join(DAGGER_DOMAINS)} tasks" if rounds else "none"),
+                       f"labelled by the experts, for the {', '.join(DAGGER_DOMAINS)} tasks; per task: "
+                       f"{ {t: dagger_episodes_for(t, cfg) for t in dagger_tasks(tasks)} }" if rounds else "none"),
             "continuous_decoding": actor.policy.continuous_decoding,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
             "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},
