@@ -19,6 +19,7 @@ tokenizer, and rebuilds it otherwise (a new episode, a rewritten file, another t
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -187,8 +188,6 @@ class TokenCache:
 
     @staticmethod
     def _build(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", out: Path, fp: dict, progress: bool) -> None:
-        from tqdm import tqdm
-
         task_ids = sorted({t for s in stores for t in s.task_ids})
         specs: dict[str, dict] = {}
         for s in stores:
@@ -200,6 +199,41 @@ class TokenCache:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = out / f".build-{os.getpid()}"
         tmp.mkdir()
+        try:
+            sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # free what the build took
+            if e.errno == errno.ENOSPC:
+                free = shutil.disk_usage(out).free
+                raise OSError(errno.ENOSPC, f"No space left on the device of {out} while writing the token cache "
+                                            f"({free / 2**30:.1f} GiB free now); free some space or give the run "
+                                            f"another --out") from e
+            raise
+        (out / MANIFEST).unlink(missing_ok=True)
+        for name in ARRAYS:
+            os.replace(tmp / f"{name}.npy", out / f"{name}.npy")
+        tmp.rmdir()
+        manifest = {
+            "digest": _digest(fp),
+            "fingerprint": fp,
+            "task_ids": task_ids,
+            "specs": specs,
+            "sizes": sizes,
+            "stores": [str(s.root) for s in stores],
+            "columns": list(EPISODE_COLUMNS),
+        }
+        write_json_atomic(out / MANIFEST, manifest)
+
+    @staticmethod
+    def _write_arrays(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", task_ids: list[str], tmp: Path,
+                      progress: bool) -> dict[str, int]:
+        """Tokenize every episode into ``tmp/<array>.npy``; return each array's length.
+
+        Everything is written with plain file writes, so a full disk raises OSError (ENOSPC); writing
+        through a memory map would kill the process with SIGBUS instead.
+        """
+        from tqdm import tqdm
+
         streams = {name: open(tmp / f"{name}.bin", "wb") for name in ARRAYS}  # noqa: SIM115
         sizes = dict.fromkeys(ARRAYS, 0)
         n_tok = n_patch = 0
@@ -235,30 +269,18 @@ class TokenCache:
             bar.close()
             for fh in streams.values():
                 fh.close()
-        # .bin -> .npy (a header the loader can memory-map), then swap in; the manifest goes last.
+        # .bin -> .npy: an .npy header (so the loader can memory-map it), then the raw bytes
         for name, (dtype, tail) in ARRAYS.items():
-            raw = np.memmap(tmp / f"{name}.bin", dtype=dtype, mode="r", shape=(sizes[name], *tail)) if sizes[name] else np.zeros((0, *tail), dtype)
-            arr = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(sizes[name], *tail))
-            step = 1 << 22
-            for i in range(0, sizes[name], step):
-                arr[i : i + step] = raw[i : i + step]
-            arr.flush()
-            del arr, raw
-            (tmp / f"{name}.bin").unlink()
-        (out / MANIFEST).unlink(missing_ok=True)
-        for name in ARRAYS:
-            os.replace(tmp / f"{name}.npy", out / f"{name}.npy")
-        tmp.rmdir()
-        manifest = {
-            "digest": _digest(fp),
-            "fingerprint": fp,
-            "task_ids": task_ids,
-            "specs": specs,
-            "sizes": sizes,
-            "stores": [str(s.root) for s in stores],
-            "columns": list(EPISODE_COLUMNS),
-        }
-        write_json_atomic(out / MANIFEST, manifest)
+            src, dst = tmp / f"{name}.bin", tmp / f"{name}.npy"
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                      "shape": (sizes[name], *tail)}
+            with open(dst, "wb") as fh, open(src, "rb") as raw:
+                np.lib.format.write_array_header_1_0(fh, header)
+                shutil.copyfileobj(raw, fh, 1 << 22)
+                fh.flush()
+                os.fsync(fh.fileno())
+            src.unlink()
+        return sizes
 
     # -- access --------------------------------------------------------------------------------------------
 

@@ -77,6 +77,22 @@ def test_cache_holds_exact_tokens_and_patches(stores: Path, tmp_path: Path, tok:
         np.testing.assert_array_equal(cache.patches[pidx[is_patch]], want.patches)
 
 
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_build(stores: Path, tmp_path: Path, tok: Tokenizer,
+                                                                    monkeypatch) -> None:
+    import errno
+    import shutil
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)  # the .bin -> .npy copy
+    with pytest.raises(OSError, match="No space left on the device of .* while writing the token cache"):
+        TokenCache.build([stores], tok, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob(".build-*")) and not list((tmp_path / "cache").glob("*.npy"))
+    monkeypatch.undo()  # with space again, the build completes
+    assert TokenCache.build([stores], tok, tmp_path / "cache", progress=False).num_episodes == 8
+
+
 def test_cache_rebuilds_only_on_change(stores: Path, tmp_path: Path, tok: Tokenizer) -> None:
     out = tmp_path / "cache"
     first = TokenCache.build([stores], tok, out, progress=False)
