@@ -140,7 +140,7 @@ class DemoConfig:
     dagger_rounds: int = 2
     """DAgger rounds during training (0: behaviour cloning only). Training stops after each of
     ``train_steps * k / (rounds + 1)`` steps, the policy of that checkpoint runs ``dagger_episodes`` episodes of
-    every task of DAGGER_DOMAINS with the expert labelling each state it reaches (``omnipolicy dagger``), and
+    every task of ``dagger_tasks`` with the expert labelling each state it reaches (``omnipolicy dagger``), and
     training resumes on the demonstrations plus every round so far. The learning-rate schedule is the one of an
     uninterrupted run."""
     dagger_episodes: int = 10
@@ -225,7 +225,7 @@ def dagger_episodes_for(task_id: str, cfg: DemoConfig) -> int:
 
 
 def dagger_rounds(cfg: DemoConfig, tasks: Sequence[str]) -> int:
-    """The DAgger rounds the run makes: ``cfg.dagger_rounds``, or 0 when no task is of DAGGER_DOMAINS."""
+    """The DAgger rounds the run makes: ``cfg.dagger_rounds``, or 0 when no task gets rounds (``dagger_tasks``)."""
     return max(0, cfg.dagger_rounds) if dagger_tasks(tasks) else 0
 
 
@@ -234,7 +234,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
     """Train in phases with DAgger rounds between them (see ``DemoConfig.dagger_rounds``).
 
     A rerun continues where an interrupted one stopped: each phase resumes from the newest checkpoint, and
-    round ``k`` only tops each task's DAgger dataset up to ``k * dagger_episodes`` episodes, using the
+    round ``k`` only tops each task's DAgger dataset up to ``k * dagger_episodes_for(task)`` episodes, using the
     checkpoint of the step it belongs to (a rerun past that step finds the round complete).
 
     Returns:
