@@ -239,15 +239,15 @@ def dagger_rounds(cfg: DemoConfig, tasks: Sequence[str]) -> int:
     return max(0, cfg.dagger_rounds) if dagger_tasks(tasks) else 0
 
 
-def dagger_shortfall(want_episodes: int, want_steps: int, held_episodes: int, held_steps: int, cap: int) -> int:
+def dagger_shortfall(want_episodes: int, want_steps: int, held_episodes: int, held_steps: int,
+                     per_episode: float) -> int:
     """Episodes a DAgger round still has to run for one task to hold ``want_episodes`` and ``want_steps``.
 
-    The steps still missing are divided by the mean length of the episodes held so far (``cap``, the longest
-    an episode may be, when none is held); the answer is at most DAGGER_MAX_EPISODES.
+    The steps still missing are divided by ``per_episode``, the expected length of one more episode (the mean
+    of this round's last pass; the episode cap before any); the answer is at most DAGGER_MAX_EPISODES.
     """
     need = max(0, want_episodes - held_episodes)
     if held_steps < want_steps:
-        per_episode = held_steps / held_episodes if held_episodes else cap
         need = max(need, math.ceil((want_steps - held_steps) / max(per_episode, 1.0)))
     return min(need, DAGGER_MAX_EPISODES)
 
@@ -258,7 +258,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
 
     Round ``k`` tops each task's DAgger dataset up to ``k`` times its episodes per round
     (``dagger_episodes_for``) and ``k`` times DAGGER_STEP_SHARE of its demonstration steps, in up to three
-    passes (the later ones sized by the mean length of the policy's episodes so far). A rerun continues where
+    passes (the later ones sized by the mean length of the last pass's episodes). A rerun continues where
     an interrupted one stopped: each phase resumes from the newest checkpoint, and a round only tops up, with
     the checkpoint of the step it belongs to (a rerun past that step finds the round complete).
 
@@ -316,12 +316,14 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
               f"of each of {len(labelled)} tasks (more of {sorted(set(DAGGER_EPISODE_SCALE) & set(labelled))}, and "
               f"of those whose episodes label under {DAGGER_STEP_SHARE:.0%} of their demonstrations' steps), "
               f"the experts label every state it reaches")
+        per_episode = {t: float(round_caps[t]) for t in labelled}
         for _ in range(3):
-            missing = {t: dagger_shortfall(*want[t], *held(t), round_caps[t]) for t in labelled}
+            missing = {t: dagger_shortfall(*want[t], *held(t), per_episode[t]) for t in labelled}
             if not any(missing.values()):
                 break
             summary = dagger_round(result.checkpoint, [t for t in labelled if missing[t]], missing, dagger_dir,
                                    max_steps=round_caps, workers=cfg.eval_workers)
+            per_episode.update({t: s["steps"] / s["new"] for t, s in summary.items() if s["new"]})
             print("  policy return in the round's episodes: " + ", ".join(
                 f"{t} {s['policy_return']:.1f} (+{s['new']} ep, {s['steps']} steps)" for t, s in summary.items()))
         timings["dagger_s"] = timings.get("dagger_s", 0.0) + time.perf_counter() - t0

@@ -114,13 +114,13 @@ def test_dagger_shortfall_counts_episodes_and_steps():
     from omnipolicy.demo import DAGGER_MAX_EPISODES, dagger_shortfall
 
     # enough steps: only the episode count matters
-    assert dagger_shortfall(10, 2400, 0, 0, cap=400) == 10
-    assert dagger_shortfall(20, 4800, 10, 4000, cap=400) == 10
-    assert dagger_shortfall(10, 2400, 10, 4000, cap=400) == 0
+    assert dagger_shortfall(10, 2400, 0, 0, per_episode=400) == 10
+    assert dagger_shortfall(20, 4800, 10, 4000, per_episode=400) == 10
+    assert dagger_shortfall(10, 2400, 10, 4000, per_episode=400) == 0
     # short episodes (a pendulum that falls within 43 steps): the steps missing / their mean length
-    assert dagger_shortfall(10, 6000, 10, 430, cap=400) == 130  # ceil(5570 / 43)
-    assert dagger_shortfall(10, 6000, 0, 0, cap=400) == 15  # no episode yet: sized as if each ran to the cap
-    assert dagger_shortfall(10, 10**6, 10, 10, cap=400) == DAGGER_MAX_EPISODES
+    assert dagger_shortfall(10, 6000, 10, 430, per_episode=43) == 130  # ceil(5570 / 43)
+    assert dagger_shortfall(10, 6000, 0, 0, per_episode=400) == 15  # before any episode: sized by the cap
+    assert dagger_shortfall(10, 10**6, 10, 10, per_episode=1) == DAGGER_MAX_EPISODES
 
 
 def test_dagger_rounds_only_for_the_dagger_domains():
