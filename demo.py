@@ -244,7 +244,8 @@ def dagger_shortfall(want_episodes: int, want_steps: int, held_episodes: int, he
     """Episodes a DAgger round still has to run for one task to hold ``want_episodes`` and ``want_steps``.
 
     The steps still missing are divided by ``per_episode``, the expected length of one more episode (the mean
-    of this round's last pass; the episode cap before any); the answer is at most DAGGER_MAX_EPISODES.
+    of this round's last pass; before any, a demonstration's mean length, at most the round's cap); the answer
+    is at most DAGGER_MAX_EPISODES.
     """
     need = max(0, want_episodes - held_episodes)
     if held_steps < want_steps:
@@ -309,14 +310,17 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
             return (store.num_episodes, store.num_frames) if store else (0, 0)
 
         round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in labelled}
+        shown = {t: EpisodeStore(task_path(demos, t)) for t in labelled}
         want = {t: ((k + 1) * dagger_episodes_for(t, cfg),
-                    (k + 1) * math.ceil(DAGGER_STEP_SHARE * EpisodeStore(task_path(demos, t)).num_frames))
+                    (k + 1) * math.ceil(DAGGER_STEP_SHARE * shown[t].num_frames))
                 for t in labelled}
         print(f"DAgger round {k + 1}/{len(stops) - 1}: the step-{stop} policy runs {cfg.dagger_episodes} episodes "
               f"of each of {len(labelled)} tasks (more of {sorted(set(DAGGER_EPISODE_SCALE) & set(labelled))}, and "
               f"of those whose episodes label under {DAGGER_STEP_SHARE:.0%} of their demonstrations' steps), "
               f"the experts label every state it reaches")
-        per_episode = {t: float(round_caps[t]) for t in labelled}
+        # first pass: an episode is expected to last as long as a demonstration (at most the round's cap)
+        per_episode = {t: min(float(round_caps[t]), shown[t].num_frames / max(shown[t].num_episodes, 1))
+                       for t in labelled}
         for _ in range(3):
             missing = {t: dagger_shortfall(*want[t], *held(t), per_episode[t]) for t in labelled}
             if not any(missing.values()):
