@@ -4,13 +4,6 @@ Each named dm_control observation becomes a flat float32 vector of the same name
 (scalars become shape (1,)). The ``-pixels`` variants observe only an 84x84 RGB
 image from camera 0 (shadows off), with the same dynamics, expert and scores as
 the state task. Episodes last 1000 steps, dm_control's own time limit.
-
-One departure from dm_control's observations: the reacher's shoulder is a free
-hinge, and dm_control gives its angle unwrapped, so an arm turned once around
-reads ~6.3 rad more than the same pose. A policy that overshoots and spins the
-arm then sees angles no demonstration holds (a demo checkpoint spun it past
-pi in 9 of 10 evaluation episodes, once to 66 rad). The angle is given wrapped
-to ``[-pi, pi)`` (``WRAPPED``), as the robot bridge's recipe reads it.
 """
 
 from __future__ import annotations
@@ -20,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from omnipolicy.envs.base import TaskEnv
-from omnipolicy.envs.experts.mujoco import wrap_angle
 from omnipolicy.envs.registry import bounded_action, image, register_task, vector
 
 CARTPOLE = (vector("position", 3), vector("velocity", 2))
@@ -32,8 +24,6 @@ SWINGUP = "Swing the hanging pole up by moving the cart, then balance it upright
 POINT = "Push the point mass to the target at the centre and keep it there."
 REACH = "Move the tip of the two-link arm onto the target."
 EXPERTS = {"cartpole": "CartpoleExpert", "point_mass": "PointMassExpert", "reacher": "ReacherExpert"}
-WRAPPED: dict[str, dict[str, tuple[int, ...]]] = {"reacher": {"position": (0,)}}
-"""domain -> observation key -> elements that are angles of free hinges, wrapped to [-pi, pi)."""
 
 
 def dmc_task(id: str, *, action_size: int, domain_name: str, **kwargs):
@@ -67,7 +57,6 @@ class DmcEnv(TaskEnv):
         self.env = suite.load(domain_name, task_name, task_kwargs={"random": 0})
         self.physics.model.light_castshadow[:] = 0
         self.pixels = pixels
-        self.wrapped = WRAPPED.get(domain_name, {})
         if self.env.action_spec().shape != spec.timestep.action.shape:
             raise ValueError(f"{spec.id}: dm_control action shape {self.env.action_spec().shape} != spec")
 
@@ -91,11 +80,7 @@ class DmcEnv(TaskEnv):
     def _observe(self, time_step) -> dict[str, Any]:
         if self.pixels:
             return {"image": self.physics.render(84, 84, camera_id=0)}
-        obs = {k: np.asarray(v).reshape(-1) for k, v in time_step.observation.items()}
-        for key, elements in self.wrapped.items():
-            obs[key] = obs[key].copy()
-            obs[key][list(elements)] = wrap_angle(obs[key][list(elements)])
-        return obs
+        return {k: np.asarray(v).reshape(-1) for k, v in time_step.observation.items()}
 
     def _reset(self, seed: int | None) -> tuple[dict[str, Any], dict]:
         if seed is not None:

@@ -14,8 +14,7 @@ spec before acting.
 ==============  =============================  ==========================================
 observation     topic, field                   names (element order)
 ==============  =============================  ==========================================
-``position``    ``/joint_states`` position     ``shoulder``, ``wrist`` (rad; the free
-                                               shoulder wrapped to [-pi, pi))
+``position``    ``/joint_states`` position     ``shoulder``, ``wrist`` (rad)
 ``velocity``    ``/joint_states`` velocity     ``shoulder``, ``wrist`` (rad/s)
 ``to_target``   ``/sim_robot/task_state``      ``to_target_x``, ``to_target_y`` (m; target
                 position                       minus fingertip, world frame)
@@ -59,8 +58,6 @@ class NamedSource:
         field: ``position``, ``velocity`` or ``effort``.
         names: the names whose values make the observation vector, in its element order.
         ignored: other names the topic may carry (dropped).
-        wrapped: names whose values are angles of free (continuous) joints, given wrapped to ``[-pi, pi)``
-            as the task's observation has them (a ``JointState`` may report such a joint unwrapped).
     """
 
     key: str
@@ -68,16 +65,11 @@ class NamedSource:
     field: Literal["position", "velocity", "effort"]
     names: tuple[str, ...]
     ignored: tuple[str, ...] = ()
-    wrapped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.field not in ("position", "velocity", "effort"):
             raise ValueError(f"NamedSource {self.key!r}: field must be position, velocity or effort, got {self.field!r}")
-        unknown = sorted(set(self.wrapped) - set(self.names))
-        if unknown:
-            raise ValueError(f"NamedSource {self.key!r}: wrapped names {unknown} are not among its names {list(self.names)}")
         object.__setattr__(self, "_map", JointMap(tuple(self.names), ignored=tuple(self.ignored)))
-        object.__setattr__(self, "_wrapped", [self.names.index(n) for n in self.wrapped])
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,14 +81,10 @@ class NamedSource:
         Raises:
             ValueError: unknown, missing or duplicate names, wrong lengths, an empty field, NaN/inf.
         """
-        values = self._map.task_vector(msg, self.field)  # type: ignore[attr-defined]
-        if self._wrapped:  # type: ignore[attr-defined]
-            values[self._wrapped] = (values[self._wrapped] + math.pi) % (2 * math.pi) - math.pi  # type: ignore[attr-defined]
-        return values
+        return self._map.task_vector(msg, self.field)  # type: ignore[attr-defined]
 
     def describe(self) -> str:
-        wrapped = f" ({', '.join(self.wrapped)} wrapped to [-pi, pi))" if self.wrapped else ""
-        return f"{self.key} <- {self.topic} {self.field}{list(self.names)}{wrapped}"
+        return f"{self.key} <- {self.topic} {self.field}{list(self.names)}"
 
 
 @dataclass(frozen=True)
@@ -392,7 +380,7 @@ REACHER_LIMITS = SafetyLimits(
         limits=REACHER_LIMITS,
         observation=ObservationRecipe(
             (
-                NamedSource("position", "/joint_states", "position", REACHER_JOINTS, wrapped=("shoulder",)),
+                NamedSource("position", "/joint_states", "position", REACHER_JOINTS),
                 NamedSource("velocity", "/joint_states", "velocity", REACHER_JOINTS),
                 NamedSource("to_target", "/sim_robot/task_state", "position", REACHER_TASK_STATE),
             )

@@ -100,28 +100,6 @@ def test_recipe_rebuilds_the_exact_plain_simulation_observation():
         arm.step(action)
 
 
-def test_free_shoulder_is_wrapped_alike_by_the_env_and_the_recipe():
-    """Spun several turns, the shoulder reads wrapped to [-pi, pi) from the env and from the messages alike."""
-    spec = get_task(TASK).timestep
-    arm, env = make_sim_arm(TASK), make_env(TASK)
-    arm.reset(3)
-    obs, _ = env.reset(seed=3)
-    for _ in range(150):
-        obs = env.step(np.array([1.0, 0.0], np.float32))[0]
-        arm.step(np.array([1.0, 0.0]))
-    raw = env.physics.named.data.qpos["shoulder"]
-    assert raw > 4 * math.pi  # turned at least twice: dm_control's own reading would be far outside [-pi, pi)
-    assert -math.pi <= obs["position"][0] < math.pi
-    assert obs["position"][0] == pytest.approx((raw + math.pi) % (2 * math.pi) - math.pi, abs=1e-6)
-    assert obs["position"][1] == pytest.approx(env.physics.named.data.qpos["wrist"], abs=1e-6)  # limited: unchanged
-    built = ARM.observation.build(messages_of(arm), spec)
-    assert messages_of(arm)[ARM.joint_states_topic].position[0] == pytest.approx(raw)  # the robot reports it unwrapped
-    for k in obs:
-        assert np.array_equal(built[k], obs[k]), k
-    with pytest.raises(ValueError, match=r"wrapped names \['elbow'\] are not among its names"):
-        NamedSource("position", "/joint_states", "position", ("shoulder", "wrist"), wrapped=("elbow",))
-
-
 def test_recipe_rejects_bad_messages_with_one_line_reasons():
     spec = get_task(TASK).timestep
     arm = make_sim_arm(TASK)
