@@ -60,10 +60,16 @@ class PointMassExpert(Expert):
 
 
 class ReacherExpert(Expert):
-    """Analytic two-link inverse kinematics to the target, joint-space PD."""
+    """Analytic two-link inverse kinematics to the target, joint-space PD.
+
+    The gains are soft on purpose: at kp 5 / kd 0.5 the motors saturated in 21% of an episode's
+    first 150 steps (bang-bang, hard for a policy to imitate: the learner overshot and circled the
+    arm past the target), at kp 2 / kd 0.3 in 3%, for a return 0.3% lower (982 against 985 over
+    12 seeds; the target is reached ~3 steps later).
+    """
 
     links = (0.12, 0.12)
-    kp, kd = 5.0, 0.5
+    kp, kd = 2.0, 0.3
 
     def act(self, env, obs):
         physics = env.physics
