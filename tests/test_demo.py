@@ -119,7 +119,7 @@ def test_dagger_shortfall_counts_episodes_and_steps():
     assert dagger_shortfall(10, 2400, 10, 4000, per_episode=400) == 0
     # short episodes (a pendulum that falls within 43 steps): the steps missing / their mean length
     assert dagger_shortfall(10, 6000, 10, 430, per_episode=43) == 130  # ceil(5570 / 43)
-    assert dagger_shortfall(10, 6000, 0, 0, per_episode=400) == 15  # before any episode: sized by the cap
+    assert dagger_shortfall(10, 6000, 0, 0, per_episode=400) == 15  # before any episode: the demonstrations' length
     assert dagger_shortfall(10, 10**6, 10, 10, per_episode=1) == DAGGER_MAX_EPISODES
 
 
