@@ -278,9 +278,21 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
     from omnipolicy.datasets.store import EpisodeStore
 
     demos, dagger_dir = out / "data", out / "dagger"
-    labelled = dagger_tasks(tasks)
     rounds = dagger_rounds(cfg, tasks)
+    labelled = dagger_tasks(tasks) if rounds else []
     stops = dagger_stops(cfg.train_steps, rounds) if rounds else [cfg.train_steps]
+    round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in labelled}
+    shown = {t: EpisodeStore(task_path(demos, t)) for t in labelled}  # the demonstrations (they don't change)
+    demo_steps = {t: shown[t].num_frames for t in labelled}
+    # a round's first pass expects an episode as long as a demonstration (at most the round's cap)
+    first_length = {t: min(float(round_caps[t]), demo_steps[t] / max(shown[t].num_episodes, 1)) for t in labelled}
+
+    def held(task_id: str) -> tuple[int, int]:
+        """Episodes and steps the task's DAgger dataset holds."""
+        path = task_path(dagger_dir, task_id)
+        store = EpisodeStore(path) if path.is_dir() else None
+        return (store.num_episodes, store.num_frames) if store else (0, 0)
+
     result = None
     for k, stop in enumerate(stops):
         result = train(
@@ -309,24 +321,13 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
         if result.step > stop:
             continue  # a rerun: this round was done before the interruption
         t0 = time.perf_counter()
-
-        def held(task_id: str) -> tuple[int, int]:
-            path = task_path(dagger_dir, task_id)
-            store = EpisodeStore(path) if path.is_dir() else None
-            return (store.num_episodes, store.num_frames) if store else (0, 0)
-
-        round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in labelled}
-        shown = {t: EpisodeStore(task_path(demos, t)) for t in labelled}
-        want = {t: ((k + 1) * dagger_episodes_for(t, cfg),
-                    (k + 1) * math.ceil(DAGGER_STEP_SHARE * shown[t].num_frames))
+        want = {t: ((k + 1) * dagger_episodes_for(t, cfg), (k + 1) * math.ceil(DAGGER_STEP_SHARE * demo_steps[t]))
                 for t in labelled}
         print(f"DAgger round {k + 1}/{len(stops) - 1}: the step-{stop} policy runs {cfg.dagger_episodes} episodes "
               f"of each of {len(labelled)} tasks (more of {sorted(set(DAGGER_EPISODE_SCALE) & set(labelled))}, and "
               f"of those whose episodes label under {DAGGER_STEP_SHARE:.0%} of their demonstrations' steps), "
               f"the experts label every state it reaches")
-        # first pass: an episode is expected to last as long as a demonstration (at most the round's cap)
-        per_episode = {t: min(float(round_caps[t]), shown[t].num_frames / max(shown[t].num_episodes, 1))
-                       for t in labelled}
+        per_episode = dict(first_length)
         for _ in range(3):
             missing = {t: dagger_shortfall(*want[t], *held(t), per_episode[t]) for t in labelled}
             if not any(missing.values()):
