@@ -4,7 +4,9 @@ Minari stores T+1 observations per episode (the one after the last action too); 
 T observations the policy acted on, as LeRobot does. Export therefore repeats the last observation as the
 final one (marked in the episode's ``infos["final_observation_repeated"]``), and import drops the final
 observation, so export followed by import gives back the same episodes. Data is written in Minari's Arrow
-format (pyarrow; no h5py needed), images lossless (``jpeg_encoding=False``).
+format (pyarrow; no h5py needed), images lossless (``jpeg_encoding=False``). An episode's reset seed travels in
+Minari's per-episode metadata (``seed``, as Minari's own ``DataCollector`` records it); Minari's ``EpisodeData``
+does not carry it, so import reads it from the storage's episode metadata.
 
     omnipolicy dataset export-minari data/demos/classic/cartpole-v1 --out ~/.minari/datasets
     omnipolicy dataset import-minari omnipolicy/classic-cartpole/expert-v0 --minari-root ~/.minari/datasets \\
@@ -147,7 +149,8 @@ def import_minari(dataset_id: str, minari_root: str | os.PathLike, out: str | os
     with _datasets_path(minari_root):
         ds = minari.load_dataset(dataset_id)
         episodes = []
-        for data in ds.iterate_episodes():
+        indices = ds.episode_indices
+        for data, meta in zip(ds.iterate_episodes(indices), ds.storage.get_episode_metadata(indices), strict=True):
             t = len(data.rewards)
             obs = data.observations
             if not isinstance(obs, dict):
@@ -156,7 +159,7 @@ def import_minari(dataset_id: str, minari_root: str | os.PathLike, out: str | os
                             for f in spec.observation}
             actions = np.asarray(data.actions, dtype=spec.action.dtype).reshape(t, *spec.action.shape)
             success = data.infos.get("success") if isinstance(data.infos, dict) else None
-            episodes.append(Episode(task_id, observations, actions, np.asarray(data.rewards), seed=getattr(data, "seed", None),
+            episodes.append(Episode(task_id, observations, actions, np.asarray(data.rewards), seed=meta.get("seed"),
                                     success=None if success is None else bool(np.asarray(success).reshape(-1)[-1]),
                                     terminated=bool(np.asarray(data.terminations)[-1]), spec=spec, instruction=instruction))
     with EpisodeStore(out) as store:

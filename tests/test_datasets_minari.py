@@ -23,7 +23,8 @@ def test_minari_round_trip_every_modality(tmp_path: Path) -> None:
     from omnipolicy.datasets.minari_io import export_minari, import_minari
 
     src = EpisodeStore(tmp_path / "src")
-    eps = [store_tests.make_episode(s) for s in range(3)]
+    eps = [store_tests.make_episode(s) for s in (17, 40, 3)]  # seeds unlike the episode indices
+    eps[2].seed = None  # an episode with no recorded seed comes back with none
     src.append_episodes(eps)
     src.close()
     dataset_id = export_minari(tmp_path / "src", tmp_path / "minari")
@@ -33,10 +34,9 @@ def test_minari_round_trip_every_modality(tmp_path: Path) -> None:
     assert msg.startswith("imported 3 episodes")
     dst = EpisodeStore(tmp_path / "dst")
     assert dst.num_episodes == 3
+    assert [dst.load_episode(i).seed for i in range(3)] == [17, 40, None]
     for i, ep in enumerate(eps):
-        back = dst.load_episode(i)
-        back.seed = ep.seed  # Minari keeps no reset seed
-        store_tests.assert_same(ep, back)
+        store_tests.assert_same(ep, dst.load_episode(i))
 
 
 def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -52,8 +52,10 @@ def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.
                      str(tmp_path / "back"), "--task", "classic/cartpole-v1"], prog="omnipolicy dataset")
     assert "imported 2 episodes" in capsys.readouterr().out
     a, b = EpisodeStore(src), EpisodeStore(tmp_path / "back")
+    assert b.seeds("classic/cartpole-v1") == a.seeds("classic/cartpole-v1")
     for i in range(2):
         x, y = a.load_episode(i), b.load_episode(i)
+        assert y.seed == x.seed
         np.testing.assert_array_equal(x.observations["state"], y.observations["state"])
         np.testing.assert_array_equal(x.actions, y.actions)
         np.testing.assert_array_equal(x.rewards, y.rewards)
