@@ -15,6 +15,7 @@ import pytest
 
 from omnipolicy.datasets import EpisodeStore
 from omnipolicy.datasets.cli import verify_dataset
+from omnipolicy.datasets.store import is_store
 
 # Shared by the writer subprocess and the checks here: episode i is a pure function of i.
 EPISODES = r'''
@@ -108,6 +109,20 @@ def _marked_pids(mark: str) -> list[int]:
     return pids
 
 
+def _wait_for_commit(root: Path, more_than: int, proc: subprocess.Popen, timeout: float = 90.0) -> int:
+    """Poll ``root`` until it commits more than ``more_than`` episodes; fail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_store(root) and (n := EpisodeStore(root).num_episodes) > more_than:
+            return n
+        if proc.poll() is not None:
+            pytest.fail(f"collect exited with {proc.returncode} before committing more than {more_than} episodes")
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"collect committed no more than {more_than} episodes to {root} within {timeout:.0f} s")
+
+
 def test_sigkill_during_collect_then_rerun_continues(tmp_path: Path) -> None:
     pytest.importorskip("gymnasium")
     out = tmp_path / "demos"
@@ -116,16 +131,19 @@ def test_sigkill_during_collect_then_rerun_continues(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "omnipolicy", "collect", "--task", "classic/cartpole-v1", "--episodes", "40",
            "--out", str(out), "--workers", "2", "--flush-seconds", "0.05"]
     root = out / "classic" / "cartpole-v1"
-    for delay in (2.5, 3.5):
+    committed = 0
+    for extra in (0.0, 0.3):  # killed right after a commit, then a little later (likely mid-append)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        seen = _wait_for_commit(root, committed, proc)  # this run committed at least one episode
+        time.sleep(extra)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if root.exists() and (root / "meta/info.json").exists():
-            store = EpisodeStore(root)
-            seeds = store.seeds("classic/cartpole-v1")
-            assert len(seeds) == store.num_episodes and seeds <= set(range(40))
-            assert verify_dataset(root).ok
+        store = EpisodeStore(root)
+        seeds = store.seeds("classic/cartpole-v1")
+        assert store.num_episodes >= seen and len(seeds) == store.num_episodes and seeds <= set(range(40))
+        assert verify_dataset(root).ok
+        committed = store.num_episodes
+    assert committed < 40, "the runs were meant to be killed mid-collection"
     deadline = time.monotonic() + 10
     while _marked_pids(mark) and time.monotonic() < deadline:  # workers notice their parent is gone
         time.sleep(0.2)
