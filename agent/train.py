@@ -355,7 +355,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda"))
 
 
-class _LossModule(nn.Module):
+class LossModule(nn.Module):
     """Wraps the model so DDP sees ``forward(batch) -> (loss_sum, count)``."""
 
     def __init__(self, model: GatoModel, bin_sigma: float = 0.0) -> None:
@@ -365,6 +365,56 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return self.model.loss_terms(batch, self.bin_sigma)
+
+
+def accumulate_gradients(
+    train_module: nn.Module,
+    batch: dict[str, np.ndarray],
+    *,
+    rank: int = 0,
+    world: int = 1,
+    grad_accum: int = 1,
+    device: torch.device | None = None,
+    dtype: str = "float32",
+) -> tuple[Tensor, int]:
+    """Forward and backward passes over this rank's share of ``batch``, in ``grad_accum`` micro-batches.
+
+    However the batch is split (across ranks, then into micro-batches), each parameter's ``.grad`` ends as
+    the gradient of the whole batch's summed token loss divided by the batch's count of loss positions:
+    the mean loss of the batch. With more than one rank ``train_module`` is a
+    ``DistributedDataParallel`` that averages over ranks on the last micro-batch.
+
+    Args:
+        train_module: a :class:`LossModule` (or DDP around one) returning ``(loss_sum, count)``.
+        batch: the global WindowLoader batch (every rank passes the same one).
+        rank: this process's rank; it takes rows ``[rank * B / world, (rank + 1) * B / world)``.
+        world: number of ranks.
+        grad_accum: micro-batches per rank.
+        device: where the tensors go (default: the module's parameters' device).
+        dtype: the training dtype (``"bfloat16"`` autocasts).
+
+    Returns:
+        ``(loss_sum, count)``: this rank's summed token loss (detached) and the global count of loss positions.
+    """
+    if device is None:
+        device = next(train_module.parameters()).device
+    rows = batch["tokens"].shape[0]
+    if rows % (world * grad_accum):
+        raise ValueError(f"a batch of {rows} rows must be divisible by ranks x grad_accum = {world} x {grad_accum}")
+    per_rank = rows // world
+    micro = per_rank // grad_accum
+    global_count = int(batch["loss_mask"][:, 1:].sum())
+    scale = world / max(global_count, 1)  # DDP averages over ranks: gradients = d(global sum)/global count
+    loss_sum = torch.zeros((), device=device)
+    for k in range(grad_accum):
+        lo = rank * per_rank + k * micro
+        part = to_tensors(slice_batch(batch, lo, lo + micro), device)
+        sync = k == grad_accum - 1 or world == 1
+        with (nullcontext() if sync else train_module.no_sync()), _autocast(device, dtype):
+            part_sum, _ = train_module(part)
+        (part_sum * scale).backward()
+        loss_sum += part_sum.detach()
+    return loss_sum, global_count
 
 
 def loader_state(loader: Any) -> Any:
@@ -543,7 +593,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             if is_main:
                 print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
 
-    train_module: nn.Module = _LossModule(model, cfg.bin_sigma)
+    train_module: nn.Module = LossModule(model, cfg.bin_sigma)
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == "cuda" else None
@@ -596,8 +646,6 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     val_loss: dict[str, float] = dict(done.get("val_loss") or {})
     fit_loss: dict[str, float] = dict(done.get("fit_loss") or {})
     last_ckpt: Path | None = resumed_from
-    per_rank = cfg.batch_size // world
-    micro = per_rank // cfg.grad_accum
     batches = iter(loader)
     model.train()
     t_start = time.perf_counter()
@@ -609,17 +657,8 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             group["lr"] = lr
         batch = next(batches)
         check_batch(batch, model_cfg)
-        global_count = int(batch["loss_mask"][:, 1:].sum())
-        scale = world / max(global_count, 1)  # DDP averages over ranks: gradients = d(global sum)/global count
-        loss_sum = torch.zeros((), device=device)
-        for k in range(cfg.grad_accum):
-            lo = rank * per_rank + k * micro
-            part = to_tensors(slice_batch(batch, lo, lo + micro), device)
-            sync = k == cfg.grad_accum - 1 or world == 1
-            with (nullcontext() if sync else train_module.no_sync()), _autocast(device, cfg.dtype):
-                part_sum, _ = train_module(part)
-            (part_sum * scale).backward()
-            loss_sum += part_sum.detach()
+        loss_sum, global_count = accumulate_gradients(train_module, batch, rank=rank, world=world,
+                                                      grad_accum=cfg.grad_accum, device=device, dtype=cfg.dtype)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

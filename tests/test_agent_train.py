@@ -14,11 +14,22 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 from omnipolicy.agent import Policy, TrainConfig, load_meta, load_model_weights, train
 from omnipolicy.agent.checkpoint import LATEST
 from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
-from omnipolicy.agent.train import autocast_dtype, cpu_has_native_bf16, lr_at, resolve_device, slice_batch, train_command
+from omnipolicy.agent.model import GatoModel
+from omnipolicy.agent.train import (
+    LossModule,
+    accumulate_gradients,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    lr_at,
+    resolve_device,
+    slice_batch,
+    train_command,
+)
 from omnipolicy.tokenizers import Tokenizer
 
 LAYOUT = Tokenizer.default().layout
@@ -41,18 +52,26 @@ def params(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    """Parameters equal up to float summation order.
+def float64_gradients(batch: dict[str, np.ndarray], grad_accum: int = 1, rank: int = 0, world: int = 1,
+                      wrap=None) -> dict[str, torch.Tensor]:
+    """Each parameter's gradient of ``batch``'s mean loss, in float64, from the same initial weights.
 
-    The key part of each attention bias has an exactly zero gradient (softmax ignores a constant
-    added to every score), so Adam turns rounding noise there into full-size steps; it is left out.
+    float64 makes the comparison independent of the CPU's kernels and thread count: a float32 run sums
+    in another order on AVX2 and AVX-512, and gradients that are exactly zero in exact arithmetic (the
+    key part of each attention bias) come out as rounding noise of either sign.
     """
+    torch.manual_seed(0)
+    model = GatoModel(small_cfg(Path(".")).model_config(LAYOUT)).double()
+    module = LossModule(model) if wrap is None else wrap(LossModule(model))
+    batch = {**batch, "patches": batch["patches"].astype(np.float64)}
+    accumulate_gradients(module, batch, rank=rank, world=world, grad_accum=grad_accum)
+    return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
     for k in a:
-        x, y = a[k].clone(), b[k].clone()
-        if k.endswith("attn.c_attn.bias"):
-            d = x.shape[0] // 3
-            x[d : 2 * d] = y[d : 2 * d] = 0
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12, msg=lambda m: f"{k}: {m}")
 
 
 def test_device_resolution_gives_cuda_an_index():
@@ -114,11 +133,39 @@ def test_resume_refuses_another_model(tmp_path):
         train(small_cfg(tmp_path, steps=4, preset="cpu-small", resume=True), loader=source(), layout=LAYOUT, tasks=TASKS)
 
 
-def test_grad_accumulation_gives_the_same_update(tmp_path):
+def test_grad_accumulation_gives_the_same_gradient():
+    batch = source(images=4).next_batch()
+    whole = float64_gradients(batch)
+    assert sum(float(g.abs().sum()) for g in whole.values()) > 1.0  # a real gradient, not zeros compared to zeros
+    assert_same_gradients(whole, float64_gradients(batch, grad_accum=2))
+    assert_same_gradients(whole, float64_gradients(batch, grad_accum=4))
+
+
+def test_grad_accumulation_trains_like_one_batch(tmp_path):
     one = train(small_cfg(tmp_path / "a", steps=3), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
     acc = train(small_cfg(tmp_path / "b", steps=3, grad_accum=2), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
-    np.testing.assert_allclose(acc.losses, one.losses, rtol=1e-5)
-    assert_same_update(params(tmp_path / "a"), params(tmp_path / "b"))
+    assert acc.losses[0] == pytest.approx(one.losses[0], rel=1e-6)  # before any update: the same batch, the same loss
+    # later losses follow updates that Adam computed from float32 gradients summed in another order
+    np.testing.assert_allclose(acc.losses, one.losses, rtol=1e-3)
+
+
+def _ddp_gradient_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for accum in (1, 2):
+            grads = float64_gradients(source(images=4).next_batch(), grad_accum=accum, rank=rank, world=world,
+                                      wrap=nn.parallel.DistributedDataParallel)
+            torch.save(grads, Path(out) / f"grads_rank{rank}_accum{accum}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_averages_to_the_single_process_gradient(tmp_path):
+    single = float64_gradients(source(images=4).next_batch())
+    mp.spawn(_ddp_gradient_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        for accum in (1, 2):  # each rank computed half the batch; DDP's all-reduce gives every rank the whole
+            assert_same_gradients(single, torch.load(tmp_path / f"grads_rank{rank}_accum{accum}.pt"))
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
@@ -131,12 +178,12 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_process_gloo_ddp_matches_single_process(tmp_path):
+def test_two_process_gloo_ddp_trains_like_single_process(tmp_path):
     single = train(small_cfg(tmp_path / "single", steps=3), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp")), nprocs=2, join=True)
     ddp_losses = json.loads((tmp_path / "ddp/losses.json").read_text())
-    np.testing.assert_allclose(ddp_losses, single.losses, rtol=1e-5)
-    assert_same_update(params(tmp_path / "single"), params(tmp_path / "ddp"))
+    assert ddp_losses[0] == pytest.approx(single.losses[0], rel=1e-6)
+    np.testing.assert_allclose(ddp_losses, single.losses, rtol=1e-3)
     assert load_meta(tmp_path / "ddp").train_state["world_size"] == 2
 
 
