@@ -13,10 +13,11 @@ same episode; their outputs are checked equal, and timesteps/second and the
 ratio are printed. Then 1,000,000 timesteps of (b) are tokenized in chunks and
 timed. numpy runs on one thread and the process is pinned to one core.
 
-Targets (issue 2): vectorised >= 20x the reference on (b); 1M timesteps of (b) < 10 s.
-The last line of output is one JSON object with every figure.
+Targets (issue 2): vectorised >= 20x the reference on (b); 1M timesteps of (b) < 10 s (with ``--total``
+under 1M, the time is scaled to 1M). The last line of output is one JSON object with every figure; its
+``targets`` rows give each target's figure, bound and whether it was met.
 
-Usage: ``.venv/bin/python scripts/bench_tokenizer.py [--episode-len 1000] [--total 1000000]``
+Usage: ``.venv/bin/python scripts/bench_tokenizer.py [--episode-len 1000] [--total 1000000] [--quick]``
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass
 
@@ -53,6 +55,12 @@ class Args:
     repeats: int = 3
     """Timing repeats; the best is reported."""
     seed: int = 0
+    quick: bool = False
+    """The quick profile of `make bench` (episodes of 200 timesteps, 200,000 timesteps of (b), 2 repeats); flags
+    given with it still apply."""
+
+
+QUICK = Args(episode_len=200, total=200_000, repeats=2, quick=True)
 
 
 # ------------------------------------------------------------ the reference
@@ -155,7 +163,8 @@ def check_equal(ep: TokenizedEpisode, ref: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = tyro.cli(Args, args=argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = tyro.cli(Args, args=argv, default=QUICK if "--quick" in argv else None)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     tok = Tokenizer.default()
@@ -190,8 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     elapsed = time.perf_counter() - t0
     results["metaworld_total"] = {"timesteps": done, "tokens": n_tokens, "seconds": elapsed,
                                   "steps_per_s": done / elapsed, "chunk": args.chunk}
-    results["targets"] = {"speedup_b_ge_20x": results["metaworld"]["speedup"] >= 20,
-                          "total_1m_b_lt_10s": done >= 1_000_000 and elapsed < 10.0}
+    per_million = elapsed * 1_000_000 / done
+    results["targets"] = [
+        {"figure": "(b) vectorised vs per-timestep reference", "value": results["metaworld"]["speedup"],
+         "target": ">= 20", "met": results["metaworld"]["speedup"] >= 20},
+        {"figure": f"(b) seconds per 1M timesteps (timed on {done:,})", "value": per_million,
+         "target": "< 10", "met": per_million < 10.0},
+    ]
     print(f"(b) {done:,} timesteps ({n_tokens:,} tokens) in {elapsed:.2f} s on one core "
           f"= {done / elapsed:,.0f} steps/s (chunks of {args.chunk:,})")
     print(json.dumps(results, sort_keys=True))
