@@ -8,8 +8,14 @@ Conventions shared by every task (``omnipolicy tasks`` lists them):
 
 * observations are dicts keyed by ``spec.timestep.observation`` names: float32 vectors,
   uint8 (H, W, 3) images, ``str`` text; each step returns fresh arrays;
-* discrete actions are int64 arrays of shape (1,); continuous actions float32, clipped to
-  the spec's bounds;
+* ``env.action_space`` is Gymnasium's conventional space: ``Discrete(n)`` for one discrete
+  value, ``MultiDiscrete`` for several, ``Box`` for continuous actions (float32, clipped to
+  the spec's bounds); a discrete observation field is ``Discrete(n)`` when a scalar and
+  ``MultiDiscrete`` of its shape otherwise (observations always keep the spec's shape);
+* actions inside omnipolicy (experts, policies, rollouts, datasets, the tokenizer) keep the
+  spec's form: a discrete action is an int64 array of shape (1,), one token, stored as a
+  (T, 1) column. ``env.step`` takes either form: ``env.action_space.sample()`` (an int)
+  or the spec's array;
 * ``reset(seed=s)`` is deterministic; episodes truncate at ``spec.max_steps``;
 * where ``spec.has_success``, ``info["success"]`` is True once the task has been solved in
   the episode (so the last step's value is the episode's success);

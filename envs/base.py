@@ -2,9 +2,12 @@
 
 :class:`TaskEnv` is a ``gymnasium.Env`` whose observations are dicts keyed by
 the task's :class:`~omnipolicy.tokenizers.spec.TimestepSpec` fields. It owns
-what every family shares: action validation, the episode limit, fresh
-(unshared) observation arrays in the spec's dtypes, and the seed of the first
-reset. A family implements ``_reset``, ``_step`` and ``render``.
+what every family shares: the conventional Gymnasium spaces (``Discrete`` /
+``MultiDiscrete`` for discrete values, ``Box`` for the rest), action validation
+(a value of ``action_space`` or the spec's array, both become the spec's
+array), the episode limit, fresh (unshared) observation arrays in the spec's
+dtypes, and the seed of the first reset. A family implements ``_reset``,
+``_step`` and ``render``; ``_step`` always gets the spec's array.
 """
 
 from __future__ import annotations
@@ -23,18 +26,40 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
 
 
 def field_space(f: FieldSpec) -> gym.Space:
-    """The gymnasium space of one field."""
+    """The gymnasium space of one observation field, holding values of the field's own shape.
+
+    A discrete field is ``Discrete(n)`` when it is one scalar (shape ``()``) and ``MultiDiscrete``
+    of its shape otherwise; a continuous one is a ``Box`` (bounded when the spec has bounds).
+    """
     if f.kind == "text":
         return gym.spaces.Text(min_length=0, max_length=1024, charset=string.printable)
     if f.kind == "image":
         return gym.spaces.Box(0, 255, f.shape, np.uint8)
     if f.kind == "discrete":
-        return gym.spaces.Box(0, f.n - 1, f.shape, np.dtype(f.dtype))
+        if f.shape == ():
+            return gym.spaces.Discrete(f.n, dtype=np.dtype(f.dtype))
+        return gym.spaces.MultiDiscrete(np.full(f.shape, f.n), dtype=np.dtype(f.dtype))
     if f.bounded:
         low = np.asarray(f.low, dtype=f.dtype).reshape(f.shape)
         high = np.asarray(f.high, dtype=f.dtype).reshape(f.shape)
         return gym.spaces.Box(low, high, f.shape, np.dtype(f.dtype))
     return gym.spaces.Box(-np.inf, np.inf, f.shape, np.dtype(f.dtype))
+
+
+def action_space(f: FieldSpec) -> gym.Space:
+    """The gymnasium space of an action field, as Gymnasium users expect it.
+
+    One discrete value is ``Discrete(n)`` whatever the spec's shape (our discrete actions are
+    ``(1,)`` int64 arrays: one token); several are ``MultiDiscrete``; continuous ones a ``Box``.
+    ``TaskEnv.step`` takes a value of this space or the spec's array.
+
+    >>> from omnipolicy.envs.registry import discrete_action
+    >>> action_space(discrete_action(6))
+    Discrete(6)
+    """
+    if f.kind == "discrete" and f.size == 1:
+        return gym.spaces.Discrete(f.n, dtype=np.dtype(f.dtype))
+    return field_space(f)
 
 
 def observation_space(timestep: TimestepSpec) -> gym.spaces.Dict:
@@ -56,7 +81,7 @@ class TaskEnv(gym.Env):
         self.task = spec
         self.render_mode = render_mode
         self.observation_space = observation_space(spec.timestep)
-        self.action_space = field_space(spec.timestep.action)
+        self.action_space = action_space(spec.timestep.action)
         self._elapsed = 0
         self._next_seed: int | None = None
 
@@ -89,7 +114,16 @@ class TaskEnv(gym.Env):
         return self._observation(obs), info
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict]:
-        """Advance one step; ``truncated`` is True at ``spec.max_steps``."""
+        """Advance one step; ``truncated`` is True at ``spec.max_steps``.
+
+        Args:
+            action: a value of ``action_space`` (``action_space.sample()``; an int for
+                ``Discrete``) or the action in the spec's shape and dtype (what experts,
+                policies and datasets use, e.g. an int64 array of shape (1,)).
+
+        Raises:
+            ValueError: the action has the wrong size, is out of range or not finite.
+        """
         obs, reward, terminated, truncated, info = self._step(self._action(action))
         self._elapsed += 1
         truncated = bool(truncated or self._elapsed >= self.task.max_steps) and not terminated
@@ -104,8 +138,9 @@ class TaskEnv(gym.Env):
         f = self.task.timestep.action
         a = np.asarray(action)
         if a.size != f.size:
+            scalar = f" or one int of {self.action_space}" if isinstance(self.action_space, gym.spaces.Discrete) else ""
             raise ValueError(
-                f"{self.task.id}: expected an action of shape {f.shape} ({f.kind}, {f.dtype}), got shape {a.shape}"
+                f"{self.task.id}: expected an action of shape {f.shape} ({f.kind}, {f.dtype}){scalar}, got shape {a.shape}"
             )
         a = a.reshape(f.shape)
         if f.kind == "discrete":

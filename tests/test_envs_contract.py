@@ -67,10 +67,18 @@ def test_task_contract(task_id: str) -> None:
         # Spaces: the env's spaces are the spec's, and the simulator's own action space agrees.
         a = spec.timestep.action
         assert sorted(env.observation_space.spaces) == sorted(f.name for f in spec.timestep.observation)
+        for f in spec.timestep.observation:
+            if f.kind == "discrete":
+                kind = gym.spaces.Discrete if f.shape == () else gym.spaces.MultiDiscrete
+                assert isinstance(env.observation_space[f.name], kind), (f.name, env.observation_space[f.name])
         native = env.native_action_space
         if a.kind == "discrete":
             assert isinstance(native, gym.spaces.Discrete) and native.n == a.n
+            # Gymnasium's convention: one discrete value is Discrete(n), several MultiDiscrete.
+            expected = gym.spaces.Discrete(a.n) if a.size == 1 else gym.spaces.MultiDiscrete(np.full(a.shape, a.n))
+            assert env.action_space == expected, f"action_space {env.action_space} != {expected}"
         else:
+            assert isinstance(env.action_space, gym.spaces.Box) and env.action_space.shape == a.shape
             assert native.shape == a.shape
             np.testing.assert_allclose(native.low.ravel(), a.low, rtol=1e-6)
             np.testing.assert_allclose(native.high.ravel(), a.high, rtol=1e-6)
@@ -107,6 +115,61 @@ def test_task_contract(task_id: str) -> None:
             assert any(not np.array_equal(clean[0][k], other[0][k]) for k in clean[0] if k != "instruction")
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.filterwarnings("ignore:.*is probably too (low|high):UserWarning")  # unbounded Box observations
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized space:UserWarning")  # the simulators' own torque ranges
+def test_gymnasium_check_env_passes(task_id: str) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    env = make_env(task_id, seed=0)
+    try:
+        check_env(env, skip_render_check=True, skip_close_check=True)
+    finally:
+        env.close()
+
+
+def test_discrete_actions_are_gymnasium_discrete_and_step_takes_both_forms() -> None:
+    env = make_env("atari/pong", seed=3)
+    try:
+        assert isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.n == 6
+        assert env.action_space.start == 0 and env.action_space.dtype == np.int64
+        env.action_space.seed(0)
+        samples = [env.action_space.sample() for _ in range(12)]
+        assert {type(a) for a in samples} == {np.int64} and set(map(int, samples)) <= set(range(6))
+        # The space's values, python ints and the spec's (1,) int64 arrays drive the same episode.
+        forms = [samples, [int(a) for a in samples], [np.array([a], np.int64) for a in samples]]
+        traces = [rollout(env, 5, actions, mutate=False) for actions in forms]
+        assert_same(traces[0], traces[1])
+        assert_same(traces[0], traces[2])
+        assert len(traces[0]) == 1 + 2 * len(samples)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match=r"integers in \[0, 6\), got \[6\]"):
+        make_env("atari/pong", seed=0).step(6)
+
+
+def test_discrete_actions_round_trip_through_a_dataset(tmp_path) -> None:
+    """Collected actions stay the spec's (T, 1) int64 column; replayed as ints they give the same episode."""
+    from omnipolicy.datasets import EpisodeStore
+    from omnipolicy.datasets.collect import collect, task_path
+
+    task_id = "classic/cartpole-v1"
+    collect([task_id], 2, tmp_path, workers=0, seed=4, progress=False, max_steps=40)  # no noise: the stored actions ran
+    store = EpisodeStore(task_path(tmp_path, task_id))
+    assert store.timestep_spec(task_id).action == get_task(task_id).timestep.action
+    env = make_env(task_id)
+    for i in range(store.num_episodes):
+        ep = store.load_episode(i)
+        assert ep.actions.shape == (ep.length, 1) and ep.actions.dtype == np.int64
+        assert set(np.unique(ep.actions).tolist()) == {0, 1}  # both pushes, so the replay below is not trivial
+        assert all(env.action_space.contains(int(a[0])) for a in ep.actions)
+        obs, _ = env.reset(seed=ep.seed)
+        for t, a in enumerate(ep.actions):
+            np.testing.assert_array_equal(obs["state"], ep.observations["state"][t])
+            obs, reward, *_ = env.step(int(a[0]))  # the Gymnasium form of the stored action
+            assert reward == ep.rewards[t]
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
@@ -165,6 +228,8 @@ def test_bad_action_is_rejected_with_the_expected_shape() -> None:
     env.reset()
     with pytest.raises(ValueError, match=r"integers in \[0, 2\)"):
         env.step(np.array([2]))
+    with pytest.raises(ValueError, match=r"expected an action of shape \(1,\) \(discrete, int64\) or one int of Discrete\(2\), got shape \(2,\)"):
+        env.step(np.array([0, 1]))
 
 
 def test_registry_import_loads_no_simulator() -> None:
@@ -177,3 +242,12 @@ def test_registry_import_loads_no_simulator() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_base_docstring_examples() -> None:
+    import doctest
+
+    from omnipolicy.envs import base
+
+    result = doctest.testmod(base)
+    assert result.failed == 0 and result.attempted > 0, result
