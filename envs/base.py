@@ -23,6 +23,11 @@ from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"  # headless MuJoCo rendering (the default, glfw, needs a display)
+if "SDL_VIDEODRIVER" not in os.environ and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    # Headless pygame rendering (gymnasium's classic-control frames are drawn on a pygame Surface). Without a
+    # display SDL probes its Wayland driver, whose libwayland-client prints "error: XDG_RUNTIME_DIR is invalid or
+    # not set in the environment." when that variable is unset; the dummy driver draws the same frames silently.
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
 
 
 def field_space(f: FieldSpec) -> gym.Space:
