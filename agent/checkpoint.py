@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from omnipolicy.tokenizers.spec import TimestepSpec
@@ -142,6 +143,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         FileNotFoundError: no checkpoint there (the message says where it looked).
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint at {path}: the path does not exist")
     for candidate in (path, path / "checkpoints"):
         if (candidate / META).is_file():
             return candidate
@@ -155,9 +158,25 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_meta(path: str | os.PathLike) -> CheckpointMeta:
-    """Read only the JSON half of the checkpoint at ``path`` (see :func:`resolve_checkpoint`)."""
-    ckpt = resolve_checkpoint(path)
-    return CheckpointMeta.from_dict(json.loads((ckpt / META).read_text()))
+    """Read only the JSON half of the checkpoint at ``path`` (see :func:`resolve_checkpoint`).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: its checkpoint.json is damaged or not an omnipolicy checkpoint's (the message names the file).
+    """
+    file = resolve_checkpoint(path) / META
+    try:
+        d = json.loads(file.read_text())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{file} is not valid JSON ({exc}); the checkpoint is damaged") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"{file} holds a JSON {type(d).__name__}; expected an object with format {FORMAT!r}")
+    try:
+        return CheckpointMeta.from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from exc
+    except KeyError as exc:
+        raise ValueError(f"{file} has no entry {exc}; the checkpoint is damaged") from exc
 
 
 def load_model_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GatoModel, CheckpointMeta]:
@@ -165,11 +184,18 @@ def load_model_weights(path: str | os.PathLike, device: str | torch.device = "cp
 
     Returns:
         ``(model, meta)`` with the model in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``, or its weights file is missing.
+        ValueError: its checkpoint.json or weights file is damaged (the message names the file).
     """
     ckpt = resolve_checkpoint(path)
     meta = load_meta(ckpt)
     model = GatoModel(meta.model)
-    load_model(model, str(ckpt / WEIGHTS), strict=True, device=str(device))
+    try:
+        load_model(model, str(ckpt / WEIGHTS), strict=True, device=str(device))
+    except SafetensorError as exc:
+        raise ValueError(f"{ckpt / WEIGHTS} is not a readable safetensors file ({exc}); the checkpoint is damaged") from exc
     model.to(device).eval()
     return model, meta
 

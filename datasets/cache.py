@@ -73,7 +73,8 @@ def _as_stores(stores: Sequence[EpisodeStore | str | os.PathLike] | EpisodeStore
             continue
         roots = find_stores(s)
         if not roots:
-            raise FileNotFoundError(f"No dataset (meta/info.json) at or below {s}")
+            missing = "" if Path(s).exists() else ": the path does not exist"
+            raise FileNotFoundError(f"No dataset (meta/info.json) at or below {s}{missing}")
         out.extend(EpisodeStore(r) for r in roots)
     if not out:
         raise ValueError("TokenCache.build needs at least one store")

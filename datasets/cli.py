@@ -308,7 +308,7 @@ def _from_rosbag(cmd: FromRosbag) -> None:
     import importlib.util
 
     if importlib.util.find_spec("rosbags") is None:
-        sys.exit("omnipolicy dataset from-rosbag needs the `rosbags` package: pip install 'omnipolicy[ros]'")
+        sys.exit("omnipolicy dataset from-rosbag: the `rosbags` package is not installed: pip install 'omnipolicy[ros]'")
     if not cmd.bags:
         sys.exit("omnipolicy dataset from-rosbag: give at least one BAG (a bag folder, .mcap/.db3 file or folder of bags)")
     from .rosbag_import import import_bags, task_layout

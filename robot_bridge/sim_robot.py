@@ -230,7 +230,8 @@ class SimRobot:
         self.camera_size = (cfg.camera_size, cfg.camera_size)
         if self.spec.camera is not None:  # the task observes the camera: every control step, at the observation's size
             if self.camera_every > 1:
-                raise ValueError(f"{cfg.task} observes the camera at every control step; --camera-rate-hz must be {control_hz:g} or 0")
+                raise ValueError(f"{cfg.task} observes the camera at every control step; --camera-rate-hz must be "
+                                 f"{control_hz:g} or 0, got {cfg.camera_rate_hz:g}")
             self.camera_every, self.camera_size = 1, tuple(self.spec.camera)
         self.episode_steps = int(round(cfg.episode_seconds / self.spec.control_period))
         if self.episode_steps < 1:
