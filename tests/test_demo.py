@@ -12,7 +12,7 @@ from omnipolicy.datasets import EpisodeStore
 from omnipolicy.datasets.collect import task_path
 
 
-def test_demo_smoke_collect_train_eval_report(tmp_path, load_script):
+def test_demo_smoke_collect_train_eval_report(tmp_path, load_script, capsys):
     out = tmp_path / "demo"
     start = time.perf_counter()
     argv = [
@@ -60,8 +60,12 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, load_script):
     assert set(errors) == {"classic/pendulum-v1"} and 0.0 < errors["classic/pendulum-v1"] < 4.0  # torque in [-2, 2]
     with pytest.raises(ValueError, match="action error needs a continuous action, the task's is discrete"):
         tool.action_error(tool.PolicyActor.from_checkpoint(out / "train"), "classic/cartpole-v1", 1, 2, 0)
-    with pytest.raises(ValueError, match=r"not trained on \['classic/acrobot-v1'\]; it knows"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line and status 2 (tests/test_cli.py)
         main(["eval", "--checkpoint", str(out / "train"), "--tasks", "classic/acrobot-v1", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "omnipolicy eval: error: Checkpoint was not trained on ['classic/acrobot-v1']; it knows")
 
 
 def test_demo_refuses_to_extend_data_collected_with_other_noise(tmp_path):
