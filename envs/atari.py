@@ -1,9 +1,15 @@
 """Atari 2600 through gymnasium + ale_py, ALE v5 settings, 84x84 RGB pixel observations.
 
-v5 defaults: frameskip 4, sticky actions (``repeat_action_probability`` 0.25),
-the minimal action set, at most 108 000 frames (27 000 steps) per episode. The
-210x160 frame is area-resized to 84x84x3 (each output pixel is the mean of the
-input pixels it covers, fractional overlaps weighted).
+The task definition is the evaluation protocol, so expert, random and policy
+scores all come from the same episodes: ALE v5 with frameskip 4, sticky
+actions (``repeat_action_probability`` 0.25) and the minimal action set; each
+reset plays 1 to 30 no-op frames (OpenAI baselines' ``NoopResetEnv``), their
+number drawn from the env's RNG, so a seeded reset is reproducible and seeds
+start from different emulator states; an episode lasts at most
+:data:`EPISODE_STEPS` agent steps. That cap is what the main job can afford to
+evaluate (10 episodes of every task); the Breakout expert's full game lasts
+~12 600 steps. The 210x160 frame is area-resized to 84x84x3 (each output pixel
+is the mean of the input pixels it covers, fractional overlaps weighted).
 """
 
 from __future__ import annotations
@@ -17,6 +23,18 @@ from omnipolicy.envs.registry import discrete_action, image, register_task
 
 SCREEN = (210, 160)
 SIZE = 84
+
+EPISODE_STEPS = 2000
+"""Episode limit of every Atari task, in agent steps (8000 frames, 2 min 13 s of play): the evaluation's cap and
+the one the expert and random scores are measured at."""
+SETTINGS = {"frameskip": 4, "repeat_action_probability": 0.25, "noop_max": 30}
+"""The simulator settings of the protocol, passed to :func:`make_atari` (the registry records them with the task)."""
+PROTOCOL = (
+    f"ALE v5, minimal action set, frameskip {SETTINGS['frameskip']}, sticky actions (repeat_action_probability) "
+    f"{SETTINGS['repeat_action_probability']}, 1 to {SETTINGS['noop_max']} no-op frames at each reset (drawn from the "
+    f"reset's seed), episodes of at most {EPISODE_STEPS} steps"
+)
+"""The protocol in words, for reports."""
 
 
 @lru_cache(maxsize=None)
@@ -53,7 +71,21 @@ def area_resize(frame: np.ndarray, height: int = SIZE, width: int = SIZE) -> np.
 
 
 class AtariEnv(GymTaskEnv):
-    """An ALE game: observation ``"image"`` (84, 84, 3) uint8; ``ale`` exposes the emulator to experts."""
+    """An ALE game: observation ``"image"`` (84, 84, 3) uint8; ``ale`` exposes the emulator to experts.
+
+    Args:
+        spec: the task's spec.
+        env: the ``ale_py`` gymnasium env, unwrapped.
+        render_mode: None or ``"rgb_array"``.
+        noop_max: each reset plays a uniform 1 to ``noop_max`` no-op frames, drawn from the env's RNG
+            (``np_random``, seeded by ``reset(seed=...)``); 0 plays none. ``info["noops"]`` says how many.
+    """
+
+    def __init__(self, spec, env, render_mode: str | None = None, *, noop_max: int = 0) -> None:
+        if not isinstance(noop_max, int) or noop_max < 0:
+            raise ValueError(f"{spec.id}: noop_max must be an int >= 0, got {noop_max!r}")
+        super().__init__(spec, env, render_mode)
+        self.noop_max = noop_max
 
     @property
     def ale(self):
@@ -62,6 +94,17 @@ class AtariEnv(GymTaskEnv):
 
     def _convert(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         return {"image": area_resize(obs)}
+
+    def _reset(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict]:
+        import ale_py
+
+        _, info = self.env.reset(seed=seed)
+        noops = int(self.np_random.integers(1, self.noop_max + 1)) if self.noop_max else 0
+        for _ in range(noops):  # single frames: no game ends or scores within half a second of its start
+            self.ale.act(ale_py.Action.NOOP)
+        info.update(noops=noops, episode_frame_number=self.ale.getEpisodeFrameNumber(),
+                    frame_number=self.ale.getFrameNumber())
+        return self._convert(self.ale.getScreenRGB()), dict(info)
 
     def render(self) -> np.ndarray:
         """The full 210x160 RGB screen."""
@@ -75,28 +118,31 @@ class AtariEnv(GymTaskEnv):
     domain="atari",
     observation=(image(),),
     action=discrete_action(6),
-    max_steps=27_000,
+    max_steps=EPISODE_STEPS,
     instruction="Move your paddle on the right to return the ball past the opponent.",
     expert="omnipolicy.envs.experts.atari:PongExpert",
     default=True,
     game="Pong",
+    **SETTINGS,
 )
 @register_task(
     "atari/breakout",
     domain="atari",
     observation=(image(),),
     action=discrete_action(4),
-    max_steps=27_000,
+    max_steps=EPISODE_STEPS,
     instruction="Move the paddle to bounce the ball into the bricks and break them all.",
     expert="omnipolicy.envs.experts.atari:BreakoutExpert",
     default=True,
     game="Breakout",
+    **SETTINGS,
 )
-def make_atari(spec, render_mode: str | None = None, *, game: str) -> AtariEnv:
-    """An ALE v5 game with the v5 defaults (frameskip 4, sticky actions 0.25)."""
+def make_atari(spec, render_mode: str | None = None, *, game: str, frameskip: int, repeat_action_probability: float,
+               noop_max: int) -> AtariEnv:
+    """An ALE v5 game with the protocol's settings (:data:`SETTINGS`); the episode limit is the spec's."""
     import ale_py
     import gymnasium as gym
 
     gym.register_envs(ale_py)
-    env = gym.make(f"ALE/{game}-v5", frameskip=4, repeat_action_probability=0.25, max_num_frames_per_episode=108_000)
-    return AtariEnv(spec, env.unwrapped, render_mode)
+    env = gym.make(f"ALE/{game}-v5", frameskip=frameskip, repeat_action_probability=repeat_action_probability)
+    return AtariEnv(spec, env.unwrapped, render_mode, noop_max=noop_max)

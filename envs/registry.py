@@ -324,7 +324,38 @@ def __getattr__(name: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# `omnipolicy tasks`
+# Scoring protocol and `omnipolicy tasks`
+
+PROTOCOL_SETTINGS: tuple[str, ...] = ("frameskip", "repeat_action_probability", "noop_max")
+"""Env factory arguments that change the returns a policy gets (Atari's): part of a task's scoring protocol."""
+
+
+def score_protocol(spec: TaskSpec) -> dict[str, Any]:
+    """The conditions a task's returns are measured under: its episode limit and its PROTOCOL_SETTINGS.
+
+    ``scripts/measure_experts.py`` records it with each measured score and evaluation runs every task under it:
+    a return is comparable with the random and expert scores only under the protocol they were measured with.
+
+    >>> score_protocol(get_task("atari/pong"))
+    {'max_steps': 2000, 'frameskip': 4, 'noop_max': 30, 'repeat_action_probability': 0.25}
+    """
+    return {"max_steps": spec.max_steps, **{k: v for k, v in spec.kwargs if k in PROTOCOL_SETTINGS}}
+
+
+def protocol_mismatch(spec: TaskSpec, scores: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The protocols recorded with a task's measured scores that differ from :func:`score_protocol`, by policy.
+
+    Args:
+        spec: the task.
+        scores: the measured scores (default: :func:`load_scores`). An entry without a recorded protocol
+            (measured before protocols were recorded) counts as matching.
+
+    Returns:
+        ``{"expert" | "random": recorded protocol}`` for each score measured under another protocol; empty if none.
+    """
+    entry = (load_scores() if scores is None else scores).get(spec.scores_from or spec.id, {})
+    now = score_protocol(spec)
+    return {p: e["protocol"] for p, e in sorted(entry.items()) if "protocol" in e and e["protocol"] != now}
 
 
 @dataclass(frozen=True)
@@ -345,8 +376,14 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.0f}%" if pct else f"{x:.1f}"
 
 
-def format_table(specs: list[TaskSpec]) -> str:
-    """A plain-text table of tasks: id, domain, observations, action, limit, scores, success."""
+def format_table(specs: list[TaskSpec], scores: Mapping[str, Any] | None = None) -> str:
+    """A plain-text table of tasks: id, domain, observations, action, limit, scores, success.
+
+    The footnote states the scoring protocol (the episode limit, each domain's simulator settings); scores measured
+    under another protocol than the task's (``scores``, default :func:`load_scores`) are marked ``!``.
+    """
+    scores = load_scores() if scores is None else scores
+    stale = {s.id: protocol_mismatch(s, scores) for s in specs}
     header = ("id", "domain", "observation", "action", "max_steps", "random", "expert", "success")
     rows = [header] + [
         (
@@ -355,8 +392,8 @@ def format_table(specs: list[TaskSpec]) -> str:
             s.obs_summary(),
             s.action_summary(),
             str(s.max_steps),
-            _fmt(s.random_score),
-            _fmt(s.expert_score),
+            _fmt(s.random_score) + (" !" if "random" in stale[s.id] else ""),
+            _fmt(s.expert_score) + (" !" if "expert" in stale[s.id] else ""),
             _fmt(s.expert_success, pct=True) if s.has_success else "-",
         )
         for s in specs
@@ -364,7 +401,15 @@ def format_table(specs: list[TaskSpec]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"{len(specs)} tasks; * = default suite; scores: mean episode return measured by scripts/measure_experts.py")
+    lines.append(f"{len(specs)} tasks; * = default suite; scores: mean episode return measured by "
+                 "scripts/measure_experts.py over episodes of at most max_steps steps, the limit evaluation runs")
+    settings = {s.domain: {k: v for k, v in score_protocol(s).items() if k != "max_steps"} for s in specs}
+    for domain, kw in sorted(settings.items()):
+        if kw:
+            lines.append(f"{domain}: " + ", ".join(f"{k} {v}" for k, v in kw.items()) + " (scores and evaluation alike)")
+    if any(stale.values()):
+        lines.append("! measured under another protocol than the task's: re-measure with scripts/measure_experts.py "
+                     "--tasks " + " ".join(t for t, m in stale.items() if m))
     return "\n".join(lines)
 
 
@@ -381,6 +426,7 @@ def tasks_command(argv: list[str], prog: str) -> None:
                 "domain": s.domain,
                 "timestep": s.timestep.to_dict(),
                 "max_steps": s.max_steps,
+                "score_protocol": score_protocol(s),
                 "instruction": s.instruction,
                 "random_score": s.random_score,
                 "expert_score": s.expert_score,

@@ -2,10 +2,13 @@
 
 The registry reads the random and expert scores (score 0 and 100 of the
 normalisation) from that file. Episode k of a task is reset with seed
-``seed + k`` for both policies. Each (task, policy) result is merged into the
-JSON under a file lock as soon as it is done, so several runs (say, the slow
-Atari tasks in the background and the rest in the foreground) can write to the
-same file at once, and a killed run keeps what it finished.
+``seed + k`` for both policies. Each entry records the protocol it was
+measured under (``registry.score_protocol``: the task's episode limit and, for
+Atari, frameskip, sticky actions and no-op starts), the one evaluation runs.
+Each (task, policy) result is merged into the JSON under a file lock as soon
+as it is done, so several runs (say, the slow Atari tasks in the background
+and the rest in the foreground) can write to the same file at once, and a
+killed run keeps what it finished.
 
     python scripts/measure_experts.py --domains classic mujoco dmc --episodes 20
     python scripts/measure_experts.py --tasks atari/pong --episodes 5 --policies expert
@@ -28,7 +31,7 @@ import numpy as np
 import tqdm
 import tyro
 
-from omnipolicy.envs.registry import DOMAINS, SCORES_PATH, get_task, list_tasks, make_env, make_expert
+from omnipolicy.envs.registry import DOMAINS, SCORES_PATH, get_task, list_tasks, make_env, make_expert, score_protocol
 from omnipolicy.envs.rollout import EpisodeResult, run_episode
 
 
@@ -68,8 +71,8 @@ def _episode(job: tuple[str, str, int]) -> tuple[str, str, int, EpisodeResult]:
     return task_id, policy_name, seed, run_episode(env, policy, seed)
 
 
-def summarize(results: list[EpisodeResult], has_success: bool, command: str, seed: int) -> dict:
-    """The JSON entry of one (task, policy)."""
+def summarize(results: list[EpisodeResult], has_success: bool, command: str, seed: int, protocol: dict) -> dict:
+    """The JSON entry of one (task, policy); ``protocol``: the task's score protocol the episodes ran under."""
     returns = np.array([r.ret for r in results])
     entry = {
         "return_mean": float(returns.mean()),
@@ -82,6 +85,7 @@ def summarize(results: list[EpisodeResult], has_success: bool, command: str, see
         "returns": [round(float(r), 4) for r in returns],
         "measured": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": command,
+        "protocol": protocol,
     }
     return entry
 
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             done.append(result)
             if len(done) == cfg.episodes:
                 spec = get_task(task_id)
-                entry = summarize(done, spec.has_success, command, cfg.seed)
+                entry = summarize(done, spec.has_success, command, cfg.seed, score_protocol(spec))
                 merge(cfg.out, task_id, policy, entry)
                 rows.append((task_id, policy, entry))
                 bar.set_postfix_str(f"{task_id} {policy} {entry['return_mean']:.1f}", refresh=False)

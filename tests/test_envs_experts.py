@@ -51,9 +51,11 @@ def test_breakout_expert_breaks_bricks() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task_id,minimum", [("atari/pong", 15.0), ("atari/breakout", 250.0)])
-def test_atari_expert_full_episode(task_id: str, minimum: float) -> None:
+@pytest.mark.parametrize("task_id,minimum", [("atari/pong", 5.0), ("atari/breakout", 300.0)])
+def test_atari_expert_protocol_episode(task_id: str, minimum: float) -> None:
+    # a whole episode of the protocol (2000 steps): over 20 measured, Pong 5 to 10, Breakout 189 to 425 (one under 300)
     spec = get_task(task_id)
     env, expert = make_env(task_id), make_expert(task_id)
     result = run_episode(env, expert, seed=2000)
+    assert result.length == spec.max_steps == 2000, result
     assert result.ret >= minimum and spec.normalize(result.ret) >= 50.0, result

@@ -116,4 +116,5 @@ def test_measure_script_writes_scores(tmp_path, load_script) -> None:
     assert entry["expert"]["return_mean"] == 500.0 and entry["expert"]["episodes"] == 3
     assert entry["random"]["return_mean"] < 100.0 and len(entry["random"]["returns"]) == 3
     assert "--tasks classic/cartpole-v1" in entry["expert"]["command"]
+    assert entry["expert"]["protocol"] == entry["random"]["protocol"] == {"max_steps": 500}
     assert out.parent.joinpath(f".{out.name}.lock").exists() is False and SCORES_PATH.name == "expert_scores.json"

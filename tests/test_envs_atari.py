@@ -1,0 +1,80 @@
+"""Atari's scoring protocol: one episode cap and simulator settings for expert, random and policy scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omnipolicy.envs import get_task, list_tasks, make_env
+from omnipolicy.envs.atari import EPISODE_STEPS, SETTINGS
+from omnipolicy.envs.registry import format_table, load_scores, protocol_mismatch, score_protocol
+
+
+@pytest.mark.parametrize("task_id", ["atari/pong", "atari/breakout"])
+def test_the_task_definition_is_the_protocol(task_id: str) -> None:
+    spec = get_task(task_id)
+    assert spec.max_steps == EPISODE_STEPS == 2000
+    assert score_protocol(spec) == {"max_steps": 2000, "frameskip": 4, "noop_max": 30, "repeat_action_probability": 0.25}
+    assert SETTINGS == {"frameskip": 4, "repeat_action_probability": 0.25, "noop_max": 30}
+    env = make_env(task_id)
+    try:
+        ale_env = env.env.unwrapped
+        assert ale_env._frameskip == 4 and env.noop_max == 30
+        assert env.ale.getFloat("repeat_action_probability") == pytest.approx(0.25)
+    finally:
+        env.close()
+
+
+def test_scores_are_measured_under_each_tasks_protocol() -> None:
+    scores = load_scores()
+    for spec in list_tasks():
+        entry = scores[spec.scores_from or spec.id]
+        assert protocol_mismatch(spec, scores) == {}, spec.id
+        for policy in ("expert", "random"):
+            # no measured episode ran past the limit evaluation runs to
+            assert entry[policy]["mean_length"] <= spec.max_steps, (spec.id, policy, entry[policy]["mean_length"])
+            if spec.domain == "atari":
+                assert entry[policy]["protocol"] == score_protocol(spec), (spec.id, policy)
+                assert "scripts/measure_experts.py" in entry[policy]["command"]
+
+
+def test_scores_of_another_protocol_are_flagged() -> None:
+    spec = get_task("atari/breakout")
+    old = {"max_steps": 27_000, "frameskip": 4, "repeat_action_probability": 0.25}
+    scores = {"atari/breakout": {"expert": {"return_mean": 465.1, "protocol": old},
+                                 "random": {"return_mean": 1.2, "protocol": score_protocol(spec)}}}
+    assert protocol_mismatch(spec, scores) == {"expert": old}
+    assert protocol_mismatch(spec, {"atari/breakout": {"expert": {"return_mean": 1.0}}}) == {}  # nothing recorded
+    table = format_table([spec], scores)
+    assert " !" in table.splitlines()[2] and "re-measure with scripts/measure_experts.py --tasks atari/breakout" in table
+    assert "atari: frameskip 4, noop_max 30, repeat_action_probability 0.25 (scores and evaluation alike)" in table
+    assert "!" not in format_table([spec]).splitlines()[2]  # the committed scores are the protocol's
+
+
+def test_noop_starts_are_seeded_and_vary_the_start_state() -> None:
+    env = make_env("atari/pong")
+    try:
+        starts = {}
+        for seed in range(12):
+            _, info = env.reset(seed=seed)
+            assert 1 <= info["noops"] <= 30 and info["episode_frame_number"] == info["noops"], info
+            starts[seed] = (info["noops"], env.ale.getRAM().copy())
+        assert len({n for n, _ in starts.values()}) >= 6  # 1 to 30, uniform
+        other = next(s for s in starts if starts[s][0] != starts[0][0])
+        assert not np.array_equal(starts[other][1], starts[0][1])  # another count, another emulator state
+        _, info = env.reset(seed=7)
+        assert info["noops"] == starts[7][0] and np.array_equal(env.ale.getRAM(), starts[7][1])  # reproducible
+        # unseeded resets continue the seeded RNG, reproducibly
+        env.reset(seed=3)
+        first = [env.reset()[1]["noops"] for _ in range(4)]
+        env.reset(seed=3)
+        assert [env.reset()[1]["noops"] for _ in range(4)] == first
+    finally:
+        env.close()
+
+
+def test_noop_max_is_validated() -> None:
+    from omnipolicy.envs.atari import AtariEnv
+
+    with pytest.raises(ValueError, match=r"atari/pong: noop_max must be an int >= 0, got -1"):
+        AtariEnv(get_task("atari/pong"), env=None, noop_max=-1)
