@@ -6,8 +6,11 @@ uniform-random policy), so numbers are comparable across runs and projects:
 * each task runs ``episodes`` episodes in ``num_envs`` parallel environments,
   batched through the actor; episode ``k`` of a task is reset with seed
   ``seed + k`` (evaluation seeds start at 10 000, away from collection seeds);
-* the simulator settings are the task's own (Atari: ALE v5, frameskip 4,
-  sticky actions 0.25; the episode limit is the task's ``max_steps``);
+* the simulator settings and the episode limit are the task's own, the ones
+  its random and expert scores were measured under (``registry.score_protocol``;
+  Atari's, ``envs.atari.PROTOCOL``: sticky actions, no-op starts, a 2000-step
+  cap); a run capped below a task's limit (``max_steps``), or scores recorded
+  under another protocol, mark the task's normalised score not comparable;
 * score 0 = the task's random score, 100 = its expert score (Gato's definition),
   95% confidence intervals by a seeded bootstrap over episodes;
 * Gato's headline metric: the share of tasks at or above 50% of expert.
@@ -31,7 +34,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from omnipolicy.envs.registry import TaskSpec, get_task, make_env, make_expert
+from omnipolicy.envs.atari import PROTOCOL as ATARI_PROTOCOL
+from omnipolicy.envs.registry import TaskSpec, get_task, make_env, make_expert, protocol_mismatch
 
 BOOTSTRAP_SAMPLES = 2000
 HEADLINE_THRESHOLD = 50.0
@@ -148,7 +152,11 @@ class RandomActor:
 
 @dataclass
 class TaskResult:
-    """Every episode of one task under the protocol."""
+    """Every episode of one task under the protocol.
+
+    ``not_comparable`` says why the episodes ran under another protocol than the random and expert scores
+    (None when they did not): their normalised score is then not comparable with the protocol's.
+    """
 
     task_id: str
     domain: str
@@ -158,7 +166,9 @@ class TaskResult:
     random_score: float
     expert_score: float
     seconds: float
+    episode_limit: int
     video: str | None = None
+    not_comparable: str | None = None
 
     def normalized(self) -> np.ndarray:
         return 100.0 * (np.asarray(self.returns) - self.random_score) / (self.expert_score - self.random_score)
@@ -203,6 +213,21 @@ def episode_limit(task: TaskSpec, max_steps: int | None) -> int:
     return min(max_steps or task.max_steps, task.max_steps)
 
 
+def not_comparable(task: TaskSpec, limit: int) -> str | None:
+    """Why episodes of at most ``limit`` steps are not scored under the task's protocol, or None if they are.
+
+    The random and expert scores hold for the task's :func:`~omnipolicy.envs.registry.score_protocol`: episodes of
+    ``task.max_steps`` steps and the simulator settings recorded with the scores.
+    """
+    if limit < task.max_steps:
+        return (f"episodes capped at {limit} steps, below the {task.max_steps} its random and expert scores "
+                f"were measured at")
+    stale = protocol_mismatch(task)
+    if stale:
+        return f"its scores were measured under another protocol ({stale}) than the task's now"
+    return None
+
+
 def run_task(
     actor: Actor,
     task_id: str,
@@ -222,7 +247,8 @@ def run_task(
         num_envs: parallel environments batched through the actor.
         seed: seed of episode 0.
         video_path: where to write a GIF of episode 0, or None.
-        max_steps: cap on episode length (default: the task's ``max_steps``).
+        max_steps: cap on episode length (default: the task's ``max_steps``); below it, the result is marked
+            ``not_comparable`` (the random and expert scores hold for full-limit episodes).
         progress: optional tqdm bar, advanced by one per finished episode.
 
     Returns:
@@ -295,6 +321,8 @@ def run_task(
         expert_score=float(task.expert_score),
         seconds=time.perf_counter() - start,
         video=video,
+        episode_limit=limit,
+        not_comparable=not_comparable(task, limit),
     )
 
 
@@ -337,6 +365,8 @@ def summarize(results: Sequence[TaskResult], protocol: dict) -> dict:
             "seconds": r.seconds,
             "video": r.video,
             "returns": r.returns,
+            "episode_limit": r.episode_limit,
+            "not_comparable": r.not_comparable,
         }
     domains = {}
     for domain in sorted({r.domain for r in results}):
@@ -359,6 +389,7 @@ def summarize(results: Sequence[TaskResult], protocol: dict) -> dict:
             "normalized_ci95": _mean_of_tasks_ci([r.normalized() for r in results]),
             "tasks_at_least_50": int((all_means >= HEADLINE_THRESHOLD).sum()),
             "share_at_least_50": float(np.mean(all_means >= HEADLINE_THRESHOLD)) if len(all_means) else math.nan,
+            "not_comparable": [r.task_id for r in results if r.not_comparable],
         },
     }
 
@@ -397,6 +428,13 @@ def render_markdown(summary: dict, title: str, chart: str | None = None) -> str:
         f"{o['normalized_mean']:.1f} (95% CI {o['normalized_ci95'][0]:.1f} to {o['normalized_ci95'][1]:.1f}).",
         "",
     ]
+    if o.get("not_comparable"):
+        lines += [
+            f"**Not comparable: {len(o['not_comparable'])} of {o['tasks']} tasks ran under another protocol than "
+            f"their random and expert scores** (marked †): their normalised scores, and the means and counts above "
+            f"that include them, are not expert-normalised scores of the protocol.",
+            "",
+        ]
     if chart:
         lines += [f"![expert-normalised score per task]({chart})", ""]
     lines += ["## Per task", "", "| task | domain | episodes | return (mean ± std) | success | normalised (95% CI) | random | expert | video |"]
@@ -405,10 +443,14 @@ def render_markdown(summary: dict, title: str, chart: str | None = None) -> str:
         succ = "—" if t["success_rate"] is None else f"{100 * t['success_rate']:.0f}%"
         ci = t["normalized_ci95"]
         video = f"[gif]({os.path.relpath(t['video'], summary['protocol'].get('out', '.'))})" if t["video"] else "—"
+        mark = " †" if t.get("not_comparable") else ""
         lines.append(
             f"| {tid} | {t['domain']} | {t['episodes']} | {t['return_mean']:.1f} ± {t['return_std']:.1f} | {succ} | "
-            f"{t['normalized_mean']:.1f} ({ci[0]:.1f} to {ci[1]:.1f}) | {t['random_score']:.1f} | {t['expert_score']:.1f} | {video} |"
+            f"{t['normalized_mean']:.1f} ({ci[0]:.1f} to {ci[1]:.1f}){mark} | {t['random_score']:.1f} | {t['expert_score']:.1f} | {video} |"
         )
+    marked = [(tid, t["not_comparable"]) for tid, t in summary["tasks"].items() if t.get("not_comparable")]
+    if marked:
+        lines += [""] + [f"† {tid}: {why}." for tid, why in marked]
     lines += ["", "## Per domain", "", "| domain | tasks | normalised mean (95% CI) | tasks >= 50% |", "| --- | ---: | ---: | ---: |"]
     for d, v in summary["domains"].items():
         ci = v["normalized_ci95"]
@@ -516,10 +558,13 @@ def evaluate(
         "parallel_envs": max(1, min(num_envs, episodes)),  # what ran: never more envs than episodes
         "worker_processes": workers,
         "seeds": f"episode k of a task resets with seed {seed} + k",
-        "episode_limit": "task max_steps" + (f", capped at {max_steps}" if max_steps else ""),
-        "atari": "ALE v5: frameskip 4, repeat_action_probability 0.25, full action set off",
+        "episode_limit": "each task's max_steps, the limit its random and expert scores were measured at"
+                         + (f"; capped at {max_steps} (tasks with a longer limit are marked not comparable)"
+                            if max_steps else ""),
+        "atari": ATARI_PROTOCOL + "; the random and expert scores are measured under the same protocol",
         "prompting": "none",
-        "normalisation": "100 * (return - random) / (expert - random); random and expert measured by scripts/measure_experts.py",
+        "normalisation": "100 * (return - random) / (expert - random); random and expert measured by "
+                         "scripts/measure_experts.py under each task's protocol (registry.score_protocol)",
         "confidence_intervals": f"95% percentile bootstrap over episodes, {BOOTSTRAP_SAMPLES} resamples, seed 0",
         "out": str(out),
     }
@@ -596,7 +641,8 @@ class EvalConfig:
     video: bool = True
     """Write one rollout GIF per task."""
     max_steps: int | None = None
-    """Cap on episode length (default: each task's own limit)."""
+    """Cap on episode length (default: each task's own limit, the one its random and expert scores were measured at;
+    the report marks the normalised score of a task capped below it as not comparable)."""
     temperature: float = 0.0
     """Sampling temperature for action tokens (0 = greedy)."""
     continuous_decoding: Literal["auto", "mean", "mode"] = "auto"

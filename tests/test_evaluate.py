@@ -93,3 +93,44 @@ def test_workers_need_an_actor_with_a_recipe(tmp_path):
         evaluate(actor, ("classic/acrobot-v1", "classic/cartpole-v1"), episodes=1, out=tmp_path, video=False, workers=2)
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         evaluate(ExpertActor(), ("classic/acrobot-v1",), episodes=1, out=tmp_path, video=False, workers=0)
+
+
+def test_a_cap_below_the_protocol_marks_the_score_not_comparable(tmp_path):
+    tasks = ("classic/cartpole-v1", "classic/mountaincar-v0")  # limits 500 and 200
+    capped = evaluate(RandomActor(seed=2), tasks, episodes=2, out=tmp_path / "capped", num_envs=2, video=False,
+                      max_steps=300)
+    cart, car = capped["tasks"]["classic/cartpole-v1"], capped["tasks"]["classic/mountaincar-v0"]
+    assert cart["episode_limit"] == 300 and cart["not_comparable"] == (
+        "episodes capped at 300 steps, below the 500 its random and expert scores were measured at")
+    assert car["episode_limit"] == 200 and car["not_comparable"] is None and car["mean_length"] == 200
+    assert capped["overall"]["not_comparable"] == ["classic/cartpole-v1"]
+    assert "capped at 300 (tasks with a longer limit are marked not comparable)" in capped["protocol"]["episode_limit"]
+    md = (tmp_path / "capped" / "report.md").read_text()
+    assert "**Not comparable: 1 of 2 tasks ran under another protocol than their random and expert scores**" in md
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| classic/")}
+    assert " † |" in rows["classic/cartpole-v1"] and "†" not in rows["classic/mountaincar-v0"]
+    assert "† classic/cartpole-v1: episodes capped at 300 steps, below the 500" in md
+    full = evaluate(RandomActor(seed=2), tasks, episodes=2, out=tmp_path / "full", num_envs=2, video=False)
+    assert full["overall"]["not_comparable"] == [] and full["tasks"]["classic/cartpole-v1"]["episode_limit"] == 500
+    assert "Not comparable" not in (tmp_path / "full" / "report.md").read_text()
+
+
+def test_the_report_states_the_atari_protocol(tmp_path):
+    summary = evaluate(RandomActor(), ("classic/mountaincar-v0",), episodes=1, out=tmp_path, video=False)
+    assert summary["protocol"]["atari"] == (
+        "ALE v5, minimal action set, frameskip 4, sticky actions (repeat_action_probability) 0.25, 1 to 30 no-op "
+        "frames at each reset (drawn from the reset's seed), episodes of at most 2000 steps; the random and expert "
+        "scores are measured under the same protocol")
+    assert f"- atari: {summary['protocol']['atari']}" in (tmp_path / "report.md").read_text()
+
+
+def test_scores_recorded_under_another_protocol_are_not_comparable(monkeypatch):
+    from omnipolicy.envs import get_task, registry
+    from omnipolicy.envs.evaluate import not_comparable
+
+    pong = get_task("atari/pong")
+    assert not_comparable(pong, 2000) is None
+    assert not_comparable(pong, 1999) == "episodes capped at 1999 steps, below the 2000 its random and expert scores were measured at"
+    old = {"max_steps": 27_000, "frameskip": 4, "repeat_action_probability": 0.25}
+    monkeypatch.setattr(registry, "load_scores", lambda: {"atari/pong": {"expert": {"protocol": old}}})
+    assert not_comparable(pong, 2000) == f"its scores were measured under another protocol ({ {'expert': old} }) than the task's now"
