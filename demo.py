@@ -132,9 +132,6 @@ class DemoConfig:
     """Parallel evaluation environments per task (batched through the policy)."""
     eval_workers: int = 2
     """Processes evaluating tasks side by side (one per core here; the scores do not depend on it)."""
-    eval_max_steps: int = 2000
-    """Cap on evaluation episode length (only Atari episodes are longer; a policy that never serves in
-    Breakout would otherwise run 27,000 steps). Written into the report's protocol."""
     video: bool = True
     """Write one rollout GIF per task."""
     seed: int = 0
@@ -390,7 +387,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         out,
         num_envs=cfg.eval_envs,
         video=cfg.video,
-        max_steps=cfg.eval_max_steps,
         title="omnipolicy demo: one generalist, every task",
         workers=cfg.eval_workers,
         extra_protocol={
