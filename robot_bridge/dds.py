@@ -9,11 +9,13 @@ and takes are the CDR bytes of :mod:`omnipolicy.robot_bridge.cdr`: numpy
 copies instead of cyclonedds-python's per-element machinery, which makes a
 640x480 RGB image about a thousand times cheaper to (de)serialise.
 
-The default configuration is ``config/cyclonedds-loopback.xml`` (127.0.0.1,
-no multicast, peers listed), applied to the transport's domain only.
+The Cyclone configuration of the transport's domain follows its network
+(:mod:`omnipolicy.robot_bridge.network`): ``system`` (default) reads the ROS 2
+environment as rmw_cyclonedds does, ``loopback`` is
+``config/cyclonedds-loopback.xml`` (127.0.0.1, no multicast, peers listed).
 
 >>> from omnipolicy.robot_bridge.messages import Bool
->>> with DdsTransport(domain_id=7) as t:      # doctest: +SKIP
+>>> with DdsTransport(domain_id=7, network="loopback") as t:      # doctest: +SKIP
 ...     got = queue.Queue()
 ...     t.subscription("/estop", Bool, got)
 ...     t.publisher("/estop", Bool).publish(Bool(data=True))
@@ -39,6 +41,7 @@ from cyclonedds.util import duration
 from omnipolicy.robot_bridge import cdr
 from omnipolicy.robot_bridge.loopback import CYCLONEDDS_LOOPBACK, check_domain_id, domain_id_from_env
 from omnipolicy.robot_bridge.messages import RosMessage, validate
+from omnipolicy.robot_bridge.network import check_network, cyclone_system_config
 from omnipolicy.robot_bridge.transport import (
     Publisher,
     QosProfile,
@@ -144,30 +147,28 @@ def to_cyclone_qos(qos: QosProfile) -> Qos:
 # Domains: one Cyclone domain per id per process, with the configuration we chose
 # ---------------------------------------------------------------------------
 
-_DOMAINS: dict[int, list[Any]] = {}  # id -> [Domain | None, config, refcount]
+_DOMAINS: dict[int, list[Any]] = {}  # id -> [Domain, config, refcount]
 _DOMAINS_LOCK = threading.Lock()
 
 
-def _config_text(config: str | Path | None) -> str | None:
-    if config is None or config == "env":
-        return None
-    if config == "loopback":
-        return CYCLONEDDS_LOOPBACK.read_text()
+def _config_text(network: str, config: str | Path | None) -> str:
+    if config is None:
+        return CYCLONEDDS_LOOPBACK.read_text() if check_network(network) == "loopback" else cyclone_system_config()
     text = str(config)
     if text.lstrip().startswith("<"):
         return text
     path = Path(text.removeprefix("file://"))
     if not path.is_file():
-        raise ValueError(f"Cyclone DDS config {config!r}: expected 'loopback', 'env', an XML string or an existing file")
+        raise ValueError(f"Cyclone DDS config {config!r}: expected an XML string or an existing file")
     return path.read_text()
 
 
-def _acquire_domain(domain_id: int, config: str | None) -> None:
+def _acquire_domain(domain_id: int, config: str) -> None:
     with _DOMAINS_LOCK:
         entry = _DOMAINS.get(domain_id)
         if entry is None:
             try:
-                dom = Domain(domain_id, config) if config is not None else None
+                dom = Domain(domain_id, config)
             except DDSException as e:
                 raise ValueError(
                     f"Cyclone DDS rejected the configuration of domain {domain_id} (its log lines above say why): {e}"
@@ -190,8 +191,7 @@ def _release_domain(domain_id: int) -> None:
         entry[2] -= 1
         if entry[2] == 0:
             del _DOMAINS[domain_id]
-            if entry[0] is not None:
-                _delete(entry[0])
+            _delete(entry[0])
 
 
 def _delete(entity: Any) -> None:
@@ -276,21 +276,23 @@ class DdsTransport(Transport):
 
     Args:
         domain_id: the ROS domain id; default ``ROS_DOMAIN_ID`` or 0.
-        config: Cyclone configuration of this domain: ``"loopback"`` (the
-            shipped 127.0.0.1-only file, default), ``"env"`` (whatever
-            ``CYCLONEDDS_URI`` says), an XML string or a file path.
+        network: ``"system"`` (default): the ROS 2 environment as rmw_cyclonedds reads it
+            (:func:`~omnipolicy.robot_bridge.network.cyclone_system_config`); ``"loopback"``:
+            the shipped 127.0.0.1-only file, whatever the environment says (tests, benchmarks).
+        config: a Cyclone configuration (XML string or file path) to use instead of the network's.
 
     Raises:
-        ValueError: bad domain id or config, or the domain is already open in
+        ValueError: bad domain id, network or config, or the domain is already open in
             this process with another config.
     """
 
     name = "dds"
 
-    def __init__(self, domain_id: int | None = None, config: str | Path | None = "loopback") -> None:
+    def __init__(self, domain_id: int | None = None, network: str = "system", config: str | Path | None = None) -> None:
         super().__init__()
+        self.network = check_network(network)
         self.domain_id = check_domain_id(domain_id_from_env() if domain_id is None else domain_id)
-        _acquire_domain(self.domain_id, _config_text(config))
+        _acquire_domain(self.domain_id, _config_text(network, config))
         try:
             self._participant = DomainParticipant(self.domain_id)
         except Exception:

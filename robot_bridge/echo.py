@@ -2,7 +2,7 @@
 
 Used by the tests and ``scripts/bench_bridge.py`` as the far end of a round
 trip, in its own process (and, for ``rclpy``, in its own virtual
-environment). Three implementations:
+environment), always on the loopback network. Three implementations:
 
 - ``dds`` / ``rclpy``: this package's transports (decode, re-encode);
 - ``rclpy-native``: plain rclpy with ROS' generated message classes, so ROS'
@@ -80,7 +80,7 @@ def _message_class(name: str) -> Any:
 def _run_transport(cfg: EchoConfig, pairs: list[EchoPair], done: threading.Event, qos: QosProfile) -> None:
     from omnipolicy.robot_bridge.transport import make_transport  # noqa: PLC0415
 
-    kwargs: dict[str, Any] = {"domain_id": cfg.domain_id}
+    kwargs: dict[str, Any] = {"domain_id": cfg.domain_id, "network": "loopback"}  # a test helper: 127.0.0.1 only
     if cfg.impl == "rclpy":
         kwargs["node_name"] = "omnipolicy_echo"
     with make_transport(cfg.impl, **kwargs) as t:

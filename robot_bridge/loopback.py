@@ -12,9 +12,11 @@ with the ros-rclpy wheels (Kilted, rmw_fastrtps_cpp): with ``LOCALHOST`` the
 RMW adds its own transport on top of the profile and the node binds UDP
 sockets on the machine's other interface and on 0.0.0.0; with
 ``SYSTEM_DEFAULT`` every socket it opens is bound to 127.0.0.1.
-(Cyclone DDS 11 itself binds its two unicast receive sockets to 0.0.0.0 but
-advertises and sends to 127.0.0.1 only; it has no option to bind them to an
-address.)
+(Cyclone DDS 11.0.1 binds its two unicast receive sockets to 0.0.0.0 whatever
+its configuration says: its UDP transport binds every unicast receive socket
+to INADDR_ANY. It sends only from a socket bound to 127.0.0.1 and advertises
+127.0.0.1 only, so no packet leaves the host; tests/test_bridge_dds.py pins
+exactly which sockets are bound where.)
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 CYCLONEDDS_LOOPBACK = CONFIG_DIR / "cyclonedds-loopback.xml"
 FASTDDS_LOOPBACK = CONFIG_DIR / "fastdds-loopback.xml"
+
+#: Variables of a user's ROS 2 environment that could reach past 127.0.0.1 and that the loopback files do not
+#: override: removed (ROS_LOCALHOST_ONLY is deprecated and conflicts with the discovery range on newer ROS;
+#: FASTRTPS_DEFAULT_PROFILES_FILE is Fast DDS' older name of the profiles file).
+SYSTEM_ONLY_VARIABLES = ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 #: Largest domain id whose RTPS ports (7400 + 250 * id + offsets) fit in 16 bits.
 MAX_DOMAIN_ID = 232
@@ -51,7 +58,8 @@ def loopback_env(
     Sets ``CYCLONEDDS_URI`` and ``FASTDDS_DEFAULT_PROFILES_FILE`` to the shipped
     loopback configurations, ``ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT``
     (the files decide; see the module docstring), and, when given,
-    ``ROS_DOMAIN_ID`` and ``RMW_IMPLEMENTATION``.
+    ``ROS_DOMAIN_ID`` and ``RMW_IMPLEMENTATION``; removes
+    :data:`SYSTEM_ONLY_VARIABLES`.
 
     Args:
         domain_id: ``ROS_DOMAIN_ID`` to set, or None to keep the base's.
@@ -65,7 +73,8 @@ def loopback_env(
     env["CYCLONEDDS_URI"] = CYCLONEDDS_LOOPBACK.as_uri()
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_LOOPBACK)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
-    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the discovery range on newer ROS
+    for name in SYSTEM_ONLY_VARIABLES:
+        env.pop(name, None)
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(check_domain_id(domain_id))
     if rmw is not None:
@@ -76,7 +85,8 @@ def loopback_env(
 def apply_loopback_env(domain_id: int | None = None, *, rmw: str | None = "rmw_fastrtps_cpp") -> None:
     """Set :func:`loopback_env`'s variables in this process (before any DDS participant is created)."""
     env = loopback_env(domain_id, rmw=rmw, base={})
-    os.environ.pop("ROS_LOCALHOST_ONLY", None)
+    for name in SYSTEM_ONLY_VARIABLES:
+        os.environ.pop(name, None)
     os.environ.update(env)
 
 

@@ -10,7 +10,9 @@ Python classes are only used for their type support.
 
 The node spins in a background thread on its own ``rclpy.Context`` (several
 transports may live in one process) and installs no signal handlers: the
-application owns SIGINT/SIGTERM.
+application owns SIGINT/SIGTERM. On the ``system`` network the environment is
+left exactly as it is, for rcl and the RMW to read as under ``ros2 run``; on
+``loopback`` the 127.0.0.1-only environment is set first.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 from omnipolicy.robot_bridge import cdr
 from omnipolicy.robot_bridge.loopback import apply_loopback_env, check_domain_id, domain_id_from_env
 from omnipolicy.robot_bridge.messages import RosMessage, validate
+from omnipolicy.robot_bridge.network import check_network
 from omnipolicy.robot_bridge.transport import Publisher, QosProfile, Subscription, Transport
 
 M = TypeVar("M", bound=RosMessage)
@@ -114,20 +117,24 @@ class RclpyTransport(Transport):
     Args:
         node_name: the node's name in the ROS graph.
         domain_id: ROS domain id; default ``ROS_DOMAIN_ID`` or 0.
-        loopback: set the 127.0.0.1-only environment (:func:`apply_loopback_env`,
-            Fast DDS RMW) in this process before initialising rclpy. The DDS
-            layer reads it once per process, so set it before the first node.
+        network: ``"system"`` (default): leave the environment to rcl and the RMW
+            (``RMW_IMPLEMENTATION``, ``ROS_AUTOMATIC_DISCOVERY_RANGE``, ``ROS_STATIC_PEERS``,
+            ``CYCLONEDDS_URI``, ``FASTRTPS_DEFAULT_PROFILES_FILE``, ...); ``"loopback"``: set the
+            127.0.0.1-only environment (:func:`apply_loopback_env`, Fast DDS RMW) in this process
+            first. The DDS layer reads it once per process, so choose before the first node.
 
     Raises:
+        ValueError: bad domain id or network.
         ImportError: rclpy is not importable (the message says how to get it).
     """
 
     name = "rclpy"
 
-    def __init__(self, node_name: str = "omnipolicy_bridge", domain_id: int | None = None, loopback: bool = True) -> None:
+    def __init__(self, node_name: str = "omnipolicy_bridge", domain_id: int | None = None, network: str = "system") -> None:
         super().__init__()
+        self.network = check_network(network)
         self.domain_id = check_domain_id(domain_id_from_env() if domain_id is None else domain_id)
-        if loopback:
+        if network == "loopback":
             apply_loopback_env(self.domain_id)
         rclpy = _import_rclpy()
         from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415

@@ -226,6 +226,7 @@ class Transport(abc.ABC):
     """A connection to a ROS 2 graph, used as a context manager."""
 
     name: str = ""
+    network: str = ""  # "system" or "loopback" (omnipolicy.robot_bridge.network), set by each transport
 
     def __init__(self) -> None:
         self._endpoints: list[Publisher | Subscription] = []

@@ -117,7 +117,7 @@ def measure(near: str, far: str, far_python: str, args: Args, domain: int) -> di
     def img(i: int) -> Image:
         return array_to_image(image, stamp=Time(i + 10, 0), frame_id="camera")
 
-    kwargs = {"domain_id": domain, **({"node_name": "bench_near"} if near == "rclpy" else {})}
+    kwargs = {"domain_id": domain, "network": "loopback", **({"node_name": "bench_near"} if near == "rclpy" else {})}
     with EchoProcess(far_python, far, domain, pairs), make_transport(near, **kwargs) as t:
         out = {"joint_state": round_trips(t, "/bench/js/ping", "/bench/js/pong", JointState, js, args.n, 100)}
         out["image_640x480"] = round_trips(t, "/bench/img/ping", "/bench/img/pong", Image, img, args.image_n, 5)
@@ -190,7 +190,7 @@ def control_loop(robot_python: str, robot_transport: str, args: Args) -> dict:
     domain = random_domain_id()
     actor = "policy" if args.checkpoint else "expert"
     cfg = DeployConfig(task="dmc/reacher-easy", actor=actor, checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-                       transport="dds", domain_id=domain)
+                       transport="dds", network="loopback", domain_id=domain)
     robot_args = ["--transport", robot_transport, "--episode-seconds", "2", "--max-seconds", str(args.control_seconds + 60)]
     with Deployer(cfg) as node, NodeProcess("sim-robot", robot_args, domain, robot_python) as robot:
         report = node.run(duration=args.control_seconds)

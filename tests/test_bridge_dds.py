@@ -65,7 +65,7 @@ DOMAIN = random_domain_id()  # one per test run: concurrent runs do not hear eac
 
 @pytest.fixture(scope="module")
 def transport():
-    with DdsTransport(domain_id=DOMAIN) as t:
+    with DdsTransport(network="loopback", domain_id=DOMAIN) as t:
         yield t
 
 
@@ -105,7 +105,7 @@ def test_our_command_writer_matches_ros2_control_readers(transport):
     a TRANSIENT_LOCAL reader does not match a VOLATILE writer (durability must match)."""
     topic = "/fwd/commands"
     pub = transport.publisher(topic, Float64MultiArray, QOS_ROS2_CONTROL)
-    with DdsTransport(domain_id=DOMAIN) as other:
+    with DdsTransport(network="loopback", domain_id=DOMAIN) as other:
         got: list = []
         sub = other.subscription(topic, Float64MultiArray, got.append, QOS_ROS2_CONTROL)
         wait_for(lambda: pub.matched() == 1 and sub.matched() == 1, 10, "ros2_control-style reader to match")
@@ -134,24 +134,27 @@ def test_loopback_configs_stay_on_127_0_0_1():
     assert locators and {e.text for e in locators} == {"127.0.0.1"}
     assert froot.find(".//f:initialPeersList", fns) is not None
 
-    env = loopback_env(42, base={"ROS_LOCALHOST_ONLY": "1", "PATH": "/bin"})
-    assert env["CYCLONEDDS_URI"] == CYCLONEDDS_LOOPBACK.as_uri()
-    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(FASTDDS_LOOPBACK)
-    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT" and env["ROS_DOMAIN_ID"] == "42"
-    assert env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp" and "ROS_LOCALHOST_ONLY" not in env and env["PATH"] == "/bin"
+    user = {"ROS_LOCALHOST_ONLY": "1", "ROS_STATIC_PEERS": "10.0.0.7", "FASTRTPS_DEFAULT_PROFILES_FILE": "/etc/f.xml",
+            "CYCLONEDDS_URI": "file:///etc/c.xml", "RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp", "PATH": "/bin"}
+    assert loopback_env(42, base=user) == {
+        "CYCLONEDDS_URI": CYCLONEDDS_LOOPBACK.as_uri(), "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_LOOPBACK),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT", "ROS_DOMAIN_ID": "42", "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+        "PATH": "/bin",  # the user's static peers and other profiles could reach past 127.0.0.1: removed
+    }
     with pytest.raises(ValueError, match=r"ROS domain id must be an int in \[0, 232\], got 233"):
         loopback_env(233)
 
 
-def test_registry_and_sinks():
+def test_registry_and_sinks(monkeypatch):
     with pytest.raises(ValueError, match=r"Unknown transport 'zenoh'. Available transports: \['dds', 'rclpy'\]"):
         make_transport("zenoh")
     if "rclpy" not in sys.modules:
         try:
             import rclpy  # noqa: F401
         except ImportError:
+            monkeypatch.setattr(os, "environ", dict(os.environ))  # the loopback environment is set before the import
             with pytest.raises(ImportError, match="scripts/make_ros_venv.sh"):
-                make_transport("rclpy", loopback=False)
+                make_transport("rclpy", network="loopback")
     q: queue.Queue = queue.Queue(maxsize=2)
     put = make_sink(q)
     for i in range(5):
@@ -253,7 +256,7 @@ def echo_round_trip(t, pairs: dict, messages: dict[type, list], timeout: float =
 def test_dds_round_trip_through_dds_echo_process():
     domain = random_domain_id()
     pairs = [f"{cls.__name__}:{src}:{dst}" for cls, (src, dst) in PAIRS.items()]
-    with EchoProcess(sys.executable, "dds", domain, pairs), DdsTransport(domain_id=domain) as t:
+    with EchoProcess(sys.executable, "dds", domain, pairs), DdsTransport(network="loopback", domain_id=domain) as t:
         echo_round_trip(t, PAIRS, round_trip_messages(np.random.default_rng(1)))
 
 
@@ -266,7 +269,7 @@ def test_malformed_and_invalid_samples_are_not_delivered(transport):
     topic = "/bad/joint_states"
     got: list = []
     sub = transport.subscription(topic, JointState, got.append, QOS_DEFAULT)
-    with DdsTransport(domain_id=DOMAIN) as other:
+    with DdsTransport(network="loopback", domain_id=DOMAIN) as other:
         pub = other.publisher(topic, JointState, QOS_DEFAULT)
         wait_for(lambda: pub.matched() == 1 and sub.matched() == 1, 10, "endpoints to match")
         # Cyclone itself refuses to write (and drops on receive) bytes that are not valid CDR of the type
@@ -293,7 +296,7 @@ def test_malformed_and_invalid_samples_are_not_delivered(transport):
 
 
 def test_closed_transport_refuses_endpoints():
-    t = DdsTransport(domain_id=DOMAIN)
+    t = DdsTransport(network="loopback", domain_id=DOMAIN)
     pub = t.publisher("/closed/x", Bool)
     t.close()
     t.close()  # idempotent
@@ -301,11 +304,11 @@ def test_closed_transport_refuses_endpoints():
         t.publisher("/closed/y", Bool)
     with pytest.raises(RuntimeError, match="publisher on /closed/x is closed"):
         pub.publish(Bool(data=True))
-    with DdsTransport(domain_id=DOMAIN) as t2:
+    with DdsTransport(network="loopback", domain_id=DOMAIN) as t2:
         with pytest.raises(TypeError, match="Publisher on /closed/z sends Bool, got JointState"):
             t2.publisher("/closed/z", Bool).publish(JointState())
         with pytest.raises(ValueError, match="another configuration"):
-            DdsTransport(domain_id=DOMAIN, config="<CycloneDDS/>")
+            DdsTransport(network="loopback", domain_id=DOMAIN, config="<CycloneDDS/>")
 
 
 # ---------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def test_round_trip_through_rclpy_node(impl):
     """
     domain = random_domain_id()
     pairs = [f"{cls.__name__}:{src}:{dst}" for cls, (src, dst) in PAIRS.items()]
-    with EchoProcess(str(ROS_PYTHON), impl, domain, pairs), DdsTransport(domain_id=domain) as t:
+    with EchoProcess(str(ROS_PYTHON), impl, domain, pairs), DdsTransport(network="loopback", domain_id=domain) as t:
         echo_round_trip(t, PAIRS, round_trip_messages(np.random.default_rng(2)))
 
 
@@ -384,8 +387,8 @@ def test_ros_type_support_reads_and_writes_our_bytes():
     assert qos == [True, True, True, 1]
 
 
-def udp_local_addresses(pid: int) -> set[str]:
-    """IPv4 addresses the UDP sockets of process ``pid`` are bound to (from /proc, no tools needed)."""
+def local_sockets(pid: int) -> dict[str, set[tuple[str, int]]]:
+    """(address, port) of the sockets of process ``pid``, per /proc/net table (udp, udp6, tcp, tcp6; IPv6 as hex)."""
     import socket
     import struct
 
@@ -397,25 +400,52 @@ def udp_local_addresses(pid: int) -> set[str]:
             continue
         if link.startswith("socket:["):
             inodes.add(link[8:-1])
-    addrs = set()
-    with open(f"/proc/{pid}/net/udp") as f:
-        for line in f.readlines()[1:]:
-            cols = line.split()
-            if cols[9] in inodes:
-                addrs.add(socket.inet_ntoa(struct.pack("<I", int(cols[1].split(":")[0], 16))))
-    with open(f"/proc/{pid}/net/udp6") as f:
-        assert not any(line.split()[9] in inodes for line in f.readlines()[1:]), "an IPv6 UDP socket is open"
-    return addrs
+    out: dict[str, set[tuple[str, int]]] = {}
+    for table in ("udp", "udp6", "tcp", "tcp6"):
+        out[table] = set()
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[9] in inodes:
+                    addr, port = cols[1].split(":")
+                    if table in ("udp", "tcp"):
+                        addr = socket.inet_ntoa(struct.pack("<I", int(addr, 16)))
+                    out[table].add((addr, int(port, 16)))
+    return out
+
+
+def udp_local_addresses(pid: int) -> set[str]:
+    """IPv4 addresses the UDP sockets of process ``pid`` are bound to; no IPv6 or TCP socket may be open."""
+    sockets = local_sockets(pid)
+    assert not sockets["udp6"] and not sockets["tcp"] and not sockets["tcp6"], sockets
+    return {addr for addr, _ in sockets["udp"]}
 
 
 @pytest.mark.skipif(not Path("/proc/self/net/udp").exists(), reason="needs Linux /proc")
 def test_dds_transport_sockets_stay_on_loopback():
-    with DdsTransport(domain_id=DOMAIN) as t:
+    """A loopback transport sends from 127.0.0.1 only, and no socket is bound to another interface.
+
+    Cyclone DDS 11.0.1 binds its unicast *receive* sockets to 0.0.0.0 whatever its configuration says (its UDP
+    transport binds every unicast receive socket to INADDR_ANY; there is no setting for it): they must be exactly
+    the two at this participant's RTPS unicast ports (discovery 7410 + 250 * domain + 2 * index, user data one
+    above), and nothing is sent from them; every other socket is bound to 127.0.0.1.
+    """
+    domain = random_domain_id()
+    while domain == DOMAIN:
+        domain = random_domain_id()
+    before = local_sockets(os.getpid())
+    with DdsTransport(network="loopback", domain_id=domain) as t:
         t.publisher("/sockets/x", Bool)
-        addrs = udp_local_addresses(os.getpid())
-    # Cyclone 11 binds its two unicast receive sockets to 0.0.0.0 (no option to bind them to an
-    # address) but sends and advertises 127.0.0.1 only; nothing is bound to another interface
-    assert "127.0.0.1" in addrs and addrs <= {"127.0.0.1", "0.0.0.0"}
+        t.subscription("/sockets/y", Bool, lambda m: None)
+        now = local_sockets(os.getpid())
+    new = {table: now[table] - before[table] for table in now}
+    assert not new["udp6"] and not new["tcp"] and not new["tcp6"], new
+    any_addr = sorted(port for addr, port in new["udp"] if addr == "0.0.0.0")
+    index, odd = divmod(any_addr[0] - (7410 + 250 * domain), 2) if any_addr else (-1, 1)
+    assert len(any_addr) == 2 and odd == 0 and 0 <= index <= 20 and any_addr[1] == any_addr[0] + 1, new["udp"]
+    others = {addr for addr, port in new["udp"] if port not in any_addr}
+    assert others == {"127.0.0.1"}, new["udp"]  # the transmit socket
+    assert not (local_sockets(os.getpid())["udp"] - before["udp"])  # closing the last transport of a domain frees them
 
 
 @pytest.mark.ros
