@@ -353,6 +353,16 @@ REACHER_JOINTS = ("shoulder", "wrist")
 REACHER_TASK_STATE = ("to_target_x", "to_target_y")
 
 
+#: Default rate limits are an arm's expert's largest command change per control step times this margin.
+RATE_LIMIT_MARGIN = 1.25
+
+#: The reacher expert's largest effort change between two control steps (shoulder, wrist), measured in plain
+#: simulation over whole episodes (1000 steps) of seeds 0-299 (the first command, from rest, is no change):
+#:   python -c "from omnipolicy.robot_bridge.sim_robot import largest_command_change as f; print(f('dmc/reacher-easy', range(300)))"
+#: -> [0.587 1.464] (about 80 s). The wrist's comes from an episode's second step, where the light link's PD reverses
+#: the saturated first command; the pixels task has the same arm and expert (the same figures on seeds 0-19).
+REACHER_EXPERT_MAX_CHANGE = (0.587, 1.464)
+
 REACHER_LIMITS = SafetyLimits(
     REACHER_JOINTS,
     "effort",
@@ -360,6 +370,7 @@ REACHER_LIMITS = SafetyLimits(
     position_upper=(math.inf, math.radians(160)),
     velocity_limit=(40.0, 60.0),  # rad/s; about 2x the expert's peak speeds
     effort_limit=(1.0, 1.0),  # the motors' ctrlrange
+    max_delta=tuple(round(RATE_LIMIT_MARGIN * d, 6) for d in REACHER_EXPERT_MAX_CHANGE),  # (0.73375, 1.83) per step
     position_margin=math.radians(5),
 )
 

@@ -12,7 +12,10 @@ rate) does, in this order:
 3. **rejected state**: a message that cannot be used (unknown, missing or
    duplicate joint names, wrong lengths, NaN/inf, a malformed or undecodable
    message) is rejected with one log line; the robot is held for at least one
-   tick, and until a valid message arrives on that topic.
+   tick, and until a valid message arrives on that topic. ROS allows empty
+   ``velocity``/``effort`` arrays: one the recipe reads is said missing once
+   (field and topic) and holds; an empty velocity it does not read is
+   estimated from consecutive positions.
 4. **observation**: the task's observation dict is rebuilt from the newest
    messages by the arm's explicit recipe (:mod:`omnipolicy.robot_bridge.arms`)
    and checked against the checkpoint's ``TimestepSpec`` (checked once at
@@ -23,7 +26,10 @@ rate) does, in this order:
    a policy).
 6. **safety**: :class:`~omnipolicy.robot_bridge.safety.SafetyFilter` clips the
    command to the joint position, velocity and effort limits and the maximum
-   change per step; every clip is counted and reported.
+   change per step (the rate limit: on by default with the arm's figure, its
+   expert's largest change per step with a margin, printed at start;
+   ``--max-delta`` tightens it, ``--no-rate-limit`` turns it off with a
+   warning); every clip is counted and reported.
 7. **publish** the command (``Float64MultiArray`` on ``/<controller>/commands``).
 
 Holding publishes the interface's hold command (zero effort; see
@@ -35,6 +41,12 @@ The policy acts through a KV-cached ``InferenceSession`` (a few ms a step on
 a CPU for the tiny presets). The node keeps running when the robot
 side restarts (state goes stale -> hold; state returns -> resume).
 SIGINT/SIGTERM: publish one last hold command, write the summary, close.
+
+Network: ``--network system`` (default) joins the ROS 2 graph the
+environment describes, as ``ros2 run`` would (``ROS_DOMAIN_ID``,
+``ROS_AUTOMATIC_DISCOVERY_RANGE``, ``ROS_STATIC_PEERS``, ``RMW_IMPLEMENTATION``,
+``CYCLONEDDS_URI``, ...); ``--network loopback`` keeps every packet on
+127.0.0.1 (tests, benchmarks).
 
 Transports: ``dds`` runs anywhere ``.venv`` runs. ``rclpy`` needs rclpy *and*
 torch in one interpreter: build ``.venv-ros`` with
@@ -49,6 +61,7 @@ first, pinned) and run ``.venv-ros/bin/omnipolicy deploy --transport rclpy``;
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -71,6 +84,7 @@ from omnipolicy.robot_bridge.messages import (
     RosMessage,
     image_to_array,
 )
+from omnipolicy.robot_bridge.network import Network
 from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging, write_json_atomic
 from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
@@ -92,6 +106,9 @@ class DeployConfig:
     """policy: the checkpoint; expert: the task's scripted expert on a local simulator synced to the observation."""
     transport: Literal["dds", "rclpy"] = "dds"
     """rclpy: a real ROS 2 node; dds: ROS 2's wire protocol over Cyclone DDS (no ROS install)."""
+    network: Network = "system"
+    """system: the ROS 2 environment as `ros2 run` reads it (ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE,
+    ROS_STATIC_PEERS, RMW_IMPLEMENTATION, CYCLONEDDS_URI, ...); loopback: 127.0.0.1 only (tests, benchmarks)."""
     domain_id: int | None = None
     """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
     rate_hz: float = 0.0
@@ -99,7 +116,10 @@ class DeployConfig:
     state_timeout: float = 0.1
     """Watchdog: hold when the newest valid state of any observation topic is older than this (s)."""
     max_delta: float | None = None
-    """Maximum change of a joint command between two ticks (default: no limit)."""
+    """Tighter maximum change of every joint's command between two ticks (default: the arm's rate limit, its
+    expert's largest change per tick with a margin; printed at start)."""
+    no_rate_limit: bool = False
+    """Turn the rate limit off (the command may then jump by the whole effort range in one tick; warned at start)."""
     effort_limit: float | None = None
     """Tighter absolute effort limit for every joint (default: the arm's)."""
     velocity_limit: float | None = None
@@ -133,6 +153,8 @@ class DeployConfig:
             raise ValueError(f"--torch-threads must be >= 0 (0: torch's default), got {self.torch_threads}")
         if self.rate_hz < 0 or self.duration < 0:
             raise ValueError(f"--rate-hz and --duration must be >= 0, got {self.rate_hz} and {self.duration}")
+        if self.no_rate_limit and self.max_delta is not None:
+            raise ValueError(f"--max-delta {self.max_delta} and --no-rate-limit contradict each other; give one of them")
 
 
 # ---------------------------------------------------------------------------
@@ -214,22 +236,25 @@ class _Topic:
     unseen_reject: bool = False  # a rejection no tick has acted on yet: hold at least one tick for it
     rejected: int = 0
     transport_rejected_seen: int = 0
+    missing: tuple[str, ...] = ()  # needed fields the newest messages left empty (said once, until they come back)
+    last_position: tuple[np.ndarray, float, float] | None = None  # (position, stamp s, receive s): velocity estimate
 
 
 def arm_limits(arm: ArmSpec, cfg: DeployConfig) -> SafetyLimits:
-    """The arm's limits, tightened by the command-line overrides (never loosened).
+    """The arm's limits, tightened by the command-line overrides (never loosened), without the rate limit
+    only if ``--no-rate-limit`` says so.
 
     Raises:
         ValueError: an override that loosens a limit, or a bad ``joint:lower:upper``.
     """
     lim = arm.limits
-    changes: dict[str, Any] = {}
-    if cfg.max_delta is not None:
-        changes["max_delta"] = cfg.max_delta
-    for name, value in (("effort_limit", cfg.effort_limit), ("velocity_limit", cfg.velocity_limit)):
+    changes: dict[str, Any] = {"max_delta": None} if cfg.no_rate_limit else {}
+    for name, value in (("effort_limit", cfg.effort_limit), ("velocity_limit", cfg.velocity_limit),
+                        ("max_delta", cfg.max_delta)):
         if value is not None:
             if any(value > v for v in getattr(lim, name)):
-                raise ValueError(f"--{name.replace('_', '-')} {value} loosens the arm's limit {list(getattr(lim, name))}")
+                hint = "; --no-rate-limit turns the rate limit off" if name == "max_delta" else ""
+                raise ValueError(f"--{name.replace('_', '-')} {value} loosens the arm's limit {list(getattr(lim, name))}{hint}")
             changes[name] = value
     if cfg.position_limit:
         lower, upper = list(lim.position_lower), list(lim.position_upper)
@@ -278,6 +303,12 @@ class Deployer:
         self._sources: dict[str, list[Any]] = {topic: [] for topic in self.topic_types}
         for s in arm.observation.sources:
             self._sources.setdefault(s.topic, []).append(s)
+        # JointState fields the node cannot act without: topic -> field -> who needs it
+        self._needs: dict[str, dict[str, list[str]]] = {arm.joint_states_topic: {"position": ["the safety filter"]}}
+        for s in arm.observation.sources:
+            if isinstance(s, NamedSource):
+                self._needs.setdefault(s.topic, {}).setdefault(s.field, []).append(f"observation {s.key!r}")
+        self._estimating = False  # the joint states carry no velocity (said once)
         self._reset_requested = False
         self._late = False
         self._holding: str | None = "stale"  # nothing received yet
@@ -294,7 +325,7 @@ class Deployer:
 
         self._own_transport = transport is None
         if transport is None:
-            kwargs: dict[str, Any] = {"domain_id": cfg.domain_id}
+            kwargs: dict[str, Any] = {"domain_id": cfg.domain_id, "network": cfg.network}
             if cfg.transport == "rclpy":
                 kwargs["node_name"] = "omnipolicy_deploy"
             transport = make_transport(cfg.transport, **kwargs)
@@ -307,13 +338,45 @@ class Deployer:
         self.t.subscription(cfg.estop_topic, Bool, self.on_estop, QOS_DEFAULT)
         self.t.subscription(cfg.estop_clear_topic, Bool, self.on_estop_clear, QOS_DEFAULT)
         self.t.subscription(arm.episode_topic, Bool, self.on_episode, QOS_DEFAULT)
-        log.info("deploying %s (%s) on %s at %.1f Hz; observation recipe: %s", cfg.task, cfg.actor, self.t.name,
-                 1.0 / self.period, "; ".join(arm.observation.describe()))
+        log.info("deploying %s (%s) on %s (%s network) at %.1f Hz; observation recipe: %s", cfg.task, cfg.actor,
+                 self.t.name, self.t.network, 1.0 / self.period, "; ".join(arm.observation.describe()))
+        self._log_rate_limit()
+
+    @property
+    def max_delta(self) -> dict[str, float | None] | None:
+        """The rate limit in force: joint -> largest command change per tick (None: no limit for it), or None if off."""
+        lim = self.safety.limits
+        if all(math.isinf(d) for d in lim.max_delta):
+            return None
+        return {j: None if math.isinf(d) else round(d, 6) for j, d in zip(lim.joints, lim.max_delta)}
+
+    def _log_rate_limit(self) -> None:
+        limit = self.max_delta
+        if limit is None:
+            log.warning("rate limit OFF (--no-rate-limit): a command may change by the whole effort range in one tick")
+            return
+        source = ("--max-delta" if self.cfg.max_delta is not None else "the arm's default: its expert's largest change per "
+                  "tick with a margin; --max-delta tightens it, --no-rate-limit turns it off")
+        per_joint = ", ".join(f"{j} {'unlimited' if d is None else f'{d:g}'}" for j, d in limit.items())
+        log.info("rate limit: each joint's command changes by at most %s per tick (%s)", per_joint, source)
 
     # -------------------------------------------------------------- callbacks
     def on_state(self, topic: str, msg: RosMessage, now: float | None = None) -> None:
-        """A message on an observation topic: keep it if the recipe can use it, else reject it (one log line)."""
+        """A message on an observation topic: keep it if the recipe can use it, else reject it (one log line).
+
+        ROS allows empty ``velocity`` and ``effort`` arrays in a ``JointState``. A field the node needs (one the
+        recipe reads, or the joint positions) left empty is rejected and said once, until it comes back; an empty
+        velocity on the joint states the recipe does not read is estimated from consecutive positions (the
+        safety filter's velocity limit needs it).
+        """
         now = time.monotonic() if now is None else now
+        needs = self._needs.get(topic, {})
+        missing = tuple(f for f in needs if len(getattr(msg, f)) == 0)
+        if missing:
+            empty = "; ".join(f"JointState.{f} is empty but needed by {' and '.join(needs[f])}" for f in missing)
+            self._reject(topic, msg, f"{empty}; said once, until a JointState on {topic} carries {' and '.join(missing)}",
+                         missing)
+            return
         try:
             values = {}
             for s in self._sources[topic]:
@@ -326,18 +389,44 @@ class Deployer:
                         raise ValueError(f"image of shape {image.shape}, observation {s.key!r} needs {want}")
             if topic == self.arm.joint_states_topic:
                 values["_position"] = self.joints.task_vector(msg, "position")  # type: ignore[arg-type]
-                values["_velocity"] = self.joints.task_vector(msg, "velocity")  # type: ignore[arg-type]
+                if len(msg.velocity):  # type: ignore[attr-defined]  # empty: estimated below (the recipe does not read it)
+                    values["_velocity"] = self.joints.task_vector(msg, "velocity")  # type: ignore[arg-type]
         except ValueError as e:
-            with self._lock:
-                st = self._topics[topic]
-                st.invalid = st.unseen_reject = True
-                st.rejected += 1
-            log.warning("rejected a %s on %s: %s (robot held until a valid one)", type(msg).__name__, topic, e)
+            self._reject(topic, msg, str(e))
             return
         with self._lock:
             st = self._topics[topic]
-            st.msg, st.values, st.invalid = msg, values, False
+            if topic == self.arm.joint_states_topic and "_velocity" not in values:
+                values["_velocity"] = self._estimate_velocity(st, values["_position"], msg, now)  # type: ignore[arg-type]
+                if values["_velocity"] is None:
+                    return  # no estimate yet (first message, or after a gap): not usable, the watchdog is not fed
+            st.msg, st.values, st.invalid, st.missing = msg, values, False, ()
             self.watchdogs[topic].feed(now)
+
+    def _reject(self, topic: str, msg: RosMessage, reason: str, missing: tuple[str, ...] = ()) -> None:
+        """Hold until a valid message comes; one log line (for missing fields: once, until they come back)."""
+        with self._lock:
+            st = self._topics[topic]
+            st.invalid = st.unseen_reject = True
+            st.rejected += 1
+            said, st.missing = bool(missing) and st.missing == missing, missing
+        if not said:
+            log.warning("rejected a %s on %s: %s (robot held until a valid one)", type(msg).__name__, topic, reason)
+
+    def _estimate_velocity(self, st: _Topic, position: np.ndarray, msg: JointState, now: float) -> np.ndarray | None:
+        """(J,) joint velocity from the change of position since the previous message (header stamps when both are
+        set, else receive times); None without a previous message at most ``--state-timeout`` before."""
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        previous, st.last_position = st.last_position, (position, stamp, now)
+        if not self._estimating:
+            self._estimating = True
+            log.info("%s carries no velocity: estimating it from consecutive positions for the safety filter",
+                     self.arm.joint_states_topic)
+        if previous is None:
+            return None
+        p0, stamp0, now0 = previous
+        dt = stamp - stamp0 if stamp > 0 and stamp0 > 0 else now - now0
+        return (position - p0) / dt if 0 < dt <= self.cfg.state_timeout else None
 
     def on_estop(self, msg: Bool) -> None:
         if msg.data:
@@ -510,6 +599,7 @@ class Deployer:
             "actor": self.cfg.actor,
             "transport": self.t.name,
             "rate_hz": round(1.0 / self.period, 3),
+            "max_delta": self.max_delta,
             "ticks": self.ticks,
             "acted": self.acted,
             "holds": dict(self.holds),
@@ -541,7 +631,8 @@ def deploy_command(argv: list[str], prog: str) -> None:
     cfg = tyro.cli(DeployConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
     setup_logging(cfg.log_level)
     with Deployer(cfg) as node:
-        emit("ready", task=cfg.task, actor=cfg.actor, transport=node.t.name, rate_hz=round(1.0 / node.period, 3))
+        emit("ready", task=cfg.task, actor=cfg.actor, transport=node.t.name, network=node.t.network,
+             rate_hz=round(1.0 / node.period, 3), max_delta=node.max_delta)
         out = node.run(duration=cfg.duration or None, handle_signals=True)
     emit("summary", **out)
     if cfg.summary is not None:

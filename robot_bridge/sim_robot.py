@@ -34,6 +34,10 @@ prints one JSON line per episode on stdout (``{"event": "episode", ...}``),
 a ``{"event": "ready"}`` line once its endpoints exist and a
 ``{"event": "summary"}`` line at exit (also written to ``--summary``).
 
+**Network.** ``--network system`` (default) joins the ROS 2 graph the
+environment describes, as ``ros2 run`` would; ``--network loopback`` keeps
+every packet on 127.0.0.1 (tests and benchmarks).
+
 SIGINT/SIGTERM stop it cleanly (summary written, endpoints closed).
 
     omnipolicy sim-robot --task dmc/reacher-easy --transport dds --episodes 10
@@ -69,6 +73,7 @@ from omnipolicy.robot_bridge.messages import (
     action_from_command,
     array_to_image,
 )
+from omnipolicy.robot_bridge.network import Network
 from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
 
 log = logging.getLogger("omnipolicy.sim_robot")
@@ -82,6 +87,9 @@ class SimRobotConfig:
     """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy, dmc/reacher-easy-pixels)."""
     transport: Literal["dds", "rclpy"] = "dds"
     """rclpy: a real ROS 2 node (needs rclpy); dds: ROS 2's wire protocol over Cyclone DDS."""
+    network: Network = "system"
+    """system: the ROS 2 environment as `ros2 run` reads it (ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE,
+    ROS_STATIC_PEERS, RMW_IMPLEMENTATION, CYCLONEDDS_URI, ...); loopback: 127.0.0.1 only (tests, benchmarks)."""
     domain_id: int | None = None
     """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
     episodes: int = 0
@@ -244,7 +252,7 @@ class SimRobot:
             )
         self._own_transport = transport is None
         if transport is None:
-            kwargs: dict[str, Any] = {"domain_id": cfg.domain_id}
+            kwargs: dict[str, Any] = {"domain_id": cfg.domain_id, "network": cfg.network}
             if cfg.transport == "rclpy":
                 kwargs["node_name"] = "omnipolicy_sim_robot"
             transport = make_transport(cfg.transport, **kwargs)
@@ -291,7 +299,8 @@ class SimRobot:
         ep = self._new_episode(episode)
         started = not cfg.start_on_command
         t_start = time.monotonic()
-        emit("ready", task=cfg.task, transport=self.t.name, joints=list(self.spec.joints), period_s=period,
+        emit("ready", task=cfg.task, transport=self.t.name, network=self.t.network,
+             joints=list(self.spec.joints), period_s=period,
              episode_steps=self.episode_steps, command_topic=self.spec.command_topic)
         cam = self.camera_every > 0
         self.publish_state(cam)
@@ -422,7 +431,7 @@ def sim_robot_command(argv: list[str], prog: str) -> None:
 
 
 class NodeProcess:
-    """An ``omnipolicy sim-robot`` or ``deploy`` node in a child process (loopback environment); a context manager.
+    """An ``omnipolicy sim-robot`` or ``deploy`` node in a child process on the loopback network; a context manager.
 
     Reads the node's JSON event lines (``ready``, ``episode``, ``summary``) from its stdout in a thread.
 
@@ -442,7 +451,8 @@ class NodeProcess:
 
         from omnipolicy.robot_bridge.loopback import loopback_env  # noqa: PLC0415
 
-        cmd = [python or sys.executable, "-m", "omnipolicy.cli", command, "--domain-id", str(domain_id), *args]
+        cmd = [python or sys.executable, "-m", "omnipolicy.cli", command, "--network", "loopback", "--domain-id", str(domain_id),
+               *args]
         env = loopback_env(domain_id)
         env.setdefault("MUJOCO_GL", "egl")
         self.stderr_file = tempfile.TemporaryFile(mode="w+")
@@ -534,3 +544,46 @@ def simulate_episodes(task: str, act: Callable[[SimArm, dict[str, Any]], Any], s
         out.append({"seed": seed, "success": arm.inside(), "reached": first is not None, "first_reach_s": first,
                     "final_distance": round(arm.distance(), 5)})
     return out
+
+
+def largest_command_change(task: str, seeds: Any, episode_seconds: float | None = None,
+                           act: Callable[[SimArm, dict[str, Any]], Any] | None = None) -> np.ndarray:
+    """The largest change of a command between two consecutive control steps of an episode, per joint.
+
+    Runs :func:`simulate_episodes` (plain simulation); the first command of an episode (from rest) is no change.
+    The arms' default rate limits are measured with it (:mod:`omnipolicy.robot_bridge.arms`).
+
+    Args:
+        task: a task with an arm.
+        seeds: the episodes' seeds.
+        episode_seconds: episode length (default: the task's whole episode).
+        act: ``(arm, observation dict) -> action`` (default: the task's scripted expert).
+
+    Returns:
+        float64 (J,) in task order.
+    """
+    from omnipolicy.envs import get_task, make_expert  # noqa: PLC0415
+
+    spec = get_arm(task)
+    if act is None:
+        expert = make_expert(task)
+        act = lambda arm, obs: expert.act(arm.env, obs)  # noqa: E731
+    if episode_seconds is None:
+        episode_seconds = get_task(task).max_steps * spec.control_period
+    largest = np.zeros(len(spec.joints))  # (J,)
+    previous: np.ndarray | None = None
+
+    def start() -> None:
+        nonlocal previous
+        previous = None
+
+    def record(arm: SimArm, obs: dict[str, Any]) -> np.ndarray:
+        nonlocal previous
+        command = np.asarray(act(arm, obs), dtype=np.float64).reshape(-1)  # (J,)
+        if previous is not None:
+            np.maximum(largest, np.abs(command - previous), out=largest)
+        previous = command
+        return command
+
+    simulate_episodes(task, record, list(seeds), episode_seconds, reset=start)
+    return largest

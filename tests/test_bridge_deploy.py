@@ -69,7 +69,7 @@ class StubActor:
 
 @pytest.fixture(scope="module")
 def transport():
-    with DdsTransport(domain_id=random_domain_id()) as t:
+    with DdsTransport(network="loopback", domain_id=random_domain_id()) as t:
         yield t
 
 
@@ -175,7 +175,7 @@ def test_a_sender_that_dies_right_after_a_bad_message_is_held_as_stale(transport
 
 def test_inconsistent_message_on_the_wire_is_rejected_by_the_transport_and_holds(transport):
     node = node_with(transport)
-    with DdsTransport(domain_id=transport.domain_id) as other:
+    with DdsTransport(network="loopback", domain_id=transport.domain_id) as other:
         pub = other.publisher(JS, JointState)
         wait_for(lambda: pub.matched() > 0 and node.subs[JS].matched() > 0, 20, "deploy's joint state subscription")
         feed(node, time.monotonic())
@@ -223,6 +223,129 @@ def test_limits_clamp_and_are_counted(transport):
         node_with(transport, effort_limit=2.0)
     with pytest.raises(ValueError, match=r"unknown joint 'elbow'"):
         node_with(transport, position_limit=("elbow:-1:1",))
+
+
+def test_the_arms_rate_limit_is_on_by_default_and_printed(transport, caplog):
+    caplog.set_level(logging.INFO, "omnipolicy.deploy")
+    actor = StubActor((1.0, -1.0))
+    node = node_with(transport, actor)
+    assert node.max_delta == {"shoulder": 0.73375, "wrist": 1.83} == node.report()["max_delta"]  # 1.25 x (0.587, 1.464)
+    assert warnings_with(caplog, "rate limit: each joint's command changes by at most shoulder 0.73375, wrist 1.83 "
+                                 "per tick (the arm's default: its expert's largest change per tick with a margin")
+    feed(node, 10.0)
+    assert node.tick(now=10.01) == pytest.approx([0.73375, -1.0])  # from rest: the shoulder ramps
+    assert node.tick(now=10.02) == pytest.approx([1.0, -1.0])
+    actor.action = np.float32([-1.0, 1.0])  # full reversal: 2.0 per joint asked
+    assert node.tick(now=10.03) == pytest.approx([1.0 - 0.73375, -1.0 + 1.83])
+    assert node.report()["safety"]["clipped"]["rate"] == {"shoulder": 2, "wrist": 1}
+
+
+def test_turning_the_rate_limit_off_takes_a_flag_and_warns(transport, caplog):
+    caplog.set_level(logging.INFO, "omnipolicy.deploy")
+    node = node_with(transport, StubActor((1.0, -1.0)), no_rate_limit=True)
+    assert node.max_delta is None and node.report()["max_delta"] is None
+    assert [r.levelname for r in caplog.records if "rate limit OFF (--no-rate-limit)" in r.getMessage()] == ["WARNING"]
+    feed(node, 10.0)
+    assert node.tick(now=10.01).tolist() == [1.0, -1.0]
+    assert node_with(transport, max_delta=0.5).max_delta == {"shoulder": 0.5, "wrist": 0.5}
+    with pytest.raises(ValueError, match=r"--max-delta 1.0 loosens the arm's limit \[0.73375, 1.83\]; --no-rate-limit turns "
+                                         r"the rate limit off"):
+        node_with(transport, max_delta=1.0)
+    with pytest.raises(ValueError, match="--max-delta 0.5 and --no-rate-limit contradict each other; give one of them"):
+        DeployConfig(actor="expert", max_delta=0.5, no_rate_limit=True)
+
+
+def test_the_arms_rate_limit_is_its_experts_largest_change_with_a_margin():
+    """The figure in arms.py comes back from its seeds (the largest changes are in an episode's first steps), and
+    the expert under the arm's default limits reaches the same targets at the same times as without them."""
+    from omnipolicy.robot_bridge.arms import RATE_LIMIT_MARGIN, REACHER_EXPERT_MAX_CHANGE
+    from omnipolicy.robot_bridge.safety import SafetyFilter
+    from omnipolicy.robot_bridge.sim_robot import largest_command_change
+
+    measured = largest_command_change(TASK, [28, 204], episode_seconds=0.2)  # the seeds of the shoulder's and wrist's maxima
+    assert np.round(measured, 3).tolist() == list(REACHER_EXPERT_MAX_CHANGE) == [0.587, 1.464]
+    assert ARM.limits.max_delta == pytest.approx(tuple(RATE_LIMIT_MARGIN * d for d in REACHER_EXPERT_MAX_CHANGE))
+    assert get_arm("dmc/reacher-easy-pixels").limits == ARM.limits
+    expert = make_expert(TASK)
+    safety = SafetyFilter(ARM.limits, ARM.control_period)
+
+    def limited(arm, obs):
+        position, velocity, _ = arm.joint_state()
+        return safety.filter(expert.act(arm.env, obs), position, velocity).command
+
+    seeds = list(range(8))
+    plain = simulate_episodes(TASK, lambda arm, obs: expert.act(arm.env, obs), seeds, EPISODE_S)
+    safe = simulate_episodes(TASK, limited, seeds, EPISODE_S, reset=lambda: setattr(safety, "last_sent", None))
+    assert [e["first_reach_s"] for e in safe] == [e["first_reach_s"] for e in plain]
+    assert [e["success"] for e in safe] == [e["success"] for e in plain] and sum(e["success"] for e in plain) >= 6
+    assert 0 < safety.counts["rate"].sum() <= len(seeds)  # at most the ramp from rest at each episode's start
+
+
+def test_an_empty_velocity_the_recipe_needs_holds_and_is_said_once(transport, caplog):
+    """ROS allows an empty JointState.velocity; dmc/reacher-easy observes the joint velocities: hold, one line."""
+    node = node_with(transport)
+    feed(node, 10.0)
+    assert node.decide(now=10.01).tolist() == [0.5, -0.5]
+    caplog.clear()
+    reasons = []
+    for k in range(10):
+        node.on_state(JS, joint_state(ARM.joints, [0.1, 0.2]), now=10.02 + 0.02 * k)
+        node.on_state(TS, joint_state(ARM.task_state_names, [0.05, -0.02]), now=10.02 + 0.02 * k)
+        assert node.decide(now=10.03 + 0.02 * k).tolist() == [0.0, 0.0]  # zero effort: held
+        reasons.append(node.last_reason)
+    assert reasons == ["rejected"] * 4 + ["stale"] * 6  # no valid joint state for 0.1 s: stale outranks rejected
+    lines = warnings_with(caplog, "rejected a JointState")
+    assert lines == ["rejected a JointState on /joint_states: JointState.velocity is empty but needed by observation "
+                     "'velocity'; said once, until a JointState on /joint_states carries velocity "
+                     "(robot held until a valid one)"]
+    assert node.report()["rejected"][JS] == 10
+    feed(node, 10.2)
+    assert node.decide(now=10.21).tolist() == [0.5, -0.5]
+    node.on_state(JS, joint_state(ARM.joints, [0.1, 0.2]), now=10.22)  # gone again: said again
+    assert len(warnings_with(caplog, "JointState.velocity is empty")) == 2
+
+
+def test_an_empty_velocity_the_recipe_does_not_need_is_estimated_for_the_safety_filter(transport, caplog):
+    """The pixels task observes only the camera: joint states without velocity are used, their velocity estimated
+    from consecutive positions (header stamps) for the velocity limit."""
+    from omnipolicy.robot_bridge.messages import Time, array_to_image
+
+    task = "dmc/reacher-easy-pixels"
+    arm = get_arm(task)
+    caplog.set_level(logging.INFO, "omnipolicy.deploy")
+    node = Deployer(DeployConfig(task=task, actor="expert", velocity_limit=0.45), transport=transport,
+                    actor=StubActor((0.6, -0.6), spec=get_task(task).timestep))
+    image = array_to_image(np.zeros((84, 84, 3), np.uint8))
+
+    def state(now: float, stamp: Time, position) -> None:
+        node.on_state(arm.joint_states_topic, joint_state(arm.joints, position, stamp=stamp), now=now)
+        node.on_state(arm.camera_topic, image, now=now)
+
+    state(10.0, Time(100, 0), [0.10, 0.20])
+    assert node.decide(now=10.01).tolist() == [0.0, 0.0] and node.last_reason == "stale"  # no estimate from one message
+    state(10.05, Time(100, 20_000_000), [0.11, 0.18])  # 0.02 s later by the stamps (0.05 s by the receive times)
+    assert node.decide(now=10.06).tolist() == [0.0, 0.0] and node.last_reason is None  # acted: 0.5 and -1 rad/s > 0.45
+    assert node.report()["safety"]["clipped"]["velocity"] == {"shoulder": 1, "wrist": 1}
+    state(10.07, Time(100, 40_000_000), [0.115, 0.175])  # 0.25 and -0.25 rad/s: within the limit
+    assert node.decide(now=10.08) == pytest.approx([0.6, -0.6])
+    assert node.report()["rejected"] == {arm.joint_states_topic: 0, arm.camera_topic: 0}
+    assert len(warnings_with(caplog, "/joint_states carries no velocity: estimating it from consecutive positions")) == 1
+
+
+def test_the_network_is_system_by_default_and_loopback_on_request(transport, monkeypatch):
+    import tyro
+
+    from omnipolicy.robot_bridge import deploy
+
+    assert tyro.cli(DeployConfig, args=["--actor", "expert"]).network == "system"
+    assert tyro.cli(DeployConfig, args=["--actor", "expert", "--network", "loopback"]).network == "loopback"
+    with pytest.raises(SystemExit):
+        tyro.cli(DeployConfig, args=["--actor", "expert", "--network", "lan"])
+    asked: list = []
+    monkeypatch.setattr(deploy, "make_transport", lambda name, **kw: asked.append((name, kw)) or transport)
+    Deployer(DeployConfig(actor="expert"), actor=StubActor())  # no traffic: the loopback test transport answers
+    Deployer(DeployConfig(actor="expert", network="loopback", domain_id=7), actor=StubActor())
+    assert asked == [("dds", {"domain_id": None, "network": "system"}), ("dds", {"domain_id": 7, "network": "loopback"})]
 
 
 def test_new_episode_resets_the_context(transport):
@@ -278,18 +401,20 @@ def check_against_plain(robot: NodeProcess, seed: int = 0) -> dict:
 
 def test_expert_drives_sim_robot_over_dds_like_plain_simulation():
     domain = random_domain_id()
-    with sim_robot(domain) as robot, Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node:
+    with sim_robot(domain) as robot, Deployer(DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain)) as node:
         with running(node) as report:
             assert robot.wait(EPISODES * EPISODE_S + 60) == 0
-    check_against_plain(robot)
+    check_against_plain(robot)  # under the arm's default rate limit
     assert report["acted"] > EPISODES * EPISODE_S * 40 and report["loop"]["steps"] > 0
+    assert report["max_delta"] == {"shoulder": 0.73375, "wrist": 1.83}
+    assert robot.of("ready")[0]["network"] == "loopback"  # NodeProcess asks for it
     assert sum(report["rejected"].values()) == 0 and report["holds"]["estop"] == 0
 
 
 def test_estop_over_the_wire_stops_the_robot_until_cleared():
     domain = random_domain_id()
-    with sim_robot(domain, episodes=0) as robot, Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node, \
-            DdsTransport(domain_id=domain) as t, running(node):
+    with sim_robot(domain, episodes=0) as robot, Deployer(DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain)) as node, \
+            DdsTransport(network="loopback", domain_id=domain) as t, running(node):
         states: queue.Queue = queue.Queue(maxsize=1)
         commands: queue.Queue = queue.Queue(maxsize=1)
         t.subscription(JS, JointState, states)
@@ -315,8 +440,8 @@ def test_estop_over_the_wire_stops_the_robot_until_cleared():
 def test_faulty_messages_and_a_robot_restart_hold_then_resume(caplog):
     caplog.set_level(logging.INFO, "omnipolicy.deploy")
     domain = random_domain_id()
-    with Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node, running(node), \
-            DdsTransport(domain_id=domain) as t:
+    with Deployer(DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain)) as node, running(node), \
+            DdsTransport(network="loopback", domain_id=domain) as t:
         bad = t.publisher(JS, JointState)
         with sim_robot(domain, episodes=0) as first:
             wait_for(lambda: node.acted > 20, 30, "the expert to act")
@@ -344,7 +469,7 @@ def test_deploy_cli_runs_a_checkpoint_and_stops_cleanly_on_sigterm_leaving_the_h
     domain = random_domain_id()
     summary = tmp_path / "deploy.json"
     args = ["--checkpoint", str(random_checkpoint), "--transport", "dds", "--summary", str(summary)]
-    with sim_robot(domain, episodes=0) as robot, DdsTransport(domain_id=domain) as t:
+    with sim_robot(domain, episodes=0) as robot, DdsTransport(network="loopback", domain_id=domain) as t:
         commands: list = []
         t.subscription(ARM.command_topic, Float64MultiArray, lambda m: commands.append(m.data.tolist()))
         with NodeProcess("deploy", args, domain) as dep:
@@ -352,9 +477,11 @@ def test_deploy_cli_runs_a_checkpoint_and_stops_cleanly_on_sigterm_leaving_the_h
             dep.proc.send_signal(signal.SIGTERM)
             assert dep.wait(10) == 0
             report = dep.of("summary")[0]
+            ready = dep.of("ready")[0]
         time.sleep(0.2)
         assert commands[-1] == [0.0, 0.0]  # the last command on the wire is the hold command
     assert report["loop"]["stopped_by"] == "stop" and report["acted"] > 20 and report["actor"] == "policy"
+    assert ready["network"] == "loopback" and ready["max_delta"] == {"shoulder": 0.73375, "wrist": 1.83}
     assert report["act_time"]["p50_ms"] < 20  # the KV-cached session fits a 50 Hz period
     assert '"acted"' in summary.read_text() and robot.of("summary")[0]["commands_received"] > 30
 
@@ -382,7 +509,7 @@ def test_expert_drives_the_rclpy_sim_robot_like_plain_simulation(deploy_transpor
     domain = random_domain_id()
     with sim_robot(domain, str(ROS_PYTHON), "rclpy") as robot:
         if deploy_transport == "dds":
-            with Deployer(DeployConfig(task=TASK, actor="expert", domain_id=domain)) as node, running(node):
+            with Deployer(DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain)) as node, running(node):
                 assert robot.wait(EPISODES * EPISODE_S + 60) == 0
         else:
             with NodeProcess("deploy", ["--actor", "expert", "--transport", "rclpy"], domain, str(ROS_PYTHON)) as dep:
@@ -401,7 +528,7 @@ def test_camera_observation_over_the_wire():
     actor = StubActor((0.6, -0.6), spec=get_task(task).timestep)
     args = ["--task", task, "--transport", "dds", "--episodes", "1", "--episode-seconds", "2"]
     with NodeProcess("sim-robot", args, domain) as robot, \
-            Deployer(DeployConfig(task=task, actor="expert", domain_id=domain), actor=actor) as node, running(node):
+            Deployer(DeployConfig(task=task, actor="expert", network="loopback", domain_id=domain), actor=actor) as node, running(node):
         assert robot.wait(60) == 0
     images = [o["image"] for o in actor.observations]
     assert len(images) > 50 and all(i.shape == (84, 84, 3) and i.dtype == np.uint8 for i in images)
@@ -458,10 +585,10 @@ def test_limits_hold_on_the_wire():
     """Tightened limits: every command on the wire within the effort limit and the maximum change per tick,
     and the real arm's wrist kept near its tightened position limit while the expert pushes past it."""
     domain = random_domain_id()
-    cfg = DeployConfig(task=TASK, actor="expert", domain_id=domain, effort_limit=0.5, max_delta=0.1,
+    cfg = DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain, effort_limit=0.5, max_delta=0.1,
                        position_limit=("wrist:-0.6:0.6",))
     # seeds 16-18 start with the wrist inside +-0.5 rad and the expert's solutions bend it past +-1.5 rad
-    with DdsTransport(domain_id=domain) as t, sim_robot(domain, episodes=3, seed=16) as robot, Deployer(cfg) as node:
+    with DdsTransport(network="loopback", domain_id=domain) as t, sim_robot(domain, episodes=3, seed=16) as robot, Deployer(cfg) as node:
         on_wire: list = []
         wrist: list = []
         t.subscription(ARM.command_topic, Float64MultiArray, lambda m: on_wire.append(m.data.copy()))

@@ -86,7 +86,7 @@ def compare(robot: NodeProcess, plain: list[dict]) -> None:
 
 def test_policy_over_dds_matches_plain_simulation(checkpoint, plain):
     domain = random_domain_id()
-    cfg = DeployConfig(task=TASK, checkpoint=checkpoint, actor="policy", transport="dds", domain_id=domain)
+    cfg = DeployConfig(task=TASK, checkpoint=checkpoint, actor="policy", transport="dds", network="loopback", domain_id=domain)
     with sim_robot(domain, None, "dds") as robot, Deployer(cfg) as node:
         out: dict = {}
         th = threading.Thread(target=lambda: out.update(node.run()), daemon=True)

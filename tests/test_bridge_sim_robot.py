@@ -186,6 +186,24 @@ def test_config_errors_name_the_problem():
         SimRobot(SimRobotConfig(episode_seconds=25.0), transport=object(), sim=make_sim_arm(TASK))  # type: ignore[arg-type]
 
 
+def test_the_network_is_system_by_default_and_loopback_on_request(monkeypatch):
+    import tyro
+
+    from omnipolicy.robot_bridge import sim_robot
+
+    assert tyro.cli(SimRobotConfig, args=[]).network == "system"
+    assert tyro.cli(SimRobotConfig, args=["--network", "loopback"]).network == "loopback"
+    with pytest.raises(SystemExit):
+        tyro.cli(SimRobotConfig, args=["--network", "lan"])
+    asked: list = []
+    with make_transport("dds", network="loopback", domain_id=random_domain_id()) as t:
+        monkeypatch.setattr(sim_robot, "make_transport", lambda name, **kw: asked.append((name, kw)) or t)
+        sim = make_sim_arm(TASK)
+        SimRobot(SimRobotConfig(), sim=sim)  # no traffic: the loopback test transport answers
+        SimRobot(SimRobotConfig(network="loopback", domain_id=7), sim=sim)
+    assert asked == [("dds", {"domain_id": None, "network": "system"}), ("dds", {"domain_id": 7, "network": "loopback"})]
+
+
 # ---------------------------------------------------------------------------
 # The node on the wire
 # ---------------------------------------------------------------------------
@@ -203,7 +221,7 @@ def drive_constant(python: str | None, transport: str, effort=(0.4, -0.6)) -> No
     """Constant effort at 100 Hz for two 0.5 s episodes: the physics must equal plain simulation exactly."""
     domain = random_domain_id()
     args = ["--transport", transport, "--episodes", "2", "--episode-seconds", "0.5", "--seed", "11", "--camera-rate-hz", "10"]
-    with make_transport("dds", domain_id=domain) as t, NodeProcess("sim-robot", args, domain, python) as robot:
+    with make_transport("dds", network="loopback", domain_id=domain) as t, NodeProcess("sim-robot", args, domain, python) as robot:
         states: queue.Queue = queue.Queue()
         images: queue.Queue = queue.Queue()
         successes: list[bool] = []
@@ -249,7 +267,7 @@ def test_sim_robot_as_rclpy_node_steps_exactly_like_plain_simulation():
 def test_sim_robot_trajectory_command_and_hold_when_commands_stop():
     domain = random_domain_id()
     args = ["--transport", "dds", "--episode-seconds", "10", "--command-timeout", "0.1", "--max-seconds", "30"]
-    with make_transport("dds", domain_id=domain) as t, NodeProcess("sim-robot", args, domain) as robot:
+    with make_transport("dds", network="loopback", domain_id=domain) as t, NodeProcess("sim-robot", args, domain) as robot:
         latest: queue.Queue = queue.Queue(maxsize=1)
         t.subscription(ARM.joint_states_topic, JointState, latest)
         traj = t.publisher(ARM.trajectory_topic, type(trajectory_from_action([0, 0], JointMap(ARM.joints))))
