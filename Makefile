@@ -52,7 +52,7 @@ $(ROS_VENV)/.omnipolicy-ros-torch-ok:
 test-ros: $(STAMP) $(ROS_VENV)/.omnipolicy-ros-torch-ok
 	$(PY) -m pytest -q -m ros --timeout=1800
 
-# All six benchmarks in their quick profiles (scripts/bench_all.py: about 5 minutes on 2 cores), ending with one
+# All six benchmarks in their quick profiles (scripts/bench_all.py: 2-3 minutes on 2 cores), ending with one
 # table: each figure, its target, met or not. transformers (the pin of pyproject's `bench` extra) is GPT-2 for the
 # train and inference baselines; it does not depend on torch, so the CPU torch 2.13.0 stays as it is.
 BENCH_STAMP := $(VENV)/.omnipolicy-bench-installed

@@ -76,7 +76,7 @@ def _cell(x: float | bool | str | None) -> str:
     if isinstance(x, bool):
         return "yes" if x else "NO"
     if isinstance(x, float):
-        return f"{x:.3g}"
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:#.3g}"  # 1.00, not 1: next to ">= 1" the digits matter
     return str(x)
 
 

@@ -11,7 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_all.py"
 
 TRAIN_OUTPUT = "device cpu ...\n  full head ... ratio 0.93\n" + json.dumps({"bench": "train", "targets": [
     {"figure": "ratio, full head", "value": 0.934, "target": ">= 1", "met": False},
-    {"figure": "ratio, target head", "value": 1.52, "target": None, "met": None},
+    {"figure": "ratio, target head", "value": 1.0, "target": None, "met": None},
 ]}) + "\n"
 LOADER_OUTPUT = "speed-up 13.7x\n" + json.dumps({"targets": [{"figure": "cache vs parquet", "value": 13.74, "target": ">= 10",
                                                                "met": True}]}) + "\n"
@@ -21,7 +21,7 @@ def test_rows_read_from_the_last_json_line(load_script) -> None:
     bench_all = load_script("bench_all")
     rows = bench_all.rows_of("train", TRAIN_OUTPUT, 0)
     assert [(r.bench, r.figure, r.value, r.target, r.met, r.ran) for r in rows] == [
-        ("train", "ratio, full head", 0.934, ">= 1", False, True), ("train", "ratio, target head", 1.52, None, None, True)]
+        ("train", "ratio, full head", 0.934, ">= 1", False, True), ("train", "ratio, target head", 1.0, None, None, True)]
     crashed = bench_all.rows_of("bridge", "Traceback ...\n", 1)
     assert [(r.figure, r.met, r.ran) for r in crashed] == [("failed (exit status 1)", False, False)]
     no_json = bench_all.rows_of("collect", "all done\n", 0)
@@ -39,7 +39,7 @@ def test_table_has_a_row_per_figure_with_its_target_and_met(load_script) -> None
     body = [line.split() for line in lines[2:]]
     assert body == [
         ["train", "ratio,", "full", "head", "0.934", ">=", "1", "NO"],
-        ["train", "ratio,", "target", "head", "1.52", "-", "-"],
+        ["train", "ratio,", "target", "head", "1.00", "-", "-"],
         ["loader", "cache", "vs", "parquet", "13.7", ">=", "10", "yes"],
     ]
     assert all(len(line) <= len(lines[1]) for line in lines)  # columns padded to one width
@@ -58,4 +58,4 @@ def test_runner_on_the_tokenizer_bench_ends_with_its_table() -> None:
     for line, t in zip(table[2:], summary["targets"]):
         assert line.startswith("tokenizer") and t["figure"] in line and t["target"] in line
         assert line.rstrip().endswith("yes" if t["met"] else "NO")
-        assert f"{t['value']:.3g}" in line
+        assert f"{t['value']:#.3g}" in line
