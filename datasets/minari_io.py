@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
+from omnipolicy.envs.base import action_space, field_space
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec
 
 from .store import Episode, EpisodeStore
@@ -52,20 +54,11 @@ def _datasets_path(root: str | os.PathLike) -> Iterator[None]:
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
-def _space(f: FieldSpec, charset: str = "") -> Any:
-    from gymnasium import spaces
-
-    if f.kind == "image":
-        return spaces.Box(0, 255, f.shape, np.uint8)
+def _space(f: FieldSpec, charset: str) -> Any:
+    """The observation space of one field: the env's own, with text over the characters the episodes use."""
     if f.kind == "text":
         return spaces.Text(max_length=4096, min_length=0, charset=charset)
-    if f.kind == "discrete":
-        if f.shape == ():
-            return spaces.Discrete(f.n)
-        return spaces.MultiDiscrete(np.full(f.shape, f.n), dtype=np.dtype(f.dtype))
-    if f.bounded:
-        return spaces.Box(np.reshape(f.low, f.shape), np.reshape(f.high, f.shape), f.shape, np.dtype(f.dtype))
-    return spaces.Box(-np.inf, np.inf, f.shape, np.dtype(f.dtype))
+    return field_space(f)
 
 
 def default_dataset_id(task_id: str) -> str:
@@ -83,8 +76,6 @@ def export_minari(store_root: str | os.PathLike, minari_root: str | os.PathLike,
         ValueError: the store is empty or holds several tasks.
         ImportError: minari is not installed.
     """
-    from gymnasium import spaces
-
     minari = _minari()
     store = EpisodeStore(store_root)
     if len(store.task_ids) != 1:
@@ -98,13 +89,14 @@ def export_minari(store_root: str | os.PathLike, minari_root: str | os.PathLike,
             chars.update("".join(ep.observations[f.name]))
     charset = "".join(sorted(chars))
     obs_space = spaces.Dict({f.name: _space(f, charset) for f in spec.observation})
+    act_space = action_space(spec.action)  # as the env has it: Discrete(n) for one discrete value
     buffers = []
     for i, ep in enumerate(episodes):
         obs = {}
         for f in spec.observation:
             values = ep.observations[f.name]
             obs[f.name] = list(values) + [values[-1]] if f.kind == "text" else np.concatenate([values, values[-1:]])
-        actions = ep.actions.reshape(ep.length) if spec.action.kind == "discrete" and spec.action.shape == () else ep.actions
+        actions = ep.actions.reshape(ep.length) if isinstance(act_space, spaces.Discrete) else ep.actions  # (T,) ints
         done = np.zeros(ep.length, bool)
         done[-1] = True
         buffers.append(minari.data_collector.EpisodeBuffer(
@@ -118,7 +110,7 @@ def export_minari(store_root: str | os.PathLike, minari_root: str | os.PathLike,
     with _datasets_path(minari_root), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # minari's nags about missing authors/env specs
         minari.create_dataset_from_buffers(
-            dataset_id, buffers, observation_space=obs_space, action_space=_space(spec.action),
+            dataset_id, buffers, observation_space=obs_space, action_space=act_space,
             algorithm_name="omnipolicy scripted expert", description=f"{task_id}: {store.instruction(task_id)}",
             data_format="arrow", jpeg_encoding=False,
         )

@@ -39,7 +39,8 @@ def test_minari_round_trip_every_modality(tmp_path: Path) -> None:
         store_tests.assert_same(ep, dst.load_episode(i))
 
 
-def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("gymnasium")
     from omnipolicy.datasets.cli import dataset_command
     from omnipolicy.datasets.collect import collect
@@ -51,6 +52,16 @@ def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.
     dataset_command(["import-minari", dataset_id, "--minari-root", str(tmp_path / "minari"), "--out",
                      str(tmp_path / "back"), "--task", "classic/cartpole-v1"], prog="omnipolicy dataset")
     assert "imported 2 episodes" in capsys.readouterr().out
+    import minari
+    from gymnasium import spaces
+
+    from omnipolicy.envs import make_env
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    exported = minari.load_dataset(dataset_id)
+    assert exported.action_space == make_env("classic/cartpole-v1").action_space == spaces.Discrete(2)
+    first = next(exported.iterate_episodes([0]))
+    assert first.actions.shape == (len(first.rewards),)  # one int per step, as Discrete(2) holds them
     a, b = EpisodeStore(src), EpisodeStore(tmp_path / "back")
     assert b.seeds("classic/cartpole-v1") == a.seeds("classic/cartpole-v1")
     for i in range(2):
