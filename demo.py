@@ -29,9 +29,11 @@ DEMO_EPISODES: dict[str, int] = {
     "mujoco": 30,
     "dmc": 12,
     "metaworld": 40,
-    "atari": 3,
+    "atari": 10,
 }
-"""Demonstrations per task by domain for the default run (sized for the 30-minute budget)."""
+"""Demonstrations per task by domain for the default run (sized for the 30-minute budget). An Atari episode lasts
+at most the 2,000 steps of the evaluation protocol, so 10 a game (20,000 steps) collect in about the time that
+3 full-length games took."""
 
 DEMO_MAX_STEPS: dict[str, int] = {
     "metaworld": 250,
