@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from omnipolicy.files import write_json_atomic
+
 if TYPE_CHECKING:
     from omnipolicy.agent.train import TrainResult
 
@@ -208,10 +210,7 @@ def check_collection_settings(data: Path, noise: dict[str, float], max_steps: di
                 f"{data} holds demonstrations collected with other {labels[key]} (before, now): {changed}; "
                 f"delete that folder or pick another --out"
             )
-    data.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({key: {**before[key], **now[key]} for key in now}, indent=2, sort_keys=True))
-    tmp.replace(record)
+    write_json_atomic(record, {key: {**before[key], **now[key]} for key in now}, indent=2, sort_keys=True)
 
 
 def max_steps_for(task_id: str) -> int | None:

@@ -1,7 +1,7 @@
 """Checkpoints: safetensors weights plus a JSON of everything needed to use them.
 
 A checkpoint is a directory written atomically (filled under a temporary name
-in the same parent, then renamed)::
+in the same parent, then renamed: :func:`omnipolicy.files.atomic_dir`)::
 
     step_000500/
       model.safetensors   weights (tied embeddings stored once)
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from omnipolicy.files import atomic_dir
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
@@ -82,19 +81,6 @@ class CheckpointMeta:
         )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: GatoModel,
@@ -113,23 +99,11 @@ def save_checkpoint(
         The checkpoint directory.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER)
-        old = None
-        if path.exists():  # a directory cannot be replaced while non-empty: move it aside first
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -35,13 +35,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from omnipolicy.files import write_text_atomic
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
 from .checkpoint import (
     LATEST,
     CheckpointMeta,
-    atomic_write_text,
     load_meta,
     load_trainer_state,
     resolve_checkpoint,
@@ -626,7 +626,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             "tokens_seen": tokens_seen,
         }
         path = save_checkpoint(ckpt_root / f"step_{step:07d}", model, meta, trainer_state)
-        atomic_write_text(ckpt_root / LATEST, path.name + "\n")
+        write_text_atomic(ckpt_root / LATEST, path.name + "\n")
         _prune(ckpt_root, cfg.keep_last)
         return path
 

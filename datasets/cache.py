@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .store import INFO_PATH, EpisodeStore, find_stores, write_json_atomic
+from omnipolicy.files import fsync_file, staging_dir, write_json_atomic
+
+from .store import INFO_PATH, EpisodeStore, find_stores
 
 if TYPE_CHECKING:
     from omnipolicy.tokenizers import Tokenizer, TimestepSpec, VocabLayout
@@ -198,22 +200,20 @@ class TokenCache:
                     raise ValueError(f"Task {t!r} has different TimestepSpecs in different stores (e.g. {s.root})")
         for stale in out.glob(".build-*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = out / f".build-{os.getpid()}"
-        tmp.mkdir()
+        # the arrays are built in a staging folder, so a failed build leaves the old cache as it was
         try:
-            sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress)
+            with staging_dir(out, prefix=".build-") as tmp:  # deleted on the way out, with what is left in it
+                sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress)
+                (out / MANIFEST).unlink(missing_ok=True)
+                for name in ARRAYS:
+                    os.replace(tmp / f"{name}.npy", out / f"{name}.npy")
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)  # free what the build took
-            if e.errno == errno.ENOSPC:
+            if e.errno == errno.ENOSPC:  # the staging folder is gone: what it took is free again
                 free = shutil.disk_usage(out).free
                 raise OSError(errno.ENOSPC, f"No space left on the device of {out} while writing the token cache "
                                             f"({free / 2**30:.1f} GiB free now); free some space or give the run "
                                             f"another --out") from e
             raise
-        (out / MANIFEST).unlink(missing_ok=True)
-        for name in ARRAYS:
-            os.replace(tmp / f"{name}.npy", out / f"{name}.npy")
-        tmp.rmdir()
         manifest = {
             "digest": _digest(fp),
             "fingerprint": fp,
@@ -278,8 +278,7 @@ class TokenCache:
             with open(dst, "wb") as fh, open(src, "rb") as raw:
                 np.lib.format.write_array_header_1_0(fh, header)
                 shutil.copyfileobj(raw, fh, 1 << 22)
-                fh.flush()
-                os.fsync(fh.fileno())
+            fsync_file(dst)
             src.unlink()
         return sizes
 

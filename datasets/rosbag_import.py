@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge import cdr
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
 from omnipolicy.robot_bridge.messages import JointMap, JointState, ObservationMap, validate
@@ -41,7 +42,7 @@ from omnipolicy.robot_bridge.rosbag import BagEpisode, BagImportConfig, _latest_
 from omnipolicy.robot_bridge.transport import ros_topic_name
 from omnipolicy.tokenizers.spec import TimestepSpec
 
-from .store import INFO_PATH, Episode, EpisodeStore, prepare_episode, write_json_atomic
+from .store import INFO_PATH, Episode, EpisodeStore, prepare_episode
 
 NOTES_PATH = "meta/rosbag_imports.json"
 REWARD_NOTE = "unknown: a rosbag holds no reward; stored as 0.0 at every timestep"

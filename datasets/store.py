@@ -35,14 +35,12 @@ leftovers that readers ignore and the next writer adopts (when complete) or remo
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from omnipolicy.files import atomic_path, write_json_atomic
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
 CODEBASE_VERSION = "v3.0"
@@ -395,43 +394,7 @@ def prepare_episode(ep: Episode, spec: TimestepSpec | None = None) -> PreparedEp
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Atomic file writes
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and ``os.replace`` it onto ``path``.
-
-    The temporary name starts with ``.`` and ends with ``.tmp`` so no reader globbing ``*.parquet`` sees it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (indent 4, like LeRobot) atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=4, ensure_ascii=False))
+# Parquet files, written atomically (omnipolicy.files: temporary file, fsync, os.replace, fsync of the folder)
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:

@@ -20,7 +20,6 @@ The protocol is written into every report.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -36,6 +35,7 @@ import numpy as np
 
 from omnipolicy.envs.atari import PROTOCOL as ATARI_PROTOCOL
 from omnipolicy.envs.registry import TaskSpec, get_task, make_env, make_expert, protocol_mismatch
+from omnipolicy.files import atomic_path, write_json_atomic, write_text_atomic
 
 BOOTSTRAP_SAMPLES = 2000
 HEADLINE_THRESHOLD = 50.0
@@ -335,13 +335,11 @@ def write_gif(frames: Sequence[np.ndarray], path: Path, max_frames: int = 300, f
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stride = max(1, math.ceil(len(frames) / max_frames))
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames[::stride]]
-    tmp = path.with_name(path.name + ".tmp")
     duration = int(1000 * stride * frame_step / fps)  # ms per GIF frame
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
     return path
 
 
@@ -413,9 +411,9 @@ def write_report(summary: dict, out: Path, title: str = "omnipolicy evaluation")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "scores.png"}
-    _atomic_write(paths["json"], json.dumps(summary, indent=2, default=_json_default))
+    write_json_atomic(paths["json"], summary, indent=2, default=_json_default)
     _plot_scores(summary, paths["png"])
-    _atomic_write(paths["md"], render_markdown(summary, title, paths["png"].name))
+    write_text_atomic(paths["md"], render_markdown(summary, title, paths["png"].name))
     return paths
 
 
@@ -488,19 +486,9 @@ def _plot_scores(summary: dict, path: Path) -> None:
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Expert-normalised score per task (95% CI)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json_default(o):

@@ -72,6 +72,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, check_observation, get_arm
 from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.messages import (
@@ -86,7 +87,7 @@ from omnipolicy.robot_bridge.messages import (
 )
 from omnipolicy.robot_bridge.network import Network
 from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
-from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging, write_json_atomic
+from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
 from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
 
 log = logging.getLogger("omnipolicy.deploy")
@@ -636,4 +637,4 @@ def deploy_command(argv: list[str], prog: str) -> None:
         out = node.run(duration=cfg.duration or None, handle_signals=True)
     emit("summary", **out)
     if cfg.summary is not None:
-        write_json_atomic(cfg.summary, out)
+        write_json_atomic(cfg.summary, out, indent=1)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, get_arm, make_sim_arm
 from omnipolicy.robot_bridge.messages import (
     Bool,
@@ -118,23 +118,6 @@ class SimRobotConfig:
     """Write the final summary JSON here (atomically)."""
     log_level: str = "INFO"
     """Logging level of the node (stderr)."""
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -386,7 +369,7 @@ class SimRobot:
         out = self.summary()
         emit("summary", **out)
         if self.cfg.summary is not None:
-            write_json_atomic(self.cfg.summary, out)
+            write_json_atomic(self.cfg.summary, out, indent=1)
         return out
 
     def stop(self) -> None:

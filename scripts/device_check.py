@@ -20,13 +20,14 @@ makes ``import omnipolicy`` work without installing it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
+
+from omnipolicy.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "inference", "train", "policy")
@@ -52,9 +53,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
 
     def save() -> None:
-        tmp = out / "device_check.json.tmp"
-        tmp.write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
-        tmp.replace(out / "device_check.json")
+        write_json_atomic(out / "device_check.json", report, indent=1, sort_keys=True, default=str)
 
     ok = True
     if "tests" in a.parts:

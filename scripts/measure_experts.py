@@ -33,6 +33,7 @@ import tyro
 
 from omnipolicy.envs.registry import DOMAINS, SCORES_PATH, get_task, list_tasks, make_env, make_expert, score_protocol
 from omnipolicy.envs.rollout import EpisodeResult, run_episode
+from omnipolicy.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,7 @@ def merge(path: Path, task_id: str, policy: str, entry: dict) -> None:
         tasks = data.setdefault("tasks", {})
         tasks.setdefault(task_id, {})[policy] = entry
         data["tasks"] = dict(sorted(tasks.items()))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
     finally:
         os.close(lock)
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 import tyro
+
+from omnipolicy.files import write_bytes_atomic
 
 ASSETS = Path(__file__).resolve().parent.parent / "tokenizers" / "assets"
 
@@ -74,18 +74,6 @@ def train(corpus: Path, vocab_size: int) -> bytes:
     return model.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     args = tyro.cli(Args, args=argv)
     data = train(args.corpus, args.vocab_size)
@@ -95,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         same = args.out.exists() and args.out.read_bytes() == data
         print(f"{args.out}: {'matches' if same else 'DIFFERS FROM'} a fresh training run (sha256 {digest})")
         sys.exit(0 if same else 1)
-    write_atomic(args.out, data)
+    write_bytes_atomic(args.out, data)
     lines = [line for line in args.corpus.read_text(encoding="utf-8").splitlines()]
     exact = sum(sp.decode(sp.encode(line)) == line for line in lines)
     n_tokens = sum(len(sp.encode(line)) for line in lines)
