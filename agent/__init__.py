@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint, save_checkpoint
 from .config import PRESETS, ModelConfig, get_preset
 from .model import GatoModel
-from .policy import Policy, check_observation
+from .policy import Policy
 from .train import TrainConfig, TrainResult, train
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "Policy",
     "TrainConfig",
     "TrainResult",
-    "check_observation",
     "get_preset",
     "load_meta",
     "load_model_weights",

@@ -27,13 +27,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from omnipolicy.tokenizers import TimestepSpec, Tokenizer
-from omnipolicy.tokenizers.spec import FieldSpec
+from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
 
 from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint
 from .model import GatoModel, expected_ids
 
-_DTYPE_KINDS = {"f": "floating", "i": "integer", "u": "integer", "b": "boolean"}
 CONTINUOUS_DECODINGS = ("auto", "mean", "mode")
 """How a continuous action dimension picks its bin under greedy decoding (see :class:`Policy`)."""
 
@@ -57,52 +55,6 @@ class _EnvContext:
     @property
     def num_tokens(self) -> int:
         return sum(len(t.tokens) for t in self.steps)
-
-
-def check_observation(spec: TimestepSpec, obs: Mapping[str, Any], where: str = "observation") -> None:
-    """Check one timestep's observation against a spec before tokenizing it.
-
-    Images must be uint8; continuous fields need a floating dtype and discrete
-    fields an integer one (any width); text fields must be ``str``.
-
-    Args:
-        spec: the task's timestep spec.
-        obs: field name -> value of one timestep (no time axis).
-        where: how the observation is named in errors.
-
-    Raises:
-        KeyError: a key is missing or unexpected (naming it, the expected and the given keys).
-        ValueError: a field has the wrong shape or dtype (naming key, expected and actual).
-    """
-    expected = sorted(f.name for f in spec.observation)
-    given = sorted(obs)
-    missing = [k for k in expected if k not in obs]
-    extra = [k for k in given if k not in expected]
-    if missing or extra:
-        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
-        raise KeyError(f"{where}: {what}; expected keys {expected}, got {given}")
-    for f in spec.observation:
-        _check_field(f, obs[f.name], where)
-
-
-def _check_field(f: FieldSpec, value: Any, where: str) -> None:
-    if f.kind == "text":
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: key {f.name!r} expected a str (text), got {type(value).__name__}")
-        return
-    arr = np.asarray(value)
-    if arr.shape != f.shape:
-        raise ValueError(f"{where}: key {f.name!r} expected shape {f.shape}, got {arr.shape}")
-    want = np.dtype(f.dtype)
-    if f.kind == "image":
-        ok = arr.dtype == np.uint8
-    elif f.kind == "continuous":
-        ok = arr.dtype.kind == "f"
-    else:  # discrete
-        ok = arr.dtype.kind in "iu"
-    if not ok:
-        family = "" if f.kind == "image" else f" (or another {_DTYPE_KINDS[want.kind]} dtype)"
-        raise ValueError(f"{where}: key {f.name!r} expected dtype {want}{family}, got {arr.dtype}")
 
 
 class Policy:

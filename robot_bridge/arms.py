@@ -172,25 +172,6 @@ class ObservationRecipe:
         return [s.describe() for s in self.sources]
 
 
-def check_observation(spec: Any, obs: Mapping[str, Any]) -> None:
-    """Check an observation dict against a ``TimestepSpec``: exactly its keys, each in its shape and dtype.
-
-    (The same contract as ``omnipolicy.agent.check_observation``, without importing torch.)
-
-    Raises:
-        ValueError: a missing or extra key, or a field of another shape or dtype (naming key, expected and got).
-    """
-    fields = {f.name: f for f in spec.observation}
-    if set(fields) != set(obs):
-        raise ValueError(f"observation keys {sorted(obs)} differ from the spec's {sorted(fields)}")
-    for key, f in fields.items():
-        a = np.asarray(obs[key])
-        if a.shape != tuple(f.shape) or a.dtype != np.dtype(f.dtype):
-            raise ValueError(f"observation {key!r}: expected {f.dtype} {tuple(f.shape)}, got {a.dtype} {a.shape}")
-        if f.kind == "continuous" and not np.all(np.isfinite(a)):
-            raise ValueError(f"observation {key!r} is not finite: {a.tolist()}")
-
-
 # ---------------------------------------------------------------------------
 # Arm specs and the registry
 # ---------------------------------------------------------------------------

@@ -73,7 +73,7 @@ from typing import Any, Literal
 import numpy as np
 
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, check_observation, get_arm
+from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, get_arm
 from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.messages import (
     Bool,
@@ -89,6 +89,7 @@ from omnipolicy.robot_bridge.network import Network
 from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
 from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+from omnipolicy.tokenizers import check_observation
 
 log = logging.getLogger("omnipolicy.deploy")
 

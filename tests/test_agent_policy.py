@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from omnipolicy.agent import GatoModel, Policy, TrainConfig, check_observation, load_meta, train
+from omnipolicy.agent import GatoModel, Policy, TrainConfig, load_meta, train
 from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 from omnipolicy.datasets import Episode, EpisodeStore, WindowLoader
-from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer
+from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer, check_observation
 
 TOK = Tokenizer.default()
 IMAGE_TASK = "test/images-v0"

@@ -19,7 +19,6 @@ from omnipolicy.robot_bridge.arms import (  # noqa: E402
     ImageSource,
     NamedSource,
     ObservationRecipe,
-    check_observation,
     get_arm,
     make_sim_arm,
 )
@@ -39,6 +38,7 @@ from omnipolicy.robot_bridge.messages import (  # noqa: E402
 )
 from omnipolicy.robot_bridge.sim_robot import CommandSlot, NodeProcess, SimRobotConfig, SimRobot  # noqa: E402
 from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_SENSOR_DATA, make_transport, wait_for  # noqa: E402
+from omnipolicy.tokenizers import check_observation  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

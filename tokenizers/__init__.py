@@ -10,7 +10,7 @@ from .continuous import decode_continuous, encode_continuous, mu_law_decode, mu_
 from .discrete import encode_discrete
 from .episode import TokenizedEpisode, Tokenizer
 from .image import image_to_patches, normalize_patches
-from .spec import FieldSpec, TimestepSpec
+from .spec import FieldSpec, TimestepSpec, check_observation
 from .text import TextTokenizer
 from .vocab import SPECIAL_TOKENS, VocabLayout
 
@@ -22,6 +22,7 @@ __all__ = [
     "TokenizedEpisode",
     "Tokenizer",
     "VocabLayout",
+    "check_observation",
     "decode_continuous",
     "encode_continuous",
     "encode_discrete",

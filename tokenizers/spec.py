@@ -16,13 +16,15 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 Kind = Literal["image", "continuous", "discrete", "text"]
 KINDS: tuple[str, ...] = ("image", "continuous", "discrete", "text")
+_DTYPE_KINDS = {"f": "floating", "i": "integer", "u": "integer", "b": "boolean"}
 
 
 @dataclass(frozen=True)
@@ -147,3 +149,61 @@ class TimestepSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "TimestepSpec":
         return cls(tuple(FieldSpec.from_dict(f) for f in d["observation"]), FieldSpec.from_dict(d["action"]))
+
+
+def check_observation(spec: TimestepSpec, obs: Mapping[str, Any], where: str = "observation") -> None:
+    """Check one timestep's observation against a spec before tokenizing it or acting on it.
+
+    The keys must be exactly the spec's; every value must have its field's shape. Images must be uint8;
+    continuous fields need a floating dtype (any width) and finite values, discrete fields an integer dtype
+    (any width); text fields must be ``str``.
+
+    >>> spec = TimestepSpec((FieldSpec("state", "continuous", (2,), "float32"),),
+    ...                     FieldSpec("action", "discrete", (), "int64", n=3))
+    >>> check_observation(spec, {"state": np.zeros(2)})  # float64 for float32: the same kind, accepted
+    >>> check_observation(spec, {"state": np.zeros(3)})
+    Traceback (most recent call last):
+    ValueError: observation: key 'state' expected shape (2,), got (3,)
+
+    Args:
+        spec: the task's timestep spec.
+        obs: field name -> value of one timestep (no time axis).
+        where: how the observation is named in errors (e.g. ``"env 0 observation"``).
+
+    Raises:
+        KeyError: a key is missing or unexpected (naming it, the expected and the given keys).
+        ValueError: a field has the wrong shape, dtype or a non-finite value (naming key, expected and actual).
+    """
+    expected = sorted(f.name for f in spec.observation)
+    given = sorted(obs)
+    missing = [k for k in expected if k not in obs]
+    extra = [k for k in given if k not in expected]
+    if missing or extra:
+        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
+        raise KeyError(f"{where}: {what}; expected keys {expected}, got {given}")
+    for f in spec.observation:
+        _check_field(f, obs[f.name], where)
+
+
+def _check_field(f: FieldSpec, value: Any, where: str) -> None:
+    if f.kind == "text":
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: key {f.name!r} expected a str (text), got {type(value).__name__}")
+        return
+    arr = np.asarray(value)
+    if arr.shape != f.shape:
+        raise ValueError(f"{where}: key {f.name!r} expected shape {f.shape}, got {arr.shape}")
+    want = np.dtype(f.dtype)
+    if f.kind == "image":
+        ok = arr.dtype == np.uint8
+    elif f.kind == "continuous":
+        ok = arr.dtype.kind == "f"
+    else:  # discrete
+        ok = arr.dtype.kind in "iu"
+    if not ok:
+        family = "" if f.kind == "image" else f" (or another {_DTYPE_KINDS[want.kind]} dtype)"
+        raise ValueError(f"{where}: key {f.name!r} expected dtype {want}{family}, got {arr.dtype}")
+    if f.kind == "continuous" and not np.isfinite(arr).all():
+        bad = arr[~np.isfinite(arr)]
+        raise ValueError(f"{where}: key {f.name!r} expected finite values, got {bad.size} NaN/inf value(s) "
+                         f"(first {bad[0].item()!r}): {arr.tolist()}")
