@@ -26,12 +26,12 @@ from typing import Sequence
 
 import numpy as np
 
+from .vocab import NUM_BINS
+
 MU: float = 100.0
 """Mu-law compression parameter (Gato: 100)."""
 M: float = 256.0
 """Mu-law input scale (Gato: 256): |x| = M maps to exactly 1."""
-NUM_BINS: int = 1024
-"""Number of uniform bins over [-1, 1]."""
 
 _LOG_DENOM = math.log1p(M * MU)  # log(M mu + 1)
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NUM_DISCRETE: int = 1024
-"""Size of the discrete id range (Gato: 1024)."""
+from .vocab import NUM_DISCRETE
 
 
 def encode_discrete(x: np.ndarray, n: int = NUM_DISCRETE, field: str = "value") -> np.ndarray:

@@ -30,12 +30,12 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .continuous import NUM_BINS, decode_continuous, encode_continuous
-from .discrete import NUM_DISCRETE, encode_discrete
+from .continuous import decode_continuous, encode_continuous
+from .discrete import encode_discrete
 from .image import PATCH, grid_shape, image_to_patches, normalize_patches
 from .spec import FieldSpec, TimestepSpec
 from .text import TextTokenizer
-from .vocab import VocabLayout
+from .vocab import NUM_BINS, NUM_DISCRETE, VocabLayout
 
 
 @dataclass

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .vocab import NUM_DISCRETE
+
 Kind = Literal["image", "continuous", "discrete", "text"]
 KINDS: tuple[str, ...] = ("image", "continuous", "discrete", "text")
 _DTYPE_KINDS = {"f": "floating", "i": "integer", "u": "integer", "b": "boolean"}
@@ -70,8 +72,8 @@ class FieldSpec:
             object.__setattr__(self, "low", low)
             object.__setattr__(self, "high", high)
         if self.kind == "discrete":
-            if self.n is None or not (1 <= int(self.n) <= 1024):
-                raise ValueError(f"FieldSpec {self.name!r}: discrete fields need n in [1, 1024], got {self.n!r}")
+            if self.n is None or not (1 <= int(self.n) <= NUM_DISCRETE):
+                raise ValueError(f"FieldSpec {self.name!r}: discrete fields need n in [1, {NUM_DISCRETE}], got {self.n!r}")
             object.__setattr__(self, "n", int(self.n))
 
     def _flat_bound(self, bound, which: str) -> tuple[float, ...]:

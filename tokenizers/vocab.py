@@ -23,6 +23,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+NUM_BINS: int = 1024
+"""Number of continuous bins (Gato: 1024 uniform bins over [-1, 1]); the tokenizer works with this many only."""
+NUM_DISCRETE: int = 1024
+"""Size of the discrete id range (Gato: 1024); the tokenizer works with this many only."""
+
 SPECIAL_TOKENS: tuple[str, ...] = ("separator", "pad", "patch")
 """Names of the special tokens, in id order after the discrete range.
 
@@ -49,8 +54,8 @@ class VocabLayout:
     """
 
     text_size: int
-    num_bins: int = 1024
-    num_discrete: int = 1024
+    num_bins: int = NUM_BINS
+    num_discrete: int = NUM_DISCRETE
     special: tuple[str, ...] = field(default=SPECIAL_TOKENS)
     version: int = 1
     text_model: str = ""
