@@ -19,8 +19,12 @@ import os
 import re
 import sys
 
-# OpenMP threads that spin while they wait make small matmuls ~30x slower when cores are shared
-# (measured here); passive waiting costs little on an idle machine. Set before torch loads.
+# OpenMP worker threads that spin while waiting stall badly when the cores are shared (other processes,
+# simulators, several ranks): small matmuls took 24 ms instead of 0.7 ms on this project's 2-core machine;
+# sleeping waits cost little when the machine is idle. OpenMP reads the variable once, when torch loads, so it is
+# set here, where the process starts (every command, torchrun ranks and worker processes inherit it), not by the
+# library: importing omnipolicy leaves the environment alone. An explicit OMP_WAIT_POLICY from the user wins.
+# The Makefile, the scripts that load torch and tests/conftest.py set it the same way.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from typing import NoReturn

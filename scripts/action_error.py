@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: why in omnipolicy/cli.py
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -42,7 +42,7 @@ import dataclasses
 import json
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see omnipolicy/agent/__init__.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: why in omnipolicy/cli.py
 import statistics
 import sys
 import time

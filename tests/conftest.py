@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Before any test module loads torch, as `omnipolicy` (cli.py) and `make test` do: why in omnipolicy/cli.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
