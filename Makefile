@@ -43,7 +43,7 @@ $(LEROBOT_VENV)/.lerobot-installed:
 	@touch $@
 
 test-interop: $(STAMP) $(LEROBOT_VENV)/.lerobot-installed
-	OMNIPOLICY_LEROBOT_PYTHON=$(LEROBOT_VENV)/bin/python $(PY) -m pytest -q -m interop tests/test_datasets_interop.py --timeout=1800
+	OMNIPOLICY_LEROBOT_PYTHON=$(LEROBOT_VENV)/bin/python $(PY) -m pytest -q -m interop tests/datasets/test_interop.py --timeout=1800
 
 # Opt-in: a real rclpy (PyPI's ros-rclpy wheels, Kilted) in its own venv, for the cross-implementation tests.
 $(ROS_VENV)/.omnipolicy-ros-torch-ok:

@@ -1,6 +1,6 @@
 """The GPU checks of issues 4 and 5, in one call on a lent GPU machine.
 
-1. ``tests/test_inference_session.py``: the CUDA tests compare the graph-replayed session (float32 and
+1. ``tests/agent/test_inference.py``: the CUDA tests compare the graph-replayed session (float32 and
    bfloat16) with a full recomputation at every step of episodes longer than the window; the CPU tests run too.
 2. ``scripts/bench_inference.py`` on ``gato-1.18b`` in bfloat16 at context 1024 (64-token observation,
    7-dimension action): session, naive recomputation and transformers GPT-2 of the same shape, the
@@ -58,7 +58,7 @@ def main() -> int:
     ok = True
     if "tests" in a.parts:
         t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_inference_session.py"],
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/agent/test_inference.py"],
                            cwd=ROOT, capture_output=True, text=True)
         print(r.stdout[-4000:], r.stderr[-2000:], flush=True)
         report["tests"] = {"returncode": r.returncode, "seconds": round(time.time() - t0, 1),

@@ -1,4 +1,4 @@
-"""Write tests/data/tokenizer_golden.json: tokenizer inputs and the ids Gato's formulas give.
+"""Write tests/tokenizers/data/tokenizer_golden.json: tokenizer inputs and the ids Gato's formulas give.
 
 Computed independently of ``omnipolicy.tokenizers``: this script imports
 nothing from the package and evaluates the formulas of the paper (arXiv
@@ -29,7 +29,7 @@ from pathlib import Path
 
 getcontext().prec = 60
 MU, M, BINS = Decimal(100), Decimal(256), 1024
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "tokenizer_golden.json"
+OUT = Path(__file__).resolve().parent.parent / "tests" / "tokenizers" / "data" / "tokenizer_golden.json"
 EDGE = Decimal("1e-9")
 
 

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.timeout(180)
 
 TASK = "dmc/reacher-easy"
 ARM = get_arm(TASK)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROS_PYTHON = ROOT / ".venv-ros" / "bin" / "python"
 needs_ros_sim = pytest.mark.skipif(
     not (ROOT / ".venv-ros" / ".omnipolicy-ros-sim-ok").exists(),

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_all.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_all.py"
 
 TRAIN_OUTPUT = "device cpu ...\n  full head ... ratio 0.93\n" + json.dumps({"bench": "train", "targets": [
     {"figure": "ratio, full head", "value": 0.934, "target": ">= 1", "met": False},

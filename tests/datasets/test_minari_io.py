@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,30 +11,25 @@ from omnipolicy.datasets import EpisodeStore
 
 pytest.importorskip("minari")
 
-_spec = importlib.util.spec_from_file_location("_store_tests", Path(__file__).with_name("test_datasets_store.py"))
-store_tests = importlib.util.module_from_spec(_spec)
-sys.modules["_store_tests"] = store_tests
-_spec.loader.exec_module(store_tests)
 
-
-def test_minari_round_trip_every_modality(tmp_path: Path) -> None:
+def test_minari_round_trip_every_modality(tmp_path: Path, make_episode, assert_same, everything_spec) -> None:
     from omnipolicy.datasets.minari_io import export_minari, import_minari
 
     src = EpisodeStore(tmp_path / "src")
-    eps = [store_tests.make_episode(s) for s in (17, 40, 3)]  # seeds unlike the episode indices
+    eps = [make_episode(s) for s in (17, 40, 3)]  # seeds unlike the episode indices
     eps[2].seed = None  # an episode with no recorded seed comes back with none
     src.append_episodes(eps)
     src.close()
     dataset_id = export_minari(tmp_path / "src", tmp_path / "minari")
     assert dataset_id == "omnipolicy/toy-everything/expert-v0"
     msg = import_minari(dataset_id, tmp_path / "minari", tmp_path / "dst", "toy/everything-v0",
-                        spec=store_tests.SPEC, instruction="Do everything at once.")
+                        spec=everything_spec, instruction="Do everything at once.")
     assert msg.startswith("imported 3 episodes")
     dst = EpisodeStore(tmp_path / "dst")
     assert dst.num_episodes == 3
     assert [dst.load_episode(i).seed for i in range(3)] == [17, 40, None]
     for i, ep in enumerate(eps):
-        store_tests.assert_same(ep, dst.load_episode(i))
+        assert_same(ep, dst.load_episode(i))
 
 
 def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -7,7 +7,7 @@ Measured here (2 cores): collecting 60 demonstrations takes ~10 s and 2500 train
 The fixture trains a tiny policy (``cpu-tiny``) on expert demonstrations of dmc/reacher-easy with the project's own
 ``collect`` and ``train``; on this 2-core machine that takes minutes, not the ~60 s a default test may take, so these
 tests are ``slow`` (the fast variant drives sim-robot with the scripted expert through the same deploy path:
-``test_bridge_deploy.py``). Set ``OMNIPOLICY_REACHER_CHECKPOINT`` to reuse a checkpoint instead of training one.
+``test_deploy.py``). Set ``OMNIPOLICY_REACHER_CHECKPOINT`` to reuse a checkpoint instead of training one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 TASK = "dmc/reacher-easy"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROS_PYTHON = ROOT / ".venv-ros" / "bin" / "python"
 needs_ros_torch = pytest.mark.skipif(
     not (ROOT / ".venv-ros" / ".omnipolicy-ros-torch-ok").exists(),

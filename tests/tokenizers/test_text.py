@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from omnipolicy.tokenizers import TextTokenizer, Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "tokenizers" / "assets"
 
 

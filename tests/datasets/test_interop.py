@@ -20,7 +20,7 @@ from omnipolicy.datasets.collect import collect
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec
 
 pytestmark = pytest.mark.interop
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LEROBOT_PYTHON = Path(os.environ.get("OMNIPOLICY_LEROBOT_PYTHON", REPO / ".venv-lerobot" / "bin" / "python"))
 
 # Runs under .venv-lerobot: load with LeRobotDataset and dump every frame.

@@ -11,7 +11,7 @@ from pathlib import Path
 from omnipolicy.tokenizers import Tokenizer
 from omnipolicy.tokenizers.demo import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tokenize_demo_prints_layout_and_round_trips(capsys) -> None:

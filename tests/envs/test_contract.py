@@ -110,7 +110,7 @@ def test_task_contract(task_id: str) -> None:
                 assert not np.shares_memory(v, o2[k]), k
         # A different seed gives a different start (seeds reach the simulator). ALE games start
         # from the same screen; there the seed drives the no-op start (another emulator state, see
-        # tests/test_envs_atari.py) and the sticky actions.
+        # tests/envs/test_atari.py) and the sticky actions.
         if spec.domain != "atari":
             other = rollout(env, 6, [], mutate=False)
             assert any(not np.array_equal(clean[0][k], other[0][k]) for k in clean[0] if k != "instruction")

@@ -315,7 +315,7 @@ def test_closed_transport_refuses_endpoints():
 # Cross-implementation: real rclpy nodes (PyPI ros-rclpy wheels, Fast DDS) in their own venv
 # ---------------------------------------------------------------------------
 
-ROS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-ros" / "bin" / "python"
+ROS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-ros" / "bin" / "python"
 needs_ros_venv = pytest.mark.skipif(
     not ROS_PYTHON.exists(), reason=f"no rclpy virtual environment at {ROS_PYTHON}; create it with scripts/make_ros_venv.sh"
 )

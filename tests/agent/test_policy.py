@@ -34,7 +34,7 @@ SPECS = {
 }
 CONTEXT = 64
 # These tests pin the full-recomputation path (its contexts are inspected); the KV-cached session path
-# (issue 5) has its own tests in test_inference_session.py.
+# (issue 5) has its own tests in test_inference.py.
 RECOMPUTE = {"use_session": False} if "use_session" in inspect.signature(Policy).parameters else {}
 
 

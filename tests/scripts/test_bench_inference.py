@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_inference.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_inference.py"
 
 
 def import_transformers_gpt2() -> None:

@@ -3,7 +3,7 @@
 Part 1 calls the node's callbacks and its per-tick decision directly (a fake clock, a stub actor, no robot).
 Part 2 runs the node against ``omnipolicy sim-robot`` on 127.0.0.1 (dds; the rclpy node in ``.venv-ros``) and
 provokes the faults on the wire. The policy variants (a checkpoint trained in the fixture) are in
-``test_bridge_deploy_policy.py`` (slow).
+``test_deploy_policy.py`` (slow).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.timeout(240)
 TASK = "dmc/reacher-easy"
 ARM = get_arm(TASK)
 JS, TS = ARM.joint_states_topic, ARM.task_state_topic
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROS_PYTHON = ROOT / ".venv-ros" / "bin" / "python"
 needs_ros_sim = pytest.mark.skipif(
     not (ROOT / ".venv-ros" / ".omnipolicy-ros-sim-ok").exists(),
@@ -538,7 +538,7 @@ def test_camera_observation_over_the_wire():
 
 
 # ---------------------------------------------------------------------------
-# The policy path with an untrained checkpoint (fast; the trained one is in test_bridge_deploy_policy.py)
+# The policy path with an untrained checkpoint (fast; the trained one is in test_deploy_policy.py)
 # ---------------------------------------------------------------------------
 
 

@@ -15,58 +15,8 @@ from omnipolicy.datasets import store as store_mod
 from omnipolicy.datasets.cli import dataset_info, verify_dataset
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec
 
-SPEC = TimestepSpec(
-    observation=(
-        FieldSpec("image", "image", (20, 24, 3), "uint8"),
-        FieldSpec("gray", "image", (16, 16, 1), "uint8"),
-        FieldSpec("state", "continuous", (5,), "float64"),
-        FieldSpec("grid", "discrete", (2, 3), "int64", n=7),
-        FieldSpec("lives", "discrete", (), "int32", n=5),
-        FieldSpec("instruction", "text", (), "str"),
-    ),
-    action=FieldSpec("action", "continuous", (2,), "float32", low=(-1.0, -1.0), high=(1.0, 1.0)),
-)
 
-
-def make_episode(seed: int, length: int | None = None, task_id: str = "toy/everything-v0") -> Episode:
-    rng = np.random.default_rng(seed)
-    t = int(length or rng.integers(3, 12))
-    return Episode(
-        task_id=task_id,
-        observations={
-            "image": rng.integers(0, 256, (t, 20, 24, 3), dtype=np.uint8),
-            "gray": rng.integers(0, 256, (t, 16, 16, 1), dtype=np.uint8),
-            "state": rng.normal(size=(t, 5)),
-            "grid": rng.integers(0, 7, (t, 2, 3)),
-            "lives": rng.integers(0, 5, t).astype(np.int32),
-            "instruction": [f"step {i} of épisode {seed}" for i in range(t)],
-        },
-        actions=rng.uniform(-1, 1, (t, 2)).astype(np.float32),
-        rewards=rng.normal(size=t).astype(np.float32),
-        success=bool(seed % 2),
-        seed=seed,
-        terminated=bool(seed % 3 == 0),
-        spec=SPEC,
-        instruction="Do everything at once.",
-    )
-
-
-def assert_same(a: Episode, b: Episode) -> None:
-    assert a.task_id == b.task_id and a.seed == b.seed and a.success == b.success and a.terminated == b.terminated
-    assert set(a.observations) == set(b.observations)
-    for f in SPEC.observation:
-        x, y = a.observations[f.name], b.observations[f.name]
-        if f.kind == "text":
-            assert list(x) == list(y)
-        else:
-            assert y.dtype == np.dtype(f.dtype) and y.shape == np.asarray(x).shape, f.name
-            np.testing.assert_array_equal(x, y)
-    assert b.actions.dtype == np.float32
-    np.testing.assert_array_equal(a.actions, b.actions)
-    np.testing.assert_array_equal(np.asarray(a.rewards, np.float32), b.rewards)
-
-
-def test_round_trip_every_modality(tmp_path: Path) -> None:
+def test_round_trip_every_modality(tmp_path: Path, make_episode, assert_same, everything_spec) -> None:
     eps = [make_episode(s) for s in range(5)]
     store = EpisodeStore(tmp_path / "ds")
     assert store.append_episodes(eps[:2]) == [0, 1]
@@ -74,14 +24,14 @@ def test_round_trip_every_modality(tmp_path: Path) -> None:
     store.close()
     again = EpisodeStore(tmp_path / "ds")
     assert again.num_episodes == 5 and again.num_frames == sum(e.length for e in eps)
-    assert again.task_ids == ["toy/everything-v0"] and again.timestep_spec("toy/everything-v0") == SPEC
+    assert again.task_ids == ["toy/everything-v0"] and again.timestep_spec("toy/everything-v0") == everything_spec
     for i, ep in enumerate(eps):
         assert_same(ep, again.load_episode(i))
     assert again.seeds("toy/everything-v0") == set(range(5))
     np.testing.assert_allclose(again.returns(), [e.episode_return for e in eps], rtol=1e-6)
 
 
-def test_lerobot_layout_and_metadata(tmp_path: Path) -> None:
+def test_lerobot_layout_and_metadata(tmp_path: Path, make_episode) -> None:
     store = EpisodeStore(tmp_path / "ds", fps=15)
     eps = [make_episode(s, length=4) for s in range(3)]
     store.append_episodes(eps)
@@ -121,7 +71,7 @@ def test_lerobot_layout_and_metadata(tmp_path: Path) -> None:
     assert np.asarray(stats["observation.images.image"]["mean"]).shape == (3, 1, 1)
 
 
-def test_data_files_roll_over_and_stay_readable(tmp_path: Path) -> None:
+def test_data_files_roll_over_and_stay_readable(tmp_path: Path, make_episode, assert_same) -> None:
     store = EpisodeStore(tmp_path / "ds", data_file_size_mb=0.004)  # a few KB: every append starts a new file
     eps = [make_episode(s, length=6) for s in range(6)]
     for ep in eps:
@@ -132,7 +82,7 @@ def test_data_files_roll_over_and_stay_readable(tmp_path: Path) -> None:
     assert verify_dataset(tmp_path / "ds").ok
 
 
-def test_rejects_mismatched_episodes(tmp_path: Path) -> None:
+def test_rejects_mismatched_episodes(tmp_path: Path, make_episode) -> None:
     store = EpisodeStore(tmp_path / "ds")
     bad = make_episode(0, length=4)
     bad.observations["state"] = bad.observations["state"][:, :3]
@@ -146,7 +96,7 @@ def test_rejects_mismatched_episodes(tmp_path: Path) -> None:
     assert EpisodeStore(tmp_path / "ds").num_episodes == 1
 
 
-def test_second_writer_is_refused(tmp_path: Path) -> None:
+def test_second_writer_is_refused(tmp_path: Path, make_episode) -> None:
     a = EpisodeStore(tmp_path / "ds")
     a.append_episodes([make_episode(0)])
     b = EpisodeStore(tmp_path / "ds")
@@ -158,7 +108,8 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("crash_at", range(6))
-def test_interrupted_append_at_every_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int) -> None:
+def test_interrupted_append_at_every_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int, make_episode,
+                                           assert_same) -> None:
     """A crash before the k-th file write of an append leaves the previous commit, and the next writer continues."""
     root = tmp_path / "ds"
     base = [make_episode(s) for s in range(3)]
@@ -208,7 +159,7 @@ def test_interrupted_append_at_every_write(tmp_path: Path, monkeypatch: pytest.M
     assert clean.ok and not clean.warnings, (clean.errors, clean.warnings)
 
 
-def test_orphan_files_are_removed_and_tmp_files_ignored(tmp_path: Path) -> None:
+def test_orphan_files_are_removed_and_tmp_files_ignored(tmp_path: Path, make_episode) -> None:
     root = tmp_path / "ds"
     store = EpisodeStore(root)
     store.append_episodes([make_episode(0)])
@@ -224,7 +175,7 @@ def test_orphan_files_are_removed_and_tmp_files_ignored(tmp_path: Path) -> None:
     assert not orphan.exists() and not tmp.exists()
 
 
-def test_verify_names_truncated_and_corrupted_files(tmp_path: Path) -> None:
+def test_verify_names_truncated_and_corrupted_files(tmp_path: Path, make_episode) -> None:
     root = tmp_path / "ds"
     store = EpisodeStore(root)
     store.append_episodes([make_episode(s, length=8) for s in range(4)])
@@ -249,7 +200,7 @@ def test_verify_names_truncated_and_corrupted_files(tmp_path: Path) -> None:
         EpisodeStore(root)
 
 
-def test_verify_and_info_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_verify_and_info_commands(tmp_path: Path, capsys: pytest.CaptureFixture, make_episode) -> None:
     from omnipolicy.datasets.cli import dataset_command
 
     root = tmp_path / "out" / "toy" / "everything-v0"

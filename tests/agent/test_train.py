@@ -34,7 +34,7 @@ from omnipolicy.tokenizers import Tokenizer
 
 LAYOUT = Tokenizer.default().layout
 TASKS = {SYNTHETIC_TASK_ID: synthetic_spec(6, 2)}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def small_cfg(out: Path, **overrides) -> TrainConfig:

@@ -13,7 +13,7 @@ import pytest
 from omnipolicy.agent.synthetic import SyntheticWindows
 from omnipolicy.tokenizers import Tokenizer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_train.py"
 
 
 def test_bench_train_heads_compute_logits_over_equal_positions() -> None:
