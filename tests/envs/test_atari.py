@@ -1,4 +1,5 @@
-"""Atari's scoring protocol: one episode cap and simulator settings for expert, random and policy scores."""
+"""Atari: the resized screen, and the scoring protocol (one episode cap and simulator settings for expert, random
+and policy scores)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,31 @@ def test_noop_max_is_validated() -> None:
 
     with pytest.raises(ValueError, match=r"atari/pong: noop_max must be an int >= 0, got -1"):
         AtariEnv(get_task("atari/pong"), env=None, noop_max=-1)
+
+
+def test_area_resize_is_exact_area_interpolation() -> None:
+    from omnipolicy.envs.atari import area_resize
+
+    frame = np.random.default_rng(0).integers(0, 256, (210, 160, 3)).astype(np.uint8)
+    out = area_resize(frame)
+    assert out.shape == (84, 84, 3) and out.dtype == np.uint8
+    # Output (0, 0) covers rows [0, 2.5) and columns [0, 160/84) of the input.
+    wr, wc = np.array([1.0, 1.0, 0.5]), np.array([1.0, 160 / 84 - 1])
+    expected = np.einsum("r,c,rck->k", wr, wc, frame[:3, :2].astype(np.float64)) / (wr.sum() * wc.sum())
+    np.testing.assert_allclose(out[0, 0], expected, atol=0.5)
+    assert np.all(area_resize(np.full((210, 160, 3), 77, np.uint8)) == 77)
+    # Block means when the ratio is an integer.
+    small = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    np.testing.assert_allclose(area_resize(small, 2, 3), small.reshape(2, 2, 3, 2, 3).mean(axis=(1, 3)), atol=0.5)
+
+
+def test_atari_observation_is_the_resized_screen() -> None:
+    from omnipolicy.envs import make_env
+    from omnipolicy.envs.atari import area_resize
+
+    env = make_env("atari/breakout", seed=0, render_mode="rgb_array")
+    obs, _ = env.reset()
+    obs, *_ = env.step(np.array([1]))
+    screen = env.render()
+    assert screen.shape == (210, 160, 3)
+    np.testing.assert_array_equal(obs["image"], area_resize(screen))

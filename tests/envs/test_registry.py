@@ -1,4 +1,4 @@
-"""Registry, spec validation, `omnipolicy tasks`, Atari resizing and the measuring script."""
+"""Registry, spec validation and `omnipolicy tasks`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import json
 import math
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from omnipolicy.envs import DEFAULT_SUITE, TaskSpec, get_task, list_tasks, register_task
-from omnipolicy.envs.registry import SCORES_PATH, bounded_action, load_scores, tasks_command, vector
+from omnipolicy.envs.registry import bounded_action, load_scores, tasks_command, vector
 
 
 def test_default_suite_is_the_issue_suite() -> None:
@@ -78,43 +77,3 @@ def test_tasks_command_lists_every_task(capsys) -> None:
     tasks_command(["--domain", "metaworld", "--json"], prog="omnipolicy tasks")
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 10 and all(r["has_success"] and r["expert_success"] >= 0.9 for r in rows)
-
-
-def test_area_resize_is_exact_area_interpolation() -> None:
-    from omnipolicy.envs.atari import area_resize
-
-    frame = np.random.default_rng(0).integers(0, 256, (210, 160, 3)).astype(np.uint8)
-    out = area_resize(frame)
-    assert out.shape == (84, 84, 3) and out.dtype == np.uint8
-    # Output (0, 0) covers rows [0, 2.5) and columns [0, 160/84) of the input.
-    wr, wc = np.array([1.0, 1.0, 0.5]), np.array([1.0, 160 / 84 - 1])
-    expected = np.einsum("r,c,rck->k", wr, wc, frame[:3, :2].astype(np.float64)) / (wr.sum() * wc.sum())
-    np.testing.assert_allclose(out[0, 0], expected, atol=0.5)
-    assert np.all(area_resize(np.full((210, 160, 3), 77, np.uint8)) == 77)
-    # Block means when the ratio is an integer.
-    small = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-    np.testing.assert_allclose(area_resize(small, 2, 3), small.reshape(2, 2, 3, 2, 3).mean(axis=(1, 3)), atol=0.5)
-
-
-def test_atari_observation_is_the_resized_screen() -> None:
-    from omnipolicy.envs import make_env
-    from omnipolicy.envs.atari import area_resize
-
-    env = make_env("atari/breakout", seed=0, render_mode="rgb_array")
-    obs, _ = env.reset()
-    obs, *_ = env.step(np.array([1]))
-    screen = env.render()
-    assert screen.shape == (210, 160, 3)
-    np.testing.assert_array_equal(obs["image"], area_resize(screen))
-
-
-def test_measure_script_writes_scores(tmp_path, load_script) -> None:
-    module = load_script("measure_experts")
-    out = tmp_path / "scores.json"
-    module.main(["--tasks", "classic/cartpole-v1", "--episodes", "3", "--out", str(out)])
-    entry = json.loads(out.read_text())["tasks"]["classic/cartpole-v1"]
-    assert entry["expert"]["return_mean"] == 500.0 and entry["expert"]["episodes"] == 3
-    assert entry["random"]["return_mean"] < 100.0 and len(entry["random"]["returns"]) == 3
-    assert "--tasks classic/cartpole-v1" in entry["expert"]["command"]
-    assert entry["expert"]["protocol"] == entry["random"]["protocol"] == {"max_steps": 500}
-    assert out.parent.joinpath(f".{out.name}.lock").exists() is False and SCORES_PATH.name == "expert_scores.json"
