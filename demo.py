@@ -16,97 +16,176 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from omnipolicy.files import write_json_atomic
 
 if TYPE_CHECKING:
     from omnipolicy.agent.train import TrainResult
 
-DEMO_EPISODES: dict[str, int] = {
-    "classic": 30,
-    "mujoco": 30,
-    "dmc": 12,
-    "metaworld": 40,
-    "atari": 10,
-}
-"""Demonstrations per task by domain for the default run (sized for the 30-minute budget). An Atari episode lasts
-at most the 2,000 steps of the evaluation protocol, so 10 a game (20,000 steps) collect in about the time that
-3 full-length games took."""
-
-DEMO_MAX_STEPS: dict[str, int] = {
-    "metaworld": 250,
-}
-"""Episode caps at collection by domain (``collect(max_steps=...)``; the evaluation still runs each task's full
-episodes). The Meta-World experts succeed within ~70-170 of the 500 steps and then hold still: halving the episodes
-doubles the object and goal placements (of the 50 a task draws from) for the same collection time."""
-
-DEMO_NOISE: dict[str, float] = {
-    "classic": 0.0,
-    "mujoco": 0.3,
-    "dmc": 0.3,
-    "metaworld": 0.3,
-    "atari": 0.0,
-}
-"""DART action noise at collection by domain (``collect(action_noise=...)``): continuous control experts hold their
-systems so still that clean demonstrations show almost no deviation to correct; noisy execution with the expert's
-actions recorded shows the corrections. Acrobot, MountainCar and Atari learn well from clean data."""
-
-NOISE_OVERRIDE: dict[str, float] = {
-    "classic/pendulum-v1": 0.3,  # the one continuous classic task
-    # clean, the expert holds the pole near upright with alternating pushes (66% of its actions switch), and a policy
-    # that alternates regardless of the state scored 40-100 over seven runs (a failing episode alternates 0, 1, 0, 1
-    # while the expert pushes one way); with a random action 30% of the time the expert still holds all 500 steps,
-    # and the demonstrations show it recovering from tilts the clean ones never reach.
-    "classic/cartpole-v1": 0.3,
-    "mujoco/inverted-double-pendulum-v5": 0.1,  # at 0.3 the expert falls within ~33 steps; at 0.1 it holds all 1000
-}
-
-EPISODES_OVERRIDE: dict[str, int] = {
-    "mujoco/reacher-v5": 200,  # 50-step episodes: more of them for the same number of tokens
-    "classic/mountaincar-v0": 60,
-    "classic/pendulum-v1": 100,
-    "dmc/reacher-easy": 80,  # a new target each episode: 80 targets instead of 12
-    "dmc/cartpole-swingup": 30,
-}
-
-MAX_STEPS_OVERRIDE: dict[str, int] = {
-    "dmc/reacher-easy": 150,  # the expert reaches its target within ~30 steps and then holds it
-    "dmc/cartpole-swingup": 400,  # the swing-up takes ~170 steps; the rest balances (as cartpole-balance does)
-}
+_V = TypeVar("_V", int, float)
 
 
-DAGGER_DOMAINS: tuple[str, ...] = ("atari", "classic", "dmc", "mujoco")
-"""Domains whose tasks get DAgger rounds. Not Meta-World: in the first full run with rounds on every task, its
-tasks fell from 44.7-48.8 to 37.8 (window-open 25-40 -> 5, drawer-close 97 -> 62), while the dynamic tasks gained
-(cartpole-swingup 17-26 -> 41, Pong -2 -> 18); a third of each Meta-World task's windows then came from the
-early policies' wandering, which the underfitting model learned at the demonstrations' expense."""
+@dataclass(frozen=True)
+class DemoRecipe:
+    """The demo's per-task settings of collection and DAgger rounds, in one place.
 
-DAGGER_SKIP: frozenset[str] = frozenset({"classic/cartpole-v1", "classic/acrobot-v1", "classic/mountaincar-v0"})
-"""Tasks of DAGGER_DOMAINS left out of the rounds: the discrete classic tasks, at expert level from their
-demonstrations alone. With rounds, CartPole-v1 fell from 86-100 (four runs without) to 48 and 32 (two runs with);
-later runs without rounds but with clean demonstrations fell to 51 and 41 too (see NOISE_OVERRIDE)."""
+    Each table is keyed by domain (``"dmc"``) or task id (``"dmc/reacher-easy"``); a task's own entry wins over
+    its domain's. Every entry is an option of ``omnipolicy demo``: ``--recipe.episodes.atari 20``,
+    ``--recipe.noise.classic/cartpole-v1 0.1``, ``--recipe.dagger-scale.metaworld 1``. The command line changes
+    the entries a table has; an entry for another task is added in Python, e.g.
+    ``DemoRecipe(noise={**DemoRecipe().noise, "dmc/cartpole-balance": 0.1})``. The measurements that chose the
+    defaults are in docs/results.md ("Measurements behind the demo's settings").
+    """
 
-DAGGER_EPISODE_SCALE: dict[str, int] = {
-    "classic/pendulum-v1": 3,  # 10 per round were lost among its 100 demonstrations; 20 gave +38 in an experiment
-    "dmc/reacher-easy": 2,  # a new target each episode; 80 demonstrations of 150 steps
-}
-"""Per-task multiples of ``DemoConfig.dagger_episodes`` (short episodes, many demonstrations to be heard over)."""
+    episodes: dict[str, int] = field(default_factory=lambda: {
+        "classic": 30,
+        "mujoco": 30,
+        "dmc": 12,
+        "metaworld": 40,
+        "atari": 10,  # episodes of at most the protocol's 2,000 steps
+        "classic/mountaincar-v0": 60,
+        "classic/pendulum-v1": 100,
+        "mujoco/reacher-v5": 200,  # 50-step episodes: more of them for the same number of tokens
+        "dmc/reacher-easy": 80,  # a new target each episode: more targets
+        "dmc/cartpole-swingup": 30,
+    })
+    """Demonstrations per task, sized for the 30-minute budget, more where episodes are short or each one draws a
+    new goal (``--episodes`` > 0 sets one count for every task instead)."""
+    max_steps: dict[str, int] = field(default_factory=lambda: {
+        "classic": 0,
+        "mujoco": 0,
+        "dmc": 0,
+        "metaworld": 250,  # the experts succeed within ~70-170 of the 500 steps, then hold still
+        "atari": 0,
+        "dmc/reacher-easy": 150,  # the expert reaches its target within ~30 steps, then holds it
+        "dmc/cartpole-swingup": 400,  # the swing-up takes ~170 steps; the rest balances, as cartpole-balance does
+    })
+    """Episode cap at collection (0, or a domain without an entry: the task's own limit; the evaluation runs full
+    episodes): where the expert is done early, shorter episodes buy more starting states for the same time."""
+    noise: dict[str, float] = field(default_factory=lambda: {
+        "classic": 0.0,
+        "mujoco": 0.3,
+        "dmc": 0.3,
+        "metaworld": 0.3,
+        "atari": 0.0,
+        "classic/pendulum-v1": 0.3,  # the one continuous classic task
+        "classic/cartpole-v1": 0.3,  # clean, the expert's alternating pushes teach a policy to alternate blindly
+        "mujoco/inverted-double-pendulum-v5": 0.1,  # at 0.3 the expert itself falls; at 0.1 it holds all 1000 steps
+    })
+    """DART action noise at collection (``--action-noise`` sets one value for every task instead): noisy actions
+    run while the expert's are recorded, so the demonstrations show corrections that a still expert never makes."""
+    dagger_scale: dict[str, int] = field(default_factory=lambda: {
+        "atari": 1,
+        "classic": 1,
+        "dmc": 1,
+        "metaworld": 0,  # the underfitting model learns early policies' wandering at the demonstrations' expense
+        "mujoco": 1,
+        "classic/cartpole-v1": 0,  # the discrete classic tasks reach expert level from their demonstrations alone
+        "classic/acrobot-v1": 0,
+        "classic/mountaincar-v0": 0,
+        "classic/pendulum-v1": 3,  # its 100 demonstrations drown out 10 episodes a round
+        "dmc/reacher-easy": 2,  # a new target each episode, 80 demonstrations
+    })
+    """DAgger episodes per task per round, as a multiple of ``--dagger-episodes`` (0, or a domain without an
+    entry: no rounds for the task): rounds correct the states a policy drifts into, where a task needs it."""
+    dagger_step_share: float = 0.2
+    """A round also labels at least this share of each task's demonstration steps, running more episodes where the
+    policy's are short (a policy that falls early labels almost nothing in a fixed number of episodes)."""
+    dagger_max_episodes: int = 200
+    """Most episodes one pass of a round runs for one task."""
+    dagger_max_steps: int = 400
+    """Episode cap of a DAgger round (besides the collection caps): a policy that fails early in a long episode
+    (Breakout without serving, a fallen pole) adds little after it."""
 
-DAGGER_STEP_SHARE = 0.2
-"""A round also labels at least this share of each task's demonstration steps, running more episodes where the
-policy's episodes are short. Counted in episodes alone, InvertedDoublePendulum's policy fell within ~43 steps, so
-its 10 episodes per round labelled 434 steps against 30,000 demonstrated (1.4%; swing-up's: 4,000 against 12,000)."""
+    def __post_init__(self) -> None:
+        checks = {
+            "episodes": (self.episodes, 1, None, "an int >= 1"),
+            "max_steps": (self.max_steps, 0, None, "an int >= 0 (0: the task's own limit)"),
+            "noise": (self.noise, 0.0, 1.0, "in [0, 1]"),
+            "dagger_scale": (self.dagger_scale, 0, None, "an int >= 0 (0: no rounds)"),
+        }
+        for name, (table, low, high, expected) in checks.items():
+            bad = {k: v for k, v in table.items() if v < low or (high is not None and v > high)}
+            if bad:
+                raise ValueError(f"DemoRecipe.{name} values must be {expected}, got {bad}")
+        scalars = {"dagger_step_share": (self.dagger_step_share, 0.0),
+                   "dagger_max_episodes": (self.dagger_max_episodes, 1),
+                   "dagger_max_steps": (self.dagger_max_steps, 1)}
+        for name, (value, low) in scalars.items():
+            if value < low:
+                raise ValueError(f"DemoRecipe.{name} must be >= {low}, got {value}")
 
-DAGGER_MAX_EPISODES = 200
-"""Most episodes one pass of a round runs for one task."""
+    def episodes_for(self, task_id: str) -> int:
+        """Demonstrations of ``task_id``.
 
-DAGGER_MAX_STEPS = 400
-"""Episode cap of a DAgger round (besides the demonstrations' own caps): a policy that fails early in a long
-episode (Breakout without serving, a fallen pole still balanced by dm_control's 1000 steps) adds little after it."""
+        Raises:
+            ValueError: neither the task nor its domain has an entry.
+        """
+        return _required(self.episodes, "episodes", task_id, "--episodes")
+
+    def noise_for(self, task_id: str) -> float:
+        """DART action noise of ``task_id``'s demonstrations.
+
+        Raises:
+            ValueError: neither the task nor its domain has an entry.
+        """
+        return _required(self.noise, "noise", task_id, "--action-noise")
+
+    def max_steps_for(self, task_id: str) -> int | None:
+        """Episode cap of ``task_id``'s demonstrations (None: the task's own limit).
+
+        >>> DemoRecipe().max_steps_for("metaworld/push-v3"), DemoRecipe().max_steps_for("classic/cartpole-v1")
+        (250, None)
+        """
+        return _entry(self.max_steps, task_id) or None
+
+    def dagger_scale_for(self, task_id: str) -> int:
+        """Multiple of ``DemoConfig.dagger_episodes`` a round runs of ``task_id`` (0: the task gets no rounds)."""
+        return _entry(self.dagger_scale, task_id) or 0
+
+    def dagger_tasks(self, tasks: Sequence[str]) -> list[str]:
+        """The tasks of ``tasks`` that get DAgger rounds, in their order."""
+        return [t for t in tasks if self.dagger_scale_for(t) > 0]
+
+    @property
+    def dagger_domains(self) -> tuple[str, ...]:
+        """The domains whose tasks get rounds unless their own entry says otherwise."""
+        return tuple(k for k, v in self.dagger_scale.items() if "/" not in k and v > 0)
+
+    def dagger_cap(self, task_id: str) -> int:
+        """Episode cap of ``task_id`` in a DAgger round: its collection cap, at most ``dagger_max_steps``."""
+        return min(self.max_steps_for(task_id) or self.dagger_max_steps, self.dagger_max_steps)
+
+    def dagger_shortfall(self, want_episodes: int, want_steps: int, held_episodes: int, held_steps: int,
+                         per_episode: float) -> int:
+        """Episodes a DAgger round still has to run for one task to hold ``want_episodes`` and ``want_steps``.
+
+        The steps still missing are divided by ``per_episode``, the expected length of one more episode (the mean
+        of this round's last pass; before any, a demonstration's mean length, at most the round's cap); the answer
+        is at most ``dagger_max_episodes``.
+        """
+        need = max(0, want_episodes - held_episodes)
+        if held_steps < want_steps:
+            need = max(need, math.ceil((want_steps - held_steps) / max(per_episode, 1.0)))
+        return min(need, self.dagger_max_episodes)
+
+
+def _entry(table: Mapping[str, _V], task_id: str) -> _V | None:
+    """``table``'s value for ``task_id``: the task's own entry, else its domain's (None: neither has one)."""
+    return table.get(task_id, table.get(task_id.split("/")[0]))
+
+
+def _required(table: Mapping[str, _V], name: str, task_id: str, flag: str) -> _V:
+    """``_entry``, for a table that must cover every task (``name`` and ``flag`` are for the error message)."""
+    value = _entry(table, task_id)
+    if value is None:
+        raise ValueError(f"DemoRecipe.{name} has no entry for {task_id!r} or its domain {task_id.split('/')[0]!r}; "
+                         f"it has {list(table)} (or set one value for every task with {flag})")
+    return value
 
 
 @dataclass
@@ -118,7 +197,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = ()
     """Task ids (default: the default suite, `omnipolicy tasks` marks it with *)."""
     episodes: int = 0
-    """Demonstration episodes per task (0: per-domain defaults sized for the 30-minute budget)."""
+    """Demonstration episodes per task (0: the recipe's, ``--recipe.episodes.*``)."""
     workers: int = 2
     """Collection worker processes."""
     preset: str = "cpu-tiny"
@@ -141,28 +220,47 @@ class DemoConfig:
     seed: int = 0
     """Seed for collection and training."""
     action_noise: float | None = None
-    """DART action noise for every task (default: the per-domain table DEMO_NOISE)."""
+    """DART action noise for every task (default: the recipe's, ``--recipe.noise.*``)."""
     bin_sigma: float = 8.0
     """Gaussian width of continuous action targets in bins (TrainConfig.bin_sigma; 0 = Gato's one-hot)."""
     action_inputs: Literal["tokens", "hidden"] = "hidden"
     """What the model reads at action positions (ModelConfig.action_inputs; tokens = Gato)."""
     prompt_prob: float = 0.0
     """Share of training windows prefixed with a demonstration (TrainConfig.prompt_prob; Gato: 0.25). The demo's
-    evaluation does not prompt, and a prompt is half a window without loss: at 0, the same steps train on 12% more
-    action tokens (Meta-World action error against the expert 0.098 instead of 0.105, 10 tasks, 2000 steps)."""
+    evaluation does not prompt, and a prompt is half a window without loss: at 0, the same steps train on more
+    action tokens."""
     val_fraction: float = 0.05
     """Share of each task's demonstrations held out for the validation loss (TrainConfig.val_fraction; tasks with
     fewer than 20 keep all of theirs)."""
     dagger_rounds: int = 2
     """DAgger rounds during training (0: behaviour cloning only). Training stops after each of
     ``train_steps * k / (rounds + 1)`` steps, the policy of that checkpoint runs ``dagger_episodes`` episodes of
-    every task of ``dagger_tasks`` with the expert labelling each state it reaches (``omnipolicy dagger``), and
-    training resumes on the demonstrations plus every round so far. The learning-rate schedule is the one of an
-    uninterrupted run."""
+    every task the recipe gives rounds (``--recipe.dagger-scale.*``) with the expert labelling each state it
+    reaches (``omnipolicy dagger``), and training resumes on the demonstrations plus every round so far. The
+    learning-rate schedule is the one of an uninterrupted run."""
     dagger_episodes: int = 10
-    """Episodes per task per DAgger round (capped like the demonstrations, and at DAGGER_MAX_STEPS; times
-    DAGGER_EPISODE_SCALE for the tasks it names, more where they label under DAGGER_STEP_SHARE of the task's
-    demonstration steps; DAGGER_SKIP's tasks get none)."""
+    """Episodes per task per DAgger round, times the task's ``recipe.dagger_scale`` (capped like the
+    demonstrations, and at ``recipe.dagger_max_steps``; more where they label under ``recipe.dagger_step_share``
+    of the task's demonstration steps)."""
+    recipe: DemoRecipe = field(default_factory=DemoRecipe)
+    """Per-task settings of collection and DAgger rounds (``DemoRecipe``; each table entry is an option)."""
+
+    def episodes_for(self, task_id: str) -> int:
+        """Demonstrations of ``task_id``: ``episodes``, or the recipe's when 0."""
+        return self.episodes or self.recipe.episodes_for(task_id)
+
+    def noise_for(self, task_id: str) -> float:
+        """DART action noise of ``task_id``'s demonstrations: ``action_noise``, or the recipe's when None."""
+        return self.recipe.noise_for(task_id) if self.action_noise is None else self.action_noise
+
+    def dagger_episodes_for(self, task_id: str) -> int:
+        """Policy episodes a DAgger round adds for ``task_id``: ``dagger_episodes`` times its recipe scale."""
+        return self.dagger_episodes * self.recipe.dagger_scale_for(task_id)
+
+    def rounds_for(self, tasks: Sequence[str]) -> int:
+        """The DAgger rounds a run of ``tasks`` makes: ``dagger_rounds``, or 0 when the recipe gives none of them
+        rounds."""
+        return max(0, self.dagger_rounds) if self.recipe.dagger_tasks(tasks) else 0
 
 
 def demo_command(argv: list[str], prog: str) -> None:
@@ -175,12 +273,6 @@ def demo_command(argv: list[str], prog: str) -> None:
         f"\n{o['tasks_at_least_50']} of {o['tasks']} tasks at or above 50% of expert; "
         f"mean expert-normalised score {o['normalized_mean']:.1f}\nreport: {cfg.out / 'report.md'}"
     )
-
-
-def noise_for(task_id: str, cfg: DemoConfig) -> float:
-    if cfg.action_noise is not None:
-        return cfg.action_noise
-    return NOISE_OVERRIDE.get(task_id, DEMO_NOISE[task_id.split("/")[0]])
 
 
 def check_collection_settings(data: Path, noise: dict[str, float], max_steps: dict[str, int | None] | None = None) -> None:
@@ -213,59 +305,20 @@ def check_collection_settings(data: Path, noise: dict[str, float], max_steps: di
     write_json_atomic(record, {key: {**before[key], **now[key]} for key in now}, indent=2, sort_keys=True)
 
 
-def max_steps_for(task_id: str) -> int | None:
-    return MAX_STEPS_OVERRIDE.get(task_id, DEMO_MAX_STEPS.get(task_id.split("/")[0]))
-
-
-def episodes_for(task_id: str, cfg: DemoConfig) -> int:
-    if cfg.episodes:
-        return cfg.episodes
-    return EPISODES_OVERRIDE.get(task_id, DEMO_EPISODES[task_id.split("/")[0]])
-
-
 def dagger_stops(train_steps: int, rounds: int) -> list[int]:
     """The steps after which training pauses for a DAgger round, then the last step: rounds + 1 even phases."""
     return sorted({max(1, train_steps * k // (rounds + 1)) for k in range(1, rounds + 1)} | {train_steps})
 
 
-def dagger_tasks(tasks: Sequence[str]) -> list[str]:
-    """The tasks that get DAgger rounds: those of DAGGER_DOMAINS, less DAGGER_SKIP."""
-    return [t for t in tasks if t.split("/")[0] in DAGGER_DOMAINS and t not in DAGGER_SKIP]
-
-
-def dagger_episodes_for(task_id: str, cfg: DemoConfig) -> int:
-    """Policy episodes a DAgger round adds for ``task_id``: ``cfg.dagger_episodes`` times its DAGGER_EPISODE_SCALE."""
-    return cfg.dagger_episodes * DAGGER_EPISODE_SCALE.get(task_id, 1)
-
-
-def dagger_rounds(cfg: DemoConfig, tasks: Sequence[str]) -> int:
-    """The DAgger rounds the run makes: ``cfg.dagger_rounds``, or 0 when no task gets rounds (``dagger_tasks``)."""
-    return max(0, cfg.dagger_rounds) if dagger_tasks(tasks) else 0
-
-
-def dagger_shortfall(want_episodes: int, want_steps: int, held_episodes: int, held_steps: int,
-                     per_episode: float) -> int:
-    """Episodes a DAgger round still has to run for one task to hold ``want_episodes`` and ``want_steps``.
-
-    The steps still missing are divided by ``per_episode``, the expected length of one more episode (the mean
-    of this round's last pass; before any, a demonstration's mean length, at most the round's cap); the answer
-    is at most DAGGER_MAX_EPISODES.
-    """
-    need = max(0, want_episodes - held_episodes)
-    if held_steps < want_steps:
-        need = max(need, math.ceil((want_steps - held_steps) / max(per_episode, 1.0)))
-    return min(need, DAGGER_MAX_EPISODES)
-
-
-def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: dict[str, int | None],
-                      timings: dict[str, float]) -> TrainResult:
+def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings: dict[str, float]) -> TrainResult:
     """Train in phases with DAgger rounds between them (see ``DemoConfig.dagger_rounds``).
 
     Round ``k`` tops each task's DAgger dataset up to ``k`` times its episodes per round
-    (``dagger_episodes_for``) and ``k`` times DAGGER_STEP_SHARE of its demonstration steps, in up to three
-    passes (the later ones sized by the mean length of the last pass's episodes). A rerun continues where
-    an interrupted one stopped: each phase resumes from the newest checkpoint, and a round only tops up, with
-    the checkpoint of the step it belongs to (a rerun past that step finds the round complete).
+    (``DemoConfig.dagger_episodes_for``) and ``k`` times ``recipe.dagger_step_share`` of its demonstration steps,
+    episodes capped at ``recipe.dagger_cap``, in up to three passes (the later ones sized by the mean length of
+    the last pass's episodes). A rerun continues where an interrupted one stopped: each phase resumes from the
+    newest checkpoint, and a round only tops up, with the checkpoint of the step it belongs to (a rerun past that
+    step finds the round complete).
 
     Returns:
         The last phase's TrainResult.
@@ -276,10 +329,12 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
     from omnipolicy.datasets.store import EpisodeStore
 
     demos, dagger_dir = out / "data", out / "dagger"
-    rounds = dagger_rounds(cfg, tasks)
-    labelled = dagger_tasks(tasks) if rounds else []
+    recipe = cfg.recipe
+    rounds = cfg.rounds_for(tasks)
+    labelled = recipe.dagger_tasks(tasks) if rounds else []
     stops = dagger_stops(cfg.train_steps, rounds) if rounds else [cfg.train_steps]
-    round_caps = {t: min(caps.get(t) or DAGGER_MAX_STEPS, DAGGER_MAX_STEPS) for t in labelled}
+    round_caps = {t: recipe.dagger_cap(t) for t in labelled}
+    scaled = sorted(t for t in labelled if recipe.dagger_scale_for(t) > 1)  # more episodes a round than the rest
     shown = {t: EpisodeStore(task_path(demos, t)) for t in labelled}  # the demonstrations (they don't change)
     demo_steps = {t: shown[t].num_frames for t in labelled}
     # a round's first pass expects an episode as long as a demonstration (at most the round's cap)
@@ -319,15 +374,15 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], caps: di
         if result.step > stop:
             continue  # a rerun: this round was done before the interruption
         t0 = time.perf_counter()
-        want = {t: ((k + 1) * dagger_episodes_for(t, cfg), (k + 1) * math.ceil(DAGGER_STEP_SHARE * demo_steps[t]))
+        want = {t: ((k + 1) * cfg.dagger_episodes_for(t), (k + 1) * math.ceil(recipe.dagger_step_share * demo_steps[t]))
                 for t in labelled}
         print(f"DAgger round {k + 1}/{len(stops) - 1}: the step-{stop} policy runs {cfg.dagger_episodes} episodes "
-              f"of each of {len(labelled)} tasks (more of {sorted(set(DAGGER_EPISODE_SCALE) & set(labelled))}, and "
-              f"of those whose episodes label under {DAGGER_STEP_SHARE:.0%} of their demonstrations' steps), "
+              f"of each of {len(labelled)} tasks (more of {scaled}, and of those whose episodes label under "
+              f"{recipe.dagger_step_share:.0%} of their demonstrations' steps), "
               f"the experts label every state it reaches")
         per_episode = dict(first_length)
         for _ in range(3):
-            missing = {t: dagger_shortfall(*want[t], *held(t), per_episode[t]) for t in labelled}
+            missing = {t: recipe.dagger_shortfall(*want[t], *held(t), per_episode[t]) for t in labelled}
             if not any(missing.values()):
                 break
             summary = dagger_round(result.checkpoint, [t for t in labelled if missing[t]], missing, dagger_dir,
@@ -355,12 +410,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 1. Demonstrations: one dataset per task, by group so the per-domain counts apply.
     t0 = time.perf_counter()
     print(f"[1/3] collecting expert demonstrations for {len(tasks)} tasks into {out / 'data'}")
-    noise = {t: noise_for(t, cfg) for t in tasks}
-    caps = {t: max_steps_for(t) for t in tasks}
+    noise = {t: cfg.noise_for(t) for t in tasks}
+    caps = {t: cfg.recipe.max_steps_for(t) for t in tasks}
     check_collection_settings(out / "data", noise, caps)
     by_count: dict[int, list[str]] = {}
     for t in tasks:
-        by_count.setdefault(episodes_for(t, cfg), []).append(t)
+        by_count.setdefault(cfg.episodes_for(t), []).append(t)
     collected = {}
     for n, group in sorted(by_count.items()):
         collected.update(collect(group, n, out / "data", workers=cfg.workers, seed=cfg.seed, action_noise=noise,
@@ -369,10 +424,10 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 2. One generalist on all of it, with DAgger rounds between phases of one learning-rate schedule.
     t0 = time.perf_counter()
-    rounds = dagger_rounds(cfg, tasks)
+    rounds = cfg.rounds_for(tasks)
     print(f"[2/3] training {cfg.preset} on {len(tasks)} tasks for {cfg.train_steps} steps"
           + (f" with {rounds} DAgger round(s)" if rounds else ""))
-    result = train_with_dagger(cfg, out, tasks, caps, timings)
+    result = train_with_dagger(cfg, out, tasks, timings)
     timings["train_s"] = time.perf_counter() - t0 - timings.get("dagger_s", 0.0)
     if result.val_loss:
         print(result.validation_summary() + " (every task's in report.json's protocol, TensorBoard's val/ and fit/)")
@@ -397,10 +452,11 @@ def run_demo(cfg: DemoConfig) -> dict:
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}, prompt share {cfg.prompt_prob}, "
                         f"{cfg.val_fraction:.0%} of each task's demonstrations held out for validation",
             "dagger": (f"{rounds} round(s) after steps {dagger_stops(cfg.train_steps, rounds)[:-1]}, "
-                       f"{cfg.dagger_episodes} policy episodes per task each (capped at {DAGGER_MAX_STEPS} steps; "
-                       f"more until they label {DAGGER_STEP_SHARE:.0%} of the task's demonstration steps), "
-                       f"labelled by the experts, for the {', '.join(DAGGER_DOMAINS)} tasks; per task: "
-                       f"{ {t: dagger_episodes_for(t, cfg) for t in dagger_tasks(tasks)} }" if rounds else "none"),
+                       f"{cfg.dagger_episodes} policy episodes per task each (capped at {cfg.recipe.dagger_max_steps} "
+                       f"steps; more until they label {cfg.recipe.dagger_step_share:.0%} of the task's demonstration "
+                       f"steps), labelled by the experts, for the {', '.join(cfg.recipe.dagger_domains)} tasks; per "
+                       f"task: { {t: cfg.dagger_episodes_for(t) for t in cfg.recipe.dagger_tasks(tasks)} }"
+                       if rounds else "none"),
             "continuous_decoding": actor.policy.continuous_decoding,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
             "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},

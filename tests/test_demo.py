@@ -36,7 +36,7 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, load_script, capsys):
     for key in ("validation_loss", "training_episodes_loss"):
         assert set(report["protocol"][key]) == {"classic/cartpole-v1", "classic/pendulum-v1"}
     # two DAgger rounds (after steps 6 and 13 of 20) of 2 policy episodes per task, times 3 for Pendulum
-    # (DAGGER_EPISODE_SCALE); CartPole-v1 is in DAGGER_SKIP
+    # (recipe.dagger_scale); CartPole-v1's scale is 0
     assert report["protocol"]["dagger"].startswith("2 round(s) after steps [6, 13], 2 policy episodes per task")
     assert report["protocol"]["dagger"].endswith("per task: {'classic/pendulum-v1': 6}")
     assert not task_path(out / "dagger", "classic/cartpole-v1").exists()
@@ -83,7 +83,7 @@ def test_demo_refuses_to_extend_data_collected_with_other_noise(tmp_path):
 
 
 def test_demo_refuses_to_extend_data_collected_with_other_episode_caps(tmp_path):
-    from omnipolicy.demo import check_collection_settings, max_steps_for
+    from omnipolicy.demo import DemoRecipe, check_collection_settings
 
     noise = {"metaworld/reach-v3": 0.3, "dmc/point_mass-easy": 0.3}
     check_collection_settings(tmp_path, noise, {"metaworld/reach-v3": 250})
@@ -92,12 +92,15 @@ def test_demo_refuses_to_extend_data_collected_with_other_episode_caps(tmp_path)
     check_collection_settings(tmp_path, noise, {"metaworld/reach-v3": 250, "dmc/point_mass-easy": None})  # the same
     with pytest.raises(ValueError, match=r"other episode caps .*\{'metaworld/reach-v3': \(250, None\)\}"):
         check_collection_settings(tmp_path, noise)
-    assert max_steps_for("metaworld/push-v3") == 250 and max_steps_for("dmc/reacher-easy") == 150
-    assert max_steps_for("classic/cartpole-v1") is None
+    recipe = DemoRecipe()
+    assert recipe.max_steps_for("metaworld/push-v3") == 250 and recipe.max_steps_for("dmc/reacher-easy") == 150
+    assert recipe.max_steps_for("classic/cartpole-v1") is None
 
 
 def test_dagger_shortfall_counts_episodes_and_steps():
-    from omnipolicy.demo import DAGGER_MAX_EPISODES, dagger_shortfall
+    from omnipolicy.demo import DemoRecipe
+
+    dagger_shortfall = DemoRecipe().dagger_shortfall
 
     # enough steps: only the episode count matters
     assert dagger_shortfall(10, 2400, 0, 0, per_episode=400) == 10
@@ -106,14 +109,106 @@ def test_dagger_shortfall_counts_episodes_and_steps():
     # short episodes (a pendulum that falls within 43 steps): the steps missing / their mean length
     assert dagger_shortfall(10, 6000, 10, 430, per_episode=43) == 130  # ceil(5570 / 43)
     assert dagger_shortfall(10, 6000, 0, 0, per_episode=400) == 15  # before any episode: the demonstrations' length
-    assert dagger_shortfall(10, 10**6, 10, 10, per_episode=1) == DAGGER_MAX_EPISODES
+    assert dagger_shortfall(10, 10**6, 10, 10, per_episode=1) == DemoRecipe().dagger_max_episodes == 200
+    assert DemoRecipe(dagger_max_episodes=50).dagger_shortfall(10, 10**6, 10, 10, per_episode=1) == 50
 
 
 def test_dagger_rounds_only_for_the_dagger_domains():
-    from omnipolicy.demo import DemoConfig, dagger_rounds, dagger_stops
+    from omnipolicy.demo import DemoConfig, dagger_stops
 
     cfg = DemoConfig()
-    assert dagger_rounds(cfg, ["metaworld/reach-v3", "classic/pendulum-v1"]) == 2
-    assert dagger_rounds(cfg, ["metaworld/reach-v3"]) == 0  # Meta-World trains on its demonstrations alone
-    assert dagger_rounds(cfg, ["classic/cartpole-v1", "classic/acrobot-v1"]) == 0  # DAGGER_SKIP's tasks neither
+    assert cfg.rounds_for(["metaworld/reach-v3", "classic/pendulum-v1"]) == 2
+    assert cfg.rounds_for(["metaworld/reach-v3"]) == 0  # Meta-World trains on its demonstrations alone
+    assert cfg.rounds_for(["classic/cartpole-v1", "classic/acrobot-v1"]) == 0  # scale 0: no rounds either
     assert dagger_stops(8500, 2) == [2833, 5666, 8500] and dagger_stops(20, 0) == [20]
+
+
+# The default recipe, task by task: (demonstrations, DART noise, collection cap, DAgger episodes per round of 10,
+# DAgger episode cap); None: the task's own limit, 0 DAgger episodes: no rounds. These are the demo's settings
+# as the tables at the top of demo.py gave them before they became DemoRecipe.
+DEFAULT_RECIPE = {
+    "atari/breakout": (10, 0.0, None, 10, 400),
+    "atari/pong": (10, 0.0, None, 10, 400),
+    "classic/acrobot-v1": (30, 0.0, None, 0, 400),
+    "classic/cartpole-v1": (30, 0.3, None, 0, 400),
+    "classic/mountaincar-v0": (60, 0.0, None, 0, 400),
+    "classic/pendulum-v1": (100, 0.3, None, 30, 400),
+    "dmc/cartpole-balance": (12, 0.3, None, 10, 400),
+    "dmc/cartpole-swingup": (30, 0.3, 400, 10, 400),
+    "dmc/point_mass-easy": (12, 0.3, None, 10, 400),
+    "dmc/reacher-easy": (80, 0.3, 150, 20, 150),
+    "metaworld/button-press-topdown-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/door-open-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/drawer-close-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/drawer-open-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/peg-insert-side-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/pick-place-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/push-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/reach-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/window-close-v3": (40, 0.3, 250, 0, 250),
+    "metaworld/window-open-v3": (40, 0.3, 250, 0, 250),
+    "mujoco/inverted-double-pendulum-v5": (30, 0.1, None, 10, 400),
+    "mujoco/inverted-pendulum-v5": (30, 0.3, None, 10, 400),
+    "mujoco/reacher-v5": (200, 0.3, None, 10, 400),
+}
+
+
+def test_default_recipe_gives_every_default_task_its_settings():
+    from omnipolicy.demo import DemoConfig
+    from omnipolicy.envs import DEFAULT_SUITE
+
+    cfg = DemoConfig()
+    assert set(DEFAULT_SUITE) == set(DEFAULT_RECIPE)
+    got = {t: (cfg.episodes_for(t), cfg.noise_for(t), cfg.recipe.max_steps_for(t), cfg.dagger_episodes_for(t),
+               cfg.recipe.dagger_cap(t)) for t in DEFAULT_SUITE}
+    assert got == DEFAULT_RECIPE
+    labelled = cfg.recipe.dagger_tasks(DEFAULT_SUITE)
+    assert labelled == [t for t in DEFAULT_SUITE if DEFAULT_RECIPE[t][3]]
+    assert cfg.recipe.dagger_domains == ("atari", "classic", "dmc", "mujoco")  # named in the report's protocol
+    assert (cfg.recipe.dagger_step_share, cfg.recipe.dagger_max_episodes) == (0.2, 200)
+    # --episodes and --action-noise set one value for every task over the recipe's
+    flat = DemoConfig(episodes=5, action_noise=0.1)
+    assert {(flat.episodes_for(t), flat.noise_for(t)) for t in DEFAULT_SUITE} == {(5, 0.1)}
+
+
+def test_recipe_entries_are_options_of_the_demo_command(capsys):
+    import tyro
+
+    from omnipolicy.demo import DemoConfig
+
+    args = ["--recipe.episodes.atari", "20", "--recipe.noise.classic/cartpole-v1", "0.1", "--recipe.max-steps.dmc",
+            "500", "--recipe.dagger-scale.metaworld", "1", "--recipe.dagger-step-share", "0.5"]
+    cfg = tyro.cli(DemoConfig, args=args)
+    assert cfg.episodes_for("atari/pong") == 20 and cfg.episodes_for("metaworld/reach-v3") == 40
+    assert cfg.noise_for("classic/cartpole-v1") == 0.1 and cfg.noise_for("classic/acrobot-v1") == 0.0
+    assert cfg.recipe.max_steps_for("dmc/point_mass-easy") == 500
+    assert cfg.recipe.max_steps_for("dmc/reacher-easy") == 150  # the task's own entry wins over its domain's
+    assert cfg.dagger_episodes_for("metaworld/reach-v3") == 10 and cfg.recipe.dagger_step_share == 0.5
+    assert tyro.cli(DemoConfig, args=[]) == DemoConfig()
+    with pytest.raises(SystemExit):
+        tyro.cli(DemoConfig, args=["--help"], prog="omnipolicy demo")
+    help_text = capsys.readouterr().out
+    for option in ("--recipe.episodes.atari", "--recipe.noise.mujoco/inverted-double-pendulum-v5",
+                   "--recipe.max-steps.metaworld", "--recipe.dagger-scale.classic/pendulum-v1",
+                   "--recipe.dagger-max-steps"):
+        assert option in help_text
+
+
+def test_recipe_rejects_bad_values_and_names_a_missing_entry():
+    from omnipolicy.demo import DemoConfig, DemoRecipe
+
+    with pytest.raises(ValueError, match=r"DemoRecipe.noise values must be in \[0, 1\], got \{'dmc': 2.0\}"):
+        DemoRecipe(noise={**DemoRecipe().noise, "dmc": 2.0})
+    with pytest.raises(ValueError, match=r"DemoRecipe.episodes values must be an int >= 1, got \{'atari': 0\}"):
+        DemoRecipe(episodes={**DemoRecipe().episodes, "atari": 0})
+    with pytest.raises(ValueError, match=r"DemoRecipe.dagger_max_steps must be >= 1, got 0"):
+        DemoRecipe(dagger_max_steps=0)
+    recipe = DemoRecipe(episodes={"dmc": 12}, noise={"dmc": 0.3}, max_steps={"dmc": 500}, dagger_scale={"dmc": 1})
+    with pytest.raises(ValueError, match=r"DemoRecipe.episodes has no entry for 'atari/pong' or its domain 'atari'; "
+                                         r"it has \['dmc'\] \(or set one value for every task with --episodes\)"):
+        recipe.episodes_for("atari/pong")
+    with pytest.raises(ValueError, match=r"DemoRecipe.noise has no entry .* with --action-noise"):
+        recipe.noise_for("atari/pong")
+    assert DemoConfig(episodes=3, action_noise=0.0, recipe=recipe).episodes_for("atari/pong") == 3
+    # a domain without a cap or a DAgger entry: the task's own limit, no rounds
+    assert recipe.max_steps_for("atari/pong") is None and recipe.dagger_tasks(["atari/pong"]) == []
