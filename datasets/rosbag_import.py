@@ -38,7 +38,7 @@ from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge import cdr
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
 from omnipolicy.robot_bridge.messages import JointMap, JointState, ObservationMap, validate
-from omnipolicy.robot_bridge.rosbag import BagEpisode, BagImportConfig, _latest_before, _read_topics, read_bag
+from omnipolicy.robot_bridge.rosbag import BagEpisode, BagImportConfig, latest_before, read_bag, read_topics
 from omnipolicy.robot_bridge.transport import ros_topic_name
 from omnipolicy.tokenizers.spec import TimestepSpec
 
@@ -276,7 +276,7 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
     by_topic: dict[str, list[NamedSource]] = {}
     for s in layout.extra:
         by_topic.setdefault(ros_topic_name(s.topic), []).append(s)
-    data = _read_topics(path, list(by_topic))
+    data = read_topics(path, list(by_topic))
     keep = np.ones(len(ep), dtype=bool)  # (T,)
     values: dict[str, np.ndarray] = {}
     rejected = 0
@@ -295,7 +295,7 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
                 rejected += 1
                 continue
             times.append(t)
-        idx, ok = _latest_before(np.asarray(times, np.int64), ep.timestamps_ns, layout.config.max_state_age)
+        idx, ok = latest_before(np.asarray(times, np.int64), ep.timestamps_ns, layout.config.max_state_age)
         keep &= ok
         for j, s in enumerate(sources):
             values[s.key] = np.stack([rows[i][j] for i in idx]) if rows else np.zeros((len(ep), len(s.names)))  # (T, n)

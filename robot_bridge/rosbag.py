@@ -107,7 +107,20 @@ class BagEpisode:
         return len(self.actions)
 
 
-def _read_topics(path: Path, topics: Sequence[str]) -> dict[str, tuple[type[RosMessage], list[tuple[int, bytes]]]]:
+def read_topics(path: Path, topics: Sequence[str]) -> dict[str, tuple[type[RosMessage], list[tuple[int, bytes]]]]:
+    """Every message of ``topics`` in a rosbag2 folder, raw, in receive order.
+
+    Args:
+        path: the rosbag2 folder.
+        topics: the topics to read; each must be in the bag with one type.
+
+    Returns:
+        ``{topic: (message class, [(receive time ns, CDR bytes), ...])}``, each list sorted by time.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: a topic missing from the bag, or recorded with two types.
+    """
     from rosbags.rosbag2 import Reader  # noqa: PLC0415
 
     if not path.exists():
@@ -131,7 +144,7 @@ def _read_topics(path: Path, topics: Sequence[str]) -> dict[str, tuple[type[RosM
     return out
 
 
-def _latest_before(times: np.ndarray, query: np.ndarray, max_age: float) -> tuple[np.ndarray, np.ndarray]:
+def latest_before(times: np.ndarray, query: np.ndarray, max_age: float) -> tuple[np.ndarray, np.ndarray]:
     """For each query time, the index of the latest ``times`` entry at or before it, and whether it is fresh.
 
     Returns:
@@ -169,7 +182,7 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
             "must be both set or both None"
         )
     topics = [config.joint_states, config.commands] + ([config.image] if config.image else [])
-    data = _read_topics(path, topics)
+    data = read_topics(path, topics)
     state_type, state_raw = data[config.joint_states]
     cmd_type, cmd_raw = data[config.commands]
     if state_type is not JointState:
@@ -198,10 +211,10 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
     jm = obs_map.joints
     s_t, s_obs = decode_all(config.joint_states, JointState, state_raw, obs_map.joint_observation)
     c_t, c_act = decode_all(config.commands, cmd_type, cmd_raw, lambda m: action_from_command(m, jm))
-    s_idx, keep = _latest_before(s_t, c_t, config.max_state_age)
+    s_idx, keep = latest_before(s_t, c_t, config.max_state_age)
     if config.image:
         i_t, i_arr = decode_all(config.image, Image, data[config.image][1], image_to_array)
-        i_idx, keep_image = _latest_before(i_t, c_t, config.max_image_age)
+        i_idx, keep_image = latest_before(i_t, c_t, config.max_image_age)
         keep &= keep_image
     rows = np.flatnonzero(keep)
     observations: dict[str, np.ndarray] = {}
