@@ -16,7 +16,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,6 +25,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import tyro
+
+from omnipolicy.envs.workers import watch_parent
 
 from .store import DEFAULT_FPS, Episode, EpisodeStore, PreparedEpisode, prepare_episode
 
@@ -135,23 +136,6 @@ def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0
 
 
 _WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
-
-
-def watch_parent(parent_pid: int) -> None:
-    """Exit this worker when the collecting process is gone (e.g. SIGKILLed), so no orphan keeps running."""
-
-    def watch() -> None:
-        ppid = os.getppid()
-        while True:
-            time.sleep(0.5)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            if os.getppid() != ppid:
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0,

@@ -36,7 +36,9 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
-from .collect import task_path, watch_parent
+from omnipolicy.envs.workers import watch_parent
+
+from .collect import task_path
 from .store import Episode, EpisodeStore
 
 DEFAULT_SEED = 70_000

@@ -35,6 +35,7 @@ import numpy as np
 
 from omnipolicy.envs.atari import PROTOCOL as ATARI_PROTOCOL
 from omnipolicy.envs.registry import TaskSpec, get_task, make_env, make_expert, protocol_mismatch
+from omnipolicy.envs.workers import watch_parent
 from omnipolicy.files import atomic_path, write_json_atomic, write_text_atomic
 
 BOOTSTRAP_SAMPLES = 2000
@@ -567,8 +568,6 @@ _WORKER_ACTOR: Actor | None = None
 
 def _init_eval_worker(recipe: Callable[[], Actor], threads: int, parent_pid: int) -> None:
     import torch
-
-    from omnipolicy.datasets.collect import watch_parent
 
     watch_parent(parent_pid)
     torch.set_num_threads(threads)
