@@ -1,7 +1,7 @@
 """rosbag2 recordings (MCAP or SQLite3) -> episodes in an episode store: ``omnipolicy dataset from-rosbag``.
 
 One bag is one episode. Messages are decoded by :mod:`omnipolicy.robot_bridge` (PyPI's ``rosbags``, no ROS
-install) and aligned by the rule of :mod:`omnipolicy.robot_bridge.rosbag`: every command (receive time ``t``
+install) and aligned by the rule of :mod:`omnipolicy.robot_bridge.wire.rosbag`: every command (receive time ``t``
 in the bag) becomes one timestep; its observation is the latest joint state (and image) received at or
 before ``t``, and the command is dropped when there is none or it is older than ``--max-state-age``
 (``--max-image-age``). Tasks whose observation also reads other ``JointState`` topics (the task state of
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge import cdr
+from omnipolicy.robot_bridge.wire import cdr
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
-from omnipolicy.robot_bridge.messages import JointMap, JointState, ObservationMap, validate
-from omnipolicy.robot_bridge.rosbag import BagEpisode, BagImportConfig, latest_before, read_bag, read_topics
-from omnipolicy.robot_bridge.transport import ros_topic_name
+from omnipolicy.robot_bridge.wire.messages import JointMap, JointState, ObservationMap, validate
+from omnipolicy.robot_bridge.wire.rosbag import BagEpisode, BagImportConfig, latest_before, read_bag, read_topics
+from omnipolicy.robot_bridge.wire.transport import ros_topic_name
 from omnipolicy.tokenizers.spec import TimestepSpec
 
 from .store import INFO_PATH, Episode, EpisodeStore, prepare_episode
@@ -57,7 +57,7 @@ class BagLayout:
         task_id: the registered task.
         spec: its timestep spec (what the episodes must match).
         obs_map: joints (controller order = action order) and the keys read from the joint-state/image topics.
-        config: topics and alignment limits for :func:`~omnipolicy.robot_bridge.rosbag.read_bag`.
+        config: topics and alignment limits for :func:`~omnipolicy.robot_bridge.wire.rosbag.read_bag`.
         extra: observation keys read from other ``JointState`` topics (aligned by the same rule).
     """
 
@@ -144,7 +144,7 @@ def task_layout(
             ``/forward_position_controller/commands``, and no image unless ``image_topic``).
         position_key, velocity_key: explicit layout only: observation keys of the joint positions/velocities
             (default: ``position``/``velocity`` where the task's spec has such a field).
-        max_state_age, max_image_age, strict: see :class:`~omnipolicy.robot_bridge.rosbag.BagImportConfig`.
+        max_state_age, max_image_age, strict: see :class:`~omnipolicy.robot_bridge.wire.rosbag.BagImportConfig`.
         spec: the timestep spec (default: the registered task's).
 
     Raises:

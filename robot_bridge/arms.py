@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from omnipolicy.robot_bridge.messages import Image, JointMap, JointState, RosMessage, image_to_array, validate
-from omnipolicy.robot_bridge.safety import SafetyLimits
+from omnipolicy.robot_bridge.wire.messages import Image, JointMap, JointState, RosMessage, image_to_array, validate
+from omnipolicy.robot_bridge.wire.safety import SafetyLimits
 
 # ---------------------------------------------------------------------------
 # Observation recipe

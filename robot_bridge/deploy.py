@@ -24,7 +24,7 @@ rate) does, in this order:
    task's scripted expert (``--actor expert``, on a local copy of the
    simulator synced to the observation: validates the wiring before you trust
    a policy).
-6. **safety**: :class:`~omnipolicy.robot_bridge.safety.SafetyFilter` clips the
+6. **safety**: :class:`~omnipolicy.robot_bridge.wire.safety.SafetyFilter` clips the
    command to the joint position, velocity and effort limits and the maximum
    change per step (the rate limit: on by default with the arm's figure, its
    expert's largest change per step with a margin, printed at start;
@@ -33,7 +33,7 @@ rate) does, in this order:
 7. **publish** the command (``Float64MultiArray`` on ``/<controller>/commands``).
 
 Holding publishes the interface's hold command (zero effort; see
-:mod:`~omnipolicy.robot_bridge.safety`). A command not ready one period after
+:mod:`~omnipolicy.robot_bridge.wire.safety`). A command not ready one period after
 its tick is never sent: the control loop sends the hold command instead.
 After a hold or a late tick, and on every ``Bool(True)`` on the arm's episode
 topic, the policy's context is reset: its history no longer matches the robot.
@@ -74,8 +74,8 @@ import numpy as np
 
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, get_arm
-from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
-from omnipolicy.robot_bridge.messages import (
+from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
+from omnipolicy.robot_bridge.wire.messages import (
     Bool,
     Float64MultiArray,
     Image,
@@ -85,10 +85,10 @@ from omnipolicy.robot_bridge.messages import (
     RosMessage,
     image_to_array,
 )
-from omnipolicy.robot_bridge.network import Network
-from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
+from omnipolicy.robot_bridge.wire.network import Network
+from omnipolicy.robot_bridge.wire.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
-from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
 from omnipolicy.tokenizers import check_observation
 
 log = logging.getLogger("omnipolicy.deploy")

@@ -61,7 +61,7 @@ import numpy as np
 
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, get_arm, make_sim_arm
-from omnipolicy.robot_bridge.messages import (
+from omnipolicy.robot_bridge.wire.messages import (
     Bool,
     Float64MultiArray,
     Header,
@@ -73,8 +73,8 @@ from omnipolicy.robot_bridge.messages import (
     action_from_command,
     array_to_image,
 )
-from omnipolicy.robot_bridge.network import Network
-from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+from omnipolicy.robot_bridge.wire.network import Network
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
 
 log = logging.getLogger("omnipolicy.sim_robot")
 
@@ -432,7 +432,7 @@ class NodeProcess:
     def __init__(self, command: str, args: list[str], domain_id: int, python: str | None = None, ready_timeout: float = 60.0) -> None:
         import subprocess  # noqa: PLC0415
 
-        from omnipolicy.robot_bridge.loopback import loopback_env  # noqa: PLC0415
+        from omnipolicy.robot_bridge.wire.loopback import loopback_env  # noqa: PLC0415
 
         cmd = [python or sys.executable, "-m", "omnipolicy.cli", command, "--network", "loopback", "--domain-id", str(domain_id),
                *args]

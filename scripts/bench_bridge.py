@@ -48,11 +48,11 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from omnipolicy.robot_bridge import cdr
-from omnipolicy.robot_bridge.echo import EchoProcess, prime
-from omnipolicy.robot_bridge.loopback import apply_loopback_env, loopback_env, random_domain_id
-from omnipolicy.robot_bridge.messages import Image, JointState, Time, array_to_image, joint_state
-from omnipolicy.robot_bridge.transport import QOS_DEFAULT, make_transport
+from omnipolicy.robot_bridge.wire import cdr
+from omnipolicy.robot_bridge.wire.echo import EchoProcess, prime
+from omnipolicy.robot_bridge.wire.loopback import apply_loopback_env, loopback_env, random_domain_id
+from omnipolicy.robot_bridge.wire.messages import Image, JointState, Time, array_to_image, joint_state
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, make_transport
 
 ROS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-ros" / "bin" / "python"
 JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
@@ -176,7 +176,7 @@ def serialization_baseline() -> dict:
 
 def control_loop_baseline(seconds: float) -> dict:
     """The ControlLoop at 50 Hz with a no-op callback: the scheduler's own jitter on this machine."""
-    from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
+    from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
 
     with ControlLoop(lambda step: step, ControlLoopConfig(rate_hz=50.0, duration_s=seconds, print_summary=False)) as loop:
         return loop.run().to_dict()

@@ -17,7 +17,7 @@ pytest.importorskip("rosbags")
 
 from omnipolicy.datasets import EpisodeStore  # noqa: E402
 from omnipolicy.datasets.cli import dataset_command, verify_dataset  # noqa: E402
-from omnipolicy.robot_bridge.messages import (  # noqa: E402
+from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     Float64MultiArray,
     Header,
     JointState,
@@ -28,7 +28,7 @@ from omnipolicy.robot_bridge.messages import (  # noqa: E402
     joint_state,
     trajectory_from_action,
 )
-from omnipolicy.robot_bridge.rosbag import write_bag  # noqa: E402
+from omnipolicy.robot_bridge.wire.rosbag import write_bag  # noqa: E402
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000

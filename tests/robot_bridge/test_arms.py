@@ -19,7 +19,7 @@ from omnipolicy.robot_bridge.arms import (  # noqa: E402
     get_arm,
     make_sim_arm,
 )
-from omnipolicy.robot_bridge.messages import Header, JointState, joint_state  # noqa: E402
+from omnipolicy.robot_bridge.wire.messages import Header, JointState, joint_state  # noqa: E402
 from omnipolicy.tokenizers import check_observation  # noqa: E402
 
 TASK = "dmc/reacher-easy"

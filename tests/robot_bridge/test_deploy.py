@@ -25,14 +25,14 @@ pytest.importorskip("cyclonedds")
 pytest.importorskip("dm_control")
 
 from omnipolicy.envs import get_task, make_expert  # noqa: E402
-from omnipolicy.robot_bridge import cdr  # noqa: E402
+from omnipolicy.robot_bridge.wire import cdr  # noqa: E402
 from omnipolicy.robot_bridge.arms import get_arm  # noqa: E402
-from omnipolicy.robot_bridge.dds import DdsTransport  # noqa: E402
+from omnipolicy.robot_bridge.wire.dds import DdsTransport  # noqa: E402
 from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer  # noqa: E402
-from omnipolicy.robot_bridge.loopback import random_domain_id  # noqa: E402
-from omnipolicy.robot_bridge.messages import Bool, Float64MultiArray, Header, JointState, joint_state  # noqa: E402
+from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
+from omnipolicy.robot_bridge.wire.messages import Bool, Float64MultiArray, Header, JointState, joint_state  # noqa: E402
 from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
-from omnipolicy.robot_bridge.transport import QOS_DEFAULT, wait_for  # noqa: E402
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -259,7 +259,7 @@ def test_the_arms_rate_limit_is_its_experts_largest_change_with_a_margin():
     """The figure in arms.py comes back from its seeds (the largest changes are in an episode's first steps), and
     the expert under the arm's default limits reaches the same targets at the same times as without them."""
     from omnipolicy.robot_bridge.arms import RATE_LIMIT_MARGIN, REACHER_EXPERT_MAX_CHANGE
-    from omnipolicy.robot_bridge.safety import SafetyFilter
+    from omnipolicy.robot_bridge.wire.safety import SafetyFilter
     from omnipolicy.robot_bridge.sim_robot import largest_command_change
 
     measured = largest_command_change(TASK, [28, 204], episode_seconds=0.2)  # the seeds of the shoulder's and wrist's maxima
@@ -308,7 +308,7 @@ def test_an_empty_velocity_the_recipe_needs_holds_and_is_said_once(transport, ca
 def test_an_empty_velocity_the_recipe_does_not_need_is_estimated_for_the_safety_filter(transport, caplog):
     """The pixels task observes only the camera: joint states without velocity are used, their velocity estimated
     from consecutive positions (header stamps) for the velocity limit."""
-    from omnipolicy.robot_bridge.messages import Time, array_to_image
+    from omnipolicy.robot_bridge.wire.messages import Time, array_to_image
 
     task = "dmc/reacher-easy-pixels"
     arm = get_arm(task)

@@ -2,7 +2,7 @@
 
 One message layer serves every transport and the rosbag import: the
 dataclasses below mirror the ROS 2 ``.msg`` definitions field by field (same
-names, same order, same primitive types, see ``omnipolicy.robot_bridge.cdr``
+names, same order, same primitive types, see ``omnipolicy.robot_bridge.wire.cdr``
 for the wire encoding), so a message built here is what a ROS 2 node sees.
 
 Numeric sequences are 1-D numpy arrays of the ROS element type (``float64[]``

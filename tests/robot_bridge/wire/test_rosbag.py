@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from omnipolicy.robot_bridge.messages import (  # noqa: E402
+from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     Header,
     JointMap,
     JointState,
@@ -18,7 +18,7 @@ from omnipolicy.robot_bridge.messages import (  # noqa: E402
     joint_state,
     trajectory_from_action,
 )
-from omnipolicy.robot_bridge.rosbag import BagImportConfig, read_bag, write_bag  # noqa: E402
+from omnipolicy.robot_bridge.wire.rosbag import BagImportConfig, read_bag, write_bag  # noqa: E402
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000

@@ -4,7 +4,7 @@ rclpy is imported when the transport is created, never at module import, so
 this file can be imported where ROS 2 is absent. Messages cross the rclpy
 boundary as CDR bytes: publishers send ``cdr.encode(msg)`` with
 ``Publisher.publish(bytes)`` and subscriptions are created with
-``raw=True`` and decode with :mod:`omnipolicy.robot_bridge.cdr`, so the
+``raw=True`` and decode with :mod:`omnipolicy.robot_bridge.wire.cdr`, so the
 message dataclasses are the same for both transports and rclpy's generated
 Python classes are only used for their type support.
 
@@ -21,11 +21,11 @@ import importlib
 import threading
 from typing import Any, TypeVar
 
-from omnipolicy.robot_bridge import cdr
-from omnipolicy.robot_bridge.loopback import apply_loopback_env, check_domain_id, domain_id_from_env
-from omnipolicy.robot_bridge.messages import RosMessage, validate
-from omnipolicy.robot_bridge.network import check_network
-from omnipolicy.robot_bridge.transport import Publisher, QosProfile, Subscription, Transport
+from omnipolicy.robot_bridge.wire import cdr
+from omnipolicy.robot_bridge.wire.loopback import apply_loopback_env, check_domain_id, domain_id_from_env
+from omnipolicy.robot_bridge.wire.messages import RosMessage, validate
+from omnipolicy.robot_bridge.wire.network import check_network
+from omnipolicy.robot_bridge.wire.transport import Publisher, QosProfile, Subscription, Transport
 
 M = TypeVar("M", bound=RosMessage)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from omnipolicy.robot_bridge.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
+from omnipolicy.robot_bridge.wire.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
 
 J = ("shoulder", "wrist")
 

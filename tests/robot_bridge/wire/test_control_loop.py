@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from omnipolicy.robot_bridge import control_loop
-from omnipolicy.robot_bridge.control_loop import ControlLoop, ControlLoopConfig
+from omnipolicy.robot_bridge.wire import control_loop
+from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
 
 
 def test_docstring_example_runs():

@@ -22,16 +22,16 @@ from cyclonedds.pub import DataWriter  # noqa: E402
 from cyclonedds.sub import DataReader  # noqa: E402
 from cyclonedds.topic import Topic  # noqa: E402
 
-from omnipolicy.robot_bridge import cdr  # noqa: E402
-from omnipolicy.robot_bridge.dds import DdsTransport, to_cyclone_qos, wire_type  # noqa: E402
-from omnipolicy.robot_bridge.echo import EchoProcess, prime  # noqa: E402
-from omnipolicy.robot_bridge.loopback import (  # noqa: E402
+from omnipolicy.robot_bridge.wire import cdr  # noqa: E402
+from omnipolicy.robot_bridge.wire.dds import DdsTransport, to_cyclone_qos, wire_type  # noqa: E402
+from omnipolicy.robot_bridge.wire.echo import EchoProcess, prime  # noqa: E402
+from omnipolicy.robot_bridge.wire.loopback import (  # noqa: E402
     CYCLONEDDS_LOOPBACK,
     FASTDDS_LOOPBACK,
     loopback_env,
     random_domain_id,
 )
-from omnipolicy.robot_bridge.messages import (  # noqa: E402
+from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     Bool,
     Float64MultiArray,
     Header,
@@ -45,7 +45,7 @@ from omnipolicy.robot_bridge.messages import (  # noqa: E402
     joint_state,
     trajectory_from_action,
 )
-from omnipolicy.robot_bridge.transport import (  # noqa: E402
+from omnipolicy.robot_bridge.wire.transport import (  # noqa: E402
     QOS_DEFAULT,
     QOS_LATCHED,
     QOS_ROS2_CONTROL,
@@ -315,7 +315,7 @@ def test_closed_transport_refuses_endpoints():
 # Cross-implementation: real rclpy nodes (PyPI ros-rclpy wheels, Fast DDS) in their own venv
 # ---------------------------------------------------------------------------
 
-ROS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-ros" / "bin" / "python"
+ROS_PYTHON = Path(__file__).resolve().parents[3] / ".venv-ros" / "bin" / "python"
 needs_ros_venv = pytest.mark.skipif(
     not ROS_PYTHON.exists(), reason=f"no rclpy virtual environment at {ROS_PYTHON}; create it with scripts/make_ros_venv.sh"
 )
@@ -340,9 +340,9 @@ _ROS_CHECK = r"""
 import json, sys
 from rclpy.serialization import deserialize_message, serialize_message
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
-from omnipolicy.robot_bridge.messages import message_type
-from omnipolicy.robot_bridge.rclpy_transport import ros_message_class, to_rclpy_qos
-from omnipolicy.robot_bridge.transport import QOS_ROS2_CONTROL
+from omnipolicy.robot_bridge.wire.messages import message_type
+from omnipolicy.robot_bridge.wire.rclpy_transport import ros_message_class, to_rclpy_qos
+from omnipolicy.robot_bridge.wire.transport import QOS_ROS2_CONTROL
 out = []
 for line in sys.stdin:
     ros_type, hexdata = line.split()

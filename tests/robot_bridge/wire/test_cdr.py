@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnipolicy.robot_bridge import cdr
-from omnipolicy.robot_bridge.messages import (
+from omnipolicy.robot_bridge.wire import cdr
+from omnipolicy.robot_bridge.wire.messages import (
     MESSAGE_TYPES,
     Bool,
     Duration,
@@ -25,7 +25,7 @@ from omnipolicy.robot_bridge.messages import (
     array_to_image,
     message_type,
 )
-from omnipolicy.robot_bridge.rosbag import _typestore, rosbags_cdr
+from omnipolicy.robot_bridge.wire.rosbag import _typestore, rosbags_cdr
 
 TS = _typestore()
 
@@ -122,7 +122,7 @@ def test_decode_big_endian_and_padding():
 
 
 def _to_rb(msg):
-    from omnipolicy.robot_bridge.rosbag import to_rosbags
+    from omnipolicy.robot_bridge.wire.rosbag import to_rosbags
 
     return to_rosbags(msg, TS)
 

@@ -12,7 +12,7 @@ Cyclone configuration with the rules of rmw_cyclonedds
 (:func:`cyclone_discovery_fragment`), followed by ``CYCLONEDDS_URI``.
 
 ``loopback`` keeps every packet on 127.0.0.1 with the shipped configurations of
-:mod:`omnipolicy.robot_bridge.loopback`, whatever the environment says. Tests
+:mod:`omnipolicy.robot_bridge.wire.loopback`, whatever the environment says. Tests
 and benchmarks always ask for it.
 
 >>> d = RosDiscovery.from_env({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_STATIC_PEERS": "10.0.0.7;robot"})

@@ -1,7 +1,7 @@
 """rosbag2 recordings (MCAP or SQLite3) of a robot -> aligned observation/action arrays.
 
 Reads a bag with PyPI's ``rosbags`` (no ROS install) and decodes the raw CDR
-with :mod:`omnipolicy.robot_bridge.cdr`, so bag messages and live messages go
+with :mod:`omnipolicy.robot_bridge.wire.cdr`, so bag messages and live messages go
 through the same message layer and the same :class:`JointMap` checks.
 
 Alignment rule (the only one): every message is timed by its **receive time
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from omnipolicy.robot_bridge import cdr
-from omnipolicy.robot_bridge.messages import (
+from omnipolicy.robot_bridge.wire import cdr
+from omnipolicy.robot_bridge.wire.messages import (
     Float64MultiArray,
     Image,
     JointState,
@@ -42,7 +42,7 @@ from omnipolicy.robot_bridge.messages import (
     message_type,
     validate,
 )
-from omnipolicy.robot_bridge.transport import ros_topic_name
+from omnipolicy.robot_bridge.wire.transport import ros_topic_name
 
 log = logging.getLogger(__name__)
 

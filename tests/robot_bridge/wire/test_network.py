@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from omnipolicy.robot_bridge.loopback import CYCLONEDDS_LOOPBACK, FASTDDS_LOOPBACK, random_domain_id
-from omnipolicy.robot_bridge.network import (
+from omnipolicy.robot_bridge.wire.loopback import CYCLONEDDS_LOOPBACK, FASTDDS_LOOPBACK, random_domain_id
+from omnipolicy.robot_bridge.wire.network import (
     RosDiscovery,
     check_network,
     cyclone_discovery_fragment,
@@ -48,7 +48,7 @@ from omnipolicy.robot_bridge.network import (
          "bad-range"],
 )
 def test_discovery_options_from_the_environment(caplog, env, expected, warning):
-    with caplog.at_level(logging.WARNING, "omnipolicy.robot_bridge.network"):
+    with caplog.at_level(logging.WARNING, "omnipolicy.robot_bridge.wire.network"):
         assert RosDiscovery.from_env(env) == expected
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ([] if warning is None else [lines[0]]) and (warning is None or warning in lines[0]), lines
@@ -97,7 +97,7 @@ def test_cyclone_discovery_fragment_as_rmw_cyclonedds_writes_it(discovery, expec
 
 
 def test_system_default_leaves_cyclone_alone_and_says_the_peers_are_ignored(caplog):
-    with caplog.at_level(logging.WARNING, "omnipolicy.robot_bridge.network"):
+    with caplog.at_level(logging.WARNING, "omnipolicy.robot_bridge.wire.network"):
         assert cyclone_discovery_fragment(RosDiscovery("SYSTEM_DEFAULT", ("10.0.0.7",))) == ""
     assert [r.getMessage() for r in caplog.records] == [
         "ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT: ROS_STATIC_PEERS ['10.0.0.7'] ignored (as rmw_cyclonedds does)"]
@@ -128,9 +128,9 @@ def test_dds_transport_on_the_system_network_reads_ros_domain_id_and_cyclonedds_
     """A system-network transport joins the domain of ROS_DOMAIN_ID with the configuration CYCLONEDDS_URI names
     (here the loopback file, so the traffic stays on 127.0.0.1) and talks to a loopback node there."""
     pytest.importorskip("cyclonedds")
-    from omnipolicy.robot_bridge import dds
-    from omnipolicy.robot_bridge.echo import EchoProcess, prime
-    from omnipolicy.robot_bridge.messages import Bool
+    from omnipolicy.robot_bridge.wire import dds
+    from omnipolicy.robot_bridge.wire.echo import EchoProcess, prime
+    from omnipolicy.robot_bridge.wire.messages import Bool
 
     domain = random_domain_id()
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
@@ -203,7 +203,7 @@ USER_ENV = {
 
 
 def test_rclpy_transport_leaves_the_environment_to_ros_on_the_system_network(monkeypatch):
-    from omnipolicy.robot_bridge.rclpy_transport import RclpyTransport
+    from omnipolicy.robot_bridge.wire.rclpy_transport import RclpyTransport
 
     fake = _FakeRclpy()
     for name, module in (("rclpy", fake.rclpy), ("rclpy.executors", fake.executors), ("rclpy.signals", fake.signals)):

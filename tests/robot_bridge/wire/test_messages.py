@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnipolicy.robot_bridge.messages import (
+from omnipolicy.robot_bridge.wire.messages import (
     Duration,
     Float64MultiArray,
     Header,

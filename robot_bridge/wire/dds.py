@@ -5,16 +5,16 @@ DDS topic ``rt/joint_states`` of type ``sensor_msgs::msg::dds_::JointState_``,
 keyless, plain CDR (XCDR1). For each message class this module builds a
 cyclonedds ``IdlStruct`` with exactly the ROS field layout (so discovery
 announces the same type as a ROS 2 node would), but the samples it writes
-and takes are the CDR bytes of :mod:`omnipolicy.robot_bridge.cdr`: numpy
+and takes are the CDR bytes of :mod:`omnipolicy.robot_bridge.wire.cdr`: numpy
 copies instead of cyclonedds-python's per-element machinery, which makes a
 640x480 RGB image about a thousand times cheaper to (de)serialise.
 
 The Cyclone configuration of the transport's domain follows its network
-(:mod:`omnipolicy.robot_bridge.network`): ``system`` (default) reads the ROS 2
+(:mod:`omnipolicy.robot_bridge.wire.network`): ``system`` (default) reads the ROS 2
 environment as rmw_cyclonedds does, ``loopback`` is
 ``config/cyclonedds-loopback.xml`` (127.0.0.1, no multicast, peers listed).
 
->>> from omnipolicy.robot_bridge.messages import Bool
+>>> from omnipolicy.robot_bridge.wire.messages import Bool
 >>> with DdsTransport(domain_id=7, network="loopback") as t:      # doctest: +SKIP
 ...     got = queue.Queue()
 ...     t.subscription("/estop", Bool, got)
@@ -38,11 +38,11 @@ from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
-from omnipolicy.robot_bridge import cdr
-from omnipolicy.robot_bridge.loopback import CYCLONEDDS_LOOPBACK, check_domain_id, domain_id_from_env
-from omnipolicy.robot_bridge.messages import RosMessage, validate
-from omnipolicy.robot_bridge.network import check_network, cyclone_system_config
-from omnipolicy.robot_bridge.transport import (
+from omnipolicy.robot_bridge.wire import cdr
+from omnipolicy.robot_bridge.wire.loopback import CYCLONEDDS_LOOPBACK, check_domain_id, domain_id_from_env
+from omnipolicy.robot_bridge.wire.messages import RosMessage, validate
+from omnipolicy.robot_bridge.wire.network import check_network, cyclone_system_config
+from omnipolicy.robot_bridge.wire.transport import (
     Publisher,
     QosProfile,
     Subscription,
@@ -277,7 +277,7 @@ class DdsTransport(Transport):
     Args:
         domain_id: the ROS domain id; default ``ROS_DOMAIN_ID`` or 0.
         network: ``"system"`` (default): the ROS 2 environment as rmw_cyclonedds reads it
-            (:func:`~omnipolicy.robot_bridge.network.cyclone_system_config`); ``"loopback"``:
+            (:func:`~omnipolicy.robot_bridge.wire.network.cyclone_system_config`); ``"loopback"``:
             the shipped 127.0.0.1-only file, whatever the environment says (tests, benchmarks).
         config: a Cyclone configuration (XML string or file path) to use instead of the network's.
 

@@ -1,7 +1,7 @@
 """The small interface every ROS 2 transport implements, and the QoS it speaks.
 
 A :class:`Transport` is a context manager that makes publishers and
-subscriptions of the message dataclasses of ``omnipolicy.robot_bridge.messages``:
+subscriptions of the message dataclasses of ``omnipolicy.robot_bridge.wire.messages``:
 
 .. code-block:: python
 
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from omnipolicy.robot_bridge.messages import RosMessage
+from omnipolicy.robot_bridge.wire.messages import RosMessage
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class Transport(abc.ABC):
     """A connection to a ROS 2 graph, used as a context manager."""
 
     name: str = ""
-    network: str = ""  # "system" or "loopback" (omnipolicy.robot_bridge.network), set by each transport
+    network: str = ""  # "system" or "loopback" (omnipolicy.robot_bridge.wire.network), set by each transport
 
     def __init__(self) -> None:
         self._endpoints: list[Publisher | Subscription] = []
@@ -317,8 +317,8 @@ def register_transport(name: str, entry_point: str) -> None:
     TRANSPORTS[name] = entry_point
 
 
-register_transport("dds", "omnipolicy.robot_bridge.dds:DdsTransport")
-register_transport("rclpy", "omnipolicy.robot_bridge.rclpy_transport:RclpyTransport")
+register_transport("dds", "omnipolicy.robot_bridge.wire.dds:DdsTransport")
+register_transport("rclpy", "omnipolicy.robot_bridge.wire.rclpy_transport:RclpyTransport")
 
 
 def make_transport(name: str, **kwargs: Any) -> Transport:

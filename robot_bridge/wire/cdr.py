@@ -12,7 +12,7 @@ Numeric sequences are copied in and out with numpy in one step, so an
 image's ``uint8[]`` costs one memory copy rather than one Python call per
 byte (cyclonedds-python's own ``sequence[uint8]`` does the latter).
 
->>> from omnipolicy.robot_bridge.messages import Bool
+>>> from omnipolicy.robot_bridge.wire.messages import Bool
 >>> encode(Bool(data=True))
 b'\\x00\\x01\\x00\\x00\\x01'
 >>> decode(Bool, encode(Bool(data=True))).data
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from omnipolicy.robot_bridge.messages import PRIMITIVES, RosMessage
+from omnipolicy.robot_bridge.wire.messages import PRIMITIVES, RosMessage
 
 M = TypeVar("M", bound=RosMessage)
 

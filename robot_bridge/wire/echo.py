@@ -9,7 +9,7 @@ environment), always on the loopback network. Three implementations:
   own type support parses and re-serialises what our transports sent: an
   independent check of the wire format.
 
-``python -m omnipolicy.robot_bridge.echo --impl rclpy-native --domain-id 7 \\
+``python -m omnipolicy.robot_bridge.wire.echo --impl rclpy-native --domain-id 7 \\
 --pairs JointState:/bench/ping:/bench/pong`` prints ``READY`` once its
 endpoints exist and exits when stdin closes or after ``--max-seconds``.
 """
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from omnipolicy.robot_bridge.transport import QOS_DEFAULT, QosProfile
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QosProfile
 
 IMPLS = ("dds", "rclpy", "rclpy-native")
 
@@ -67,7 +67,7 @@ class EchoConfig:
 
 
 def _message_class(name: str) -> Any:
-    from omnipolicy.robot_bridge.messages import MESSAGE_TYPES, message_type  # noqa: PLC0415
+    from omnipolicy.robot_bridge.wire.messages import MESSAGE_TYPES, message_type  # noqa: PLC0415
 
     if "/" in name:
         return message_type(name)
@@ -78,7 +78,7 @@ def _message_class(name: str) -> Any:
 
 
 def _run_transport(cfg: EchoConfig, pairs: list[EchoPair], done: threading.Event, qos: QosProfile) -> None:
-    from omnipolicy.robot_bridge.transport import make_transport  # noqa: PLC0415
+    from omnipolicy.robot_bridge.wire.transport import make_transport  # noqa: PLC0415
 
     kwargs: dict[str, Any] = {"domain_id": cfg.domain_id, "network": "loopback"}  # a test helper: 127.0.0.1 only
     if cfg.impl == "rclpy":
@@ -97,8 +97,8 @@ def _run_rclpy_native(cfg: EchoConfig, pairs: list[EchoPair], done: threading.Ev
     from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
     from rclpy.signals import SignalHandlerOptions  # noqa: PLC0415
 
-    from omnipolicy.robot_bridge.loopback import apply_loopback_env  # noqa: PLC0415
-    from omnipolicy.robot_bridge.rclpy_transport import ros_message_class, to_rclpy_qos  # noqa: PLC0415
+    from omnipolicy.robot_bridge.wire.loopback import apply_loopback_env  # noqa: PLC0415
+    from omnipolicy.robot_bridge.wire.rclpy_transport import ros_message_class, to_rclpy_qos  # noqa: PLC0415
 
     apply_loopback_env(cfg.domain_id)
     ctx = rclpy.Context()
@@ -165,9 +165,9 @@ class EchoProcess:
     """
 
     def __init__(self, python: str, impl: str, domain_id: int, pairs: Sequence[str], ready_timeout: float = 30.0) -> None:
-        from omnipolicy.robot_bridge.loopback import loopback_env  # noqa: PLC0415
+        from omnipolicy.robot_bridge.wire.loopback import loopback_env  # noqa: PLC0415
 
-        cmd = [python, "-m", "omnipolicy.robot_bridge.echo", "--impl", impl, "--domain-id", str(domain_id), "--pairs", *pairs]
+        cmd = [python, "-m", "omnipolicy.robot_bridge.wire.echo", "--impl", impl, "--domain-id", str(domain_id), "--pairs", *pairs]
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=loopback_env(domain_id)
@@ -235,7 +235,7 @@ def prime(publish: Callable[[], None], replies: queue.Queue, timeout: float = 15
 def main(argv: list[str] | None = None) -> None:
     import tyro  # noqa: PLC0415
 
-    run(tyro.cli(EchoConfig, args=argv, prog="python -m omnipolicy.robot_bridge.echo"))
+    run(tyro.cli(EchoConfig, args=argv, prog="python -m omnipolicy.robot_bridge.wire.echo"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ sockets on the machine's other interface and on 0.0.0.0; with
 (Cyclone DDS 11.0.1 binds its two unicast receive sockets to 0.0.0.0 whatever
 its configuration says: its UDP transport binds every unicast receive socket
 to INADDR_ANY. It sends only from a socket bound to 127.0.0.1 and advertises
-127.0.0.1 only, so no packet leaves the host; tests/robot_bridge/test_dds.py pins
+127.0.0.1 only, so no packet leaves the host; tests/robot_bridge/wire/test_dds.py pins
 exactly which sockets are bound where.)
 """
 
