@@ -37,7 +37,7 @@ from omnipolicy.files import fsync_file, staging_dir, write_json_atomic
 from .store import INFO_PATH, EpisodeStore, find_stores
 
 if TYPE_CHECKING:
-    from omnipolicy.tokenizers import Tokenizer, TimestepSpec, VocabLayout
+    from omnipolicy.tokenizers import TimestepSpec, Tokenizer, VocabLayout
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"

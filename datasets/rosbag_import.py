@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.wire import cdr
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
+from omnipolicy.robot_bridge.wire import cdr
 from omnipolicy.robot_bridge.wire.messages import JointMap, JointState, ObservationMap, validate
 from omnipolicy.robot_bridge.wire.rosbag import BagEpisode, BagImportConfig, latest_before, read_bag, read_topics
 from omnipolicy.robot_bridge.wire.transport import ros_topic_name

@@ -74,6 +74,7 @@ import numpy as np
 
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, get_arm
+from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
 from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.wire.messages import (
     Bool,
@@ -87,8 +88,13 @@ from omnipolicy.robot_bridge.wire.messages import (
 )
 from omnipolicy.robot_bridge.wire.network import Network
 from omnipolicy.robot_bridge.wire.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
-from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
-from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+from omnipolicy.robot_bridge.wire.transport import (
+    QOS_DEFAULT,
+    QOS_ROS2_CONTROL,
+    QOS_SENSOR_DATA,
+    Transport,
+    make_transport,
+)
 from omnipolicy.tokenizers import check_observation
 
 log = logging.getLogger("omnipolicy.deploy")

@@ -74,7 +74,13 @@ from omnipolicy.robot_bridge.wire.messages import (
     array_to_image,
 )
 from omnipolicy.robot_bridge.wire.network import Network
-from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, Transport, make_transport
+from omnipolicy.robot_bridge.wire.transport import (
+    QOS_DEFAULT,
+    QOS_ROS2_CONTROL,
+    QOS_SENSOR_DATA,
+    Transport,
+    make_transport,
+)
 
 log = logging.getLogger("omnipolicy.sim_robot")
 

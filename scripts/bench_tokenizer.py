@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
-from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer, TokenizedEpisode
+from omnipolicy.tokenizers import FieldSpec, TimestepSpec, TokenizedEpisode, Tokenizer
 
 ATARI = TimestepSpec((FieldSpec("image", "image", (84, 84, 3), "uint8"),),
                      FieldSpec("action", "discrete", (), "int64", n=18))

@@ -86,7 +86,8 @@ def main() -> int:
         save()
 
     if "train" in a.parts:
-        from bench_train import Args as TrainArgs, main as bench_train
+        from bench_train import Args as TrainArgs
+        from bench_train import main as bench_train
 
         report["train"] = {}
         for preset in a.train_presets:

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from omnipolicy import files
-from omnipolicy.files import atomic_dir, atomic_path, staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from omnipolicy.files import (
+    atomic_dir,
+    atomic_path,
+    staging_dir,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_docstring_examples() -> None:

@@ -18,8 +18,8 @@ from torch import nn
 
 from omnipolicy.agent import Policy, TrainConfig, load_meta, load_model_weights, train
 from omnipolicy.agent.checkpoint import LATEST
-from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 from omnipolicy.agent.model import GatoModel
+from omnipolicy.agent.synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 from omnipolicy.agent.train import (
     LossModule,
     accumulate_gradients,

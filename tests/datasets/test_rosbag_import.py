@@ -20,8 +20,8 @@ from omnipolicy.datasets.cli import dataset_command, verify_dataset  # noqa: E40
 from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     Float64MultiArray,
     Header,
-    JointState,
     JointMap,
+    JointState,
     MultiArrayLayout,
     Time,
     array_to_image,

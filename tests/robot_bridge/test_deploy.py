@@ -25,13 +25,13 @@ pytest.importorskip("cyclonedds")
 pytest.importorskip("dm_control")
 
 from omnipolicy.envs import get_task, make_expert  # noqa: E402
-from omnipolicy.robot_bridge.wire import cdr  # noqa: E402
 from omnipolicy.robot_bridge.arms import get_arm  # noqa: E402
-from omnipolicy.robot_bridge.wire.dds import DdsTransport  # noqa: E402
 from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer  # noqa: E402
+from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
+from omnipolicy.robot_bridge.wire import cdr  # noqa: E402
+from omnipolicy.robot_bridge.wire.dds import DdsTransport  # noqa: E402
 from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
 from omnipolicy.robot_bridge.wire.messages import Bool, Float64MultiArray, Header, JointState, joint_state  # noqa: E402
-from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
 from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
@@ -259,8 +259,8 @@ def test_the_arms_rate_limit_is_its_experts_largest_change_with_a_margin():
     """The figure in arms.py comes back from its seeds (the largest changes are in an episode's first steps), and
     the expert under the arm's default limits reaches the same targets at the same times as without them."""
     from omnipolicy.robot_bridge.arms import RATE_LIMIT_MARGIN, REACHER_EXPERT_MAX_CHANGE
-    from omnipolicy.robot_bridge.wire.safety import SafetyFilter
     from omnipolicy.robot_bridge.sim_robot import largest_command_change
+    from omnipolicy.robot_bridge.wire.safety import SafetyFilter
 
     measured = largest_command_change(TASK, [28, 204], episode_seconds=0.2)  # the seeds of the shoulder's and wrist's maxima
     assert np.round(measured, 3).tolist() == list(REACHER_EXPERT_MAX_CHANGE) == [0.587, 1.464]

@@ -24,8 +24,8 @@ pytest.importorskip("dm_control")
 pytest.importorskip("torch")
 
 from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer, PolicyActor  # noqa: E402
-from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
 from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
+from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -15,6 +15,7 @@ pytest.importorskip("dm_control")
 
 from omnipolicy.envs import get_task, make_env  # noqa: E402
 from omnipolicy.robot_bridge.arms import get_arm, make_sim_arm  # noqa: E402
+from omnipolicy.robot_bridge.sim_robot import CommandSlot, NodeProcess, SimRobot, SimRobotConfig  # noqa: E402
 from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
 from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     Bool,
@@ -27,7 +28,6 @@ from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     image_to_array,
     trajectory_from_action,
 )
-from omnipolicy.robot_bridge.sim_robot import CommandSlot, NodeProcess, SimRobotConfig, SimRobot  # noqa: E402
 from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QOS_SENSOR_DATA, make_transport, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
