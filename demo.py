@@ -325,6 +325,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
     """
     from omnipolicy.agent import TrainConfig, train
     from omnipolicy.datasets.collect import task_path
+    from omnipolicy.agent import PolicyActor
     from omnipolicy.datasets.dagger import dagger_round
     from omnipolicy.datasets.store import EpisodeStore
 
@@ -381,11 +382,12 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
               f"{recipe.dagger_step_share:.0%} of their demonstrations' steps), "
               f"the experts label every state it reaches")
         per_episode = dict(first_length)
+        actor = PolicyActor.from_checkpoint(result.checkpoint)  # its recipe loads it again in each worker
         for _ in range(3):
             missing = {t: recipe.dagger_shortfall(*want[t], *held(t), per_episode[t]) for t in labelled}
             if not any(missing.values()):
                 break
-            summary = dagger_round(result.checkpoint, [t for t in labelled if missing[t]], missing, dagger_dir,
+            summary = dagger_round(actor, [t for t in labelled if missing[t]], missing, dagger_dir,
                                    max_steps=round_caps, workers=cfg.eval_workers)
             per_episode.update({t: s["steps"] / s["new"] for t, s in summary.items() if s["new"]})
             print("  policy return in the round's episodes: " + ", ".join(
@@ -398,7 +400,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
     from omnipolicy.datasets.collect import collect
     from omnipolicy.envs import DEFAULT_SUITE, get_task
-    from omnipolicy.envs.evaluate import PolicyActor, evaluate
+    from omnipolicy.agent import PolicyActor
+    from omnipolicy.envs.evaluate import evaluate
 
     tasks = tuple(cfg.tasks) or tuple(DEFAULT_SUITE)
     for t in tasks:

@@ -5,6 +5,7 @@
 ['cpu-small', 'cpu-tiny']
 """
 
+from .actor import PolicyActor
 from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint, save_checkpoint
 from .config import PRESETS, ModelConfig, get_preset
 from .model import GatoModel
@@ -17,6 +18,7 @@ __all__ = [
     "GatoModel",
     "ModelConfig",
     "Policy",
+    "PolicyActor",
     "TrainConfig",
     "TrainResult",
     "get_preset",

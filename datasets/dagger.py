@@ -1,4 +1,4 @@
-"""``omnipolicy dagger``: run a trained policy and record the expert's action in every state it visits.
+"""DAgger rounds: run a trained policy and record the expert's action in every state it visits.
 
 DAgger (Ross, Gordon and Bagnell, 2011). Behaviour cloning learns from the
 states the expert visits; a learned policy's small errors take it to states no
@@ -23,18 +23,13 @@ quick score of the checkpoint.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import tyro
 
 from omnipolicy.envs.workers import watch_parent
 
@@ -43,29 +38,6 @@ from .store import Episode, EpisodeStore
 
 DEFAULT_SEED = 70_000
 """First reset seed of a round: away from collection (0+), evaluation (10 000+) and action-error (50 000+) seeds."""
-
-
-@dataclass(frozen=True)
-class DaggerConfig:
-    """Roll out a checkpoint's policy and store the expert's action in each visited state (one DAgger round)."""
-
-    checkpoint: Path
-    """Checkpoint, checkpoints folder or training run folder."""
-    task: Annotated[tuple[str, ...], tyro.conf.UseAppendAction]
-    """Task id to run (repeat the flag for several tasks); the checkpoint must know it."""
-    episodes: int
-    """Episodes added per task in this round (run side by side through the policy)."""
-    out: Path
-    """Output folder; each task is written to OUT/<task id>."""
-    max_steps: int | None = None
-    """Cap on episode length (default: the task's own limit)."""
-    expert_share: float = 0.0
-    """Probability that a step executes the expert's action instead of the policy's (DAgger's beta; 0 = the
-    policy drives every step)."""
-    seed: int = DEFAULT_SEED
-    """Seeds are taken from here upwards, skipping those the store already holds."""
-    workers: int = 1
-    """Processes that run tasks side by side (each loads the checkpoint)."""
 
 
 def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: int | None = None,
@@ -153,15 +125,13 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
 _WORKER_ACTOR: Any = None
 
 
-def _init_worker(checkpoint: str, threads: int, parent_pid: int) -> None:
+def _init_worker(recipe: Callable[[], Any], threads: int, parent_pid: int) -> None:
     import torch
-
-    from omnipolicy.envs.evaluate import PolicyActor
 
     global _WORKER_ACTOR
     watch_parent(parent_pid)
     torch.set_num_threads(threads)
-    _WORKER_ACTOR = PolicyActor.from_checkpoint(checkpoint)
+    _WORKER_ACTOR = recipe()
 
 
 def _worker_episodes(task_id: str, seeds: list[int], max_steps: int | None, expert_share: float) -> list[Episode]:
@@ -179,7 +149,7 @@ def _free_seeds(store: EpisodeStore, task_id: str, start: int, count: int) -> li
 
 
 def dagger_round(
-    checkpoint: str | os.PathLike,
+    actor: Any,
     task_ids: Sequence[str],
     episodes: int | Mapping[str, int],
     out: str | os.PathLike,
@@ -189,11 +159,14 @@ def dagger_round(
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """One DAgger round: run the checkpoint in each task and append the expert-labelled episodes to ``out``.
+    """One DAgger round: run the actor in each task and append the expert-labelled episodes to ``out``.
 
     Args:
-        checkpoint: checkpoint, checkpoints folder or training run folder.
-        task_ids: registered task ids the checkpoint knows.
+        actor: an evaluation actor (``begin``, ``reset_env``, ``act``), e.g.
+            ``omnipolicy.agent.PolicyActor.from_checkpoint(...)``; with ``workers > 1`` it needs a ``recipe``
+            (a picklable callable that builds it again in each worker process). An actor with ``tasks``
+            (the task ids it was trained on) is checked against ``task_ids``.
+        task_ids: registered task ids the actor knows.
         episodes: episodes to add per task (one number, or one per task id; 0 skips a task).
         out: output folder; task ``t`` goes to ``task_path(out, t)``.
         max_steps: cap on episode length, one value or per task id (None: the task's own limit).
@@ -208,21 +181,18 @@ def dagger_round(
         in the round's episodes.
 
     Raises:
-        ValueError: bad arguments, or a task the checkpoint was not trained on.
+        ValueError: bad arguments, or a task the actor was not trained on.
     """
     from tqdm import tqdm
 
-    from omnipolicy.agent import load_meta, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(Path(checkpoint))
-    known = set(load_meta(ckpt).tasks)
+    known = getattr(actor, "tasks", None)
     counts = {t: int(episodes.get(t, 0) if isinstance(episodes, Mapping) else episodes) for t in task_ids}
     caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
     if not task_ids:
         raise ValueError("dagger needs at least one task id")
-    unknown = sorted(set(task_ids) - known)
+    unknown = [] if known is None else sorted(set(task_ids) - set(known))
     if unknown:
-        raise ValueError(f"checkpoint {ckpt} was not trained on {unknown}; it knows {sorted(known)}")
+        raise ValueError(f"the {getattr(actor, 'name', 'actor')} was not trained on {unknown}; it knows {sorted(known)}")
     if any(c < 0 for c in counts.values()):
         raise ValueError(f"episodes must be >= 0 per task, got {counts}")
     if any(c is not None and c < 1 for c in caps.values()):
@@ -231,6 +201,10 @@ def dagger_round(
         raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    recipe = getattr(actor, "recipe", None)
+    if workers > 1 and recipe is None:
+        raise ValueError(f"workers={workers} needs an actor with a recipe to build it in each worker; "
+                         f"{type(actor).__name__} has none (build a PolicyActor with PolicyActor.from_checkpoint)")
     stores = {t: EpisodeStore(task_path(out, t)) for t in task_ids if counts[t] > 0}
     jobs = {}
     for t, store in stores.items():
@@ -249,16 +223,13 @@ def dagger_round(
     try:
         workers = max(1, min(workers, len(jobs)))
         if workers == 1:
-            from omnipolicy.envs.evaluate import PolicyActor
-
-            actor = PolicyActor.from_checkpoint(ckpt)
             for t, seeds in jobs.items():
                 keep(t, policy_episodes(actor, t, seeds, caps[t], expert_share))
         elif jobs:
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = mp.get_context("forkserver")
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(str(ckpt), threads, os.getpid())) as pool:
+                                     initargs=(recipe, threads, os.getpid())) as pool:
                 # the longest tasks first, so no worker is left with one long task at the end
                 order = sorted(jobs, key=lambda t: -len(jobs[t]) * _limit(t, caps[t]))
                 futures = {pool.submit(_worker_episodes, t, jobs[t], caps[t], expert_share): t for t in order}
@@ -288,19 +259,3 @@ def _limit(task_id: str, cap: int | None) -> int:
 
     task = get_task(task_id)
     return task.max_steps if cap is None else min(cap, task.max_steps)
-
-
-def dagger_command(argv: list[str], prog: str) -> None:
-    """Entry point of ``omnipolicy dagger``."""
-    cfg = tyro.cli(DaggerConfig, args=argv, prog=prog)
-    t0 = time.perf_counter()
-    summary = dagger_round(cfg.checkpoint, cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
-                           expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers)
-    width = max(len(t) for t in summary)
-    for tid, s in summary.items():
-        succ = "" if s["policy_success_rate"] is None else f", success {100 * s['policy_success_rate']:.0f}%"
-        print(f"{tid:<{width}}  +{s['new']} episodes ({s['steps']} labelled steps; policy return "
-              f"{s['policy_return']:.2f}{succ})  -> {s['path']} ({s['episodes']} episodes)")
-    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2),
-                      "steps": sum(s["steps"] for s in summary.values()),
-                      "policy_return": {t: round(s["policy_return"], 3) for t, s in summary.items()}}))

@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -55,56 +55,6 @@ class Actor(Protocol):
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
         """Actions for the environments ``active`` (indices into the envs) given their observations."""
-
-
-class PolicyActor:
-    """A trained checkpoint, acting from observations only.
-
-    Built with :meth:`from_checkpoint` it also carries a ``recipe``, so a parallel evaluation
-    (``evaluate(..., workers=2)``) can load the same policy in each worker process.
-    """
-
-    def __init__(self, policy, temperature: float = 0.0) -> None:
-        self.policy = policy
-        self.temperature = temperature
-        self.name = "policy"
-        self.recipe: Callable[[], "PolicyActor"] | None = None
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "cpu", temperature: float = 0.0,
-                        continuous_decoding: str = "auto") -> "PolicyActor":
-        """Load a checkpoint as an actor (the KV-cached session path) that can be rebuilt in worker processes."""
-        recipe = partial(_policy_actor, str(checkpoint), str(device), float(temperature), continuous_decoding)
-        actor = recipe()
-        actor.recipe = recipe
-        return actor
-
-    def begin(self, task: TaskSpec, envs: Sequence) -> None:
-        self.task_id = task.id
-        self.policy.temperature = self.temperature
-        self.policy.reset(len(envs))
-        self.last_obs: list[dict | None] = [None] * len(envs)
-
-    def reset_env(self, index: int, obs: dict) -> None:
-        self.policy.reset_env(index)
-        self.last_obs[index] = obs
-
-    def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
-        if self.policy.acts_through_session(self.task_id):
-            return self.policy.act(self.task_id, list(observations), env_ids=list(active))
-        # The recomputing path steps every environment together; finished ones repeat their last
-        # observation and their actions are dropped.
-        for i, o in zip(active, observations):
-            self.last_obs[i] = o
-        actions = self.policy.act(self.task_id, self.last_obs)
-        return [actions[i] for i in active]
-
-
-def _policy_actor(checkpoint: str, device: str, temperature: float, continuous_decoding: str) -> PolicyActor:
-    from omnipolicy.agent import Policy
-
-    policy = Policy.from_checkpoint(checkpoint, device=device, use_session=True, continuous_decoding=continuous_decoding)
-    return PolicyActor(policy, temperature)
 
 
 class ExpertActor:
@@ -605,75 +555,3 @@ def _run_tasks_in_workers(actor: Actor, task_ids: Sequence[str], workers: int, b
                 done[pending.pop(fut)] = fut.result()
                 bar.update(episodes)
     return [done[t] for t in task_ids]
-
-
-@dataclass
-class EvalConfig:
-    """Evaluate a checkpoint (or the experts, or random play) under the shared protocol."""
-
-    checkpoint: Path | None = None
-    """Checkpoint directory written by `omnipolicy train`. Omit with --actor expert/random."""
-    tasks: tuple[str, ...] = ()
-    """Task ids to evaluate (default: every task the checkpoint was trained on)."""
-    episodes: int = 20
-    """Episodes per task."""
-    num_envs: int = 8
-    """Parallel environments per task, batched through the policy."""
-    seed: int = 10_000
-    """Seed of episode 0 of each task; episode k uses seed + k."""
-    out: Path = Path("runs/eval")
-    """Folder for report.md, report.json, scores.png and videos/."""
-    actor: str = "policy"
-    """Who acts: `policy` (the checkpoint), `expert` (scripted experts) or `random`."""
-    video: bool = True
-    """Write one rollout GIF per task."""
-    max_steps: int | None = None
-    """Cap on episode length (default: each task's own limit, the one its random and expert scores were measured at;
-    the report marks the normalised score of a task capped below it as not comparable)."""
-    temperature: float = 0.0
-    """Sampling temperature for action tokens (0 = greedy)."""
-    continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
-    """Greedy bin of a continuous action dimension: the expected bin under the model's distribution (mean), the
-    most likely one (mode, Gato's argmax), or auto: mean for checkpoints trained with Gaussian bin targets."""
-    device: str = "cpu"
-    """Torch device for the policy."""
-    workers: int = 1
-    """Processes evaluating tasks side by side, each loading its own copy of the policy (2 on a 2-core CPU
-    machine roughly halves the time; keep 1 on a GPU). Scores do not depend on it (up to float rounding)."""
-
-
-def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
-    """The actor and the task ids an :class:`EvalConfig` asks for."""
-    if cfg.actor == "policy":
-        if cfg.checkpoint is None:
-            raise ValueError("--checkpoint is required with --actor policy (or use --actor expert / random)")
-        actor = PolicyActor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.temperature, cfg.continuous_decoding)
-        known = tuple(sorted(actor.policy.tasks))
-        tasks = cfg.tasks or known
-        unknown = [t for t in tasks if t not in known]
-        if unknown:
-            raise ValueError(f"Checkpoint was not trained on {unknown}; it knows {list(known)}")
-        return actor, tasks
-    if not cfg.tasks:
-        raise ValueError(f"--tasks is required with --actor {cfg.actor}")
-    if cfg.actor == "expert":
-        return ExpertActor(), cfg.tasks
-    if cfg.actor == "random":
-        return RandomActor(), cfg.tasks
-    raise ValueError(f"Unknown actor {cfg.actor!r}; expected one of 'policy', 'expert', 'random'")
-
-
-def eval_command(argv: list[str], prog: str) -> None:
-    import tyro
-
-    cfg = tyro.cli(EvalConfig, args=argv, prog=prog)
-    actor, tasks = make_actor(cfg)
-    for t in tasks:
-        get_task(t)  # unknown ids fail before any rollout, with close matches
-    decoding = actor.policy.continuous_decoding if isinstance(actor, PolicyActor) else None  # "auto" resolved
-    summary = evaluate(actor, tasks, cfg.episodes, cfg.out, cfg.num_envs, cfg.seed, cfg.video, cfg.max_steps,
-                       extra_protocol={"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature,
-                                       "continuous_decoding": decoding}, workers=cfg.workers)
-    o = summary["overall"]
-    print(f"{o['tasks_at_least_50']}/{o['tasks']} tasks >= 50% of expert; mean normalised {o['normalized_mean']:.1f}")
-    print(f"report: {Path(cfg.out) / 'report.md'}")

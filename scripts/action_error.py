@@ -27,9 +27,8 @@ import numpy as np
 import tqdm
 import tyro
 
-from omnipolicy.agent import load_meta
+from omnipolicy.agent import PolicyActor, load_meta
 from omnipolicy.datasets.dagger import policy_episodes
-from omnipolicy.envs.evaluate import PolicyActor
 from omnipolicy.envs.registry import get_task
 
 

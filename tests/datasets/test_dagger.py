@@ -11,6 +11,7 @@ from omnipolicy.agent import TrainConfig, train
 from omnipolicy.cli import main
 from omnipolicy.datasets import EpisodeStore
 from omnipolicy.datasets.collect import collect, rollout, task_path
+from omnipolicy.agent import PolicyActor
 from omnipolicy.datasets.dagger import DEFAULT_SEED, dagger_round, policy_episodes
 from omnipolicy.envs import get_task, make_env, make_expert
 from omnipolicy.envs.evaluate import RandomActor
@@ -79,8 +80,8 @@ def checkpoint(tmp_path_factory):
 
 def test_rounds_add_new_seeds_and_report_the_policy(checkpoint, tmp_path):
     out = tmp_path / "rounds"
-    first = dagger_round(checkpoint, [PENDULUM, CARTPOLE], 2, out, max_steps=25, progress=False)
-    second = dagger_round(checkpoint, [PENDULUM, CARTPOLE], {PENDULUM: 1}, out, max_steps={PENDULUM: 20},
+    first = dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM, CARTPOLE], 2, out, max_steps=25, progress=False)
+    second = dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM, CARTPOLE], {PENDULUM: 1}, out, max_steps={PENDULUM: 20},
                           progress=False)
     assert first[PENDULUM]["new"] == 2 and first[PENDULUM]["steps"] == 50 and first[CARTPOLE]["new"] == 2
     assert second[PENDULUM] | {"policy_return": 0} == {
@@ -92,9 +93,9 @@ def test_rounds_add_new_seeds_and_report_the_policy(checkpoint, tmp_path):
     assert store.seeds(PENDULUM) == {DEFAULT_SEED, DEFAULT_SEED + 1, DEFAULT_SEED + 2}
     assert np.isfinite(first[PENDULUM]["policy_return"]) and first[PENDULUM]["policy_return"] < 0
     with pytest.raises(ValueError, match=r"was not trained on \['classic/acrobot-v1'\]"):
-        dagger_round(checkpoint, ["classic/acrobot-v1"], 1, out, progress=False)
+        dagger_round(PolicyActor.from_checkpoint(checkpoint), ["classic/acrobot-v1"], 1, out, progress=False)
     with pytest.raises(ValueError, match=r"expert_share must be in \[0, 1\], got 2.0"):
-        dagger_round(checkpoint, [PENDULUM], 1, out, expert_share=2.0, progress=False)
+        dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM], 1, out, expert_share=2.0, progress=False)
 
 
 def test_dagger_command_in_two_worker_processes(checkpoint, tmp_path, capsys):
