@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
     "collect": Command("omnipolicy.datasets.collect:collect_command", "Collect expert demonstrations into a dataset."),
     "dagger": Command("omnipolicy.commands:dagger_command",
                       "Run a checkpoint's policy and record the expert's action in each state it visits (DAgger)."),
-    "dataset": Command("omnipolicy.datasets.cli:dataset_command", "Inspect, verify, import or export a dataset (info, verify, ...)."),
+    "dataset": Command("omnipolicy.commands:dataset_command", "Inspect, verify, import or export a dataset (info, verify, ...)."),
     "train": Command("omnipolicy.agent.train:train_command", "Train a generalist policy on one or more datasets."),
     "eval": Command("omnipolicy.commands:eval_command", "Evaluate a checkpoint in the simulators and write a report."),
     "demo": Command("omnipolicy.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),

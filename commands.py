@@ -1,12 +1,15 @@
-"""The commands that run a trained checkpoint in the simulators: ``omnipolicy eval`` and ``omnipolicy dagger``.
+"""The commands that join layers: ``omnipolicy eval``, ``omnipolicy dagger`` and ``omnipolicy dataset``.
 
 They sit above every layer they join: the model (``agent``: a checkpoint becomes a ``PolicyActor``), the
-tasks and the evaluation protocol (``envs``) and the episode store (``datasets``: DAgger rounds). The work
-itself lives in those layers (``envs.evaluate.evaluate``, ``datasets.dagger.dagger_round``); a command parses
-its options, builds the actor and prints the outcome.
+tasks and the evaluation protocol (``envs``), the episode store (``datasets``: DAgger rounds, the store's
+subcommands) and the robots (``robot_bridge``: ``dataset from-rosbag`` reads a task's arm). The work itself
+lives in those layers (``envs.evaluate.evaluate``, ``datasets.dagger.dagger_round``, ``datasets.cli``,
+``robot_bridge.rosbag_import``); a command parses its options, builds what it needs and prints the outcome.
+The model (torch) is imported only by the commands that run one, so ``omnipolicy dataset`` starts without it.
 
     omnipolicy eval --checkpoint runs/train --episodes 10
     omnipolicy dagger --checkpoint runs/train --task dmc/cartpole-swingup --episodes 10 --out data/dagger
+    omnipolicy dataset info data/demos
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Annotated, Literal
 
 import tyro
 
-from omnipolicy.agent import PolicyActor
+from omnipolicy.datasets.cli import DATASET_SUBCOMMANDS, run_dataset_subcommand
 from omnipolicy.datasets.dagger import DEFAULT_SEED, dagger_round
 from omnipolicy.envs import get_task
 from omnipolicy.envs.evaluate import Actor, ExpertActor, RandomActor, evaluate
+from omnipolicy.robot_bridge.rosbag_import import FromRosbag, from_rosbag
 
 # ---------------------------------------------------------------------------------------------
 # omnipolicy eval
@@ -66,6 +70,8 @@ class EvalConfig:
 def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
     """The actor and the task ids an :class:`EvalConfig` asks for."""
     if cfg.actor == "policy":
+        from omnipolicy.agent import PolicyActor  # torch: only the commands that run a model load it
+
         if cfg.checkpoint is None:
             raise ValueError("--checkpoint is required with --actor policy (or use --actor expert / random)")
         actor = PolicyActor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.temperature, cfg.continuous_decoding)
@@ -90,7 +96,7 @@ def eval_command(argv: list[str], prog: str) -> None:
     actor, tasks = make_actor(cfg)
     for t in tasks:
         get_task(t)  # unknown ids fail before any rollout, with close matches
-    decoding = actor.policy.continuous_decoding if isinstance(actor, PolicyActor) else None  # "auto" resolved
+    decoding = actor.policy.continuous_decoding if cfg.actor == "policy" else None  # "auto" resolved
     summary = evaluate(actor, tasks, cfg.episodes, cfg.out, cfg.num_envs, cfg.seed, cfg.video, cfg.max_steps,
                        extra_protocol={"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature,
                                        "continuous_decoding": decoding}, workers=cfg.workers)
@@ -128,11 +134,14 @@ class DaggerConfig:
 
 def dagger_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy dagger``."""
+    from omnipolicy.agent import PolicyActor  # torch: only the commands that run a model load it
+
     cfg = tyro.cli(DaggerConfig, args=argv, prog=prog)
     t0 = time.perf_counter()
     if cfg.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {cfg.workers}")
-    summary = dagger_round(PolicyActor.from_checkpoint(cfg.checkpoint), cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
+    actor = PolicyActor.from_checkpoint(cfg.checkpoint)
+    summary = dagger_round(actor, cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
                            expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers)
     width = max(len(t) for t in summary)
     for tid, s in summary.items():
@@ -142,3 +151,17 @@ def dagger_command(argv: list[str], prog: str) -> None:
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 2),
                       "steps": sum(s["steps"] for s in summary.values()),
                       "policy_return": {t: round(s["policy_return"], 3) for t, s in summary.items()}}))
+
+
+# ---------------------------------------------------------------------------------------------
+# omnipolicy dataset
+
+
+def dataset_command(argv: list[str], prog: str) -> None:
+    """Entry point of ``omnipolicy dataset``: the store's subcommands and ``from-rosbag``."""
+    subcommands = DATASET_SUBCOMMANDS | Annotated[FromRosbag, tyro.conf.subcommand("from-rosbag")]
+    cmd = tyro.cli(subcommands, args=argv, prog=prog)
+    if isinstance(cmd, FromRosbag):
+        from_rosbag(cmd)
+    else:
+        run_dataset_subcommand(cmd)

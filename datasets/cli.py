@@ -6,6 +6,7 @@
     omnipolicy dataset export-minari DIR --out MINARI_DIR      (optional extra: minari)
     omnipolicy dataset import-minari MINARI_DIR --out DIR --task ID
     omnipolicy dataset from-rosbag BAG [BAG ...] --out DIR --task ID   rosbag2 (MCAP/SQLite3): one bag = one episode
+                                           (omnipolicy.robot_bridge.rosbag_import: it reads the task's robot arm)
 
 DIR may be one dataset or a folder of datasets (what ``omnipolicy collect --out`` writes).
 """
@@ -30,6 +31,7 @@ from .store import (
     EpisodeStore,
     decode_png,
     find_stores,
+    read_import_notes,
     read_parquet,
     rows_digest,
 )
@@ -53,8 +55,6 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
     Raises:
         DatasetError: the dataset's metadata cannot be read (the message names the file).
     """
-    from .rosbag_import import read_notes
-
     store = EpisodeStore(root)
     table = store.episode_table()
     tasks = {}
@@ -82,7 +82,7 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
         "bytes": _size(store.root),
         "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in store.info.get("features", {}).items()},
         "tasks": tasks,
-        "imports": read_notes(store.root),
+        "imports": read_import_notes(store.root),
     }
 
 
@@ -266,69 +266,6 @@ class ImportMinari:
     """Registered task id whose TimestepSpec the episodes follow."""
 
 
-@dataclass(frozen=True)
-class FromRosbag:
-    """Import rosbag2 recordings (MCAP or SQLite3) as episodes: one bag = one episode (needs the `ros` extra).
-
-    Each command message is one timestep; its observation is the latest joint state (and image) received at
-    or before it (see omnipolicy.datasets.rosbag_import). Rewards are stored as 0 and success as unknown.
-    """
-
-    bags: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="BAG [BAG ...]")]]
-    """Bag folders (with metadata.yaml), .mcap/.db3 files, or folders of bag folders."""
-    out: Path
-    """Episode store folder to append to (created if needed)."""
-    task: str
-    """Registered task id whose TimestepSpec the episodes must match (its robot arm's observation recipe is used)."""
-    joints: tuple[str, ...] = ()
-    """Joint names in the controller's (= the action's) order; for a task without a robot arm, or to override it."""
-    ignore_joints: tuple[str, ...] = ()
-    """Other joint names the joint states may carry (dropped)."""
-    state_topic: str | None = None
-    """sensor_msgs/JointState topic (default: the arm's, else /joint_states)."""
-    command_topic: str | None = None
-    """Float64MultiArray or JointTrajectory command topic (default: the arm's, else /forward_position_controller/commands)."""
-    image_topic: str | None = None
-    """sensor_msgs/Image topic (default: the arm's camera topic when the task observes images)."""
-    position_key: str | None = None
-    """Without an arm: observation key of the joint positions (default: `position` if the task has it)."""
-    velocity_key: str | None = None
-    """Without an arm: observation key of the joint velocities (default: `velocity` if the task has it)."""
-    max_state_age: float = 0.1
-    """Drop a command whose latest joint state (or task state) is older than this (seconds)."""
-    max_image_age: float = 0.2
-    """Drop a command whose latest image is older than this (seconds)."""
-    lenient: bool = False
-    """Skip malformed messages (counted as rejected) instead of failing."""
-    fps: int | None = None
-    """Frames per second recorded for a new dataset (default: the first bag's command rate)."""
-
-
-def _from_rosbag(cmd: FromRosbag) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("rosbags") is None:
-        sys.exit("omnipolicy dataset from-rosbag: the `rosbags` package is not installed: pip install 'omnipolicy[ros]'")
-    if not cmd.bags:
-        sys.exit("omnipolicy dataset from-rosbag: give at least one BAG (a bag folder, .mcap/.db3 file or folder of bags)")
-    from .rosbag_import import import_bags, task_layout
-
-    try:
-        layout = task_layout(
-            cmd.task, joints=cmd.joints, ignore_joints=cmd.ignore_joints, state_topic=cmd.state_topic,
-            command_topic=cmd.command_topic, image_topic=cmd.image_topic, position_key=cmd.position_key,
-            velocity_key=cmd.velocity_key, max_state_age=cmd.max_state_age, max_image_age=cmd.max_image_age,
-            strict=not cmd.lenient,
-        )
-        print(f"{cmd.task}: " + "; ".join(layout.describe()))
-        summary = import_bags(cmd.bags, cmd.out, layout, fps=cmd.fps, progress=True)
-    except KeyError as exc:
-        sys.exit(f"omnipolicy dataset from-rosbag: {exc.args[0]}")
-    except (ValueError, FileNotFoundError, DatasetError) as exc:
-        sys.exit(f"omnipolicy dataset from-rosbag: {exc}")
-    print("\n".join(summary.lines()))
-
-
 def _roots(path: Path) -> list[Path]:
     if not path.exists():
         sys.exit(f"omnipolicy dataset: {path} does not exist")
@@ -355,17 +292,17 @@ def _print_info(info: dict[str, Any]) -> None:
         print(f"    {k:<32} {v['dtype']:<8} {tuple(v['shape'])}")
 
 
-def dataset_command(argv: list[str], prog: str) -> None:
-    """Entry point of ``omnipolicy dataset``."""
-    cmd = tyro.cli(
-        Annotated[Info, tyro.conf.subcommand("info")]
-        | Annotated[Verify, tyro.conf.subcommand("verify")]
-        | Annotated[ExportMinari, tyro.conf.subcommand("export-minari")]
-        | Annotated[ImportMinari, tyro.conf.subcommand("import-minari")]
-        | Annotated[FromRosbag, tyro.conf.subcommand("from-rosbag")],
-        args=argv,
-        prog=prog,
-    )
+DATASET_SUBCOMMANDS = (
+    Annotated[Info, tyro.conf.subcommand("info")]
+    | Annotated[Verify, tyro.conf.subcommand("verify")]
+    | Annotated[ExportMinari, tyro.conf.subcommand("export-minari")]
+    | Annotated[ImportMinari, tyro.conf.subcommand("import-minari")]
+)
+"""The subcommands of ``omnipolicy dataset`` that need only the store (``omnipolicy.commands`` adds ``from-rosbag``)."""
+
+
+def run_dataset_subcommand(cmd: Info | Verify | ExportMinari | ImportMinari) -> None:
+    """Run one parsed subcommand of :data:`DATASET_SUBCOMMANDS`."""
     if isinstance(cmd, Info):
         infos = []
         for root in _roots(cmd.path):
@@ -393,9 +330,6 @@ def dataset_command(argv: list[str], prog: str) -> None:
             bad += not report.ok
         if bad:
             sys.exit(1)
-        return
-    if isinstance(cmd, FromRosbag):
-        _from_rosbag(cmd)
         return
     from . import minari_io
 

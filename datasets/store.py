@@ -61,6 +61,8 @@ DATA_PATH = "data/" + CHUNK_FILE_PATTERN + ".parquet"
 EPISODES_PATH = "meta/episodes/" + CHUNK_FILE_PATTERN + ".parquet"
 VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE_PATTERN + ".mp4"
 INFO_PATH = "meta/info.json"
+IMPORT_NOTES_PATH = "meta/rosbag_imports.json"
+"""Where an import (``omnipolicy dataset from-rosbag``) notes what it could not record: reward and success sources."""
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
 LOCK_NAME = ".omnipolicy-write.lock"
@@ -1106,3 +1108,12 @@ class EpisodeStore:
             for stat in ("min", "max", "mean", "std", "count") + tuple(f"q{int(round(q * 100)):02d}" for q in QUANTILES):
                 cols[f"stats/{key}/{stat}"] = _list_array([p.stats[key][stat] for p in prepared], stat)
         return pa.table(cols)
+
+
+def read_import_notes(root: str | Path) -> list[dict[str, Any]]:
+    """The import notes of a dataset (:data:`IMPORT_NOTES_PATH`), only for committed episodes; [] if none."""
+    path = Path(root) / IMPORT_NOTES_PATH
+    if not path.is_file() or not (Path(root) / INFO_PATH).is_file():
+        return []
+    total = json.loads((Path(root) / INFO_PATH).read_text()).get("total_episodes", 0)
+    return [n for n in json.loads(path.read_text()) if all(i < total for i in n["episodes"])]

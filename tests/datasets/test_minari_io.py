@@ -35,7 +35,7 @@ def test_minari_round_trip_every_modality(tmp_path: Path, make_episode, assert_s
 def test_minari_cli_round_trip_of_collected_data(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("gymnasium")
-    from omnipolicy.datasets.cli import dataset_command
+    from omnipolicy.commands import dataset_command
     from omnipolicy.datasets.collect import collect
 
     collect(["classic/cartpole-v1"], 2, tmp_path / "demos", workers=0, progress=False)

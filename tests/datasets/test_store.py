@@ -201,7 +201,7 @@ def test_verify_names_truncated_and_corrupted_files(tmp_path: Path, make_episode
 
 
 def test_verify_and_info_commands(tmp_path: Path, capsys: pytest.CaptureFixture, make_episode) -> None:
-    from omnipolicy.datasets.cli import dataset_command
+    from omnipolicy.commands import dataset_command
 
     root = tmp_path / "out" / "toy" / "everything-v0"
     store = EpisodeStore(root)

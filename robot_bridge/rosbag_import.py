@@ -1,6 +1,6 @@
 """rosbag2 recordings (MCAP or SQLite3) -> episodes in an episode store: ``omnipolicy dataset from-rosbag``.
 
-One bag is one episode. Messages are decoded by :mod:`omnipolicy.robot_bridge` (PyPI's ``rosbags``, no ROS
+One bag is one episode. Messages are decoded by :mod:`omnipolicy.robot_bridge.wire` (PyPI's ``rosbags``, no ROS
 install) and aligned by the rule of :mod:`omnipolicy.robot_bridge.wire.rosbag`: every command (receive time ``t``
 in the bag) becomes one timestep; its observation is the latest joint state (and image) received at or
 before ``t``, and the command is dropped when there is none or it is older than ``--max-state-age``
@@ -26,14 +26,23 @@ alignment settings it came from.
 
 from __future__ import annotations
 
-import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 
+from omnipolicy.datasets.store import (
+    IMPORT_NOTES_PATH,
+    DatasetError,
+    Episode,
+    EpisodeStore,
+    prepare_episode,
+    read_import_notes,
+)
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
 from omnipolicy.robot_bridge.wire import cdr
@@ -42,9 +51,6 @@ from omnipolicy.robot_bridge.wire.rosbag import BagEpisode, BagImportConfig, lat
 from omnipolicy.robot_bridge.wire.transport import ros_topic_name
 from omnipolicy.tokenizers.spec import TimestepSpec
 
-from .store import INFO_PATH, Episode, EpisodeStore, prepare_episode
-
-NOTES_PATH = "meta/rosbag_imports.json"
 REWARD_NOTE = "unknown: a rosbag holds no reward; stored as 0.0 at every timestep"
 SUCCESS_NOTE = "unknown: a rosbag holds no success signal; stored as None"
 
@@ -409,7 +415,7 @@ class ImportSummary:
         out.append(f"imported {len(self.bags)} episodes ({self.frames} frames; {self.dropped} commands dropped, "
                    f"{self.rejected} messages rejected) of {self.task_id} into {self.out} as episodes "
                    f"{first}..{first + len(self.bags) - 1} ({self.total_episodes} in total)")
-        out.append(f"  rewards {REWARD_NOTE}; success {SUCCESS_NOTE} (noted in {NOTES_PATH})")
+        out.append(f"  rewards {REWARD_NOTE}; success {SUCCESS_NOTE} (noted in {IMPORT_NOTES_PATH})")
         return out
 
 
@@ -452,18 +458,9 @@ def import_bags(bags: Sequence[str | Path], out: str | Path, layout: BagLayout, 
     return summary
 
 
-def read_notes(root: str | Path) -> list[dict[str, Any]]:
-    """The import notes of a dataset (``meta/rosbag_imports.json``), only for committed episodes; [] if none."""
-    path = Path(root) / NOTES_PATH
-    if not path.is_file() or not (Path(root) / INFO_PATH).is_file():
-        return []
-    total = json.loads((Path(root) / INFO_PATH).read_text()).get("total_episodes", 0)
-    return [n for n in json.loads(path.read_text()) if all(i < total for i in n["episodes"])]
-
-
 def _write_notes(store: EpisodeStore, summary: ImportSummary, layout: BagLayout) -> None:
     c = layout.config
-    notes = read_notes(store.root)
+    notes = read_import_notes(store.root)
     notes.append({
         "source": "rosbag2",
         "task_id": summary.task_id,
@@ -480,4 +477,70 @@ def _write_notes(store: EpisodeStore, summary: ImportSummary, layout: BagLayout)
         "max_image_age_s": c.max_image_age if c.image else None,
         "topics": layout.describe(),
     })
-    write_json_atomic(store.root / NOTES_PATH, notes)
+    write_json_atomic(store.root / IMPORT_NOTES_PATH, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# omnipolicy dataset from-rosbag
+
+
+@dataclass(frozen=True)
+class FromRosbag:
+    """Import rosbag2 recordings (MCAP or SQLite3) as episodes: one bag = one episode (needs the `ros` extra).
+
+    Each command message is one timestep; its observation is the latest joint state (and image) received at
+    or before it (see this module). Rewards are stored as 0 and success as unknown.
+    """
+
+    bags: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="BAG [BAG ...]")]]
+    """Bag folders (with metadata.yaml), .mcap/.db3 files, or folders of bag folders."""
+    out: Path
+    """Episode store folder to append to (created if needed)."""
+    task: str
+    """Registered task id whose TimestepSpec the episodes must match (its robot arm's observation recipe is used)."""
+    joints: tuple[str, ...] = ()
+    """Joint names in the controller's (= the action's) order; for a task without a robot arm, or to override it."""
+    ignore_joints: tuple[str, ...] = ()
+    """Other joint names the joint states may carry (dropped)."""
+    state_topic: str | None = None
+    """sensor_msgs/JointState topic (default: the arm's, else /joint_states)."""
+    command_topic: str | None = None
+    """Float64MultiArray or JointTrajectory command topic (default: the arm's, else /forward_position_controller/commands)."""
+    image_topic: str | None = None
+    """sensor_msgs/Image topic (default: the arm's camera topic when the task observes images)."""
+    position_key: str | None = None
+    """Without an arm: observation key of the joint positions (default: `position` if the task has it)."""
+    velocity_key: str | None = None
+    """Without an arm: observation key of the joint velocities (default: `velocity` if the task has it)."""
+    max_state_age: float = 0.1
+    """Drop a command whose latest joint state (or task state) is older than this (seconds)."""
+    max_image_age: float = 0.2
+    """Drop a command whose latest image is older than this (seconds)."""
+    lenient: bool = False
+    """Skip malformed messages (counted as rejected) instead of failing."""
+    fps: int | None = None
+    """Frames per second recorded for a new dataset (default: the first bag's command rate)."""
+
+
+def from_rosbag(cmd: FromRosbag) -> None:
+    """Run ``omnipolicy dataset from-rosbag``."""
+    import importlib.util
+
+    if importlib.util.find_spec("rosbags") is None:
+        sys.exit("omnipolicy dataset from-rosbag: the `rosbags` package is not installed: pip install 'omnipolicy[ros]'")
+    if not cmd.bags:
+        sys.exit("omnipolicy dataset from-rosbag: give at least one BAG (a bag folder, .mcap/.db3 file or folder of bags)")
+    try:
+        layout = task_layout(
+            cmd.task, joints=cmd.joints, ignore_joints=cmd.ignore_joints, state_topic=cmd.state_topic,
+            command_topic=cmd.command_topic, image_topic=cmd.image_topic, position_key=cmd.position_key,
+            velocity_key=cmd.velocity_key, max_state_age=cmd.max_state_age, max_image_age=cmd.max_image_age,
+            strict=not cmd.lenient,
+        )
+        print(f"{cmd.task}: " + "; ".join(layout.describe()))
+        summary = import_bags(cmd.bags, cmd.out, layout, fps=cmd.fps, progress=True)
+    except KeyError as exc:
+        sys.exit(f"omnipolicy dataset from-rosbag: {exc.args[0]}")
+    except (ValueError, FileNotFoundError, DatasetError) as exc:
+        sys.exit(f"omnipolicy dataset from-rosbag: {exc}")
+    print("\n".join(summary.lines()))
