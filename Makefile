@@ -31,6 +31,7 @@ demo: $(STAMP)
 # Kilted, in their own venv); if that venv cannot be built the `ros` tests skip and say why.
 test: $(STAMP)
 	-@test -f $(ROS_VENV)/.omnipolicy-ros-sim-ok || bash scripts/make_ros_venv.sh --with-sim $(ROS_VENV)
+	$(VENV)/bin/lint-imports  # the layer order of pyproject.toml: no module imports a higher layer
 	$(PY) -m pytest -q -m "not slow and not interop" --timeout=600
 
 test-all: $(STAMP)
