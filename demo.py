@@ -323,9 +323,8 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
     Returns:
         The last phase's TrainResult.
     """
-    from omnipolicy.agent import TrainConfig, train
+    from omnipolicy.agent import PolicyActor, TrainConfig, train
     from omnipolicy.datasets.collect import task_path
-    from omnipolicy.agent import PolicyActor
     from omnipolicy.datasets.dagger import dagger_round
     from omnipolicy.datasets.store import EpisodeStore
 
@@ -398,9 +397,9 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
+    from omnipolicy.agent import PolicyActor
     from omnipolicy.datasets.collect import collect
     from omnipolicy.envs import DEFAULT_SUITE, get_task
-    from omnipolicy.agent import PolicyActor
     from omnipolicy.envs.evaluate import evaluate
 
     tasks = tuple(cfg.tasks) or tuple(DEFAULT_SUITE)

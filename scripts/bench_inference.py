@@ -46,7 +46,6 @@ import inspect
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass

@@ -32,7 +32,7 @@ import numpy as np
 
 from .continuous import decode_continuous, encode_continuous
 from .discrete import encode_discrete
-from .image import PATCH, grid_shape, image_to_patches, normalize_patches
+from .image import PATCH, image_to_patches, normalize_patches
 from .spec import FieldSpec, TimestepSpec
 from .text import TextTokenizer
 from .vocab import NUM_BINS, NUM_DISCRETE, VocabLayout

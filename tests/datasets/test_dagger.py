@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from omnipolicy.agent import TrainConfig, train
+from omnipolicy.agent import PolicyActor, TrainConfig, train
 from omnipolicy.cli import main
 from omnipolicy.datasets import EpisodeStore
 from omnipolicy.datasets.collect import collect, rollout, task_path
-from omnipolicy.agent import PolicyActor
 from omnipolicy.datasets.dagger import DEFAULT_SEED, dagger_round, policy_episodes
 from omnipolicy.envs import get_task, make_env, make_expert
 from omnipolicy.envs.evaluate import RandomActor

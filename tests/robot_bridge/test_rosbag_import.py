@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("rosbags")
 
-from omnipolicy.datasets import EpisodeStore  # noqa: E402
 from omnipolicy.commands import dataset_command  # noqa: E402
+from omnipolicy.datasets import EpisodeStore  # noqa: E402
 from omnipolicy.datasets.cli import verify_dataset  # noqa: E402
 from omnipolicy.robot_bridge.wire.messages import (  # noqa: E402
     Float64MultiArray,
