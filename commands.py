@@ -70,12 +70,12 @@ class EvalConfig:
 def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
     """The actor and the task ids an :class:`EvalConfig` asks for."""
     if cfg.actor == "policy":
-        from omnipolicy.agent import PolicyActor  # torch: only the commands that run a model load it
-
         if cfg.checkpoint is None:
             raise ValueError("--checkpoint is required with --actor policy (or use --actor expert / random)")
+        from omnipolicy.agent import PolicyActor  # torch: only the commands that run a model load it
+
         actor = PolicyActor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.temperature, cfg.continuous_decoding)
-        known = tuple(sorted(actor.policy.tasks))
+        known = actor.tasks
         tasks = cfg.tasks or known
         unknown = [t for t in tasks if t not in known]
         if unknown:
@@ -138,8 +138,6 @@ def dagger_command(argv: list[str], prog: str) -> None:
 
     cfg = tyro.cli(DaggerConfig, args=argv, prog=prog)
     t0 = time.perf_counter()
-    if cfg.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {cfg.workers}")
     actor = PolicyActor.from_checkpoint(cfg.checkpoint)
     summary = dagger_round(actor, cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
                            expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers)
