@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
 
-from omnipolicy.envs.workers import watch_parent
+from omnipolicy.envs.workers import actor_recipe, init_actor_worker, worker_actor
 
 from .collect import task_path
 from .store import Episode, EpisodeStore
@@ -122,20 +122,8 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
     return out
 
 
-_WORKER_ACTOR: Any = None
-
-
-def _init_worker(recipe: Callable[[], Any], threads: int, parent_pid: int) -> None:
-    import torch
-
-    global _WORKER_ACTOR
-    watch_parent(parent_pid)
-    torch.set_num_threads(threads)
-    _WORKER_ACTOR = recipe()
-
-
 def _worker_episodes(task_id: str, seeds: list[int], max_steps: int | None, expert_share: float) -> list[Episode]:
-    return policy_episodes(_WORKER_ACTOR, task_id, seeds, max_steps, expert_share)
+    return policy_episodes(worker_actor(), task_id, seeds, max_steps, expert_share)
 
 
 def _free_seeds(store: EpisodeStore, task_id: str, start: int, count: int) -> list[int]:
@@ -201,10 +189,7 @@ def dagger_round(
         raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    recipe = getattr(actor, "recipe", None)
-    if workers > 1 and recipe is None:
-        raise ValueError(f"workers={workers} needs an actor with a recipe to build it in each worker; "
-                         f"{type(actor).__name__} has none (build a PolicyActor with PolicyActor.from_checkpoint)")
+    recipe = actor_recipe(actor, f"dagger_round(workers={workers})") if workers > 1 else None
     stores = {t: EpisodeStore(task_path(out, t)) for t in task_ids if counts[t] > 0}
     jobs = {}
     for t, store in stores.items():
@@ -228,7 +213,7 @@ def dagger_round(
         elif jobs:
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = mp.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_actor_worker,
                                      initargs=(recipe, threads, os.getpid())) as pool:
                 # the longest tasks first, so no worker is left with one long task at the end
                 order = sorted(jobs, key=lambda t: -len(jobs[t]) * _limit(t, caps[t]))

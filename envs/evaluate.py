@@ -35,7 +35,7 @@ import numpy as np
 
 from omnipolicy.envs.atari import PROTOCOL as ATARI_PROTOCOL
 from omnipolicy.envs.registry import TaskSpec, get_task, make_env, make_expert, protocol_mismatch
-from omnipolicy.envs.workers import watch_parent
+from omnipolicy.envs.workers import actor_recipe, init_actor_worker, worker_actor
 from omnipolicy.files import atomic_path, write_json_atomic, write_text_atomic
 
 BOOTSTRAP_SAMPLES = 2000
@@ -513,21 +513,9 @@ def evaluate(
     return summary
 
 
-_WORKER_ACTOR: Actor | None = None
-
-
-def _init_eval_worker(recipe: Callable[[], Actor], threads: int, parent_pid: int) -> None:
-    import torch
-
-    watch_parent(parent_pid)
-    torch.set_num_threads(threads)
-    global _WORKER_ACTOR
-    _WORKER_ACTOR = recipe()
-
-
 def _run_task_in_worker(task_id: str, episodes: int, num_envs: int, seed: int, video_path: Path | None,
                         max_steps: int | None) -> TaskResult:
-    return run_task(_WORKER_ACTOR, task_id, episodes, num_envs, seed, video_path, max_steps)
+    return run_task(worker_actor(), task_id, episodes, num_envs, seed, video_path, max_steps)
 
 
 def _run_tasks_in_workers(actor: Actor, task_ids: Sequence[str], workers: int, bar, *, episodes: int, num_envs: int,
@@ -535,16 +523,13 @@ def _run_tasks_in_workers(actor: Actor, task_ids: Sequence[str], workers: int, b
     """:func:`run_task` for every task in ``workers`` processes; results in ``task_ids`` order."""
     import multiprocessing as mp
 
-    recipe = getattr(actor, "recipe", None)
-    if recipe is None:
-        raise ValueError(f"evaluate(workers={workers}) rebuilds the actor in each worker process, but this "
-                         f"{type(actor).__name__} has no recipe (build a PolicyActor with PolicyActor.from_checkpoint)")
+    recipe = actor_recipe(actor, f"evaluate(workers={workers})")
     # the longest tasks first, so no worker is left with a long one at the end
     order = sorted(task_ids, key=lambda t: -episode_limit(get_task(t), max_steps))
     threads = max(1, (os.cpu_count() or 1) // workers)
     done: dict[str, TaskResult] = {}
     ctx = mp.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_eval_worker,
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_actor_worker,
                              initargs=(recipe, threads, os.getpid())) as pool:
         pending = {pool.submit(_run_task_in_worker, t, episodes, num_envs, seed, video_paths[t], max_steps): t
                    for t in order}
