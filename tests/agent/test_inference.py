@@ -18,13 +18,7 @@ RANGES = np.array([[CONT, CONT + 1024], [CONT, CONT + 1024], [DISC, DISC + 5]])
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two fighting other processes for two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/agent/conftest.py
 
 
 def tiny_model(seed: int = 0, context: int = 64, **overrides) -> GatoModel:

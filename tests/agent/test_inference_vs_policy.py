@@ -23,12 +23,7 @@ SPEC = TimestepSpec(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/agent/conftest.py
 
 
 def observation(rng: np.random.Generator) -> dict:
