@@ -25,7 +25,8 @@ import tyro
 from omnipolicy.datasets.cli import DATASET_SUBCOMMANDS, run_dataset_subcommand
 from omnipolicy.datasets.dagger import DEFAULT_SEED, dagger_round
 from omnipolicy.envs import get_task
-from omnipolicy.envs.evaluate import Actor, ExpertActor, RandomActor, evaluate
+from omnipolicy.envs.evaluate import evaluate
+from omnipolicy.envs.rollout import Actor, ExpertActor, RandomActor
 from omnipolicy.robot_bridge.rosbag_import import FromRosbag, from_rosbag
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A trained checkpoint as an evaluation actor: the batched ``Actor`` interface of ``envs.evaluate`` over a ``Policy``."""
+"""A trained checkpoint as an evaluation actor: the batched ``Actor`` interface of ``envs.rollout`` over a ``Policy``."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ them to the stores every ``--flush-seconds`` in one crash-safe commit per store.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -25,7 +26,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import tyro
+from tqdm import tqdm
 
+from omnipolicy.envs import get_task, make_env, make_expert
+from omnipolicy.envs.rollout import Rollout, ScriptedActor, run_episodes
 from omnipolicy.envs.workers import watch_parent
 
 from .store import DEFAULT_FPS, Episode, EpisodeStore, PreparedEpisode, prepare_episode
@@ -97,39 +101,28 @@ def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0
         action_noise: see ``CollectConfig.action_noise`` (the recorded actions are the expert's either way).
         max_steps: cap on the episode length (default ``task.max_steps``); a capped episode is truncated.
     """
+    execute = None
+    if action_noise > 0:
+        noise_rng = np.random.default_rng([int(seed), 0xDA127])
+        execute = lambda action, _: perturb(action, task.timestep.action, action_noise, noise_rng)  # noqa: E731
+    (done,) = run_episodes(ScriptedActor([expert]), task, [env], [seed], limit=max_steps, record=True, execute=execute)
+    return to_episode(task, done)
+
+
+def to_episode(task: Any, done: Rollout) -> Episode:
+    """A recorded :class:`~omnipolicy.envs.rollout.Rollout` (``record=True``) as a dataset episode."""
     spec = task.timestep
-    noise_rng = np.random.default_rng([int(seed), 0xDA127])
-    obs, info = env.reset(seed=int(seed))
-    expert.reset(env, obs)
-    frames: dict[str, list] = {f.name: [] for f in spec.observation}
-    record = [(name, values.append) for name, values in frames.items()]  # bound appends: the loop is hot
-    actions, rewards = [], []
-    add_action, add_reward = actions.append, rewards.append
-    act, step, has_success = expert.act, env.step, task.has_success
-    success, terminated = False, False
-    for _ in range(task.max_steps if max_steps is None else min(max_steps, task.max_steps)):
-        action = act(env, obs)
-        for name, add in record:
-            add(obs[name])
-        add_action(action)
-        if action_noise > 0:
-            action = perturb(action, spec.action, action_noise, noise_rng)
-        obs, reward, terminated, truncated, info = step(action)
-        add_reward(reward)
-        if has_success and not success:
-            success = bool(info.get("success", False))
-        if terminated or truncated:
-            break
     # np.array stacks a list of equal-shape arrays ~3x faster than np.stack
-    observations = {f.name: (frames[f.name] if f.kind == "text" else np.array(frames[f.name], dtype=f.dtype)) for f in spec.observation}
+    observations = {f.name: (done.observations[f.name] if f.kind == "text" else np.array(done.observations[f.name], dtype=f.dtype))
+                    for f in spec.observation}
     return Episode(
         task_id=task.id,
         observations=observations,
-        actions=np.array(actions, dtype=spec.action.dtype),
-        rewards=np.asarray(rewards, dtype=np.float64),
-        success=success if task.has_success else None,
-        seed=int(seed),
-        terminated=bool(terminated),
+        actions=np.array(done.actions, dtype=spec.action.dtype),
+        rewards=np.asarray(done.rewards, dtype=np.float64),
+        success=done.success,
+        seed=done.seed,
+        terminated=done.terminated,
         spec=spec,
         instruction=task.instruction,
     )
@@ -141,8 +134,6 @@ _WORKER_CACHE: dict[str, tuple[Any, Any, Any]] = {}
 def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0,
                     max_steps: int | None = None) -> tuple[PreparedEpisode, float]:
     """Roll out and encode one episode; the env and expert are built once per worker and task."""
-    from omnipolicy.envs import get_task, make_env, make_expert
-
     if task_id not in _WORKER_CACHE:
         task = get_task(task_id)
         _WORKER_CACHE[task_id] = (task, make_env(task_id, seed=int(seed)), make_expert(task_id, seed=int(seed)))
@@ -240,10 +231,6 @@ def collect(
         KeyError: an unknown task id (the message lists close matches).
         ValueError: bad arguments.
     """
-    from tqdm import tqdm
-
-    from omnipolicy.envs import get_task
-
     if episodes < 0:
         raise ValueError(f"episodes must be >= 0, got {episodes}")
     caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
@@ -368,8 +355,6 @@ def collect(
 
 def collect_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy collect``."""
-    import json
-
     cfg = tyro.cli(CollectConfig, args=argv, prog=prog)
     t0 = time.perf_counter()
     summary = collect(

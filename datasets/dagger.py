@@ -30,10 +30,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from omnipolicy.envs import get_task, make_env, make_expert
+from omnipolicy.envs.rollout import ScriptedActor, run_episodes
 from omnipolicy.envs.workers import actor_recipe, init_actor_worker, worker_actor
 
-from .collect import task_path
+from .collect import task_path, to_episode
 from .store import Episode, EpisodeStore
 
 DEFAULT_SEED = 70_000
@@ -45,7 +48,7 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
     """Run ``actor`` in one environment per seed, side by side; label every visited state with the expert's action.
 
     Args:
-        actor: an evaluation actor (e.g. ``PolicyActor``): ``begin``, ``reset_env``, ``act``.
+        actor: an :class:`~omnipolicy.envs.rollout.Actor` (e.g. ``PolicyActor``).
         task_id: registered task id.
         seeds: reset seed of each episode.
         max_steps: cap on episode length (default and upper bound: the task's ``max_steps``).
@@ -57,69 +60,25 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
         One :class:`Episode` per seed: the observations the actor met, the expert's actions, the rewards the
         executed actions earned.
     """
-    from omnipolicy.envs.registry import get_task, make_env, make_expert
-
     if not 0.0 <= expert_share <= 1.0:
         raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
-    task = get_task(task_id)
-    spec = task.timestep
-    n = len(seeds)
-    if n == 0:
+    if len(seeds) == 0:
         return []
-    envs = [make_env(task_id) for _ in range(n)]
-    experts = [make_expert(task_id, seed=int(s)) for s in seeds]
-    rng = np.random.default_rng([int(seeds[0]), 0xDA66E2])
-    actor.begin(task, envs)
-    obs: list[dict] = []
-    frames: list[dict[str, list]] = []
-    labels: list[list] = [[] for _ in range(n)]
-    picks: list[list] = [[] for _ in range(n)]
-    rewards: list[list[float]] = [[] for _ in range(n)]
-    success = [False] * n
-    terminated = [False] * n
-    for k, (env, seed) in enumerate(zip(envs, seeds)):
-        o, _ = env.reset(seed=int(seed))
-        actor.reset_env(k, o)
-        experts[k].reset(env, o)
-        obs.append(o)
-        frames.append({f.name: [] for f in spec.observation})
-    limit = task.max_steps if max_steps is None else min(int(max_steps), task.max_steps)
-    active = list(range(n))
-    for _ in range(limit):
-        if not active:
-            break
-        actions = actor.act(active, [obs[k] for k in active])
-        still = []
-        for k, action in zip(active, actions):
-            label = experts[k].act(envs[k], obs[k])
-            for name, values in frames[k].items():
-                values.append(obs[k][name])
-            labels[k].append(label)
-            picks[k].append(action)
-            if expert_share > 0 and rng.random() < expert_share:
-                action = label
-            obs[k], reward, term, trunc, info = envs[k].step(action)
-            rewards[k].append(float(reward))
-            success[k] = success[k] or bool(info.get("success", False))
-            if term or trunc:
-                terminated[k] = bool(term)
-            else:
-                still.append(k)
-        active = still
-    for env in envs:
-        env.close()
+    task = get_task(task_id)
+    envs = [make_env(task_id) for _ in seeds]
+    teacher = ScriptedActor([make_expert(task_id, seed=int(s)) for s in seeds])
+    execute = None
+    if expert_share > 0:
+        rng = np.random.default_rng([int(seeds[0]), 0xDA66E2])
+        execute = lambda action, label: label if rng.random() < expert_share else action  # noqa: E731
+    try:
+        done = run_episodes(actor, task, envs, seeds, limit=max_steps, record=True, teacher=teacher, execute=execute)
+    finally:
+        for env in envs:
+            env.close()
     if chosen is not None:
-        chosen.extend(picks)
-    out = []
-    for k, seed in enumerate(seeds):
-        observations = {f.name: frames[k][f.name] if f.kind == "text" else np.array(frames[k][f.name], dtype=f.dtype)
-                        for f in spec.observation}
-        out.append(Episode(
-            task_id=task_id, observations=observations, actions=np.array(labels[k], dtype=spec.action.dtype),
-            rewards=np.asarray(rewards[k], dtype=np.float64), success=success[k] if task.has_success else None,
-            seed=int(seed), terminated=terminated[k], spec=spec, instruction=task.instruction,
-        ))
-    return out
+        chosen.extend(d.chosen for d in done)
+    return [to_episode(task, d) for d in done]
 
 
 def _worker_episodes(task_id: str, seeds: list[int], max_steps: int | None, expert_share: float) -> list[Episode]:
@@ -171,8 +130,6 @@ def dagger_round(
     Raises:
         ValueError: bad arguments, or a task the actor was not trained on.
     """
-    from tqdm import tqdm
-
     known = getattr(actor, "tasks", None)
     counts = {t: int(episodes.get(t, 0) if isinstance(episodes, Mapping) else episodes) for t in task_ids}
     caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
@@ -240,7 +197,5 @@ def dagger_round(
 
 
 def _limit(task_id: str, cap: int | None) -> int:
-    from omnipolicy.envs.registry import get_task
-
     task = get_task(task_id)
     return task.max_steps if cap is None else min(cap, task.max_steps)

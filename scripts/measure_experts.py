@@ -32,7 +32,7 @@ import tqdm
 import tyro
 
 from omnipolicy.envs.registry import DOMAINS, SCORES_PATH, get_task, list_tasks, make_env, make_expert, score_protocol
-from omnipolicy.envs.rollout import EpisodeResult, run_episode
+from omnipolicy.envs.rollout import Rollout, run_episode
 from omnipolicy.files import write_text_atomic
 
 
@@ -57,7 +57,7 @@ class Config:
 _CACHE: dict = {}
 
 
-def _episode(job: tuple[str, str, int]) -> tuple[str, str, int, EpisodeResult]:
+def _episode(job: tuple[str, str, int]) -> tuple[str, str, int, Rollout]:
     task_id, policy_name, seed = job
     key = (task_id, policy_name)
     if key not in _CACHE:
@@ -72,7 +72,7 @@ def _episode(job: tuple[str, str, int]) -> tuple[str, str, int, EpisodeResult]:
     return task_id, policy_name, seed, run_episode(env, policy, seed)
 
 
-def summarize(results: list[EpisodeResult], has_success: bool, command: str, seed: int, protocol: dict) -> dict:
+def summarize(results: list[Rollout], has_success: bool, command: str, seed: int, protocol: dict) -> dict:
     """The JSON entry of one (task, policy); ``protocol``: the task's score protocol the episodes ran under."""
     returns = np.array([r.ret for r in results])
     entry = {
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         specs = [s for s in list_tasks() if s.scores_from is None and (not cfg.domains or s.domain in cfg.domains)]
     command = "python scripts/measure_experts.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     jobs = [(s.id, p, cfg.seed + k) for s in specs for p in cfg.policies for k in range(cfg.episodes)]
-    pending: dict[tuple[str, str], list[EpisodeResult]] = {}
+    pending: dict[tuple[str, str], list[Rollout]] = {}
     rows = []
     start = time.perf_counter()
     ctx = get_context("spawn")

@@ -13,7 +13,7 @@ from omnipolicy.datasets import EpisodeStore
 from omnipolicy.datasets.collect import collect, rollout, task_path
 from omnipolicy.datasets.dagger import DEFAULT_SEED, dagger_round, policy_episodes
 from omnipolicy.envs import get_task, make_env, make_expert
-from omnipolicy.envs.evaluate import RandomActor
+from omnipolicy.envs.rollout import RandomActor
 
 PENDULUM, CARTPOLE = "classic/pendulum-v1", "classic/cartpole-v1"
 

@@ -5,7 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from omnipolicy.envs.evaluate import ExpertActor, FrameSampler, RandomActor, bootstrap_ci, evaluate, run_task, write_gif
+from omnipolicy.envs.evaluate import evaluate, run_task
+from omnipolicy.envs.report import FrameSampler, write_gif
+from omnipolicy.envs.rollout import ExpertActor, RandomActor
+from omnipolicy.envs.scores import bootstrap_ci
 
 
 def test_expert_scores_near_100_and_random_near_0(tmp_path):
