@@ -150,6 +150,22 @@ class _EnvState:
         return self.fill + (self.pending >= 0)
 
 
+_ObsArrays = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+"""One observation as arrays: int tokens (L,), float32 patches (p, 3, 16, 16) and int patch positions (p, 2)."""
+
+
+class _PrefillInputs(NamedTuple):
+    """The host arrays of one prefill (``B`` rows of width ``C``), staged into the ``in_*`` device buffers."""
+
+    tok: np.ndarray  # int64 (B, C) token ids
+    loc: np.ndarray  # int64 (B, C) local positions
+    pidx: np.ndarray  # int64 (B, C) index into the (B * P) patches, -1 elsewhere
+    fill: np.ndarray  # int64 (B,) cache fill before the step
+    cnt: np.ndarray  # int64 (B,) tokens of this step's prefill
+    patches: np.ndarray | None  # float32 (B * P, 3, 16, 16); None without patch slots
+    ppos: np.ndarray  # int64 (B * P, 2) (row, col)
+
+
 class InferenceSession:
     """Batched, KV-cached action decoding for a :class:`~omnipolicy.agent.model.GatoModel`.
 
@@ -551,7 +567,7 @@ class InferenceSession:
         return g
 
     # -------------------------------------------------------------- stepping
-    def _obs_arrays(self, o: Any, e: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _obs_arrays(self, o: Any, e: int) -> _ObsArrays:
         tok = np.asarray(o.tokens).reshape(-1)
         if tok.size == 0 or tok.dtype.kind not in "iu":
             raise ValueError(f"env {e}: observation tokens must be a non-empty integer array, got {tok.dtype} of shape {tok.shape}")
@@ -614,6 +630,39 @@ class InferenceSession:
             ValueError: wrong number of observations, invalid token ids or ranges,
                 patches that do not match the patch tokens, or a timestep longer than the context.
         """
+        ids, ranges, expect, arrays = self._checked_step_inputs(observations, action_ranges, env_ids, temperature,
+                                                                expected_dims)
+        A = len(ranges)
+        rebuilt, counts = self._make_room(arrays, ids, A)
+
+        # stage the prefill inputs, the logit masks and (when sampling) the noise on the device
+        prefill = self._prefill_inputs(arrays, ids, counts)
+        mask = self._set_action_masks(ranges, expect)
+        self._stage(prefill, mask)
+        greedy = temperature == 0
+        if not greedy:
+            self._draw_noise(temperature)
+
+        span = (int(ranges[:, 0].min()), int(ranges[:, 1].max()))  # the LM-head rows any action id needs
+        self._span = span
+        self._prefill_and_decode(ids, counts, A, greedy, span, return_logits)
+        action_tokens = self.out_tok[:, :A].cpu().numpy()[ids]  # the one host synchronisation
+
+        self._advance_windows(arrays, ids, counts, action_tokens)
+        self.stats["steps"] += 1
+        logits = self._masked_logits(ids, A, span) if return_logits else None
+        return StepResult(action_tokens.astype(np.int64), logits, rebuilt)
+
+    def _checked_step_inputs(
+        self,
+        observations: Sequence[Any],
+        action_ranges: np.ndarray,
+        env_ids: Sequence[int] | None,
+        temperature: float,
+        expected_dims: Sequence[bool] | np.ndarray | None,
+    ) -> tuple[list[int], np.ndarray, np.ndarray, list[_ObsArrays]]:
+        """:meth:`step`'s arguments, checked: the stepped environments, the int64 (A, 2) ranges, the bool (A,)
+        expected-id flags and each observation's arrays (see :meth:`_obs_arrays`)."""
         ids = self._env_list(env_ids)
         if len(observations) != len(ids):
             raise ValueError(f"Expected {len(ids)} observations (one per stepped environment), got {len(observations)}")
@@ -635,8 +684,15 @@ class InferenceSession:
                 raise ValueError(f"env {e}: one timestep needs {L + A - 1} tokens of context but the model has {self.context}")
             if L + A > self.cfg.local_positions:
                 raise ValueError(f"env {e}: a timestep of {L + A} tokens exceeds the model's {self.cfg.local_positions} local positions")
+        return ids, ranges, expect, arrays
 
-        # evict on the host; rebuild the caches of shortened windows
+    def _make_room(self, arrays: list[_ObsArrays], ids: list[int], A: int) -> tuple[list[int], list[int]]:
+        """Make each stepped window hold the new timestep: evict on the host, grow the static buffers, rebuild.
+
+        Returns:
+            The environments whose window was shortened and cache rebuilt, and each stepped environment's
+            prefill token count (its observation, led by the previous action's last token when one is pending).
+        """
         rebuild_rows, shifts, lengths = [], [], []
         for (tok, _, _), e in zip(arrays, ids):
             r = self._evict(self._envs[e], len(tok) + A - 1)
@@ -651,8 +707,15 @@ class InferenceSession:
             self._rebuild(rebuild_rows, shifts, lengths)
             self.stats["rebuilds"] += len(rebuild_rows)
             self.stats["rebuilt_tokens"] += sum(lengths)
+        return rebuild_rows, counts
 
-        # stage the prefill inputs
+    def _prefill_inputs(self, arrays: list[_ObsArrays], ids: list[int], counts: list[int]) -> _PrefillInputs:
+        """The host arrays of the prefill, one row per environment of the session.
+
+        A stepped row holds the previous action's last token (when one is pending), then the observation
+        tokens; its patches go to its ``P`` patch slots. Rows not stepped keep one token written past
+        their fill, which no later query sees.
+        """
         B, C, P = self.B, self.C, self.P
         tok_in = np.zeros((B, C), np.int64)
         loc_in = np.zeros((B, C), np.int64)
@@ -674,77 +737,106 @@ class InferenceSession:
                 pidx_in[e, slots] = e * P + np.arange(len(slots))
                 patches_in[e * P : e * P + len(patches)] = patches
                 ppos_in[e * P : e * P + len(patches)] = ppos
-        key = ranges.tobytes() + expect.tobytes()
-        mask_in = None
-        if key != self._mask_key:  # the additive logit mask of each action dimension
-            mask_in = np.full((self.A_cap, self.vocab_size), -np.inf, np.float32)
-            for k, (lo, hi) in enumerate(np.concatenate([ranges, np.repeat(ranges[-1:], self.A_cap - A, axis=0)])):
-                mask_in[k, lo:hi] = 0.0
-            self.in_expect.zero_()
-            self.in_expect[:A] = torch.from_numpy(expect).to(self.device)
-            self._expect = bool(expect.any())
-            self._mask_key = key
-        self._stage(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in, mask_in)
-        greedy = temperature == 0
-        if not greedy:
-            self.in_temp.fill_(float(temperature))
-            u = torch.rand(self.noise.shape, generator=self.generator, device=self.device).clamp_(1e-20, 1 - 1e-7)
-            self.noise.copy_(-torch.log(-torch.log(u)))
+        return _PrefillInputs(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in)
 
-        # prefill, then A - 1 decode steps
-        span = (int(ranges[:, 0].min()), int(ranges[:, 1].max()))
-        self._span = span
-        pre = self._graph(("prefill", C, P, greedy, self._expect, span), lambda: self._prefill_body(greedy, span, self.K)) if self.use_graphs else None
-        if pre is not None:
-            pre.replay()
-            dec = None
-            if A > 1:
-                dec = self._graph(("decode", greedy, self._expect, span), lambda: self._decode_body(greedy, span, self.K),
-                                  restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
-            for _ in range(A - 1):
-                if dec is not None:
-                    dec.replay()
-                else:  # the decode capture failed: same body, eagerly
-                    self._decode_body(greedy, span, self.K)
-        elif self._static:  # what the graphs run, eagerly (tests the graph code path without a GPU)
+    def _set_action_masks(self, ranges: np.ndarray, expect: np.ndarray) -> np.ndarray | None:
+        """Set which action dimensions take their expected id; the new additive logit masks, float32 (A_cap, V)
+        (0 on each dimension's valid ids, -inf elsewhere), or ``None`` when neither changed since the last step."""
+        key = ranges.tobytes() + expect.tobytes()
+        if key == self._mask_key:
+            return None
+        A = len(ranges)
+        mask = np.full((self.A_cap, self.vocab_size), -np.inf, np.float32)
+        for k, (lo, hi) in enumerate(np.concatenate([ranges, np.repeat(ranges[-1:], self.A_cap - A, axis=0)])):
+            mask[k, lo:hi] = 0.0
+        self.in_expect.zero_()
+        self.in_expect[:A] = torch.from_numpy(expect).to(self.device)
+        self._expect = bool(expect.any())
+        self._mask_key = key
+        return mask
+
+    def _draw_noise(self, temperature: float) -> None:
+        """Draw the Gumbel noise of a sampled step into ``noise`` (the temperature into ``in_temp``)."""
+        self.in_temp.fill_(float(temperature))
+        u = torch.rand(self.noise.shape, generator=self.generator, device=self.device).clamp_(1e-20, 1 - 1e-7)
+        self.noise.copy_(-torch.log(-torch.log(u)))
+
+    def _prefill_and_decode(self, ids: list[int], counts: list[int], A: int, greedy: bool, span: tuple[int, int],
+                            return_logits: bool) -> None:
+        """Prefill, then ``A - 1`` decode steps: the action tokens go to ``out_tok``, their logits to ``out_logits``.
+
+        Three ways run the same bodies: replayed CUDA graphs; their bodies eagerly (``_static``: static shapes
+        and device-side decode state, what a failed capture falls back to, and how tests check the graph code
+        without a GPU); or eagerly over only the filled part of the cache (the CPU).
+        """
+        prefill = None
+        if self.use_graphs:
+            prefill = self._graph(("prefill", self.C, self.P, greedy, self._expect, span),
+                                  lambda: self._prefill_body(greedy, span, self.K))
+        if prefill is not None:
+            self._replay_graphs(prefill, A, greedy, span)
+        elif self._static:
             self._prefill_body(greedy, span, self.K)
             for _ in range(A - 1):
                 self._decode_body(greedy, span, self.K)
         else:
-            fills = [self._envs[e].fill for e in ids]
-            ends = [f + c for f, c in zip(fills, counts)]
-            self._record = return_logits
-            if len(ids) == B and len(set(fills)) == 1 and len(set(counts)) == 1:  # lockstep: plain slices
-                f, c = fills[0], counts[0]
-                self._prefill_body(greedy, span, f + c, width=c, start=f)
-                for k in range(1, A):
-                    self._decode_body(greedy, span, f + c + k, start=f + c + k - 1, k=k)
-            else:
-                self._prefill_body(greedy, span, max(ends))
-                for k in range(1, A):
-                    self._decode_body(greedy, span, max(ends) + k)
-        action_tokens = self.out_tok[:, :A].cpu().numpy()[ids]  # the one host synchronisation
+            self._decode_eagerly(ids, counts, A, greedy, span, return_logits)
 
+    def _replay_graphs(self, prefill: Any, A: int, greedy: bool, span: tuple[int, int]) -> None:
+        """Replay the prefill graph, then the decode graph once per remaining action dimension."""
+        prefill.replay()
+        decode = None
+        if A > 1:
+            decode = self._graph(("decode", greedy, self._expect, span),
+                                 lambda: self._decode_body(greedy, span, self.K),
+                                 restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
+        for _ in range(A - 1):
+            if decode is not None:
+                decode.replay()
+            else:  # the decode capture failed: same body, eagerly
+                self._decode_body(greedy, span, self.K)
+
+    def _decode_eagerly(self, ids: list[int], counts: list[int], A: int, greedy: bool, span: tuple[int, int],
+                        return_logits: bool) -> None:
+        """The eager prefill and decodes, attending only to the filled part of the cache (plain slices in lockstep)."""
+        fills = [self._envs[e].fill for e in ids]
+        ends = [f + c for f, c in zip(fills, counts)]
+        self._record = return_logits
+        if len(ids) == self.B and len(set(fills)) == 1 and len(set(counts)) == 1:  # lockstep: plain slices
+            f, c = fills[0], counts[0]
+            self._prefill_body(greedy, span, f + c, width=c, start=f)
+            for k in range(1, A):
+                self._decode_body(greedy, span, f + c + k, start=f + c + k - 1, k=k)
+        else:
+            self._prefill_body(greedy, span, max(ends))
+            for k in range(1, A):
+                self._decode_body(greedy, span, max(ends) + k)
+
+    def _advance_windows(self, arrays: list[_ObsArrays], ids: list[int], counts: list[int],
+                         action_tokens: np.ndarray) -> None:
+        """Add the stepped timesteps to their windows; the last action token of each stays pending (chosen, not fed)."""
+        A = action_tokens.shape[1]
         for (tok, _, _), e, c, a in zip(arrays, ids, counts, action_tokens):
             st = self._envs[e]
             st.steps.append(len(tok) + A)
             st.fill += c + A - 1
             st.pending, st.pending_local = int(a[-1]), len(tok) + A - 1
-        self.stats["steps"] += 1
-        logits = None
-        if return_logits:
-            logits = torch.full((len(ids), A, self.vocab_size), float("-inf"))
-            logits[:, :, span[0] : span[1]] = self.out_logits[ids, :A, span[0] : span[1]].cpu()
-        return StepResult(action_tokens.astype(np.int64), logits, rebuild_rows)
 
-    def _stage(self, tok, loc, pidx, fill, cnt, patches, ppos, mask) -> None:
+    def _masked_logits(self, ids: list[int], A: int, span: tuple[int, int]) -> Tensor:
+        """float32 (n, A, V) on the host: the recorded logits of the stepped rows, -inf outside the action span."""
+        logits = torch.full((len(ids), A, self.vocab_size), float("-inf"))
+        logits[:, :, span[0] : span[1]] = self.out_logits[ids, :A, span[0] : span[1]].cpu()
+        return logits
+
+    def _stage(self, prefill: _PrefillInputs, mask: np.ndarray | None) -> None:
         """Copy the step's inputs into the static device buffers (asynchronous from pinned memory on CUDA)."""
-        pairs = [("tok", self.in_tok, tok), ("loc", self.in_loc, loc), ("pidx", self.in_pidx, pidx),
-                 ("fill", self.in_fill, fill), ("cnt", self.in_cnt, cnt)]
+        pairs = [("tok", self.in_tok, prefill.tok), ("loc", self.in_loc, prefill.loc),
+                 ("pidx", self.in_pidx, prefill.pidx), ("fill", self.in_fill, prefill.fill),
+                 ("cnt", self.in_cnt, prefill.cnt)]
         if mask is not None:
             pairs.append(("mask", self.in_mask, mask))
-        if patches is not None:
-            pairs += [("patches", self.in_patches, patches), ("ppos", self.in_ppos, ppos)]
+        if prefill.patches is not None:
+            pairs += [("patches", self.in_patches, prefill.patches), ("ppos", self.in_ppos, prefill.ppos)]
         for name, dst, src in pairs:
             self._stage_into(name, dst, src)
 

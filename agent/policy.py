@@ -8,9 +8,13 @@ the logits restricted to each element's valid id range (so an invalid action
 cannot come out), greedily or by temperature sampling, and turns them into
 actions with the tokenizer.
 
-This version recomputes the whole window for each action token (batched
-across environments); the KV-cached ``InferenceSession`` replaces that loop
-where latency matters.
+Two paths act, and :meth:`Policy.act` picks one per call
+(:meth:`Policy.acts_through_session`): the KV-cached
+:class:`~omnipolicy.agent.inference.InferenceSession` (``use_session=True``,
+where latency matters: evaluation, deployment), and a recomputation of the
+whole window for each action token, batched across environments: the
+reference semantics the session is tested against, and the only path that
+keeps a task's prompt in the window.
 
 >>> policy = Policy.from_checkpoint("runs/demo")                          # doctest: +SKIP
 >>> policy.reset(num_envs=4)                                              # doctest: +SKIP
@@ -22,7 +26,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ import torch
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
 
 from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint
+from .inference import InferenceSession, SessionConfig
 from .model import GatoModel, expected_ids
 
 CONTINUOUS_DECODINGS = ("auto", "mean", "mode")
@@ -55,6 +60,16 @@ class _EnvContext:
     @property
     def num_tokens(self) -> int:
         return sum(len(t.tokens) for t in self.steps)
+
+
+class _WindowBatch(NamedTuple):
+    """Every environment's window as one right-padded batch on the model's device (the recomputing path)."""
+
+    tokens: torch.Tensor  # int64 (B, width), the padding id past each window
+    local_pos: torch.Tensor  # int64 (B, width)
+    patch_index: torch.Tensor  # int64 (B, width): row of patch_emb, -1 elsewhere
+    patch_emb: torch.Tensor | None  # (P, D) in patch_index order
+    lengths: np.ndarray  # int64 (B,) tokens of each window
 
 
 class Policy:
@@ -257,43 +272,21 @@ class Policy:
         return np.full(len(self.action_ranges(task_id)), continuous)
 
     # -------------------------------------------------------------------- act
-    def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:
-        one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in spec.observation}
-        ep = self.tok.tokenize_episode(spec, one, None)  # observation tokens + separator
-        return _Timestep(
-            ep.tokens.astype(np.int64),
-            ep.local_pos.astype(np.int64),
-            np.asarray(ep.patches, dtype=np.float32),
-            ep.patch_pos.astype(np.int64),
-        )
-
     def acts_through_session(self, task_id: str) -> bool:
-        """Whether :meth:`act` on ``task_id`` takes the KV-cached path (and so accepts any ``env_ids``)."""
+        """Whether :meth:`act` on ``task_id`` takes the KV-cached path (and so accepts any ``env_ids``).
+
+        It does with ``use_session`` unless the task has a prompt: the session drops the oldest timesteps
+        of a full window, and a prompt must never leave it.
+        """
         return self.use_session and task_id not in self._prompts
-
-    def _act_session(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
-                     env_ids: list[int]) -> list[np.ndarray]:
-        """The KV-cached path: one prefill of the new observation, then one decode step per action token."""
-        from .inference import InferenceSession, SessionConfig
-
-        if self._session is None:
-            self._session = InferenceSession(
-                self.model, SessionConfig(num_envs=self.num_envs, seed=self.seed), device=self.device,
-                patch_id=self.tok.layout.patch_id,
-            )
-        for i in env_ids:
-            if self._envs[i].task_id != task_id:  # a new task starts from an empty context
-                self._envs[i].task_id = task_id
-                self._session.reset([i])
-        current = [self._tokenize(spec, obs) for obs in observations]
-        out = self._session.step(current, self.action_ranges(task_id), env_ids=env_ids, temperature=self.temperature,
-                                 expected_dims=self.expected_dims(task_id))
-        return [np.asarray(x) for x in self.tok.decode_actions(spec, out.action_tokens)]
 
     @torch.inference_mode()
     def act(self, task_id: str, observations: Sequence[Mapping[str, Any]],
             env_ids: Sequence[int] | None = None) -> list[np.ndarray]:
         """One action per environment.
+
+        The one place that picks how to act (:meth:`acts_through_session`): through the KV-cached session
+        (:meth:`_act_through_session`) or by recomputing the whole window (:meth:`_act_recomputing`).
 
         Args:
             task_id: the task all these environments run.
@@ -312,6 +305,19 @@ class Policy:
                 observations, or a timestep longer than the model's context.
         """
         spec = self.spec(task_id)
+        ids = self._checked_env_ids(task_id, spec, observations, env_ids)
+        if self.acts_through_session(task_id):
+            return self._act_through_session(task_id, spec, observations, ids)
+        if ids != list(range(self.num_envs)):
+            raise ValueError("env_ids needs the KV-cached session (use_session=True and no prompt for this task)")
+        return self._act_recomputing(task_id, spec, observations)
+
+    def _checked_env_ids(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
+                         env_ids: Sequence[int] | None) -> list[int]:
+        """The environments of ``observations`` (default all), checked with the observations themselves.
+
+        The first call after construction resets to ``len(observations)`` environments.
+        """
         if not self._envs:
             self.reset(len(observations))
         ids = list(range(self.num_envs)) if env_ids is None else [int(i) for i in env_ids]
@@ -322,47 +328,112 @@ class Policy:
             raise ValueError(f"env_ids must be distinct indices in [0, {self.num_envs}), got {ids}")
         for i, obs in zip(ids, observations):
             check_observation(spec, obs, where=f"Task {task_id!r}, env {i} observation")
-        if self.acts_through_session(task_id):
-            return self._act_session(task_id, spec, observations, ids)
-        if env_ids is not None and ids != list(range(self.num_envs)):
-            raise ValueError("env_ids needs the KV-cached session (use_session=True and no prompt for this task)")
-        if self._session is not None:  # leaving the session path: its contexts are not shared with this one
+        return ids
+
+    def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:
+        """One observation as a timestep: its tokens up to the separator, their local positions, its patches."""
+        one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in spec.observation}
+        ep = self.tok.tokenize_episode(spec, one, None)  # observation tokens + separator
+        return _Timestep(
+            ep.tokens.astype(np.int64),
+            ep.local_pos.astype(np.int64),
+            np.asarray(ep.patches, dtype=np.float32),
+            ep.patch_pos.astype(np.int64),
+        )
+
+    # ------------------------------------------------------ the KV-cached path
+    def _act_through_session(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
+                             env_ids: list[int]) -> list[np.ndarray]:
+        """The KV-cached path: one prefill of the new observation, then one decode step per action token.
+
+        Taken with ``use_session`` for tasks without a prompt (evaluation and deployment use it): tens of
+        times faster than recomputing, and it steps any subset of the environments. The contexts live in
+        the session (made on the first call after :meth:`reset`); ``_envs`` records only each one's task.
+        """
+        if self._session is None:
+            self._session = InferenceSession(
+                self.model, SessionConfig(num_envs=self.num_envs, seed=self.seed), device=self.device,
+                patch_id=self.tok.layout.patch_id,
+            )
+        for i in env_ids:
+            if self._envs[i].task_id != task_id:  # a new task starts from an empty context
+                self._envs[i].task_id = task_id
+                self._session.reset([i])
+        current = [self._tokenize(spec, obs) for obs in observations]
+        out = self._session.step(current, self.action_ranges(task_id), env_ids=env_ids, temperature=self.temperature,
+                                 expected_dims=self.expected_dims(task_id))
+        return [np.asarray(x) for x in self.tok.decode_actions(spec, out.action_tokens)]
+
+    # ----------------------------------------------------- the recomputing path
+    def _act_recomputing(self, task_id: str, spec: TimestepSpec,
+                         observations: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+        """The recomputing path: one forward over each whole window per action token, all environments at once.
+
+        Taken without ``use_session`` and for tasks with a prompt. It is the reference semantics (the
+        session is tested against it) and the only path that keeps a prompt in the window. The contexts
+        are the timesteps in ``_envs``.
+        """
+        self._leave_session()
+        ranges = self.action_ranges(task_id)  # (A, 2)
+        current = self._tokenize_and_embed(spec, observations)
+        obs_len = len(current[0].tokens)
+        prompt = self._fit_windows(task_id, obs_len, len(ranges))
+        batch = self._window_batch([prompt + list(env.steps) + [cur] for env, cur in zip(self._envs, current)],
+                                   len(ranges))
+        action_tokens = self._decode_recomputing(batch, ranges, self.expected_dims(task_id), obs_len)  # (B, A)
+        self._remember(current, action_tokens, obs_len)
+        return [np.asarray(x) for x in self.tok.decode_actions(spec, action_tokens)]
+
+    def _leave_session(self) -> None:
+        """Drop the session when acting switches to recomputing: its contexts are not shared with this path."""
+        if self._session is not None:
             self._session = None
             for env in self._envs:
                 env.task_id = None
-        ranges = self.action_ranges(task_id)  # (A, 2)
-        A, context = len(ranges), self.model.cfg.context
+
+    def _tokenize_and_embed(self, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]]) -> list[_Timestep]:
+        """The new observations as timesteps, their patches embedded once (later steps re-use them from the context)."""
         current = [self._tokenize(spec, obs) for obs in observations]
-        obs_len = len(current[0].tokens)
-        dev = self.device
         counts = [len(c.patches) for c in current]
-        if sum(counts):  # embed the new patches once; later steps re-use them from the context
+        if sum(counts):
             pe = self.model.embed_patches(
-                torch.from_numpy(np.concatenate([c.patches for c in current])).to(dev),
-                torch.from_numpy(np.concatenate([c.patch_pos for c in current])).to(dev),
+                torch.from_numpy(np.concatenate([c.patches for c in current])).to(self.device),
+                torch.from_numpy(np.concatenate([c.patch_pos for c in current])).to(self.device),
             )  # (sum p, D)
             for c, emb in zip(current, pe.split(counts)):
                 c.patch_emb = emb
-        if obs_len + A - 1 > context:
+        return current
+
+    def _fit_windows(self, task_id: str, obs_len: int, A: int) -> list[_Timestep]:
+        """Make room in every window for the task's prompt and a new timestep; returns the prompt.
+
+        A window on another task starts empty; otherwise whole oldest timesteps leave until the new one fits.
+
+        Raises:
+            ValueError: one timestep, or one timestep after the prompt, does not fit the context.
+        """
+        context = self.model.cfg.context
+        need = obs_len + A - 1  # the last action token is chosen, never fed
+        if need > context:
             raise ValueError(
-                f"Task {task_id!r}: one timestep needs {obs_len + A - 1} tokens of context but the model has {context}"
+                f"Task {task_id!r}: one timestep needs {need} tokens of context but the model has {context}"
             )
         prompt = self._prompts.get(task_id, [])
         room = context - sum(len(t.tokens) for t in prompt)
-        if obs_len + A - 1 > room:
-            raise ValueError(f"Task {task_id!r}: the prompt leaves {room} tokens of context, a timestep needs {obs_len + A - 1}")
+        if need > room:
+            raise ValueError(f"Task {task_id!r}: the prompt leaves {room} tokens of context, a timestep needs {need}")
         for env in self._envs:
             if env.task_id != task_id:
                 env.task_id, env.steps = task_id, deque()
-            while env.steps and env.num_tokens + obs_len + A - 1 > room:
+            while env.steps and env.num_tokens + need > room:
                 env.steps.popleft()  # drop whole oldest timesteps
+        return prompt
 
-        # one right-padded batch: prompt, history, the new observation, then room for the action tokens
-        seqs = [prompt + list(env.steps) + [cur] for env, cur in zip(self._envs, current)]
+    def _window_batch(self, seqs: list[list[_Timestep]], A: int) -> _WindowBatch:
+        """The windows ``seqs`` as one right-padded batch with room for the ``A - 1`` fed action tokens."""
         lengths = np.array([sum(len(t.tokens) for t in s) for s in seqs])  # (B,)
         B, width = len(seqs), int(lengths.max()) + A - 1
-        pad = self.tok.layout.pad_id
-        tokens = np.full((B, width), pad, np.int64)
+        tokens = np.full((B, width), self.tok.layout.pad_id, np.int64)
         local_pos = np.zeros((B, width), np.int64)
         patch_index = np.full((B, width), -1, np.int64)
         patch_embs, n_patches = [], 0
@@ -374,36 +445,50 @@ class Policy:
             patch_index[b, slots] = n_patches + np.arange(len(slots))
             n_patches += len(slots)
             patch_embs += [t.patch_emb for t in steps if t.patch_emb is not None]
-        t_tokens = torch.from_numpy(tokens).to(dev)
-        t_local = torch.from_numpy(local_pos).to(dev)
-        t_pindex = torch.from_numpy(patch_index).to(dev)
-        t_pemb = torch.cat(patch_embs) if patch_embs else None  # (P, D) in patch_index order
-        rows = torch.arange(B, device=dev)
-        pos = torch.from_numpy(lengths).to(dev)  # (B,) index of the next token to write
+        dev = self.device
+        patch_emb = torch.cat(patch_embs) if patch_embs else None  # (P, D) in patch_index order
+        return _WindowBatch(torch.from_numpy(tokens).to(dev), torch.from_numpy(local_pos).to(dev),
+                            torch.from_numpy(patch_index).to(dev), patch_emb, lengths)
 
+    def _decode_recomputing(self, batch: _WindowBatch, ranges: np.ndarray, expect: np.ndarray,
+                            obs_len: int) -> np.ndarray:
+        """Choose the action tokens one by one, each by a forward over the whole batch, feeding each choice back.
+
+        Returns:
+            int64 (B, A): the chosen ids, each inside its dimension's range.
+        """
+        dev = self.device
+        B, A = len(batch.lengths), len(ranges)
+        rows = torch.arange(B, device=dev)
+        pos = torch.from_numpy(batch.lengths).to(dev)  # (B,) index of the next token to write
         action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
-        expect = self.expected_dims(task_id)
         for k in range(A):
-            n = int(lengths.max()) + k
-            hidden = self.model(t_tokens[:, :n], t_local[:, :n], t_pindex[:, :n], None, None,
-                                patch_embeddings=t_pemb)  # (B, n, D)
+            n = int(batch.lengths.max()) + k
+            hidden = self.model(batch.tokens[:, :n], batch.local_pos[:, :n], batch.patch_index[:, :n], None, None,
+                                patch_embeddings=batch.patch_emb)  # (B, n, D)
             lo, hi = int(ranges[k, 0]), int(ranges[k, 1])
             logits = self.model.logits(hidden[rows, pos - 1])[:, lo:hi].float()  # (B, hi - lo): valid ids only
-            if self.temperature > 0:
-                probs = torch.softmax(logits / self.temperature, dim=-1)
-                choice = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-            elif expect[k]:  # the expected bin, rounded
-                choice = expected_ids(logits)
-            else:
-                choice = logits.argmax(dim=-1)
-            action_tokens[:, k] = choice + lo
+            action_tokens[:, k] = self._choose(logits, expect[k]) + lo
             if k + 1 < A:  # feed the chosen token back
-                t_tokens[rows, pos] = action_tokens[:, k]
-                t_local[rows, pos] = obs_len + k
+                batch.tokens[rows, pos] = action_tokens[:, k]
+                batch.local_pos[rows, pos] = obs_len + k
                 pos = pos + 1
+        return action_tokens.cpu().numpy()
 
-        act_np = action_tokens.cpu().numpy()  # (B, A)
-        for env, cur, a in zip(self._envs, current, act_np):
+    def _choose(self, logits: torch.Tensor, expected: bool) -> torch.Tensor:
+        """(B,) the chosen column of ``logits`` (B, n): sampled with the temperature; greedily the expected
+        column (rounded) when ``expected``, else the most likely one."""
+        if self.temperature > 0:
+            probs = torch.softmax(logits / self.temperature, dim=-1)
+            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        if expected:
+            return expected_ids(logits)
+        return logits.argmax(dim=-1)
+
+    def _remember(self, current: list[_Timestep], action_tokens: np.ndarray, obs_len: int) -> None:
+        """Append each environment's new timestep (its observation and chosen action tokens) to its context."""
+        A = action_tokens.shape[1]
+        for env, cur, a in zip(self._envs, current, action_tokens):
             env.steps.append(
                 _Timestep(
                     np.concatenate([cur.tokens, a]),
@@ -413,5 +498,3 @@ class Policy:
                     cur.patch_emb,
                 )
             )
-        actions = self.tok.decode_actions(spec, act_np)  # (B, *action shape)
-        return [np.asarray(x) for x in actions]
