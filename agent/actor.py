@@ -40,6 +40,7 @@ class PolicyActor:
         return tuple(sorted(self.policy.tasks))
 
     def begin(self, task: Any, envs: Sequence) -> None:
+        self.spec = self.policy.spec(task.id)  # the spec it acts with (KeyError naming the checkpoint's tasks)
         self.task_id = task.id
         self.policy.temperature = self.temperature
         self.policy.reset(len(envs))

@@ -65,15 +65,18 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import tyro
 
+from omnipolicy.envs import TaskSpec, get_task, make_expert
+from omnipolicy.envs.rollout import Actor
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, get_arm
+from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, get_arm, make_sim_arm
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
 from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.wire.messages import (
@@ -170,63 +173,53 @@ class DeployConfig:
 # ---------------------------------------------------------------------------
 
 
-class PolicyActor:
-    """A checkpoint acting in one environment through :class:`~omnipolicy.agent.Policy`'s KV-cached session.
+def policy_actor(cfg: "DeployConfig") -> Actor:
+    """``--actor policy``: the checkpoint acting through its KV-cached session (a few ms a control step on a CPU).
 
-    Each step prefills one timestep's observation tokens and decodes the action tokens (logits masked to the
-    valid action ids) instead of recomputing the whole context window: a control step costs a few milliseconds
-    on a CPU. :meth:`reset` forgets the context.
+    Each step prefills one timestep's observation tokens and decodes the action tokens instead of recomputing the
+    whole context window.
+    """
+    # torch and the model load only when a policy acts: `deploy --actor expert` runs in the ROS venv, which has no torch
+    import torch  # noqa: PLC0415
+
+    from omnipolicy.agent import PolicyActor  # noqa: PLC0415  (imports torch)
+
+    if cfg.torch_threads > 0 and torch.device(cfg.device).type == "cpu":
+        torch.set_num_threads(cfg.torch_threads)
+    return PolicyActor.from_checkpoint(cfg.checkpoint, device=cfg.device, temperature=cfg.temperature)
+
+
+class TwinExpertActor:
+    """``--actor expert``: the task's scripted expert on a local copy of the simulator, synced to each observation.
+
+    An :class:`~omnipolicy.envs.rollout.Actor` for one environment that it does not see (the robot): the expert
+    reads the twin's simulator instead.
     """
 
-    def __init__(self, checkpoint: Path, task_id: str, device: str = "cpu", temperature: float = 0.0, threads: int = 1) -> None:
-        import torch  # noqa: PLC0415  (only when a policy acts)
+    name = "expert"
 
-        from omnipolicy.agent import Policy  # noqa: PLC0415
-
-        if threads > 0 and torch.device(device).type == "cpu":
-            torch.set_num_threads(threads)
-
-        # checks the tokenizer layout; continuous_decoding "auto" as everywhere else
-        self.policy = Policy.from_checkpoint(checkpoint, device=device, temperature=temperature, use_session=True)
-        self.task_id = task_id
-        self.spec = self.policy.spec(task_id)  # KeyError naming the checkpoint's tasks
-        self.policy.reset(1)
-
-    def reset(self) -> None:
-        self.policy.reset_env(0)
-
-    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.policy.act(self.task_id, [obs])[0]  # (*action shape,)
-
-
-class ExpertActor:
-    """The task's scripted expert on a local copy of the simulator, synced to each observation."""
-
-    def __init__(self, task_id: str) -> None:
-        from omnipolicy.envs import get_task, make_expert  # noqa: PLC0415
-        from omnipolicy.robot_bridge.arms import make_sim_arm  # noqa: PLC0415
-
-        self.spec = get_task(task_id).timestep
-        self.twin = make_sim_arm(task_id)
+    def begin(self, task: TaskSpec, envs: Sequence) -> None:
+        self.spec = task.timestep
+        self.twin = make_sim_arm(task.id)
         keys = sorted(f.name for f in self.spec.observation)
         if not set(self.twin.twin_keys) <= set(keys):
             raise ValueError(
-                f"--actor expert for {task_id} syncs its simulator from observation keys {list(self.twin.twin_keys)}, "
+                f"--actor expert for {task.id} syncs its simulator from observation keys {list(self.twin.twin_keys)}, "
                 f"but the task observes {keys}; use a state task of the same arm to validate the wiring"
             )
         self.twin.reset(0)
-        self.expert = make_expert(task_id)
-        self._fresh = True
+        self.expert = make_expert(task.id)
 
-    def reset(self) -> None:
-        self._fresh = True
-
-    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def reset_env(self, index: int, obs: dict) -> None:
         self.twin.sync_to(obs)
-        if self._fresh:
-            self.expert.reset(self.twin.env, dict(obs))
-            self._fresh = False
-        return np.asarray(self.expert.act(self.twin.env, dict(obs)))
+        self.expert.reset(self.twin.env, dict(obs))
+
+    def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
+        actions = []
+        for obs in observations:
+            self.twin.sync_to(obs)
+            actions.append(np.asarray(self.expert.act(self.twin.env, dict(obs))))
+        return actions
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +274,9 @@ class Deployer:
     Args:
         cfg: the configuration.
         transport: an open transport (default: made from ``cfg``; closed with the node).
-        actor: what acts (default: from ``cfg``); needs ``spec``, ``reset()`` and ``act(obs)``.
+        actor: what acts (default: from ``cfg``), an :class:`~omnipolicy.envs.rollout.Actor` of one environment (the
+            robot; its envs are ``[None]``); an actor that acts with a spec of its own (a checkpoint's) has it as
+            ``spec`` after ``begin``.
 
     Raises:
         KeyError: no arm for the task, or a checkpoint not trained on it.
@@ -292,10 +287,11 @@ class Deployer:
         self.cfg = cfg
         self.arm = arm = get_arm(cfg.task)
         if actor is None:
-            actor = (ExpertActor(cfg.task) if cfg.actor == "expert"
-                     else PolicyActor(cfg.checkpoint, cfg.task, cfg.device, cfg.temperature, cfg.torch_threads))
+            actor = TwinExpertActor() if cfg.actor == "expert" else policy_actor(cfg)
         self.actor = actor
-        self.spec = actor.spec
+        task = get_task(cfg.task)
+        actor.begin(task, [None])
+        self.spec = getattr(actor, "spec", task.timestep)
         arm.observation.check_spec(self.spec)  # before any command is sent
         self.period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else arm.control_period
         self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
@@ -488,10 +484,10 @@ class Deployer:
             late, self._late = self._late, False
         command = None
         if reason is None:
-            if reset or late or self._holding is not None:
-                self.actor.reset()  # a new episode, or the history broke (a hold, or a late action replaced)
-                self.context_resets += 1
-            command, reason = self._act(values)
+            # a new episode, or the history broke (a hold, or a late action replaced): the actor starts afresh
+            fresh = reset or late or self._holding is not None
+            self.context_resets += fresh
+            command, reason = self._act(values, fresh)
         if reason is not None:
             command = self._hold(reason, now, values.get("_position"))
         elif self._holding is not None:
@@ -556,7 +552,7 @@ class Deployer:
         if self.loop is not None:
             self.loop.stop()
 
-    def _act(self, values: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+    def _act(self, values: Mapping[str, np.ndarray], fresh: bool) -> tuple[np.ndarray | None, str | None]:
         try:
             obs = {s.key: values[s.key] for s in self.arm.observation.sources}
             check_observation(self.spec, obs)
@@ -565,7 +561,9 @@ class Deployer:
             return None, "observation"
         t0 = time.perf_counter()
         try:
-            action = np.asarray(self.actor.act(obs), dtype=np.float64).reshape(-1)
+            if fresh:
+                self.actor.reset_env(0, obs)
+            action = np.asarray(self.actor.act([0], [obs])[0], dtype=np.float64).reshape(-1)
         except Exception as e:  # noqa: BLE001  the robot is held; the node keeps running
             log.error("actor failed: %s: %s", type(e).__name__, e)
             return None, "actor"
@@ -634,8 +632,6 @@ class Deployer:
 
 def deploy_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy deploy``."""
-    import tyro  # noqa: PLC0415
-
     cfg = tyro.cli(DeployConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
     setup_logging(cfg.log_level)
     with Deployer(cfg) as node:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -59,8 +60,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from omnipolicy.envs.rollout import Actor, ExpertActor, run_episodes
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, get_arm, make_sim_arm
+from omnipolicy.robot_bridge.wire.loopback import loopback_env
 from omnipolicy.robot_bridge.wire.messages import (
     Bool,
     Float64MultiArray,
@@ -436,10 +439,6 @@ class NodeProcess:
     """
 
     def __init__(self, command: str, args: list[str], domain_id: int, python: str | None = None, ready_timeout: float = 60.0) -> None:
-        import subprocess  # noqa: PLC0415
-
-        from omnipolicy.robot_bridge.wire.loopback import loopback_env  # noqa: PLC0415
-
         cmd = [python or sys.executable, "-m", "omnipolicy.cli", command, "--network", "loopback", "--domain-id", str(domain_id),
                *args]
         env = loopback_env(domain_id)
@@ -500,79 +499,86 @@ class NodeProcess:
         self.stderr_file.close()
 
 
-def simulate_episodes(task: str, act: Callable[[SimArm, dict[str, Any]], Any], seeds: list[int], episode_seconds: float,
-                      reset: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+def simulate_episodes(task: str, actor: Actor, seeds: list[int], episode_seconds: float,
+                      arm: SimArm | None = None) -> list[dict[str, Any]]:
     """The node's episodes in plain simulation (no ROS, no real time): the baseline a robot run is compared with.
 
-    Episode ``k`` starts from ``env.reset(seed=seeds[k])``, ``act(obs)`` chooses every control step's effort from
-    the task's observation (``arm`` is there for scripted experts, which read the simulator), and success is judged at the end exactly as :class:`SimRobot` judges it.
+    Episode ``k`` starts from ``env.reset(seed=seeds[k])``; ``actor`` chooses every control step's effort from the
+    task's observation (its envs are the arm's simulator, which scripted experts read), through the one rollout
+    loop (:func:`~omnipolicy.envs.rollout.run_episodes`); success is judged at the end exactly as :class:`SimRobot`
+    judges it.
 
     Args:
         task: a task with an arm.
-        act: ``(arm, observation dict) -> action`` (task order).
+        actor: an :class:`~omnipolicy.envs.rollout.Actor`, e.g. ``ExpertActor()`` or ``PolicyActor``.
         seeds: one seed per episode.
         episode_seconds: episode length (rounded to control periods).
-        reset: called before each episode (a policy's context reset).
+        arm: the simulated arm to run (default: a new one); pass one to read its joint state in the actor.
 
     Returns:
         One dict per episode with ``seed``, ``success``, ``reached``, ``first_reach_s``, ``final_distance``.
     """
     spec = get_arm(task)
-    steps = int(round(episode_seconds / spec.control_period))
-    arm = make_sim_arm(task)
+    arm = arm or make_sim_arm(task)
     out = []
     for seed in seeds:
-        arm.reset(seed)
-        if reset is not None:
-            reset()
-        first = None
-        for k in range(steps):
-            arm.step(np.asarray(act(arm, arm.obs), dtype=np.float64))
-            if first is None and arm.inside():
-                first = round((k + 1) * spec.control_period, 4)
-        out.append({"seed": seed, "success": arm.inside(), "reached": first is not None, "first_reach_s": first,
+        steps = [0]
+        first: list[float] = []
+
+        def watch(_env: int, _episode: int) -> None:  # after the reset (step 0) and after every step
+            if not first and steps[0] > 0 and arm.inside():
+                first.append(round(steps[0] * spec.control_period, 4))
+            steps[0] += 1
+
+        _episode(arm, actor, seed, episode_seconds, on_step=watch)
+        out.append({"seed": seed, "success": arm.inside(), "reached": bool(first), "first_reach_s": first[0] if first else None,
                     "final_distance": round(arm.distance(), 5)})
     return out
 
 
+def _episode(arm: SimArm, actor: Actor, seed: int, episode_seconds: float,
+             command: Callable[[np.ndarray], None] | None = None, on_step: Callable[[int, int], None] | None = None) -> None:
+    """One episode of ``actor`` on ``arm``'s simulator; ``command`` sees each effort (float64 (J,)) before it is applied."""
+
+    def apply(effort: np.ndarray, _label: np.ndarray) -> np.ndarray:
+        effort = np.asarray(effort, dtype=np.float64).reshape(-1)  # (J,)
+        if command is not None:
+            command(effort)
+        return effort.astype(np.float32)  # as SimArm.step applies it
+
+    limit = int(round(episode_seconds / arm.spec.control_period))
+    run_episodes(actor, arm.task, [arm.env], [seed], limit=limit, execute=apply, on_step=on_step)
+
+
 def largest_command_change(task: str, seeds: Any, episode_seconds: float | None = None,
-                           act: Callable[[SimArm, dict[str, Any]], Any] | None = None) -> np.ndarray:
+                           actor: Actor | None = None) -> np.ndarray:
     """The largest change of a command between two consecutive control steps of an episode, per joint.
 
-    Runs :func:`simulate_episodes` (plain simulation); the first command of an episode (from rest) is no change.
+    Runs the actor in plain simulation; the first command of an episode (from rest) is no change.
     The arms' default rate limits are measured with it (:mod:`omnipolicy.robot_bridge.arms`).
 
     Args:
         task: a task with an arm.
         seeds: the episodes' seeds.
         episode_seconds: episode length (default: the task's whole episode).
-        act: ``(arm, observation dict) -> action`` (default: the task's scripted expert).
+        actor: what commands (default: the task's scripted expert, ``ExpertActor()``).
 
     Returns:
         float64 (J,) in task order.
     """
-    from omnipolicy.envs import get_task, make_expert  # noqa: PLC0415
-
     spec = get_arm(task)
-    if act is None:
-        expert = make_expert(task)
-        act = lambda arm, obs: expert.act(arm.env, obs)  # noqa: E731
+    arm = make_sim_arm(task)
+    actor = actor or ExpertActor()
     if episode_seconds is None:
-        episode_seconds = get_task(task).max_steps * spec.control_period
+        episode_seconds = arm.task.max_steps * spec.control_period
     largest = np.zeros(len(spec.joints))  # (J,)
-    previous: np.ndarray | None = None
+    for seed in seeds:
+        previous: list[np.ndarray] = []
 
-    def start() -> None:
-        nonlocal previous
-        previous = None
+        def record(command: np.ndarray) -> None:
+            if previous:
+                np.maximum(largest, np.abs(command - previous[0]), out=largest)
+            previous[:] = [command]
 
-    def record(arm: SimArm, obs: dict[str, Any]) -> np.ndarray:
-        nonlocal previous
-        command = np.asarray(act(arm, obs), dtype=np.float64).reshape(-1)  # (J,)
-        if previous is not None:
-            np.maximum(largest, np.abs(command - previous), out=largest)
-        previous = command
-        return command
-
-    simulate_episodes(task, record, list(seeds), episode_seconds, reset=start)
+        _episode(arm, actor, int(seed), episode_seconds, command=record)
     return largest

@@ -25,7 +25,8 @@ pytest.importorskip("cyclonedds")
 pytest.importorskip("dm_control")
 
 from omnipolicy.envs import get_task, make_expert  # noqa: E402
-from omnipolicy.robot_bridge.arms import get_arm  # noqa: E402
+from omnipolicy.envs.rollout import ExpertActor, ScriptedActor  # noqa: E402
+from omnipolicy.robot_bridge.arms import get_arm, make_sim_arm  # noqa: E402
 from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer  # noqa: E402
 from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
 from omnipolicy.robot_bridge.wire import cdr  # noqa: E402
@@ -51,20 +52,26 @@ EPISODES, EPISODE_S, MARGIN = 8, 1.5, 0.25
 
 
 class StubActor:
-    """Acts with a fixed action and records what it saw."""
+    """Acts with a fixed action and records what it saw (an ``Actor`` of one environment)."""
+
+    name = "stub"
 
     def __init__(self, action=(0.5, -0.5), spec=None) -> None:
-        self.spec = spec or get_task(TASK).timestep
+        if spec is not None:
+            self.spec = spec  # acts with a spec of its own, as a checkpoint does
         self.action = np.asarray(action, dtype=np.float32)
         self.observations: list[dict] = []
         self.resets = 0
 
-    def reset(self) -> None:
+    def begin(self, task, envs) -> None:
+        assert list(envs) == [None]
+
+    def reset_env(self, index: int, obs: dict) -> None:
         self.resets += 1
 
-    def act(self, obs):
-        self.observations.append(obs)
-        return self.action
+    def act(self, active, observations):
+        self.observations.extend(observations)
+        return [self.action for _ in active]
 
 
 @pytest.fixture(scope="module")
@@ -268,14 +275,20 @@ def test_the_arms_rate_limit_is_its_experts_largest_change_with_a_margin():
     assert get_arm("dmc/reacher-easy-pixels").limits == ARM.limits
     expert = make_expert(TASK)
     safety = SafetyFilter(ARM.limits, ARM.control_period)
+    arm = make_sim_arm(TASK)
 
-    def limited(arm, obs):
-        position, velocity, _ = arm.joint_state()
-        return safety.filter(expert.act(arm.env, obs), position, velocity).command
+    class Limited:  # the expert through deploy's safety filter
+        def reset(self, env, obs):
+            safety.last_sent = None
+            expert.reset(env, obs)
+
+        def act(self, env, obs):
+            position, velocity, _ = arm.joint_state()
+            return safety.filter(expert.act(env, obs), position, velocity).command
 
     seeds = list(range(8))
-    plain = simulate_episodes(TASK, lambda arm, obs: expert.act(arm.env, obs), seeds, EPISODE_S)
-    safe = simulate_episodes(TASK, limited, seeds, EPISODE_S, reset=lambda: setattr(safety, "last_sent", None))
+    plain = simulate_episodes(TASK, ExpertActor(), seeds, EPISODE_S)
+    safe = simulate_episodes(TASK, ScriptedActor([Limited()]), seeds, EPISODE_S, arm=arm)
     assert [e["first_reach_s"] for e in safe] == [e["first_reach_s"] for e in plain]
     assert [e["success"] for e in safe] == [e["success"] for e in plain] and sum(e["success"] for e in plain) >= 6
     assert 0 < safety.counts["rate"].sum() <= len(seeds)  # at most the ramp from rest at each episode's start
@@ -314,7 +327,7 @@ def test_an_empty_velocity_the_recipe_does_not_need_is_estimated_for_the_safety_
     arm = get_arm(task)
     caplog.set_level(logging.INFO, "omnipolicy.deploy")
     node = Deployer(DeployConfig(task=task, actor="expert", velocity_limit=0.45), transport=transport,
-                    actor=StubActor((0.6, -0.6), spec=get_task(task).timestep))
+                    actor=StubActor((0.6, -0.6)))
     image = array_to_image(np.zeros((84, 84, 3), np.uint8))
 
     def state(now: float, stamp: Time, position) -> None:
@@ -386,8 +399,7 @@ def sim_robot(domain: int, python: str | None = None, transport: str = "dds", ep
 
 
 def plain_expert_success(seeds) -> list[bool]:
-    expert = make_expert(TASK)
-    return [e["success"] for e in simulate_episodes(TASK, lambda arm, obs: expert.act(arm.env, obs), list(seeds), EPISODE_S)]
+    return [e["success"] for e in simulate_episodes(TASK, ExpertActor(), list(seeds), EPISODE_S)]
 
 
 def check_against_plain(robot: NodeProcess, seed: int = 0) -> dict:
@@ -525,7 +537,7 @@ def test_camera_observation_over_the_wire():
     joint states for the safety filter)."""
     task = "dmc/reacher-easy-pixels"
     domain = random_domain_id()
-    actor = StubActor((0.6, -0.6), spec=get_task(task).timestep)
+    actor = StubActor((0.6, -0.6))
     args = ["--task", task, "--transport", "dds", "--episodes", "1", "--episode-seconds", "2"]
     with NodeProcess("sim-robot", args, domain) as robot, \
             Deployer(DeployConfig(task=task, actor="expert", network="loopback", domain_id=domain), actor=actor) as node, running(node):
@@ -559,26 +571,31 @@ def random_checkpoint(tmp_path_factory) -> Path:
 
 def test_policy_actor_decodes_valid_actions_like_policy_act(random_checkpoint):
     from omnipolicy.agent import Policy
-    from omnipolicy.robot_bridge.deploy import PolicyActor
+    from omnipolicy.robot_bridge.deploy import policy_actor
 
-    actor = PolicyActor(random_checkpoint, TASK)
+    actor = policy_actor(DeployConfig(task=TASK, checkpoint=random_checkpoint))
+    actor.begin(get_task(TASK), [None])
     policy = Policy.from_checkpoint(random_checkpoint)
     policy.reset(1)
     eps = []
 
-    def act(arm, obs):
-        actor.reset()  # one timestep from an empty context each: the two decoders see the same tokens
-        policy.reset_env(0)
-        a, b = actor.act(obs), policy.act(TASK, [obs])[0]
-        assert a.shape == (2,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1.0)
-        eps.append(np.abs(a - b).max())
-        return a
+    class Both:  # the deploy actor, checked against the recomputing policy on every step
+        def reset(self, env, obs):
+            pass
 
-    simulate_episodes(TASK, act, [0], 0.5)
+        def act(self, env, obs):
+            actor.reset_env(0, obs)  # one timestep from an empty context each: the two decoders see the same tokens
+            policy.reset_env(0)
+            a, b = actor.act([0], [obs])[0], policy.act(TASK, [obs])[0]
+            assert a.shape == (2,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1.0)
+            eps.append(np.abs(a - b).max())
+            return a
+
+    simulate_episodes(TASK, ScriptedActor([Both()]), [0], 0.5)
     # the KV-cached session and the full recomputation agree (to a bin or two where logits nearly tie)
     assert len(eps) == 25 and max(eps) <= 2 * 2.0 / 1023
     with pytest.raises(KeyError, match=r"Unknown task 'dmc/cartpole-balance' for this checkpoint"):
-        PolicyActor(random_checkpoint, "dmc/cartpole-balance")
+        actor.begin(get_task("dmc/cartpole-balance"), [None])
 
 
 def test_limits_hold_on_the_wire():

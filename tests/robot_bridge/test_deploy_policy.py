@@ -23,7 +23,7 @@ pytest.importorskip("cyclonedds")
 pytest.importorskip("dm_control")
 pytest.importorskip("torch")
 
-from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer, PolicyActor  # noqa: E402
+from omnipolicy.robot_bridge.deploy import DeployConfig, Deployer, policy_actor  # noqa: E402
 from omnipolicy.robot_bridge.sim_robot import NodeProcess, simulate_episodes  # noqa: E402
 from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
 
@@ -61,8 +61,8 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def plain(checkpoint) -> list[dict]:
     """The checkpoint's episodes in plain simulation on the robot's seeds and episode length."""
-    actor = PolicyActor(checkpoint, TASK)
-    return simulate_episodes(TASK, lambda arm, obs: actor.act(obs), list(range(SEED, SEED + EPISODES)), EPISODE_S, actor.reset)
+    actor = policy_actor(DeployConfig(task=TASK, checkpoint=checkpoint))  # what deploy acts with
+    return simulate_episodes(TASK, actor, list(range(SEED, SEED + EPISODES)), EPISODE_S)
 
 
 def sim_robot(domain: int, python: str | None, transport: str) -> NodeProcess:

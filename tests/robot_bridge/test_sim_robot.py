@@ -202,6 +202,6 @@ def test_pixels_arm_camera_message_is_the_plain_simulation_image():
         obs = env.step(np.float32([0.5, -0.5]))[0]
         arm.step(np.array([0.5, -0.5]))
     with pytest.raises(ValueError, match="syncs its simulator from observation keys"):
-        from omnipolicy.robot_bridge.deploy import ExpertActor
+        from omnipolicy.robot_bridge.deploy import TwinExpertActor
 
-        ExpertActor(task)
+        TwinExpertActor().begin(get_task(task), [None])
