@@ -29,6 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from typing import NoReturn
 
+from omnipolicy import __version__
+
 
 @dataclass(frozen=True)
 class Command:
@@ -84,10 +86,10 @@ def _usage() -> str:
 
 
 def _is_dataset_error(exc: BaseException) -> bool:
-    # Only a command that loaded the dataset store can raise its DatasetError (importing the store here would
-    # load pyarrow for every command). An error from a worker process loads the module when it is unpickled.
-    store = sys.modules.get("omnipolicy.datasets.store")
-    return store is not None and isinstance(exc, store.DatasetError)
+    # Only a command that loaded the datasets package can raise its DatasetError (importing it here would load
+    # pyarrow for every command). An error from a worker process loads the module when it is unpickled.
+    layout = sys.modules.get("omnipolicy.datasets.layout")
+    return layout is not None and isinstance(exc, layout.DatasetError)
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -147,8 +149,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     name, rest = argv[0], argv[1:]
     if name in ("-V", "--version"):
-        from omnipolicy import __version__
-
         print(__version__)
         return
     if name not in COMMANDS:

@@ -4,7 +4,9 @@
 """
 
 from .cache import TokenCache
+from .episode import Episode, PreparedEpisode, prepare_episode
+from .layout import DatasetError, find_stores
 from .loader import WindowLoader, holdout_split
-from .store import DatasetError, Episode, EpisodeStore, PreparedEpisode, find_stores, prepare_episode
+from .store import EpisodeStore
 
 __all__ = ["DatasetError", "Episode", "EpisodeStore", "PreparedEpisode", "TokenCache", "WindowLoader", "find_stores", "holdout_split", "prepare_episode"]

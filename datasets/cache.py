@@ -34,7 +34,8 @@ import numpy as np
 
 from omnipolicy.files import fsync_file, staging_dir, write_json_atomic
 
-from .store import INFO_PATH, EpisodeStore, find_stores
+from .layout import INFO_PATH, find_stores
+from .store import EpisodeStore
 
 if TYPE_CHECKING:
     from omnipolicy.tokenizers import TimestepSpec, Tokenizer, VocabLayout

@@ -23,18 +23,10 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
-from .store import (
-    INFO_PATH,
-    STATS_PATH,
-    TASKS_PATH,
-    DatasetError,
-    EpisodeStore,
-    decode_png,
-    find_stores,
-    read_import_notes,
-    read_parquet,
-    rows_digest,
-)
+from .images import decode_png
+from .layout import INFO_PATH, STATS_PATH, TASKS_PATH, DatasetError, find_stores, read_import_notes
+from .parquet import read_parquet, rows_digest
+from .store import EpisodeStore
 
 
 def _size(root: Path) -> int:

@@ -32,7 +32,8 @@ from omnipolicy.envs import get_task, make_env, make_expert
 from omnipolicy.envs.rollout import Rollout, ScriptedActor, run_episodes
 from omnipolicy.envs.workers import watch_parent
 
-from .store import DEFAULT_FPS, Episode, EpisodeStore, PreparedEpisode, prepare_episode
+from .episode import Episode, PreparedEpisode, prepare_episode
+from .store import DEFAULT_FPS, EpisodeStore
 
 
 @dataclass(frozen=True)

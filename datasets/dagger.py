@@ -37,7 +37,8 @@ from omnipolicy.envs.rollout import ScriptedActor, run_episodes
 from omnipolicy.envs.workers import actor_recipe, init_actor_worker, worker_actor
 
 from .collect import task_path, to_episode
-from .store import Episode, EpisodeStore
+from .episode import Episode
+from .store import EpisodeStore
 
 DEFAULT_SEED = 70_000
 """First reset seed of a round: away from collection (0+), evaluation (10 000+) and action-error (50 000+) seeds."""

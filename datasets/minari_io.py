@@ -30,7 +30,8 @@ from gymnasium import spaces
 from omnipolicy.envs.base import action_space, field_space
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec
 
-from .store import Episode, EpisodeStore
+from .episode import Episode
+from .store import EpisodeStore
 
 
 def _minari() -> Any:

@@ -36,13 +36,11 @@ leftovers that readers ignore and the next writer adopts (when complete) or remo
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,411 +49,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from omnipolicy.files import atomic_path, write_json_atomic
-from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
+from omnipolicy.files import write_json_atomic
+from omnipolicy.tokenizers.spec import TimestepSpec
 
-CODEBASE_VERSION = "v3.0"
-FORMAT_VERSION = 1
-CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
-DATA_PATH = "data/" + CHUNK_FILE_PATTERN + ".parquet"
-EPISODES_PATH = "meta/episodes/" + CHUNK_FILE_PATTERN + ".parquet"
-VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE_PATTERN + ".mp4"
-INFO_PATH = "meta/info.json"
-IMPORT_NOTES_PATH = "meta/rosbag_imports.json"
-"""Where an import (``omnipolicy dataset from-rosbag``) notes what it could not record: reward and success sources."""
-STATS_PATH = "meta/stats.json"
-TASKS_PATH = "meta/tasks.parquet"
+from .episode import Episode, PreparedEpisode, prepare_episode
+from .images import decode_png
+from .layout import (
+    CODEBASE_VERSION,
+    DATA_PATH,
+    EPISODES_PATH,
+    FORMAT_VERSION,
+    INFO_PATH,
+    STATS_PATH,
+    TASKS_PATH,
+    DatasetError,
+)
+from .parquet import read_parquet, rows_digest, write_parquet_atomic
+from .schema import DEFAULT_FEATURES, column_to_numpy, data_schema, spec_features
+from .stats import QUANTILES, aggregate_stats, stats_to_json
+
 LOCK_NAME = ".omnipolicy-write.lock"
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_DATA_FILE_SIZE_MB = 32
 DEFAULT_FPS = 30
-QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
-IMAGE_STATS_FRAMES = 16
-
-DEFAULT_FEATURES: dict[str, dict] = {
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
-}
-STEP_FEATURES: dict[str, dict] = {
-    "next.reward": {"dtype": "float32", "shape": [1], "names": None},
-    "next.done": {"dtype": "bool", "shape": [1], "names": None},
-}
 _DATA_RE = re.compile(r"chunk-(\d{3,})/file-(\d{3,})\.parquet$")
-
-
-class DatasetError(RuntimeError):
-    """A dataset on disk is missing, inconsistent or corrupted (the message names the file)."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Episodes
-
-
-@dataclass
-class Episode:
-    """One demonstration: T observations, the T actions taken after them and the T rewards that followed.
-
-    Attributes:
-        task_id: registry id of the task (e.g. ``"metaworld/reach-v3"``).
-        observations: field name -> values with a leading time axis T (images uint8 (T, H, W, C), vectors
-            (T, *shape), discrete ints (T, *shape), text: a sequence of T strings).
-        actions: (T, *action.shape) in the action's dtype.
-        rewards: (T,) reward received after each action.
-        success: whether the episode solved the task (None where the task has no success signal).
-        seed: the reset seed that produced the episode (collection skips seeds already stored).
-        terminated: True when the episode ended in a terminal state, False when it was truncated.
-        spec: the task's timestep spec; needed only the first time a task is appended to a store.
-        instruction: natural-language task description (LeRobot's ``task``); defaults to the task id.
-    """
-
-    task_id: str
-    observations: dict[str, Any]
-    actions: np.ndarray
-    rewards: np.ndarray
-    success: bool | None = None
-    seed: int | None = None
-    terminated: bool = False
-    spec: TimestepSpec | None = field(default=None, repr=False)
-    instruction: str | None = None
-
-    @property
-    def length(self) -> int:
-        """Number of timesteps T."""
-        return int(len(self.rewards))
-
-    @property
-    def episode_return(self) -> float:
-        """Undiscounted sum of rewards."""
-        return float(np.sum(np.asarray(self.rewards, dtype=np.float64)))
-
-
-@dataclass
-class PreparedEpisode:
-    """An episode already converted to Arrow columns (PNG-encoded) with its stats.
-
-    Built by :func:`prepare_episode`, which collection workers call so that PNG encoding and statistics run
-    in parallel; :meth:`EpisodeStore.append_episodes` takes these or plain :class:`Episode` objects.
-    """
-
-    task_id: str
-    spec: TimestepSpec
-    instruction: str
-    length: int
-    columns: dict[str, pa.Array]  # feature key -> (T,) array, without the index columns
-    stats: dict[str, dict[str, np.ndarray]]
-    episode_return: float
-    success: bool | None
-    seed: int | None
-    terminated: bool
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Feature mapping: TimestepSpec field <-> LeRobot feature
-
-
-def _safe(name: str) -> str:
-    return name.replace("/", ".")
-
-
-def feature_key(f: FieldSpec) -> str:
-    """LeRobot feature name of one observation field (``observation.state``, ``observation.images.image``)."""
-    return f"observation.images.{_safe(f.name)}" if f.kind == "image" else f"observation.{_safe(f.name)}"
-
-
-def _feature(f: FieldSpec) -> dict:
-    if f.kind == "image":
-        return {"dtype": "image", "shape": list(f.shape), "names": ["height", "width", "channels"]}
-    if f.kind == "text":
-        return {"dtype": "string", "shape": [1], "names": None}
-    return {"dtype": np.dtype(f.dtype).name, "shape": list(f.shape) or [1], "names": None}
-
-
-def spec_features(spec: TimestepSpec) -> tuple[dict[str, dict], dict[str, str]]:
-    """LeRobot features of a task and the column of each observation field.
-
-    Returns:
-        ``(features, columns)``: feature key -> ``{dtype, shape, names}`` (observations, action, next.*, then
-        LeRobot's default index features), and field name -> feature key (``"action"`` for the action).
-
-    Raises:
-        ValueError: two fields map to the same feature key.
-    """
-    features: dict[str, dict] = {}
-    columns: dict[str, str] = {}
-    for f in sorted(spec.observation, key=lambda f: f.name):
-        key = feature_key(f)
-        if key in features:
-            raise ValueError(f"Observation fields {f.name!r} and another field both map to column {key!r}")
-        features[key], columns[f.name] = _feature(f), key
-    features["action"] = _feature(spec.action)
-    columns["action"] = "action"
-    features.update(json.loads(json.dumps(STEP_FEATURES)))
-    features.update(json.loads(json.dumps(DEFAULT_FEATURES)))
-    return features, columns
-
-
-def _arrow_type(ft: dict) -> pa.DataType:
-    if ft["dtype"] == "image":
-        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    if ft["dtype"] == "string":
-        return pa.string()
-    t = pa.from_numpy_dtype(np.dtype(ft["dtype"]))
-    if list(ft["shape"]) == [1]:
-        return t
-    for n in reversed(ft["shape"]):
-        t = pa.list_(t, int(n))
-    return t
-
-
-def data_schema(features: Mapping[str, dict]) -> pa.Schema:
-    """Arrow schema of the data files for LeRobot features."""
-    return pa.schema([(k, _arrow_type(ft)) for k, ft in features.items()])
-
-
-def _tensor_column(values: np.ndarray, shape: Sequence[int]) -> pa.Array:
-    """(T, *shape) -> scalar column when shape is () / (1,) else nested fixed-size lists."""
-    values = np.ascontiguousarray(values)
-    if len(shape) == 0 or list(shape) == [1]:
-        return pa.array(values.reshape(len(values)))
-    arr: pa.Array = pa.array(values.reshape(-1))
-    for n in reversed(shape):
-        arr = pa.FixedSizeListArray.from_arrays(arr, int(n))
-    return arr
-
-
-def _column_to_numpy(col: pa.Array | pa.ChunkedArray, f: FieldSpec) -> np.ndarray:
-    """Inverse of :func:`_tensor_column` (with the field's exact dtype and shape)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    t = len(col)
-    while pa.types.is_fixed_size_list(col.type):
-        col = col.flatten()
-    return col.to_numpy(zero_copy_only=False).astype(f.dtype, copy=False).reshape((t, *f.shape))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless PNG bytes of one uint8 (H, W, C) image, C in (1, 3)."""
-    from PIL import Image
-
-    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes, shape: Sequence[int]) -> np.ndarray:
-    """uint8 (H, W, C) array of PNG bytes (C from ``shape``)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        arr = np.asarray(img.convert("L" if shape[-1] == 1 else "RGB"))
-    return arr.reshape(shape)
-
-
-def _image_column(frames: np.ndarray) -> pa.Array:
-    encoded = [encode_png(frame) for frame in frames]
-    return pa.StructArray.from_arrays(
-        [pa.array(encoded, pa.binary()), pa.nulls(len(encoded), pa.string())], names=["bytes", "path"]
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Statistics (LeRobot's stats.json / episode stats: min, max, mean, std, count, quantiles)
-
-
-def _numeric_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """min, max, mean, std, count and the QUANTILES (numpy's "linear" method) per element."""
-    v = np.sort(values.reshape(len(values), -1).astype(np.float64), axis=0)  # (T, D)
-    n = len(v)
-    mean = v.mean(0)
-    out = {"min": v[0], "max": v[-1], "mean": mean, "std": np.sqrt(np.mean((v - mean) ** 2, axis=0)), "count": np.array([n])}
-    pos = np.asarray(QUANTILES) * (n - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    frac = (pos - lo)[:, None]
-    vals = v[lo] + (v[hi] - v[lo]) * frac  # (len(QUANTILES), D)
-    for q, val in zip(QUANTILES, vals):
-        out[f"q{int(round(q * 100)):02d}"] = val
-    return out
-
-
-def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    step = max(1, len(frames) // IMAGE_STATS_FRAMES)
-    sample = frames[::step].astype(np.float64) / 255.0  # (t, H, W, C)
-    flat = sample.reshape(-1, sample.shape[-1])  # (t*H*W, C)
-    out = _numeric_stats(flat)
-    out = {k: (v if k == "count" else v.reshape(-1, 1, 1)) for k, v in out.items()}  # (C, 1, 1) like LeRobot
-    out["count"] = np.array([len(sample)])
-    return out
-
-
-def aggregate_stats(stats: Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
-    """Combine per-episode stats: exact min/max/mean/std/count, count-weighted mean of quantiles (as LeRobot)."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key in sorted({k for s in stats for k in s}):
-        parts = [s[key] for s in stats if key in s]
-        n = np.array([float(p["count"][0]) for p in parts])
-        w = (n / n.sum()).reshape((-1,) + (1,) * np.ndim(parts[0]["mean"]))
-        means = np.stack([p["mean"] for p in parts])
-        mean = (w * means).sum(0)
-        var = (w * (np.stack([p["std"] for p in parts]) ** 2 + (means - mean) ** 2)).sum(0)
-        agg = {
-            "min": np.min([p["min"] for p in parts], axis=0),
-            "max": np.max([p["max"] for p in parts], axis=0),
-            "mean": mean,
-            "std": np.sqrt(var),
-            "count": np.array([int(n.sum())]),
-        }
-        for q in parts[0]:
-            if q.startswith("q"):
-                agg[q] = (w * np.stack([p[q] for p in parts])).sum(0)
-        out[key] = agg
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Preparing an episode (runs in collection workers)
-
-
-def _check_episode(ep: Episode, spec: TimestepSpec) -> int:
-    t = len(np.asarray(ep.rewards).reshape(-1))
-    if t == 0:
-        raise ValueError(f"Episode of {ep.task_id!r} has no timesteps")
-    names = {f.name for f in spec.observation}
-    if set(ep.observations) != names:
-        raise ValueError(
-            f"Episode of {ep.task_id!r}: observation keys {sorted(ep.observations)} do not match the spec's "
-            f"{sorted(names)}"
-        )
-    for f in spec.observation:
-        value = ep.observations[f.name]
-        if f.kind == "text":
-            if len(value) != t or not all(isinstance(s, str) for s in value):
-                raise ValueError(f"Episode of {ep.task_id!r}: text field {f.name!r} needs {t} strings")
-            continue
-        arr = np.asarray(value)
-        if arr.shape != (t, *f.shape):
-            raise ValueError(
-                f"Episode of {ep.task_id!r}: field {f.name!r} has shape {arr.shape}, expected {(t, *f.shape)}"
-            )
-        if f.kind == "image" and arr.dtype != np.uint8:
-            raise ValueError(f"Episode of {ep.task_id!r}: image {f.name!r} must be uint8, got {arr.dtype}")
-    actions = np.asarray(ep.actions)
-    if actions.shape != (t, *spec.action.shape):
-        raise ValueError(
-            f"Episode of {ep.task_id!r}: actions have shape {actions.shape}, expected {(t, *spec.action.shape)}"
-        )
-    return t
-
-
-def prepare_episode(ep: Episode, spec: TimestepSpec | None = None) -> PreparedEpisode:
-    """Validate an episode against its spec and convert it to Arrow columns (PNG-encoded) with stats.
-
-    Raises:
-        ValueError: keys, shapes or dtypes differ from the spec, or no spec is known.
-    """
-    spec = spec or ep.spec
-    if spec is None:
-        raise ValueError(f"Episode of {ep.task_id!r} carries no TimestepSpec and none was given")
-    t = _check_episode(ep, spec)
-    features, columns = spec_features(spec)
-    cols: dict[str, pa.Array] = {}
-    stats: dict[str, dict[str, np.ndarray]] = {}
-    for f in spec.observation:
-        key, value = columns[f.name], ep.observations[f.name]
-        if f.kind == "image":
-            frames = np.ascontiguousarray(value)
-            cols[key], stats[key] = _image_column(frames), _image_stats(frames)
-        elif f.kind == "text":
-            cols[key] = pa.array([str(s) for s in value], pa.string())
-        else:
-            arr = np.asarray(value, dtype=f.dtype)
-            cols[key], stats[key] = _tensor_column(arr, f.shape), _numeric_stats(arr)
-    actions = np.asarray(ep.actions, dtype=spec.action.dtype)
-    cols["action"], stats["action"] = _tensor_column(actions, spec.action.shape), _numeric_stats(actions)
-    rewards = np.asarray(ep.rewards, dtype=np.float32).reshape(t)
-    done = np.zeros(t, dtype=bool)
-    done[-1] = True
-    cols["next.reward"], stats["next.reward"] = pa.array(rewards), _numeric_stats(rewards)
-    cols["next.done"], stats["next.done"] = pa.array(done), _numeric_stats(done)
-    return PreparedEpisode(
-        task_id=ep.task_id,
-        spec=spec,
-        instruction=ep.instruction if ep.instruction else ep.task_id,
-        length=t,
-        columns=cols,
-        stats=stats,
-        episode_return=ep.episode_return,
-        success=None if ep.success is None else bool(ep.success),
-        seed=None if ep.seed is None else int(ep.seed),
-        terminated=bool(ep.terminated),
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Parquet files, written atomically (omnipolicy.files: temporary file, fsync, os.replace, fsync of the folder)
-
-
-def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Columns worth dictionary encoding: text and the per-frame episode/task indices (floats and PNG bytes are
-    not: dictionary encoding them is ~10x slower and makes files larger)."""
-    text = (pa.string(), pa.large_string(), pa.list_(pa.string()))
-    return [f.name for f in schema if f.type in text or f.name in ("episode_index", "task_index")]
-
-
-def write_parquet_atomic(path: Path, table: pa.Table) -> None:
-    """Write a parquet file atomically (snappy like LeRobot, with page CRCs)."""
-    with atomic_path(path) as tmp:
-        pq.write_table(
-            table, tmp, compression="snappy", write_page_checksum=True, use_dictionary=_dictionary_columns(table.schema)
-        )
-
-
-def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a parquet file, checking page CRCs; any failure becomes a :class:`DatasetError` naming the file."""
-    try:
-        return pq.read_table(path, columns=columns, page_checksum_verification=True)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file is missing") from None
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        size = path.stat().st_size if path.exists() else 0
-        raise DatasetError(f"{path}: not a readable parquet file ({size} bytes; truncated or corrupted?): {exc}") from None
-
-
-def _array_bytes(arr: pa.Array) -> Iterator[bytes]:
-    """Canonical bytes of an Arrow array's values (independent of chunking, offsets and file encoding)."""
-    if pa.types.is_fixed_size_list(arr.type):
-        yield from _array_bytes(arr.flatten())
-    elif pa.types.is_struct(arr.type):
-        for i in range(arr.type.num_fields):
-            yield from _array_bytes(arr.field(i))
-    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        yield np.asarray(arr.value_lengths().fill_null(-1), np.int64).tobytes()
-        yield from _array_bytes(arr.flatten())
-    elif pa.types.is_binary(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_binary(arr.type):
-        values = arr.to_pylist()
-        yield np.asarray([-1 if v is None else len(v) for v in values], np.int64).tobytes()
-        for v in values:
-            if v is not None:
-                yield v.encode() if isinstance(v, str) else v
-    else:
-        if arr.null_count:
-            yield arr.is_null().to_numpy(zero_copy_only=False).tobytes()
-            arr = arr.fill_null(pa.scalar(0).cast(arr.type))
-        yield arr.to_numpy(zero_copy_only=False).tobytes()
-
-
-def rows_digest(table: pa.Table) -> str:
-    """Checksum of a table's contents (column names and values), the same in memory and after a parquet round trip."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in table.column_names:
-        h.update(name.encode() + b"\0")
-        for chunk in _array_bytes(table[name].combine_chunks()):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -495,10 +112,6 @@ def _file_index(k: int, chunks_size: int) -> tuple[int, int]:
     return k // chunks_size, k % chunks_size
 
 
-def _stats_to_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
-    return {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in stats.items()}
-
-
 def _list_array(values: list[np.ndarray], kind: str) -> pa.Array:
     data = [np.asarray(v).tolist() for v in values]
     if kind == "count":
@@ -508,19 +121,6 @@ def _list_array(values: list[np.ndarray], kind: str) -> pa.Array:
     for _ in range(depth):
         t = pa.list_(t)
     return pa.array(data, t)
-
-
-def is_store(path: str | os.PathLike) -> bool:
-    """True when ``path`` holds a committed dataset (``meta/info.json``)."""
-    return (Path(path) / INFO_PATH).is_file()
-
-
-def find_stores(path: str | os.PathLike) -> list[Path]:
-    """Dataset roots at or below ``path`` (a store itself, or a folder of stores such as ``collect --out``)."""
-    root = Path(path)
-    if is_store(root):
-        return [root]
-    return sorted(p.parent.parent for p in root.rglob(INFO_PATH) if p.parent.name == "meta")
 
 
 class EpisodeStore:
@@ -725,11 +325,11 @@ class EpisodeStore:
             elif f.kind == "text":
                 obs[f.name] = [str(s) for s in col.to_pylist()]
             else:
-                obs[f.name] = _column_to_numpy(col, f)
+                obs[f.name] = column_to_numpy(col, f)
         return Episode(
             task_id=task_id,
             observations=obs,
-            actions=_column_to_numpy(rows["action"], spec.action),
+            actions=column_to_numpy(rows["action"], spec.action),
             rewards=rows["next.reward"].to_numpy(),
             success=meta.get("success"),
             seed=meta.get("seed"),
@@ -1016,7 +616,7 @@ class EpisodeStore:
         all_meta = pa.concat_tables([self._episodes, meta_new], promote_options="default") if self.num_episodes else meta_new
         info["omnipolicy"]["episodes_checksum"] = rows_digest(all_meta)
         stats = aggregate_stats([self.committed_stats(), *self._stats_of(meta_new)])
-        write_json_atomic(self.root / STATS_PATH, _stats_to_json(stats))
+        write_json_atomic(self.root / STATS_PATH, stats_to_json(stats))
         self._write_info(info)
         self._stats_cache = (info["omnipolicy"]["episodes_checksum"], stats)
         return list(range(ep0, ep0 + len(prepared)))
@@ -1029,7 +629,7 @@ class EpisodeStore:
         """Write stats and info for the current in-memory info (used by recovery)."""
         self._write_info(self.info)
         if self.num_episodes:
-            write_json_atomic(self.root / STATS_PATH, _stats_to_json(self.committed_stats()))
+            write_json_atomic(self.root / STATS_PATH, stats_to_json(self.committed_stats()))
 
     def committed_stats(self) -> dict[str, dict[str, np.ndarray]]:
         """Aggregated statistics of the committed episodes (from their metadata rows; cached per commit)."""
@@ -1108,12 +708,3 @@ class EpisodeStore:
             for stat in ("min", "max", "mean", "std", "count") + tuple(f"q{int(round(q * 100)):02d}" for q in QUANTILES):
                 cols[f"stats/{key}/{stat}"] = _list_array([p.stats[key][stat] for p in prepared], stat)
         return pa.table(cols)
-
-
-def read_import_notes(root: str | Path) -> list[dict[str, Any]]:
-    """The import notes of a dataset (:data:`IMPORT_NOTES_PATH`), only for committed episodes; [] if none."""
-    path = Path(root) / IMPORT_NOTES_PATH
-    if not path.is_file() or not (Path(root) / INFO_PATH).is_file():
-        return []
-    total = json.loads((Path(root) / INFO_PATH).read_text()).get("total_episodes", 0)
-    return [n for n in json.loads(path.read_text()) if all(i < total for i in n["episodes"])]

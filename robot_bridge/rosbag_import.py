@@ -35,14 +35,9 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
-from omnipolicy.datasets.store import (
-    IMPORT_NOTES_PATH,
-    DatasetError,
-    Episode,
-    EpisodeStore,
-    prepare_episode,
-    read_import_notes,
-)
+from omnipolicy.datasets.episode import Episode, prepare_episode
+from omnipolicy.datasets.layout import IMPORT_NOTES_PATH, DatasetError, read_import_notes
+from omnipolicy.datasets.store import EpisodeStore
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
 from omnipolicy.robot_bridge.wire import cdr

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import tyro
 
 from omnipolicy.datasets import Episode, EpisodeStore, TokenCache, WindowLoader
-from omnipolicy.datasets.store import decode_png
+from omnipolicy.datasets.images import decode_png
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer, normalize_patches
 
 PIXELS = TimestepSpec((FieldSpec("image", "image", (84, 84, 3), "uint8"),), FieldSpec("action", "discrete", (1,), "int64", n=6))

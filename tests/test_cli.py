@@ -132,7 +132,7 @@ def fake_command(monkeypatch: pytest.MonkeyPatch):
 
 
 def _store_error() -> BaseException:
-    from omnipolicy.datasets.store import DatasetError
+    from omnipolicy.datasets.layout import DatasetError
 
     return DatasetError("/data/x/meta/info.json: not valid JSON")
 

@@ -15,7 +15,7 @@ import pytest
 
 from omnipolicy.datasets import EpisodeStore
 from omnipolicy.datasets.cli import verify_dataset
-from omnipolicy.datasets.store import is_store
+from omnipolicy.datasets.layout import is_store
 
 # Shared by the writer subprocess and the checks here: episode i is a pure function of i.
 EPISODES = r'''
