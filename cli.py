@@ -14,6 +14,7 @@ every error under ``--debug`` or ``OMNIPOLICY_DEBUG=1``. Ctrl-C exits with 130.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
@@ -152,8 +153,6 @@ def main(argv: list[str] | None = None) -> None:
         print(__version__)
         return
     if name not in COMMANDS:
-        import difflib
-
         close = difflib.get_close_matches(name, COMMANDS, n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         _fail("omnipolicy", f"unknown command {name!r}.{hint} Available commands: {', '.join(COMMANDS)}.")

@@ -19,12 +19,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Literal, TypeVar
 
+import tyro
+
+from omnipolicy.agent import PolicyActor, TrainConfig, train
+from omnipolicy.agent.train import TrainResult
+from omnipolicy.datasets.collect import collect, task_path
+from omnipolicy.datasets.dagger import dagger_round
+from omnipolicy.datasets.store import EpisodeStore
+from omnipolicy.envs import DEFAULT_SUITE, get_task
+from omnipolicy.envs.evaluate import evaluate
 from omnipolicy.files import write_json_atomic
-
-if TYPE_CHECKING:
-    from omnipolicy.agent.train import TrainResult
 
 _V = TypeVar("_V", int, float)
 
@@ -264,7 +270,6 @@ class DemoConfig:
 
 
 def demo_command(argv: list[str], prog: str) -> None:
-    import tyro
 
     cfg = tyro.cli(DemoConfig, args=argv, prog=prog)
     summary = run_demo(cfg)
@@ -283,7 +288,6 @@ def check_collection_settings(data: Path, noise: dict[str, float], max_steps: di
         noise: DART action noise per task id.
         max_steps: episode cap per task id at collection (None or missing: the task's own limit).
     """
-    from omnipolicy.datasets.collect import task_path
 
     now = {"action_noise": noise, "max_steps": {t: (max_steps or {}).get(t) for t in noise}}
     labels = {"action_noise": "action noise", "max_steps": "episode caps (max_steps; None = the task's own limit)"}
@@ -323,10 +327,6 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
     Returns:
         The last phase's TrainResult.
     """
-    from omnipolicy.agent import PolicyActor, TrainConfig, train
-    from omnipolicy.datasets.collect import task_path
-    from omnipolicy.datasets.dagger import dagger_round
-    from omnipolicy.datasets.store import EpisodeStore
 
     demos, dagger_dir = out / "data", out / "dagger"
     recipe = cfg.recipe
@@ -397,10 +397,6 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
-    from omnipolicy.agent import PolicyActor
-    from omnipolicy.datasets.collect import collect
-    from omnipolicy.envs import DEFAULT_SUITE, get_task
-    from omnipolicy.envs.evaluate import evaluate
 
     tasks = tuple(cfg.tasks) or tuple(DEFAULT_SUITE)
     for t in tasks:

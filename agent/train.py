@@ -33,14 +33,21 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+import tyro
+from safetensors.torch import load_model
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from omnipolicy.datasets import TokenCache, WindowLoader, holdout_split
+from omnipolicy.datasets.cache import EPISODE_COLUMNS
 from omnipolicy.files import write_text_atomic
+from omnipolicy.tokenizers import Tokenizer
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
 from .checkpoint import (
     LATEST,
+    WEIGHTS,
     CheckpointMeta,
     load_meta,
     load_trainer_state,
@@ -49,6 +56,7 @@ from .checkpoint import (
 )
 from .config import PRESETS, ModelConfig, get_preset, presets_table
 from .model import GatoModel
+from .synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -258,10 +266,6 @@ def build_dataset_loader(
     Raises:
         ValueError: no dataset given, or task weights naming tasks the data does not hold.
     """
-    from omnipolicy.datasets import TokenCache, WindowLoader, holdout_split
-    from omnipolicy.datasets.cache import EPISODE_COLUMNS
-    from omnipolicy.tokenizers import Tokenizer
-
     if not cfg.data:
         raise ValueError("train needs at least one dataset directory (--data DIR [DIR ...]) or --synthetic")
     tok = Tokenizer.default()
@@ -307,8 +311,6 @@ def holdout_eligible(cache: Any, holdout_from: Sequence[Path]) -> np.ndarray:
     Raises:
         ValueError: no dataset of the cache lies under ``holdout_from``.
     """
-    from omnipolicy.datasets.cache import EPISODE_COLUMNS
-
     if not cache.num_episodes:
         return np.zeros(0, bool)
     store_of = np.asarray(cache.episodes)[:, EPISODE_COLUMNS.index("store_index")]
@@ -325,10 +327,6 @@ def holdout_eligible(cache: Any, holdout_from: Sequence[Path]) -> np.ndarray:
 
 def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec]]:
     """Synthetic copy-task windows with the installed tokenizer's layout (no dataset needed)."""
-    from omnipolicy.tokenizers import Tokenizer
-
-    from .synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
-
     layout = Tokenizer.default().layout
     src = SyntheticWindows(layout, context=context, batch_size=cfg.batch_size, seed=cfg.seed)
     return src, layout, {SYNTHETIC_TASK_ID: synthetic_spec(src.obs_tokens, src.action_tokens)}
@@ -600,13 +598,11 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
         )
     writer = None
     if is_main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard loads only when logging is on
 
         writer = SummaryWriter(str(cfg.out / "tb"))
     bar = None
     if is_main and cfg.progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def save() -> Path:
@@ -704,10 +700,6 @@ def _restore(
     ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device
 ) -> tuple[int, int, dict[str, Any]]:
     """Load ``ckpt`` into the model, optimizer, RNGs and loader: ``(step, tokens_seen, the checkpoint's train_state)``."""
-    from safetensors.torch import load_model
-
-    from .checkpoint import WEIGHTS
-
     meta = load_meta(ckpt)
     if meta.model != model_cfg:
         diff = {k: (v, model_cfg.to_dict()[k]) for k, v in meta.model.to_dict().items() if model_cfg.to_dict()[k] != v}
@@ -734,19 +726,13 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _presets_text() -> str:
-    from omnipolicy.tokenizers import Tokenizer
-
     return presets_table(Tokenizer.default().layout)
 
 
 def train_command(argv: list[str], prog: str) -> None:
     """``omnipolicy train``: parse ``argv`` into a :class:`TrainConfig` and train."""
-    import tyro
-
     description = "Train a Gato-style generalist policy on one or more datasets (torchrun for several processes)."
     if "-h" in argv or "--help" in argv:
-        from omnipolicy.tokenizers import Tokenizer
-
         layout = Tokenizer.default().layout
         lines = [
             f"{name}: {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, ff {c.d_ff}, context {c.context}: "

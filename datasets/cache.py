@@ -28,17 +28,15 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from omnipolicy.files import fsync_file, staging_dir, write_json_atomic
+from omnipolicy.tokenizers import TimestepSpec, Tokenizer, VocabLayout
 
 from .layout import INFO_PATH, find_stores
 from .store import EpisodeStore
-
-if TYPE_CHECKING:
-    from omnipolicy.tokenizers import TimestepSpec, Tokenizer, VocabLayout
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -131,8 +129,6 @@ class TokenCache:
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
-        from omnipolicy.tokenizers import TimestepSpec, VocabLayout
-
         self.dir = Path(out_dir)
         path = self.dir / MANIFEST
         if not path.is_file():

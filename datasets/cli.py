@@ -323,7 +323,7 @@ def run_dataset_subcommand(cmd: Info | Verify | ExportMinari | ImportMinari) -> 
         if bad:
             sys.exit(1)
         return
-    from . import minari_io
+    from . import minari_io  # imports gymnasium: only the Minari subcommands load it
 
     if isinstance(cmd, ExportMinari):
         print(minari_io.export_minari(cmd.path, cmd.out, cmd.dataset_id))

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from omnipolicy.tokenizers import normalize_patches
+
 from .cache import EPISODE_COLUMNS, TokenCache
 
 
@@ -150,8 +152,6 @@ class WindowLoader:
         rows_p = pidx[is_patch]  # (P,) global patch rows, in batch raster order
         patch_index = np.full((B, S), -1, np.int64)
         patch_index[is_patch] = np.arange(len(rows_p))
-        from omnipolicy.tokenizers import normalize_patches
-
         return {
             "tokens": tokens,
             "loss_mask": loss,

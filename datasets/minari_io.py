@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from omnipolicy.envs import get_task
 from omnipolicy.envs.base import action_space, field_space
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec
 
@@ -135,8 +136,6 @@ def import_minari(dataset_id: str, minari_root: str | os.PathLike, out: str | os
     """
     minari = _minari()
     if spec is None or instruction is None:
-        from omnipolicy.envs import get_task
-
         task = get_task(task_id)
         spec, instruction = spec or task.timestep, instruction or task.instruction
     with _datasets_path(minari_root):

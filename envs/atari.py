@@ -96,7 +96,7 @@ class AtariEnv(GymTaskEnv):
         return {"image": area_resize(obs)}
 
     def _reset(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict]:
-        import ale_py
+        import ale_py  # the simulator loads only when it is used: importing the task registry loads none
 
         _, info = self.env.reset(seed=seed)
         noops = int(self.np_random.integers(1, self.noop_max + 1)) if self.noop_max else 0
@@ -140,7 +140,7 @@ class AtariEnv(GymTaskEnv):
 def make_atari(spec, render_mode: str | None = None, *, game: str, frameskip: int, repeat_action_probability: float,
                noop_max: int) -> AtariEnv:
     """An ALE v5 game with the protocol's settings (:data:`SETTINGS`); the episode limit is the spec's."""
-    import ale_py
+    import ale_py  # the simulator loads only when it is used: importing the task registry loads none
     import gymnasium as gym
 
     gym.register_envs(ale_py)

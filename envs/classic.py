@@ -53,8 +53,9 @@ EXPERTS = "omnipolicy.envs.experts.classic"
 )
 def make_classic(spec, render_mode: str | None = None, *, gym_id: str):
     """A classic-control task: the gymnasium env's observation is ``"state"``."""
+    # gymnasium loads only when an env is made: registering and listing tasks imports no simulator
     import gymnasium as gym
 
-    from omnipolicy.envs.base import GymTaskEnv
+    from omnipolicy.envs.base import GymTaskEnv  # imports gymnasium
 
     return GymTaskEnv(spec, gym.make(gym_id, render_mode=render_mode).unwrapped, render_mode)

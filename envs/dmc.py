@@ -67,7 +67,7 @@ class DmcEnv(TaskEnv):
 
     @property
     def native_action_space(self):
-        import gymnasium as gym
+        import gymnasium as gym  # the simulator loads only when it is used: importing the task registry loads none
 
         spec = self.env.action_spec()
         return gym.spaces.Box(spec.minimum, spec.maximum, spec.shape, spec.dtype)

@@ -33,7 +33,7 @@ def _mt1(env_name: str):
 
     Envs only read its ``train_classes`` and ``train_tasks``, so parallel envs of a task share one.
     """
-    import metaworld
+    import metaworld  # the simulator loads only when it is used: importing the task registry loads none
 
     return metaworld.MT1(env_name, seed=0)
 

@@ -46,9 +46,10 @@ EXPERTS = "omnipolicy.envs.experts.mujoco"
 )
 def make_mujoco(spec, render_mode: str | None = None, *, gym_id: str):
     """A gymnasium MuJoCo task: the env's observation is ``"state"``."""
+    # gymnasium loads only when an env is made: registering and listing tasks imports no simulator
     import gymnasium as gym
 
-    from omnipolicy.envs.base import GymTaskEnv
+    from omnipolicy.envs.base import GymTaskEnv  # imports gymnasium
 
     kwargs = {"width": 240, "height": 240} if render_mode else {}
     env = gym.make(gym_id, render_mode=render_mode, **kwargs).unwrapped

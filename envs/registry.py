@@ -415,7 +415,7 @@ def format_table(specs: list[TaskSpec], scores: Mapping[str, Any] | None = None)
 
 def tasks_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy tasks``."""
-    import tyro
+    import tyro  # only the command parses arguments: importing the registry stays light
 
     cfg = tyro.cli(TasksConfig, args=argv, prog=prog)
     specs = [s for s in list_tasks(cfg.domain) if s.default or not cfg.default_only]

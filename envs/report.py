@@ -108,7 +108,7 @@ def render_markdown(summary: dict, title: str, chart: str | None = None) -> str:
 
 
 def _plot_scores(summary: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # a second to import: only a report with a chart loads it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from omnipolicy.envs import get_task, make_env
+from omnipolicy.envs.registry import load_attr
 from omnipolicy.robot_bridge.wire.messages import Image, JointMap, JointState, RosMessage, image_to_array, validate
 from omnipolicy.robot_bridge.wire.safety import SafetyLimits
 
@@ -265,8 +267,6 @@ def get_arm(task_id: str) -> ArmSpec:
 
 def make_sim_arm(task_id: str, render: bool = False) -> "SimArm":
     """Build the simulated arm of a task (imports its simulator)."""
-    from omnipolicy.envs.registry import load_attr  # noqa: PLC0415
-
     spec = get_arm(task_id)
     return load_attr(spec.sim)(spec, render=render)
 
@@ -288,8 +288,6 @@ class SimArm:
     twin_keys: tuple[str, ...] = ()
 
     def __init__(self, spec: ArmSpec, render: bool = False) -> None:
-        from omnipolicy.envs import get_task, make_env  # noqa: PLC0415
-
         self.spec = spec
         self.task = get_task(spec.task_id)
         self.env = make_env(spec.task_id)

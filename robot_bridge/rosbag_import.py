@@ -26,6 +26,7 @@ alignment settings it came from.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ import tyro
 from omnipolicy.datasets.episode import Episode, prepare_episode
 from omnipolicy.datasets.layout import IMPORT_NOTES_PATH, DatasetError, read_import_notes
 from omnipolicy.datasets.store import EpisodeStore
+from omnipolicy.envs import get_task
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
 from omnipolicy.robot_bridge.wire import cdr
@@ -153,8 +155,6 @@ def task_layout(
         ValueError: no arm and no joints, bad topic names, or a layout that does not produce the task's spec.
     """
     if spec is None:
-        from omnipolicy.envs import get_task  # noqa: PLC0415
-
         spec = get_task(task_id).timestep
     fields = {f.name: f for f in spec.observation}
     arm = ARMS.get(task_id)
@@ -364,8 +364,6 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
     if spec.action.bounded:
         lo, hi = np.asarray(spec.action.low), np.asarray(spec.action.high)
         oob = int(np.sum((actions < lo) | (actions > hi)))
-    from omnipolicy.envs import get_task  # noqa: PLC0415
-
     try:
         instruction = get_task(layout.task_id).instruction
     except KeyError:
@@ -519,8 +517,6 @@ class FromRosbag:
 
 def from_rosbag(cmd: FromRosbag) -> None:
     """Run ``omnipolicy dataset from-rosbag``."""
-    import importlib.util
-
     if importlib.util.find_spec("rosbags") is None:
         sys.exit("omnipolicy dataset from-rosbag: the `rosbags` package is not installed: pip install 'omnipolicy[ros]'")
     if not cmd.bags:

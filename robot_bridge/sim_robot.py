@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import tyro
 
 from omnipolicy.envs.rollout import Actor, ExpertActor, run_episodes
 from omnipolicy.files import write_json_atomic
@@ -413,8 +414,6 @@ def setup_logging(level: str) -> None:
 
 def sim_robot_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy sim-robot``."""
-    import tyro  # noqa: PLC0415
-
     cfg = tyro.cli(SimRobotConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
     setup_logging(cfg.log_level)
     with SimRobot(cfg) as robot:

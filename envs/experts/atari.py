@@ -30,7 +30,7 @@ def paddle_resistance(ale) -> int:
 
 def with_resistance(state, resistance: int):
     """A copy of an ``ALEState`` whose paddle resistance is ``resistance``."""
-    import ale_py
+    import ale_py  # the simulator loads only when it is used: importing the task registry loads none
 
     raw = bytearray(state.serialize())
     raw[:4] = int(resistance).to_bytes(4, "little", signed=True)
@@ -41,7 +41,7 @@ class _Emulator:
     """A private ALE (sticky actions off) that replays the real game's state for lookahead."""
 
     def __init__(self, ale, game: str, action_set) -> None:
-        import ale_py
+        import ale_py  # the simulator loads only when it is used: importing the task registry loads none
 
         self.ale = ale_py.ALEInterface()
         self.ale.setInt("random_seed", 0)

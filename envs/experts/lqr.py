@@ -23,7 +23,7 @@ def linearize(model, qpos: np.ndarray, qvel: np.ndarray, ctrl: np.ndarray, nstep
     Returns:
         ``A`` (2 nv, 2 nv) and ``B`` (2 nv, nu).
     """
-    import mujoco
+    import mujoco  # the simulator loads only when it is used: importing the task registry loads none
 
     if model.nq != model.nv:
         raise ValueError(f"linearize needs nq == nv (hinge/slide joints only), got nq={model.nq} nv={model.nv}")

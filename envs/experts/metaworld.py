@@ -24,7 +24,7 @@ class MetaWorldExpert(Expert):
     """Runs the task's ``metaworld.policies`` scripted policy on the state vector."""
 
     def __init__(self, spec, seed: int = 0) -> None:
-        import metaworld.policies
+        import metaworld.policies  # the simulator loads only when it is used: importing the task registry loads none
 
         super().__init__(spec, seed)
         name = policy_name(spec.factory_kwargs["env_name"])

@@ -26,7 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QosProfile
+import tyro
+
+from omnipolicy.robot_bridge.wire.loopback import apply_loopback_env, loopback_env
+from omnipolicy.robot_bridge.wire.messages import MESSAGE_TYPES, message_type
+from omnipolicy.robot_bridge.wire.rclpy_transport import ros_message_class, to_rclpy_qos
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QosProfile, make_transport
 
 IMPLS = ("dds", "rclpy", "rclpy-native")
 
@@ -67,7 +72,6 @@ class EchoConfig:
 
 
 def _message_class(name: str) -> Any:
-    from omnipolicy.robot_bridge.wire.messages import MESSAGE_TYPES, message_type  # noqa: PLC0415
 
     if "/" in name:
         return message_type(name)
@@ -78,7 +82,6 @@ def _message_class(name: str) -> Any:
 
 
 def _run_transport(cfg: EchoConfig, pairs: list[EchoPair], done: threading.Event, qos: QosProfile) -> None:
-    from omnipolicy.robot_bridge.wire.transport import make_transport  # noqa: PLC0415
 
     kwargs: dict[str, Any] = {"domain_id": cfg.domain_id, "network": "loopback"}  # a test helper: 127.0.0.1 only
     if cfg.impl == "rclpy":
@@ -93,12 +96,10 @@ def _run_transport(cfg: EchoConfig, pairs: list[EchoPair], done: threading.Event
 
 
 def _run_rclpy_native(cfg: EchoConfig, pairs: list[EchoPair], done: threading.Event, qos: QosProfile) -> None:
-    import rclpy  # noqa: PLC0415
+    import rclpy  # noqa: PLC0415  (only this implementation needs a ROS install's rclpy)
     from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
     from rclpy.signals import SignalHandlerOptions  # noqa: PLC0415
 
-    from omnipolicy.robot_bridge.wire.loopback import apply_loopback_env  # noqa: PLC0415
-    from omnipolicy.robot_bridge.wire.rclpy_transport import ros_message_class, to_rclpy_qos  # noqa: PLC0415
 
     apply_loopback_env(cfg.domain_id)
     ctx = rclpy.Context()
@@ -165,8 +166,6 @@ class EchoProcess:
     """
 
     def __init__(self, python: str, impl: str, domain_id: int, pairs: Sequence[str], ready_timeout: float = 30.0) -> None:
-        from omnipolicy.robot_bridge.wire.loopback import loopback_env  # noqa: PLC0415
-
         cmd = [python, "-m", "omnipolicy.robot_bridge.wire.echo", "--impl", impl, "--domain-id", str(domain_id), "--pairs", *pairs]
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
@@ -233,8 +232,6 @@ def prime(publish: Callable[[], None], replies: queue.Queue, timeout: float = 15
 
 
 def main(argv: list[str] | None = None) -> None:
-    import tyro  # noqa: PLC0415
-
     run(tyro.cli(EchoConfig, args=argv, prog="python -m omnipolicy.robot_bridge.wire.echo"))
 
 
