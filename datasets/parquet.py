@@ -34,7 +34,10 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
 def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a parquet file, checking page CRCs; any failure becomes a :class:`DatasetError` naming the file."""
     try:
-        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+        # One open file: its size and bytes are of one version even while a writer replaces it (given a path, pyarrow
+        # took the size from one stat and read the bytes from a later open: a replaced file read as truncated).
+        with pa.OSFile(str(path), "r") as source:
+            return pq.read_table(source, columns=columns, page_checksum_verification=True)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file is missing") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
