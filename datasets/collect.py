@@ -196,6 +196,167 @@ def _keep(task: Any, ret: float, fraction: float | None) -> bool:
     return (ret - lo) >= fraction * (hi - lo)
 
 
+def _check_args(
+    task_ids: Sequence[str],
+    episodes: int,
+    filter_expert_fraction: float | None,
+    action_noise: float | Mapping[str, float],
+    max_steps: int | Mapping[str, int] | None,
+) -> tuple[dict[str, float], dict[str, int | None]]:
+    """Validate :func:`collect`'s arguments; returns each task's action noise and episode length cap."""
+    if episodes < 0:
+        raise ValueError(f"episodes must be >= 0, got {episodes}")
+    caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
+    bad_caps = {t: v for t, v in caps.items() if v is not None and not (isinstance(v, int) and v >= 1)}
+    if bad_caps:
+        raise ValueError(f"max_steps must be an int >= 1 (or None for each task's limit), got {bad_caps}")
+    if filter_expert_fraction is not None and not 0.0 <= filter_expert_fraction <= 1.5:
+        raise ValueError(f"filter_expert_fraction must be in [0, 1.5], got {filter_expert_fraction}")
+    if not task_ids:
+        raise ValueError("collect needs at least one task id")
+    noise = {t: float(action_noise.get(t, 0.0) if isinstance(action_noise, Mapping) else action_noise) for t in task_ids}
+    bad = {t: v for t, v in noise.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"action_noise must be in [0, 1] (half-ranges / probability), got {bad}")
+    return noise, caps
+
+
+def _open_tasks(task_ids: Sequence[str], episodes: int, out: str | os.PathLike, seed: int,
+                filter_expert_fraction: float | None, max_attempts: float) -> dict[str, TaskProgress]:
+    """Open (and recover) each task's store; the seeds it holds or rejected earlier are skipped."""
+    tasks: dict[str, TaskProgress] = {}
+    for tid in dict.fromkeys(task_ids):
+        task = get_task(tid)
+        if filter_expert_fraction is not None:
+            _keep(task, 0.0, filter_expert_fraction)  # fail early on unmeasured scores
+        store = EpisodeStore(task_path(out, tid), fps=int(getattr(task, "fps", DEFAULT_FPS) or DEFAULT_FPS))
+        store.recover()
+        if store.num_episodes and tid not in store.task_ids:
+            raise ValueError(f"{store.root} holds other tasks {store.task_ids}, not {tid!r}")
+        tasks[tid] = TaskProgress(
+            task=task, store=store, target=episodes, next_seed=seed,
+            max_seed=seed + max(episodes, int(math.ceil(max_attempts * episodes))),
+            done=store.seeds(tid) | store.rejected_seeds(tid), buffer=[], rejected_buffer=[],
+        )
+    return tasks
+
+
+class _CollectionRun:
+    """One collection run: hands out (task, seed) jobs, takes finished episodes, commits them every flush."""
+
+    def __init__(self, tasks: dict[str, TaskProgress], filter_expert_fraction: float | None, flush_seconds: float,
+                 noise: dict[str, float], caps: dict[str, int | None], total: int, progress: bool) -> None:
+        self.tasks = tasks
+        self.filter_expert_fraction = filter_expert_fraction
+        self.flush_seconds = flush_seconds
+        self.noise, self.caps = noise, caps
+        self.bar = tqdm(total=total, desc="collect", unit="ep", disable=not progress, dynamic_ncols=True)
+        self.last_flush = time.monotonic()
+        self.interval = flush_seconds
+
+    def flush(self) -> None:
+        """Append the buffered episodes and rejected seeds to the stores (one crash-safe commit per store)."""
+        t0 = time.monotonic()
+        for tp in self.tasks.values():
+            if tp.buffer or tp.rejected_buffer:
+                tp.store.append_episodes(tp.buffer, rejected_seeds={tp.task.id: tp.rejected_buffer})
+                tp.buffer, tp.rejected_buffer = [], []
+        # a commit rewrites the tail data file: keep its share of the time under ~5%
+        self.interval = max(self.flush_seconds, 20 * (time.monotonic() - t0))
+
+    def flush_if_due(self) -> None:
+        if time.monotonic() - self.last_flush >= self.interval:
+            self.flush()
+            self.last_flush = time.monotonic()
+
+    def accept(self, prepared: PreparedEpisode) -> None:
+        """Buffer a finished episode, or its seed as rejected when the filter drops it."""
+        tp = self.tasks[prepared.task_id]
+        tp.in_flight -= 1
+        tp.steps += prepared.length
+        if tp.have >= tp.target:
+            return  # a surplus rollout (the filter rejected fewer than expected)
+        if _keep(tp.task, prepared.episode_return, self.filter_expert_fraction):
+            tp.buffer.append(prepared)
+            tp.kept += 1
+            self.bar.update(1)
+        else:
+            tp.rejected_buffer.append(int(prepared.seed))
+            tp.rejected += 1
+        self.bar.set_postfix(kept=sum(t.kept for t in self.tasks.values()),
+                             rejected=sum(t.rejected for t in self.tasks.values()))
+
+    def next_job(self) -> tuple[str, int, float, int | None] | None:
+        """Arguments of the next ``_worker_rollout`` (task id, seed, noise, cap), or None when all are handed out."""
+        # the least advanced task first, so tasks progress together
+        order = sorted(self.tasks.values(), key=lambda tp: (tp.have + tp.in_flight) / max(tp.target, 1))
+        for tp in order:
+            s = tp.take_seed()
+            if s is not None:
+                tp.in_flight += 1
+                return tp.task.id, s, self.noise[tp.task.id], self.caps[tp.task.id]
+        return None
+
+    def run(self, workers: int) -> None:
+        """Roll out every job (in this process with 0 workers); always commits what finished and closes the stores."""
+        try:
+            if workers == 0:
+                self._run_here()
+            else:
+                self._run_pool(workers)
+        finally:
+            self.flush()
+            self.bar.close()
+            for tp in self.tasks.values():
+                tp.store.close()
+
+    def _run_here(self) -> None:
+        while (job := self.next_job()) is not None:
+            prepared, _ = _worker_rollout(*job)
+            self.accept(prepared)
+            self.flush_if_due()
+
+    def _run_pool(self, workers: int) -> None:
+        ctx = mp.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)) as pool:
+            pending: set[Future] = set()
+            while True:
+                while len(pending) < 2 * workers and (job := self.next_job()) is not None:
+                    pending.add(pool.submit(_worker_rollout, *job))
+                if not pending:
+                    break
+                finished, pending = wait(pending, timeout=self.flush_seconds, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    self.accept(fut.result()[0])
+                self.flush_if_due()
+
+
+def _summary(tasks: dict[str, TaskProgress], start: dict[str, int], episodes: int) -> dict[str, dict[str, Any]]:
+    """:func:`collect`'s return value; warns about each task that fell short of ``episodes``."""
+    summary: dict[str, dict[str, Any]] = {}
+    for tid, tp in tasks.items():
+        tp.store.refresh()
+        rets = tp.store.returns(tid)
+        succ = [r["success"] for r in tp.store.episode_table().select(["success"]).to_pylist()] if tp.store.num_episodes else []
+        succ = [s for s in succ if s is not None]
+        summary[tid] = {
+            "path": str(tp.store.root),
+            "episodes": tp.store.num_episodes,
+            "new": tp.store.num_episodes - start[tid],
+            "rejected": tp.rejected,
+            "steps": tp.steps,
+            "mean_return": float(rets.mean()) if len(rets) else math.nan,
+            "success_rate": float(np.mean(succ)) if succ else None,
+        }
+        if tp.store.num_episodes < episodes:
+            print(
+                f"warning: {tid}: only {tp.store.num_episodes}/{episodes} episodes after trying seeds up to "
+                f"{tp.max_seed - 1} (the filter rejected {tp.rejected}); raise --max-attempts",
+                file=sys.stderr,
+            )
+    return summary
+
+
 def collect(
     task_ids: Sequence[str],
     episodes: int,
@@ -232,126 +393,13 @@ def collect(
         KeyError: an unknown task id (the message lists close matches).
         ValueError: bad arguments.
     """
-    if episodes < 0:
-        raise ValueError(f"episodes must be >= 0, got {episodes}")
-    caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
-    bad_caps = {t: v for t, v in caps.items() if v is not None and not (isinstance(v, int) and v >= 1)}
-    if bad_caps:
-        raise ValueError(f"max_steps must be an int >= 1 (or None for each task's limit), got {bad_caps}")
-    if filter_expert_fraction is not None and not 0.0 <= filter_expert_fraction <= 1.5:
-        raise ValueError(f"filter_expert_fraction must be in [0, 1.5], got {filter_expert_fraction}")
-    if not task_ids:
-        raise ValueError("collect needs at least one task id")
-    noise = {t: float(action_noise.get(t, 0.0) if isinstance(action_noise, Mapping) else action_noise) for t in task_ids}
-    bad = {t: v for t, v in noise.items() if not 0.0 <= v <= 1.0}
-    if bad:
-        raise ValueError(f"action_noise must be in [0, 1] (half-ranges / probability), got {bad}")
+    noise, caps = _check_args(task_ids, episodes, filter_expert_fraction, action_noise, max_steps)
     workers = max(1, os.cpu_count() or 1) if workers is None else int(workers)
-    tasks: dict[str, TaskProgress] = {}
-    for tid in dict.fromkeys(task_ids):
-        task = get_task(tid)
-        if filter_expert_fraction is not None:
-            _keep(task, 0.0, filter_expert_fraction)  # fail early on unmeasured scores
-        store = EpisodeStore(task_path(out, tid), fps=int(getattr(task, "fps", DEFAULT_FPS) or DEFAULT_FPS))
-        store.recover()
-        if store.num_episodes and tid not in store.task_ids:
-            raise ValueError(f"{store.root} holds other tasks {store.task_ids}, not {tid!r}")
-        tasks[tid] = TaskProgress(
-            task=task, store=store, target=episodes, next_seed=seed,
-            max_seed=seed + max(episodes, int(math.ceil(max_attempts * episodes))),
-            done=store.seeds(tid) | store.rejected_seeds(tid), buffer=[], rejected_buffer=[],
-        )
+    tasks = _open_tasks(task_ids, episodes, out, seed, filter_expert_fraction, max_attempts)
     start = {tid: tp.store.num_episodes for tid, tp in tasks.items()}
     total = sum(max(0, episodes - tp.store.num_episodes) for tp in tasks.values())
-    bar = tqdm(total=total, desc="collect", unit="ep", disable=not progress, dynamic_ncols=True)
-    last_flush = time.monotonic()
-    interval = [flush_seconds]
-
-    def flush() -> None:
-        t0 = time.monotonic()
-        for tp in tasks.values():
-            if tp.buffer or tp.rejected_buffer:
-                tp.store.append_episodes(tp.buffer, rejected_seeds={tp.task.id: tp.rejected_buffer})
-                tp.buffer, tp.rejected_buffer = [], []
-        # a commit rewrites the tail data file: keep its share of the time under ~5%
-        interval[0] = max(flush_seconds, 20 * (time.monotonic() - t0))
-
-    def accept(prepared: PreparedEpisode) -> None:
-        tp = tasks[prepared.task_id]
-        tp.in_flight -= 1
-        tp.steps += prepared.length
-        if tp.have >= tp.target:
-            return  # a surplus rollout (the filter rejected fewer than expected)
-        if _keep(tp.task, prepared.episode_return, filter_expert_fraction):
-            tp.buffer.append(prepared)
-            tp.kept += 1
-            bar.update(1)
-        else:
-            tp.rejected_buffer.append(int(prepared.seed))
-            tp.rejected += 1
-        bar.set_postfix(kept=sum(t.kept for t in tasks.values()), rejected=sum(t.rejected for t in tasks.values()))
-
-    def next_job() -> tuple[str, int] | None:
-        # the least advanced task first, so tasks progress together
-        order = sorted(tasks.values(), key=lambda tp: (tp.have + tp.in_flight) / max(tp.target, 1))
-        for tp in order:
-            s = tp.take_seed()
-            if s is not None:
-                tp.in_flight += 1
-                return tp.task.id, s
-        return None
-
-    try:
-        if workers == 0:
-            while (job := next_job()) is not None:
-                prepared, _ = _worker_rollout(*job, noise[job[0]], caps[job[0]])
-                accept(prepared)
-                if time.monotonic() - last_flush >= interval[0]:
-                    flush()
-                    last_flush = time.monotonic()
-        else:
-            ctx = mp.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)) as pool:
-                pending: set[Future] = set()
-                while True:
-                    while len(pending) < 2 * workers and (job := next_job()) is not None:
-                        pending.add(pool.submit(_worker_rollout, *job, noise[job[0]], caps[job[0]]))
-                    if not pending:
-                        break
-                    finished, pending = wait(pending, timeout=flush_seconds, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        accept(fut.result()[0])
-                    if time.monotonic() - last_flush >= interval[0]:
-                        flush()
-                        last_flush = time.monotonic()
-    finally:
-        flush()
-        bar.close()
-        for tp in tasks.values():
-            tp.store.close()
-
-    summary: dict[str, dict[str, Any]] = {}
-    for tid, tp in tasks.items():
-        tp.store.refresh()
-        rets = tp.store.returns(tid)
-        succ = [r["success"] for r in tp.store.episode_table().select(["success"]).to_pylist()] if tp.store.num_episodes else []
-        succ = [s for s in succ if s is not None]
-        summary[tid] = {
-            "path": str(tp.store.root),
-            "episodes": tp.store.num_episodes,
-            "new": tp.store.num_episodes - start[tid],
-            "rejected": tp.rejected,
-            "steps": tp.steps,
-            "mean_return": float(rets.mean()) if len(rets) else math.nan,
-            "success_rate": float(np.mean(succ)) if succ else None,
-        }
-        if tp.store.num_episodes < episodes:
-            print(
-                f"warning: {tid}: only {tp.store.num_episodes}/{episodes} episodes after trying seeds up to "
-                f"{tp.max_seed - 1} (the filter rejected {tp.rejected}); raise --max-attempts",
-                file=sys.stderr,
-            )
-    return summary
+    _CollectionRun(tasks, filter_expert_fraction, flush_seconds, noise, caps, total, progress).run(workers)
+    return _summary(tasks, start, episodes)
 
 
 def collect_command(argv: list[str], prog: str) -> None:

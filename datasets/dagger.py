@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -96,6 +96,66 @@ def _free_seeds(store: EpisodeStore, task_id: str, start: int, count: int) -> li
     return seeds
 
 
+def _check_round_args(actor: Any, task_ids: Sequence[str], episodes: int | Mapping[str, int],
+                      max_steps: int | Mapping[str, int | None] | None, expert_share: float,
+                      workers: int) -> tuple[dict[str, int], dict[str, int | None]]:
+    """Validate :func:`dagger_round`'s arguments; returns each task's episode count and episode length cap."""
+    known = getattr(actor, "tasks", None)
+    counts = {t: int(episodes.get(t, 0) if isinstance(episodes, Mapping) else episodes) for t in task_ids}
+    caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
+    if not task_ids:
+        raise ValueError("dagger needs at least one task id")
+    unknown = [] if known is None else sorted(set(task_ids) - set(known))
+    if unknown:
+        raise ValueError(f"the {getattr(actor, 'name', 'actor')} was not trained on {unknown}; it knows {sorted(known)}")
+    if any(c < 0 for c in counts.values()):
+        raise ValueError(f"episodes must be >= 0 per task, got {counts}")
+    if any(c is not None and c < 1 for c in caps.values()):
+        raise ValueError(f"max_steps must be >= 1 (or None for the task's limit), got {caps}")
+    if not 0.0 <= expert_share <= 1.0:
+        raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return counts, caps
+
+
+def _run_jobs(actor: Any, recipe: Any, jobs: dict[str, list[int]], caps: dict[str, int | None], expert_share: float,
+              workers: int, keep: Callable[[str, list[Episode]], None]) -> None:
+    """Run each task's seeds (in this process, or one task per job in worker processes); ``keep`` takes each result."""
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        for t, seeds in jobs.items():
+            keep(t, policy_episodes(actor, t, seeds, caps[t], expert_share))
+    elif jobs:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = mp.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_actor_worker,
+                                 initargs=(recipe, threads, os.getpid())) as pool:
+            # the longest tasks first, so no worker is left with one long task at the end
+            order = sorted(jobs, key=lambda t: -len(jobs[t]) * _limit(t, caps[t]))
+            futures = {pool.submit(_worker_episodes, t, jobs[t], caps[t], expert_share): t for t in order}
+            for fut in as_completed(futures):
+                keep(futures[fut], fut.result())
+
+
+def _round_summary(task_ids: Sequence[str], out: str | os.PathLike, stores: dict[str, EpisodeStore],
+                   added: dict[str, list[Episode]]) -> dict[str, dict[str, Any]]:
+    """:func:`dagger_round`'s return value."""
+    summary = {}
+    for t in task_ids:
+        eps = added.get(t, [])
+        succ = [e.success for e in eps if e.success is not None]
+        summary[t] = {
+            "path": str(task_path(out, t)),
+            "episodes": stores[t].num_episodes if t in stores else 0,
+            "new": len(eps),
+            "steps": int(sum(len(e.actions) for e in eps)),
+            "policy_return": float(np.mean([e.rewards.sum() for e in eps])) if eps else float("nan"),
+            "policy_success_rate": float(np.mean(succ)) if succ else None,
+        }
+    return summary
+
+
 def dagger_round(
     actor: Any,
     task_ids: Sequence[str],
@@ -131,22 +191,7 @@ def dagger_round(
     Raises:
         ValueError: bad arguments, or a task the actor was not trained on.
     """
-    known = getattr(actor, "tasks", None)
-    counts = {t: int(episodes.get(t, 0) if isinstance(episodes, Mapping) else episodes) for t in task_ids}
-    caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
-    if not task_ids:
-        raise ValueError("dagger needs at least one task id")
-    unknown = [] if known is None else sorted(set(task_ids) - set(known))
-    if unknown:
-        raise ValueError(f"the {getattr(actor, 'name', 'actor')} was not trained on {unknown}; it knows {sorted(known)}")
-    if any(c < 0 for c in counts.values()):
-        raise ValueError(f"episodes must be >= 0 per task, got {counts}")
-    if any(c is not None and c < 1 for c in caps.values()):
-        raise ValueError(f"max_steps must be >= 1 (or None for the task's limit), got {caps}")
-    if not 0.0 <= expert_share <= 1.0:
-        raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    counts, caps = _check_round_args(actor, task_ids, episodes, max_steps, expert_share, workers)
     recipe = actor_recipe(actor, f"dagger_round(workers={workers})") if workers > 1 else None
     stores = {t: EpisodeStore(task_path(out, t)) for t in task_ids if counts[t] > 0}
     jobs = {}
@@ -164,37 +209,12 @@ def dagger_round(
         bar.update(len(eps))
 
     try:
-        workers = max(1, min(workers, len(jobs)))
-        if workers == 1:
-            for t, seeds in jobs.items():
-                keep(t, policy_episodes(actor, t, seeds, caps[t], expert_share))
-        elif jobs:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = mp.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_actor_worker,
-                                     initargs=(recipe, threads, os.getpid())) as pool:
-                # the longest tasks first, so no worker is left with one long task at the end
-                order = sorted(jobs, key=lambda t: -len(jobs[t]) * _limit(t, caps[t]))
-                futures = {pool.submit(_worker_episodes, t, jobs[t], caps[t], expert_share): t for t in order}
-                for fut in as_completed(futures):
-                    keep(futures[fut], fut.result())
+        _run_jobs(actor, recipe, jobs, caps, expert_share, workers, keep)
     finally:
         bar.close()
         for store in stores.values():
             store.close()
-    summary = {}
-    for t in task_ids:
-        eps = added.get(t, [])
-        succ = [e.success for e in eps if e.success is not None]
-        summary[t] = {
-            "path": str(task_path(out, t)),
-            "episodes": stores[t].num_episodes if t in stores else 0,
-            "new": len(eps),
-            "steps": int(sum(len(e.actions) for e in eps)),
-            "policy_return": float(np.mean([e.rewards.sum() for e in eps])) if eps else float("nan"),
-            "policy_success_rate": float(np.mean(succ)) if succ else None,
-        }
-    return summary
+    return _round_summary(task_ids, out, stores, added)
 
 
 def _limit(task_id: str, cap: int | None) -> int:
