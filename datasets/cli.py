@@ -18,9 +18,10 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import tyro
 
 from .images import decode_png
@@ -92,6 +93,14 @@ class VerifyReport:
         return not self.errors
 
 
+class _CommittedEpisodes(NamedTuple):
+    """The committed episode rows every data file is checked against."""
+
+    episodes: pa.Table  # meta/episodes rows
+    lengths: np.ndarray  # (E,) frames of each episode
+    checksums: list[str | None]  # (E,) each episode's rows digest, if recorded
+
+
 def verify_dataset(root: str | Path, images: bool = True, repair: bool = False) -> VerifyReport:
     """Check every file of a dataset: readable, row counts and index ranges as the metadata says, PNGs decode.
 
@@ -105,10 +114,33 @@ def verify_dataset(root: str | Path, images: bool = True, repair: bool = False) 
     """
     root = Path(root)
     report = VerifyReport(str(root))
+    store = _open_store(root, repair, report)
+    if store is None:
+        return report
+    _check_metadata_files(root, store, report)
+    committed = _check_episode_table(root, store, report)
+    if committed is None:
+        return report
+    frames_seen = 0
+    image_cols = [k for k, v in store.info.get("features", {}).items() if v["dtype"] == "image"]
+    for path in store.data_files():
+        checked = _check_data_file(root, store, path, committed, report)
+        if checked is None:
+            continue
+        table, expect = checked
+        frames_seen += expect
+        _check_images(path, table, expect, store.info, image_cols, images, report)
+    report.checked.update(episodes=store.num_episodes, frames=frames_seen, data_files=len(store.data_files()))
+    _warn_leftovers(store, report)
+    return report
+
+
+def _open_store(root: Path, repair: bool, report: VerifyReport) -> EpisodeStore | None:
+    """Open the store (after the repair, if asked for); None, with the error reported, if it cannot be opened."""
     err, warn = report.errors.append, report.warnings.append
     if not (root / INFO_PATH).is_file():
         err(f"{root / INFO_PATH}: missing; {root} is not a dataset (or no episode was ever committed)")
-        return report
+        return None
     try:
         store = EpisodeStore(root)
         if repair:
@@ -119,8 +151,13 @@ def verify_dataset(root: str | Path, images: bool = True, repair: bool = False) 
                      f"dropped {done['dropped_rows']} uncommitted rows")
     except DatasetError as exc:
         err(str(exc))
-        return report
-    info = store.info
+        return None
+    return store
+
+
+def _check_metadata_files(root: Path, store: EpisodeStore, report: VerifyReport) -> None:
+    """``meta/stats.json`` is valid JSON; ``meta/tasks.parquet`` is readable and holds every committed task."""
+    err = report.errors.append
     for rel in (STATS_PATH,):
         try:
             json.loads((root / rel).read_text())
@@ -134,10 +171,16 @@ def verify_dataset(root: str | Path, images: bool = True, repair: bool = False) 
             err(f"{root / TASKS_PATH}: {tasks.num_rows} tasks, info.json commits {len(store.task_ids)}")
     except DatasetError as exc:
         err(str(exc))
+
+
+def _check_episode_table(root: Path, store: EpisodeStore, report: VerifyReport) -> _CommittedEpisodes | None:
+    """The episode rows agree with info.json (count, checksum, total frames); None if their count does not."""
+    err = report.errors.append
+    info = store.info
     episodes = store.episode_table()
     if episodes.num_rows != store.num_episodes:
         err(f"{root / 'meta/episodes'}: {episodes.num_rows} committed rows, info.json says {store.num_episodes}")
-        return report
+        return None
     expect_digest = info.get("omnipolicy", {}).get("episodes_checksum")
     if store.num_episodes and expect_digest and rows_digest(episodes) != expect_digest:
         err(f"{store.episodes_files()[-1]}: committed episode rows do not match their checksum in info.json (corrupted)")
@@ -145,65 +188,95 @@ def verify_dataset(root: str | Path, images: bool = True, repair: bool = False) 
     checksums = episodes["checksum"].to_pylist() if "checksum" in episodes.column_names else [None] * len(lengths)
     if int(lengths.sum()) != store.num_frames:
         err(f"{root / INFO_PATH}: total_frames={store.num_frames} but episode lengths add up to {int(lengths.sum())}")
-    frames_seen = 0
-    image_cols = [k for k, v in info.get("features", {}).items() if v["dtype"] == "image"]
-    for path in store.data_files():
-        rel = path.relative_to(root)
-        try:
-            table = read_parquet(path)
-        except DatasetError as exc:
-            err(str(exc))
-            continue
-        m = np.flatnonzero(
-            (episodes["data/chunk_index"].to_numpy() * store.chunks_size + episodes["data/file_index"].to_numpy())
-            == store.data_files().index(path)
-        )
-        expect = int(lengths[m].sum())
-        if table.num_rows < expect:
-            err(f"{path}: {table.num_rows} rows, the episode metadata expects {expect}")
-            continue
-        if table.num_rows > expect:
-            warn(f"{rel}: {table.num_rows - expect} rows past the commit (left by an interrupted write; --repair removes them)")
-        missing = [c for c in info["features"] if c not in table.column_names]
-        if missing:
-            err(f"{path}: columns {missing} missing")
-            continue
-        index = table["index"].to_numpy()[:expect]
-        ep_col = table["episode_index"].to_numpy()[:expect]
-        frame = table["frame_index"].to_numpy()[:expect]
-        for i in m:
-            lo, hi = int(episodes["dataset_from_index"][i].as_py()), int(episodes["dataset_to_index"][i].as_py())
-            sel = slice(lo - int(index[0]), hi - int(index[0]))
-            if (
-                hi - lo != lengths[i]
-                or not np.array_equal(index[sel], np.arange(lo, hi))
-                or not np.all(ep_col[sel] == i)
-                or not np.array_equal(frame[sel], np.arange(hi - lo))
-            ):
-                err(f"{path}: rows of episode {i} (index {lo}..{hi}) do not match the episode metadata")
-            elif checksums[i] and rows_digest(table.slice(sel.start, hi - lo)) != checksums[i]:
-                err(f"{path}: rows of episode {i} (index {lo}..{hi}) do not match their checksum (corrupted)")
-        frames_seen += expect
-        for col in image_cols:
-            shape = info["features"][col]["shape"]
-            blobs = table[col].combine_chunks().field("bytes").to_pylist()[:expect]
-            for j, blob in enumerate(blobs):
-                if not blob:
-                    err(f"{path}: {col} row {j} has no image bytes")
+    return _CommittedEpisodes(episodes, lengths, checksums)
+
+
+def _check_data_file(
+    root: Path, store: EpisodeStore, path: Path, committed: _CommittedEpisodes, report: VerifyReport
+) -> tuple[pa.Table, int] | None:
+    """One data file: readable, its committed rows and columns as the metadata says, each episode's rows intact.
+
+    Returns:
+        The table and its number of committed rows, or None (with the error reported) if it cannot be checked further.
+    """
+    err, warn = report.errors.append, report.warnings.append
+    episodes, lengths = committed.episodes, committed.lengths
+    rel = path.relative_to(root)
+    try:
+        table = read_parquet(path)
+    except DatasetError as exc:
+        err(str(exc))
+        return None
+    m = np.flatnonzero(
+        (episodes["data/chunk_index"].to_numpy() * store.chunks_size + episodes["data/file_index"].to_numpy())
+        == store.data_files().index(path)
+    )
+    expect = int(lengths[m].sum())
+    if table.num_rows < expect:
+        err(f"{path}: {table.num_rows} rows, the episode metadata expects {expect}")
+        return None
+    if table.num_rows > expect:
+        warn(f"{rel}: {table.num_rows - expect} rows past the commit (left by an interrupted write; --repair removes them)")
+    missing = [c for c in store.info["features"] if c not in table.column_names]
+    if missing:
+        err(f"{path}: columns {missing} missing")
+        return None
+    _check_episode_rows(path, table, expect, m, committed, report)
+    return table, expect
+
+
+def _check_episode_rows(
+    path: Path, table: pa.Table, expect: int, m: np.ndarray, committed: _CommittedEpisodes, report: VerifyReport
+) -> None:
+    """The rows of each episode ``m`` stored in ``table``: indices as the metadata says, digest as recorded."""
+    err = report.errors.append
+    episodes, lengths, checksums = committed
+    index = table["index"].to_numpy()[:expect]
+    ep_col = table["episode_index"].to_numpy()[:expect]
+    frame = table["frame_index"].to_numpy()[:expect]
+    for i in m:
+        lo, hi = int(episodes["dataset_from_index"][i].as_py()), int(episodes["dataset_to_index"][i].as_py())
+        sel = slice(lo - int(index[0]), hi - int(index[0]))
+        if (
+            hi - lo != lengths[i]
+            or not np.array_equal(index[sel], np.arange(lo, hi))
+            or not np.all(ep_col[sel] == i)
+            or not np.array_equal(frame[sel], np.arange(hi - lo))
+        ):
+            err(f"{path}: rows of episode {i} (index {lo}..{hi}) do not match the episode metadata")
+        elif checksums[i] and rows_digest(table.slice(sel.start, hi - lo)) != checksums[i]:
+            err(f"{path}: rows of episode {i} (index {lo}..{hi}) do not match their checksum (corrupted)")
+
+
+def _check_images(
+    path: Path, table: pa.Table, expect: int, info: dict[str, Any], image_cols: list[str], images: bool,
+    report: VerifyReport,
+) -> None:
+    """Every committed image of ``table`` has bytes and, with ``images``, decodes to its feature's shape."""
+    err = report.errors.append
+    for col in image_cols:
+        shape = info["features"][col]["shape"]
+        blobs = table[col].combine_chunks().field("bytes").to_pylist()[:expect]
+        for j, blob in enumerate(blobs):
+            if not blob:
+                err(f"{path}: {col} row {j} has no image bytes")
+                break
+            if images:
+                try:
+                    decode_png(blob, shape)
+                except Exception as exc:  # noqa: BLE001 (PIL raises many types)
+                    err(f"{path}: {col} row {j}: PNG does not decode to {shape} ({type(exc).__name__}: {exc})")
                     break
-                if images:
-                    try:
-                        decode_png(blob, shape)
-                    except Exception as exc:  # noqa: BLE001 (PIL raises many types)
-                        err(f"{path}: {col} row {j}: PNG does not decode to {shape} ({type(exc).__name__}: {exc})")
-                        break
-            report.checked["images"] = report.checked.get("images", 0) + (len(blobs) if images else 0)
-    report.checked.update(episodes=store.num_episodes, frames=frames_seen, data_files=len(store.data_files()))
+        report.checked["images"] = report.checked.get("images", 0) + (len(blobs) if images else 0)
+
+
+def _warn_leftovers(store: EpisodeStore, report: VerifyReport) -> None:
+    """Files an interrupted writer left beside the committed dataset."""
+    warn = report.warnings.append
     for kind, items in store.leftovers().items():
         for item in items:
             if kind == "files":
                 warn(f"{item}: not part of the committed dataset (left by an interrupted write; --repair removes it)")
-    return report
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -105,6 +105,48 @@ def _field_array(observations: Mapping, f: FieldSpec, t: int | None) -> np.ndarr
     raise ValueError(f"Observation field {f.name!r} ({f.kind}) must have shape {want}, got {x.shape}")
 
 
+def _checked_actions(spec: TimestepSpec, actions: np.ndarray | None) -> tuple[np.ndarray | None, int | None]:
+    """Actions as an array and their ``T`` (None without actions)."""
+    if actions is None:
+        return None, None
+    actions = np.asarray(actions)
+    if actions.ndim < 1:
+        raise ValueError(f"Actions need a leading time axis (T, ...) for field {spec.action.name!r}, got a scalar")
+    return actions, actions.shape[0]
+
+
+def _lay_out_blocks(
+    blocks: Sequence[_Block], t: int, length: int
+) -> tuple[np.ndarray, np.ndarray, tuple[tuple[str, str, int, int], ...]]:
+    """The blocks side by side: int32 tokens ``(T, L)``, bool loss ``(T, L)`` and each block's segment."""
+    tokens = np.empty((t, length), dtype=np.int32)  # (T, L)
+    loss = np.zeros((t, length), dtype=bool)  # (T, L)
+    col, segments = 0, []
+    for b in blocks:
+        k = b.ids.shape[1]
+        segments.append((b.name, b.kind, col, col + k))
+        tokens[:, col:col + k] = b.ids  # broadcasts (1, k) constant blocks over T
+        if b.loss is not False:
+            loss[:, col:col + k] = b.loss
+        col += k
+    return tokens, loss, tuple(segments)
+
+
+def _episode_patches(
+    raw_list: Sequence[np.ndarray], pos_list: Sequence[np.ndarray], t: int, raw_patches: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images' patches ``(P, ...)``, timestep-major like the tokens, and their positions ``(P, 2)``."""
+    if raw_list:
+        raw = np.concatenate(raw_list, axis=1) if len(raw_list) > 1 else raw_list[0]  # (T, n, 16, 16, 3)
+        raw = raw.reshape(-1, PATCH, PATCH, 3)  # (P, 16, 16, 3), timestep-major like the tokens
+        patches = raw if raw_patches else normalize_patches(raw)
+        patch_pos = np.tile(np.concatenate(pos_list, axis=0), (t, 1))  # (P, 2)
+    else:
+        patches = np.zeros((0, PATCH, PATCH, 3), np.uint8) if raw_patches else np.zeros((0, 3, PATCH, PATCH), np.float32)
+        patch_pos = np.zeros((0, 2), np.int32)
+    return patches, patch_pos
+
+
 class Tokenizer:
     """Turns episodes into tokens and action tokens back into actions.
 
@@ -204,82 +246,21 @@ class Tokenizer:
                 a continuous value is NaN/inf, a discrete value is out of range,
                 or an image is not uint8.
         """
-        lay = self.layout
-        t = None
-        if actions is not None:
-            actions = np.asarray(actions)
-            if actions.ndim < 1:
-                raise ValueError(f"Actions need a leading time axis (T, ...) for field {spec.action.name!r}, got a scalar")
-            t = actions.shape[0]
-        text_fields, image_fields = spec.fields("text"), spec.fields("image")
-        tensor_fields = tuple(sorted((f for f in spec.observation if f.kind in ("continuous", "discrete")),
-                                     key=lambda f: f.name))
-
-        blocks: list[_Block] = []
-        clipped: dict[str, int] = {}
-        # text: (T, k) ids, padded with pad_id to the longest encoding in this call
-        for f in text_fields:
-            if f.name not in observations:
-                raise KeyError(f"Observation field {f.name!r} is missing; got keys {sorted(observations)}")
-            texts = observations[f.name]
-            texts = texts.tolist() if isinstance(texts, np.ndarray) else texts
-            ids, _ = self.text.encode_batch(texts, field=f.name)  # (T, k), -1 = pad
-            if t is None:
-                t = ids.shape[0]
-            elif ids.shape[0] != t:
-                raise ValueError(f"Observation field {f.name!r} has {ids.shape[0]} timesteps, expected {t}")
-            keep = ids >= 0
-            blocks.append(_Block(f.name, f.kind, np.where(keep, ids, lay.pad_id), keep))
-        # images: patch slots; raw patches (T, n, 16, 16, 3)
-        raw_list, pos_list = [], []
-        for f in image_fields:
-            x = _field_array(observations, f, t)
-            t = x.shape[0]
-            raw, pos = image_to_patches(x, field=f.name)
-            raw_list.append(raw)
-            pos_list.append(pos)
-            blocks.append(_Block(f.name, f.kind, np.full((1, pos.shape[0]), lay.patch_id, np.int64), False))
-        # continuous / discrete tensors, keys sorted
-        for f in tensor_fields:
-            x = _field_array(observations, f, t)
-            t = x.shape[0]
-            ids, n_clip = self._encode_tensor(f, x, t)
-            if f.kind == "continuous":
-                clipped[f.name] = n_clip
-            blocks.append(_Block(f.name, f.kind, ids, False))
+        actions, t = _checked_actions(spec, actions)
+        text_blocks, t = self._text_blocks(spec, observations, t)
+        image_blocks, raw_list, pos_list, t = self._image_blocks(spec, observations, t)
+        tensor_blocks, clipped, t = self._tensor_blocks(spec, observations, t)
         if t is None:
             raise ValueError("Cannot tokenize an episode with no observation fields and no actions")
-        blocks.append(_Block("|", "separator", np.full((1, 1), lay.separator_id, np.int64), False))
+        separator = _Block("|", "separator", np.full((1, 1), self.layout.separator_id, np.int64), False)
+        blocks = [*text_blocks, *image_blocks, *tensor_blocks, separator]
         obs_len = sum(b.ids.shape[1] for b in blocks)
-        action_size = 0
         if actions is not None:
-            ids, n_clip = self.encode_actions(spec, actions)
-            if spec.action.kind == "continuous":
-                clipped[spec.action.name] = n_clip
-            action_size = ids.shape[1]
-            blocks.append(_Block(spec.action.name, "action", ids, True))
-
-        length = obs_len + action_size
-        tokens = np.empty((t, length), dtype=np.int32)  # (T, L)
-        loss = np.zeros((t, length), dtype=bool)  # (T, L)
-        col, segments = 0, []
-        for b in blocks:
-            k = b.ids.shape[1]
-            segments.append((b.name, b.kind, col, col + k))
-            tokens[:, col:col + k] = b.ids  # broadcasts (1, k) constant blocks over T
-            if b.loss is not False:
-                loss[:, col:col + k] = b.loss
-            col += k
-
-        if raw_list:
-            raw = np.concatenate(raw_list, axis=1) if len(raw_list) > 1 else raw_list[0]  # (T, n, 16, 16, 3)
-            raw = raw.reshape(-1, PATCH, PATCH, 3)  # (P, 16, 16, 3), timestep-major like the tokens
-            patches = raw if raw_patches else normalize_patches(raw)
-            patch_pos = np.tile(np.concatenate(pos_list, axis=0), (t, 1))  # (P, 2)
-        else:
-            patches = np.zeros((0, PATCH, PATCH, 3), np.uint8) if raw_patches else np.zeros((0, 3, PATCH, PATCH), np.float32)
-            patch_pos = np.zeros((0, 2), np.int32)
-
+            blocks.append(self._action_block(spec, actions, clipped))
+        length = sum(b.ids.shape[1] for b in blocks)
+        action_size = length - obs_len
+        tokens, loss, segments = _lay_out_blocks(blocks, t, length)
+        patches, patch_pos = _episode_patches(raw_list, pos_list, t, raw_patches)
         return TokenizedEpisode(
             tokens=tokens.reshape(-1),
             loss_mask=loss.reshape(-1),
@@ -291,8 +272,65 @@ class Tokenizer:
             obs_tokens_per_timestep=obs_len,
             action_size=action_size,
             clipped=clipped,
-            segments=tuple(segments),
+            segments=segments,
         )
+
+    # The field steps of tokenize_episode, in layout order. Each takes ``t`` (the
+    # number of timesteps once a field or the actions have fixed it, else None)
+    # and returns it, fixed by its fields.
+    def _text_blocks(self, spec: TimestepSpec, observations: Mapping, t: int | None) -> tuple[list[_Block], int | None]:
+        """Text: ``(T, k)`` ids, padded with ``pad_id`` to the longest encoding in this call."""
+        blocks = []
+        for f in spec.fields("text"):
+            if f.name not in observations:
+                raise KeyError(f"Observation field {f.name!r} is missing; got keys {sorted(observations)}")
+            texts = observations[f.name]
+            texts = texts.tolist() if isinstance(texts, np.ndarray) else texts
+            ids, _ = self.text.encode_batch(texts, field=f.name)  # (T, k), -1 = pad
+            if t is None:
+                t = ids.shape[0]
+            elif ids.shape[0] != t:
+                raise ValueError(f"Observation field {f.name!r} has {ids.shape[0]} timesteps, expected {t}")
+            keep = ids >= 0
+            blocks.append(_Block(f.name, f.kind, np.where(keep, ids, self.layout.pad_id), keep))
+        return blocks, t
+
+    def _image_blocks(
+        self, spec: TimestepSpec, observations: Mapping, t: int | None
+    ) -> tuple[list[_Block], list[np.ndarray], list[np.ndarray], int | None]:
+        """Images: patch slots, with each image's raw patches ``(T, n, 16, 16, 3)`` and positions ``(n, 2)``."""
+        blocks, raw_list, pos_list = [], [], []
+        for f in spec.fields("image"):
+            x = _field_array(observations, f, t)
+            t = x.shape[0]
+            raw, pos = image_to_patches(x, field=f.name)
+            raw_list.append(raw)
+            pos_list.append(pos)
+            blocks.append(_Block(f.name, f.kind, np.full((1, pos.shape[0]), self.layout.patch_id, np.int64), False))
+        return blocks, raw_list, pos_list, t
+
+    def _tensor_blocks(
+        self, spec: TimestepSpec, observations: Mapping, t: int | None
+    ) -> tuple[list[_Block], dict[str, int], int | None]:
+        """Continuous / discrete tensors, keys sorted, with the clipped count of each continuous field."""
+        tensor_fields = tuple(sorted((f for f in spec.observation if f.kind in ("continuous", "discrete")),
+                                     key=lambda f: f.name))
+        blocks, clipped = [], {}
+        for f in tensor_fields:
+            x = _field_array(observations, f, t)
+            t = x.shape[0]
+            ids, n_clip = self._encode_tensor(f, x, t)
+            if f.kind == "continuous":
+                clipped[f.name] = n_clip
+            blocks.append(_Block(f.name, f.kind, ids, False))
+        return blocks, clipped, t
+
+    def _action_block(self, spec: TimestepSpec, actions: np.ndarray, clipped: dict[str, int]) -> _Block:
+        """Action tokens ``(T, A)``, adding a continuous action's clipped count to ``clipped``."""
+        ids, n_clip = self.encode_actions(spec, actions)
+        if spec.action.kind == "continuous":
+            clipped[spec.action.name] = n_clip
+        return _Block(spec.action.name, "action", ids, True)
 
     # --------------------------------------------------------------- actions
     def action_token_ranges(self, spec: TimestepSpec) -> np.ndarray:
