@@ -28,7 +28,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -545,6 +545,76 @@ def train(
 
 
 def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainResult:
+    """:func:`train` in this process: data, model and optimizer, resume, the step loop, the result."""
+    loader, layout, tasks, val_batches = _training_data(cfg, loader, layout, tasks, world, is_main)
+    model_cfg = cfg.model_config(layout)
+    model, optimizer = _build_model(cfg, model_cfg, tasks, world, device, is_main)
+    run = _Run(cfg, rank, world, device, is_main, loader, layout, tasks, val_batches, model_cfg, model, optimizer)
+    _resume(run)
+    train_module = _train_module(run)
+    writer, bar = _open_logs(cfg, is_main, run.step)
+    batches = iter(loader)
+    model.train()
+    t_start = time.perf_counter()
+    tokens_this_call = _step_loop(run, train_module, batches, t_start, writer, bar)
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t_start
+    return TrainResult(run.step, run.losses, run.last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params(),
+                       run.val_loss, run.fit_loss)
+
+
+@dataclass
+class _Run:
+    """One training call: what it set up, and how far it got (read and advanced by the steps below)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    is_main: bool
+    loader: Iterable[dict[str, np.ndarray]]
+    layout: VocabLayout
+    tasks: dict[str, TimestepSpec]
+    val_batches: dict[tuple[str, str], dict[str, np.ndarray]]
+    model_cfg: ModelConfig
+    model: GatoModel
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    """Optimizer steps done in total (including those before a resume)."""
+    tokens_seen: int = 0
+    losses: list[float] = field(default_factory=list)
+    """Mean target-token loss of each step run in this call."""
+    val_loss: dict[str, float] = field(default_factory=dict)
+    fit_loss: dict[str, float] = field(default_factory=dict)
+    last_ckpt: Path | None = None
+    """The last checkpoint this call wrote, else the one it resumed from."""
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.cfg.out / "checkpoints"
+
+    @property
+    def end(self) -> int:
+        """The step this call stops at: ``stop_at``, else ``steps``."""
+        return self.cfg.steps if self.cfg.stop_at is None else self.cfg.stop_at
+
+
+def _training_data(
+    cfg: TrainConfig,
+    loader: Iterable[dict[str, np.ndarray]] | None,
+    layout: VocabLayout | None,
+    tasks: dict[str, TimestepSpec] | None,
+    world: int,
+    is_main: bool,
+) -> tuple[Iterable, VocabLayout, dict[str, TimestepSpec], dict[tuple[str, str], dict[str, np.ndarray]]]:
+    """``(loader, layout, tasks, validation batches)``: the given loader, else one built from ``cfg``.
+
+    Raises:
+        ValueError: a batch size the ranks and micro-batches do not divide, or a loader without layout and tasks.
+    """
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world} x {cfg.grad_accum}"
@@ -561,8 +631,14 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             loader, layout, tasks, val_batches = build_dataset_loader(cfg, context, is_main)
     elif layout is None or tasks is None:
         raise ValueError("train(loader=...) also needs layout= and tasks=")
-    model_cfg = cfg.model_config(layout)
+    return loader, layout, tasks, val_batches
 
+
+def _build_model(
+    cfg: TrainConfig, model_cfg: ModelConfig, tasks: dict[str, TimestepSpec], world: int, device: torch.device,
+    is_main: bool,
+) -> tuple[GatoModel, torch.optim.AdamW]:
+    """The model initialised from ``cfg.seed`` on ``device`` (TF32 matmuls on CUDA) and its optimizer."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -574,9 +650,13 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
               f"{model_cfg.vocab_size}; {len(tasks)} task(s); {world} process(es) on {device}, "
               f"{'bfloat16 autocast' if amp else 'float32'}", file=sys.stderr)
     optimizer = make_optimizer(model, cfg, device)
-    ckpt_root = cfg.out / "checkpoints"
-    step, tokens_seen = 0, 0
-    resumed_from: Path | None = None
+    return model, optimizer
+
+
+def _resume(run: _Run) -> None:
+    """With ``--resume``, continue from the newest checkpoint, if there is one: weights, optimizer, RNGs, loader,
+    step and tokens seen, and the last validation losses."""
+    cfg, ckpt_root, is_main = run.cfg, run.ckpt_root, run.is_main
     done: dict[str, Any] = {}  # train_state of the checkpoint resumed from
     if cfg.resume:
         try:
@@ -586,16 +666,28 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
             if is_main:
                 print(f"--resume: no checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
         if ckpt is not None:
-            step, tokens_seen, done = _restore(ckpt, model, optimizer, loader, model_cfg, layout, device)
-            resumed_from = ckpt
+            run.step, run.tokens_seen, done = _restore(ckpt, run.model, run.optimizer, run.loader, run.model_cfg,
+                                                       run.layout, run.device)
+            run.last_ckpt = ckpt
             if is_main:
-                print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+                print(f"resumed from {ckpt} at step {run.step}", file=sys.stderr)
+    # a resumed run that has no step left still reports its checkpoint and last validation
+    run.val_loss = dict(done.get("val_loss") or {})
+    run.fit_loss = dict(done.get("fit_loss") or {})
 
-    train_module: nn.Module = LossModule(model, cfg.bin_sigma)
-    if world > 1:
+
+def _train_module(run: _Run) -> nn.Module:
+    """The :class:`LossModule` the steps run, inside DDP with several ranks."""
+    train_module: nn.Module = LossModule(run.model, run.cfg.bin_sigma)
+    if run.world > 1:
         train_module = nn.parallel.DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None
+            train_module, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
+    return train_module
+
+
+def _open_logs(cfg: TrainConfig, is_main: bool, step: int) -> tuple[Any, tqdm | None]:
+    """The main process's TensorBoard writer and progress bar (starting at ``step``); None where off."""
     writer = None
     if is_main and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard loads only when logging is on
@@ -604,96 +696,119 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     bar = None
     if is_main and cfg.progress:
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    return writer, bar
 
-    def save() -> Path:
-        meta = CheckpointMeta(
-            model=model_cfg,
-            layout=layout,
-            tasks=dict(tasks),
-            train_state={"step": step, "tokens_seen": tokens_seen, "loss": losses[-1] if losses else None,
-                         "val_loss": dict(val_loss) or None, "fit_loss": dict(fit_loss) or None,
-                         "world_size": world, "config": _jsonable(asdict(cfg))},
-        )
-        trainer_state = {
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
-            "loader": loader_state(loader),
-            "step": step,
-            "tokens_seen": tokens_seen,
-        }
-        path = save_checkpoint(ckpt_root / f"step_{step:07d}", model, meta, trainer_state)
-        write_text_atomic(ckpt_root / LATEST, path.name + "\n")
-        _prune(ckpt_root, cfg.keep_last)
-        return path
 
-    def validate() -> tuple[dict[str, float], dict[str, float]]:
-        """Loss on each task's held-out and training windows (main process only; the model stays in training mode)."""
-        model.eval()
-        out: dict[str, dict[str, float]] = {"val": {}, "fit": {}}
-        with torch.no_grad(), _autocast(device, cfg.dtype):
-            for (task, kind), vb in val_batches.items():
-                s, n = model.loss_terms(to_tensors(vb, device), cfg.bin_sigma)
-                out[kind][task] = float(s) / max(float(n), 1.0)
-        model.train()
-        return out["val"], out["fit"]
+def _step_loop(
+    run: _Run, train_module: nn.Module, batches: Iterator, t_start: float, writer: Any, bar: tqdm | None
+) -> int:
+    """Optimizer steps up to ``run.end``, validating, logging and saving on their periods: the window tokens trained.
 
-    losses: list[float] = []
-    # a resumed run that has no step left still reports its checkpoint and last validation
-    val_loss: dict[str, float] = dict(done.get("val_loss") or {})
-    fit_loss: dict[str, float] = dict(done.get("fit_loss") or {})
-    last_ckpt: Path | None = resumed_from
-    batches = iter(loader)
-    model.train()
-    t_start = time.perf_counter()
+    ``t_start`` (``time.perf_counter``) is when the call's training began, for the tokens/s figures.
+    """
+    cfg, end = run.cfg, run.end
     tokens_this_call = 0
-    end = cfg.steps if cfg.stop_at is None else cfg.stop_at
-    while step < end:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = next(batches)
-        check_batch(batch, model_cfg)
-        loss_sum, global_count = accumulate_gradients(train_module, batch, rank=rank, world=world,
-                                                      grad_accum=cfg.grad_accum, device=device, dtype=cfg.dtype)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            dist.all_reduce(loss_sum)
-        loss = loss_sum.item() / max(global_count, 1)
-        losses.append(loss)
-        step += 1
-        n_tokens = int(batch["tokens"].size)
-        tokens_seen += n_tokens
+    while run.step < end:
+        lr = lr_at(run.step, cfg)
+        loss, grad_norm, n_tokens = _optimizer_step(run, train_module, batches, lr)
         tokens_this_call += n_tokens
         tok_s = tokens_this_call / max(time.perf_counter() - t_start, 1e-9)
-        if is_main and val_batches and (step % cfg.val_every == 0 or step == end):
-            val_loss, fit_loss = validate()
-            if writer is not None:
-                for name, losses_of in (("val", val_loss), ("fit", fit_loss)):
-                    writer.add_scalar(f"{name}/loss", float(np.mean(list(losses_of.values()))), step)
-                    for task, v in losses_of.items():
-                        writer.add_scalar(f"{name}/{task}", v, step)
-        if bar is not None:
-            extra = {k: f"{np.mean(list(v.values())):.4f}" for k, v in (("val", val_loss), ("fit", fit_loss)) if v}
-            bar.set_postfix(loss=f"{loss:.4f}", **extra, tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update(1)
-        if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            writer.add_scalar("train/loss", loss, step)
-            writer.add_scalar("train/lr", lr, step)
-            writer.add_scalar("train/tokens_per_s", tok_s, step)
-            if grad_norm is not None:
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-        if step % cfg.save_every == 0 or step == end:
-            if is_main:
-                last_ckpt = save()
+        if run.is_main and run.val_batches and (run.step % cfg.val_every == 0 or run.step == end):
+            run.val_loss, run.fit_loss = _validate(run)
+            _log_validation(writer, run)
+        _report_step(run, writer, bar, loss, lr, tok_s, grad_norm)
+        if run.step % cfg.save_every == 0 or run.step == end:
+            if run.is_main:
+                run.last_ckpt = _save(run)
             _barrier()
-    if bar is not None:
-        bar.close()
+    return tokens_this_call
+
+
+def _optimizer_step(
+    run: _Run, train_module: nn.Module, batches: Iterator, lr: float
+) -> tuple[float, Tensor | None, int]:
+    """One update at ``lr`` on the next batch: ``(mean loss, gradient norm before clipping or None, window tokens)``."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batch = next(batches)
+    check_batch(batch, run.model_cfg)
+    loss_sum, global_count = accumulate_gradients(train_module, batch, rank=run.rank, world=run.world,
+                                                  grad_accum=cfg.grad_accum, device=run.device, dtype=cfg.dtype)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.world > 1:
+        dist.all_reduce(loss_sum)
+    loss = loss_sum.item() / max(global_count, 1)
+    run.losses.append(loss)
+    run.step += 1
+    n_tokens = int(batch["tokens"].size)
+    run.tokens_seen += n_tokens
+    return loss, grad_norm, n_tokens
+
+
+def _validate(run: _Run) -> tuple[dict[str, float], dict[str, float]]:
+    """Loss on each task's held-out and training windows (main process only; the model stays in training mode)."""
+    model, device, cfg = run.model, run.device, run.cfg
+    model.eval()
+    out: dict[str, dict[str, float]] = {"val": {}, "fit": {}}
+    with torch.no_grad(), _autocast(device, cfg.dtype):
+        for (task, kind), vb in run.val_batches.items():
+            s, n = model.loss_terms(to_tensors(vb, device), cfg.bin_sigma)
+            out[kind][task] = float(s) / max(float(n), 1.0)
+    model.train()
+    return out["val"], out["fit"]
+
+
+def _log_validation(writer: Any, run: _Run) -> None:
+    """The validation and fit losses (their mean and each task's) to TensorBoard."""
     if writer is not None:
-        writer.close()
-    elapsed = time.perf_counter() - t_start
-    return TrainResult(step, losses, last_ckpt, tokens_this_call / max(elapsed, 1e-9), model.num_params(), val_loss, fit_loss)
+        for name, losses_of in (("val", run.val_loss), ("fit", run.fit_loss)):
+            writer.add_scalar(f"{name}/loss", float(np.mean(list(losses_of.values()))), run.step)
+            for task, v in losses_of.items():
+                writer.add_scalar(f"{name}/{task}", v, run.step)
+
+
+def _report_step(
+    run: _Run, writer: Any, bar: tqdm | None, loss: float, lr: float, tok_s: float, grad_norm: Tensor | None
+) -> None:
+    """Advance the progress bar; every ``log_every`` steps (and at ``steps``) log the training scalars."""
+    cfg, step = run.cfg, run.step
+    if bar is not None:
+        extra = {k: f"{np.mean(list(v.values())):.4f}" for k, v in (("val", run.val_loss), ("fit", run.fit_loss)) if v}
+        bar.set_postfix(loss=f"{loss:.4f}", **extra, tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+    if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+        writer.add_scalar("train/loss", loss, step)
+        writer.add_scalar("train/lr", lr, step)
+        writer.add_scalar("train/tokens_per_s", tok_s, step)
+        if grad_norm is not None:
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+
+
+def _save(run: _Run) -> Path:
+    """Write a checkpoint of step ``run.step``, point ``latest`` at it and prune the old ones: its path."""
+    cfg, step, ckpt_root = run.cfg, run.step, run.ckpt_root
+    meta = CheckpointMeta(
+        model=run.model_cfg,
+        layout=run.layout,
+        tasks=dict(run.tasks),
+        train_state={"step": step, "tokens_seen": run.tokens_seen, "loss": run.losses[-1] if run.losses else None,
+                     "val_loss": dict(run.val_loss) or None, "fit_loss": dict(run.fit_loss) or None,
+                     "world_size": run.world, "config": _jsonable(asdict(cfg))},
+    )
+    trainer_state = {
+        "optimizer": run.optimizer.state_dict(),
+        "rng": _rng_state(),
+        "loader": loader_state(run.loader),
+        "step": step,
+        "tokens_seen": run.tokens_seen,
+    }
+    path = save_checkpoint(ckpt_root / f"step_{step:07d}", run.model, meta, trainer_state)
+    write_text_atomic(ckpt_root / LATEST, path.name + "\n")
+    _prune(ckpt_root, cfg.keep_last)
+    return path
 
 
 def _restore(
