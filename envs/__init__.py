@@ -25,14 +25,13 @@ Conventions shared by every task (``omnipolicy tasks`` lists them):
 
 from typing import Any
 
+from omnipolicy.envs import registry
 from omnipolicy.envs.registry import TaskSpec, get_task, list_tasks, make_env, make_expert, register_task
 
 __all__ = ["TaskSpec", "register_task", "get_task", "list_tasks", "make_env", "make_expert", "DEFAULT_SUITE"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DEFAULT_SUITE":
-        from omnipolicy.envs import registry
-
+    if name == "DEFAULT_SUITE":  # the registry builds it on first use (it registers every domain's tasks)
         return registry.DEFAULT_SUITE
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
