@@ -18,7 +18,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ import tyro
 
 from .images import decode_png
 from .layout import INFO_PATH, STATS_PATH, TASKS_PATH, DatasetError, find_stores, read_import_notes
+from .lerobot import import_lerobot
 from .parquet import read_parquet, rows_digest
 from .store import EpisodeStore
 
@@ -331,6 +332,24 @@ class ImportMinari:
     """Registered task id whose TimestepSpec the episodes follow."""
 
 
+@dataclass(frozen=True)
+class Import:
+    """Import a dataset written by LeRobot (v3.0 or v2.1, video cameras decoded) into an episode store."""
+
+    path: tyro.conf.Positional[Path]
+    """The LeRobot dataset folder (holds meta/info.json)."""
+    out: Path
+    """Episode store folder to append to (a rerun skips the episodes already imported)."""
+    task_id: str | None = None
+    """Task id of the imported episodes (default: lerobot/<folder name>); train and deploy name it."""
+    image_size: tuple[int, int] | None = None
+    """Resize every camera to HEIGHT WIDTH (default: each camera's own size; 16x16 patches each cost a token)."""
+    action_bounds: Literal["stats", "none"] = "stats"
+    """Action token range: the dataset's min/max per element (meta/stats.json), or none (mu-law of raw values)."""
+    max_episodes: int | None = None
+    """Import only the first N episodes."""
+
+
 def _roots(path: Path) -> list[Path]:
     if not path.exists():
         sys.exit(f"omnipolicy dataset: {path} does not exist")
@@ -350,8 +369,12 @@ def _print_info(info: dict[str, Any]) -> None:
         print(f"    \"{t['instruction']}\"")
     for note in info.get("imports", []):
         eps = note["episodes"]
-        print(f"  episodes {eps[0]}..{eps[-1]} of {note['task_id']} imported from {len(note['bags'])} {note['source']} bag(s): "
-              f"rewards {note['rewards']}; success {note['success']}")
+        if "bags" in note:
+            print(f"  episodes {eps[0]}..{eps[-1]} of {note['task_id']} imported from {len(note['bags'])} {note['source']} "
+                  f"bag(s): rewards {note['rewards']}; success {note['success']}")
+        else:
+            print(f"  episodes {eps[0]}..{eps[-1]} of {note['task_id']} imported from {note['source']}: "
+                  + "; ".join(note.get("notes", [])))
     print("  features:")
     for k, v in info["features"].items():
         print(f"    {k:<32} {v['dtype']:<8} {tuple(v['shape'])}")
@@ -362,12 +385,23 @@ DATASET_SUBCOMMANDS = (
     | Annotated[Verify, tyro.conf.subcommand("verify")]
     | Annotated[ExportMinari, tyro.conf.subcommand("export-minari")]
     | Annotated[ImportMinari, tyro.conf.subcommand("import-minari")]
+    | Annotated[Import, tyro.conf.subcommand("import")]
 )
 """The subcommands of ``omnipolicy dataset`` that need only the store (``omnipolicy.commands`` adds ``from-rosbag``)."""
 
 
-def run_dataset_subcommand(cmd: Info | Verify | ExportMinari | ImportMinari) -> None:
+def run_dataset_subcommand(cmd: Info | Verify | ExportMinari | ImportMinari | Import) -> None:
     """Run one parsed subcommand of :data:`DATASET_SUBCOMMANDS`."""
+    if isinstance(cmd, Import):
+        summary = import_lerobot(cmd.path, cmd.out, cmd.task_id, cmd.image_size, cmd.action_bounds, cmd.max_episodes)
+        rate = summary["read_frames_per_s"]
+        print(f"imported {summary['episodes']} episodes ({summary['frames']} frames"
+              + (f", read and decoded at {rate:,.0f} frames/s" if rate else "")
+              + f") of LeRobot {summary['version']} as task {summary['task_id']} into {summary['out']}"
+              + (f"; {summary['skipped']} already there" if summary["skipped"] else ""))
+        for note in summary["notes"]:
+            print(f"  {note}")
+        return
     if isinstance(cmd, Info):
         infos = []
         for root in _roots(cmd.path):

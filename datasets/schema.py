@@ -38,7 +38,7 @@ def _feature(f: FieldSpec) -> dict:
         return {"dtype": "image", "shape": list(f.shape), "names": ["height", "width", "channels"]}
     if f.kind == "text":
         return {"dtype": "string", "shape": [1], "names": None}
-    return {"dtype": np.dtype(f.dtype).name, "shape": list(f.shape) or [1], "names": None}
+    return {"dtype": np.dtype(f.dtype).name, "shape": list(f.shape) or [1], "names": list(f.names) if f.names else None}
 
 
 def spec_features(spec: TimestepSpec) -> tuple[dict[str, dict], dict[str, str]]:

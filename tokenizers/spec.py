@@ -44,6 +44,8 @@ class FieldSpec:
             given, values are scaled linearly to [-1, 1] (bounded mode) instead
             of mu-law companded.
         n: for ``discrete``: number of valid values per element (``<= 1024``).
+        names: optional element names, flattened (e.g. a robot's joints, as a LeRobot feature's ``names``); a
+            deployment checks them against the robot's.
     """
 
     name: str
@@ -53,6 +55,7 @@ class FieldSpec:
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
     n: int | None = None
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,6 +78,12 @@ class FieldSpec:
             if self.n is None or not (1 <= int(self.n) <= NUM_DISCRETE):
                 raise ValueError(f"FieldSpec {self.name!r}: discrete fields need n in [1, {NUM_DISCRETE}], got {self.n!r}")
             object.__setattr__(self, "n", int(self.n))
+        if self.names is not None:
+            names = tuple(str(v) for v in self.names)
+            if len(names) != self.size:
+                raise ValueError(f"FieldSpec {self.name!r}: names must have one name per element ({self.size}), "
+                                 f"got {len(names)}: {list(names)}")
+            object.__setattr__(self, "names", names)
 
     def _flat_bound(self, bound, which: str) -> tuple[float, ...]:
         """A bound given flattened (``prod(shape)`` values), shaped, or broadcastable -> flat tuple."""
@@ -104,13 +113,17 @@ class FieldSpec:
         for k in ("low", "high"):
             if d[k] is not None:
                 d[k] = list(d[k])
+        if d["names"] is None:
+            del d["names"]  # specs without names keep their JSON (checkpoints, caches) as before
+        else:
+            d["names"] = list(d["names"])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "FieldSpec":
         d = dict(d)
         d["shape"] = tuple(d["shape"])
-        for k in ("low", "high"):
+        for k in ("low", "high", "names"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
