@@ -21,7 +21,9 @@ from omnipolicy.tokenizers import FieldSpec, TimestepSpec
 
 pytestmark = pytest.mark.interop
 REPO = Path(__file__).resolve().parents[2]
-LEROBOT_PYTHON = Path(os.environ.get("OMNIPOLICY_LEROBOT_PYTHON", REPO / ".venv-lerobot" / "bin" / "python"))
+# absolute, not resolved: the venv's python is a symlink, and the probe runs from /
+LEROBOT_PYTHON = Path(os.path.abspath(os.environ.get("OMNIPOLICY_LEROBOT_PYTHON",
+                                                    REPO / ".venv-lerobot" / "bin" / "python")))
 
 # Runs under .venv-lerobot: load with LeRobotDataset and dump every frame.
 READER = r'''
@@ -155,3 +157,27 @@ def test_lerobot_loads_images_text_and_appends(lerobot_python: Path, tmp_path: P
     arrays, meta = _read_with_lerobot(root, tmp_path)
     assert sorted(meta["camera_keys"]) == ["observation.images.depth", "observation.images.front"]
     _compare(root, arrays, meta)
+
+
+def test_we_read_a_dataset_the_installed_lerobot_writes(lerobot_python: Path, tmp_path: Path) -> None:
+    """A fresh fixture from the installed LeRobot's own writer (video camera, PNG camera, two tasks): our reader's
+    frames equal LeRobot's own loader's, frame for frame, and the import trains-ready store holds them all."""
+    pytest.importorskip("av")
+    from omnipolicy.datasets.lerobot import LeRobotSource, import_lerobot, infer_spec
+
+    root = tmp_path / "fresh"
+    proc = subprocess.run([str(lerobot_python), str(REPO / "scripts" / "make_lerobot_fixture.py"), str(root)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    theirs = dict(np.load(str(root) + ".loaded.npz"))
+    tasks = json.loads(Path(str(root) + ".loaded.json").read_text())["task"]
+    source = LeRobotSource(root)
+    spec, _ = infer_spec(source)
+    episodes = [source.read(ref, spec, "lerobot/fresh") for ref in source]
+    for name, key in (("front", "observation.images.front"), ("wrist", "observation.images.wrist"),
+                      ("state", "observation.state")):
+        np.testing.assert_array_equal(np.concatenate([e.observations[name] for e in episodes]), theirs[key])
+    np.testing.assert_array_equal(np.concatenate([e.actions for e in episodes]), theirs["action"])
+    assert [t for e in episodes for t in e.observations["instruction"]] == tasks
+    summary = import_lerobot(root, tmp_path / "store", progress=False)
+    assert summary["frames"] == len(theirs["action"]) and EpisodeStore(tmp_path / "store").num_episodes == len(episodes)
