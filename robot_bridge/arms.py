@@ -1,15 +1,11 @@
-"""Arms of the task suite as ROS 2 robots: joints, limits, topics, the observation recipe, success.
+"""The arms omnipolicy knows as ROS 2 robots: the registry of robot files, and their simulators.
 
-An :class:`ArmSpec` says everything both ends of the wire agree on for one
-task: the joints in the controller's order, the command interface and its
-limits, which topics carry what, and the **observation recipe**: for every
-key of the task's observation (its ``TimestepSpec``), the topic, message
-field and names its values come from, in order. ``omnipolicy sim-robot``
-publishes by it; ``omnipolicy deploy`` rebuilds the exact observation vector
-from the messages with it and checks the result against the checkpoint's
-spec before acting.
+An arm is described by a robot file (:mod:`omnipolicy.robot_bridge.robot_file`: joints, command interface, limits,
+topics, cameras, the observation recipe). The shipped ones live in ``robot_bridge/robots/`` and are registered here
+under their task id, so ``get_arm(task_id)`` finds them; a user's arm is used straight from its file
+(``--robot FILE``).
 
-``dmc/reacher-easy`` (dm_control's two-link planar reacher, effort-driven):
+``dmc/reacher-easy`` (dm_control's two-link planar reacher, effort-driven; ``robots/dmc_reacher_easy.toml``):
 
 ==============  =============================  ==========================================
 observation     topic, field                   names (element order)
@@ -26,226 +22,52 @@ instant): named, validated and mapped by the same :class:`JointMap` code as
 the joints. Commands: ``Float64MultiArray`` efforts in ``[-1, 1]`` on
 ``/effort_controller/commands`` in the order ``shoulder, wrist``.
 
-The simulated side of an arm is a :class:`SimArm` subclass registered with
-:func:`register_arm` (lazy: the registry imports no simulator).
+The simulated side of an arm is a :class:`SimArm` subclass named by the file's ``sim`` (``"module:Class"``, imported
+only when an arm is simulated): :class:`DmcReacherArm` here, ``MjcfArm`` (:mod:`omnipolicy.robot_bridge.mjcf_arm`)
+for any arm whose file names an MJCF model.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from omnipolicy.envs import get_task, make_env
 from omnipolicy.envs.registry import load_attr
-from omnipolicy.robot_bridge.wire.messages import Image, JointMap, JointState, RosMessage, image_to_array, validate
-from omnipolicy.robot_bridge.wire.safety import SafetyLimits
+from omnipolicy.robot_bridge.robot_file import ArmSpec, load_robot_file
 
 # ---------------------------------------------------------------------------
-# Observation recipe
+# The registry: the shipped robot files, and arms registered in Python
 # ---------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class NamedSource:
-    """One observation key filled from named values of a ``JointState`` topic.
-
-    Attributes:
-        key: the observation key.
-        topic: ROS topic of the ``JointState`` messages.
-        field: ``position``, ``velocity`` or ``effort``.
-        names: the names whose values make the observation vector, in its element order.
-        ignored: other names the topic may carry (dropped).
-    """
-
-    key: str
-    topic: str
-    field: Literal["position", "velocity", "effort"]
-    names: tuple[str, ...]
-    ignored: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.field not in ("position", "velocity", "effort"):
-            raise ValueError(f"NamedSource {self.key!r}: field must be position, velocity or effort, got {self.field!r}")
-        object.__setattr__(self, "_map", JointMap(tuple(self.names), ignored=tuple(self.ignored)))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.names),)
-
-    def values(self, msg: JointState) -> np.ndarray:
-        """float64 (len(names),) from one message.
-
-        Raises:
-            ValueError: unknown, missing or duplicate names, wrong lengths, an empty field, NaN/inf.
-        """
-        return self._map.task_vector(msg, self.field)  # type: ignore[attr-defined]
-
-    def describe(self) -> str:
-        return f"{self.key} <- {self.topic} {self.field}{list(self.names)}"
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """One image observation key filled from a ``sensor_msgs/Image`` topic (converted to RGB uint8)."""
-
-    key: str
-    topic: str
-
-    def describe(self) -> str:
-        return f"{self.key} <- {self.topic} (sensor_msgs/Image -> RGB uint8)"
-
-
-Source = NamedSource | ImageSource
-
-
-@dataclass(frozen=True)
-class ObservationRecipe:
-    """How messages make one timestep's observation dict: one source per observation key."""
-
-    sources: tuple[Source, ...]
-
-    def __post_init__(self) -> None:
-        keys = [s.key for s in self.sources]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"ObservationRecipe: observation keys must be unique, got {keys}")
-
-    @property
-    def topics(self) -> dict[str, type[RosMessage]]:
-        """Every topic the recipe reads, with its message type."""
-        out: dict[str, type[RosMessage]] = {}
-        for s in self.sources:
-            cls = Image if isinstance(s, ImageSource) else JointState
-            if out.setdefault(s.topic, cls) is not cls:
-                raise ValueError(f"ObservationRecipe: topic {s.topic} is read as two message types")
-        return out
-
-    def check_spec(self, spec: Any) -> None:
-        """Check the recipe against a ``TimestepSpec``: the same keys, and the shapes it can produce.
-
-        Raises:
-            ValueError: a key missing on either side, or a shape/kind that differs.
-        """
-        fields = {f.name: f for f in spec.observation}
-        mine = {s.key: s for s in self.sources}
-        if set(fields) != set(mine):
-            raise ValueError(
-                f"Observation recipe keys {sorted(mine)} differ from the checkpoint's observation keys {sorted(fields)}"
-                f" (missing: {sorted(set(fields) - set(mine))}, extra: {sorted(set(mine) - set(fields))})"
-            )
-        for key, src in mine.items():
-            f = fields[key]
-            if isinstance(src, ImageSource):
-                if f.kind != "image":
-                    raise ValueError(f"Observation recipe: {key!r} comes from an Image but the spec's field is {f.kind}")
-            elif f.kind != "continuous" or tuple(f.shape) != src.shape:
-                raise ValueError(
-                    f"Observation recipe: {key!r} gives a continuous vector of shape {src.shape}, "
-                    f"the spec's field is {f.kind} {tuple(f.shape)}"
-                )
-
-    def build(self, latest: Mapping[str, RosMessage], spec: Any) -> dict[str, np.ndarray]:
-        """The observation dict from the newest message of each topic, in the spec's dtypes and shapes.
-
-        Raises:
-            ValueError: a topic without a message yet, or a message the recipe cannot use (one line saying why).
-        """
-        fields = {f.name: f for f in spec.observation}
-        obs: dict[str, np.ndarray] = {}
-        for s in self.sources:
-            msg = latest.get(s.topic)
-            if msg is None:
-                raise ValueError(f"no message on {s.topic} yet (observation key {s.key!r})")
-            f = fields[s.key]
-            if isinstance(s, ImageSource):
-                img = image_to_array(msg)  # type: ignore[arg-type]  # (H, W, C) RGB
-                if img.shape != tuple(f.shape):
-                    raise ValueError(f"{s.topic}: image of shape {img.shape}, observation {s.key!r} needs {tuple(f.shape)}")
-                obs[s.key] = img
-            else:
-                obs[s.key] = s.values(validate(msg)).astype(f.dtype)  # type: ignore[arg-type]  # (n,)
-        return obs
-
-    def describe(self) -> list[str]:
-        return [s.describe() for s in self.sources]
-
-
-# ---------------------------------------------------------------------------
-# Arm specs and the registry
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArmSpec:
-    """What a robot and a deploy node agree on for one task.
-
-    Attributes:
-        task_id: the registered task (its ``TimestepSpec`` is what the policy sees).
-        limits: joints in controller order, command interface and limits.
-        observation: the observation recipe.
-        task_state_names: names of the non-joint values on ``task_state_topic``.
-        control_period: the task's control step in seconds (the simulator's rate).
-        sim: ``"module:Class"`` of the :class:`SimArm` (set by :func:`register_arm`).
-        joint_states_topic, task_state_topic, camera_topic: where the robot publishes.
-        controller: forward command controller name (commands on ``/<controller>/commands``).
-        trajectory_controller: joint trajectory controller name (``/<name>/joint_trajectory``).
-        camera: (height, width) of the camera image the observation needs at every control step, or None.
-        episode_topic: Bool True at the start of each episode (a deploy node resets the policy's context).
-        success_topic: Bool at the end of each episode: target reached and held.
-        description: one line for ``--help`` and logs.
-    """
-
-    task_id: str
-    limits: SafetyLimits
-    observation: ObservationRecipe
-    task_state_names: tuple[str, ...] = ()
-    control_period: float = 0.02
-    sim: str = ""
-    joint_states_topic: str = "/joint_states"
-    task_state_topic: str = "/sim_robot/task_state"
-    camera_topic: str = "/sim_robot/camera/image_raw"
-    controller: str = "effort_controller"
-    trajectory_controller: str = "joint_trajectory_controller"
-    camera: tuple[int, int] | None = None
-    episode_topic: str = "/sim_robot/episode_start"
-    success_topic: str = "/sim_robot/success"
-    description: str = ""
-
-    @property
-    def joints(self) -> tuple[str, ...]:
-        return self.limits.joints
-
-    @property
-    def command_topic(self) -> str:
-        return f"/{self.controller}/commands"
-
-    @property
-    def trajectory_topic(self) -> str:
-        return f"/{self.trajectory_controller}/joint_trajectory"
-
-    @property
-    def rate_hz(self) -> float:
-        return 1.0 / self.control_period
-
+#: The robot files shipped with omnipolicy (package data), one arm each.
+ROBOTS_DIR = Path(__file__).resolve().parent / "robots"
 
 ARMS: dict[str, ArmSpec] = {}
 
 
+def _add(spec: ArmSpec) -> None:
+    if not spec.task_id:
+        raise ValueError(f"{spec.source or spec.name}: a registered arm needs a task id (the file's `task`)")
+    if spec.task_id in ARMS:
+        raise ValueError(f"An arm is already registered for task {spec.task_id!r}")
+    ARMS[spec.task_id] = spec
+
+
 def register_arm(spec: ArmSpec) -> Callable[[type], type]:
-    """Class decorator: register ``spec`` with the decorated :class:`SimArm` as its simulator.
+    """Class decorator: register ``spec`` (an arm described in Python) with the decorated :class:`SimArm` as its
+    simulator.
 
     Raises:
         ValueError: the task already has an arm.
     """
 
     def wrap(cls: type) -> type:
-        if spec.task_id in ARMS:
-            raise ValueError(f"An arm is already registered for task {spec.task_id!r}")
-        ARMS[spec.task_id] = ArmSpec(**{**spec.__dict__, "sim": f"{cls.__module__}:{cls.__qualname__}"})
+        _add(ArmSpec(**{**spec.__dict__, "sim": f"{cls.__module__}:{cls.__qualname__}"}))
         return cls
 
     return wrap
@@ -265,10 +87,31 @@ def get_arm(task_id: str) -> ArmSpec:
         raise KeyError(f"No robot arm for task {task_id!r}.{hint} Tasks with an arm: {sorted(ARMS)}") from None
 
 
-def make_sim_arm(task_id: str, render: bool = False) -> "SimArm":
-    """Build the simulated arm of a task (imports its simulator)."""
-    spec = get_arm(task_id)
+def arm_of(task_id: str | None, robot: str | Path | None) -> ArmSpec:
+    """The arm a command runs on: the robot file's when one is given, else the task's registered arm.
+
+    Raises:
+        FileNotFoundError, ~omnipolicy.robot_bridge.robot_file.RobotFileError: a missing or invalid robot file.
+        KeyError: no arm for the task.
+    """
+    return load_robot_file(robot) if robot is not None else get_arm(str(task_id))
+
+
+def make_sim_arm(arm: str | ArmSpec, render: bool = False) -> "SimArm":
+    """Build the simulated arm of a task or an arm spec (imports its simulator).
+
+    Raises:
+        KeyError: no arm for the task. ValueError: the arm names no simulator (no ``sim``, no ``mjcf``).
+    """
+    spec = get_arm(arm) if isinstance(arm, str) else arm
+    if not spec.sim:
+        raise ValueError(f"arm {spec.label!r} ({spec.source or 'registered in Python'}) names no simulator: give its "
+                         f"robot file an `mjcf` model (or a `sim` class)")
     return load_attr(spec.sim)(spec, render=render)
+
+
+for _path in sorted(ROBOTS_DIR.glob("*.toml")):  # the shipped arms
+    _add(load_robot_file(_path))
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +120,7 @@ def make_sim_arm(task_id: str, render: bool = False) -> "SimArm":
 
 
 class SimArm:
-    """A task's environment seen as a robot: joint state, task state, effort in, success out.
+    """A task's environment seen as a robot: joint state, task state, commands in, success out.
 
     Args:
         spec: the arm's spec.
@@ -286,6 +129,8 @@ class SimArm:
 
     #: observation keys :meth:`sync_to` needs (the expert twin of ``deploy --actor expert``)
     twin_keys: tuple[str, ...] = ()
+    #: whether :meth:`inside` and :meth:`distance` judge a target (sim-robot then reports success per episode)
+    has_success: bool = True
 
     def __init__(self, spec: ArmSpec, render: bool = False) -> None:
         self.spec = spec
@@ -293,12 +138,17 @@ class SimArm:
         self.env = make_env(spec.task_id)
         self.obs: dict[str, Any] = {}
 
+    @property
+    def max_steps(self) -> int | None:
+        """The longest episode in control steps (None: no limit)."""
+        return self.task.max_steps
+
     def reset(self, seed: int) -> None:
         """Start an episode exactly as ``env.reset(seed=seed)`` does in plain simulation."""
         self.obs, _ = self.env.reset(seed=int(seed))
 
     def step(self, effort: np.ndarray) -> None:
-        """Advance one control period with this effort (controller joint order)."""
+        """Advance one control period with this command (controller joint order; effort for the task arms)."""
         self.obs = self.env.step(np.asarray(effort, dtype=np.float32))[0]
 
     # state, as the robot publishes it
@@ -318,8 +168,8 @@ class SimArm:
         """Whether the target counts as reached right now."""
         raise NotImplementedError
 
-    def camera(self, height: int, width: int) -> np.ndarray:
-        """uint8 (H, W, 3) RGB from the task's camera."""
+    def camera(self, height: int, width: int, name: str = "") -> np.ndarray:
+        """uint8 (H, W, 3) RGB from the camera ``name`` (empty: the task's camera)."""
         raise NotImplementedError
 
     # deploy side: the task's scripted expert, on a copy of the simulator synced to the observation
@@ -328,60 +178,9 @@ class SimArm:
         raise NotImplementedError
 
 
-REACHER_JOINTS = ("shoulder", "wrist")
-REACHER_TASK_STATE = ("to_target_x", "to_target_y")
-
-
-#: Default rate limits are an arm's expert's largest command change per control step times this margin.
-RATE_LIMIT_MARGIN = 1.25
-
-#: The reacher expert's largest effort change between two control steps (shoulder, wrist), measured in plain
-#: simulation over whole episodes (1000 steps) of seeds 0-299 (the first command, from rest, is no change):
-#:   python -c "from omnipolicy.robot_bridge.sim_robot import largest_command_change as f; print(f('dmc/reacher-easy', range(300)))"
-#: -> [0.587 1.464] (about 80 s). The wrist's comes from an episode's second step, where the light link's PD reverses
-#: the saturated first command; the pixels task has the same arm and expert (the same figures on seeds 0-19).
-REACHER_EXPERT_MAX_CHANGE = (0.587, 1.464)
-
-REACHER_LIMITS = SafetyLimits(
-    REACHER_JOINTS,
-    "effort",
-    position_lower=(-math.inf, math.radians(-160)),  # reacher.xml: shoulder unlimited, wrist -160..160 deg
-    position_upper=(math.inf, math.radians(160)),
-    velocity_limit=(40.0, 60.0),  # rad/s; about 2x the expert's peak speeds
-    effort_limit=(1.0, 1.0),  # the motors' ctrlrange
-    max_delta=tuple(round(RATE_LIMIT_MARGIN * d, 6) for d in REACHER_EXPERT_MAX_CHANGE),  # (0.73375, 1.83) per step
-    position_margin=math.radians(5),
-)
-
-
-@register_arm(
-    ArmSpec(
-        task_id="dmc/reacher-easy-pixels",
-        limits=REACHER_LIMITS,
-        observation=ObservationRecipe((ImageSource("image", "/sim_robot/camera/image_raw"),)),
-        control_period=0.02,
-        camera=(84, 84),
-        description="the same reacher observed only through its 84x84 camera (camera 0, every control step)",
-    )
-)
-@register_arm(
-    ArmSpec(
-        task_id="dmc/reacher-easy",
-        limits=REACHER_LIMITS,
-        observation=ObservationRecipe(
-            (
-                NamedSource("position", "/joint_states", "position", REACHER_JOINTS),
-                NamedSource("velocity", "/joint_states", "velocity", REACHER_JOINTS),
-                NamedSource("to_target", "/sim_robot/task_state", "position", REACHER_TASK_STATE),
-            )
-        ),
-        task_state_names=REACHER_TASK_STATE,
-        control_period=0.02,
-        description="dm_control's two-link planar reacher (effort-driven); success: fingertip inside the target sphere",
-    )
-)
 class DmcReacherArm(SimArm):
-    """dm_control ``reacher/easy``: the fingertip must touch the 5 cm target (dm_control's reward radius)."""
+    """dm_control ``reacher/easy`` (state and pixels): the fingertip must touch the 5 cm target (dm_control's reward
+    radius). Its robot files: ``robots/dmc_reacher_easy.toml``, ``robots/dmc_reacher_easy_pixels.toml``."""
 
     twin_keys = ("position", "velocity", "to_target")
 
@@ -413,7 +212,7 @@ class DmcReacherArm(SimArm):
     def inside(self) -> bool:
         return self.distance() <= self.radius()
 
-    def camera(self, height: int, width: int) -> np.ndarray:
+    def camera(self, height: int, width: int, name: str = "") -> np.ndarray:
         image = self.obs.get("image")
         if image is not None and image.shape[:2] == (height, width):
             return image  # the pixels task rendered exactly this (camera 0) in its step: no second render
@@ -429,3 +228,4 @@ class DmcReacherArm(SimArm):
         target = p.named.data.geom_xpos["finger", :2] + np.asarray(obs["to_target"], dtype=np.float64)
         p.named.model.geom_pos["target", :2] = target  # the target geom hangs off the world body: model pos = world pos
         p.forward()
+

@@ -30,7 +30,16 @@ rate) does, in this order:
    expert's largest change per step with a margin, printed at start;
    ``--max-delta`` tightens it, ``--no-rate-limit`` turns it off with a
    warning); every clip is counted and reported.
-7. **publish** the command (``Float64MultiArray`` on ``/<controller>/commands``).
+7. **publish** the command (the arm's command topic: ``Float64MultiArray`` in controller joint order, or a
+   one-point ``JointTrajectory``).
+
+**The robot.** ``--task`` picks a shipped arm (``robot_bridge/robots/``); ``--robot FILE`` reads any robot file
+(:mod:`omnipolicy.robot_bridge.robot_file`). The checkpoint's task is ``--task``, else the file's ``task``; a file
+without one needs ``--task`` naming a task id of the checkpoint, which need not be registered in ``envs`` (the
+checkpoint carries its spec). Before anything is sent the policy's spec must match the robot
+(:meth:`~omnipolicy.robot_bridge.robot_file.ArmSpec.check_spec`): observation keys, shapes, image sizes, one action
+value per joint, and the element names where the checkpoint's fields carry them; else deploy refuses, naming the
+mismatch.
 
 Holding publishes the interface's hold command (zero effort; see
 :mod:`~omnipolicy.robot_bridge.wire.safety`). A command not ready one period after
@@ -56,6 +65,7 @@ first, pinned) and run ``.venv-ros/bin/omnipolicy deploy --transport rclpy``;
 
     omnipolicy deploy --checkpoint runs/reacher --task dmc/reacher-easy --transport dds
     omnipolicy deploy --actor expert --task dmc/reacher-easy --transport rclpy --duration 30
+    omnipolicy deploy --checkpoint runs/arm --robot my_arm.toml --task my/arm-task --transport dds
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -73,10 +84,11 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from omnipolicy.envs import TaskSpec, get_task, make_expert
+from omnipolicy.envs import TaskSpec, get_task, list_tasks, make_expert
 from omnipolicy.envs.rollout import Actor
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.arms import ArmSpec, NamedSource, get_arm, make_sim_arm
+from omnipolicy.robot_bridge.arms import ArmSpec, arm_of, make_sim_arm
+from omnipolicy.robot_bridge.robot_file import NamedSource
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
 from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.wire.messages import (
@@ -85,9 +97,11 @@ from omnipolicy.robot_bridge.wire.messages import (
     Image,
     JointMap,
     JointState,
+    JointTrajectory,
     MultiArrayLayout,
     RosMessage,
     image_to_array,
+    trajectory_from_action,
 )
 from omnipolicy.robot_bridge.wire.network import Network
 from omnipolicy.robot_bridge.wire.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
@@ -103,14 +117,19 @@ from omnipolicy.tokenizers import check_observation
 log = logging.getLogger("omnipolicy.deploy")
 
 HOLD_REASONS = ("estop", "stale", "rejected", "observation", "actor", "safety", "late")
+#: The task (and arm) deploy drives without --task or --robot.
+DEFAULT_TASK = "dmc/reacher-easy"
 
 
 @dataclass(frozen=True)
 class DeployConfig:
     """Drive a ROS 2 robot with a trained policy (or the task's scripted expert) behind a safety filter."""
 
-    task: str = "dmc/reacher-easy"
-    """Task the robot performs (an arm must be registered for it: dmc/reacher-easy, dmc/reacher-easy-pixels)."""
+    task: str | None = None
+    """Task the robot performs: without --robot, a task with a shipped arm (dmc/reacher-easy, the default, or
+    dmc/reacher-easy-pixels); with --robot, the checkpoint's task id (default: the robot file's `task`)."""
+    robot: Path | None = None
+    """Robot file (TOML; docs/ros2.md) of the arm to drive, instead of --task's shipped arm."""
     checkpoint: Path | None = None
     """Checkpoint (step or run directory) of the policy; required with --actor policy."""
     actor: Literal["policy", "expert"] = "policy"
@@ -123,7 +142,7 @@ class DeployConfig:
     domain_id: int | None = None
     """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
     rate_hz: float = 0.0
-    """Control rate (0: the task's control rate, 50 Hz for dmc/reacher-easy)."""
+    """Control rate (0: the arm's control rate, 50 Hz for dmc/reacher-easy)."""
     state_timeout: float = 0.1
     """Watchdog: hold when the newest valid state of any observation topic is older than this (s)."""
     max_delta: float | None = None
@@ -166,6 +185,35 @@ class DeployConfig:
             raise ValueError(f"--rate-hz and --duration must be >= 0, got {self.rate_hz} and {self.duration}")
         if self.no_rate_limit and self.max_delta is not None:
             raise ValueError(f"--max-delta {self.max_delta} and --no-rate-limit contradict each other; give one of them")
+
+
+@dataclass(frozen=True)
+class RobotTask:
+    """The task of an arm known only by its robot file: a checkpoint's task id the registry does not know, and the
+    spec the file implies (an actor with a spec of its own, a checkpoint's, acts with that one)."""
+
+    id: str
+    timestep: Any
+    instruction: str = ""
+
+
+def deploy_target(cfg: "DeployConfig") -> tuple[ArmSpec, TaskSpec | RobotTask]:
+    """The arm to drive and the task the actor acts in (``--robot`` / ``--task``; module docstring, "The robot").
+
+    Raises:
+        ValueError: a robot file without a task and no ``--task``; ``--actor expert`` for an unregistered task.
+        KeyError: no arm for ``--task`` (without ``--robot``).
+        FileNotFoundError, ~omnipolicy.robot_bridge.robot_file.RobotFileError: a missing or invalid robot file.
+    """
+    arm = arm_of(cfg.task or DEFAULT_TASK, cfg.robot)
+    task_id = cfg.task or arm.task_id
+    if not task_id:
+        raise ValueError(f"robot file {str(cfg.robot)!r} names no `task`: give --task, a task id of the checkpoint")
+    if cfg.robot is None or task_id in {t.id for t in list_tasks()}:
+        return arm, get_task(task_id)
+    if cfg.actor == "expert":
+        raise ValueError(f"--actor expert needs a registered task with a scripted expert; {task_id!r} is not one")
+    return arm, RobotTask(task_id, arm.timestep_spec())
 
 
 # ---------------------------------------------------------------------------
@@ -280,19 +328,25 @@ class Deployer:
 
     Raises:
         KeyError: no arm for the task, or a checkpoint not trained on it.
-        ValueError: the arm's observation recipe does not produce the checkpoint's observation spec.
+        ValueError: the policy's observation or action does not match the robot (:meth:`ArmSpec.check_spec`), or
+            see :func:`deploy_target`.
     """
 
     def __init__(self, cfg: DeployConfig, transport: Transport | None = None, actor: Any = None) -> None:
         self.cfg = cfg
-        self.arm = arm = get_arm(cfg.task)
+        self.arm, task = deploy_target(cfg)
+        arm = self.arm
+        self.task_id = task.id
         if actor is None:
             actor = TwinExpertActor() if cfg.actor == "expert" else policy_actor(cfg)
         self.actor = actor
-        task = get_task(cfg.task)
         actor.begin(task, [None])
         self.spec = getattr(actor, "spec", task.timestep)
-        arm.observation.check_spec(self.spec)  # before any command is sent
+        try:
+            arm.check_spec(self.spec)  # before any command is sent
+        except ValueError as e:
+            raise ValueError(f"the policy for {task.id!r} does not match robot {arm.name or arm.label!r}"
+                             f"{f' ({arm.source})' if arm.source else ''}: {e}") from None
         self.period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else arm.control_period
         self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
         self.joints = JointMap(arm.joints)
@@ -334,15 +388,15 @@ class Deployer:
                 kwargs["node_name"] = "omnipolicy_deploy"
             transport = make_transport(cfg.transport, **kwargs)
         self.t = transport
-        self.pub = self.t.publisher(arm.command_topic, Float64MultiArray, QOS_ROS2_CONTROL)
+        self.pub = self.t.publisher(arm.command_topic, arm.command_class, arm.qos_of(arm.command_topic, QOS_ROS2_CONTROL))
         self.subs = {}
         for topic, cls in self.topic_types.items():
-            qos = QOS_SENSOR_DATA if cls is Image else QOS_ROS2_CONTROL
+            qos = arm.qos_of(topic, QOS_SENSOR_DATA if cls is Image else QOS_ROS2_CONTROL)
             self.subs[topic] = self.t.subscription(topic, cls, lambda m, topic=topic: self.on_state(topic, m), qos)
         self.t.subscription(cfg.estop_topic, Bool, self.on_estop, QOS_DEFAULT)
         self.t.subscription(cfg.estop_clear_topic, Bool, self.on_estop_clear, QOS_DEFAULT)
-        self.t.subscription(arm.episode_topic, Bool, self.on_episode, QOS_DEFAULT)
-        log.info("deploying %s (%s) on %s (%s network) at %.1f Hz; observation recipe: %s", cfg.task, cfg.actor,
+        self.t.subscription(arm.episode_topic, Bool, self.on_episode, arm.qos_of(arm.episode_topic, QOS_DEFAULT))
+        log.info("deploying %s (%s) on %s (%s network) at %.1f Hz; observation recipe: %s", self.task_id, cfg.actor,
                  self.t.name, self.t.network, 1.0 / self.period, "; ".join(arm.observation.describe()))
         self._log_rate_limit()
 
@@ -500,7 +554,10 @@ class Deployer:
     def send(self, command: np.ndarray) -> None:
         """Publish a command (task order -> controller order); it becomes the rate limiter's reference."""
         command = np.asarray(command, dtype=np.float64)
-        self.pub.publish(Float64MultiArray(MultiArrayLayout(), self.joints.robot_vector(command)))
+        if self.pub.msg_type is JointTrajectory:
+            self.pub.publish(trajectory_from_action(command, self.joints))
+        else:
+            self.pub.publish(Float64MultiArray(MultiArrayLayout(), self.joints.robot_vector(command)))
         self.safety.last_sent = command
         self.last_command = command
 
@@ -601,7 +658,7 @@ class Deployer:
     def report(self) -> dict[str, Any]:
         """Counters and timings (JSON-able)."""
         return {
-            "task": self.cfg.task,
+            "task": self.task_id,
             "actor": self.cfg.actor,
             "transport": self.t.name,
             "rate_hz": round(1.0 / self.period, 3),
@@ -634,8 +691,12 @@ def deploy_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy deploy``."""
     cfg = tyro.cli(DeployConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
     setup_logging(cfg.log_level)
-    with Deployer(cfg) as node:
-        emit("ready", task=cfg.task, actor=cfg.actor, transport=node.t.name, network=node.t.network,
+    try:
+        node = Deployer(cfg)
+    except (KeyError, ValueError, FileNotFoundError) as e:  # RobotFileError is a ValueError
+        sys.exit(f"omnipolicy deploy: {e.args[0] if isinstance(e, KeyError) else e}")
+    with node:
+        emit("ready", task=node.task_id, robot=node.arm.name, actor=cfg.actor, transport=node.t.name, network=node.t.network,
              rate_hz=round(1.0 / node.period, 3), max_delta=node.max_delta)
         out = node.run(duration=cfg.duration or None, handle_signals=True)
     emit("summary", **out)

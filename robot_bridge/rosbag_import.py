@@ -10,9 +10,11 @@ dropped unless every state topic has a fresh message at or before it.
 
 Where each observation key comes from:
 
-- a task with a robot arm (:mod:`omnipolicy.robot_bridge.arms`): the arm's observation recipe, its
-  ``/joint_states`` topic and its command topic (``/<controller>/commands``); ``--state-topic``,
-  ``--command-topic`` and ``--image-topic`` rename the topics of a recording made elsewhere;
+- a task with a robot arm (:mod:`omnipolicy.robot_bridge.arms`), or an arm described by a robot file
+  (``--robot FILE``): the arm's observation recipe, its joint-state topic and its command topic;
+  ``--state-topic``, ``--command-topic`` and ``--image-topic`` rename the topics of a recording made elsewhere.
+  With ``--robot``, the episodes' task is ``--task``, else the file's ``task``, else the robot's name; a task the
+  registry does not know gets the spec the file implies (:meth:`~omnipolicy.robot_bridge.robot_file.ArmSpec.timestep_spec`);
 - any other task, or with ``--joints``: the joints in the controller's order (= the action's order), the
   joint positions (velocities) as the task's ``position`` (``velocity``) key or ``--position-key``
   (``--velocity-key``), and the image of ``--image-topic`` as the task's image key.
@@ -22,6 +24,7 @@ A bag holds no reward and no success signal: rewards are stored as 0 and success
 alignment settings it came from.
 
     omnipolicy dataset from-rosbag recordings/run-*/ --out data/robot/reacher --task dmc/reacher-easy
+    omnipolicy dataset from-rosbag recordings/arm/ --out data/robot/arm --robot my_arm.toml
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ import tyro
 from omnipolicy.datasets.episode import Episode, prepare_episode
 from omnipolicy.datasets.layout import IMPORT_NOTES_PATH, DatasetError, read_import_notes
 from omnipolicy.datasets.store import EpisodeStore
-from omnipolicy.envs import get_task
+from omnipolicy.envs import get_task, list_tasks
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.arms import ARMS, ImageSource, NamedSource
+from omnipolicy.robot_bridge.arms import ARMS
+from omnipolicy.robot_bridge.robot_file import ArmSpec, ImageSource, NamedSource, load_robot_file
 from omnipolicy.robot_bridge.wire import cdr
 from omnipolicy.robot_bridge.wire.messages import JointMap, JointState, ObservationMap, validate
 from omnipolicy.robot_bridge.wire.rosbag import BagEpisode, BagImportConfig, latest_before, read_bag, read_topics
@@ -135,6 +139,7 @@ def task_layout(
     max_image_age: float = 0.2,
     strict: bool = True,
     spec: TimestepSpec | None = None,
+    arm: ArmSpec | None = None,
 ) -> BagLayout:
     """The :class:`BagLayout` of a task: its arm's observation recipe, or explicit joints and topics.
 
@@ -149,6 +154,7 @@ def task_layout(
             (default: ``position``/``velocity`` where the task's spec has such a field).
         max_state_age, max_image_age, strict: see :class:`~omnipolicy.robot_bridge.wire.rosbag.BagImportConfig`.
         spec: the timestep spec (default: the registered task's).
+        arm: the arm (a robot file's) instead of the task's registered one.
 
     Raises:
         KeyError: unknown task.
@@ -157,7 +163,7 @@ def task_layout(
     if spec is None:
         spec = get_task(task_id).timestep
     fields = {f.name: f for f in spec.observation}
-    arm = ARMS.get(task_id)
+    arm = arm if arm is not None else ARMS.get(task_id)
     limits = dict(max_state_age=max_state_age, max_image_age=max_image_age, strict=strict)
     if joints or arm is None:
         if not joints:
@@ -193,12 +199,12 @@ def task_layout(
         if position_key or velocity_key:
             raise ValueError(f"task {task_id!r} takes its observation keys from its arm's recipe; "
                              "--position-key/--velocity-key apply only with --joints or to a task without an arm")
-        layout = _arm_layout(arm, spec, state_topic, command_topic, image_topic, ignore_joints, limits)
+        layout = _arm_layout(task_id, arm, spec, state_topic, command_topic, image_topic, ignore_joints, limits)
     layout.check_spec()
     return layout
 
 
-def _arm_layout(arm: Any, spec: TimestepSpec, state_topic: str | None, command_topic: str | None,
+def _arm_layout(task_id: str, arm: Any, spec: TimestepSpec, state_topic: str | None, command_topic: str | None,
                 image_topic: str | None, ignore_joints: Sequence[str], limits: dict[str, Any]) -> BagLayout:
     """Map the arm's observation recipe onto read_bag's joint-state/image keys plus extra JointState topics."""
     state = ros_topic_name(state_topic or arm.joint_states_topic)
@@ -223,7 +229,7 @@ def _arm_layout(arm: Any, spec: TimestepSpec, state_topic: str | None, command_t
     obs_map = ObservationMap(JointMap(tuple(arm.joints), ignored=tuple(sorted(ignored))),
                              position_key=keys["position"], velocity_key=keys["velocity"], image_key=image_key)
     config = BagImportConfig(joint_states=state, commands=command_topic or arm.command_topic, image=image, **limits)
-    return BagLayout(arm.task_id, spec, obs_map, config, tuple(extra))
+    return BagLayout(task_id, spec, obs_map, config, tuple(extra))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -489,8 +495,11 @@ class FromRosbag:
     """Bag folders (with metadata.yaml), .mcap/.db3 files, or folders of bag folders."""
     out: Path
     """Episode store folder to append to (created if needed)."""
-    task: str
-    """Registered task id whose TimestepSpec the episodes must match (its robot arm's observation recipe is used)."""
+    task: str | None = None
+    """Task id of the episodes: a registered task whose TimestepSpec they must match (its robot arm's observation
+    recipe is used); required without --robot. With --robot, default: the file's `task`, else the robot's name."""
+    robot: Path | None = None
+    """Robot file (TOML; docs/ros2.md) whose joints, topics and observation recipe the bags follow."""
     joints: tuple[str, ...] = ()
     """Joint names in the controller's (= the action's) order; for a task without a robot arm, or to override it."""
     ignore_joints: tuple[str, ...] = ()
@@ -521,14 +530,23 @@ def from_rosbag(cmd: FromRosbag) -> None:
         sys.exit("omnipolicy dataset from-rosbag: the `rosbags` package is not installed: pip install 'omnipolicy[ros]'")
     if not cmd.bags:
         sys.exit("omnipolicy dataset from-rosbag: give at least one BAG (a bag folder, .mcap/.db3 file or folder of bags)")
+    if cmd.task is None and cmd.robot is None:
+        sys.exit("omnipolicy dataset from-rosbag: give --task (a registered task id) or --robot (a robot file)")
     try:
+        arm = load_robot_file(cmd.robot) if cmd.robot is not None else None
+        task_id = cmd.task or (arm.task_id or arm.name if arm is not None else "")
+        spec = None
+        if arm is not None and task_id not in {t.id for t in list_tasks()}:
+            spec = arm.timestep_spec()  # an arm known only by its file
         layout = task_layout(
-            cmd.task, joints=cmd.joints, ignore_joints=cmd.ignore_joints, state_topic=cmd.state_topic,
+            task_id, joints=cmd.joints, ignore_joints=cmd.ignore_joints, state_topic=cmd.state_topic,
             command_topic=cmd.command_topic, image_topic=cmd.image_topic, position_key=cmd.position_key,
             velocity_key=cmd.velocity_key, max_state_age=cmd.max_state_age, max_image_age=cmd.max_image_age,
-            strict=not cmd.lenient,
+            strict=not cmd.lenient, spec=spec, arm=arm,
         )
-        print(f"{cmd.task}: " + "; ".join(layout.describe()))
+        if arm is not None:
+            arm.check_spec(layout.spec)  # the robot's joints and names against the task's spec
+        print(f"{task_id}: " + "; ".join(layout.describe()))
         summary = import_bags(cmd.bags, cmd.out, layout, fps=cmd.fps, progress=True)
     except KeyError as exc:
         sys.exit(f"omnipolicy dataset from-rosbag: {exc.args[0]}")

@@ -1,25 +1,30 @@
-"""``omnipolicy sim-robot``: a simulated arm of the task suite, exposed as a ROS 2 robot.
+"""``omnipolicy sim-robot``: a simulated arm of the task suite, or any arm with an MJCF model, as a ROS 2 robot.
 
-The node steps the task's simulator in real time, one control period per
+The node steps the arm's simulator in real time, one control period per
 tick (50 Hz for ``dmc/reacher-easy``), and speaks what a ros2_control robot
-speaks (see :mod:`omnipolicy.robot_bridge.arms` for the topics of each arm):
+speaks (the topics of each arm are in its robot file; see
+:mod:`omnipolicy.robot_bridge.arms`). ``--task`` picks a shipped arm,
+``--robot FILE`` any robot file (an MJCF model is simulated by
+:class:`~omnipolicy.robot_bridge.mjcf_arm.MjcfArm`):
 
 - publishes ``/joint_states`` (``sensor_msgs/JointState``: position, velocity,
   effort = the applied command) and the task state on its own topic
   (``/sim_robot/task_state``, a ``JointState`` of named values, same stamp);
-- publishes a camera ``sensor_msgs/Image`` (rgb8, sensor-data QoS) on
-  ``/sim_robot/camera/image_raw`` when ``--camera-rate-hz`` is set;
-- accepts ``Float64MultiArray`` efforts on ``/<controller>/commands``
-  (controller joint order) and ``JointTrajectory`` messages on
-  ``/<trajectory_controller>/joint_trajectory`` (the first point's positions
-  become targets of a joint PD, as joint_trajectory_controller does on an
-  effort interface); the newest valid command of either kind is in force.
+- publishes every camera the observation reads (``sensor_msgs/Image``, rgb8,
+  sensor-data QoS) at every control step at the robot file's size, and a
+  camera on ``/sim_robot/camera/image_raw`` when ``--camera-rate-hz`` is set;
+- accepts commands on the arm's command topic (``Float64MultiArray`` in
+  controller joint order, or ``JointTrajectory``) and ``JointTrajectory``
+  messages on its trajectory topic (for an effort interface the first point's
+  positions become targets of a joint PD, as joint_trajectory_controller does);
+  the newest valid command of either kind is in force.
 
-**Hold rule.** An effort command is in force for ``--command-timeout``
-seconds after it arrives; after that the robot applies zero effort (torque
-off; the joints' damping stops the arm within a few tenths of a second). A
-trajectory target stays in force until replaced (the last safe command of a
-position interface). Malformed commands (wrong length, unknown joints, NaN)
+**Hold rule.** An effort (velocity) command is in force for
+``--command-timeout`` seconds after it arrives; after that the robot applies
+zero effort (velocity): torque off, the joints' damping stops the arm within a
+few tenths of a second. A position target stays in force until replaced (the
+last safe command of a position interface; before the first one the arm holds
+its initial pose). Malformed commands (wrong length, unknown joints, NaN)
 are rejected with one log line each and leave the previous command in force.
 
 **Episodes.** Episode ``k`` starts from ``env.reset(seed=SEED + k)``, exactly
@@ -29,7 +34,9 @@ initial state and the state is published). At the start of each episode the
 node publishes ``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
 ``Bool(success)`` on ``/sim_robot/success``, where **success means the
 target is reached at the end of the episode** (for the reacher: the
-fingertip inside the target sphere, dm_control's reward radius). It also
+fingertip inside the target sphere, dm_control's reward radius). An arm
+without a target (an MJCF arm) has no success: its episodes are of fixed
+length and report ``success: null``, and nothing goes on the success topic. It also
 prints one JSON line per episode on stdout (``{"event": "episode", ...}``),
 a ``{"event": "ready"}`` line once its endpoints exist and a
 ``{"event": "summary"}`` line at exit (also written to ``--summary``).
@@ -41,6 +48,7 @@ every packet on 127.0.0.1 (tests and benchmarks).
 SIGINT/SIGTERM stop it cleanly (summary written, endpoints closed).
 
     omnipolicy sim-robot --task dmc/reacher-easy --transport dds --episodes 10
+    omnipolicy sim-robot --robot tests/data/robots/two_joint_arm.toml --transport dds
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ import tyro
 
 from omnipolicy.envs.rollout import Actor, ExpertActor, run_episodes
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, get_arm, make_sim_arm
+from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, arm_of, get_arm, make_sim_arm
 from omnipolicy.robot_bridge.wire.loopback import loopback_env
 from omnipolicy.robot_bridge.wire.messages import (
     Bool,
@@ -73,6 +81,7 @@ from omnipolicy.robot_bridge.wire.messages import (
     JointMap,
     JointState,
     JointTrajectory,
+    RosMessage,
     Time,
     action_from_command,
     array_to_image,
@@ -91,10 +100,13 @@ log = logging.getLogger("omnipolicy.sim_robot")
 
 @dataclass(frozen=True)
 class SimRobotConfig:
-    """Run a simulated arm of the task suite as a ROS 2 robot (joint states out, commands in)."""
+    """Run a simulated arm of the task suite, or any arm with an MJCF model, as a ROS 2 robot (joint states out,
+    commands in)."""
 
     task: str = "dmc/reacher-easy"
     """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy, dmc/reacher-easy-pixels)."""
+    robot: Path | None = None
+    """Robot file (TOML; docs/ros2.md) of the arm to simulate instead of --task's: its `mjcf` model or `sim` class."""
     transport: Literal["dds", "rclpy"] = "dds"
     """rclpy: a real ROS 2 node (needs rclpy); dds: ROS 2's wire protocol over Cyclone DDS."""
     network: Network = "system"
@@ -111,11 +123,12 @@ class SimRobotConfig:
     publish_rate_hz: float = 0.0
     """Joint-state rate (0: every control step). Must divide the control rate."""
     camera_rate_hz: float = 0.0
-    """Camera image rate (0: no camera). Must divide the control rate."""
+    """Rate of a camera the observation does not read, on /sim_robot/camera/image_raw (0: none). Must divide the
+    control rate. (The cameras the observation reads publish at every control step.)"""
     camera_size: int = 84
-    """Camera image height and width in pixels."""
+    """That camera's image height and width in pixels."""
     command_timeout: float = 0.1
-    """An effort command is applied for at most this long; then zero effort (the hold rule)."""
+    """An effort (velocity) command is applied for at most this long; then zero (the hold rule)."""
     trajectory_kp: float = 5.0
     """Joint PD gain (effort per rad) that tracks a JointTrajectory's positions."""
     trajectory_kd: float = 0.2
@@ -157,13 +170,16 @@ class CommandSlot:
 
     Args:
         joints: the controller's joint map.
-        timeout: seconds an effort command stays in force.
+        timeout: seconds an effort (velocity) command stays in force.
         clock: monotonic clock.
+        interface: the robot's command interface (``effort``, ``position`` or ``velocity``).
     """
 
-    def __init__(self, joints: JointMap, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, joints: JointMap, timeout: float, clock: Callable[[], float] = time.monotonic,
+                 interface: str = "effort") -> None:
         self.joints = joints
         self.timeout = float(timeout)
+        self.interface = interface
         self.clock = clock
         self._lock = threading.Lock()
         self._effort: tuple[float, np.ndarray] | None = None  # (arrival time, task-order effort)
@@ -178,6 +194,10 @@ class CommandSlot:
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         self._accept(msg, "trajectory")
+
+    def on_command(self, msg: RosMessage) -> None:
+        """A message on the arm's command topic: a trajectory or a forward command, by its type."""
+        self._accept(msg, "trajectory" if isinstance(msg, JointTrajectory) else "effort")
 
     def _accept(self, msg: Any, kind: str) -> None:
         now = self.clock()
@@ -199,11 +219,21 @@ class CommandSlot:
             self._newest = kind
 
     def effort(self, position: np.ndarray, velocity: np.ndarray, kp: float, kd: float) -> tuple[np.ndarray, bool]:
-        """The effort to apply now (task order) and whether the hold rule chose it."""
+        """The command to apply now (task order; effort for an effort interface) and whether the hold rule chose it.
+
+        Position interface: the newest target (either kind) until replaced; before any, the current position.
+        Effort: a trajectory's positions through the joint PD (``kp``, ``kd``). Velocity: ``kp`` times a trajectory's
+        position error. A forward command expires after the timeout (then zero effort or velocity).
+        """
         now = self.clock()
         with self._lock:
             newest, effort, target = self._newest, self._effort, self._target
+        if self.interface == "position":
+            last = target if newest == "trajectory" else effort[1] if effort is not None else None
+            return (np.array(position, dtype=np.float64), True) if last is None else (last, False)
         if newest == "trajectory" and target is not None:
+            if self.interface == "velocity":
+                return kp * (target - position), False
             return np.clip(kp * (target - position) - kd * velocity, -1.0, 1.0), False
         if effort is not None and now - effort[0] <= self.timeout:
             return effort[1], False
@@ -216,32 +246,35 @@ class SimRobot:
     Args:
         cfg: the node's configuration.
         transport: an open transport (default: made from ``cfg``; closed with the robot).
-        sim: the simulated arm (default: ``make_sim_arm(cfg.task)``).
+        sim: the simulated arm (default: ``make_sim_arm`` of the robot file's or the task's arm).
 
     Raises:
-        KeyError: no arm for the task. ValueError: inconsistent rates or episode length.
+        KeyError: no arm for the task. FileNotFoundError, RobotFileError: a missing or invalid robot file.
+        ValueError: inconsistent rates or episode length, or an arm without a simulator.
     """
 
     def __init__(self, cfg: SimRobotConfig, transport: Transport | None = None, sim: SimArm | None = None) -> None:
         self.cfg = cfg
-        self.spec: ArmSpec = get_arm(cfg.task)
-        control_hz = self.spec.rate_hz
+        self.spec: ArmSpec = arm_of(cfg.task, cfg.robot)
+        s = self.spec
+        control_hz = s.rate_hz
         self.publish_every = _divisor(cfg.publish_rate_hz, control_hz, "publish-rate-hz")
         self.camera_every = _divisor(cfg.camera_rate_hz, control_hz, "camera-rate-hz") if cfg.camera_rate_hz > 0 else 0
         self.camera_size = (cfg.camera_size, cfg.camera_size)
-        if self.spec.camera is not None:  # the task observes the camera: every control step, at the observation's size
+        if any(c.topic == s.camera_topic for c in s.cameras):  # that camera is observed: every step, its own size
             if self.camera_every > 1:
-                raise ValueError(f"{cfg.task} observes the camera at every control step; --camera-rate-hz must be "
+                raise ValueError(f"{s.label} observes the camera at every control step; --camera-rate-hz must be "
                                  f"{control_hz:g} or 0, got {cfg.camera_rate_hz:g}")
-            self.camera_every, self.camera_size = 1, tuple(self.spec.camera)
-        self.episode_steps = int(round(cfg.episode_seconds / self.spec.control_period))
+            self.camera_every = 0
+        self.episode_steps = int(round(cfg.episode_seconds / s.control_period))
         if self.episode_steps < 1:
-            raise ValueError(f"--episode-seconds must be at least one control period ({self.spec.control_period} s), got {cfg.episode_seconds}")
-        self.sim = sim if sim is not None else make_sim_arm(cfg.task, render=self.camera_every > 0)
-        if self.episode_steps > self.sim.task.max_steps:
+            raise ValueError(f"--episode-seconds must be at least one control period ({s.control_period} s), got {cfg.episode_seconds}")
+        self.sim = sim if sim is not None else make_sim_arm(s, render=self.camera_every > 0 or bool(s.cameras))
+        limit = self.sim.max_steps
+        if limit is not None and self.episode_steps > limit:
             raise ValueError(
                 f"--episode-seconds {cfg.episode_seconds} is {self.episode_steps} steps; the task's episodes last at most "
-                f"{self.sim.task.max_steps} steps ({self.sim.task.max_steps * self.spec.control_period:g} s)"
+                f"{limit} steps ({limit * s.control_period:g} s)"
             )
         self._own_transport = transport is None
         if transport is None:
@@ -250,16 +283,20 @@ class SimRobot:
                 kwargs["node_name"] = "omnipolicy_sim_robot"
             transport = make_transport(cfg.transport, **kwargs)
         self.t = transport
-        joints = JointMap(self.spec.joints)
-        self.commands = CommandSlot(joints, cfg.command_timeout)
-        s = self.spec
-        self.pub_state = self.t.publisher(s.joint_states_topic, JointState, QOS_ROS2_CONTROL)
-        self.pub_task = self.t.publisher(s.task_state_topic, JointState, QOS_ROS2_CONTROL) if s.task_state_names else None
-        self.pub_episode = self.t.publisher(s.episode_topic, Bool, QOS_DEFAULT)
-        self.pub_success = self.t.publisher(s.success_topic, Bool, QOS_DEFAULT)
+        joints = JointMap(s.joints)
+        self.commands = CommandSlot(joints, cfg.command_timeout, interface=s.limits.interface)
+        self.pub_state = self.t.publisher(s.joint_states_topic, JointState, s.qos_of(s.joint_states_topic, QOS_ROS2_CONTROL))
+        self.pub_task = (self.t.publisher(s.task_state_topic, JointState, s.qos_of(s.task_state_topic, QOS_ROS2_CONTROL))
+                         if s.task_state_names else None)
+        self.pub_episode = self.t.publisher(s.episode_topic, Bool, s.qos_of(s.episode_topic, QOS_DEFAULT))
+        self.pub_success = self.t.publisher(s.success_topic, Bool, s.qos_of(s.success_topic, QOS_DEFAULT))
         self.pub_camera = self.t.publisher(s.camera_topic, Image, QOS_SENSOR_DATA) if self.camera_every else None
-        self.sub_effort = self.t.subscription(s.command_topic, Float64MultiArray, self.commands.on_effort, QOS_ROS2_CONTROL)
-        self.sub_traj = self.t.subscription(s.trajectory_topic, JointTrajectory, self.commands.on_trajectory, QOS_ROS2_CONTROL)
+        self.pub_cameras = [(c, self.t.publisher(c.topic, Image, s.qos_of(c.topic, QOS_SENSOR_DATA))) for c in s.cameras]
+        self.sub_effort = self.t.subscription(s.command_topic, s.command_class, self.commands.on_command,
+                                              s.qos_of(s.command_topic, QOS_ROS2_CONTROL))
+        self.sub_traj = (self.t.subscription(s.trajectory_topic, JointTrajectory, self.commands.on_trajectory,
+                                             s.qos_of(s.trajectory_topic, QOS_ROS2_CONTROL))
+                         if s.trajectory_topic and s.trajectory_topic != s.command_topic else None)
         self.stop_event = threading.Event()
         self.episodes: list[dict[str, Any]] = []
         self.ticks = 0
@@ -270,9 +307,12 @@ class SimRobot:
 
     # ------------------------------------------------------------ publishing
     def publish_state(self, camera: bool = False) -> None:
-        """Joint state and task state (and the camera image) of this instant, with one stamp."""
+        """Joint state and task state, the observed cameras' images (and the extra camera's) of this instant, with one
+        stamp."""
         stamp = Time.now()
-        if camera and self.pub_camera is not None:  # rendered first: the image is the state below
+        for c, pub in self.pub_cameras:  # rendered first: the image is the state below
+            pub.publish(array_to_image(self.sim.camera(c.height, c.width, c.name), stamp=stamp, frame_id=c.name or "camera"))
+        if camera and self.pub_camera is not None:
             self.pub_camera.publish(array_to_image(self.sim.camera(*self.camera_size), stamp=stamp, frame_id="camera"))
         pos, vel, eff = self.sim.joint_state()
         self.pub_state.publish(JointState(Header(stamp=stamp), self.spec.joints, pos, vel, eff))
@@ -292,10 +332,11 @@ class SimRobot:
         ep = self._new_episode(episode)
         started = not cfg.start_on_command
         t_start = time.monotonic()
-        emit("ready", task=cfg.task, transport=self.t.name, network=self.t.network,
-             joints=list(self.spec.joints), period_s=period,
+        emit("ready", task=self.spec.label, robot=self.spec.name, transport=self.t.name, network=self.t.network,
+             joints=list(self.spec.joints), period_s=period, interface=self.spec.limits.interface,
              episode_steps=self.episode_steps, command_topic=self.spec.command_topic)
         cam = self.camera_every > 0
+        every_tick = bool(self.pub_cameras)  # the observation reads a camera: state and images at every control step
         self.publish_state(cam)
         next_tick = time.monotonic() + period
         while not self.stop_event.is_set():
@@ -328,7 +369,7 @@ class SimRobot:
             self.hold_ticks += held
             step_in_ep += 1
             ep["hold_steps"] += held
-            if self.sim.inside() and ep["first_reach_s"] is None:
+            if self.sim.has_success and ep["first_reach_s"] is None and self.sim.inside():
                 ep["first_reach_s"] = round(step_in_ep * period, 4)
             if step_in_ep >= self.episode_steps:
                 self._end_episode(ep, step_in_ep)
@@ -340,7 +381,7 @@ class SimRobot:
                 ep = self._new_episode(episode)
                 self.pub_episode.publish(Bool(True))
             camera_now = cam and (self.ticks % self.camera_every == 0 or step_in_ep == 0)
-            if camera_now or self.ticks % self.publish_every == 0 or step_in_ep == 0:
+            if every_tick or camera_now or self.ticks % self.publish_every == 0 or step_in_ep == 0:
                 self.publish_state(camera_now)
         return self.finish()
 
@@ -348,21 +389,25 @@ class SimRobot:
         return {"index": index, "seed": self.cfg.seed + index, "first_reach_s": None, "hold_steps": 0}
 
     def _end_episode(self, ep: dict[str, Any], steps: int) -> None:
-        success = self.sim.inside()
-        ep.update(success=bool(success), reached=ep["first_reach_s"] is not None, steps=steps,
-                  final_distance=round(self.sim.distance(), 5))
-        self.pub_success.publish(Bool(bool(success)))
+        if self.sim.has_success:
+            success = bool(self.sim.inside())
+            ep.update(success=success, reached=ep["first_reach_s"] is not None, steps=steps,
+                      final_distance=round(self.sim.distance(), 5))
+            self.pub_success.publish(Bool(success))
+        else:  # no target: an episode of fixed length, no success
+            ep.update(success=None, reached=None, steps=steps, final_distance=None)
         self.episodes.append(ep)
         emit("episode", **ep)
 
     def summary(self) -> dict[str, Any]:
         eps = self.episodes
+        judged = bool(eps) and self.sim.has_success
         return {
-            "task": self.cfg.task,
+            "task": self.spec.label,
             "transport": self.t.name,
             "episodes": len(eps),
-            "success_rate": float(np.mean([e["success"] for e in eps])) if eps else None,
-            "reached_rate": float(np.mean([e["reached"] for e in eps])) if eps else None,
+            "success_rate": float(np.mean([e["success"] for e in eps])) if judged else None,
+            "reached_rate": float(np.mean([e["reached"] for e in eps])) if judged else None,
             "successes": [e["success"] for e in eps],
             "seeds": [e["seed"] for e in eps],
             "ticks": self.ticks,
@@ -371,7 +416,7 @@ class SimRobot:
             "tick_lateness": percentiles_ms(self.lateness),
             "step_time": percentiles_ms(self.step_time),
             "commands_received": self.commands.received,
-            "commands_rejected": self.commands.rejected + self.sub_effort.rejected + self.sub_traj.rejected,
+            "commands_rejected": self.commands.rejected + self.sub_effort.rejected + (self.sub_traj.rejected if self.sub_traj else 0),
             "states_published": self.pub_state.published,
         }
 
@@ -387,6 +432,9 @@ class SimRobot:
         self.stop_event.set()
 
     def close(self) -> None:
+        close_sim = getattr(self.sim, "close", None)
+        if close_sim is not None:
+            close_sim()  # an MJCF arm's renderers
         if self._own_transport:
             self.t.close()
 

@@ -17,6 +17,13 @@ limit means depends on the robot's command interface:
     Steps 3 and 4 only ever shrink an effort toward zero, and they come after
     the rate limit, so they act at once.
 
+``velocity`` (forward_command_controller on velocity interfaces):
+    1. clip each velocity to ``[-velocity_limit, velocity_limit]``;
+    2. rate limit: move at most ``max_delta`` from the previously sent velocity
+       (zero before the first command and after a hold);
+    3. position limits: a joint at or beyond a limit (less the margin) gets no
+       velocity moving it further out.
+
 ``position`` (forward position controller, or a streamed joint trajectory):
     1. clip each target to ``[position_lower, position_upper]``;
     2. velocity limit: move the target at most ``velocity_limit * dt`` from the
@@ -24,7 +31,8 @@ limit means depends on the robot's command interface:
     3. rate limit: move at most ``max_delta`` from the previously sent target.
 
 The hold command (:meth:`SafetyFilter.hold`): zero effort for ``effort``
-(torque off; the joints' damping brings the arm to rest), the last measured
+(torque off; the joints' damping brings the arm to rest), zero velocity for
+``velocity``, the last measured
 position for ``position``. A deploy node sends it whenever it may not act:
 e-stop latched, state stale (:class:`Watchdog`), state rejected.
 
@@ -46,7 +54,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-INTERFACES = ("effort", "position")
+INTERFACES = ("effort", "position", "velocity")
 #: Kinds of clip, in the order they are applied (effort interface) / reported.
 CLIP_KINDS = ("effort", "position", "velocity", "rate")
 
@@ -70,7 +78,7 @@ class SafetyLimits:
 
     Attributes:
         joints: joint names in controller order.
-        interface: ``effort`` or ``position`` (what the command values are).
+        interface: ``effort``, ``position`` or ``velocity`` (what the command values are).
         position_lower, position_upper: joint position limits (rad or m).
         velocity_limit: maximum joint speed (rad/s or m/s), > 0.
         effort_limit: maximum absolute effort command (effort interface), > 0.
@@ -79,7 +87,7 @@ class SafetyLimits:
     """
 
     joints: tuple[str, ...]
-    interface: Literal["effort", "position"] = "effort"
+    interface: Literal["effort", "position", "velocity"] = "effort"
     position_lower: Any = None
     position_upper: Any = None
     velocity_limit: Any = None
@@ -216,6 +224,12 @@ class SafetyFilter:
             apply("position", np.where(outward_hi | outward_lo, 0.0, out))
             too_fast = ((qd > self._vmax) & (out > 0)) | ((qd < -self._vmax) & (out < 0))
             apply("velocity", np.where(too_fast, 0.0, out))
+        elif self.limits.interface == "velocity":
+            apply("velocity", np.clip(out, -self._vmax, self._vmax))
+            prev = np.zeros_like(out) if prev is None else prev  # nothing sent yet: the joints stand still
+            apply("rate", np.clip(out, prev - self._delta, prev + self._delta))
+            outward = ((q >= self._upper - self._margin) & (out > 0)) | ((q <= self._lower + self._margin) & (out < 0))
+            apply("position", np.where(outward, 0.0, out))
         else:
             apply("position", np.clip(out, self._lower, self._upper))
             step = self._vmax * self.dt
@@ -228,11 +242,11 @@ class SafetyFilter:
         return SafeCommand(out, req, clipped)
 
     def hold(self, position: Any = None, commit: bool = True) -> np.ndarray | None:
-        """The hold command: zero effort, or the last measured position (None if unknown: send nothing).
+        """The hold command: zero effort or velocity, or the last measured position (None if unknown: send nothing).
 
         With ``commit`` it becomes :attr:`last_sent` (a resumed effort command is then rate limited from zero).
         """
-        if self.limits.interface == "effort":
+        if self.limits.interface in ("effort", "velocity"):
             out = np.zeros(len(self.limits.joints))
         else:
             if position is None:

@@ -11,14 +11,8 @@ import pytest
 pytest.importorskip("dm_control")
 
 from omnipolicy.envs import get_task, make_env, make_expert  # noqa: E402
-from omnipolicy.robot_bridge.arms import (  # noqa: E402
-    ARMS,
-    ImageSource,
-    NamedSource,
-    ObservationRecipe,
-    get_arm,
-    make_sim_arm,
-)
+from omnipolicy.robot_bridge.arms import ARMS, get_arm, make_sim_arm  # noqa: E402
+from omnipolicy.robot_bridge.robot_file import ImageSource, NamedSource, ObservationRecipe  # noqa: E402
 from omnipolicy.robot_bridge.wire.messages import Header, JointState, joint_state  # noqa: E402
 from omnipolicy.tokenizers import check_observation  # noqa: E402
 

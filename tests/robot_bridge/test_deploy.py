@@ -37,6 +37,10 @@ from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, wait_for  # noqa
 
 pytestmark = pytest.mark.timeout(240)
 
+#: The reacher expert's largest effort change between two control steps (shoulder, wrist), over whole episodes of
+#: seeds 0-299 (robot_bridge/robots/dmc_reacher_easy.toml), and the margin its max_delta adds.
+REACHER_EXPERT_MAX_CHANGE, RATE_LIMIT_MARGIN = (0.587, 1.464), 1.25
+
 TASK = "dmc/reacher-easy"
 ARM = get_arm(TASK)
 JS, TS = ARM.joint_states_topic, ARM.task_state_topic
@@ -263,9 +267,8 @@ def test_turning_the_rate_limit_off_takes_a_flag_and_warns(transport, caplog):
 
 
 def test_the_arms_rate_limit_is_its_experts_largest_change_with_a_margin():
-    """The figure in arms.py comes back from its seeds (the largest changes are in an episode's first steps), and
-    the expert under the arm's default limits reaches the same targets at the same times as without them."""
-    from omnipolicy.robot_bridge.arms import RATE_LIMIT_MARGIN, REACHER_EXPERT_MAX_CHANGE
+    """The figure in the arm's robot file comes back from its seeds (the largest changes are in an episode's first
+    steps), and the expert under the arm's default limits reaches the same targets at the same times as without them."""
     from omnipolicy.robot_bridge.sim_robot import largest_command_change
     from omnipolicy.robot_bridge.wire.safety import SafetyFilter
 

@@ -191,7 +191,8 @@ def test_pixels_arm_camera_message_is_the_plain_simulation_image():
     task = "dmc/reacher-easy-pixels"
     spec, arm_spec = get_task(task).timestep, get_arm(task)
     arm_spec.observation.check_spec(spec)
-    assert arm_spec.camera == (84, 84) and arm_spec.limits == ARM.limits
+    (camera,) = arm_spec.cameras
+    assert camera.shape == (84, 84, 3) and camera.topic == arm_spec.camera_topic and arm_spec.limits == ARM.limits
     arm, env = make_sim_arm(task), make_env(task)
     arm.reset(4)
     obs, _ = env.reset(seed=4)
