@@ -73,7 +73,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -691,11 +690,7 @@ def deploy_command(argv: list[str], prog: str) -> None:
     """Entry point of ``omnipolicy deploy``."""
     cfg = tyro.cli(DeployConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0])
     setup_logging(cfg.log_level)
-    try:
-        node = Deployer(cfg)
-    except (KeyError, ValueError, FileNotFoundError) as e:  # RobotFileError is a ValueError
-        sys.exit(f"omnipolicy deploy: {e.args[0] if isinstance(e, KeyError) else e}")
-    with node:
+    with Deployer(cfg) as node:  # a bad robot file or a mismatched policy: one line from the CLI
         emit("ready", task=node.task_id, robot=node.arm.name, actor=cfg.actor, transport=node.t.name, network=node.t.network,
              rate_hz=round(1.0 / node.period, 3), max_delta=node.max_delta)
         out = node.run(duration=cfg.duration or None, handle_signals=True)

@@ -84,6 +84,19 @@ def test_position_interface_clips_targets():
     assert f.hold(position=None) is None and f.hold(position=[np.nan, 0.0]) is None
 
 
+def test_velocity_interface_clips_ramps_and_stops_at_the_position_limits():
+    lim = SafetyLimits(J, "velocity", position_lower=(-1.0, -1.0), position_upper=(1.0, 1.0), velocity_limit=(2.0, 2.0),
+                       max_delta=0.5, position_margin=0.1)
+    f = SafetyFilter(lim, dt=0.02)
+    out = f.filter([3.0, -0.2], position=[0.0, 0.0], velocity=[0, 0])
+    assert out.command.tolist() == pytest.approx([0.5, -0.2])  # 3 -> 2 (velocity limit) -> 0.5 (rate: from rest)
+    assert sorted(out.clipped) == ["rate", "velocity"]
+    out = f.filter([1.0, -1.0], position=[0.95, -0.5], velocity=[0, 0])
+    assert out.command.tolist() == pytest.approx([0.0, -0.7])  # the shoulder is within the margin: no outward velocity
+    assert sorted(out.clipped) == ["position", "rate"]
+    assert f.hold(position=None).tolist() == [0.0, 0.0]  # hold: stand still
+
+
 @pytest.mark.parametrize(
     "command, position, match",
     [
@@ -103,7 +116,7 @@ def test_bad_inputs_raise_and_send_nothing(command, position, match):
     "kwargs, match",
     [
         (dict(joints=("a", "a")), "unique joint names"),
-        (dict(joints=("a",), interface="velocity"), r"interface: expected one of \['effort', 'position'\]"),
+        (dict(joints=("a",), interface="torque"), r"interface: expected one of \['effort', 'position', 'velocity'\]"),
         (dict(joints=("a", "b"), effort_limit=(1.0,)), r"effort_limit: expected one value per joint \(2\), got 1"),
         (dict(joints=("a",), velocity_limit=0.0), "velocity_limit: expected values > 0"),
         (dict(joints=("a",), position_lower=1.0, position_upper=0.0), r"position_lower must be < position_upper, not for joints \['a'\]"),
