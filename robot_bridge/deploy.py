@@ -142,8 +142,9 @@ class DeployConfig:
     """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
     rate_hz: float = 0.0
     """Control rate (0: the arm's control rate, 50 Hz for dmc/reacher-easy)."""
-    state_timeout: float = 0.1
-    """Watchdog: hold when the newest valid state of any observation topic is older than this (s)."""
+    state_timeout: float | None = None
+    """Watchdog: hold when the newest valid state of any observation topic is older than this (s; default: 0.1 s or
+    2.5 control periods, whichever is longer: a 10 Hz arm's states arrive every 0.1 s)."""
     max_delta: float | None = None
     """Tighter maximum change of every joint's command between two ticks (default: the arm's rate limit, its
     expert's largest change per tick with a margin; printed at start)."""
@@ -172,11 +173,14 @@ class DeployConfig:
     under load, a control step took 3.1 ms p50 / 7.7 ms p99 with 1 thread and 16.5 / 77.6 ms with 2."""
     log_level: str = "INFO"
     """Logging level (stderr)."""
+    instruction: str | None = None
+    """The instruction of a policy that reads one (a text observation field, e.g. a LeRobot dataset's task):
+    given to every step (required by such a policy)."""
 
     def __post_init__(self) -> None:
         if self.actor == "policy" and self.checkpoint is None:
             raise ValueError("deploy --actor policy needs --checkpoint (or use --actor expert to validate the wiring)")
-        if not self.state_timeout > 0:
+        if self.state_timeout is not None and not self.state_timeout > 0:
             raise ValueError(f"--state-timeout must be > 0 seconds, got {self.state_timeout}")
         if self.torch_threads < 0:
             raise ValueError(f"--torch-threads must be >= 0 (0: torch's default), got {self.torch_threads}")
@@ -346,6 +350,11 @@ class Deployer:
         except ValueError as e:
             raise ValueError(f"the policy for {task.id!r} does not match robot {arm.name or arm.label!r}"
                              f"{f' ({arm.source})' if arm.source else ''}: {e}") from None
+        # the text fields (an instruction) the policy reads: the same text every step
+        self.text = {f.name: cfg.instruction for f in self.spec.observation if f.kind == "text"}
+        if self.text and cfg.instruction is None:
+            raise ValueError(f"the policy for {task.id!r} reads an instruction (text field(s) {sorted(self.text)}): "
+                             f"give --instruction TEXT, e.g. the task string it was trained with")
         self.period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else arm.control_period
         self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
         self.joints = JointMap(arm.joints)
@@ -354,7 +363,8 @@ class Deployer:
         self.topic_types = {arm.joint_states_topic: JointState, **arm.observation.topics}
         if self.topic_types[arm.joint_states_topic] is not JointState:
             raise ValueError(f"{arm.joint_states_topic} must carry JointState messages")
-        self.watchdogs = {topic: Watchdog(cfg.state_timeout) for topic in self.topic_types}
+        self.state_timeout = cfg.state_timeout or max(0.1, 2.5 * self.period)
+        self.watchdogs = {topic: Watchdog(self.state_timeout) for topic in self.topic_types}
         self._lock = threading.Lock()
         self._topics = {topic: _Topic() for topic in self.topic_types}
         self._sources: dict[str, list[Any]] = {topic: [] for topic in self.topic_types}
@@ -483,7 +493,7 @@ class Deployer:
             return None
         p0, stamp0, now0 = previous
         dt = stamp - stamp0 if stamp > 0 and stamp0 > 0 else now - now0
-        return (position - p0) / dt if 0 < dt <= self.cfg.state_timeout else None
+        return (position - p0) / dt if 0 < dt <= self.state_timeout else None
 
     def on_estop(self, msg: Bool) -> None:
         if msg.data:
@@ -610,7 +620,7 @@ class Deployer:
 
     def _act(self, values: Mapping[str, np.ndarray], fresh: bool) -> tuple[np.ndarray | None, str | None]:
         try:
-            obs = {s.key: values[s.key] for s in self.arm.observation.sources}
+            obs = {**{s.key: values[s.key] for s in self.arm.observation.sources}, **self.text}
             check_observation(self.spec, obs)
         except (KeyError, ValueError) as e:
             log.warning("observation rejected: %s", e)
@@ -647,7 +657,7 @@ class Deployer:
         if self._holding != reason:
             if reason == "stale":
                 ages = {t: round(w.age(now), 3) for t, w in self.watchdogs.items()}
-                log.warning("holding: state stale (age s %s > %.3f s)", ages, self.cfg.state_timeout)
+                log.warning("holding: state stale (age s %s > %.3f s)", ages, self.state_timeout)
             elif reason != "estop":  # the e-stop logs itself
                 log.warning("holding: %s", reason)
             self._holding = reason

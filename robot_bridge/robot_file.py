@@ -48,12 +48,24 @@ def check_names(what: str, expected: Sequence[str] | None, found: Sequence[str],
     Raises:
         ValueError: the names or their order differ (naming ``what``, the expected and the found names).
     """
-    if expected is None or tuple(expected) == tuple(found):
+    if expected is None or tuple(expected) == tuple(found) or tuple(_joint_names(expected)) == tuple(found):
         return
     exp, got = list(expected), list(found)
     detail = ("same names in another order" if sorted(exp) == sorted(got) else
               f"missing on the robot: {sorted(set(exp) - set(got))}, not in the policy: {sorted(set(got) - set(exp))}")
     raise ValueError(f"{what}: the policy's element names {exp} differ from the robot's {got} ({where}; {detail})")
+
+
+#: LeRobot names a joint's value ``<joint>.pos`` (``.vel``, ``.effort``); the robot's names are the joints'.
+LEROBOT_SUFFIXES = (".pos", ".vel", ".effort")
+
+
+def _joint_names(names: Sequence[str]) -> list[str]:
+    """Element names with LeRobot's per-joint suffix removed, when every name carries the same one."""
+    for suffix in LEROBOT_SUFFIXES:
+        if names and all(n.endswith(suffix) for n in names):
+            return [n[: -len(suffix)] for n in names]
+    return list(names)
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +163,8 @@ class ObservationRecipe:
             ValueError: a key missing on either side, or a shape, kind, image size or name that differs (naming the key,
                 what the spec expects and what the recipe gives).
         """
-        fields = {f.name: f for f in spec.observation}
+        # text fields (an instruction) do not come from the robot's topics: deploy gives them (--instruction)
+        fields = {f.name: f for f in spec.observation if f.kind != "text"}
         mine = {s.key: s for s in self.sources}
         if set(fields) != set(mine):
             raise ValueError(
