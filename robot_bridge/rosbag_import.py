@@ -2,17 +2,18 @@
 
 One bag is one episode. Messages are decoded by :mod:`omnipolicy.robot_bridge.wire` (PyPI's ``rosbags``, no ROS
 install) and aligned by the rule of :mod:`omnipolicy.robot_bridge.wire.rosbag`: every command (receive time ``t``
-in the bag) becomes one timestep; its observation is the latest joint state (and image) received at or
-before ``t``, and the command is dropped when there is none or it is older than ``--max-state-age``
-(``--max-image-age``). Tasks whose observation also reads other ``JointState`` topics (the task state of
+in the bag) becomes one timestep; its observation is the latest joint state (and image of each camera) received
+at or before ``t``, and the command is dropped when there is none or it is older than ``--max-state-age``
+(``--max-image-age``, per camera). Tasks whose observation also reads other ``JointState`` topics (the task state of
 ``dmc/reacher-easy``: target minus fingertip) align those by the same rule and age limit: a command is
 dropped unless every state topic has a fresh message at or before it.
 
 Where each observation key comes from:
 
 - a task with a robot arm (:mod:`omnipolicy.robot_bridge.arms`), or an arm described by a robot file
-  (``--robot FILE``): the arm's observation recipe, its joint-state topic and its command topic;
-  ``--state-topic``, ``--command-topic`` and ``--image-topic`` rename the topics of a recording made elsewhere.
+  (``--robot FILE``): the arm's observation recipe (every camera from its own ``sensor_msgs/Image`` topic), its
+  joint-state topic and its command topic; ``--state-topic``, ``--command-topic`` and ``--image-topic`` rename the
+  topics of a recording made elsewhere (``--image-topic`` only for an arm with one camera).
   With ``--robot``, the episodes' task is ``--task``, else the file's ``task``, else the robot's name; a task the
   registry does not know gets the spec the file implies (:meth:`~omnipolicy.robot_bridge.robot_file.ArmSpec.timestep_spec`);
 - any other task, or with ``--joints``: the joints in the controller's order (= the action's order), the
@@ -64,7 +65,8 @@ class BagLayout:
         task_id: the registered task.
         spec: its timestep spec (what the episodes must match).
         obs_map: joints (controller order = action order) and the keys read from the joint-state/image topics.
-        config: topics and alignment limits for :func:`~omnipolicy.robot_bridge.wire.rosbag.read_bag`.
+        config: topics and alignment limits for :func:`~omnipolicy.robot_bridge.wire.rosbag.read_bag` (its
+            ``cameras``: the cameras after the first).
         extra: observation keys read from other ``JointState`` topics (aligned by the same rule).
     """
 
@@ -75,18 +77,23 @@ class BagLayout:
     extra: tuple[NamedSource, ...] = ()
 
     @property
+    def images(self) -> dict[str, str]:
+        """Observation key -> ``sensor_msgs/Image`` topic of every camera."""
+        return self.config.image_topics(self.obs_map.image_key)
+
+    @property
     def keys(self) -> list[str]:
         """Observation keys the layout produces."""
         m = self.obs_map
-        return [k for k in (m.position_key, m.velocity_key, m.image_key) if k is not None] + [s.key for s in self.extra]
+        vectors = [k for k in (m.position_key, m.velocity_key) if k is not None]
+        return vectors + list(self.images) + [s.key for s in self.extra]
 
     def describe(self) -> list[str]:
         """One line per observation key and one for the action: ``key <- topic field[names]``."""
         m, c = self.obs_map, self.config
         lines = [f"{k} <- {c.joint_states} {f}{list(m.joints.task_joints)}"
                  for k, f in ((m.position_key, "position"), (m.velocity_key, "velocity")) if k is not None]
-        if m.image_key is not None:
-            lines.append(f"{m.image_key} <- {c.image} (sensor_msgs/Image -> RGB uint8)")
+        lines += [f"{key} <- {topic} (sensor_msgs/Image -> RGB uint8)" for key, topic in self.images.items()]
         lines += [s.describe() for s in self.extra]
         lines.append(f"action <- {c.commands} {list(m.joints.robot_joints)}")
         return lines
@@ -115,8 +122,10 @@ class BagLayout:
                     f"task {self.task_id!r}: observation {key!r} expected {f.kind} {tuple(f.shape)}, "
                     f"got continuous {shape} from the bag"
                 )
-        if m.image_key is not None and fields[m.image_key].kind != "image":
-            raise ValueError(f"task {self.task_id!r}: observation {m.image_key!r} expected {fields[m.image_key].kind}, got image")
+        for key, topic in self.images.items():
+            if fields[key].kind != "image":
+                raise ValueError(f"task {self.task_id!r}: observation {key!r} expected {fields[key].kind}, "
+                                 f"got image from {topic}")
         a = self.spec.action
         if a.kind != "continuous" or tuple(a.shape) != (m.joints.size,):
             raise ValueError(
@@ -172,17 +181,23 @@ def task_layout(
                 f"joint order) and the topics (--state-topic, --command-topic, --image-topic)"
             )
         images = [f.name for f in spec.observation if f.kind == "image"]
+        cameras: tuple[tuple[str, str], ...] = ()
         if arm is not None:  # --joints with an arm: its topics stay the defaults
             state_topic = state_topic or arm.joint_states_topic
             command_topic = command_topic or arm.command_topic
-            cams = [s.topic for s in arm.observation.sources if isinstance(s, ImageSource)]
-            image_topic = image_topic or (cams[0] if cams else None)
+            cams = _cameras(arm)
+            if image_topic is None and len(cams) > 1:  # every camera under its recipe key
+                cameras = tuple(cams.items())
+            elif image_topic is None and cams:
+                image_topic = next(iter(cams.values()))
+            elif image_topic is not None and len(cams) > 1:
+                raise _ambiguous_image_topic(task_id, image_topic, cams)
         if image_topic is not None and len(images) != 1:
             raise ValueError(f"--image-topic needs a task with one image observation; {task_id!r} has {images}")
         pk = position_key or ("position" if "position" in fields else None)
         vk = velocity_key or ("velocity" if "velocity" in fields else None)
         ik = images[0] if image_topic is not None else None
-        if pk is None and vk is None and ik is None:
+        if pk is None and vk is None and ik is None and not cameras:
             raise ValueError(
                 f"task {task_id!r} expects observation keys {sorted(fields)}; name the joint-state keys with "
                 f"--position-key/--velocity-key or give --image-topic"
@@ -192,6 +207,7 @@ def task_layout(
             joint_states=state_topic or BagImportConfig.joint_states,
             commands=command_topic or BagImportConfig.commands,
             image=image_topic,
+            cameras=cameras,
             **limits,
         )
         layout = BagLayout(task_id, spec, obs_map, config)
@@ -204,19 +220,38 @@ def task_layout(
     return layout
 
 
+def _cameras(arm: ArmSpec) -> dict[str, str]:
+    """Observation key -> image topic of every camera of the arm's recipe, in the recipe's order."""
+    return {s.key: ros_topic_name(s.topic) for s in arm.observation.sources if isinstance(s, ImageSource)}
+
+
+def _ambiguous_image_topic(task_id: str, image_topic: str, cams: dict[str, str]) -> ValueError:
+    listing = ", ".join(f"{key} <- {topic}" for key, topic in cams.items())
+    return ValueError(
+        f"--image-topic {image_topic} is ambiguous: it renames the camera of a one-camera task, and task {task_id!r} "
+        f"has {len(cams)} cameras ({listing}); record on those topics, or give a robot file (--robot) whose "
+        f"[[cameras]] name the bag's topics"
+    )
+
+
 def _arm_layout(task_id: str, arm: Any, spec: TimestepSpec, state_topic: str | None, command_topic: str | None,
                 image_topic: str | None, ignore_joints: Sequence[str], limits: dict[str, Any]) -> BagLayout:
-    """Map the arm's observation recipe onto read_bag's joint-state/image keys plus extra JointState topics."""
+    """Map the arm's observation recipe onto read_bag's joint-state/image keys plus extra JointState topics.
+
+    The first camera fills ``ObservationMap.image_key`` (``--image-topic`` renames its topic when it is the only
+    one); the others are ``BagImportConfig.cameras``.
+    """
     state = ros_topic_name(state_topic or arm.joint_states_topic)
     keys: dict[str, str | None] = {"position": None, "velocity": None}
-    image_key = image = None
+    cams = _cameras(arm)
+    if image_topic is not None and len(cams) > 1:
+        raise _ambiguous_image_topic(task_id, image_topic, cams)
+    image_key, image = next(iter(cams.items()), (None, None))
+    image = image_topic or image
     extra: list[NamedSource] = []
     ignored: set[str] = set(ignore_joints)
     for s in arm.observation.sources:
         if isinstance(s, ImageSource):
-            if image_key is not None:
-                raise ValueError(f"task {arm.task_id!r}: the rosbag import reads one image topic, the recipe has several")
-            image_key, image = s.key, image_topic or s.topic
             continue
         on_state = ros_topic_name(s.topic) == ros_topic_name(arm.joint_states_topic)
         if on_state and s.field in keys and keys[s.field] is None and tuple(s.names) == tuple(arm.joints):
@@ -228,7 +263,8 @@ def _arm_layout(task_id: str, arm: Any, spec: TimestepSpec, state_topic: str | N
         raise ValueError(f"--image-topic given, but task {arm.task_id!r} observes no image (its recipe: {arm.observation.describe()})")
     obs_map = ObservationMap(JointMap(tuple(arm.joints), ignored=tuple(sorted(ignored))),
                              position_key=keys["position"], velocity_key=keys["velocity"], image_key=image_key)
-    config = BagImportConfig(joint_states=state, commands=command_topic or arm.command_topic, image=image, **limits)
+    config = BagImportConfig(joint_states=state, commands=command_topic or arm.command_topic, image=image,
+                             cameras=tuple(cams.items())[1:], **limits)
     return BagLayout(task_id, spec, obs_map, config, tuple(extra))
 
 
@@ -267,8 +303,9 @@ def bag_topics(path: str | Path) -> dict[str, str]:
 def _check_topics(path: Path, layout: BagLayout) -> None:
     c = layout.config
     wanted = {c.joint_states: "--state-topic", c.commands: "--command-topic"}
-    if c.image:
-        wanted[c.image] = "--image-topic"
+    images = layout.images
+    for key, topic in images.items():
+        wanted.setdefault(topic, "--image-topic" if len(images) == 1 else f"camera {key!r} of the task's recipe")
     for s in layout.extra:
         wanted.setdefault(ros_topic_name(s.topic), f"{s.key!r} of the task's recipe")
     have = bag_topics(path)
@@ -286,6 +323,7 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
     data = read_topics(path, list(by_topic))
     keep = np.ones(len(ep), dtype=bool)  # (T,)
     values: dict[str, np.ndarray] = {}
+    stale = dict(ep.stale)  # counted on the commands read_bag kept
     rejected = 0
     for topic, sources in by_topic.items():
         cls, raw = data[topic]
@@ -303,6 +341,7 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
                 continue
             times.append(t)
         idx, ok = latest_before(np.asarray(times, np.int64), ep.timestamps_ns, layout.config.max_state_age)
+        stale[topic] = int(np.sum(~ok))
         keep &= ok
         for j, s in enumerate(sources):
             values[s.key] = np.stack([rows[i][j] for i in idx]) if rows else np.zeros((len(ep), len(s.names)))  # (T, n)
@@ -315,6 +354,7 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
         joint_names=ep.joint_names,
         dropped=ep.dropped + int(len(ep) - len(sel)),
         rejected=ep.rejected + rejected,
+        stale=stale,
     )
 
 
@@ -350,10 +390,12 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
     if layout.extra and len(ep):
         ep = _align_extra(path, ep, layout)
     if len(ep) == 0:
+        stale = ", ".join(f"{topic} at {n}" for topic, n in ep.stale.items() if n)
         raise ValueError(
             f"rosbag {str(path)!r}: no timestep left after alignment ({ep.dropped} commands on {layout.config.commands} "
             f"dropped: no state at or before them, or older than --max-state-age {layout.config.max_state_age} s"
-            + (f" / --max-image-age {layout.config.max_image_age} s" if layout.config.image else "") + ")"
+            + (f" / --max-image-age {layout.config.max_image_age} s" if layout.images else "") + ")"
+            + (f"; commands without a fresh message, per topic: {stale}" if stale else "")
         )
     spec = layout.spec
     observations = {}
@@ -362,7 +404,7 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
         if value.shape[1:] != tuple(f.shape):
             raise ValueError(
                 f"rosbag {str(path)!r}: observation {f.name!r} of task {layout.task_id!r} expected shape {tuple(f.shape)}, "
-                f"got {value.shape[1:]} from {layout.config.image if f.kind == 'image' else layout.config.joint_states}"
+                f"got {value.shape[1:]} from {layout.images.get(f.name, layout.config.joint_states)}"
             )
         observations[f.name] = value.astype(f.dtype)
     actions = ep.actions.astype(spec.action.dtype)  # (T, A)
@@ -473,7 +515,8 @@ def _write_notes(store: EpisodeStore, summary: ImportSummary, layout: BagLayout)
         "alignment": ("each command (bag receive time t) is one timestep; observation = latest message of every "
                       "state/image topic at or before t; dropped if none or older than the max age"),
         "max_state_age_s": c.max_state_age,
-        "max_image_age_s": c.max_image_age if c.image else None,
+        "max_image_age_s": c.max_image_age if layout.images else None,
+        "image_topics": layout.images,
         "topics": layout.describe(),
     })
     write_json_atomic(store.root / IMPORT_NOTES_PATH, notes)
@@ -487,8 +530,8 @@ def _write_notes(store: EpisodeStore, summary: ImportSummary, layout: BagLayout)
 class FromRosbag:
     """Import rosbag2 recordings (MCAP or SQLite3) as episodes: one bag = one episode (needs the `ros` extra).
 
-    Each command message is one timestep; its observation is the latest joint state (and image) received at
-    or before it (see this module). Rewards are stored as 0 and success as unknown.
+    Each command message is one timestep; its observation is the latest joint state (and image of each camera)
+    received at or before it (see this module). Rewards are stored as 0 and success as unknown.
     """
 
     bags: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="BAG [BAG ...]")]]
@@ -509,7 +552,7 @@ class FromRosbag:
     command_topic: str | None = None
     """Float64MultiArray or JointTrajectory command topic (default: the arm's, else /forward_position_controller/commands)."""
     image_topic: str | None = None
-    """sensor_msgs/Image topic (default: the arm's camera topic when the task observes images)."""
+    """sensor_msgs/Image topic (default: the arm's camera topics); renames the camera of a one-camera task only."""
     position_key: str | None = None
     """Without an arm: observation key of the joint positions (default: `position` if the task has it)."""
     velocity_key: str | None = None

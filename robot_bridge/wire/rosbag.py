@@ -8,11 +8,11 @@ Alignment rule (the only one): every message is timed by its **receive time
 in the bag** (the rosbag2 record timestamp; ``Float64MultiArray`` commands
 carry no header, and receive times are on one clock for every topic). Each
 command at time ``t`` becomes one timestep whose observation is the **latest
-joint state received at or before ``t``** (and, with an image topic, the
-latest image at or before ``t``). A command is dropped when there is no such
-state (image) or when it is older than ``max_state_age`` (``max_image_age``)
-seconds at ``t``. The action is the command itself, in task order. So a
-timestep pairs "what the robot looked like" with "what it was told next",
+joint state received at or before ``t``** (and, for each camera, the latest
+image of its own topic at or before ``t``). A command is dropped when there is
+no such state (image, for any camera) or when it is older than
+``max_state_age`` (``max_image_age``) seconds at ``t``. The action is the
+command itself, in task order. So a timestep pairs "what the robot looked like" with "what it was told next",
 exactly what a policy sees and does in the control loop.
 
 ``write_bag`` writes such a bag with ``rosbags``' own serializer, for tests
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +58,30 @@ class BagImportConfig:
     commands: str = "/forward_position_controller/commands"
     """Command topic: std_msgs/Float64MultiArray (controller joint order) or trajectory_msgs/JointTrajectory."""
     image: str | None = None
-    """Optional sensor_msgs/Image topic."""
+    """Optional sensor_msgs/Image topic filling ``ObservationMap.image_key``."""
+    cameras: tuple[tuple[str, str], ...] = ()
+    """Further cameras: ``(observation key, sensor_msgs/Image topic)`` pairs, each aligned like ``image``."""
     max_state_age: float = 0.1
     """Drop a command whose latest joint state is older than this (seconds)."""
     max_image_age: float = 0.2
-    """Drop a command whose latest image is older than this (seconds)."""
+    """Drop a command whose latest image (of any camera) is older than this (seconds)."""
     strict: bool = True
     """Raise on a malformed message (unknown/missing joints, NaN, bad sizes); else drop it and log one line."""
 
     def __post_init__(self) -> None:
         for name in ("joint_states", "commands") + (("image",) if self.image is not None else ()):
             object.__setattr__(self, name, ros_topic_name(getattr(self, name)))
+        object.__setattr__(self, "cameras", tuple((key, ros_topic_name(topic)) for key, topic in self.cameras))
+        keys = [key for key, _ in self.cameras]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"BagImportConfig.cameras: observation keys must differ, got {keys}")
         for name in ("max_state_age", "max_image_age"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"BagImportConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+
+    def image_topics(self, image_key: str | None) -> dict[str, str]:
+        """Observation key -> ``sensor_msgs/Image`` topic of every camera: ``image`` (as ``image_key``), then ``cameras``."""
+        return ({image_key: self.image} if self.image is not None and image_key is not None else {}) | dict(self.cameras)
 
 
 @dataclass
@@ -86,6 +96,8 @@ class BagEpisode:
         joint_names: task-order joint names (the columns of the vectors).
         dropped: commands dropped by the alignment rule (no state yet, state or image too old).
         rejected: malformed messages skipped (``strict=False`` only).
+        stale: topic -> commands it had no fresh message for (none at or before them, or too old); each topic
+            counted on its own, so a command stale on two topics counts on both.
     """
 
     observations: dict[str, np.ndarray]
@@ -95,6 +107,7 @@ class BagEpisode:
     joint_names: tuple[str, ...]
     dropped: int = 0
     rejected: int = 0
+    stale: dict[str, int] = field(default_factory=dict)
 
     @property
     def timestamps(self) -> np.ndarray:
@@ -166,13 +179,14 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
         path: the bag directory (``metadata.yaml`` and its ``.mcap`` or ``.db3`` files).
         obs_map: joint map and observation keys; ``obs_map.image_key`` must be
             set iff ``config.image`` is.
-        config: topics and alignment limits.
+        config: topics and alignment limits; ``config.cameras`` add further image keys.
 
     Returns:
         The episode arrays; ``T`` may be 0 if every command was dropped.
 
     Raises:
-        ValueError: missing topics, wrong message types, or (``strict``) a malformed message.
+        ValueError: missing topics, wrong message types, a camera whose image size changes, or (``strict``) a
+            malformed message; each names its topic.
         FileNotFoundError: no such bag.
     """
     path = Path(path)
@@ -181,7 +195,12 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
             f"BagImportConfig.image ({config.image!r}) and ObservationMap.image_key ({obs_map.image_key!r}) "
             "must be both set or both None"
         )
-    topics = [config.joint_states, config.commands] + ([config.image] if config.image else [])
+    taken = {k for k in (obs_map.position_key, obs_map.velocity_key, obs_map.image_key) if k is not None}
+    clash = sorted(taken & {key for key, _ in config.cameras})
+    if clash:
+        raise ValueError(f"BagImportConfig.cameras: keys {clash} are also keys of the ObservationMap ({sorted(taken)})")
+    cameras = config.image_topics(obs_map.image_key)  # observation key -> Image topic
+    topics = list(dict.fromkeys([config.joint_states, config.commands, *cameras.values()]))
     data = read_topics(path, topics)
     state_type, state_raw = data[config.joint_states]
     cmd_type, cmd_raw = data[config.commands]
@@ -191,6 +210,9 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
         raise ValueError(
             f"rosbag: {config.commands} has type {cmd_type.ROS_TYPE}; expected one of {[c.ROS_TYPE for c in COMMAND_TYPES]}"
         )
+    for key, topic in cameras.items():
+        if data[topic][0] is not Image:
+            raise ValueError(f"rosbag: {topic} (camera {key!r}) has type {data[topic][0].ROS_TYPE}, expected {Image.ROS_TYPE}")
     rejected = 0
 
     def decode_all(topic: str, kind: type, raw: list[tuple[int, bytes]], convert: Any) -> tuple[np.ndarray, list[Any]]:
@@ -212,23 +234,30 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
     s_t, s_obs = decode_all(config.joint_states, JointState, state_raw, obs_map.joint_observation)
     c_t, c_act = decode_all(config.commands, cmd_type, cmd_raw, lambda m: action_from_command(m, jm))
     s_idx, keep = latest_before(s_t, c_t, config.max_state_age)
-    if config.image:
-        i_t, i_arr = decode_all(config.image, Image, data[config.image][1], image_to_array)
-        i_idx, keep_image = latest_before(i_t, c_t, config.max_image_age)
-        keep &= keep_image
+    stale = {config.joint_states: int(np.sum(~keep))}
+    images: dict[str, tuple[str, list[np.ndarray], np.ndarray]] = {}  # key -> (topic, frames, frame index per command)
+    decoded: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}  # topic -> (times, frames): a topic decodes once
+    for key, topic in cameras.items():
+        if topic not in decoded:
+            decoded[topic] = decode_all(topic, Image, data[topic][1], image_to_array)
+        i_t, i_arr = decoded[topic]
+        i_idx, fresh = latest_before(i_t, c_t, config.max_image_age)
+        stale[topic] = int(np.sum(~fresh))
+        keep &= fresh
+        images[key] = (topic, i_arr, i_idx)
     rows = np.flatnonzero(keep)
     observations: dict[str, np.ndarray] = {}
     keys = [k for k in (obs_map.position_key, obs_map.velocity_key) if k is not None]
     for k in keys:
         observations[k] = np.stack([s_obs[s_idx[r]][k] for r in rows]) if len(rows) else np.zeros((0, jm.size))  # (T, J)
-    if config.image:
+    for key, (topic, i_arr, i_idx) in images.items():
         if len(rows):
             shapes = {i_arr[i_idx[r]].shape for r in rows}
             if len(shapes) != 1:
-                raise ValueError(f"rosbag: {config.image} changes image size within the episode: {sorted(shapes)}")
-            observations[obs_map.image_key] = np.stack([i_arr[i_idx[r]] for r in rows])  # (T, H, W, C)
+                raise ValueError(f"rosbag: {topic} (camera {key!r}) changes image size within the episode: {sorted(shapes)}")
+            observations[key] = np.stack([i_arr[i_idx[r]] for r in rows])  # (T, H, W, C)
         else:
-            observations[obs_map.image_key] = np.zeros((0, 0, 0, 0), np.uint8)
+            observations[key] = np.zeros((0, 0, 0, 0), np.uint8)
     actions = np.stack([c_act[r] for r in rows]) if len(rows) else np.zeros((0, jm.size))  # (T, A)
     return BagEpisode(
         observations=observations,
@@ -238,6 +267,7 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
         joint_names=jm.task_joints,
         dropped=int(len(c_t) - len(rows)),
         rejected=rejected,
+        stale=stale,
     )
 
 

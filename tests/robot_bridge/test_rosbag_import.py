@@ -234,3 +234,119 @@ def test_malformed_task_state_fails_or_is_skipped_with_lenient(tmp_path: Path, c
     ep = EpisodeStore(tmp_path / "ds").load_episode(0)
     np.testing.assert_array_equal(ep.observations["to_target"], obs["to_target"])
     np.testing.assert_array_equal(ep.actions, actions)
+
+
+TWO_CAMERA_ARM = """
+name = "two_camera_arm"
+rate_hz = 50.0
+joints = ["shoulder", "wrist"]
+[command]
+interface = "position"
+topic = "/effort_controller/commands"
+[limits]
+position_lower = -2.0
+position_upper = 2.0
+velocity = 3.0
+max_delta = 0.5
+[joint_states]
+topic = "/joint_states"
+[[cameras]]
+key = "front"
+topic = "/front/image_raw"
+height = 16
+width = 20
+[[cameras]]
+key = "wrist"
+topic = "/wrist/image_raw"
+height = 8
+width = 12
+[observation.position]
+topic = "/joint_states"
+field = "position"
+names = ["shoulder", "wrist"]
+"""
+
+
+def two_camera_recording(seed: int, wrist_stall_ms: tuple[int, int] = (200, 400)):
+    """Joint states at 100 Hz; front images at 50 Hz, wrist images at 25 Hz (stalling a while); commands at 50 Hz."""
+    rng = np.random.default_rng(seed)
+    msgs, states, front, wrist, cmds = [], [], [], [], []
+    for k in range(60):
+        t = T0 + k * 10 * MS
+        q = rng.uniform(-1, 1, size=2)
+        msgs.append(("/joint_states", t, joint_state(JOINTS, q, stamp=Time.from_ns(t))))
+        states.append((t, q))
+        if k % 2 == 0:
+            img = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+            msgs.append(("/front/image_raw", t + 1 * MS, array_to_image(img, stamp=Time.from_ns(t))))
+            front.append((t + 1 * MS, img))
+        if k % 4 == 0 and not wrist_stall_ms[0] <= k * 10 < wrist_stall_ms[1]:
+            img = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+            msgs.append(("/wrist/image_raw", t + 2 * MS, array_to_image(img, stamp=Time.from_ns(t))))
+            wrist.append((t + 2 * MS, img))
+        if k % 2 == 1:
+            a = rng.uniform(-1, 1, size=2)
+            msgs.append((CMD, t + 3 * MS, Float64MultiArray(layout=MultiArrayLayout(), data=a)))
+            cmds.append((t + 3 * MS, a))
+    return msgs, states, front, wrist, cmds
+
+
+def test_every_camera_of_a_robot_file_is_read_from_its_own_topic(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    robot = tmp_path / "arm.toml"
+    robot.write_text(TWO_CAMERA_ARM)
+    msgs, states, front, wrist, cmds = two_camera_recording(8)
+    bag = write_bag(tmp_path / "run-0", msgs)
+    out = tmp_path / "ds"
+    dataset_command(["from-rosbag", str(bag), "--out", str(out), "--robot", str(robot), "--max-image-age", "0.05"], PROG)
+    assert ("front <- /front/image_raw (sensor_msgs/Image -> RGB uint8); wrist <- /wrist/image_raw "
+            "(sensor_msgs/Image -> RGB uint8)") in capsys.readouterr().out
+    want: dict[str, list] = {"position": [], "front": [], "wrist": [], "action": []}
+    for t, a in cmds:
+        s, f, w = (latest_at_or_before(states, t, 100 * MS), latest_at_or_before(front, t, 50 * MS),
+                   latest_at_or_before(wrist, t, 50 * MS))
+        if s is None or f is None or w is None:
+            continue
+        for key, value in (("position", s), ("front", f), ("wrist", w), ("action", a)):
+            want[key].append(value)
+    dropped = len(cmds) - len(want["action"])
+    assert dropped >= 5  # the wrist camera's stall: its latest image is older than 50 ms, the front one's is fresh
+    ep = EpisodeStore(out).load_episode(0)
+    assert ep.task_id == "two_camera_arm" and len(ep.actions) == len(want["action"])
+    assert ep.observations["front"].shape[1:] == (16, 20, 3) and ep.observations["wrist"].shape[1:] == (8, 12, 3)
+    for key in ("front", "wrist"):
+        np.testing.assert_array_equal(ep.observations[key], np.stack(want[key]))  # each frame in its timestep
+    np.testing.assert_array_equal(ep.observations["position"], np.array(want["position"], np.float32))
+    np.testing.assert_array_equal(ep.actions, np.array(want["action"], np.float32))
+    # --joints with the arm (the explicit layout) reads both cameras too
+    dataset_command(["from-rosbag", str(bag), "--out", str(tmp_path / "ds2"), "--robot", str(robot),
+                     "--max-image-age", "0.05", "--joints", *JOINTS], PROG)
+    for key in ("front", "wrist"):
+        np.testing.assert_array_equal(EpisodeStore(tmp_path / "ds2").load_episode(0).observations[key], ep.observations[key])
+    notes = json.loads((out / "meta/rosbag_imports.json").read_text())[0]
+    assert notes["image_topics"] == {"front": "/front/image_raw", "wrist": "/wrist/image_raw"}
+    assert notes["dropped_commands"] == [dropped] and notes["max_image_age_s"] == 0.05
+    assert [line for line in notes["topics"] if "Image" in line] == [
+        "front <- /front/image_raw (sensor_msgs/Image -> RGB uint8)", "wrist <- /wrist/image_raw (sensor_msgs/Image -> RGB uint8)"]
+
+
+def test_two_camera_errors_name_the_camera(tmp_path: Path) -> None:
+    robot = tmp_path / "arm.toml"
+    robot.write_text(TWO_CAMERA_ARM)
+    msgs, *_ = two_camera_recording(9, wrist_stall_ms=(0, 1000))  # the wrist camera never publishes
+    base = ["from-rosbag", str(write_bag(tmp_path / "bag", msgs)), "--out", str(tmp_path / "ds"), "--robot", str(robot)]
+    with pytest.raises(SystemExit, match=r"topic /wrist/image_raw \(camera 'wrist' of the task's recipe\) not found; "
+                                         r"the bag has: /effort_controller/commands"):
+        dataset_command(base, PROG)
+    with pytest.raises(SystemExit, match=(
+            r"--image-topic /cam is ambiguous: it renames the camera of a one-camera task, and task 'two_camera_arm' "
+            r"has 2 cameras \(front <- /front/image_raw, wrist <- /wrist/image_raw\)")):
+        dataset_command([*base, "--image-topic", "/cam"], PROG)
+    # the wrist camera stops after 100 ms: every later command is dropped; with all of them stale, the error says which
+    msgs, *_ = two_camera_recording(10, wrist_stall_ms=(100, 1000))
+    late = [m for m in msgs if m[0] != CMD or m[1] > T0 + 300 * MS]
+    with pytest.raises(SystemExit, match=(
+            r"no timestep left after alignment \(15 commands on /effort_controller/commands dropped: .*"
+            r"--max-image-age 0.2 s\); commands without a fresh message, per topic: /wrist/image_raw at 15$")):
+        dataset_command(["from-rosbag", str(write_bag(tmp_path / "late", late)), "--out", str(tmp_path / "ds"),
+                         "--robot", str(robot)], PROG)
+    assert not (tmp_path / "ds").exists()

@@ -126,3 +126,82 @@ def test_bad_bags_and_configs(tmp_path):
     wrong_order = JointMap(("a", "b", "c"))
     with pytest.raises(ValueError, match=r"unknown joint names"):
         read_bag(bag, ObservationMap(wrong_order, position_key="q"))
+
+
+def two_camera_recording(rng, stall=(100 * MS, 300 * MS)):
+    """Joint states at 100 Hz, a front camera at 50 Hz, a wrist camera at 33 Hz that stalls, commands at 50 Hz."""
+    msgs, states, front, wrist, cmds = [], [], [], [], []
+    for k in range(40):
+        t = T0 + k * 10 * MS
+        q = rng.normal(size=3)
+        msgs.append(("/joint_states", t, joint_state(["shoulder", "elbow", "wrist"], q, stamp=Time.from_ns(t))))
+        states.append((t, q))
+        if k % 2 == 0:
+            img = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            msgs.append(("/front/image_raw", t + 1 * MS, array_to_image(img, stamp=Time.from_ns(t))))
+            front.append((t + 1 * MS, img))
+        if k % 3 == 0 and not stall[0] <= t - T0 < stall[1]:
+            img = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)  # another size than the front camera's
+            msgs.append(("/wrist/image_raw", t + 2 * MS, array_to_image(img, stamp=Time.from_ns(t))))
+            wrist.append((t + 2 * MS, img))
+        if k % 2 == 1:
+            a = rng.normal(size=3)
+            msgs.append(("/forward_position_controller/commands", t + 5 * MS, command_from_action(a, JM)))
+            cmds.append((t + 5 * MS, a))
+    return msgs, states, front, wrist, cmds
+
+
+def latest(stream, t, max_age_ns):
+    """The rule, spelled out: the newest value received at or before t, unless older than max_age_ns."""
+    before = [(ts, v) for ts, v in stream if ts <= t]
+    return None if not before or t - before[-1][0] > max_age_ns else before[-1][1]
+
+
+def test_two_cameras_each_align_on_their_own_topic(tmp_path):
+    msgs, states, front, wrist, cmds = two_camera_recording(np.random.default_rng(6))
+    bag = write_bag(tmp_path / "bag", msgs)
+    cfg = BagImportConfig(image="/front/image_raw", cameras=(("hand", "wrist/image_raw"),), max_image_age=0.05)
+    assert cfg.cameras == (("hand", "/wrist/image_raw"),)
+    ep = read_bag(bag, ObservationMap(JM, position_key="q", image_key="rgb"), cfg)
+    want = {"q": [], "rgb": [], "hand": [], "action": []}
+    stale_wrist = 0
+    for t, a in cmds:
+        s, f, w = latest(states, t, 100 * MS), latest(front, t, 50 * MS), latest(wrist, t, 50 * MS)
+        stale_wrist += w is None
+        if s is None or f is None or w is None:
+            continue
+        for key, value in (("q", s), ("rgb", f), ("hand", w), ("action", a)):
+            want[key].append(value)
+    assert stale_wrist >= 5 and ep.dropped == stale_wrist  # the wrist camera's stall alone drops timesteps
+    assert ep.stale == {"/joint_states": 0, "/front/image_raw": 0, "/wrist/image_raw": stale_wrist}
+    assert len(ep) == len(cmds) - stale_wrist
+    assert ep.observations["rgb"].shape == (len(ep), 6, 8, 3) and ep.observations["hand"].shape == (len(ep), 4, 5, 3)
+    for key in ("q", "rgb", "hand"):
+        np.testing.assert_array_equal(ep.observations[key], np.stack(want[key]))
+    np.testing.assert_array_equal(ep.actions, np.array(want["action"]))
+
+    # cameras only in `cameras` (no ObservationMap.image_key) read the same frames
+    only = read_bag(bag, ObservationMap(JM, position_key="q"), BagImportConfig(
+        cameras=(("rgb", "/front/image_raw"), ("hand", "/wrist/image_raw")), max_image_age=0.05))
+    for key in ("rgb", "hand"):
+        np.testing.assert_array_equal(only.observations[key], ep.observations[key])
+
+
+def test_camera_errors_name_the_camera_topic(tmp_path):
+    msgs, *_ = two_camera_recording(np.random.default_rng(7))
+    msgs.append(("/depth", T0, joint_state(["shoulder"], [0.0])))
+    bag = write_bag(tmp_path / "bag", msgs)
+    with pytest.raises(ValueError, match=r"^rosbag: /depth \(camera 'depth'\) has type sensor_msgs/msg/JointState, "
+                                         r"expected sensor_msgs/msg/Image$"):
+        read_bag(bag, OBS, BagImportConfig(cameras=(("rgb", "/front/image_raw"), ("depth", "/depth"))))
+    with pytest.raises(ValueError, match=r"topics \['/side/image_raw'\] not found"):
+        read_bag(bag, OBS, BagImportConfig(cameras=(("side", "/side/image_raw"),)))
+    with pytest.raises(ValueError, match=r"BagImportConfig.cameras: keys \['q'\] are also keys of the ObservationMap"):
+        read_bag(bag, OBS, BagImportConfig(cameras=(("q", "/wrist/image_raw"),)))
+    with pytest.raises(ValueError, match=r"BagImportConfig.cameras: observation keys must differ, got \['a', 'a'\]"):
+        BagImportConfig(cameras=(("a", "/front/image_raw"), ("a", "/wrist/image_raw")))
+    resized = msgs + [("/wrist/image_raw", T0 + 39 * MS, array_to_image(np.zeros((2, 2, 3), np.uint8)))]
+    with pytest.raises(ValueError, match=r"^rosbag: /wrist/image_raw \(camera 'hand'\) changes image size within the "
+                                         r"episode: \[\(2, 2, 3\), \(4, 5, 3\)\]$"):
+        read_bag(write_bag(tmp_path / "resized", resized), ObservationMap(JM, position_key="q"),
+                 BagImportConfig(cameras=(("hand", "/wrist/image_raw"),)))
