@@ -10,6 +10,14 @@ timestep boundary).
 Data: synthetic episodes written to a real store: an Atari-like pixel task (84x84x3 frames, discrete
 action) and a Meta-World-like state task (39 floats + an instruction, 4 bounded actions).
 
+The video path (issue 18): a LeRobot dataset with an mp4 camera, written by LeRobot's own code in
+``.venv-lerobot`` (``scripts/make_lerobot_fixture.py`` with a larger textured camera) where that environment
+exists and the profile is not ``--quick``, else the committed fixture ``tests/data/lerobot_so101_v30``. It
+measures ``import_lerobot`` once (video decoding, resizing and PNG encoding into the store: frames/s), training
+windows/s from the imported store through the token cache at the training preset's context, LeRobot's own
+per-sample loading (``LeRobotDataset.__getitem__``, pyav backend, run in ``.venv-lerobot``) in the same unit,
+timesteps/s, and what training consumes: a few optimizer steps of the preset on those windows, in timesteps/s.
+
     .venv/bin/python scripts/bench_loader.py          target: >= 10x; ends with one JSON line.
     .venv/bin/python scripts/bench_loader.py --quick  the profile `make bench` runs
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,10 +36,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 import tyro
 
+from omnipolicy.agent import GatoModel, TrainConfig, get_preset
+from omnipolicy.agent.train import LossModule, accumulate_gradients, make_optimizer
 from omnipolicy.datasets import Episode, EpisodeStore, TokenCache, WindowLoader
 from omnipolicy.datasets.images import decode_png
+from omnipolicy.datasets.lerobot import import_lerobot
 from omnipolicy.tokenizers import FieldSpec, TimestepSpec, Tokenizer, normalize_patches
 
 PIXELS = TimestepSpec((FieldSpec("image", "image", (84, 84, 3), "uint8"),), FieldSpec("action", "discrete", (1,), "int64", n=6))
@@ -38,6 +51,9 @@ STATE = TimestepSpec(
     (FieldSpec("state", "continuous", (39,), "float32"), FieldSpec("instruction", "text", (), "str")),
     FieldSpec("action", "continuous", (4,), "float32", low=(-1.0,) * 4, high=(1.0,) * 4),
 )
+REPO = Path(__file__).resolve().parents[1]
+LEROBOT_PYTHON = REPO / ".venv-lerobot" / "bin" / "python"
+LEROBOT_FIXTURE = REPO / "tests" / "data" / "lerobot_so101_v30"
 
 
 @dataclass(frozen=True)
@@ -52,12 +68,27 @@ class Args:
     """Windows per batch."""
     seconds: float = 5.0
     """Approximate seconds per measurement."""
+    video: bool = True
+    """Measure the video path (a LeRobot dataset with an mp4 camera)."""
+    lerobot: bool = True
+    """Where .venv-lerobot exists: write the video dataset with LeRobot's own code and time LeRobot's per-sample
+    loading (else the committed fixture, and no LeRobot figure)."""
+    video_size: tuple[int, int] = (240, 320)
+    """(height, width) of the LeRobot-written dataset's video camera."""
+    video_lengths: tuple[int, ...] = (100, 100, 100)
+    """Frames per episode of the LeRobot-written dataset."""
+    import_size: tuple[int, int] = (96, 96)
+    """(height, width) every camera is resized to at import (`omnipolicy dataset import --image-size`)."""
+    preset: str = "cpu-tiny"
+    """Training preset whose context the video windows take and whose training steps measure consumption."""
+    train_steps: int = 4
+    """Timed training steps (after one untimed) for what training consumes."""
     quick: bool = False
-    """The quick profile of `make bench` (6 episodes of 150 timesteps per task, 1.5 s per measurement); flags given
-    with it still apply."""
+    """The quick profile of `make bench` (6 episodes of 150 timesteps per task, 1.5 s per measurement, the committed
+    LeRobot fixture, no LeRobot loader, 1 timed training step); flags given with it still apply."""
 
 
-QUICK = Args(episodes=6, steps=150, seconds=1.5, quick=True)
+QUICK = Args(episodes=6, steps=150, seconds=1.5, lerobot=False, train_steps=1, quick=True)
 
 
 def _frames(rng: np.random.Generator, t: int) -> np.ndarray:
@@ -158,6 +189,96 @@ def windows_per_second(sample, batch_size: int, seconds: float) -> tuple[float, 
     return n * batch_size / (time.perf_counter() - t0), n
 
 
+def lerobot_dataset(root: Path, args: Args) -> tuple[Path, dict | None]:
+    """The LeRobot dataset to import, and LeRobot's own per-sample loading figures where they were measured.
+
+    With ``args.lerobot`` and ``.venv-lerobot``, LeRobot writes a larger dataset (``make_lerobot_fixture.py``) and
+    times its loader in that environment; otherwise the committed fixture, and ``None``.
+    """
+    if not (args.lerobot and LEROBOT_PYTHON.exists()):
+        return LEROBOT_FIXTURE, None
+    out = root / "lerobot_written"
+    cmd = [str(LEROBOT_PYTHON), str(REPO / "scripts" / "make_lerobot_fixture.py"), str(out), "--front-size",
+           *map(str, args.video_size), "--lengths", *map(str, args.video_lengths), "--textured", "--no-dump",
+           "--time-loader", str(args.seconds)]
+    # cwd outside the repository: its root is the omnipolicy package, whose datasets/ would shadow HF datasets
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return out, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def training_timesteps_per_second(loader: WindowLoader, preset: str, layout, steps: int, L: int) -> float:
+    """Timesteps/s that ``steps`` optimizer steps of ``preset`` consume from ``loader`` (tokens/s over L)."""
+    cfg = TrainConfig(preset=preset)
+    model = GatoModel(get_preset(preset).with_layout(layout)).train()
+    module, opt = LossModule(model), make_optimizer(model, cfg, torch.device("cpu"))
+    tokens, elapsed = 0, 0.0
+    for i in range(steps + 1):  # the first step is untimed (allocations, autotuning)
+        batch = loader.sample()
+        t0 = time.perf_counter()
+        accumulate_gradients(module, batch, dtype=cfg.dtype)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            elapsed += time.perf_counter() - t0
+            tokens += batch["tokens"].size
+    return tokens / elapsed / L
+
+
+def video_path(root: Path, tok: Tokenizer, args: Args) -> dict:
+    """The video figures (see the module docstring): import frames/s, cache windows/s, LeRobot's samples/s, and
+    training's consumption, all but the first in timesteps/s."""
+    start = time.perf_counter()
+    src, lerobot = lerobot_dataset(root, args)
+    t0 = time.perf_counter()
+    summary = import_lerobot(src, root / "video_store", image_size=args.import_size, progress=False)
+    import_s = time.perf_counter() - t0
+    store = EpisodeStore(root / "video_store")
+    spec = store.timestep_spec(summary["task_id"])
+    first = store.load_episode(0)
+    L = tok.tokenize_episode(spec, first.observations, first.actions).tokens_per_timestep
+    cache = TokenCache.build([store], tok, root / "video_cache", progress=False)
+    context = get_preset(args.preset).context
+    loader = WindowLoader(cache, context=context, batch_size=args.batch_size, seed=0)
+    wps, _ = windows_per_second(loader.sample, args.batch_size, args.seconds)
+    per_window = context / L  # timesteps a window holds (windows start at a timestep boundary)
+    train_tps = training_timesteps_per_second(loader, args.preset, tok.layout, args.train_steps, L)
+    res = {
+        "source": "written by LeRobot (.venv-lerobot)" if lerobot else f"committed fixture {LEROBOT_FIXTURE.relative_to(REPO)}",
+        "frames": summary["frames"], "cameras": summary["cameras"], "tokens_per_timestep": L, "context": context,
+        "import_frames_per_s": round(summary["frames"] / import_s, 1),
+        "decode_frames_per_s": round(summary["read_frames_per_s"], 1),
+        "cache_windows_per_s": round(wps, 1), "cache_timesteps_per_s": round(wps * per_window, 1),
+        "train_preset": args.preset, "train_tokens_per_s": round(train_tps * L, 1),
+        "train_timesteps_per_s": round(train_tps, 1),
+    }
+    res["import_vs_train"] = round(res["import_frames_per_s"] / train_tps, 1)
+    res["section_s"] = round(time.perf_counter() - start, 1)
+    if lerobot:
+        res["lerobot_video_size"] = list(args.video_size)
+        res["lerobot_samples_per_s"] = round(lerobot["samples_per_s"], 1)  # one sample = one timestep
+        res["cache_vs_lerobot"] = round(wps * per_window / lerobot["samples_per_s"], 1)
+    return res
+
+
+def print_video(v: dict) -> None:
+    print(f"video path ({v['source']}, {v['frames']} frames; cameras at import {v['cameras']}; "
+          f"{v['tokens_per_timestep']} tokens per timestep, context {v['context']}; {v['section_s']} s):")
+    print(f"  import_lerobot (once): {v['import_frames_per_s']:9.1f} frames/s (decode + PNG encode + write; "
+          f"reading and decoding alone {v['decode_frames_per_s']:.1f})")
+    print(f"  token cache windows:   {v['cache_windows_per_s']:9.1f} windows/s = {v['cache_timesteps_per_s']:.1f} timesteps/s")
+    if "lerobot_samples_per_s" in v:
+        print(f"  LeRobot __getitem__:   {v['lerobot_samples_per_s']:9.1f} samples/s = timesteps/s (pyav, frames decoded per "
+              f"sample at {v['lerobot_video_size'][0]}x{v['lerobot_video_size'][1]}); cache {v['cache_vs_lerobot']:.1f}x")
+    else:
+        print("  LeRobot __getitem__:   not measured (--quick, --no-lerobot or no .venv-lerobot)")
+    print(f"  training consumes:     {v['train_timesteps_per_s']:9.1f} timesteps/s ({v['train_preset']}, "
+          f"{v['train_tokens_per_s']:,.0f} tokens/s); import decodes {v['import_vs_train']:.1f}x that, once, at import; "
+          f"training reads the cache")
+
+
 def main(args: Args) -> dict:
     tok = Tokenizer.default()
     root = Path(tempfile.mkdtemp(prefix="bench_loader_"))
@@ -185,6 +306,7 @@ def main(args: Args) -> dict:
             per_task[tid] = {"parquet_windows_per_s": round(b_wps, 1), "cache_windows_per_s": round(c_wps, 1), "speedup": round(c_wps / b_wps, 1)}
         cache_bytes = sum(p.stat().st_size for p in (root / "cache").glob("*.npy"))
         store_bytes = sum(p.stat().st_size for p in (root / "data").rglob("*") if p.is_file())
+        video = video_path(root, tok, args) if args.video else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ratio = cache_wps / base_wps
@@ -194,6 +316,8 @@ def main(args: Args) -> dict:
         print(f"  {tid:<18} parquet {r['parquet_windows_per_s']:8.1f}  cache {r['cache_windows_per_s']:9.1f}  speed-up {r['speedup']:.1f}x")
     print(f"speed-up {ratio:.1f}x; cache built in {t_build:.2f} s ({cache_bytes / 2**20:.1f} MiB) from a "
           f"{store_bytes / 2**20:.1f} MiB store written in {t_write:.2f} s")
+    if video is not None:
+        print_video(video)
     summary = {
         "bench": "loader", "context": args.context, "batch_size": args.batch_size,
         "episodes": 2 * args.episodes, "frames": 2 * args.episodes * args.steps,
@@ -203,6 +327,8 @@ def main(args: Args) -> dict:
                      "met": ratio >= 10}],
         "cache_build_s": round(t_build, 2), "cache_mib": round(cache_bytes / 2**20, 1), "store_mib": round(store_bytes / 2**20, 1),
     }
+    if video is not None:
+        summary["video"] = video
     print(json.dumps(summary))
     return summary
 
