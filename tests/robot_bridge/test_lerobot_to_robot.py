@@ -23,6 +23,7 @@ from omnipolicy.robot_bridge.sim_robot import NodeProcess  # noqa: E402
 from omnipolicy.robot_bridge.wire.dds import DdsTransport  # noqa: E402
 from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
 from omnipolicy.robot_bridge.wire.messages import Float64MultiArray, Image, JointState  # noqa: E402
+from omnipolicy.robot_bridge.wire.transport import QOS_ROS2_CONTROL, QOS_SENSOR_DATA  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FIXTURE = DATA / "lerobot_so101_v30"
@@ -55,8 +56,9 @@ def run(checkpoint: Path) -> dict:
         assert node.task_id == TASK and [f.name for f in node.spec.observation if f.kind == "text"] == ["instruction"]
         topics = {arm.joint_states_topic: JointState, arm.command_topic: Float64MultiArray,
                   **{c.topic: Image for c in arm.cameras}}
-        for topic, kind in topics.items():
-            t.subscription(topic, kind, lambda m, topic=topic: recorded.append((topic, m)))
+        for topic, kind in topics.items():  # with the QoS the robot publishes with (cameras: best effort)
+            qos = arm.qos_of(topic, QOS_SENSOR_DATA if kind is Image else QOS_ROS2_CONTROL)
+            t.subscription(topic, kind, lambda m, topic=topic: recorded.append((topic, m)), qos)
         steps: list = []  # (the rate limit's reference, the policy's command) of every tick the policy acted
         decide = node.decide
 
@@ -83,8 +85,6 @@ def test_a_lerobot_policy_drives_an_arm_known_only_by_its_file(run: dict) -> Non
     assert len(steps) >= 15 and all(np.all(np.abs(c - r) <= np.array(arm.limits.max_delta) + 1e-9) for r, c in steps)
 
 
-@pytest.mark.xfail(strict=True, reason="the run fixture subscribes to the camera topics with the default (reliable) "
-                   "QoS and sim-robot publishes images best effort: the recording has no images")
 def test_the_recorded_run_imports_with_the_datasets_features(run: dict, checkpoint: Path, tmp_path: Path) -> None:
     from omnipolicy.commands import dataset_command
     from omnipolicy.robot_bridge.wire.rosbag import write_bag
