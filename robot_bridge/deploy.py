@@ -99,6 +99,7 @@ from omnipolicy.robot_bridge.wire.messages import (
     JointTrajectory,
     MultiArrayLayout,
     RosMessage,
+    String,
     image_to_array,
     trajectory_from_action,
 )
@@ -350,11 +351,14 @@ class Deployer:
         except ValueError as e:
             raise ValueError(f"the policy for {task.id!r} does not match robot {arm.name or arm.label!r}"
                              f"{f' ({arm.source})' if arm.source else ''}: {e}") from None
-        # the text fields (an instruction) the policy reads: the same text every step
+        # the text fields (an instruction) the policy reads: --instruction, then each String on the arm's
+        # instruction topic (a new instruction starts a new context)
         self.text = {f.name: cfg.instruction for f in self.spec.observation if f.kind == "text"}
-        if self.text and cfg.instruction is None:
+        self._said_waiting = False
+        if self.text and cfg.instruction is None and arm.instruction_topic is None:
             raise ValueError(f"the policy for {task.id!r} reads an instruction (text field(s) {sorted(self.text)}): "
-                             f"give --instruction TEXT, e.g. the task string it was trained with")
+                             f"give --instruction TEXT, e.g. the task string it was trained with, or an "
+                             f"[instruction] topic in the robot file")
         self.period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else arm.control_period
         self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
         self.joints = JointMap(arm.joints)
@@ -405,6 +409,9 @@ class Deployer:
         self.t.subscription(cfg.estop_topic, Bool, self.on_estop, QOS_DEFAULT)
         self.t.subscription(cfg.estop_clear_topic, Bool, self.on_estop_clear, QOS_DEFAULT)
         self.t.subscription(arm.episode_topic, Bool, self.on_episode, arm.qos_of(arm.episode_topic, QOS_DEFAULT))
+        if self.text and arm.instruction_topic is not None:
+            self.t.subscription(arm.instruction_topic, String, self.on_instruction,
+                                arm.qos_of(arm.instruction_topic, QOS_DEFAULT))
         log.info("deploying %s (%s) on %s (%s network) at %.1f Hz; observation recipe: %s", self.task_id, cfg.actor,
                  self.t.name, self.t.network, 1.0 / self.period, "; ".join(arm.observation.describe()))
         self._log_rate_limit()
@@ -514,6 +521,15 @@ class Deployer:
             with self._lock:
                 self._reset_requested = True
 
+    def on_instruction(self, msg: String) -> None:
+        """A new instruction: every text field of the observation takes it, and the policy's context starts afresh."""
+        with self._lock:
+            if all(v == msg.data for v in self.text.values()):
+                return
+            log.info("new instruction on %s: %r", self.arm.instruction_topic, msg.data)
+            self.text = dict.fromkeys(self.text, msg.data)
+            self._reset_requested = True
+
     # ------------------------------------------------------------------ tick
     def _hold_reason(self, now: float) -> str | None:
         if self.estop.engaged:
@@ -620,6 +636,11 @@ class Deployer:
 
     def _act(self, values: Mapping[str, np.ndarray], fresh: bool) -> tuple[np.ndarray | None, str | None]:
         try:
+            if None in self.text.values():
+                if not self._said_waiting:
+                    log.warning("holding until an instruction arrives on %s", self.arm.instruction_topic)
+                    self._said_waiting = True
+                return None, "observation"
             obs = {**{s.key: values[s.key] for s in self.arm.observation.sources}, **self.text}
             check_observation(self.spec, obs)
         except (KeyError, ValueError) as e:

@@ -269,7 +269,7 @@ class ArmSpec:
             one-point ``JointTrajectory``).
         trajectory_topic: ``sim-robot`` also accepts ``JointTrajectory`` position targets here (empty: not at all).
         cameras: the cameras the observation reads.
-        instruction_topic: ``std_msgs/String`` instructions (carried, not read yet: the bridge has no String message).
+        instruction_topic: ``std_msgs/String`` instructions a policy with a text field reads (deploy).
         episode_topic: Bool True at the start of each episode (a deploy node resets the policy's context).
         success_topic: Bool at the end of each episode: target reached and held.
         qos: ``(topic, QosProfile)`` pairs overriding the default QoS of a topic (:meth:`qos_of`).

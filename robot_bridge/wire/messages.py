@@ -311,6 +311,13 @@ class Bool(RosMessage):
     data: bool = _ros("bool")
 
 
+@ros_message("std_msgs/msg/String")
+class String(RosMessage):
+    """Text (a robot's instruction topic)."""
+
+    data: str = _ros("string")
+
+
 # ---------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------

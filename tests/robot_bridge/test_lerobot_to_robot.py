@@ -5,6 +5,7 @@ with the dataset's features."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from omnipolicy.robot_bridge.robot_file import load_robot_file  # noqa: E402
 from omnipolicy.robot_bridge.sim_robot import NodeProcess  # noqa: E402
 from omnipolicy.robot_bridge.wire.dds import DdsTransport  # noqa: E402
 from omnipolicy.robot_bridge.wire.loopback import random_domain_id  # noqa: E402
-from omnipolicy.robot_bridge.wire.messages import Float64MultiArray, Image, JointState  # noqa: E402
-from omnipolicy.robot_bridge.wire.transport import QOS_ROS2_CONTROL, QOS_SENSOR_DATA  # noqa: E402
+from omnipolicy.robot_bridge.wire.messages import Float64MultiArray, Image, JointState, String  # noqa: E402
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT, QOS_ROS2_CONTROL, QOS_SENSOR_DATA, wait_for  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FIXTURE = DATA / "lerobot_so101_v30"
@@ -105,3 +106,30 @@ def test_the_recorded_run_imports_with_the_datasets_features(run: dict, checkpoi
     assert shape == {f.name: (f.kind, f.shape) for f in want.observation if f.kind != "text"}
     assert (got.action.kind, got.action.shape) == (want.action.kind, want.action.shape)
     assert ours.load_episode(0).length > 10
+
+
+def test_instructions_arrive_on_the_robots_instruction_topic(checkpoint: Path) -> None:
+    """Without --instruction deploy holds until a std_msgs/String arrives on the file's [instruction] topic; it then
+    acts, and a new instruction starts a new context."""
+    import threading
+
+    domain = random_domain_id()
+    cfg = DeployConfig(robot=ROBOT, task=TASK, checkpoint=checkpoint, transport="dds", network="loopback",
+                       domain_id=domain)
+    with DdsTransport(network="loopback", domain_id=domain) as t, \
+            NodeProcess("sim-robot", ["--robot", str(ROBOT), "--transport", "dds"], domain), Deployer(cfg) as node:
+        pub = t.publisher("/instruction", String, QOS_DEFAULT)
+        out: dict = {}
+        th = threading.Thread(target=lambda: out.update(node.run(duration=5.0)), daemon=True)
+        th.start()
+        time.sleep(1.5)
+        assert node.acted == 0 and node.holds["observation"] > 0  # no instruction yet: held
+        wait_for(lambda: pub.matched() > 0, 5.0, "deploy's instruction subscription")
+        pub.publish(String(data="pick up the red cube"))
+        wait_for(lambda: node.acted > 3, 5.0, "the policy to act on the instruction")
+        resets = node.context_resets
+        pub.publish(String(data="push the blue cube to the zone"))
+        wait_for(lambda: node.text == {"instruction": "push the blue cube to the zone"}, 3.0, "the new instruction")
+        wait_for(lambda: node.context_resets > resets, 3.0, "a fresh context")
+        th.join(15)
+    assert out["acted"] > 5

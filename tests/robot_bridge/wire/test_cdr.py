@@ -91,6 +91,8 @@ def test_every_registered_type_has_a_ros_twin_in_rosbags():
         assert cls.dds_typename() == name.replace("/msg/", "::msg::dds_::").replace("/", "::") + "_"
     assert JointState.dds_typename() == "sensor_msgs::msg::dds_::JointState_"
     assert message_type("std_msgs/Bool") is Bool
+    text = "pick up the crimson cube, s'il vous plaît"  # an instruction (std_msgs/String), non-ASCII included
+    assert cdr.decode(message_type("std_msgs/msg/String"), cdr.encode(message_type("std_msgs/String")(data=text))).data == text
     with pytest.raises(ValueError, match=r"Unsupported ROS message type 'geometry_msgs/msg/Twist'; supported types: \["):
         message_type("geometry_msgs/msg/Twist")
 
