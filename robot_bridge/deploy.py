@@ -429,8 +429,10 @@ class Deployer:
         if limit is None:
             log.warning("rate limit OFF (--no-rate-limit): a command may change by the whole effort range in one tick")
             return
-        source = ("--max-delta" if self.cfg.max_delta is not None else "the arm's default: its expert's largest change per "
-                  "tick with a margin; --max-delta tightens it, --no-rate-limit turns it off")
+        where = (f"max_delta of {self.cfg.robot}" if self.cfg.robot is not None else
+                 "the arm's default: its expert's largest change per tick with a margin")
+        source = ("--max-delta" if self.cfg.max_delta is not None else f"{where}; --max-delta tightens it, "
+                  "--no-rate-limit turns it off")
         per_joint = ", ".join(f"{j} {'unlimited' if d is None else f'{d:g}'}" for j, d in limit.items())
         log.info("rate limit: each joint's command changes by at most %s per tick (%s)", per_joint, source)
 
