@@ -46,6 +46,7 @@ from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 from .episode import Episode, prepare_episode
 from .layout import IMPORT_NOTES_PATH, INFO_PATH, DatasetError, read_import_notes
 from .parquet import read_parquet
+from .schema import column_to_numpy
 from .store import EpisodeStore
 
 SUPPORTED_VERSIONS = ("v3.0", "v2.1")
@@ -115,6 +116,7 @@ class LeRobotSource:
         stats_path = self.root / "meta" / "stats.json"
         self.stats: dict[str, dict] = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
         self._table: tuple[Path, pa.Table] | None = None
+        self._keys = {_field_name(k, ft): k for k, ft in self.features.items()}  # field name -> feature key
 
     # -- metadata ---------------------------------------------------------------------------------------------
 
@@ -199,7 +201,7 @@ class LeRobotSource:
         timestamps = rows["timestamp"].to_numpy().astype(np.float64)
         observations: dict[str, Any] = {}
         for f in spec.observation:
-            key = _feature_of(f, self.features)
+            key = self._keys.get(f.name, f.name)
             if f.kind == "text":
                 indices = rows["task_index"].to_pylist() if "task_index" in rows.column_names else []
                 observations[f.name] = [self.tasks.get(int(t), "") for t in indices] or [""] * ref.length
@@ -244,8 +246,7 @@ def infer_spec(source: LeRobotSource, image_size: tuple[int, int] | None = None,
     for key, ft in source.features.items():
         if key in BOOKKEEPING or key == "action" or key.startswith("next.") or key == "task":
             continue
-        name = key.split(".")[-1] if ft.get("dtype") in ("video", "image") else key.removeprefix("observation.")
-        fields.append(_field(name, key, ft, image_size, source))
+        fields.append(_field(_field_name(key, ft), key, ft, image_size, source))
     names = [f.name for f in fields]
     if len(set(names)) != len(names):
         raise DatasetError(f"{source.root / INFO_PATH}: features map to duplicate field names {names}")
@@ -311,24 +312,18 @@ def _element_names(names: Any, size: int) -> tuple[str, ...] | None:
     return None
 
 
-def _feature_of(f: FieldSpec, features: dict[str, dict]) -> str:
-    if f.kind == "image":
-        return next(k for k, ft in features.items() if ft.get("dtype") in ("video", "image") and k.split(".")[-1] == f.name)
-    return f.name if f.name in features else f"observation.{f.name}"
+def _field_name(key: str, ft: dict) -> str:
+    """The field a feature becomes: a camera by the last part of its key, anything else without ``observation.``."""
+    return key.split(".")[-1] if ft.get("dtype") in ("video", "image") else key.removeprefix("observation.")
 
 
 def _column(rows: pa.Table, key: str, f: FieldSpec, path: Path) -> np.ndarray:
     if key not in rows.column_names:
         raise DatasetError(f"{path}: no column {key!r} (columns: {rows.column_names})")
-    col = rows[key].combine_chunks()
-    t = len(col)
-    while pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-        col = col.flatten()
-    values = col.to_numpy(zero_copy_only=False)
-    if values.size != t * int(np.prod(f.shape)):
-        raise DatasetError(f"{path}: column {key!r} holds {values.size} values for {t} rows; its feature shape "
-                           f"{list(f.shape)} needs {t * int(np.prod(f.shape))}")
-    return values.astype(f.dtype, copy=False).reshape((t, *f.shape))
+    try:
+        return column_to_numpy(rows[key], f)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: column {key!r} holds {exc}") from None
 
 
 def _png_column(col: pa.ChunkedArray, path: Path, key: str) -> np.ndarray:

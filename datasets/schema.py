@@ -95,10 +95,19 @@ def tensor_column(values: np.ndarray, shape: Sequence[int]) -> pa.Array:
 
 
 def column_to_numpy(col: pa.Array | pa.ChunkedArray, f: FieldSpec) -> np.ndarray:
-    """Inverse of :func:`tensor_column` (with the field's exact dtype and shape)."""
+    """Inverse of :func:`tensor_column` (with the field's exact dtype and shape); variable-length list columns (as
+    other writers of LeRobot datasets make them) too.
+
+    Raises:
+        ValueError: the column does not hold ``shape``'s number of values per row.
+    """
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     t = len(col)
-    while pa.types.is_fixed_size_list(col.type):
+    while pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         col = col.flatten()
-    return col.to_numpy(zero_copy_only=False).astype(f.dtype, copy=False).reshape((t, *f.shape))
+    values = col.to_numpy(zero_copy_only=False)
+    need = t * int(np.prod(f.shape))
+    if values.size != need:
+        raise ValueError(f"{values.size} values for {t} rows; shape {list(f.shape)} needs {need}")
+    return values.astype(f.dtype, copy=False).reshape((t, *f.shape))
