@@ -118,6 +118,8 @@ def run_task(
         video=video,
         episode_limit=limit,
         not_comparable=not_comparable(task, limit),
+        labels=[r.labels for r in rollouts],
+        flags=[r.flags for r in rollouts],
     )
 
 

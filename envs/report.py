@@ -97,6 +97,7 @@ def render_markdown(summary: dict, title: str, chart: str | None = None) -> str:
     marked = [(tid, t["not_comparable"]) for tid, t in summary["tasks"].items() if t.get("not_comparable")]
     if marked:
         lines += [""] + [f"† {tid}: {why}." for tid, why in marked]
+    lines += _breakdown_markdown(summary)
     lines += ["", "## Per domain", "", "| domain | tasks | normalised mean (95% CI) | tasks >= 50% |", "| --- | ---: | ---: | ---: |"]
     for d, v in summary["domains"].items():
         ci = v["normalized_ci95"]
@@ -105,6 +106,23 @@ def render_markdown(summary: dict, title: str, chart: str | None = None) -> str:
     lines += [f"- {k}: {v}" for k, v in summary["protocol"].items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _breakdown_markdown(summary: dict) -> list[str]:
+    """Per-value tables of the tasks whose episodes carry labels (phrasing, named object) and flag rates."""
+    lines: list[str] = []
+    for tid, t in summary["tasks"].items():
+        if not t.get("breakdown") and not t.get("flag_rates"):
+            continue
+        lines += ["", f"### {tid}", ""]
+        for flag, rate in t.get("flag_rates", {}).items():
+            lines.append(f"- {flag.replace('_', ' ')} rate: {100 * rate:.0f}% of {t['episodes']} episodes")
+        for key, values in t.get("breakdown", {}).items():
+            lines += ["", f"| {key.replace('_', ' ')} | episodes | success | normalised |", "| --- | ---: | ---: | ---: |"]
+            for value, v in values.items():
+                succ = "—" if v["success_rate"] is None else f"{100 * v['success_rate']:.0f}%"
+                lines.append(f"| {value} | {v['episodes']} | {succ} | {v['normalized_mean']:.1f} |")
+    return lines
 
 
 def _plot_scores(summary: dict, path: Path) -> None:

@@ -12,13 +12,19 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
 from .registry import TaskSpec, make_expert
+
+#: String values of an env's reset ``info`` kept with each episode, for per-value breakdowns in reports (the
+#: instruction's phrasing, the object it names).
+EPISODE_LABELS: tuple[str, ...] = ("phrasing", "target_object")
+#: Boolean ``info`` values an env reports per step, kept per episode as "ever True" (a rate in reports).
+EPISODE_FLAGS: tuple[str, ...] = ("wrong_object",)
 
 
 class Actor(Protocol):
@@ -114,6 +120,8 @@ class Rollout:
         actions: with ``record``, the recorded action of every step (the teacher's when there is one).
         chosen: with ``record`` and a teacher, the actor's action of every step (executed or not).
         rewards: with ``record``, the reward of every step.
+        labels: the :data:`EPISODE_LABELS` its env's reset info holds (e.g. the instruction's phrasing).
+        flags: the :data:`EPISODE_FLAGS` its env reports, each True if it was True at any step.
     """
 
     seed: int
@@ -126,6 +134,8 @@ class Rollout:
     actions: list | None = None
     chosen: list | None = None
     rewards: list[float] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
 
 
 def run_episodes(
@@ -179,6 +189,8 @@ def run_episodes(
     ret, steps = np.zeros(n), np.zeros(n, dtype=np.int64)
     success, started = np.zeros(n, dtype=bool), np.zeros(n)
     logs: list[tuple[dict[str, list], list, list, list] | None] = [None] * n
+    tags: list[dict[str, str]] = [{} for _ in range(n)]  # each episode's EPISODE_LABELS
+    flags: list[dict[str, bool]] = [{} for _ in range(n)]
     next_episode = 0
 
     def start(i: int) -> None:
@@ -189,8 +201,10 @@ def run_episodes(
         k = episode[i] = next_episode
         next_episode += 1
         started[i] = time.perf_counter()
-        obs[i], _ = envs[i].reset(seed=int(seeds[k]))
+        obs[i], info = envs[i].reset(seed=int(seeds[k]))
         ret[i], steps[i], success[i] = 0.0, 0, False
+        tags[i] = {key: str(info[key]) for key in EPISODE_LABELS if key in info}
+        flags[i] = {key: bool(info[key]) for key in EPISODE_FLAGS if key in info}
         if record:
             logs[i] = ({name: [] for name in names}, [], [], [])
         actor.reset_env(i, obs[i])
@@ -202,7 +216,7 @@ def run_episodes(
     def finish(i: int, terminated: bool) -> None:
         k = episode[i]
         rollout = Rollout(int(seeds[k]), float(ret[i]), int(steps[i]), bool(success[i]) if task.has_success else None,
-                          terminated, time.perf_counter() - started[i])
+                          terminated, time.perf_counter() - started[i], labels=tags[i], flags=flags[i])
         if record:
             rollout.observations, rollout.actions, rollout.chosen, rollout.rewards = logs[i]
             if teacher is None:
@@ -237,6 +251,9 @@ def run_episodes(
                 rewards.append(float(reward))
             if not success[i]:
                 success[i] = bool(info.get("success", False))
+            for key in EPISODE_FLAGS:
+                if key in info:
+                    flags[i][key] = flags[i].get(key, False) or bool(info[key])
             if on_step is not None:
                 on_step(i, episode[i])
             if terminated or truncated or steps[i] >= limit:

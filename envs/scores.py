@@ -35,6 +35,8 @@ class TaskResult:
     episode_limit: int
     video: str | None = None
     not_comparable: str | None = None
+    labels: list[dict[str, str]] | None = None
+    flags: list[dict[str, bool]] | None = None
 
     def normalized(self) -> np.ndarray:
         return 100.0 * (np.asarray(self.returns) - self.random_score) / (self.expert_score - self.random_score)
@@ -73,6 +75,7 @@ def summarize(results: Sequence[TaskResult], protocol: dict) -> dict:
             "returns": r.returns,
             "episode_limit": r.episode_limit,
             "not_comparable": r.not_comparable,
+            **episode_breakdown(r),
         }
     domains = {}
     for domain in sorted({r.domain for r in results}):
@@ -98,6 +101,31 @@ def summarize(results: Sequence[TaskResult], protocol: dict) -> dict:
             "not_comparable": [r.task_id for r in results if r.not_comparable],
         },
     }
+
+
+def episode_breakdown(r: TaskResult) -> dict:
+    """Success and score per value of each episode label (``breakdown``), and the rate of each flag
+    (``flag_rates``), for a task whose env labels its episodes (:data:`omnipolicy.envs.rollout.EPISODE_LABELS`);
+    empty otherwise."""
+    out: dict = {}
+    norm = r.normalized()
+    if r.labels and any(r.labels):
+        breakdown: dict[str, dict[str, dict]] = {}
+        for key in sorted({k for labels in r.labels for k in labels}):
+            values = sorted({labels[key] for labels in r.labels if key in labels})
+            breakdown[key] = {}
+            for value in values:
+                idx = [i for i, labels in enumerate(r.labels) if labels.get(key) == value]
+                breakdown[key][value] = {
+                    "episodes": len(idx),
+                    "success_rate": None if r.successes is None else float(np.mean([r.successes[i] for i in idx])),
+                    "normalized_mean": float(norm[idx].mean()),
+                }
+        out["breakdown"] = breakdown
+    if r.flags and any(r.flags):
+        keys = sorted({k for flags in r.flags for k in flags})
+        out["flag_rates"] = {k: float(np.mean([bool(flags.get(k, False)) for flags in r.flags])) for k in keys}
+    return out
 
 
 def mean_of_tasks_ci(per_task: Sequence[np.ndarray], seed: int = 0) -> tuple[float, float]:

@@ -137,3 +137,47 @@ def test_scores_recorded_under_another_protocol_are_not_comparable(monkeypatch):
     old = {"max_steps": 27_000, "frameskip": 4, "repeat_action_probability": 0.25}
     monkeypatch.setattr(registry, "load_scores", lambda: {"atari/pong": {"expert": {"protocol": old}}})
     assert not_comparable(pong, 2000) == f"its scores were measured under another protocol ({ {'expert': old} }) than the task's now"
+
+
+class _LabelledEnv:
+    """A real task env whose infos also carry episode labels and a flag (as the SO-101 scenes' do)."""
+
+    def __init__(self, env):
+        self.env, self.task = env, env.task
+
+    def reset(self, seed=None):
+        obs, info = self.env.reset(seed=seed)
+        self.seed = seed
+        return obs, {**info, "phrasing": f"phrasing {seed % 2}", "target_object": "red cube", "unrelated": 1}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        # the flag is True at one step only in odd-seeded episodes: the episode keeps it
+        flag = self.seed % 2 == 1 and self.env.elapsed_steps == 3
+        return obs, reward, terminated, truncated, {**info, "wrong_object": flag}
+
+
+def test_episode_labels_and_flags_reach_the_report():
+    from omnipolicy.envs import get_task, make_env
+    from omnipolicy.envs.report import render_markdown
+    from omnipolicy.envs.rollout import run_episodes
+    from omnipolicy.envs.scores import TaskResult, summarize
+
+    task = get_task("classic/cartpole-v1")
+    envs = [_LabelledEnv(make_env(task.id)) for _ in range(2)]
+    rollouts = run_episodes(RandomActor(), task, envs, [0, 1, 2, 3, 4], limit=10)
+    assert [r.labels for r in rollouts] == [{"phrasing": f"phrasing {s % 2}", "target_object": "red cube"}
+                                            for s in range(5)]
+    assert [r.flags["wrong_object"] for r in rollouts] == [False, True, False, True, False]
+    result = TaskResult(task.id, task.domain, [r.ret for r in rollouts], None, [r.length for r in rollouts],
+                        task.random_score, task.expert_score, 0.0, 10,
+                        labels=[r.labels for r in rollouts], flags=[r.flags for r in rollouts])
+    summary = summarize([result], {})
+    t = summary["tasks"][task.id]
+    assert t["flag_rates"] == {"wrong_object": 0.4}
+    assert {k: v["episodes"] for k, v in t["breakdown"]["phrasing"].items()} == {"phrasing 0": 3, "phrasing 1": 2}
+    assert t["breakdown"]["target_object"]["red cube"]["episodes"] == 5
+    expected = np.mean([result.normalized()[i] for i in (1, 3)])
+    assert t["breakdown"]["phrasing"]["phrasing 1"]["normalized_mean"] == pytest.approx(expected)
+    md = render_markdown(summary, "t")
+    assert "wrong object rate: 40% of 5 episodes" in md and "| phrasing 1 | 2 |" in md
