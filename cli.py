@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("omnipolicy.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),
     "deploy": Command("omnipolicy.robot_bridge.deploy:deploy_command", "Drive a ROS 2 robot with a trained policy."),
     "sim-robot": Command("omnipolicy.robot_bridge.sim_robot:sim_robot_command", "Expose a simulated MuJoCo arm as a ROS 2 robot."),
+    "record": Command("omnipolicy.robot_bridge.recorder:record_command",
+                      "Record a robot's ROS 2 topics into rosbag2 bags, one per episode (for dataset from-rosbag)."),
 }
 
 
