@@ -31,7 +31,8 @@ rate) does, in this order:
    ``--max-delta`` tightens it, ``--no-rate-limit`` turns it off with a
    warning); every clip is counted and reported.
 7. **publish** the command (the arm's command topic: ``Float64MultiArray`` in controller joint order, or a
-   one-point ``JointTrajectory``).
+   one-point ``JointTrajectory``). An arm split over controllers (``[[command]]`` groups in its robot file)
+   gets one message per group, each of its own joints, from the one filtered command.
 
 **The robot.** ``--task`` picks a shipped arm (``robot_bridge/robots/``); ``--robot FILE`` reads any robot file
 (:mod:`omnipolicy.robot_bridge.robot_file`). The checkpoint's task is ``--task``, else the file's ``task``; a file
@@ -92,16 +93,12 @@ from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_loggin
 from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.wire.messages import (
     Bool,
-    Float64MultiArray,
     Image,
     JointMap,
     JointState,
-    JointTrajectory,
-    MultiArrayLayout,
     RosMessage,
     String,
     image_to_array,
-    trajectory_from_action,
 )
 from omnipolicy.robot_bridge.wire.network import Network
 from omnipolicy.robot_bridge.wire.safety import EStopLatch, SafetyFilter, SafetyLimits, Watchdog, parse_joint_limits
@@ -401,7 +398,9 @@ class Deployer:
                 kwargs["node_name"] = "omnipolicy_deploy"
             transport = make_transport(cfg.transport, **kwargs)
         self.t = transport
-        self.pub = self.t.publisher(arm.command_topic, arm.command_class, arm.qos_of(arm.command_topic, QOS_ROS2_CONTROL))
+        # one publisher per command group (controller); a one-table [command] is one group of every joint
+        self.pubs = [self.t.publisher(g.topic, g.message_class, arm.qos_of(g.topic, QOS_ROS2_CONTROL))
+                     for g in arm.commands]
         self.subs = {}
         for topic, cls in self.topic_types.items():
             qos = arm.qos_of(topic, QOS_SENSOR_DATA if cls is Image else QOS_ROS2_CONTROL)
@@ -579,12 +578,11 @@ class Deployer:
         return command
 
     def send(self, command: np.ndarray) -> None:
-        """Publish a command (task order -> controller order); it becomes the rate limiter's reference."""
+        """Publish a command (task order -> each controller's order, one message per command group); it becomes the
+        rate limiter's reference."""
         command = np.asarray(command, dtype=np.float64)
-        if self.pub.msg_type is JointTrajectory:
-            self.pub.publish(trajectory_from_action(command, self.joints))
-        else:
-            self.pub.publish(Float64MultiArray(MultiArrayLayout(), self.joints.robot_vector(command)))
+        for pub, (_, msg) in zip(self.pubs, self.arm.split_command(self.joints.robot_vector(command))):
+            pub.publish(msg)
         self.safety.last_sent = command
         self.last_command = command
 
@@ -705,7 +703,7 @@ class Deployer:
             "safety": self.safety.report(),
             "act_time": percentiles_ms(self.act_time),
             "tick_time": percentiles_ms(self.tick_time),
-            "commands_published": self.pub.published,
+            "commands_published": sum(p.published for p in self.pubs),
         }
 
     def close(self) -> None:

@@ -33,8 +33,11 @@ from omnipolicy.robot_bridge.wire.messages import (
     JointState,
     JointTrajectory,
     RosMessage,
+    action_from_command,
+    command_from_action,
     image_to_array,
     message_type,
+    trajectory_from_action,
     validate,
 )
 from omnipolicy.robot_bridge.wire.safety import INTERFACES, SafetyLimits
@@ -252,6 +255,50 @@ class CameraSpec:
 
 
 @dataclass(frozen=True)
+class CommandGroup:
+    """One controller's share of the arm's command, as ros2_control splits an arm over controllers (an arm
+    trajectory controller and a gripper forward-command controller, say).
+
+    Attributes:
+        joints: the controller's joints, in its order (a subset of the arm's joints; the groups of an arm cover its
+            joints exactly once).
+        topic: where its commands go.
+        type: its message type: ``Float64MultiArray`` in the controller's joint order, or a one-point
+            ``JointTrajectory`` (position interface only).
+    """
+
+    joints: tuple[str, ...]
+    topic: str
+    type: str = FORWARD_COMMAND
+
+    @property
+    def message_class(self) -> type[RosMessage]:
+        return message_type(self.type)
+
+    @property
+    def joint_map(self) -> JointMap:
+        """The controller's joints (its message order)."""
+        return JointMap(self.joints)
+
+    def message(self, values: np.ndarray) -> RosMessage:
+        """The command message of this group's values (float (len(joints),), in ``joints`` order)."""
+        if self.message_class is JointTrajectory:
+            return trajectory_from_action(values, self.joint_map)
+        return command_from_action(values, self.joint_map)
+
+    def values(self, msg: RosMessage) -> np.ndarray:
+        """float64 (len(joints),) in ``joints`` order from one command message.
+
+        Raises:
+            ValueError: wrong length, unknown or missing joints, no points, NaN/inf.
+        """
+        return action_from_command(msg, self.joint_map)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return f"{self.topic} ({self.type}) {list(self.joints)}"
+
+
+@dataclass(frozen=True)
 class ArmSpec:
     """What a robot and a deploy node agree on for one arm.
 
@@ -266,8 +313,10 @@ class ArmSpec:
         joint_states_topic, task_state_topic: where the robot publishes its state.
         camera_topic: where ``sim-robot --camera-rate-hz`` publishes a camera the observation does not read.
         command_topic: where commands go, as ``command_type`` (``Float64MultiArray`` in controller joint order, or a
-            one-point ``JointTrajectory``).
+            one-point ``JointTrajectory``); with ``command_groups``, the first group's.
         trajectory_topic: ``sim-robot`` also accepts ``JointTrajectory`` position targets here (empty: not at all).
+        command_groups: the command split over several controllers (``[[command]]`` tables), or empty: one command of
+            every joint on ``command_topic`` (:attr:`commands` gives the groups either way).
         cameras: the cameras the observation reads.
         instruction_topic: ``std_msgs/String`` instructions a policy with a text field reads (deploy).
         episode_topic: Bool True at the start of each episode (a deploy node resets the policy's context).
@@ -291,6 +340,7 @@ class ArmSpec:
     command_topic: str = "/effort_controller/commands"
     command_type: str = FORWARD_COMMAND
     trajectory_topic: str = "/joint_trajectory_controller/joint_trajectory"
+    command_groups: tuple[CommandGroup, ...] = ()
     cameras: tuple[CameraSpec, ...] = ()
     instruction_topic: str | None = None
     episode_topic: str = "/sim_robot/episode_start"
@@ -317,6 +367,31 @@ class ArmSpec:
     @property
     def command_class(self) -> type[RosMessage]:
         return message_type(self.command_type)
+
+    @property
+    def commands(self) -> tuple[CommandGroup, ...]:
+        """The command groups: ``command_groups``, else one group of every joint on ``command_topic``."""
+        return self.command_groups or (CommandGroup(self.joints, self.command_topic, self.command_type),)
+
+    def group_index(self, group: CommandGroup) -> np.ndarray:
+        """int (len(group.joints),): where each of the group's joints sits in the arm's joint vector."""
+        return np.array([self.joints.index(j) for j in group.joints], dtype=np.intp)
+
+    def split_command(self, command: np.ndarray) -> list[tuple[CommandGroup, RosMessage]]:
+        """One message per command group from a command of every joint (float (J,), the arm's joint order).
+
+        Raises:
+            ValueError: wrong length or non-finite values.
+        """
+        command = np.asarray(command, dtype=np.float64).reshape(-1)  # (J,)
+        if command.shape != (len(self.joints),):
+            raise ValueError(f"command: expected {len(self.joints)} values, one per joint {list(self.joints)}, "
+                             f"got {command.shape[0]}")
+        return [(g, g.message(command[self.group_index(g)])) for g in self.commands]
+
+    def describe_commands(self) -> str:
+        """The command topics with their types and joints (for logs)."""
+        return "; ".join(g.describe() for g in self.commands)
 
     def qos_of(self, topic: str, default: QosProfile) -> QosProfile:
         """The QoS of a topic: the robot file's, else ``default`` (what ros2_control / sensors use)."""
@@ -358,7 +433,7 @@ class ArmSpec:
         if a.kind != "continuous" or tuple(a.shape) != (len(self.joints),):
             raise ValueError(f"action: the policy's action is {a.kind} {tuple(a.shape)}, the robot takes one continuous "
                              f"{self.limits.interface} command per joint: ({len(self.joints)},) for {list(self.joints)}")
-        check_names("action", getattr(a, "names", None), self.joints, f"{self.command_topic} joints")
+        check_names("action", getattr(a, "names", None), self.joints, f"{' + '.join(g.topic for g in self.commands)} joints")
 
 
 # ---------------------------------------------------------------------------
@@ -497,27 +572,77 @@ def load_robot_file(path: str | Path) -> ArmSpec:
             qos[topic] = r.qos(section["qos"], _join(section_key, "qos"))
         return topic
 
-    # command interface
-    cmd = r.table(top["command"], "command", ("interface", "topic", "type", "trajectory_topic", "qos"),
-                  required=("interface", "topic"))
-    interface = cmd["interface"]
-    if interface not in INTERFACES:
-        raise r.error("command.interface", f"unknown interface {interface!r}; expected one of {list(INTERFACES)}")
-    type_name = r.string(cmd.get("type", FORWARD_COMMAND), "command.type")
-    try:
-        cmd_cls = message_type(type_name)
-    except ValueError:
-        cmd_cls = None
-    if cmd_cls is None or cmd_cls.ROS_TYPE not in COMMAND_TYPES:
-        raise r.error("command.type", f"unknown command message type {type_name!r}; expected one of {list(COMMAND_TYPES)}")
-    if cmd_cls is JointTrajectory and interface != "position":
-        raise r.error("command.type", f"a JointTrajectory carries positions; the interface is {interface!r} "
-                                      f"(use std_msgs/msg/Float64MultiArray)")
-    command_topic = declare(r.topic(cmd["topic"], "command.topic"), cmd_cls, "command.topic", cmd, "command")
+    # command interface: one [command] table, or [[command]] groups (one per controller)
+    def command_class(cmd: dict[str, Any], key: str, interface: str) -> type[RosMessage]:
+        type_name = r.string(cmd.get("type", FORWARD_COMMAND), f"{key}.type")
+        try:
+            cls = message_type(type_name)
+        except ValueError:
+            cls = None
+        if cls is None or cls.ROS_TYPE not in COMMAND_TYPES:
+            raise r.error(f"{key}.type", f"unknown command message type {type_name!r}; expected one of "
+                                         f"{list(COMMAND_TYPES)}")
+        if cls is JointTrajectory and interface != "position":
+            raise r.error(f"{key}.type", f"a JointTrajectory carries positions; the interface is {interface!r} "
+                                         f"(use std_msgs/msg/Float64MultiArray)")
+        return cls
+
+    def command_interface(cmd: dict[str, Any], key: str) -> str:
+        if cmd["interface"] not in INTERFACES:
+            raise r.error(f"{key}.interface", f"unknown interface {cmd['interface']!r}; expected one of "
+                                              f"{list(INTERFACES)}")
+        return cmd["interface"]
+
+    groups: list[CommandGroup] = []
     trajectory_topic = ""
-    if "trajectory_topic" in cmd:
-        trajectory_topic = declare(r.topic(cmd["trajectory_topic"], "command.trajectory_topic"), JointTrajectory,
-                                   "command.trajectory_topic")
+    if isinstance(top["command"], list):
+        interface = ""
+        owner: dict[str, str] = {}  # joint -> the group key that commands it
+        if not top["command"]:
+            raise r.error("command", "expected at least one [[command]] table")
+        for i, cmd in enumerate(top["command"]):
+            key = f"command[{i}]"
+            cmd = r.table(cmd, key, ("interface", "joints", "topic", "type", "qos"),
+                          required=("interface", "joints", "topic"))
+            mine = command_interface(cmd, key)
+            if interface and mine != interface:
+                raise r.error(f"{key}.interface", f"expected {interface!r}, the interface of command[0] (the groups "
+                                                  f"share one command interface), got {mine!r}")
+            interface = mine
+            group_joints = r.strings(cmd["joints"], f"{key}.joints")
+            if not group_joints:
+                raise r.error(f"{key}.joints", "expected at least one joint of the group's controller, got []")
+            unknown = [j for j in group_joints if j not in joints]
+            if unknown:
+                raise r.error(f"{key}.joints", f"unknown joints {unknown}; expected names from `joints` {list(joints)}")
+            for j in group_joints:
+                if j in owner:
+                    raise r.error(f"{key}.joints", f"joint {j!r} is also commanded by {owner[j]}; expected every joint "
+                                                   f"in exactly one command group")
+                owner[j] = key
+            cls = command_class(cmd, key, interface)
+            topic = r.topic(cmd["topic"], f"{key}.topic")
+            for k, g in enumerate(groups):
+                if g.topic == topic:
+                    raise r.error(f"{key}.topic", f"topic {topic} is also the topic of command[{k}]; expected one topic "
+                                                  f"per command group (controller)")
+            declare(topic, cls, f"{key}.topic", cmd, key)
+            groups.append(CommandGroup(group_joints, topic, cls.ROS_TYPE))
+        missing = [j for j in joints if j not in owner]
+        if missing:
+            raise r.error("command", f"joints {missing} are in no command group (the groups command {list(owner)}); "
+                                     f"expected the groups' `joints` together to cover `joints` {list(joints)} exactly "
+                                     f"once")
+        command_topic, cmd_cls = groups[0].topic, message_type(groups[0].type)
+    else:
+        cmd = r.table(top["command"], "command", ("interface", "topic", "type", "trajectory_topic", "qos"),
+                      required=("interface", "topic"))
+        interface = command_interface(cmd, "command")
+        cmd_cls = command_class(cmd, "command", interface)
+        command_topic = declare(r.topic(cmd["topic"], "command.topic"), cmd_cls, "command.topic", cmd, "command")
+        if "trajectory_topic" in cmd:
+            trajectory_topic = declare(r.topic(cmd["trajectory_topic"], "command.trajectory_topic"), JointTrajectory,
+                                       "command.trajectory_topic")
 
     # limits
     lim = r.table(top["limits"], "limits", (*LIMIT_KEYS, "position_margin"))
@@ -622,6 +747,7 @@ def load_robot_file(path: str | Path) -> ArmSpec:
         command_topic=command_topic,
         command_type=cmd_cls.ROS_TYPE,
         trajectory_topic=trajectory_topic,
+        command_groups=tuple(groups),
         cameras=tuple(cameras),
         instruction_topic=instruction,
         episode_topic=episode_topic,

@@ -6,7 +6,9 @@ in the bag) becomes one timestep; its observation is the latest joint state (and
 at or before ``t``, and the command is dropped when there is none or it is older than ``--max-state-age``
 (``--max-image-age``, per camera). Tasks whose observation also reads other ``JointState`` topics (the task state of
 ``dmc/reacher-easy``: target minus fingertip) align those by the same rule and age limit: a command is
-dropped unless every state topic has a fresh message at or before it.
+dropped unless every state topic has a fresh message at or before it. An arm split over controllers
+(``[[command]]`` groups) has its groups' messages merged into control ticks first (one command of every joint per
+tick; the rule is in :mod:`omnipolicy.robot_bridge.wire.rosbag`).
 
 Where each observation key comes from:
 
@@ -95,7 +97,11 @@ class BagLayout:
                  for k, f in ((m.position_key, "position"), (m.velocity_key, "velocity")) if k is not None]
         lines += [f"{key} <- {topic} (sensor_msgs/Image -> RGB uint8)" for key, topic in self.images.items()]
         lines += [s.describe() for s in self.extra]
-        lines.append(f"action <- {c.commands} {list(m.joints.robot_joints)}")
+        if c.command_groups:
+            lines.append("action <- " + " + ".join(f"{topic} {list(joints)}" for topic, joints in c.command_groups)
+                         + " (merged per control tick)")
+        else:
+            lines.append(f"action <- {c.commands} {list(m.joints.robot_joints)}")
         return lines
 
     def check_spec(self) -> None:
@@ -130,7 +136,7 @@ class BagLayout:
         if a.kind != "continuous" or tuple(a.shape) != (m.joints.size,):
             raise ValueError(
                 f"task {self.task_id!r}: action expected {a.kind} {tuple(a.shape)}, got continuous ({m.joints.size},) "
-                f"from {self.config.commands} joints {list(m.joints.robot_joints)}"
+                f"from {' + '.join(self.config.command_topics)} joints {list(m.joints.robot_joints)}"
             )
 
 
@@ -182,8 +188,10 @@ def task_layout(
             )
         images = [f.name for f in spec.observation if f.kind == "image"]
         cameras: tuple[tuple[str, str], ...] = ()
+        groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
         if arm is not None:  # --joints with an arm: its topics stay the defaults
             state_topic = state_topic or arm.joint_states_topic
+            groups = _command_groups(task_id, arm, command_topic)
             command_topic = command_topic or arm.command_topic
             cams = _cameras(arm)
             if image_topic is None and len(cams) > 1:  # every camera under its recipe key
@@ -208,6 +216,7 @@ def task_layout(
             commands=command_topic or BagImportConfig.commands,
             image=image_topic,
             cameras=cameras,
+            command_groups=groups,
             **limits,
         )
         layout = BagLayout(task_id, spec, obs_map, config)
@@ -218,6 +227,22 @@ def task_layout(
         layout = _arm_layout(task_id, arm, spec, state_topic, command_topic, image_topic, ignore_joints, limits)
     layout.check_spec()
     return layout
+
+
+def _command_groups(task_id: str, arm: ArmSpec, command_topic: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(topic, joints)`` of every command group of an arm split over controllers (empty: one command topic).
+
+    Raises:
+        ValueError: ``--command-topic`` given for such an arm (it renames the topic of a one-topic arm).
+    """
+    if not arm.command_groups:
+        return ()
+    if command_topic is not None:
+        listing = "; ".join(g.describe() for g in arm.command_groups)
+        raise ValueError(f"--command-topic {command_topic} is ambiguous: it renames the command topic of a one-topic "
+                         f"arm, and {task_id!r} sends its commands over {len(arm.command_groups)} controllers "
+                         f"({listing}); give a robot file (--robot) whose [[command]] tables name the bag's topics")
+    return tuple((g.topic, g.joints) for g in arm.command_groups)
 
 
 def _cameras(arm: ArmSpec) -> dict[str, str]:
@@ -264,7 +289,8 @@ def _arm_layout(task_id: str, arm: Any, spec: TimestepSpec, state_topic: str | N
     obs_map = ObservationMap(JointMap(tuple(arm.joints), ignored=tuple(sorted(ignored))),
                              position_key=keys["position"], velocity_key=keys["velocity"], image_key=image_key)
     config = BagImportConfig(joint_states=state, commands=command_topic or arm.command_topic, image=image,
-                             cameras=tuple(cams.items())[1:], **limits)
+                             cameras=tuple(cams.items())[1:], command_groups=_command_groups(task_id, arm, command_topic),
+                             **limits)
     return BagLayout(task_id, spec, obs_map, config, tuple(extra))
 
 
@@ -302,7 +328,9 @@ def bag_topics(path: str | Path) -> dict[str, str]:
 
 def _check_topics(path: Path, layout: BagLayout) -> None:
     c = layout.config
-    wanted = {c.joint_states: "--state-topic", c.commands: "--command-topic"}
+    wanted = {c.joint_states: "--state-topic"}
+    wanted.update({topic: f"command group {list(joints)}" for topic, joints in c.command_groups}
+                  or {c.commands: "--command-topic"})
     images = layout.images
     for key, topic in images.items():
         wanted.setdefault(topic, "--image-topic" if len(images) == 1 else f"camera {key!r} of the task's recipe")
@@ -392,7 +420,8 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
     if len(ep) == 0:
         stale = ", ".join(f"{topic} at {n}" for topic, n in ep.stale.items() if n)
         raise ValueError(
-            f"rosbag {str(path)!r}: no timestep left after alignment ({ep.dropped} commands on {layout.config.commands} "
+            f"rosbag {str(path)!r}: no timestep left after alignment ({ep.dropped} commands on "
+            f"{' + '.join(layout.config.command_topics)} "
             f"dropped: no state at or before them, or older than --max-state-age {layout.config.max_state_age} s"
             + (f" / --max-image-age {layout.config.max_image_age} s" if layout.images else "") + ")"
             + (f"; commands without a fresh message, per topic: {stale}" if stale else "")

@@ -17,7 +17,17 @@ speaks (the topics of each arm are in its robot file; see
   controller joint order, or ``JointTrajectory``) and ``JointTrajectory``
   messages on its trajectory topic (for an effort interface the first point's
   positions become targets of a joint PD, as joint_trajectory_controller does);
-  the newest valid command of either kind is in force.
+  the newest valid command of either kind is in force;
+- for an arm split over controllers (``[[command]]`` groups in its robot
+  file: an arm trajectory controller and a gripper forward-command controller,
+  say) subscribes to every group's topic instead.
+
+**Group rule.** A command of every joint goes in force only once every group
+has delivered a valid message (until then the arm holds, as before the first
+command); after that each message replaces its own group's joints and the
+other groups keep their newest values, as each ros2_control controller holds
+its last command. An effort (velocity) command's timeout counts from its
+oldest group's arrival: a controller that falls silent stops the whole arm.
 
 **Hold rule.** An effort (velocity) command is in force for
 ``--command-timeout`` seconds after it arrives; after that the robot applies
@@ -61,7 +71,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +82,7 @@ import tyro
 from omnipolicy.envs.rollout import Actor, ExpertActor, run_episodes
 from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, SimArm, arm_of, get_arm, make_sim_arm
+from omnipolicy.robot_bridge.robot_file import CommandGroup
 from omnipolicy.robot_bridge.wire.loopback import loopback_env
 from omnipolicy.robot_bridge.wire.messages import (
     Bool,
@@ -176,7 +187,7 @@ class CommandSlot:
     """
 
     def __init__(self, joints: JointMap, timeout: float, clock: Callable[[], float] = time.monotonic,
-                 interface: str = "effort") -> None:
+                 interface: str = "effort", groups: Sequence[CommandGroup] = ()) -> None:
         self.joints = joints
         self.timeout = float(timeout)
         self.interface = interface
@@ -185,6 +196,10 @@ class CommandSlot:
         self._effort: tuple[float, np.ndarray] | None = None  # (arrival time, task-order effort)
         self._target: np.ndarray | None = None  # trajectory position target (task order)
         self._newest: str | None = None  # "effort" | "trajectory"
+        self.groups = tuple(groups)
+        # each group's joints' slots in the task vector, and its newest (arrival time, values)
+        self._group_slots = [np.array([joints.task_joints.index(j) for j in g.joints], dtype=np.intp) for g in self.groups]
+        self._group_newest: list[tuple[float, np.ndarray] | None] = [None] * len(self.groups)
         self.received = 0
         self.rejected = 0
         self.first_command: float | None = None
@@ -199,24 +214,56 @@ class CommandSlot:
         """A message on the arm's command topic: a trajectory or a forward command, by its type."""
         self._accept(msg, "trajectory" if isinstance(msg, JointTrajectory) else "effort")
 
+    def on_group(self, index: int, msg: RosMessage) -> None:
+        """A message of command group ``index`` (an arm split over controllers; the group rule in the module
+        docstring): it replaces that group's values; once every group has delivered one, the command of all joints
+        (each group's newest values) is in force, timed by the oldest group's arrival."""
+        now = self.clock()
+        group = self.groups[index]
+        try:
+            values = group.values(msg)  # (len(group.joints),) the group's order; raises on length/names/NaN
+        except ValueError as e:
+            self._rejected(msg, f"{group.topic}: {e}")
+            return
+        with self._lock:
+            self._group_newest[index] = (now, values)
+            newest = list(self._group_newest)
+            if any(g is None for g in newest):  # not every controller has a command yet: the arm holds
+                self.received += 1
+                return
+            command = np.empty(self.joints.size)  # (J,) task order
+            for slots, (_, v) in zip(self._group_slots, newest):  # type: ignore[misc]
+                command[slots] = v
+            # position interface: both kinds are targets that stay; an effort (velocity) command expires after the
+            # timeout counted from its oldest group's arrival: a controller that falls silent stops the whole arm
+            kind = "trajectory" if all(g.message_class is JointTrajectory for g in self.groups) else "effort"
+            self._store(command, kind, min(t for t, _ in newest))  # type: ignore[union-attr]
+
+    def _rejected(self, msg: Any, reason: str) -> None:
+        with self._lock:
+            self.rejected += 1
+        log.warning("rejected a %s command: %s (previous command stays in force)", type(msg).__name__, reason)
+
     def _accept(self, msg: Any, kind: str) -> None:
         now = self.clock()
         try:
             values = action_from_command(msg, self.joints)  # (J,) task order; raises on length/names/NaN
         except ValueError as e:
-            with self._lock:
-                self.rejected += 1
-            log.warning("rejected a %s command: %s (previous command stays in force)", type(msg).__name__, e)
+            self._rejected(msg, str(e))
             return
         with self._lock:
-            self.received += 1
-            if self.first_command is None:
-                self.first_command = now
-            if kind == "effort":
-                self._effort = (now, values)
-            else:
-                self._target = values
-            self._newest = kind
+            self._store(values, kind, now)
+
+    def _store(self, values: np.ndarray, kind: str, arrival: float) -> None:
+        """Put a command of every joint in force (the lock held)."""
+        self.received += 1
+        if self.first_command is None:
+            self.first_command = self.clock()
+        if kind == "effort":
+            self._effort = (arrival, values)
+        else:
+            self._target = values
+        self._newest = kind
 
     def effort(self, position: np.ndarray, velocity: np.ndarray, kp: float, kd: float) -> tuple[np.ndarray, bool]:
         """The command to apply now (task order; effort for an effort interface) and whether the hold rule chose it.
@@ -284,7 +331,7 @@ class SimRobot:
             transport = make_transport(cfg.transport, **kwargs)
         self.t = transport
         joints = JointMap(s.joints)
-        self.commands = CommandSlot(joints, cfg.command_timeout, interface=s.limits.interface)
+        self.commands = CommandSlot(joints, cfg.command_timeout, interface=s.limits.interface, groups=s.command_groups)
         self.pub_state = self.t.publisher(s.joint_states_topic, JointState, s.qos_of(s.joint_states_topic, QOS_ROS2_CONTROL))
         self.pub_task = (self.t.publisher(s.task_state_topic, JointState, s.qos_of(s.task_state_topic, QOS_ROS2_CONTROL))
                          if s.task_state_names else None)
@@ -292,11 +339,16 @@ class SimRobot:
         self.pub_success = self.t.publisher(s.success_topic, Bool, s.qos_of(s.success_topic, QOS_DEFAULT))
         self.pub_camera = self.t.publisher(s.camera_topic, Image, QOS_SENSOR_DATA) if self.camera_every else None
         self.pub_cameras = [(c, self.t.publisher(c.topic, Image, s.qos_of(c.topic, QOS_SENSOR_DATA))) for c in s.cameras]
-        self.sub_effort = self.t.subscription(s.command_topic, s.command_class, self.commands.on_command,
-                                              s.qos_of(s.command_topic, QOS_ROS2_CONTROL))
-        self.sub_traj = (self.t.subscription(s.trajectory_topic, JointTrajectory, self.commands.on_trajectory,
-                                             s.qos_of(s.trajectory_topic, QOS_ROS2_CONTROL))
-                         if s.trajectory_topic and s.trajectory_topic != s.command_topic else None)
+        if s.command_groups:  # one subscription per controller
+            self.sub_commands = [self.t.subscription(g.topic, g.message_class, lambda m, k=k: self.commands.on_group(k, m),
+                                                     s.qos_of(g.topic, QOS_ROS2_CONTROL))
+                                 for k, g in enumerate(s.command_groups)]
+        else:
+            self.sub_commands = [self.t.subscription(s.command_topic, s.command_class, self.commands.on_command,
+                                                     s.qos_of(s.command_topic, QOS_ROS2_CONTROL))]
+        if s.trajectory_topic and s.trajectory_topic != s.command_topic and not s.command_groups:
+            self.sub_commands.append(self.t.subscription(s.trajectory_topic, JointTrajectory, self.commands.on_trajectory,
+                                                         s.qos_of(s.trajectory_topic, QOS_ROS2_CONTROL)))
         self.stop_event = threading.Event()
         self.episodes: list[dict[str, Any]] = []
         self.ticks = 0
@@ -334,7 +386,8 @@ class SimRobot:
         t_start = time.monotonic()
         emit("ready", task=self.spec.label, robot=self.spec.name, transport=self.t.name, network=self.t.network,
              joints=list(self.spec.joints), period_s=period, interface=self.spec.limits.interface,
-             episode_steps=self.episode_steps, command_topic=self.spec.command_topic)
+             episode_steps=self.episode_steps, command_topic=self.spec.command_topic,
+             command_topics=[g.topic for g in self.spec.commands])
         cam = self.camera_every > 0
         every_tick = bool(self.pub_cameras)  # the observation reads a camera: state and images at every control step
         self.publish_state(cam)
@@ -416,7 +469,7 @@ class SimRobot:
             "tick_lateness": percentiles_ms(self.lateness),
             "step_time": percentiles_ms(self.step_time),
             "commands_received": self.commands.received,
-            "commands_rejected": self.commands.rejected + self.sub_effort.rejected + (self.sub_traj.rejected if self.sub_traj else 0),
+            "commands_rejected": self.commands.rejected + sum(sub.rejected for sub in self.sub_commands),
             "states_published": self.pub_state.published,
         }
 

@@ -15,6 +15,15 @@ no such state (image, for any camera) or when it is older than
 command itself, in task order. So a timestep pairs "what the robot looked like" with "what it was told next",
 exactly what a policy sees and does in the control loop.
 
+**Command groups.** An arm split over controllers (an arm trajectory
+controller and a gripper forward-command controller, say) sends one message
+per group at each control tick. The groups' messages are merged into ticks
+first: a tick is complete at the first message (receive time ``t``) by which
+every group has delivered a message since the previous tick completed; its
+command is every group's newest values, at time ``t``. A tick whose group
+message went missing thus merges into the next one. The ticks are then
+aligned like single commands.
+
 ``write_bag`` writes such a bag with ``rosbags``' own serializer, for tests
 and examples.
 """
@@ -33,6 +42,7 @@ from omnipolicy.robot_bridge.wire import cdr
 from omnipolicy.robot_bridge.wire.messages import (
     Float64MultiArray,
     Image,
+    JointMap,
     JointState,
     JointTrajectory,
     ObservationMap,
@@ -61,6 +71,9 @@ class BagImportConfig:
     """Optional sensor_msgs/Image topic filling ``ObservationMap.image_key``."""
     cameras: tuple[tuple[str, str], ...] = ()
     """Further cameras: ``(observation key, sensor_msgs/Image topic)`` pairs, each aligned like ``image``."""
+    command_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """An arm split over controllers: ``(command topic, its joints in the controller's order)`` per group, merged
+    into control ticks (module docstring); ``commands`` is then unused."""
     max_state_age: float = 0.1
     """Drop a command whose latest joint state is older than this (seconds)."""
     max_image_age: float = 0.2
@@ -72,12 +85,22 @@ class BagImportConfig:
         for name in ("joint_states", "commands") + (("image",) if self.image is not None else ()):
             object.__setattr__(self, name, ros_topic_name(getattr(self, name)))
         object.__setattr__(self, "cameras", tuple((key, ros_topic_name(topic)) for key, topic in self.cameras))
+        object.__setattr__(self, "command_groups", tuple((ros_topic_name(topic), tuple(joints))
+                                                         for topic, joints in self.command_groups))
+        topics = [topic for topic, _ in self.command_groups]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"BagImportConfig.command_groups: topics must differ, got {topics}")
         keys = [key for key, _ in self.cameras]
         if len(set(keys)) != len(keys):
             raise ValueError(f"BagImportConfig.cameras: observation keys must differ, got {keys}")
         for name in ("max_state_age", "max_image_age"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"BagImportConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+
+    @property
+    def command_topics(self) -> list[str]:
+        """The topics the commands come from: every group's, else ``commands``."""
+        return [topic for topic, _ in self.command_groups] or [self.commands]
 
     def image_topics(self, image_key: str | None) -> dict[str, str]:
         """Observation key -> ``sensor_msgs/Image`` topic of every camera: ``image`` (as ``image_key``), then ``cameras``."""
@@ -172,6 +195,29 @@ def latest_before(times: np.ndarray, query: np.ndarray, max_age: float) -> tuple
     return idx, ok
 
 
+def merge_ticks(groups: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]]) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """Merge command groups' message streams into control ticks (the rule of the module docstring).
+
+    Args:
+        groups: per group, its receive times ``(N_g,)`` int64 (sorted) and the values of each message.
+
+    Returns:
+        ``(times, values)``: the time of each complete tick ``(T,)`` int64, and per tick each group's newest values.
+    """
+    events = sorted((int(t), g, k) for g, (times, _) in enumerate(groups) for k, t in enumerate(times))
+    newest: list[np.ndarray | None] = [None] * len(groups)
+    pending: set[int] = set()
+    times_out, values_out = [], []
+    for t, g, k in events:
+        newest[g] = groups[g][1][k]
+        pending.add(g)
+        if len(pending) == len(groups):
+            times_out.append(t)
+            values_out.append(list(newest))
+            pending.clear()
+    return np.asarray(times_out, dtype=np.int64), values_out  # type: ignore[return-value]
+
+
 def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig = BagImportConfig()) -> BagEpisode:
     """Read a rosbag2 recording into aligned arrays (see the module docstring for the rule).
 
@@ -200,16 +246,15 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
     if clash:
         raise ValueError(f"BagImportConfig.cameras: keys {clash} are also keys of the ObservationMap ({sorted(taken)})")
     cameras = config.image_topics(obs_map.image_key)  # observation key -> Image topic
-    topics = list(dict.fromkeys([config.joint_states, config.commands, *cameras.values()]))
+    topics = list(dict.fromkeys([config.joint_states, *config.command_topics, *cameras.values()]))
     data = read_topics(path, topics)
     state_type, state_raw = data[config.joint_states]
-    cmd_type, cmd_raw = data[config.commands]
     if state_type is not JointState:
         raise ValueError(f"rosbag: {config.joint_states} has type {state_type.ROS_TYPE}, expected sensor_msgs/msg/JointState")
-    if cmd_type not in COMMAND_TYPES:
-        raise ValueError(
-            f"rosbag: {config.commands} has type {cmd_type.ROS_TYPE}; expected one of {[c.ROS_TYPE for c in COMMAND_TYPES]}"
-        )
+    for topic in config.command_topics:
+        if data[topic][0] not in COMMAND_TYPES:
+            raise ValueError(f"rosbag: {topic} has type {data[topic][0].ROS_TYPE}; expected one of "
+                             f"{[c.ROS_TYPE for c in COMMAND_TYPES]}")
     for key, topic in cameras.items():
         if data[topic][0] is not Image:
             raise ValueError(f"rosbag: {topic} (camera {key!r}) has type {data[topic][0].ROS_TYPE}, expected {Image.ROS_TYPE}")
@@ -232,7 +277,15 @@ def read_bag(path: str | Path, obs_map: ObservationMap, config: BagImportConfig 
 
     jm = obs_map.joints
     s_t, s_obs = decode_all(config.joint_states, JointState, state_raw, obs_map.joint_observation)
-    c_t, c_act = decode_all(config.commands, cmd_type, cmd_raw, lambda m: action_from_command(m, jm))
+    if config.command_groups:  # one message per group and tick: merged into ticks, then named into task order
+        streams = [decode_all(topic, data[topic][0], data[topic][1], lambda m, g=JointMap(joints): action_from_command(m, g))
+                   for topic, joints in config.command_groups]
+        c_t, ticks = merge_ticks(streams)
+        names = [j for _, joints in config.command_groups for j in joints]
+        c_act = [jm.task_from_named(names, np.concatenate(values), what="command groups") for values in ticks]
+    else:
+        c_t, c_act = decode_all(config.commands, data[config.commands][0], data[config.commands][1],
+                                lambda m: action_from_command(m, jm))
     s_idx, keep = latest_before(s_t, c_t, config.max_state_age)
     stale = {config.joint_states: int(np.sum(~keep))}
     images: dict[str, tuple[str, list[np.ndarray], np.ndarray]] = {}  # key -> (topic, frames, frame index per command)
