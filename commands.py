@@ -61,6 +61,10 @@ class EvalConfig:
     continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
     """Greedy bin of a continuous action dimension: the expected bin under the model's distribution (mean), the
     most likely one (mode, Gato's argmax), or auto: mean for checkpoints trained with Gaussian bin targets."""
+    ensemble_weight: float = 0.01
+    """Temporal-ensembling weight m of a checkpoint trained with action chunking and chunk_execution=ensemble: the
+    executed action is the mean of the overlapping chunks' predictions weighted exp(-m * i), i = 0 the oldest
+    (ACT's convention and default; 0 = plain mean, < 0 favours the newest). Other checkpoints ignore it."""
     device: str = "cpu"
     """Torch device for the policy."""
     workers: int = 1
@@ -75,7 +79,8 @@ def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
             raise ValueError("--checkpoint is required with --actor policy (or use --actor expert / random)")
         from omnipolicy.agent import PolicyActor  # torch: only the commands that run a model load it
 
-        actor = PolicyActor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.temperature, cfg.continuous_decoding)
+        actor = PolicyActor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.temperature, cfg.continuous_decoding,
+                                            cfg.ensemble_weight)
         known = actor.tasks
         tasks = cfg.tasks or known
         unknown = [t for t in tasks if t not in known]
@@ -98,9 +103,14 @@ def eval_command(argv: list[str], prog: str) -> None:
     for t in tasks:
         get_task(t)  # unknown ids fail before any rollout, with close matches
     decoding = actor.policy.continuous_decoding if cfg.actor == "policy" else None  # "auto" resolved
+    protocol = {"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature, "continuous_decoding": decoding}
+    if cfg.actor == "policy" and actor.policy.meta.model.action_chunk > 1:
+        model = actor.policy.meta.model
+        protocol["action_chunk"] = {"size": model.action_chunk, "execution": model.chunk_execution,
+                                    **({"ensemble_weight": cfg.ensemble_weight}
+                                       if model.chunk_execution == "ensemble" else {})}
     summary = evaluate(actor, tasks, cfg.episodes, cfg.out, cfg.num_envs, cfg.seed, cfg.video, cfg.max_steps,
-                       extra_protocol={"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature,
-                                       "continuous_decoding": decoding}, workers=cfg.workers)
+                       extra_protocol=protocol, workers=cfg.workers)
     o = summary["overall"]
     print(f"{o['tasks_at_least_50']}/{o['tasks']} tasks >= 50% of expert; mean normalised {o['normalized_mean']:.1f}")
     print(f"report: {Path(cfg.out) / 'report.md'}")

@@ -9,27 +9,40 @@ from typing import Any
 
 import numpy as np
 
+from .chunking import ENSEMBLE_WEIGHT, ChunkExecutor
 from .policy import Policy
 
 
 class PolicyActor:
-    """A trained checkpoint, acting from observations only.
+    """A trained checkpoint, acting from observations only: one action per control tick.
 
-    Built with :meth:`from_checkpoint` it also carries a ``recipe``, so a parallel evaluation
-    (``evaluate(..., workers=2)``) can load the same policy in each worker process.
+    A checkpoint trained with action chunking (``ModelConfig.action_chunk``) predicts ``k`` actions per query;
+    they are executed as the checkpoint's ``chunk_execution`` says (:mod:`~omnipolicy.agent.chunking`): temporal
+    ensembling (a query every tick) or a receding horizon (a query every ``k`` ticks; the observations in
+    between are not fed to the model). Built with :meth:`from_checkpoint` it also carries a ``recipe``, so a
+    parallel evaluation (``evaluate(..., workers=2)``) can load the same policy in each worker process.
+
+    Args:
+        policy: the policy.
+        temperature: 0 for greedy decoding, > 0 to sample.
+        ensemble_weight: the temporal-ensembling weight ``m`` (``w_i = exp(-m * i)``, ``i = 0`` the oldest
+            prediction; ACT's 0.01); used by checkpoints whose ``chunk_execution`` is ``ensemble``.
     """
 
-    def __init__(self, policy: Policy, temperature: float = 0.0) -> None:
+    def __init__(self, policy: Policy, temperature: float = 0.0, ensemble_weight: float = ENSEMBLE_WEIGHT) -> None:
         self.policy = policy
         self.temperature = temperature
+        self.ensemble_weight = float(ensemble_weight)
         self.name = "policy"
         self.recipe: Callable[[], "PolicyActor"] | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "cpu", temperature: float = 0.0,
-                        continuous_decoding: str = "auto") -> "PolicyActor":
+                        continuous_decoding: str = "auto",
+                        ensemble_weight: float = ENSEMBLE_WEIGHT) -> "PolicyActor":
         """Load a checkpoint as an actor (the KV-cached session path) that can be rebuilt in worker processes."""
-        recipe = partial(_policy_actor, str(checkpoint), str(device), float(temperature), continuous_decoding)
+        recipe = partial(_policy_actor, str(checkpoint), str(device), float(temperature), continuous_decoding,
+                         float(ensemble_weight))
         actor = recipe()
         actor.recipe = recipe
         return actor
@@ -44,23 +57,24 @@ class PolicyActor:
         self.task_id = task.id
         self.policy.temperature = self.temperature
         self.policy.reset(len(envs))
-        self.last_obs: list[dict | None] = [None] * len(envs)
+        self.chunks = ChunkExecutor(len(envs), self.policy.chunk_size(task.id),
+                                    self.policy.meta.model.chunk_execution, self.ensemble_weight)
 
     def reset_env(self, index: int, obs: dict) -> None:
         self.policy.reset_env(index)
-        self.last_obs[index] = obs
+        self.chunks.reset(index)
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
-        if self.policy.acts_through_session(self.task_id):
-            return self.policy.act(self.task_id, list(observations), env_ids=list(active))
-        # The recomputing path steps every environment together; finished ones repeat their last
-        # observation and their actions are dropped.
-        for i, o in zip(active, observations):
-            self.last_obs[i] = o
-        actions = self.policy.act(self.task_id, self.last_obs)
-        return [actions[i] for i in active]
+        query = [j for j, i in enumerate(active) if self.chunks.needs_chunk(i)]
+        if query:
+            ids = [active[j] for j in query]
+            chunks = self.policy.act_chunks(self.task_id, [observations[j] for j in query], env_ids=ids)
+            for i, chunk in zip(ids, chunks):
+                self.chunks.add(i, chunk)
+        return [self.chunks.next_action(i) for i in active]
 
 
-def _policy_actor(checkpoint: str, device: str, temperature: float, continuous_decoding: str) -> PolicyActor:
+def _policy_actor(checkpoint: str, device: str, temperature: float, continuous_decoding: str,
+                  ensemble_weight: float = ENSEMBLE_WEIGHT) -> PolicyActor:
     policy = Policy.from_checkpoint(checkpoint, device=device, use_session=True, continuous_decoding=continuous_decoding)
-    return PolicyActor(policy, temperature)
+    return PolicyActor(policy, temperature, ensemble_weight)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from omnipolicy.tokenizers.chunking import ActionChunking
+
 PATCH_SIZE = 16
 """Side of an image patch in pixels (fixed by the tokenizer)."""
 ACTION_INPUTS = ("tokens", "hidden")
@@ -52,6 +54,12 @@ class ModelConfig:
             demonstration sets of smooth experts teach a model that reads past actions to copy the last one
             (the "copycat problem" of behaviour cloning with history, Wen et al. 2020, arXiv 2010.14876):
             near-perfect on the data, stuck on its own first mistake when it acts. ``"hidden"`` removes the shortcut.
+        action_chunk: ``k``, the actions a timestep of a continuous-action task holds and the model predicts at
+            once (ACT's action chunking; :mod:`omnipolicy.tokenizers.chunking`); 1: one action (Gato). Tasks with
+            a discrete action keep one. With ``action_inputs="hidden"`` a chunk is decoded in one forward pass.
+        chunk_execution: how chunks are executed, which also sets how training episodes are tokenized:
+            ``"ensemble"`` (query every tick, temporal ensembling of the overlapping chunks) or ``"receding"``
+            (query every k-th tick, execute the chunk open loop; the model sees every k-th observation).
         vocab_size: size of the embedding table and logits; ``None`` until
             bound to a tokenizer layout with :meth:`with_layout` (or :meth:`with_vocab`).
         continuous_ids: ``[start, stop)`` of the continuous-bin ids, bound by :meth:`with_layout`.
@@ -73,6 +81,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     value_features: int = 16
     action_inputs: str = "tokens"
+    action_chunk: int = 1
+    chunk_execution: str = "ensemble"
     vocab_size: int | None = None
     continuous_ids: tuple[int, int] | None = None
     separator_id: int | None = None
@@ -95,11 +105,20 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.value_features must be an even int >= 0, got {self.value_features!r}")
         if self.action_inputs not in ACTION_INPUTS:
             raise ValueError(f"ModelConfig.action_inputs must be one of {ACTION_INPUTS}, got {self.action_inputs!r}")
+        try:
+            self.chunking
+        except ValueError as e:
+            raise ValueError(f"ModelConfig: {e}") from None
         if self.continuous_ids is not None:
             lo, hi = (int(v) for v in self.continuous_ids)
             if not 0 <= lo < hi <= (self.vocab_size or hi):
                 raise ValueError(f"ModelConfig.continuous_ids must be a range inside the vocabulary, got {self.continuous_ids!r}")
             object.__setattr__(self, "continuous_ids", (lo, hi))
+
+    @property
+    def chunking(self) -> ActionChunking:
+        """``action_chunk`` and ``chunk_execution`` as the tokenizer takes them."""
+        return ActionChunking(self.action_chunk, self.chunk_execution)
 
     @property
     def head_dim(self) -> int:

@@ -12,6 +12,11 @@ One control step is
 2. **decode**: one step per action dimension ``k = 1 .. A-1`` reusing the
    cache; every step's logits are masked to that dimension's valid ids (the
    tokenizer's ``action_token_ranges``) before the greedy / sampled choice.
+   With ``action_inputs="hidden"`` the model reads the padding id at every
+   action position whatever was chosen, so there is no decode step: the
+   prefill carries the ``A - 1`` fed action positions too and its last
+   ``A`` outputs give every action token at once (a chunk of ``k`` actions,
+   ``k * A`` tokens, in one forward pass).
 
 The last block of the prefill runs attention and MLP for the last token only
 (the others need only their keys and values), the LM head computes only the
@@ -376,10 +381,11 @@ class InferenceSession:
         start: int | None = None,
         last: Tensor | None = None,
         kv_only: bool = False,
+        n_out: int = 1,
     ) -> Tensor | None:
         """Run new tokens through the blocks, writing their keys/values at ``pos``.
 
-        The last block runs its attention and MLP only for the token whose output is wanted
+        The last block runs its attention and MLP only for the tokens whose outputs are wanted
         (``last``; the others' outputs of that block would only feed the logits), or not at all
         (``kv_only``): only their keys and values are needed.
 
@@ -389,12 +395,13 @@ class InferenceSession:
             kv_len: cache slots the attention reads (all written slots a valid query may see).
             env: run on this one environment's row (``pre`` then has one row) instead of all rows.
             start: eager fast path: every row writes the slots ``start .. start + S - 1`` and
-                ``kv_len == start + S`` (plain slices, no per-row mask); the output is the last token's.
-            last: (B,) index of the token whose output is wanted (without ``start``).
+                ``kv_len == start + S`` (plain slices, no per-row mask); the outputs are the last ``n_out`` tokens'.
+            last: (B, n_out) indices of the tokens whose outputs are wanted (without ``start``).
             kv_only: fill the cache only, return nothing.
+            n_out: tokens per row whose outputs are wanted.
 
         Returns:
-            (B, 1, D) hidden state (before the final norm) of the wanted token of each row, or ``None``.
+            (B, n_out) hidden states (before the final norm) of the wanted tokens of each row, or ``None``.
         """
         B, S, D = pre.shape
         H, hd, K = self.H, D // self.H, self.K
@@ -428,11 +435,13 @@ class InferenceSession:
                 if kv_only:
                     return None
                 if start is None:
-                    sel = self._rows[:B], last
-                    q, mask, x = q[sel[0], :, sel[1]].unsqueeze(2), mask[sel[0], :, sel[1]].unsqueeze(2), x[sel].unsqueeze(1)
-                else:  # the last token sees every key
+                    rows_n = self._rows[:B, None]  # (B, 1) with last (B, n_out)
+                    q, mask, x = q[rows_n, :, last].transpose(1, 2), mask[rows_n, :, last].transpose(1, 2), x[rows_n, last]
+                elif n_out == 1:  # the last token sees every key
                     q, mask, x = q[:, :, -1:], None, x[:, -1:]
-                S = 1
+                else:
+                    q, mask, x = q[:, :, -n_out:], mask[-n_out:], x[:, -n_out:]
+                S = n_out
             y = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask)
             x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, S, D))
             x = x + blk.mlp(blk.ln_2(x))
@@ -469,21 +478,27 @@ class InferenceSession:
         return choice
 
     def _prefill_body(self, greedy: bool, span: tuple[int, int], kv_len: int, width: int | None = None,
-                      start: int | None = None) -> None:
+                      start: int | None = None, n_out: int = 1) -> None:
+        """Prefill and choose the first ``n_out`` action tokens from the outputs of each row's last ``n_out`` tokens
+        (``n_out > 1``: hidden action inputs, whose prefill carries the fed action positions)."""
         S = self.C if width is None else width
         tok, loc = self.in_tok[:, :S], self.in_loc[:, :S]
         pos = self.in_fill.unsqueeze(1) + self._cols[:S]  # (B, S)
         pre = self._embed(tok, loc, self.in_pidx[:, :S], self.in_patches if self.P else None, self.in_ppos)
         last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
-        x = self._forward_new(pre, pos, kv_len, start=start, last=last)  # (B, 1, D)
+        wanted = (last[:, None] - (n_out - 1) + self._cols[:n_out]).clamp(min=0)  # (B, n_out)
+        x = self._forward_new(pre, pos, kv_len, start=start, last=wanted, n_out=n_out)  # (B, n_out, D)
         if start is None:  # graph mode: the decode graph reads its state from the device
             self.dec_k.zero_()
-            choice = self._choose(x[:, 0], greedy, span)
+            for j in range(n_out):
+                choice = self._choose(x[:, j], greedy, span)
             self.dec_tok.copy_(choice)
             self.dec_pos.copy_(self.in_fill + self.in_cnt)
             self.dec_loc.copy_(loc[self._rows, last] + 1)
         else:  # eager, every row has S tokens
-            self.dec_tok.copy_(self._choose(x[:, 0], greedy, span, k=0))
+            for j in range(n_out):
+                choice = self._choose(x[:, j], greedy, span, k=j)
+            self.dec_tok.copy_(choice)
             self.dec_loc.copy_(loc[:, -1] + 1)
 
     def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None,
@@ -691,14 +706,16 @@ class InferenceSession:
 
         Returns:
             The environments whose window was shortened and cache rebuilt, and each stepped environment's
-            prefill token count (its observation, led by the previous action's last token when one is pending).
+            prefill token count (its observation, led by the previous action's last token when one is pending,
+            and followed by the ``A - 1`` fed action positions with hidden action inputs).
         """
         rebuild_rows, shifts, lengths = [], [], []
         for (tok, _, _), e in zip(arrays, ids):
             r = self._evict(self._envs[e], len(tok) + A - 1)
             if r is not None:
                 rebuild_rows.append(e), shifts.append(r[0]), lengths.append(r[1])
-        counts = [len(tok) + (self._envs[e].pending >= 0) for (tok, _, _), e in zip(arrays, ids)]
+        fed = A - 1 if self.hidden else 0  # the hidden prefill carries the fed action positions too
+        counts = [len(tok) + (self._envs[e].pending >= 0) + fed for (tok, _, _), e in zip(arrays, ids)]
         n_patch = max((0 if p is None else len(p)) for _, p, _ in arrays)
         C, P, A_cap = self.C, self.P, self.A_cap
         if max(counts) > C or n_patch > P or A + 3 > A_cap:
@@ -713,7 +730,8 @@ class InferenceSession:
         """The host arrays of the prefill, one row per environment of the session.
 
         A stepped row holds the previous action's last token (when one is pending), then the observation
-        tokens; its patches go to its ``P`` patch slots. Rows not stepped keep one token written past
+        tokens, then (hidden action inputs) the padding id at the fed action positions; its patches go to its
+        ``P`` patch slots. Rows not stepped keep one token written past
         their fill, which no later query sees.
         """
         B, C, P = self.B, self.C, self.P
@@ -726,11 +744,12 @@ class InferenceSession:
         ppos_in = np.zeros((B * P, 2), np.int64)
         for (tok, patches, ppos), e, c in zip(arrays, ids, counts):
             st, L = self._envs[e], len(tok)
-            j = c - L  # 1 when the previous action's last token leads
+            j = int(st.pending >= 0)  # 1 when the previous action's last token leads
             if j:
                 tok_in[e, 0], loc_in[e, 0] = self._fed(st.pending), st.pending_local
-            tok_in[e, j:c] = tok
-            loc_in[e, j:c] = np.arange(L)
+            tok_in[e, j:j + L] = tok
+            tok_in[e, j + L:c] = self.cfg.pad_id if self.hidden else 0  # the fed action positions (hidden only)
+            loc_in[e, j:c] = np.arange(c - j)
             cnt_in[e] = c
             if patches is not None and len(patches):
                 slots = np.flatnonzero(tok == self.patch_id) + j
@@ -763,34 +782,36 @@ class InferenceSession:
 
     def _prefill_and_decode(self, ids: list[int], counts: list[int], A: int, greedy: bool, span: tuple[int, int],
                             return_logits: bool) -> None:
-        """Prefill, then ``A - 1`` decode steps: the action tokens go to ``out_tok``, their logits to ``out_logits``.
+        """Prefill, then ``A - 1`` decode steps (none with hidden action inputs, whose prefill gives all ``A``): the
+        action tokens go to ``out_tok``, their logits to ``out_logits``.
 
         Three ways run the same bodies: replayed CUDA graphs; their bodies eagerly (``_static``: static shapes
         and device-side decode state, what a failed capture falls back to, and how tests check the graph code
         without a GPU); or eagerly over only the filled part of the cache (the CPU).
         """
+        n_out = A if self.hidden else 1
         prefill = None
         if self.use_graphs:
-            prefill = self._graph(("prefill", self.C, self.P, greedy, self._expect, span),
-                                  lambda: self._prefill_body(greedy, span, self.K))
+            prefill = self._graph(("prefill", self.C, self.P, greedy, self._expect, span, n_out),
+                                  lambda: self._prefill_body(greedy, span, self.K, n_out=n_out))
         if prefill is not None:
-            self._replay_graphs(prefill, A, greedy, span)
+            self._replay_graphs(prefill, A - n_out, greedy, span)
         elif self._static:
-            self._prefill_body(greedy, span, self.K)
-            for _ in range(A - 1):
+            self._prefill_body(greedy, span, self.K, n_out=n_out)
+            for _ in range(A - n_out):
                 self._decode_body(greedy, span, self.K)
         else:
             self._decode_eagerly(ids, counts, A, greedy, span, return_logits)
 
-    def _replay_graphs(self, prefill: Any, A: int, greedy: bool, span: tuple[int, int]) -> None:
-        """Replay the prefill graph, then the decode graph once per remaining action dimension."""
+    def _replay_graphs(self, prefill: Any, n_decode: int, greedy: bool, span: tuple[int, int]) -> None:
+        """Replay the prefill graph, then the decode graph ``n_decode`` times (once per remaining action dimension)."""
         prefill.replay()
         decode = None
-        if A > 1:
+        if n_decode > 0:
             decode = self._graph(("decode", greedy, self._expect, span),
                                  lambda: self._decode_body(greedy, span, self.K),
                                  restore=(self.dec_tok, self.dec_pos, self.dec_loc, self.dec_k))
-        for _ in range(A - 1):
+        for _ in range(n_decode):
             if decode is not None:
                 decode.replay()
             else:  # the decode capture failed: same body, eagerly
@@ -802,24 +823,26 @@ class InferenceSession:
         fills = [self._envs[e].fill for e in ids]
         ends = [f + c for f, c in zip(fills, counts)]
         self._record = return_logits
+        n_out = A if self.hidden else 1
         if len(ids) == self.B and len(set(fills)) == 1 and len(set(counts)) == 1:  # lockstep: plain slices
             f, c = fills[0], counts[0]
-            self._prefill_body(greedy, span, f + c, width=c, start=f)
-            for k in range(1, A):
+            self._prefill_body(greedy, span, f + c, width=c, start=f, n_out=n_out)
+            for k in range(n_out, A):
                 self._decode_body(greedy, span, f + c + k, start=f + c + k - 1, k=k)
         else:
-            self._prefill_body(greedy, span, max(ends))
-            for k in range(1, A):
+            self._prefill_body(greedy, span, max(ends), n_out=n_out)
+            for k in range(n_out, A):
                 self._decode_body(greedy, span, max(ends) + k)
 
     def _advance_windows(self, arrays: list[_ObsArrays], ids: list[int], counts: list[int],
                          action_tokens: np.ndarray) -> None:
         """Add the stepped timesteps to their windows; the last action token of each stays pending (chosen, not fed)."""
         A = action_tokens.shape[1]
+        decoded = 0 if self.hidden else A - 1  # tokens fed by decode steps (the hidden prefill fed them all)
         for (tok, _, _), e, c, a in zip(arrays, ids, counts, action_tokens):
             st = self._envs[e]
             st.steps.append(len(tok) + A)
-            st.fill += c + A - 1
+            st.fill += c + decoded
             st.pending, st.pending_local = int(a[-1]), len(tok) + A - 1
 
     def _masked_logits(self, ids: list[int], A: int, span: tuple[int, int]) -> Tensor:

@@ -8,6 +8,12 @@ the logits restricted to each element's valid id range (so an invalid action
 cannot come out), greedily or by temperature sampling, and turns them into
 actions with the tokenizer.
 
+A checkpoint trained with action chunking (``ModelConfig.action_chunk = k > 1``) predicts, per timestep of a
+continuous-action task, the next ``k`` actions: :meth:`Policy.act_chunks` returns them; executing them, one
+action per control tick, is :class:`~omnipolicy.agent.actor.PolicyActor`'s job. With ``action_inputs="hidden"``
+the ``k * A`` action tokens come from one forward pass (their inputs are the padding id whatever was chosen), on
+both paths; with ``"tokens"`` they are decoded one by one.
+
 Two paths act, and :meth:`Policy.act` picks one per call
 (:meth:`Policy.acts_through_session`): the KV-cached
 :class:`~omnipolicy.agent.inference.InferenceSession` (``use_session=True``,
@@ -238,7 +244,8 @@ class Policy:
         if not 0.0 < max_fraction < 1.0:
             raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
         spec = self.spec(task_id)
-        ep = self.tok.tokenize_episode(spec, observations, actions)
+        chunk, stride = self.meta.model.chunking.for_action(spec.action)
+        ep = self.tok.tokenize_episode(spec, observations, actions, chunk=chunk, stride=stride)
         L, budget = ep.tokens_per_timestep, int(self.model.cfg.context * max_fraction)
         keep = min(budget // L, ep.num_timesteps)
         if keep < 1:
@@ -260,14 +267,20 @@ class Policy:
         self._prompts[task_id] = steps
         return keep
 
+    def chunk_size(self, task_id: str) -> int:
+        """Actions per timestep of ``task_id``: the checkpoint's ``action_chunk`` for a continuous action, else 1."""
+        return self.meta.model.chunking.for_action(self.spec(task_id).action)[0]
+
     def action_ranges(self, task_id: str) -> np.ndarray:
-        """int64 (A, 2): the valid ``[lo, hi)`` ids of each action token of ``task_id``."""
+        """int64 (k * A, 2): the valid ``[lo, hi)`` ids of each action token of a timestep of ``task_id``
+        (``k``: :meth:`chunk_size`)."""
         if task_id not in self._ranges:
-            self._ranges[task_id] = self.tok.action_token_ranges(self.spec(task_id))
+            ranges = self.tok.action_token_ranges(self.spec(task_id))  # (A, 2)
+            self._ranges[task_id] = np.tile(ranges, (self.chunk_size(task_id), 1))
         return self._ranges[task_id]
 
     def expected_dims(self, task_id: str) -> np.ndarray:
-        """bool (A,): the action dimensions of ``task_id`` decoded by their expected bin (see ``continuous_decoding``)."""
+        """bool (k * A,): the action tokens of ``task_id`` decoded by their expected bin (see ``continuous_decoding``)."""
         continuous = self.continuous_decoding == "mean" and self.spec(task_id).action.kind == "continuous"
         return np.full(len(self.action_ranges(task_id)), continuous)
 
@@ -280,10 +293,23 @@ class Policy:
         """
         return self.use_session and task_id not in self._prompts
 
-    @torch.inference_mode()
     def act(self, task_id: str, observations: Sequence[Mapping[str, Any]],
             env_ids: Sequence[int] | None = None) -> list[np.ndarray]:
-        """One action per environment.
+        """One action per environment, for a task that takes one action per timestep (see :meth:`act_chunks`).
+
+        Raises:
+            ValueError: the checkpoint predicts chunks of actions for this task; and as :meth:`act_chunks`.
+        """
+        k = self.chunk_size(task_id)
+        if k > 1:
+            raise ValueError(f"Task {task_id!r}: this checkpoint predicts chunks of {k} actions (ModelConfig.action_chunk); "
+                             "act_chunks returns them and PolicyActor executes them one control tick at a time")
+        return [c[0] for c in self.act_chunks(task_id, observations, env_ids)]
+
+    @torch.inference_mode()
+    def act_chunks(self, task_id: str, observations: Sequence[Mapping[str, Any]],
+                   env_ids: Sequence[int] | None = None) -> list[np.ndarray]:
+        """One chunk of actions per environment: the next ``k`` actions (:meth:`chunk_size`; 1 without chunking).
 
         The one place that picks how to act (:meth:`acts_through_session`): through the KV-cached session
         (:meth:`_act_through_session`) or by recomputing the whole window (:meth:`_act_recomputing`).
@@ -293,11 +319,11 @@ class Policy:
             observations: one observation per environment (field name -> value,
                 no time axis), in environment order; ``reset`` sets the number
                 of environments (the first call resets to ``len(observations)``).
-            env_ids: with the KV-cached session, the environments these observations
-                belong to (default: all, in order); the others keep their context.
+            env_ids: the environments these observations belong to (default: all, in order); the others keep
+                their context.
 
         Returns:
-            One action per environment, shaped and typed as the task's action spec.
+            One array ``(k, *action shape)`` per environment, typed as the task's action spec.
 
         Raises:
             KeyError: unknown task, or an observation with a missing/unexpected key.
@@ -307,10 +333,11 @@ class Policy:
         spec = self.spec(task_id)
         ids = self._checked_env_ids(task_id, spec, observations, env_ids)
         if self.acts_through_session(task_id):
-            return self._act_through_session(task_id, spec, observations, ids)
-        if ids != list(range(self.num_envs)):
-            raise ValueError("env_ids needs the KV-cached session (use_session=True and no prompt for this task)")
-        return self._act_recomputing(task_id, spec, observations)
+            tokens = self._act_through_session(task_id, spec, observations, ids)
+        else:
+            tokens = self._act_recomputing(task_id, spec, observations, ids)
+        chunks = self.tok.decode_actions(spec, tokens.reshape(len(ids), self.chunk_size(task_id), -1))
+        return [np.asarray(c) for c in chunks]  # (k, *action shape) each
 
     def _checked_env_ids(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
                          env_ids: Sequence[int] | None) -> list[int]:
@@ -343,8 +370,9 @@ class Policy:
 
     # ------------------------------------------------------ the KV-cached path
     def _act_through_session(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
-                             env_ids: list[int]) -> list[np.ndarray]:
-        """The KV-cached path: one prefill of the new observation, then one decode step per action token.
+                             env_ids: list[int]) -> np.ndarray:
+        """The KV-cached path: one prefill of the new observation, then one decode step per action token (with
+        hidden action inputs, the prefill reads every action token's logits); int64 (n, k * A) action tokens.
 
         Taken with ``use_session`` for tasks without a prompt (evaluation and deployment use it): tens of
         times faster than recomputing, and it steps any subset of the environments. The contexts live in
@@ -362,27 +390,28 @@ class Policy:
         current = [self._tokenize(spec, obs) for obs in observations]
         out = self._session.step(current, self.action_ranges(task_id), env_ids=env_ids, temperature=self.temperature,
                                  expected_dims=self.expected_dims(task_id))
-        return [np.asarray(x) for x in self.tok.decode_actions(spec, out.action_tokens)]
+        return out.action_tokens
 
     # ----------------------------------------------------- the recomputing path
-    def _act_recomputing(self, task_id: str, spec: TimestepSpec,
-                         observations: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
-        """The recomputing path: one forward over each whole window per action token, all environments at once.
+    def _act_recomputing(self, task_id: str, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]],
+                         env_ids: list[int]) -> np.ndarray:
+        """The recomputing path: one forward over each whole window per action token (one in all with hidden
+        action inputs), the environments ``env_ids`` at once; int64 (n, k * A) action tokens.
 
         Taken without ``use_session`` and for tasks with a prompt. It is the reference semantics (the
         session is tested against it) and the only path that keeps a prompt in the window. The contexts
         are the timesteps in ``_envs``.
         """
         self._leave_session()
-        ranges = self.action_ranges(task_id)  # (A, 2)
+        ranges = self.action_ranges(task_id)  # (k * A, 2)
         current = self._tokenize_and_embed(spec, observations)
         obs_len = len(current[0].tokens)
-        prompt = self._fit_windows(task_id, obs_len, len(ranges))
-        batch = self._window_batch([prompt + list(env.steps) + [cur] for env, cur in zip(self._envs, current)],
-                                   len(ranges))
-        action_tokens = self._decode_recomputing(batch, ranges, self.expected_dims(task_id), obs_len)  # (B, A)
-        self._remember(current, action_tokens, obs_len)
-        return [np.asarray(x) for x in self.tok.decode_actions(spec, action_tokens)]
+        envs = [self._envs[i] for i in env_ids]
+        prompt = self._fit_windows(task_id, obs_len, len(ranges), envs)
+        batch = self._window_batch([prompt + list(env.steps) + [cur] for env, cur in zip(envs, current)], len(ranges))
+        action_tokens = self._decode_recomputing(batch, ranges, self.expected_dims(task_id), obs_len)  # (n, k * A)
+        self._remember(envs, current, action_tokens, obs_len)
+        return action_tokens
 
     def _leave_session(self) -> None:
         """Drop the session when acting switches to recomputing: its contexts are not shared with this path."""
@@ -404,8 +433,8 @@ class Policy:
                 c.patch_emb = emb
         return current
 
-    def _fit_windows(self, task_id: str, obs_len: int, A: int) -> list[_Timestep]:
-        """Make room in every window for the task's prompt and a new timestep; returns the prompt.
+    def _fit_windows(self, task_id: str, obs_len: int, A: int, envs: list[_EnvContext]) -> list[_Timestep]:
+        """Make room in the windows of ``envs`` for the task's prompt and a new timestep; returns the prompt.
 
         A window on another task starts empty; otherwise whole oldest timesteps leave until the new one fits.
 
@@ -422,7 +451,7 @@ class Policy:
         room = context - sum(len(t.tokens) for t in prompt)
         if need > room:
             raise ValueError(f"Task {task_id!r}: the prompt leaves {room} tokens of context, a timestep needs {need}")
-        for env in self._envs:
+        for env in envs:
             if env.task_id != task_id:
                 env.task_id, env.steps = task_id, deque()
             while env.steps and env.num_tokens + need > room:
@@ -454,9 +483,14 @@ class Policy:
                             obs_len: int) -> np.ndarray:
         """Choose the action tokens one by one, each by a forward over the whole batch, feeding each choice back.
 
+        With hidden action inputs the model reads the padding id at every action position whatever was chosen,
+        so one forward over the windows and ``A - 1`` padding slots gives every action token's logits.
+
         Returns:
             int64 (B, A): the chosen ids, each inside its dimension's range.
         """
+        if self.model.cfg.action_inputs == "hidden":
+            return self._decode_hidden(batch, ranges, expect, obs_len)
         dev = self.device
         B, A = len(batch.lengths), len(ranges)
         rows = torch.arange(B, device=dev)
@@ -475,6 +509,26 @@ class Policy:
                 pos = pos + 1
         return action_tokens.cpu().numpy()
 
+    def _decode_hidden(self, batch: _WindowBatch, ranges: np.ndarray, expect: np.ndarray, obs_len: int) -> np.ndarray:
+        """All ``A`` action tokens from one forward: the padding id (``_window_batch``'s filler) at the ``A - 1``
+        fed action positions, local positions ``obs_len ..``; position ``p`` predicts token ``p + 1``. int64 (B, A)."""
+        dev = self.device
+        B, A = len(batch.lengths), len(ranges)
+        lengths = torch.from_numpy(batch.lengths).to(dev)
+        cols = torch.arange(A, device=dev)
+        slots = lengths[:, None] + cols[:-1]  # (B, A - 1) the fed action positions
+        rows = torch.arange(B, device=dev)[:, None]
+        batch.local_pos[rows, slots] = obs_len + cols[:-1]
+        hidden = self.model(batch.tokens, batch.local_pos, batch.patch_index, None, None,
+                            patch_embeddings=batch.patch_emb)  # (B, width, D)
+        h = hidden[rows, lengths[:, None] - 1 + cols]  # (B, A, D): the separator's, then each action slot's
+        action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
+        for k in range(A):
+            lo, hi = int(ranges[k, 0]), int(ranges[k, 1])
+            logits = self.model.logits(h[:, k])[:, lo:hi].float()  # (B, hi - lo): valid ids only
+            action_tokens[:, k] = self._choose(logits, expect[k]) + lo
+        return action_tokens.cpu().numpy()
+
     def _choose(self, logits: torch.Tensor, expected: bool) -> torch.Tensor:
         """(B,) the chosen column of ``logits`` (B, n): sampled with the temperature; greedily the expected
         column (rounded) when ``expected``, else the most likely one."""
@@ -485,10 +539,11 @@ class Policy:
             return expected_ids(logits)
         return logits.argmax(dim=-1)
 
-    def _remember(self, current: list[_Timestep], action_tokens: np.ndarray, obs_len: int) -> None:
+    def _remember(self, envs: list[_EnvContext], current: list[_Timestep], action_tokens: np.ndarray,
+                  obs_len: int) -> None:
         """Append each environment's new timestep (its observation and chosen action tokens) to its context."""
         A = action_tokens.shape[1]
-        for env, cur, a in zip(self._envs, current, action_tokens):
+        for env, cur, a in zip(envs, current, action_tokens):
             env.steps.append(
                 _Timestep(
                     np.concatenate([cur.tokens, a]),

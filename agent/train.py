@@ -42,6 +42,7 @@ from omnipolicy.datasets import TokenCache, WindowLoader, holdout_split
 from omnipolicy.datasets.cache import EPISODE_COLUMNS
 from omnipolicy.files import write_text_atomic
 from omnipolicy.tokenizers import Tokenizer
+from omnipolicy.tokenizers.chunking import ActionChunking
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
@@ -76,6 +77,13 @@ class TrainConfig:
     action_inputs: Literal["tokens", "hidden"] | None = None
     """What the model reads at action positions (ModelConfig.action_inputs): tokens (Gato) or hidden (every action
     predicted from observations only; no copying of the last action); default: the preset's."""
+    action_chunk: int | None = None
+    """Actions per timestep of a continuous-action task (ModelConfig.action_chunk; ACT's chunking): the model predicts
+    the next k actions at once; tasks with a discrete action keep one. Default: the preset's (1)."""
+    chunk_execution: Literal["ensemble", "receding"] | None = None
+    """How the chunks are executed (ModelConfig.chunk_execution): ensemble (query every tick, temporal ensembling of
+    the overlapping chunks) or receding (train on every k-th tick, execute each chunk open loop). Default: the
+    preset's (ensemble)."""
     steps: int = 2000
     """Optimizer steps in total (a resumed run continues up to this)."""
     stop_at: int | None = None
@@ -161,6 +169,20 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.task_weights must be >= 0, got {bad}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise ValueError(f"TrainConfig.stop_at must be in [1, steps={self.steps}] (or None), got {self.stop_at!r}")
+        try:
+            chunking = self.chunking
+        except ValueError as e:
+            raise ValueError(f"TrainConfig: {e}") from None
+        if self.synthetic and chunking.size > 1:
+            raise ValueError(f"TrainConfig: action_chunk={chunking.size} needs datasets (--data); the synthetic copy-task "
+                             "windows have no episodes to chunk")
+
+    @property
+    def chunking(self) -> ActionChunking:
+        """The preset's action chunking with the ``action_chunk`` and ``chunk_execution`` overrides."""
+        preset = get_preset(self.preset)
+        size = preset.action_chunk if self.action_chunk is None else self.action_chunk
+        return ActionChunking(size, self.chunk_execution or preset.chunk_execution)
 
     def model_config(self, layout: VocabLayout) -> ModelConfig:
         """The preset with the context and action-input overrides, bound to ``layout``."""
@@ -169,6 +191,8 @@ class TrainConfig:
             cfg = dataclasses.replace(cfg, context=self.context)
         if self.action_inputs is not None:
             cfg = dataclasses.replace(cfg, action_inputs=self.action_inputs)
+        chunking = self.chunking
+        cfg = dataclasses.replace(cfg, action_chunk=chunking.size, chunk_execution=chunking.execution)
         return cfg.with_layout(layout)
 
 
@@ -269,7 +293,8 @@ def build_dataset_loader(
     if not cfg.data:
         raise ValueError("train needs at least one dataset directory (--data DIR [DIR ...]) or --synthetic")
     tok = Tokenizer.default()
-    cache = TokenCache.build(list(cfg.data), tok, cfg.out / "token_cache", progress=is_main)
+    cache = TokenCache.build(list(cfg.data), tok, cfg.out / "token_cache", progress=is_main, chunking=cfg.chunking)
+    _check_chunking(cfg.chunking, cache.specs, is_main)
     unknown = sorted(set(cfg.task_weights) - set(cache.task_ids))
     if unknown:
         raise ValueError(f"task_weights names unknown tasks {unknown}; the datasets hold {cache.task_ids}")
@@ -303,6 +328,23 @@ def build_dataset_loader(
         print(f"validation: {len(held_out)} held-out episode(s) of {len(val) // 2} task(s)"
               + (f"; too few episodes to hold any out: {kept}" if kept else ""), file=sys.stderr)
     return loader, cache.layout, dict(cache.specs), val
+
+
+def _check_chunking(chunking: ActionChunking, specs: dict[str, TimestepSpec], is_main: bool) -> None:
+    """Refuse chunking when no task has a continuous action; say which tasks keep one action per timestep.
+
+    Raises:
+        ValueError: ``chunking.size > 1`` and every task's action is discrete.
+    """
+    if chunking.size == 1:
+        return
+    single = sorted(t for t, spec in specs.items() if chunking.for_action(spec.action)[0] == 1)
+    if len(single) == len(specs):
+        raise ValueError(f"action_chunk={chunking.size} chunks continuous actions, but every task of the datasets has a "
+                         f"discrete action: {single}; train them with action_chunk=1")
+    if single and is_main:
+        print(f"action chunking: {chunking.size} actions per timestep ({chunking.execution}); tasks with a discrete "
+              f"action keep one: {single}", file=sys.stderr)
 
 
 def holdout_eligible(cache: Any, holdout_from: Sequence[Path]) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 
 from omnipolicy.files import fsync_file, staging_dir, write_json_atomic
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, VocabLayout
+from omnipolicy.tokenizers.chunking import ActionChunking
 
 from .layout import INFO_PATH, find_stores
 from .store import EpisodeStore
@@ -93,8 +94,11 @@ def data_fingerprint(store: EpisodeStore) -> dict[str, Any]:
     }
 
 
-def _fingerprint(stores: Sequence[EpisodeStore], layout: "VocabLayout") -> dict[str, Any]:
-    return {"cache_version": CACHE_VERSION, "layout": layout.to_dict(), "stores": [data_fingerprint(s) for s in stores]}
+def _fingerprint(stores: Sequence[EpisodeStore], layout: "VocabLayout", chunking: ActionChunking) -> dict[str, Any]:
+    fp = {"cache_version": CACHE_VERSION, "layout": layout.to_dict(), "stores": [data_fingerprint(s) for s in stores]}
+    if chunking.size > 1:  # unchunked caches keep the key they had before chunking existed
+        fp["chunking"] = chunking.to_dict()
+    return fp
 
 
 def _digest(fp: dict) -> str:
@@ -126,6 +130,7 @@ class TokenCache:
         task_ids: task ids in task_index order.
         layout: the tokenizer layout the cache was built with.
         specs: task id -> TimestepSpec.
+        chunking: the action chunking the episodes were tokenized with (``ActionChunking()``: none).
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
@@ -137,6 +142,7 @@ class TokenCache:
         self.layout: VocabLayout = VocabLayout.from_dict(self.manifest["fingerprint"]["layout"])
         self.task_ids: list[str] = list(self.manifest["task_ids"])
         self.specs: dict[str, TimestepSpec] = {t: TimestepSpec.from_dict(d) for t, d in self.manifest["specs"].items()}
+        self.chunking = ActionChunking(**self.manifest["fingerprint"].get("chunking", {}))
         for name, (dtype, tail) in ARRAYS.items():
             arr = np.load(self.dir / f"{name}.npy", mmap_mode="r")
             expect = (self.manifest["sizes"][name], *tail)
@@ -153,6 +159,7 @@ class TokenCache:
         tokenizer: "Tokenizer",
         out_dir: str | os.PathLike,
         progress: bool = True,
+        chunking: ActionChunking | None = None,
     ) -> "TokenCache":
         """Return the cache of ``stores`` tokenized by ``tokenizer`` at ``out_dir``, (re)building it if needed.
 
@@ -161,6 +168,8 @@ class TokenCache:
             tokenizer: the tokenizer; its layout is part of the fingerprint.
             out_dir: cache folder (created).
             progress: show a tqdm bar while tokenizing.
+            chunking: tokenize each continuous-action task's episodes in chunks of actions (and with the
+                receding horizon's stride); part of the fingerprint. Default: none.
 
         Returns:
             The opened cache. Concurrent callers (e.g. several training ranks) wait on a lock; one builds.
@@ -170,10 +179,11 @@ class TokenCache:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / ".lock", "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            fp = _fingerprint(stores, tokenizer.layout)
+            chunking = ActionChunking() if chunking is None else chunking
+            fp = _fingerprint(stores, tokenizer.layout, chunking)
             if cls.is_current(out, fp):
                 return cls(out)
-            cls._build(stores, tokenizer, out, fp, progress)
+            cls._build(stores, tokenizer, out, fp, progress, chunking)
         return cls(out)
 
     @staticmethod
@@ -187,7 +197,8 @@ class TokenCache:
             return False
 
     @staticmethod
-    def _build(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", out: Path, fp: dict, progress: bool) -> None:
+    def _build(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", out: Path, fp: dict, progress: bool,
+               chunking: ActionChunking) -> None:
         task_ids = sorted({t for s in stores for t in s.task_ids})
         specs: dict[str, dict] = {}
         for s in stores:
@@ -200,7 +211,7 @@ class TokenCache:
         # the arrays are built in a staging folder, so a failed build leaves the old cache as it was
         try:
             with staging_dir(out, prefix=".build-") as tmp:  # deleted on the way out, with what is left in it
-                sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress)
+                sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress, chunking)
                 (out / MANIFEST).unlink(missing_ok=True)
                 for name in ARRAYS:
                     os.replace(tmp / f"{name}.npy", out / f"{name}.npy")
@@ -224,7 +235,7 @@ class TokenCache:
 
     @staticmethod
     def _write_arrays(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", task_ids: list[str], tmp: Path,
-                      progress: bool) -> dict[str, int]:
+                      progress: bool, chunking: ActionChunking) -> dict[str, int]:
         """Tokenize every episode into ``tmp/<array>.npy``; return each array's length.
 
         Everything is written with plain file writes, so a full disk raises OSError (ENOSPC); writing
@@ -242,7 +253,9 @@ class TokenCache:
                 for ei in range(store.num_episodes):
                     ep = store.load_episode(ei)
                     spec = store.timestep_spec(ep.task_id)
-                    tk = tokenizer.tokenize_episode(spec, ep.observations, ep.actions, raw_patches=True)
+                    chunk, stride = chunking.for_action(spec.action)
+                    tk = tokenizer.tokenize_episode(spec, ep.observations, ep.actions, raw_patches=True, chunk=chunk,
+                                                    stride=stride)
                     n, p = len(tk.tokens), len(tk.patches)
                     is_patch = tk.tokens == tokenizer.layout.patch_id
                     if int(is_patch.sum()) != p:

@@ -105,10 +105,44 @@ def _field_array(observations: Mapping, f: FieldSpec, t: int | None) -> np.ndarr
     raise ValueError(f"Observation field {f.name!r} ({f.kind}) must have shape {want}, got {x.shape}")
 
 
-def _checked_actions(spec: TimestepSpec, actions: np.ndarray | None) -> tuple[np.ndarray | None, int | None]:
-    """Actions as an array and their ``T`` (None without actions)."""
+class _Chunks(NamedTuple):
+    """An episode's actions and, per kept timestep, the ticks of its chunk (clipped to the last action)."""
+
+    actions: np.ndarray  # (T_episode, *action shape)
+    ticks: np.ndarray  # int64 (T, chunk): indices into actions
+    valid: np.ndarray  # bool (T, chunk): False where the episode had ended (the last action repeats)
+
+
+def _strided(spec: TimestepSpec, observations: Mapping, actions: np.ndarray | None, chunk: int,
+             stride: int) -> tuple[dict, _Chunks | None]:
+    """The observations at ticks ``0, stride, ...`` and each kept tick's chunk of actions."""
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= chunk:
+        raise ValueError(f"stride must be an int in [1, chunk={chunk}], got {stride!r}")
+    if actions is not None:
+        actions, t = _checked_actions(spec, actions)
+        for f in spec.observation:
+            if f.name in observations and len(observations[f.name]) != t:
+                raise ValueError(f"Observation field {f.name!r} has {len(observations[f.name])} timesteps, "
+                                 f"expected {t} (one per action)")
+    obs = {}
+    for f in spec.observation:
+        if f.name in observations:
+            x = observations[f.name]
+            obs[f.name] = list(x)[::stride] if f.kind == "text" and not isinstance(x, np.ndarray) else np.asarray(x)[::stride]
+    if actions is None:
+        return obs, None
+    ticks = np.arange(0, t, stride)[:, None] + np.arange(chunk)  # (T, chunk)
+    return obs, _Chunks(actions, np.minimum(ticks, t - 1), ticks < t)
+
+
+def _checked_actions(spec: TimestepSpec, actions: np.ndarray | _Chunks | None) -> tuple[np.ndarray | _Chunks | None, int | None]:
+    """Actions as an array (or chunks) and the number of timesteps they fill (None without actions)."""
     if actions is None:
         return None, None
+    if isinstance(actions, _Chunks):
+        return actions, len(actions.ticks)
     actions = np.asarray(actions)
     if actions.ndim < 1:
         raise ValueError(f"Actions need a leading time axis (T, ...) for field {spec.action.name!r}, got a scalar")
@@ -223,8 +257,15 @@ class Tokenizer:
         observations: Mapping[str, np.ndarray | Sequence[str]],
         actions: np.ndarray | None,
         raw_patches: bool = False,
+        chunk: int = 1,
+        stride: int = 1,
     ) -> TokenizedEpisode:
         """Tokenize ``T`` timesteps at once (see the module docstring for the layout).
+
+        With action chunking (:mod:`~omnipolicy.tokenizers.chunking`) the timesteps are the ticks ``0, stride,
+        2 * stride, ...`` of the episode, and the action part of the one at tick ``t`` holds the actions
+        ``a_t .. a_{t+chunk-1}`` (``chunk * A`` tokens); past the episode's end the last action repeats with its
+        loss masked off (ACT).
 
         Args:
             spec: the task's timestep spec.
@@ -236,6 +277,9 @@ class Tokenizer:
                 ends with the separator: what the policy sees before acting).
             raw_patches: return uint8 ``(P, 16, 16, 3)`` patches instead of floats
                 (:func:`normalize_patches` converts them later).
+            chunk: actions per timestep (``ActionChunking.for_action`` gives it; 1: Gato's one action).
+            stride: ticks between timesteps (``1 <= stride <= chunk``); the observations at the ticks between are
+                left out.
 
         Returns:
             The :class:`TokenizedEpisode`.
@@ -244,8 +288,10 @@ class Tokenizer:
             KeyError: an observation field is missing.
             ValueError: shapes or lengths disagree with the spec or each other,
                 a continuous value is NaN/inf, a discrete value is out of range,
-                or an image is not uint8.
+                or an image is not uint8, or a bad ``chunk`` / ``stride``.
         """
+        if chunk != 1 or stride != 1:
+            observations, actions = _strided(spec, observations, actions, chunk, stride)
         actions, t = _checked_actions(spec, actions)
         text_blocks, t = self._text_blocks(spec, observations, t)
         image_blocks, raw_list, pos_list, t = self._image_blocks(spec, observations, t)
@@ -256,7 +302,7 @@ class Tokenizer:
         blocks = [*text_blocks, *image_blocks, *tensor_blocks, separator]
         obs_len = sum(b.ids.shape[1] for b in blocks)
         if actions is not None:
-            blocks.append(self._action_block(spec, actions, clipped))
+            blocks.append(self._action_block(spec, actions, clipped, chunk))
         length = sum(b.ids.shape[1] for b in blocks)
         action_size = length - obs_len
         tokens, loss, segments = _lay_out_blocks(blocks, t, length)
@@ -325,12 +371,19 @@ class Tokenizer:
             blocks.append(_Block(f.name, f.kind, ids, False))
         return blocks, clipped, t
 
-    def _action_block(self, spec: TimestepSpec, actions: np.ndarray, clipped: dict[str, int]) -> _Block:
-        """Action tokens ``(T, A)``, adding a continuous action's clipped count to ``clipped``."""
-        ids, n_clip = self.encode_actions(spec, actions)
+    def _action_block(self, spec: TimestepSpec, actions: np.ndarray | _Chunks, clipped: dict[str, int],
+                      chunk: int = 1) -> _Block:
+        """Action tokens ``(T, chunk * A)``, adding a continuous action's clipped count to ``clipped``."""
+        if chunk == 1 and not isinstance(actions, _Chunks):
+            ids, n_clip = self.encode_actions(spec, actions)
+            loss: np.ndarray | bool = True
+        else:  # encode every action once, then gather each timestep's chunk
+            ids, n_clip = self.encode_actions(spec, actions.actions)
+            ids = ids[actions.ticks].reshape(len(actions.ticks), -1)  # (T, chunk * A)
+            loss = np.repeat(actions.valid, ids.shape[1] // actions.valid.shape[1], axis=1)  # (T, chunk * A)
         if spec.action.kind == "continuous":
             clipped[spec.action.name] = n_clip
-        return _Block(spec.action.name, "action", ids, True)
+        return _Block(spec.action.name, "action", ids, loss)
 
     # --------------------------------------------------------------- actions
     def action_token_ranges(self, spec: TimestepSpec) -> np.ndarray:

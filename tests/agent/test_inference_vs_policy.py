@@ -1,6 +1,9 @@
-"""InferenceSession fed by the real tokenizer acts like the cache-less Policy over whole episodes."""
+"""InferenceSession fed by the real tokenizer acts like the cache-less Policy over whole episodes, with and
+without action chunking."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -76,3 +79,77 @@ def test_auto_decoding_follows_the_training_targets_and_bad_names_are_refused():
     assert policy({"config": {"bin_sigma": 8.0}}, continuous_decoding="mode").continuous_decoding == "mode"
     with pytest.raises(ValueError, match=r"continuous_decoding must be one of \('auto', 'mean', 'mode'\), got 'median'"):
         policy({}, continuous_decoding="median")
+
+
+# ------------------------------------------------------------------------------ action chunking
+
+
+def chunked_policy(inputs: str, use_session: bool, decoding: str = "mode", context: int = 128) -> Policy:
+    """A policy of a model that predicts chunks of 3 actions (6 action tokens a timestep)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=context, local_positions=64, patch_channels=8,
+                      patch_stride=4, action_inputs=inputs, action_chunk=3).with_layout(TOK.layout)
+    return Policy(GatoModel(cfg).eval(), CheckpointMeta(cfg, TOK.layout, {TASK: SPEC}), TOK, use_session=use_session,
+                  continuous_decoding=decoding)
+
+
+@pytest.mark.parametrize("decoding", ["mode", "mean"])
+@pytest.mark.parametrize("inputs", ["tokens", "hidden"])
+def test_chunked_decoding_through_the_session_equals_recomputation_over_episodes_longer_than_the_window(
+        inputs, decoding):
+    session = chunked_policy(inputs, True, decoding)
+    recompute = chunked_policy(inputs, False, decoding)
+    recompute.model = session.model  # one set of weights
+    assert session.chunk_size(TASK) == 3 and len(session.action_ranges(TASK)) == 6
+    for p in (session, recompute):
+        p.reset(2)
+    rng = np.random.default_rng(0)
+    for t in range(14):  # 17 observation tokens + 6 action tokens a timestep: the 128-token window holds 5
+        obs = [observation(rng), observation(rng)]
+        want = recompute.act_chunks(TASK, obs)
+        got = session.act_chunks(TASK, obs)
+        if t == 0:  # the recomputing policy drops only the timesteps that no longer fit: the same windows
+            session._session.config = replace(session._session.config, evict_keep=1.0)
+        assert [c.shape for c in got] == [(3, 2)] * 2 and all(c.dtype == np.float32 for c in got)
+        np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    assert session._session.stats["rebuilds"] > 0  # evictions happened on the way
+
+
+@torch.no_grad()
+def window_logits(model: GatoModel, window: list[tuple[ObsTokens, np.ndarray]]) -> torch.Tensor:
+    """Logits (n, V) predicting the newest timestep's n action tokens, by one forward over ``window``."""
+    tokens = np.concatenate([np.concatenate([o.tokens, a]) for o, a in window])
+    local = np.concatenate([np.arange(len(o.tokens) + len(a)) for o, a in window])
+    is_patch = tokens == TOK.layout.patch_id
+    pidx = np.where(is_patch, np.cumsum(is_patch) - 1, -1)
+    patches = torch.from_numpy(np.concatenate([o.patches for o, _ in window]))
+    ppos = torch.from_numpy(np.concatenate([o.patch_pos for o, _ in window]).astype(np.int64))
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))[None]  # noqa: E731
+    h = model(t(tokens), t(local), t(pidx), patches, ppos)
+    n, A = len(tokens), len(window[-1][1])
+    return model.logits(h[0, n - A - 1 : n - 1]).float()  # position p predicts token p + 1
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("inputs", ["tokens", "hidden"])
+def test_chunk_logits_of_the_session_equal_one_forward_over_the_window(inputs, static):
+    """Every action token of a chunk: the session's logits (hidden: from the one prefill, no decode step) equal a
+    full forward's over the same window, through evictions, with timesteps of different lengths in one batch."""
+    model = chunked_policy(inputs, True, context=96).model
+    ranges = np.tile(TOK.action_token_ranges(SPEC), (3, 1))  # (6, 2)
+    session = InferenceSession(model, SessionConfig(num_envs=2), patch_id=TOK.layout.patch_id)
+    session._static = static  # the CUDA-graph bodies (fixed prefill width, device counters), eagerly
+    rng = np.random.default_rng(3)
+    histories: dict[int, list] = {0: [], 1: []}
+    for t in range(12):
+        obs = [observation(rng), observation(rng)]
+        if t % 3 == 1:
+            obs[1]["instruction"] = "reach the red cube and then the blue one"  # a longer timestep in one row
+        out = session.step([tokenize(o) for o in obs], ranges, return_logits=True)
+        for e in (0, 1):
+            histories[e].append((tokenize(obs[e]), out.action_tokens[e]))
+            ref = window_logits(model, histories[e][-session.window_timesteps(e):])  # (6, V)
+            for k, (lo, hi) in enumerate(ranges):
+                np.testing.assert_allclose(out.logits[e, k, lo:hi].numpy(), ref[k, lo:hi].numpy(), atol=2e-4, rtol=1e-3)
+                assert lo <= out.action_tokens[e, k] < hi
+    assert session.stats["rebuilds"] > 0

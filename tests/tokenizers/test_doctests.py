@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "vocab", "spec", "continuous", "discrete", "text", "image", "episode"]
+MODULES = ["__init__", "vocab", "spec", "continuous", "discrete", "text", "image", "episode", "chunking"]
 
 
 @pytest.mark.parametrize("name", MODULES)
