@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
-DOMAINS: tuple[str, ...] = ("classic", "atari", "mujoco", "dmc", "metaworld")
+DOMAINS: tuple[str, ...] = ("classic", "atari", "mujoco", "dmc", "metaworld", "so101")
 FAMILY_MODULES: tuple[str, ...] = tuple(f"omnipolicy.envs.{d}" for d in DOMAINS)
 """Modules whose import registers the tasks of one family (one per domain)."""
 
@@ -362,7 +362,7 @@ def protocol_mismatch(spec: TaskSpec, scores: Mapping[str, Any] | None = None) -
 class TasksConfig:
     """List the registered tasks with their measured random and expert scores."""
 
-    domain: Literal["classic", "atari", "mujoco", "dmc", "metaworld"] | None = None
+    domain: Literal["classic", "atari", "mujoco", "dmc", "metaworld", "so101"] | None = None
     """Only tasks of this domain."""
     default_only: bool = False
     """Only the tasks of the default suite."""
