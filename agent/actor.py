@@ -52,19 +52,45 @@ class PolicyActor:
         """The task ids the checkpoint was trained on."""
         return tuple(sorted(self.policy.tasks))
 
+    def acts_as(self, task: Any) -> str:
+        """The checkpoint's task this actor acts as in ``task``: the task itself, or, for a task the checkpoint was
+        not trained on, the task whose scores it shares (``TaskSpec.scores_from``) when their observations and
+        actions are the same (a variant that differs in what it asks, such as instructions held out of training).
+
+        Raises:
+            KeyError: neither (the message names the checkpoint's tasks).
+        """
+        base = getattr(task, "scores_from", None)
+        if task.id not in self.policy.tasks and base in self.policy.tasks and self.policy.spec(base) == task.timestep:
+            return base
+        self.policy.spec(task.id)  # KeyError naming the checkpoint's tasks
+        return task.id
+
     def begin(self, task: Any, envs: Sequence) -> None:
-        self.spec = self.policy.spec(task.id)  # the spec it acts with (KeyError naming the checkpoint's tasks)
-        self.task_id = task.id
+        self.task_id = self.acts_as(task)
+        self.spec = self.policy.spec(self.task_id)  # the spec it acts with
         self.policy.temperature = self.temperature
         self.policy.reset(len(envs))
-        self.chunks = ChunkExecutor(len(envs), self.policy.chunk_size(task.id),
+        self.chunks = ChunkExecutor(len(envs), self.policy.chunk_size(self.task_id),
                                     self.policy.meta.model.chunk_execution, self.ensemble_weight)
+        self.texts: list[tuple[str, ...] | None] = [None] * len(envs)
 
     def reset_env(self, index: int, obs: dict) -> None:
         self.policy.reset_env(index)
         self.chunks.reset(index)
+        self.texts[index] = self._texts(obs)
+
+    def _texts(self, obs: dict | None) -> tuple[str, ...]:
+        """The observation's text fields (its instruction)."""
+        if not obs:
+            return ()
+        return tuple(str(obs[f.name]) for f in self.spec.observation if f.kind == "text" and f.name in obs)
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
+        for i, o in zip(active, observations):
+            texts = self._texts(o)
+            if texts != self.texts[i]:  # a new instruction mid-episode: a fresh context, as `deploy` does
+                self.reset_env(i, o)
         query = [j for j, i in enumerate(active) if self.chunks.needs_chunk(i)]
         if query:
             ids = [active[j] for j in query]

@@ -246,3 +246,45 @@ def test_tiny_training_with_chunks_then_acting_one_action_per_tick(tmp_path, exe
     steps = actor.policy._session.window_timesteps(0)
     assert steps == (6 if execution == "ensemble" else 2)
     assert replace(meta.model, action_chunk=1).chunking.size == 1
+
+
+def test_a_new_instruction_mid_episode_starts_a_fresh_context_as_deploy_does():
+    from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
+
+    policy = policy_of(chunked_model("hidden", chunk=1, execution="ensemble"), use_session=True)
+    base = policy.spec(TASK)
+    spec = TimestepSpec((*base.observation, FieldSpec("instruction", "text", (), "str")), base.action)
+    policy.meta.tasks[TASK] = spec
+    actor = PolicyActor(policy)
+    actor.begin(SimpleNamespace(id=TASK, timestep=spec), [None])
+    rng = np.random.default_rng(0)
+
+    def obs(text: str) -> dict:
+        return {**observation(rng), "instruction": text}
+
+    actor.reset_env(0, obs("lift the red cube"))
+    for _ in range(3):
+        actor.act([0], [obs("lift the red cube")])
+    assert policy._session.window_timesteps(0) == 3
+    actor.act([0], [obs("lift the blue cube")])  # the instruction changed: the context starts over
+    assert policy._session.window_timesteps(0) == 1
+    actor.act([0], [obs("lift the blue cube")])
+    assert policy._session.window_timesteps(0) == 2
+
+
+def test_a_variant_of_a_trained_task_acts_as_that_task():
+    policy = policy_of(chunked_model("hidden", chunk=1, execution="ensemble"), use_session=True)
+    actor = PolicyActor(policy)
+    spec = policy.spec(TASK)
+    variant = SimpleNamespace(id=TASK + "-unseen", scores_from=TASK, timestep=spec)
+    assert actor.acts_as(variant) == TASK
+    other = SimpleNamespace(id="x/other", scores_from=TASK, timestep=_with_extra_field(spec))
+    with pytest.raises(KeyError, match="trained on"):
+        actor.acts_as(other)
+
+
+def _with_extra_field(spec):
+    """``spec`` with one more observation field: not the same observations."""
+    from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
+
+    return TimestepSpec((*spec.observation, FieldSpec("extra", "continuous", (1,), "float32")), spec.action)
