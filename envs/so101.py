@@ -372,7 +372,7 @@ class So101Env(TaskEnv):
         if target is None:
             return True
         half = TRAY_HALF + 0.004 if self.kind == "place" else ZONE_HALF
-        return bool(np.max(np.abs(p - target)) > half + 0.04)
+        return bool(np.max(np.abs(p - target)) > half + 0.05)
 
     def _pushable(self, objects: list[np.ndarray], target: np.ndarray) -> bool:
         """Push only draws scenes whose named object (slot drawn later) could be pushed: checked for every slot.
@@ -385,7 +385,7 @@ class So101Env(TaskEnv):
             if not 0.09 < d < 0.2:
                 return False
             start = p - (target - p) / d * 0.06
-            if not RADIUS[0] - 0.02 < np.linalg.norm(start) < RADIUS[1] + 0.03:
+            if not RADIUS[0] - 0.02 < np.linalg.norm(start) < RADIUS[1] + 0.01:
                 return False
             for j, q in enumerate(objects):
                 if j != i and _segment_distance(q, start, target) < 0.055:

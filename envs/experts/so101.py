@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from omnipolicy.envs.experts.base import Expert
+from omnipolicy.envs.so101_scene import GRIPPER_CLOSED
 
 DOWN = np.array([0.0, 0.0, -1.0])
 TILT_WEIGHT = 0.3
@@ -40,21 +41,30 @@ CARRY = 0.10
 GRIP_DEPTH = 0.012
 """How far below an object's top the pads' centre closes (m)."""
 RELEASE = 0.03
+TRAY_INSIDE = 0.03
+"""Offset of an object's centre from the tray's under which it is inside the tray, whatever its angle (m)."""
 """Height of a carried object's bottom above the table where place lets go (m): it drops into the tray."""
 FAST, SLOW = 0.03, 0.012
 """Largest move of the grasp point per step (m) in free space and near the object."""
 ALIGNED = 0.006
 """Horizontal error under which the jaws descend onto the object (m)."""
 CLOSE_STEPS, OPEN_STEPS = 6, 5
+OPEN = 0.65
+"""Gripper angle of the open jaws (rad): pads 5 cm apart inside, room around a 3 cm object, not wide enough to
+brush its neighbours or the tray's walls."""
 GRASP_SHIFT = 0.002
 """Shift of the grasp point toward the moving jaw (m): the fixed pad descends 3 mm clear of the object (the 4 cm
 opening centred on a 3 cm object would leave 5 mm), and the moving jaw closing brings the object against it."""
 HELD = (0.02, 0.45)
 """Gripper angles (rad) of jaws stopped on an object (closing on nothing goes to -0.17)."""
-PUSH_HEIGHT = 0.012
-"""Height of the grasp point above the table while pushing (m)."""
-PUSH_BEHIND = 0.045
-"""Distance behind the object's centre the push starts from (m)."""
+PUSH_HEIGHT = 0.014
+"""Height of the pusher (the closed pads' centre) above the table while pushing (m)."""
+PUSH_CONTACT = 0.026
+"""Distance from an object's centre to the pusher's centre when they touch (m): 1.5 cm radius, pads ~1 cm deep."""
+PUSH_STEP = 0.02
+"""How far into the object the pusher is sent (m): the servos push with a force that grows with the lag."""
+GRIPPER_SHUT = -0.17
+"""Gripper angle of the closed jaws (rad), where the pusher's position is taken."""
 
 
 class So101Expert(Expert):
@@ -92,9 +102,10 @@ class So101Expert(Expert):
         self._body = m.site_bodyid[self._site]
         self._roll_joint = m.joint("wrist_roll").id
         self._kp = m.actuator_gainprm[[m.actuator(j).id for j in env.joint_names], 0]
-        # The grasp point: midway between the fingertip pads with the jaws 4 cm apart, in the site's frame.
+        # The point the IK moves, in the site's frame: midway between the fingertip pads, with the jaws 4 cm apart
+        # (lift, place: the grasp point) or closed (push: the pusher).
         d = self._scratch
-        d.qpos[m.joint("gripper").qposadr[0]] = 0.46
+        d.qpos[m.joint("gripper").qposadr[0]] = 0.46 if self.kind != "push" else GRIPPER_SHUT
         mujoco.mj_kinematics(m, d)
         mid = np.mean([d.geom_xpos[m.geom(p).id] for p in ("fixed_jaw_pad", "moving_jaw_pad")], axis=0)
         self._offset = d.site_xmat[self._site].reshape(3, 3).T @ (mid - d.site_xpos[self._site])
@@ -179,20 +190,20 @@ class So101Expert(Expert):
             other = self.solve(seed, point, jaw, tilt)
             if self._residual(other, point, tilt) < self._residual(q, point, tilt):
                 q = other
+        if tilt > SOFT_TILT and np.linalg.norm(self._kinematics(q)[0] - point) > 0.008:
+            q = self.solve(q, point, jaw, SOFT_TILT)  # out of top-down reach: tilt rather than stop short
         sag = env.data.qfrc_bias[self._dadr[:5]] / self._kp[:5]
         return self.continuous([*(q + sag), gripper])
 
     # -- the state machine -----------------------------------------------------------------------
     def act(self, env, obs: dict[str, Any]) -> np.ndarray:
-        from omnipolicy.envs.so101_scene import GRIPPER_CLOSED, GRIPPER_OPEN
-
         self._setup(env)
         here = self.grasp_point(env)
         index = env.target_index
         obj = env.object_pos(index)
         if self.kind == "push":
             return self._push(env, here, obj, GRIPPER_CLOSED)
-        jaw = self._jaw_direction(env, index, obj)
+        jaw = self._jaw_direction(env, index)
         grip = obj[2] + env.half_height(index) - GRIP_DEPTH
         # Centre the pads' 4 cm opening so the fixed pad touches the object and the moving one closes on it.
         _, rot = self._kinematics(env.data.qpos[self._qadr[:5]])
@@ -201,12 +212,12 @@ class So101Expert(Expert):
         if self.opening or any(self._held(env, i, here) for i in range(len(env.objects)) if i != index):
             return self._release(env, here)  # letting go, or holding the wrong object (the target changed)
         if env.achieved(index):  # placed: stay clear of it
-            return self.move(env, here, [*here[:2], TRAVEL], FAST, None, GRIPPER_OPEN)
+            return self.move(env, here, [*here[:2], TRAVEL], FAST, None, OPEN)
         if self.closing >= CLOSE_STEPS:
             if self._held(env, index, here):
                 return self._carry(env, here, obj, index)
             self.closing = 0  # closed on nothing: open and start over
-            return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, GRIPPER_OPEN)
+            return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, OPEN)
         flat = np.linalg.norm(obj[:2] - here[:2])
         if self.closing:
             if flat < 0.02 and abs(here[2] - grip) < 0.02:
@@ -215,10 +226,10 @@ class So101Expert(Expert):
             self.closing = 0  # knocked away while closing: start over
         if flat > ALIGNED:
             if here[2] < TRAVEL - 0.015 and flat > 0.02:  # low and off the object: rise first, sweep nothing
-                return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, GRIPPER_OPEN)
-            return self.move(env, here, [*obj[:2], TRAVEL], FAST if flat > 0.04 else SLOW, jaw, GRIPPER_OPEN)
+                return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, OPEN)
+            return self.move(env, here, [*obj[:2], TRAVEL], FAST if flat > 0.04 else SLOW, jaw, OPEN)
         if here[2] > grip + 0.004:
-            return self.move(env, here, [*obj[:2], grip], SLOW, jaw, GRIPPER_OPEN)
+            return self.move(env, here, [*obj[:2], grip], SLOW, jaw, OPEN)
         self.closing = 1
         self.close_at = np.array([*obj[:2], grip])
         return self.command(env, self.close_at, jaw, GRIPPER_CLOSED)
@@ -230,31 +241,29 @@ class So101Expert(Expert):
         return self.command(env, point, jaw, gripper, tilt)
 
     def _carry(self, env, here: np.ndarray, obj: np.ndarray, index: int) -> np.ndarray:
-        from omnipolicy.envs.so101_scene import GRIPPER_CLOSED
-
         if self.kind == "lift":
             return self.move(env, here, [*here[:2], CARRY + 0.01], FAST, None, GRIPPER_CLOSED)
         tray = env.target_pos()
+        bottom = obj[2] - env.half_height(index)
+        if np.all(np.abs(obj[:2] - tray[:2]) < TRAY_INSIDE) and bottom < RELEASE + 0.01:
+            return self._release(env, here)  # already down in the tray (knocked in, say): let go
         goal = here[:2] + tray[:2] - obj[:2]  # steer the object, not the jaws, over the tray's centre
         off = np.linalg.norm(goal - here[:2])
         if off > 0.015:
             if here[2] < CARRY - 0.02:
                 return self.move(env, here, [*here[:2], CARRY], FAST, None, GRIPPER_CLOSED)
             return self.move(env, here, [*goal, CARRY], FAST if off > 0.04 else SLOW, None, GRIPPER_CLOSED)
-        bottom = obj[2] - env.half_height(index)
         if bottom > RELEASE:
             return self.move(env, here, [*goal, here[2] - (bottom - RELEASE)], SLOW, None, GRIPPER_CLOSED)
         return self._release(env, here)
 
     def _release(self, env, here: np.ndarray) -> np.ndarray:
-        from omnipolicy.envs.so101_scene import GRIPPER_OPEN
-
         self.opening += 1
         self.closing = 0
         if self.opening <= OPEN_STEPS:
-            return self.command(env, here, None, GRIPPER_OPEN)
+            return self.command(env, here, None, OPEN)
         self.opening = 0
-        return self.move(env, here, [*here[:2], here[2] + 0.04], FAST, None, GRIPPER_OPEN)
+        return self.move(env, here, [*here[:2], here[2] + 0.04], FAST, None, OPEN)
 
     def _held(self, env, index: int, here: np.ndarray) -> bool:
         """Whether object ``index`` sits between the closed jaws (they stop on it, short of closing fully)."""
@@ -262,19 +271,21 @@ class So101Expert(Expert):
         angle = env.data.qpos[self._qadr[5]]
         return bool(np.linalg.norm(p[:2] - here[:2]) < 0.03 and abs(p[2] - here[2]) < 0.035 and HELD[0] < angle < HELD[1])
 
-    def _jaw_direction(self, env, index: int, obj: np.ndarray) -> np.ndarray:
-        """The horizontal direction the jaws close along: across the object as seen from the base.
+    def _jaw_direction(self, env, index: int) -> np.ndarray:
+        """The horizontal direction the jaws should close along: the nearest to where they close now.
 
-        A cube is held by the pair of faces whose normal is nearest that direction.
+        A cube is held by the pair of faces whose normal is nearest the jaws' axis (the wrist turns at most 45
+        degrees, and never flips between the pairs while closing); a cylinder by any pair, so the jaws stay.
         """
-        across = np.array([-obj[1], obj[0], 0.0]) / max(np.linalg.norm(obj[:2]), 1e-6)
+        _, rot = self._kinematics(env.data.qpos[self._qadr[:5]])
+        current = np.array([rot[0, 2], rot[1, 2], 0.0])
+        current /= max(np.linalg.norm(current), 1e-6)
         if env.shape(index) != "cube":
-            return across
-        rot = env.object_rot(index)
-        normals = [rot[:, 0], rot[:, 1]]
-        best = max(normals, key=lambda n: abs(n @ across))
-        best = np.array([best[0], best[1], 0.0])
-        return best / np.linalg.norm(best)
+            return current
+        cube = env.object_rot(index)
+        normals = [np.array([n[0], n[1], 0.0]) for n in (cube[:, 0], cube[:, 1])]
+        best = max(normals, key=lambda n: abs(n @ current) / max(np.linalg.norm(n), 1e-6))
+        return best / max(np.linalg.norm(best), 1e-6)
 
     def _toward(self, here: np.ndarray, goal, step: float) -> np.ndarray:
         goal = np.asarray(goal, dtype=np.float64)
@@ -283,25 +294,23 @@ class So101Expert(Expert):
         return goal if dist <= step else here + delta * (step / dist)
 
     def _push(self, env, here: np.ndarray, obj: np.ndarray, closed: float) -> np.ndarray:
+        """Push the object through its centre toward the zone's, from behind it on that line, jaws closed."""
         zone = env.target_pos()
         line = zone[:2] - obj[:2]
-        dist = np.linalg.norm(line)
-        u = line / max(dist, 1e-6)
-        start = obj[:2] - u * PUSH_BEHIND
-        # Where the jaws are relative to the push line through the object: along (behind < 0) and across.
+        u = line / max(np.linalg.norm(line), 1e-6)
+        normal = np.array([-u[1], u[0]])
+        jaw = np.array([*normal, 0.0])  # the closed pads side by side across the push: a 2 cm wide pusher
         rel = here[:2] - obj[:2]
-        along, across = rel @ u, rel @ np.array([-u[1], u[0]])
-        jaw = np.array([-u[1], u[0], 0.0])  # jaws across the push direction: a wide pusher
-        low = PUSH_HEIGHT
-        behind = along < -0.02 and abs(across) < 0.012
-        if behind and here[2] < low + 0.02:  # in line behind the object: push through its centre to the zone's
-            goal = obj[:2] + u * (dist + 0.0)
-            aim = here[:2] + (goal - obj[:2]) + (obj[:2] - u * (PUSH_BEHIND - 0.015) - here[:2]) * 0.5
-            target = self._toward(here, [*aim, low], SLOW)
-            return self.command(env, target, jaw, closed)
-        if np.linalg.norm(here[:2] - start) < 0.012:  # above the start: lower
-            return self.command(env, self._toward(here, [*start, low], SLOW * 1.5), jaw, closed)
-        clear = 0.07
-        if here[2] < clear - 0.01:  # low but not in line: rise clear of the objects first
-            return self.command(env, self._toward(here, [*here[:2], clear], FAST), jaw, closed)
-        return self.command(env, self._toward(here, [*start, clear], FAST), jaw, closed)
+        along, across = rel @ u, rel @ normal
+        start = obj[:2] - u * (PUSH_CONTACT + 0.015)
+        low = here[2] < PUSH_HEIGHT + 0.012
+        if low and -PUSH_CONTACT - 0.03 < along < -0.01 and abs(across) < 0.008:  # in line behind it: push
+            goal = obj[:2] - u * (PUSH_CONTACT - PUSH_STEP)
+            return self.command(env, [*goal, PUSH_HEIGHT], jaw, closed)
+        if low and along < -0.01 and abs(across) < 0.02:  # drifted off the line: back off and re-align, still low
+            return self.command(env, self._toward(here, [*start, PUSH_HEIGHT], SLOW), jaw, closed)
+        if np.linalg.norm(here[:2] - start) < 0.01:  # above the start: lower
+            return self.move(env, here, [*start, PUSH_HEIGHT], SLOW * 1.5, jaw, closed)
+        if here[2] < TRAVEL - 0.015:  # low elsewhere: rise clear of the objects first
+            return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, closed)
+        return self.move(env, here, [*start, TRAVEL], FAST if np.linalg.norm(here[:2] - start) > 0.04 else SLOW, jaw, closed)
