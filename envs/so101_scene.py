@@ -81,10 +81,10 @@ class Camera:
 
 
 CAMERAS: tuple[Camera, ...] = (
-    Camera("front", pos=(0.58, 0.0, 0.42), target=(0.2, 0.0, 0.02), up=(0.0, 0.0, 1.0), fovy=52.0),
-    # On the gripper body, behind and above the jaws, looking down the jaws at the grasp point.
-    Camera("wrist", pos=(0.045, 0.0, -0.02), target=(-0.01, 0.0, -0.11), up=(1.0, 0.0, 0.0), fovy=70.0,
-           body="gripper"),
+    # Facing the arm across the table, looking down on the workspace (objects lie 4-28 cm in front of the base).
+    Camera("front", pos=(0.42, 0.0, 0.45), target=(0.16, 0.0, 0.0), up=(0.0, 0.0, 1.0), fovy=54.0),
+    # On the gripper body, beside the jaws and above the fingertips, looking down past them at the grasp point.
+    Camera("wrist", pos=(0.0, 0.06, -0.05), target=(0.0, 0.0, -0.13), up=(0.0, 0.0, 1.0), fovy=70.0, body="gripper"),
 )
 
 

