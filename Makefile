@@ -11,7 +11,7 @@ export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test test-all test-interop test-ros bench clean
+.PHONY: setup demo demo-so101 test test-all test-interop test-ros bench clean
 LEROBOT_VENV ?= .venv-lerobot
 ROS_VENV ?= .venv-ros
 
@@ -26,6 +26,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/omnipolicy demo --out runs/demo
+
+# The SO-101 camera + instruction job (about an hour on 2 cores): report in runs/demo-so101/report.md
+demo-so101: $(STAMP)
+	$(VENV)/bin/omnipolicy demo-so101 --out runs/demo-so101
 
 # The ROS 2 end-to-end tests run sim-robot as a real rclpy node from .venv-ros (PyPI's ros-rclpy wheels,
 # Kilted, in their own venv); if that venv cannot be built the `ros` tests skip and say why.

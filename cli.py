@@ -54,6 +54,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("omnipolicy.agent.train:train_command", "Train a generalist policy on one or more datasets."),
     "eval": Command("omnipolicy.commands:eval_command", "Evaluate a checkpoint in the simulators and write a report."),
     "demo": Command("omnipolicy.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),
+    "demo-so101": Command("omnipolicy.demo_so101:demo_so101_command",
+                          "The SO-101 camera + instruction job: collect (directly and over ROS 2), train, evaluate."),
     "deploy": Command("omnipolicy.robot_bridge.deploy:deploy_command", "Drive a ROS 2 robot with a trained policy."),
     "sim-robot": Command("omnipolicy.robot_bridge.sim_robot:sim_robot_command", "Expose a simulated MuJoCo arm as a ROS 2 robot."),
     "record": Command("omnipolicy.robot_bridge.recorder:record_command",

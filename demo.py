@@ -231,6 +231,11 @@ class DemoConfig:
     """Gaussian width of continuous action targets in bins (TrainConfig.bin_sigma; 0 = Gato's one-hot)."""
     action_inputs: Literal["tokens", "hidden"] = "hidden"
     """What the model reads at action positions (ModelConfig.action_inputs; tokens = Gato)."""
+    action_chunk: int | None = None
+    """Actions per timestep of continuous-action tasks (ACT's chunking, TrainConfig.action_chunk; default: the
+    preset's, 1)."""
+    chunk_execution: Literal["ensemble", "receding"] | None = None
+    """How chunks are executed (TrainConfig.chunk_execution; default: the preset's)."""
     prompt_prob: float = 0.0
     """Share of training windows prefixed with a demonstration (TrainConfig.prompt_prob; Gato: 0.25). The demo's
     evaluation does not prompt, and a prompt is half a window without loss: at 0, the same steps train on more
@@ -314,7 +319,8 @@ def dagger_stops(train_steps: int, rounds: int) -> list[int]:
     return sorted({max(1, train_steps * k // (rounds + 1)) for k in range(1, rounds + 1)} | {train_steps})
 
 
-def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings: dict[str, float]) -> TrainResult:
+def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings: dict[str, float],
+                      extra_data: Sequence[Path] = ()) -> TrainResult:
     """Train in phases with DAgger rounds between them (see ``DemoConfig.dagger_rounds``).
 
     Round ``k`` tops each task's DAgger dataset up to ``k`` times its episodes per round
@@ -323,6 +329,8 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
     the last pass's episodes). A rerun continues where an interrupted one stopped: each phase resumes from the
     newest checkpoint, and a round only tops up, with the checkpoint of the step it belongs to (a rerun past that
     step finds the round complete).
+
+    ``extra_data``: more datasets to train on besides ``out/data`` (episodes recorded on a robot, say).
 
     Returns:
         The last phase's TrainResult.
@@ -350,7 +358,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
     for k, stop in enumerate(stops):
         result = train(
             TrainConfig(
-                data=(demos, dagger_dir) if dagger_dir.is_dir() else (demos,),
+                data=(demos, *extra_data, *((dagger_dir,) if dagger_dir.is_dir() else ())),
                 holdout_from=(demos,),
                 out=out / "train",
                 preset=cfg.preset,
@@ -362,6 +370,8 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
                 seed=cfg.seed,
                 bin_sigma=cfg.bin_sigma,
                 action_inputs=cfg.action_inputs,
+                action_chunk=cfg.action_chunk,
+                chunk_execution=cfg.chunk_execution,
                 prompt_prob=cfg.prompt_prob,
                 val_fraction=cfg.val_fraction,
                 val_every=1000,
@@ -395,19 +405,10 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
     return result
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
-
-    tasks = tuple(cfg.tasks) or tuple(DEFAULT_SUITE)
-    for t in tasks:
-        get_task(t)  # unknown ids fail now, with close matches
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    # 1. Demonstrations: one dataset per task, by group so the per-domain counts apply.
+def collect_demonstrations(cfg: DemoConfig, tasks: Sequence[str], out: Path, timings: dict[str, float]) -> dict:
+    """The experts' demonstrations of ``tasks`` into ``out/data`` (one dataset per task; a rerun tops them up) with
+    the recipe's counts, noise and caps; returns :func:`~omnipolicy.datasets.collect.collect`'s per-task summary."""
     t0 = time.perf_counter()
-    print(f"[1/3] collecting expert demonstrations for {len(tasks)} tasks into {out / 'data'}")
     noise = {t: cfg.noise_for(t) for t in tasks}
     caps = {t: cfg.recipe.max_steps_for(t) for t in tasks}
     check_collection_settings(out / "data", noise, caps)
@@ -419,6 +420,24 @@ def run_demo(cfg: DemoConfig) -> dict:
         collected.update(collect(group, n, out / "data", workers=cfg.workers, seed=cfg.seed, action_noise=noise,
                                  max_steps=caps))
     timings["collect_s"] = time.perf_counter() - t0
+    return collected
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage; return the evaluation summary (also written to ``out/report.json``)."""
+
+    tasks = tuple(cfg.tasks) or tuple(DEFAULT_SUITE)
+    for t in tasks:
+        get_task(t)  # unknown ids fail now, with close matches
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    # 1. Demonstrations: one dataset per task, by group so the per-domain counts apply.
+    print(f"[1/3] collecting expert demonstrations for {len(tasks)} tasks into {out / 'data'}")
+    collected = collect_demonstrations(cfg, tasks, out, timings)
+    noise = {t: cfg.noise_for(t) for t in tasks}
+    caps = {t: cfg.recipe.max_steps_for(t) for t in tasks}
 
     # 2. One generalist on all of it, with DAgger rounds between phases of one learning-rate schedule.
     t0 = time.perf_counter()

