@@ -98,7 +98,7 @@ HELDOUT: frozenset[str] = frozenset(
         "drop the {obj} into the {target}",
         "shove the {obj} onto the {target}",
         "crimson", "lime", "navy", "violet",
-        "round block",
+        "square block", "round block",
         "bin",
         "white area",
     }
