@@ -50,7 +50,7 @@ from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ARMS
 from omnipolicy.robot_bridge.robot_file import ArmSpec, ImageSource, NamedSource, load_robot_file
 from omnipolicy.robot_bridge.wire import cdr
-from omnipolicy.robot_bridge.wire.messages import JointMap, JointState, ObservationMap, validate
+from omnipolicy.robot_bridge.wire.messages import JointMap, JointState, ObservationMap, String, validate
 from omnipolicy.robot_bridge.wire.rosbag import BagEpisode, BagImportConfig, latest_before, read_bag, read_topics
 from omnipolicy.robot_bridge.wire.transport import ros_topic_name
 from omnipolicy.tokenizers.spec import TimestepSpec
@@ -70,6 +70,8 @@ class BagLayout:
         config: topics and alignment limits for :func:`~omnipolicy.robot_bridge.wire.rosbag.read_bag` (its
             ``cameras``: the cameras after the first).
         extra: observation keys read from other ``JointState`` topics (aligned by the same rule).
+        instruction_topic: the ``std_msgs/String`` topic the text fields (the instruction) are read from, or None:
+            they hold the task's registered instruction.
     """
 
     task_id: str
@@ -77,6 +79,12 @@ class BagLayout:
     obs_map: ObservationMap
     config: BagImportConfig
     extra: tuple[NamedSource, ...] = ()
+    instruction_topic: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        """The spec's text fields (an instruction): filled from :attr:`instruction_topic` or the task's text."""
+        return [f.name for f in self.spec.observation if f.kind == "text"]
 
     @property
     def images(self) -> dict[str, str]:
@@ -88,7 +96,7 @@ class BagLayout:
         """Observation keys the layout produces."""
         m = self.obs_map
         vectors = [k for k in (m.position_key, m.velocity_key) if k is not None]
-        return vectors + list(self.images) + [s.key for s in self.extra]
+        return vectors + list(self.images) + [s.key for s in self.extra] + self.texts
 
     def describe(self) -> list[str]:
         """One line per observation key and one for the action: ``key <- topic field[names]``."""
@@ -97,6 +105,8 @@ class BagLayout:
                  for k, f in ((m.position_key, "position"), (m.velocity_key, "velocity")) if k is not None]
         lines += [f"{key} <- {topic} (sensor_msgs/Image -> RGB uint8)" for key, topic in self.images.items()]
         lines += [s.describe() for s in self.extra]
+        lines += [f"{key} <- {self.instruction_topic} (std_msgs/String, the latest at each tick)"
+                  if self.instruction_topic else f"{key} <- the task's instruction" for key in self.texts]
         if c.command_groups:
             lines.append("action <- " + " + ".join(f"{topic} {list(joints)}" for topic, joints in c.command_groups)
                          + " (merged per control tick)")
@@ -291,7 +301,8 @@ def _arm_layout(task_id: str, arm: Any, spec: TimestepSpec, state_topic: str | N
     config = BagImportConfig(joint_states=state, commands=command_topic or arm.command_topic, image=image,
                              cameras=tuple(cams.items())[1:], command_groups=_command_groups(task_id, arm, command_topic),
                              **limits)
-    return BagLayout(task_id, spec, obs_map, config, tuple(extra))
+    return BagLayout(task_id, spec, obs_map, config, tuple(extra),
+                     instruction_topic=ros_topic_name(arm.instruction_topic) if arm.instruction_topic else None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -386,6 +397,46 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
     )
 
 
+def _instructions(path: Path, ep: BagEpisode, layout: BagLayout) -> dict[str, Any]:
+    """Each text field's value at every timestep of ``ep``, and ``"__keep__"``: the timesteps that have one.
+
+    With an instruction topic in the bag, a timestep's text is the latest ``std_msgs/String`` received at or before
+    its command (an instruction holds until the next; commands before the first are dropped, as a policy that
+    reads an instruction waits for one); without, every timestep holds the task's registered instruction.
+
+    Raises:
+        ValueError: no instruction topic in the bag and a task the registry does not know (no text to use).
+    """
+    T = len(ep)
+    topic = layout.instruction_topic
+    if topic and topic in bag_topics(path):
+        cls, raw = read_topics(path, [topic])[topic]
+        if cls is not String:
+            raise ValueError(f"rosbag {path.name}: {topic} has type {cls.ROS_TYPE}, expected std_msgs/msg/String")
+        times = np.asarray([t for t, _ in raw], np.int64)
+        words = [validate(cdr.decode(String, b)).data for _, b in raw]
+        idx, keep = latest_before(times, ep.timestamps_ns, 1e9)  # no age limit: it holds until the next
+        values = [words[i] for i in idx] if words else [""] * T
+    else:
+        try:
+            text = get_task(layout.task_id).instruction
+        except KeyError:
+            raise ValueError(f"rosbag {path.name}: task {layout.task_id!r} reads an instruction ({layout.texts}), but the "
+                             f"bag has no {topic or 'instruction topic'} and the registry has no text for the task; "
+                             f"record the robot's instruction topic") from None
+        values, keep = [text] * T, np.ones(T, dtype=bool)
+    sel = np.flatnonzero(keep)
+    return {**{key: [values[i] for i in sel] for key in layout.texts}, "__keep__": keep}
+
+
+def _subset(ep: BagEpisode, keep: np.ndarray) -> BagEpisode:
+    """The timesteps ``keep`` of ``ep`` (the others counted as dropped)."""
+    sel = np.flatnonzero(keep)
+    return replace(ep, observations={k: v[sel] for k, v in ep.observations.items()}, actions=ep.actions[sel],
+                   timestamps_ns=ep.timestamps_ns[sel], state_timestamps_ns=ep.state_timestamps_ns[sel],
+                   dropped=ep.dropped + int(len(keep) - len(sel)))
+
+
 @dataclass
 class BagReport:
     """What one bag gave: frames kept, messages dropped by the alignment rule or rejected as malformed."""
@@ -417,6 +468,10 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
     ep = read_bag(path, layout.obs_map, layout.config)
     if layout.extra and len(ep):
         ep = _align_extra(path, ep, layout)
+    texts = _instructions(path, ep, layout) if layout.texts and len(ep) else {}
+    if texts:
+        keep = texts.pop("__keep__")
+        ep = _subset(ep, keep)
     if len(ep) == 0:
         stale = ", ".join(f"{topic} at {n}" for topic, n in ep.stale.items() if n)
         raise ValueError(
@@ -427,8 +482,11 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
             + (f"; commands without a fresh message, per topic: {stale}" if stale else "")
         )
     spec = layout.spec
-    observations = {}
+    observations: dict[str, Any] = {}
     for f in spec.observation:
+        if f.kind == "text":
+            observations[f.name] = texts[f.name]
+            continue
         value = ep.observations[f.name]
         if value.shape[1:] != tuple(f.shape):
             raise ValueError(
@@ -445,6 +503,8 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
         instruction = get_task(layout.task_id).instruction
     except KeyError:
         instruction = None
+    if layout.texts:
+        instruction = texts[layout.texts[0]][0]  # the episode's first instruction (LeRobot's task)
     episode = Episode(layout.task_id, observations, actions, np.zeros(len(ep), np.float32), success=None,
                       terminated=False, spec=spec, instruction=instruction)
     period = float(np.median(np.diff(ep.timestamps))) if len(ep) > 1 else 0.0

@@ -350,3 +350,37 @@ def test_two_camera_errors_name_the_camera(tmp_path: Path) -> None:
         dataset_command(["from-rosbag", str(write_bag(tmp_path / "late", late)), "--out", str(tmp_path / "ds"),
                          "--robot", str(robot)], PROG)
     assert not (tmp_path / "ds").exists()
+
+
+def test_the_instruction_of_each_timestep_comes_from_the_instruction_topic(tmp_path: Path) -> None:
+    """An SO-101 recording: two cameras, the arm's trajectory controller and the gripper's forward-command controller,
+    and instructions on /instruction: each timestep holds the latest one; commands before the first are dropped."""
+    from omnipolicy.robot_bridge.arms import ROBOTS_DIR
+    from omnipolicy.robot_bridge.wire.messages import String
+
+    robot = ROBOTS_DIR / "so101_lift.toml"
+    joints = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
+    rng = np.random.default_rng(3)
+    msgs, want = [], []
+    said = {3: "pick up the red cube", 10: "lift the blue cylinder"}  # tick -> a new instruction
+    text = None
+    for k in range(16):
+        t = T0 + k * 50 * MS
+        msgs.append(("/joint_states", t, joint_state(joints, rng.uniform(-1, 1, 6), stamp=Time.from_ns(t))))
+        for cam in ("front", "wrist"):
+            img = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+            msgs.append((f"/camera/{cam}/image_raw", t + MS, array_to_image(img, stamp=Time.from_ns(t))))
+        if k in said:
+            text = said[k]
+            msgs.append(("/instruction", t + 2 * MS, String(text)))
+        a = rng.uniform(-1, 1, 6)
+        msgs.append(("/arm_controller/joint_trajectory", t + 3 * MS, trajectory_from_action(a[:5], JointMap(joints[:5]))))
+        msgs.append(("/gripper_controller/commands", t + 4 * MS, Float64MultiArray(layout=MultiArrayLayout(), data=a[5:])))
+        if text is not None:
+            want.append((text, a))
+    bag = write_bag(tmp_path / "run-0", msgs)
+    dataset_command(["from-rosbag", str(bag), "--out", str(tmp_path / "ds"), "--robot", str(robot),
+                     "--task", "so101/lift-v1"], PROG)
+    ep = EpisodeStore(tmp_path / "ds").load_episode(0)
+    assert list(ep.observations["instruction"]) == [w for w, _ in want]
+    np.testing.assert_allclose(ep.actions, np.array([a for _, a in want], np.float32))
