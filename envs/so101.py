@@ -188,11 +188,11 @@ class So101Env(TaskEnv):
         self.data = mujoco.MjData(self.model)
         self.joint_names = JOINTS
         self._qpos = np.array([self.model.joint(j).qposadr[0] for j in JOINTS])
-        self._qvel = np.array([self.model.joint(j).dofadr[0] for j in JOINTS])
         self._ctrl = np.array([self.model.actuator(j).id for j in JOINTS])
         self.objects = object_names()
         self._geoms = np.array([self.model.geom(o).id for o in self.objects])
-        self._arm_bodies = set(range(1, self.model.body("moving_jaw_so101_v1").id + 1))
+        base = self.model.body("base").id
+        self._arm_bodies = {b for b in range(self.model.nbody) if self.model.body_rootid[b] == base}
         self._renderers: dict[tuple[int, int], Any] = {}
         self._rng = np.random.default_rng()
         self.colours: list[str] = list(COLOURS)
@@ -325,7 +325,8 @@ class So101Env(TaskEnv):
             return self._bottom(index) > LIFT_HEIGHT
         offset = np.abs(self.object_pos(index)[:2] - self.data.mocap_pos[0][:2])
         if self.kind == "place":
-            speed = np.linalg.norm(self.data.qvel[self.model.joint(self.objects[index]).dofadr[0]:][:3])
+            dof = self.model.joint(self.objects[index]).dofadr[0]
+            speed = np.linalg.norm(self.data.qvel[dof:dof + 3])
             return bool(np.all(offset < TRAY_HALF) and self._bottom(index) < 0.02 and speed < REST_SPEED
                         and not self._held(index))
         return bool(np.all(offset < ZONE_HALF) and self._bottom(index) < ON_TABLE)
@@ -375,10 +376,10 @@ class So101Env(TaskEnv):
         return bool(np.max(np.abs(p - target)) > half + 0.05)
 
     def _pushable(self, objects: list[np.ndarray], target: np.ndarray) -> bool:
-        """Push only draws scenes whose named object (slot drawn later) could be pushed: checked for every slot.
+        """Whether every object could be pushed to the zone (the named one is drawn after the placement).
 
-        The pusher starts 6 cm behind the object on the line to the zone; that point must be within reach and
-        the corridor from there to the zone free of the other objects.
+        Each object lies 9-20 cm from the zone's centre; the point 6 cm behind it on its line to the zone is within
+        reach, and the corridor from there to the zone is free of the other objects.
         """
         for i, p in enumerate(objects):
             d = np.linalg.norm(target - p)

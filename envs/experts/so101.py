@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from omnipolicy.envs.experts.base import Expert
-from omnipolicy.envs.so101_scene import GRIPPER_CLOSED
+from omnipolicy.envs.so101_scene import GRIPPER_CLOSED, TRAY_HALF, TRAY_WALL
 
 DOWN = np.array([0.0, 0.0, -1.0])
 TILT_WEIGHT = 0.3
@@ -42,19 +42,18 @@ GRIP_DEPTH = 0.012
 """How far below an object's top the pads' centre closes (m)."""
 RELEASE = 0.03
 TRAY_INSIDE = 0.03
+TRAY_HALF_OUTER = TRAY_HALF + TRAY_WALL
 """Offset of an object's centre from the tray's under which it is inside the tray, whatever its angle (m)."""
 """Height of a carried object's bottom above the table where place lets go (m): it drops into the tray."""
 FAST, SLOW = 0.03, 0.012
 """Largest move of the grasp point per step (m) in free space and near the object."""
-ALIGNED = 0.006
-"""Horizontal error under which the jaws descend onto the object (m)."""
+ALIGNED, FINE = 0.006, 0.0025
+"""Horizontal error under which the jaws descend toward the object, and past its top (m): the pads clear a
+3 cm object by 5 mm on each side."""
 CLOSE_STEPS, OPEN_STEPS = 6, 5
 OPEN = 0.65
 """Gripper angle of the open jaws (rad): pads 5 cm apart inside, room around a 3 cm object, not wide enough to
 brush its neighbours or the tray's walls."""
-GRASP_SHIFT = 0.002
-"""Shift of the grasp point toward the moving jaw (m): the fixed pad descends 3 mm clear of the object (the 4 cm
-opening centred on a 3 cm object would leave 5 mm), and the moving jaw closing brings the object against it."""
 HELD = (0.02, 0.45)
 """Gripper angles (rad) of jaws stopped on an object (closing on nothing goes to -0.17)."""
 PUSH_HEIGHT = 0.014
@@ -203,19 +202,19 @@ class So101Expert(Expert):
         obj = env.object_pos(index)
         if self.kind == "push":
             return self._push(env, here, obj, GRIPPER_CLOSED)
-        jaw = self._jaw_direction(env, index)
-        grip = obj[2] + env.half_height(index) - GRIP_DEPTH
-        # Centre the pads' 4 cm opening so the fixed pad touches the object and the moving one closes on it.
-        _, rot = self._kinematics(env.data.qpos[self._qadr[:5]])
-        obj = obj.copy()
-        obj[:2] += rot[:2, 2] * GRASP_SHIFT
-        if self.opening or any(self._held(env, i, here) for i in range(len(env.objects)) if i != index):
-            return self._release(env, here)  # letting go, or holding the wrong object (the target changed)
+        if self.opening:
+            return self._release(env, here)
+        wrong = [i for i in range(len(env.objects)) if i != index and self._held(env, i, here)]
+        if wrong:  # holding an object that is no longer the named one (the target changed): put it aside
+            return self._put_aside(env, here, wrong[0])
         if env.achieved(index):  # placed: stay clear of it
             return self.move(env, here, [*here[:2], TRAVEL], FAST, None, OPEN)
+        if self.closing >= CLOSE_STEPS and self._held(env, index, here):
+            return self._carry(env, here, obj, index)
+        jaw = self._jaw_direction(env, index)
+        top = obj[2] + env.half_height(index)
+        grip = top - GRIP_DEPTH
         if self.closing >= CLOSE_STEPS:
-            if self._held(env, index, here):
-                return self._carry(env, here, obj, index)
             self.closing = 0  # closed on nothing: open and start over
             return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, OPEN)
         flat = np.linalg.norm(obj[:2] - here[:2])
@@ -228,6 +227,8 @@ class So101Expert(Expert):
             if here[2] < TRAVEL - 0.015 and flat > 0.02:  # low and off the object: rise first, sweep nothing
                 return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, OPEN)
             return self.move(env, here, [*obj[:2], TRAVEL], FAST if flat > 0.04 else SLOW, jaw, OPEN)
+        if flat > FINE and grip + 0.004 < here[2] < top + 0.01:  # pads at its top but off centre: re-align above it
+            return self.move(env, here, [*obj[:2], top + 0.015], SLOW, jaw, OPEN)
         if here[2] > grip + 0.004:
             return self.move(env, here, [*obj[:2], grip], SLOW, jaw, OPEN)
         self.closing = 1
@@ -247,7 +248,7 @@ class So101Expert(Expert):
         bottom = obj[2] - env.half_height(index)
         if np.all(np.abs(obj[:2] - tray[:2]) < TRAY_INSIDE) and bottom < RELEASE + 0.01:
             return self._release(env, here)  # already down in the tray (knocked in, say): let go
-        goal = here[:2] + tray[:2] - obj[:2]  # steer the object, not the jaws, over the tray's centre
+        goal = here[:2] + self._tray_spot(env, tray, index) - obj[:2]  # steer the object, not the jaws
         off = np.linalg.norm(goal - here[:2])
         if off > 0.015:
             if here[2] < CARRY - 0.02:
@@ -256,6 +257,35 @@ class So101Expert(Expert):
         if bottom > RELEASE:
             return self.move(env, here, [*goal, here[2] - (bottom - RELEASE)], SLOW, None, GRIPPER_CLOSED)
         return self._release(env, here)
+
+    def _put_aside(self, env, here: np.ndarray, held: int) -> np.ndarray:
+        """Let go of a held object that is not the named one, carried clear of the tray first (place)."""
+        tray = env.target_pos()
+        obj = env.object_pos(held)
+        if tray is None or np.max(np.abs(obj[:2] - tray[:2])) > TRAY_HALF_OUTER + 0.04:
+            return self._release(env, here)
+        goal = here[:2] + self._aside_spot(env, tray, held) - obj[:2]
+        if here[2] < CARRY - 0.02:
+            return self.move(env, here, [*here[:2], CARRY], FAST, None, GRIPPER_CLOSED)
+        return self.move(env, here, [*goal, CARRY], FAST, None, GRIPPER_CLOSED)
+
+    @staticmethod
+    def _aside_spot(env, tray: np.ndarray, held: int) -> np.ndarray:
+        """Where to put a wrong object down: 12 cm from the tray, within reach, as far as can be from the others."""
+        others = [env.object_pos(i)[:2] for i in range(len(env.objects)) if i != held]
+        spots = [tray[:2] + 0.12 * np.array([np.cos(a), np.sin(a)]) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+        reach = [p for p in spots if 0.13 < np.linalg.norm(p) < 0.27 and abs(np.arctan2(p[1], p[0])) < 1.0] or spots
+        return max(reach, key=lambda p: min(np.linalg.norm(p - q) for q in others))
+
+    @staticmethod
+    def _tray_spot(env, tray: np.ndarray, index: int) -> np.ndarray:
+        """Where in the tray to put the named object: its centre, or beside objects already in it."""
+        inside = [env.object_pos(i)[:2] for i in range(len(env.objects))
+                  if i != index and np.all(np.abs(env.object_pos(i)[:2] - tray[:2]) < TRAY_HALF_OUTER)]
+        if not inside:
+            return tray[:2]
+        spots = [tray[:2] + np.array([dx, dy]) for dx in (-0.025, 0.0, 0.025) for dy in (-0.025, 0.0, 0.025)]
+        return max(spots, key=lambda p: min(np.linalg.norm(p - q) for q in inside))
 
     def _release(self, env, here: np.ndarray) -> np.ndarray:
         self.opening += 1

@@ -26,13 +26,14 @@ pytest.importorskip("fast_simplification")
 BASE = ("so101/lift-v1", "so101/place-v1", "so101/push-v1")
 
 
-def run_expert(env, expert, obs, steps: int) -> dict:
+def run_expert(env, expert, obs, steps: int) -> tuple[dict, dict]:
+    """The last observation and info after up to ``steps`` expert steps (fewer if the task is solved)."""
     info: dict = {}
     for _ in range(steps):
         obs, _, terminated, _, info = env.step(expert.act(env, obs))
         if terminated:
             break
-    return info
+    return obs, info
 
 
 def teleport(env, index: int, xyz) -> None:
@@ -75,7 +76,7 @@ def test_expert_solves_the_task_from_the_simulator_state(task_id: str) -> None:
             obs, info = env.reset(seed=seed)
             expert.reset(env, obs)
             named = info["target_object"]
-            info = run_expert(env, expert, obs, env.task.max_steps)
+            _, info = run_expert(env, expert, obs, env.task.max_steps)
             assert info["success"] and env.achieved(env.target_index), (task_id, seed)
             assert info["target_object"] == named and not info["wrong_object"]
     finally:
@@ -183,11 +184,10 @@ def test_expert_follows_a_target_switch_mid_episode() -> None:
     try:
         obs, _ = env.reset(seed=7)
         expert.reset(env, obs)
-        run_expert(env, expert, obs, 12)  # on its way to the first object
+        obs, _ = run_expert(env, expert, obs, 12)  # on its way to the first object
         new = (env.target_index + 2) % len(env.objects)
         env.set_target(new)
-        obs = env._observe()
-        info = run_expert(env, expert, obs, env.task.max_steps)
+        _, info = run_expert(env, expert, obs, env.task.max_steps)
         assert info["success"] and info["target_object"] == env.describe(new) and env.achieved(new)
     finally:
         env.close()
