@@ -179,16 +179,19 @@ def test_wrong_object_in_the_target_is_reported_not_success(task_id: str) -> Non
         env.close()
 
 
-def test_expert_follows_a_target_switch_mid_episode() -> None:
-    env, expert = make_env("so101/lift-v1"), make_expert("so101/lift-v1")
+@pytest.mark.parametrize(("task_id", "steps"), [("so101/lift-v1", 12), ("so101/place-v1", 30)])
+def test_expert_follows_a_target_switch_mid_episode(task_id: str, steps: int) -> None:
+    """Switched on the way to the first object (lift) and while carrying it over the tray (place)."""
+    env, expert = make_env(task_id), make_expert(task_id)
     try:
         obs, _ = env.reset(seed=7)
         expert.reset(env, obs)
-        obs, _ = run_expert(env, expert, obs, 12)  # on its way to the first object
+        obs, _ = run_expert(env, expert, obs, steps)
         new = (env.target_index + 2) % len(env.objects)
         env.set_target(new)
-        _, info = run_expert(env, expert, obs, env.task.max_steps)
+        _, info = run_expert(env, expert, obs, env.task.max_steps - steps)
         assert info["success"] and info["target_object"] == env.describe(new) and env.achieved(new)
+        assert not info["wrong_object"]  # place: the first object was carried clear of the tray
     finally:
         env.close()
 
