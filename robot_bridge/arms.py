@@ -23,14 +23,17 @@ the joints. Commands: ``Float64MultiArray`` efforts in ``[-1, 1]`` on
 ``/effort_controller/commands`` in the order ``shoulder, wrist``.
 
 The simulated side of an arm is a :class:`SimArm` subclass named by the file's ``sim`` (``"module:Class"``, imported
-only when an arm is simulated): :class:`DmcReacherArm` here, ``MjcfArm`` (:mod:`omnipolicy.robot_bridge.mjcf_arm`)
-for any arm whose file names an MJCF model.
+only when an arm is simulated): :class:`DmcReacherArm` here, ``So101Arm`` (:mod:`omnipolicy.robot_bridge.so101_arm`)
+for the SO-101 tabletop scenes (``robots/so101_{lift,place,push}.toml``; a file's ``task`` list registers it under
+each of its task ids), ``MjcfArm`` (:mod:`omnipolicy.robot_bridge.mjcf_arm`) for any arm whose file names an MJCF
+model.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ import numpy as np
 
 from omnipolicy.envs import get_task, make_env
 from omnipolicy.envs.registry import load_attr
-from omnipolicy.robot_bridge.robot_file import ArmSpec, load_robot_file
+from omnipolicy.robot_bridge.robot_file import ArmSpec, NamedSource, load_robot_file
 
 # ---------------------------------------------------------------------------
 # The registry: the shipped robot files, and arms registered in Python
@@ -51,11 +54,13 @@ ARMS: dict[str, ArmSpec] = {}
 
 
 def _add(spec: ArmSpec) -> None:
+    """Register an arm under each of its task ids (a file's ``task`` list), with that ``task_id``."""
     if not spec.task_id:
         raise ValueError(f"{spec.source or spec.name}: a registered arm needs a task id (the file's `task`)")
-    if spec.task_id in ARMS:
-        raise ValueError(f"An arm is already registered for task {spec.task_id!r}")
-    ARMS[spec.task_id] = spec
+    for task_id in spec.task_ids:
+        if task_id in ARMS:
+            raise ValueError(f"An arm is already registered for task {task_id!r}")
+        ARMS[task_id] = replace(spec, task_id=task_id)
 
 
 def register_arm(spec: ArmSpec) -> Callable[[type], type]:
@@ -172,7 +177,32 @@ class SimArm:
         """uint8 (H, W, 3) RGB from the camera ``name`` (empty: the task's camera)."""
         raise NotImplementedError
 
+    def episode_info(self) -> dict[str, Any]:
+        """What sim-robot adds to an episode's report at its end (JSON-able; e.g. the named object)."""
+        return {}
+
+    # instructions (an arm whose robot file has an [instruction] topic)
+    def instruction(self) -> str | None:
+        """The scene's instruction now (sim-robot publishes it at each episode start), or None: the arm takes none."""
+        return None
+
+    def follow(self, text: str) -> str:
+        """Take a new instruction mid-episode (from the instruction topic).
+
+        Returns:
+            What changed, in words (for the log).
+
+        Raises:
+            ValueError: the text asks for nothing this scene can do (the message says why).
+        """
+        raise ValueError(f"{self.spec.label} takes no instructions")
+
     # deploy side: the task's scripted expert, on a copy of the simulator synced to the observation
+    def twin_sources(self) -> tuple[NamedSource, ...]:
+        """Values the expert twin reads besides the observation (the robot's topics; never the policy's
+        observation): each source's ``key`` joins the observation :meth:`sync_to` gets."""
+        return ()
+
     def sync_to(self, obs: Mapping[str, np.ndarray]) -> None:
         """Set this simulator's state so that it produces ``obs`` (for the expert twin)."""
         raise NotImplementedError

@@ -46,7 +46,10 @@ Holding publishes the interface's hold command (zero effort; see
 :mod:`~omnipolicy.robot_bridge.wire.safety`). A command not ready one period after
 its tick is never sent: the control loop sends the hold command instead.
 After a hold or a late tick, and on every ``Bool(True)`` on the arm's episode
-topic, the policy's context is reset: its history no longer matches the robot.
+topic (and every new instruction), the policy's context is reset: its history
+no longer matches the robot. The expert twin keeps its state machine over a
+hold (it re-plans from the synced scene at every step; a grasp in progress
+goes on) and starts afresh only at a new episode or instruction.
 The policy acts through a KV-cached ``InferenceSession`` (a few ms a step on
 a CPU for the tiny presets). The node keeps running when the robot
 side restarts (state goes stale -> hold; state returns -> resume).
@@ -77,7 +80,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,7 +90,7 @@ import tyro
 from omnipolicy.envs import TaskSpec, get_task, list_tasks, make_expert
 from omnipolicy.envs.rollout import Actor
 from omnipolicy.files import write_json_atomic
-from omnipolicy.robot_bridge.arms import ArmSpec, arm_of, make_sim_arm
+from omnipolicy.robot_bridge.arms import ArmSpec, arm_of, get_arm, make_sim_arm
 from omnipolicy.robot_bridge.robot_file import NamedSource
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
 from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
@@ -242,26 +245,41 @@ class TwinExpertActor:
     """``--actor expert``: the task's scripted expert on a local copy of the simulator, synced to each observation.
 
     An :class:`~omnipolicy.envs.rollout.Actor` for one environment that it does not see (the robot): the expert
-    reads the twin's simulator instead.
+    reads the twin's simulator instead. Some twins read more of the robot than the policy's observation (the SO-101's
+    object poses on its task-state topic): :attr:`sources` names them, and the deploy node subscribes to them and adds
+    them to the observation the twin gets (never to a policy's).
+
+    Args:
+        arm: the robot being driven (default: the task's registered arm), whose simulator the twin is.
     """
 
     name = "expert"
 
+    def __init__(self, arm: ArmSpec | None = None) -> None:
+        self.arm = arm
+        self.sources: tuple[NamedSource, ...] = ()
+
     def begin(self, task: TaskSpec, envs: Sequence) -> None:
         self.spec = task.timestep
-        self.twin = make_sim_arm(task.id)
+        self.twin = make_sim_arm(task.id if self.arm is None else  # the task's simulator, the robot's topics
+                                 replace(self.arm, task_id=task.id, sim=get_arm(task.id).sim))
         keys = sorted(f.name for f in self.spec.observation)
         if not set(self.twin.twin_keys) <= set(keys):
             raise ValueError(
                 f"--actor expert for {task.id} syncs its simulator from observation keys {list(self.twin.twin_keys)}, "
                 f"but the task observes {keys}; use a state task of the same arm to validate the wiring"
             )
+        self.sources = self.twin.twin_sources()
         self.twin.reset(0)
         self.expert = make_expert(task.id)
 
     def reset_env(self, index: int, obs: dict) -> None:
         self.twin.sync_to(obs)
         self.expert.reset(self.twin.env, dict(obs))
+
+    def resume(self, index: int, obs: dict) -> None:
+        """After a hold (not a new episode or instruction): the expert keeps its state (a grasp in progress); it
+        re-plans from the synced scene at every step anyway."""
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
         actions = []
@@ -339,7 +357,7 @@ class Deployer:
         arm = self.arm
         self.task_id = task.id
         if actor is None:
-            actor = TwinExpertActor() if cfg.actor == "expert" else policy_actor(cfg)
+            actor = TwinExpertActor(self.arm) if cfg.actor == "expert" else policy_actor(cfg)
         self.actor = actor
         actor.begin(task, [None])
         self.spec = getattr(actor, "spec", task.timestep)
@@ -360,8 +378,11 @@ class Deployer:
         self.safety = SafetyFilter(arm_limits(arm, cfg), dt=self.period)
         self.joints = JointMap(arm.joints)
         self.estop = EStopLatch()
+        # what the expert twin reads besides the observation (the SO-101's task state); never a policy's input
+        self.twin_sources: tuple[NamedSource, ...] = tuple(getattr(actor, "sources", ()))
         # the joint states are always read: the safety filter and the hold command need them
-        self.topic_types = {arm.joint_states_topic: JointState, **arm.observation.topics}
+        self.topic_types = {arm.joint_states_topic: JointState, **arm.observation.topics,
+                            **{s.topic: JointState for s in self.twin_sources}}
         if self.topic_types[arm.joint_states_topic] is not JointState:
             raise ValueError(f"{arm.joint_states_topic} must carry JointState messages")
         self.state_timeout = cfg.state_timeout or max(0.1, 2.5 * self.period)
@@ -369,15 +390,17 @@ class Deployer:
         self._lock = threading.Lock()
         self._topics = {topic: _Topic() for topic in self.topic_types}
         self._sources: dict[str, list[Any]] = {topic: [] for topic in self.topic_types}
-        for s in arm.observation.sources:
+        for s in (*arm.observation.sources, *self.twin_sources):
             self._sources.setdefault(s.topic, []).append(s)
         # JointState fields the node cannot act without: topic -> field -> who needs it
         self._needs: dict[str, dict[str, list[str]]] = {arm.joint_states_topic: {"position": ["the safety filter"]}}
-        for s in arm.observation.sources:
+        for s in (*arm.observation.sources, *self.twin_sources):
             if isinstance(s, NamedSource):
-                self._needs.setdefault(s.topic, {}).setdefault(s.field, []).append(f"observation {s.key!r}")
+                who = f"the expert twin's {s.key!r}" if s in self.twin_sources else f"observation {s.key!r}"
+                self._needs.setdefault(s.topic, {}).setdefault(s.field, []).append(who)
         self._estimating = False  # the joint states carry no velocity (said once)
         self._reset_requested = False
+        self._restart = False  # a new episode or instruction the actor has not acted on yet
         self._late = False
         self._holding: str | None = "stale"  # nothing received yet
         self.holds = {r: 0 for r in HOLD_REASONS}
@@ -413,6 +436,9 @@ class Deployer:
                                 arm.qos_of(arm.instruction_topic, QOS_DEFAULT))
         log.info("deploying %s (%s) on %s (%s network) at %.1f Hz; observation recipe: %s", self.task_id, cfg.actor,
                  self.t.name, self.t.network, 1.0 / self.period, "; ".join(arm.observation.describe()))
+        if self.twin_sources:
+            log.info("the expert twin also reads (never a policy): %s", "; ".join(s.describe() for s in self.twin_sources))
+        log.info("commands: %s", arm.describe_commands())
         self._log_rate_limit()
 
     @property
@@ -567,7 +593,10 @@ class Deployer:
             # a new episode, or the history broke (a hold, or a late action replaced): the actor starts afresh
             fresh = reset or late or self._holding is not None
             self.context_resets += fresh
+            self._restart |= reset  # a new episode or instruction: kept until the actor has acted on it
             command, reason = self._act(values, fresh)
+        else:
+            self._restart |= reset
         if reason is not None:
             command = self._hold(reason, now, values.get("_position"))
         elif self._holding is not None:
@@ -643,13 +672,17 @@ class Deployer:
                 return None, "observation"
             obs = {**{s.key: values[s.key] for s in self.arm.observation.sources}, **self.text}
             check_observation(self.spec, obs)
+            obs.update({s.key: values[s.key] for s in self.twin_sources})  # the expert twin's extra state
         except (KeyError, ValueError) as e:
             log.warning("observation rejected: %s", e)
             return None, "observation"
         t0 = time.perf_counter()
         try:
-            if fresh:
+            if fresh and (self._restart or not hasattr(self.actor, "resume")):
                 self.actor.reset_env(0, obs)
+            elif fresh:  # after a hold: an actor whose state is the scene's, not a history (the expert twin), goes on
+                self.actor.resume(0, obs)
+            self._restart = False
             action = np.asarray(self.actor.act([0], [obs])[0], dtype=np.float64).reshape(-1)
         except Exception as e:  # noqa: BLE001  the robot is held; the node keeps running
             log.error("actor failed: %s: %s", type(e).__name__, e)
@@ -668,7 +701,8 @@ class Deployer:
         return safe.command, None
 
     def _dtype(self, key: str) -> np.dtype:
-        return np.dtype(next(f.dtype for f in self.spec.observation if f.name == key))
+        """The spec's dtype of an observation key (float64 for what only the expert twin reads)."""
+        return np.dtype(next((f.dtype for f in self.spec.observation if f.name == key), np.float64))
 
     def _shape(self, key: str) -> tuple[int, ...]:
         return tuple(next(f.shape for f in self.spec.observation if f.name == key))

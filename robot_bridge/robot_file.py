@@ -326,6 +326,8 @@ class ArmSpec:
         mjcf: absolute path of the MJCF model that simulates it, or None.
         description: one line for ``--help`` and logs.
         source: the robot file it was read from (not compared).
+        tasks: a robot file's ``task`` list: every task id the arm serves, ``task_id`` first (the registry has the
+            arm under each, with that ``task_id``); empty for one task (:attr:`task_ids` gives them either way).
     """
 
     task_id: str
@@ -350,10 +352,16 @@ class ArmSpec:
     mjcf: str | None = None
     description: str = ""
     source: str = field(default="", compare=False)
+    tasks: tuple[str, ...] = ()
 
     @property
     def joints(self) -> tuple[str, ...]:
         return self.limits.joints
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        """Every task id the arm serves (``task_id`` first; none for an arm known only by its file)."""
+        return self.tasks or ((self.task_id,) if self.task_id else ())
 
     @property
     def rate_hz(self) -> float:
@@ -735,8 +743,14 @@ def load_robot_file(path: str | Path) -> ArmSpec:
     sim = r.string(top["sim"], "sim") if "sim" in top else (MJCF_SIM if mjcf else "")
     if sim and (sim.count(":") != 1 or not all(sim.split(":"))):
         raise r.error("sim", f"expected 'package.module:Class', got {sim!r}")
+    tasks: tuple[str, ...] = ()
+    if "task" in top:  # one task id, or a list: the same arm for every task of the list (the first is `task_id`)
+        tasks = (r.string(top["task"], "task"),) if not isinstance(top["task"], list) else r.strings(top["task"], "task")
+        if not tasks:
+            raise r.error("task", "expected a task id or a non-empty list of task ids, got []")
     return ArmSpec(
-        task_id=r.string(top["task"], "task") if "task" in top else "",
+        task_id=tasks[0] if tasks else "",
+        tasks=tasks if isinstance(top.get("task"), list) else (),
         limits=limits,
         observation=recipe,
         task_state_names=task_names,

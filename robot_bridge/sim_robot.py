@@ -44,12 +44,23 @@ initial state and the state is published). At the start of each episode the
 node publishes ``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
 ``Bool(success)`` on ``/sim_robot/success``, where **success means the
 target is reached at the end of the episode** (for the reacher: the
-fingertip inside the target sphere, dm_control's reward radius). An arm
+fingertip inside the target sphere, dm_control's reward radius; an SO-101
+scene's is the env's own, sticky: the named object lifted, put or pushed at
+some step, as plain evaluation counts it). An arm
 without a target (an MJCF arm) has no success: its episodes are of fixed
 length and report ``success: null``, and nothing goes on the success topic. It also
 prints one JSON line per episode on stdout (``{"event": "episode", ...}``),
 a ``{"event": "ready"}`` line once its endpoints exist and a
 ``{"event": "summary"}`` line at exit (also written to ``--summary``).
+
+**Instructions.** An arm whose robot file has an ``[instruction]`` topic
+(the SO-101 scenes) publishes the scene's instruction (``std_msgs/String``)
+at each episode's start, and again whenever a new reader joins the topic (a
+deploy node that starts later still hears the instruction in force). A new instruction on that
+topic is applied between two control steps: the scene follows it (the
+SO-101: the named object becomes the target, and success is judged for it)
+or refuses it with one log line saying why (text naming no object of the
+scene); the episode's report lists the instructions it followed.
 
 **Network.** ``--network system`` (default) joins the ROS 2 graph the
 environment describes, as ``ros2 run`` would; ``--network loopback`` keeps
@@ -65,6 +76,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import subprocess
 import sys
@@ -93,6 +105,7 @@ from omnipolicy.robot_bridge.wire.messages import (
     JointState,
     JointTrajectory,
     RosMessage,
+    String,
     Time,
     action_from_command,
     array_to_image,
@@ -349,6 +362,16 @@ class SimRobot:
         if s.trajectory_topic and s.trajectory_topic != s.command_topic and not s.command_groups:
             self.sub_commands.append(self.t.subscription(s.trajectory_topic, JointTrajectory, self.commands.on_trajectory,
                                                          s.qos_of(s.trajectory_topic, QOS_ROS2_CONTROL)))
+        # instructions: the scene's at each episode start out, new ones in (applied between control steps)
+        self.instruction: str | None = None  # the instruction in force
+        self.instructions: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.pub_instruction = self.sub_instruction = None
+        self._instruction_readers = 0  # readers matched on the instruction topic (a new one hears the instruction)
+        if s.instruction_topic is not None:
+            qos = s.qos_of(s.instruction_topic, QOS_DEFAULT)
+            self.pub_instruction = self.t.publisher(s.instruction_topic, String, qos)
+            self.sub_instruction = self.t.subscription(s.instruction_topic, String, lambda m: self.instructions.put(m.data),
+                                                       qos)
         self.stop_event = threading.Event()
         self.episodes: list[dict[str, Any]] = []
         self.ticks = 0
@@ -371,6 +394,44 @@ class SimRobot:
         if self.pub_task is not None:
             self.pub_task.publish(JointState(Header(stamp=stamp, frame_id="world"), self.spec.task_state_names, self.sim.task_state()))
 
+    def announce(self) -> None:
+        """Publish the instruction of the scene just reset (the instruction in force until a new one comes)."""
+        if self.pub_instruction is None:
+            return
+        self.instruction = self.sim.instruction()
+        if self.instruction is not None:
+            self.pub_instruction.publish(String(data=self.instruction))
+
+    def greet_readers(self) -> None:
+        """Publish the instruction in force again when a new reader has joined the instruction topic (what a
+        TRANSIENT_LOCAL writer does, while readers of any durability, ``ros2 topic pub``'s too, still match)."""
+        if self.pub_instruction is None:
+            return
+        readers = self.pub_instruction.matched()
+        if readers > self._instruction_readers and self.instruction is not None:
+            self.pub_instruction.publish(String(data=self.instruction))
+        self._instruction_readers = readers
+
+    def take_instructions(self, ep: dict[str, Any]) -> None:
+        """Apply the instructions received since the last step (the scene switches its target, or says why not)."""
+        while True:
+            try:
+                text = self.instructions.get_nowait()
+            except queue.Empty:
+                return
+            if text == self.instruction:  # ours, or a repeat
+                continue
+            try:
+                change = self.sim.follow(text)
+            except ValueError as e:
+                log.warning("instruction %r on %s refused: %s; the instruction in force stays %r", text,
+                            self.spec.instruction_topic, e, self.instruction)
+                continue
+            self.instruction = text
+            ep["instructions"].append(text)
+            log.info("instruction %r on %s: %s", text, self.spec.instruction_topic, change)
+            emit("instruction", episode=ep["index"], text=text, change=change)
+
     # --------------------------------------------------------------- running
     def run(self) -> dict[str, Any]:
         """Step in real time until the episodes are done, ``max_seconds`` pass or :meth:`stop` is called.
@@ -391,6 +452,8 @@ class SimRobot:
         cam = self.camera_every > 0
         every_tick = bool(self.pub_cameras)  # the observation reads a camera: state and images at every control step
         self.publish_state(cam)
+        self.announce()
+        ep["instruction"] = self.instruction
         next_tick = time.monotonic() + period
         while not self.stop_event.is_set():
             if cfg.max_seconds and time.monotonic() - t_start > cfg.max_seconds:
@@ -407,6 +470,8 @@ class SimRobot:
                 self.overruns += 1
                 next_tick = now
             next_tick += period
+            self.take_instructions(ep)
+            self.greet_readers()
             if not started:
                 if self.commands.first_command is None:
                     self.publish_state(cam)  # at rest at the episode's initial state until commanded
@@ -433,13 +498,15 @@ class SimRobot:
                 self.sim.reset(cfg.seed + episode)
                 ep = self._new_episode(episode)
                 self.pub_episode.publish(Bool(True))
+                self.announce()
+                ep["instruction"] = self.instruction
             camera_now = cam and (self.ticks % self.camera_every == 0 or step_in_ep == 0)
             if every_tick or camera_now or self.ticks % self.publish_every == 0 or step_in_ep == 0:
                 self.publish_state(camera_now)
         return self.finish()
 
     def _new_episode(self, index: int) -> dict[str, Any]:
-        return {"index": index, "seed": self.cfg.seed + index, "first_reach_s": None, "hold_steps": 0}
+        return {"index": index, "seed": self.cfg.seed + index, "first_reach_s": None, "hold_steps": 0, "instructions": []}
 
     def _end_episode(self, ep: dict[str, Any], steps: int) -> None:
         if self.sim.has_success:
@@ -449,6 +516,7 @@ class SimRobot:
             self.pub_success.publish(Bool(success))
         else:  # no target: an episode of fixed length, no success
             ep.update(success=None, reached=None, steps=steps, final_distance=None)
+        ep.update(self.sim.episode_info())
         self.episodes.append(ep)
         emit("episode", **ep)
 

@@ -32,8 +32,13 @@ limit means depends on the robot's command interface:
 
 The hold command (:meth:`SafetyFilter.hold`): zero effort for ``effort``
 (torque off; the joints' damping brings the arm to rest), zero velocity for
-``velocity``, the last measured
-position for ``position``. A deploy node sends it whenever it may not act:
+``velocity``, and for ``position`` the last target sent, moved into the
+velocity limit's window around the measured position (``velocity_limit * dt``;
+the measured position before any target): a position servo holds its target,
+while one told to hold where it measures itself sags a little further under
+its load at every hold tick, and a gripper squeezing an object lets go. After
+the robot side restarts elsewhere, the window keeps the hold next to the
+measured position. A deploy node sends it whenever it may not act:
 e-stop latched, state stale (:class:`Watchdog`), state rejected.
 
 >>> lim = SafetyLimits(("a", "b"), "effort", effort_limit=(1.0, 1.0), max_delta=(0.5, 0.5))
@@ -242,7 +247,9 @@ class SafetyFilter:
         return SafeCommand(out, req, clipped)
 
     def hold(self, position: Any = None, commit: bool = True) -> np.ndarray | None:
-        """The hold command: zero effort or velocity, or the last measured position (None if unknown: send nothing).
+        """The hold command: zero effort or velocity; for a position interface the last target sent, within
+        ``velocity_limit * dt`` of the measured ``position`` (before any target: the measured position; None if the
+        position is unknown: send nothing). See the module docstring.
 
         With ``commit`` it becomes :attr:`last_sent` (a resumed effort command is then rate limited from zero).
         """
@@ -251,9 +258,11 @@ class SafetyFilter:
         else:
             if position is None:
                 return None
-            out = np.asarray(position, dtype=np.float64).reshape(-1)
-            if out.shape != (len(self.limits.joints),) or not np.all(np.isfinite(out)):
+            q = np.asarray(position, dtype=np.float64).reshape(-1)  # (J,)
+            if q.shape != (len(self.limits.joints),) or not np.all(np.isfinite(q)):
                 return None
+            step = self._vmax * self.dt
+            out = q if self.last_sent is None else np.clip(self.last_sent, q - step, q + step)
             out = np.clip(out, self._lower, self._upper)
         if commit:
             self.last_sent = out

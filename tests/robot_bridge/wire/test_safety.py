@@ -80,7 +80,10 @@ def test_position_interface_clips_targets():
     out = f.filter([0.5, 0.5], position=[0.95, 0.0], velocity=[0, 0])
     assert out.command.tolist() == pytest.approx([0.95, 0.1])  # velocity window [0.85, 1.05] then rate from 1.0
     assert sorted(out.clipped) == ["rate", "velocity"]
-    assert f.hold(position=[1.5, 0.2]).tolist() == [1.0, 0.2]  # hold = measured position, inside the limits
+    # hold = the last target sent ([0.95, 0.1]) within 0.1 of the measured position, inside the limits
+    assert f.hold(position=[1.5, 0.2], commit=False).tolist() == pytest.approx([1.0, 0.1])
+    assert f.hold(position=[0.9, 0.5], commit=False).tolist() == pytest.approx([0.95, 0.4])
+    assert SafetyFilter(lim, dt=0.02).hold(position=[0.3, 0.2]).tolist() == [0.3, 0.2]  # nothing sent: where it is
     assert f.hold(position=None) is None and f.hold(position=[np.nan, 0.0]) is None
 
 
