@@ -477,6 +477,22 @@ class InferenceSession:
             kd.add_(1)
         return choice
 
+    def _choose_all(self, h: Tensor, greedy: bool, span: tuple[int, int], record: bool) -> None:
+        """Choose action dimensions ``0 .. n-1`` at once from hidden states (B, n, D), as :meth:`_choose` does each
+        (the prefill of hidden action inputs, whose outputs give every dimension); ``record`` keeps the logits."""
+        lo, hi = span
+        n = h.shape[1]
+        logits = F.linear(self.model.ln_f(h).float(), self._head_w[lo:hi]) + self.in_mask[:n, lo:hi]  # (B, n, hi - lo)
+        if not greedy:
+            choice = (logits / self.in_temp + self.noise[:, :n, lo:hi]).argmax(dim=-1)
+        else:
+            choice = logits.argmax(dim=-1)
+            if self._expect:  # the expected id where asked (see _choose)
+                choice = torch.where(self.in_expect[:n], expected_ids(logits), choice)
+        self.out_tok[:, :n] = choice + lo
+        if record:
+            self.out_logits[:, :n, lo:hi] = logits
+
     def _prefill_body(self, greedy: bool, span: tuple[int, int], kv_len: int, width: int | None = None,
                       start: int | None = None, n_out: int = 1) -> None:
         """Prefill and choose the first ``n_out`` action tokens from the outputs of each row's last ``n_out`` tokens
@@ -488,17 +504,15 @@ class InferenceSession:
         last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
         wanted = (last[:, None] - (n_out - 1) + self._cols[:n_out]).clamp(min=0)  # (B, n_out)
         x = self._forward_new(pre, pos, kv_len, start=start, last=wanted, n_out=n_out)  # (B, n_out, D)
-        if start is None:  # graph mode: the decode graph reads its state from the device
+        if n_out > 1:  # hidden action inputs: every action dimension at once, no decode step follows
+            self._choose_all(x, greedy, span, record=start is None or self._record)
+        elif start is None:  # graph mode: the decode graph reads its state from the device
             self.dec_k.zero_()
-            for j in range(n_out):
-                choice = self._choose(x[:, j], greedy, span)
-            self.dec_tok.copy_(choice)
+            self.dec_tok.copy_(self._choose(x[:, 0], greedy, span))
             self.dec_pos.copy_(self.in_fill + self.in_cnt)
             self.dec_loc.copy_(loc[self._rows, last] + 1)
         else:  # eager, every row has S tokens
-            for j in range(n_out):
-                choice = self._choose(x[:, j], greedy, span, k=j)
-            self.dec_tok.copy_(choice)
+            self.dec_tok.copy_(self._choose(x[:, 0], greedy, span, k=0))
             self.dec_loc.copy_(loc[:, -1] + 1)
 
     def _decode_body(self, greedy: bool, span: tuple[int, int], kv_len: int, start: int | None = None,
