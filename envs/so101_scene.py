@@ -29,7 +29,7 @@ CTRL_LOW: tuple[float, ...] = (-1.91986, -1.74533, -1.69, -1.65806, -2.74385, -0
 CTRL_HIGH: tuple[float, ...] = (1.91986, 1.74533, 1.69, 1.65806, 2.84121, 1.74533)
 """The actuators' ``ctrlrange`` in rad, as ``so101_new_calib.xml`` declares them (a test checks the model's)."""
 HOME: tuple[float, ...] = (0.0, -1.6, 0.6, 1.6, 0.0, 0.6)
-"""Joint angles at reset: the arm folded above its base, jaws half open, out of the front camera's way."""
+"""Joint angles at reset: the arm raised over the back of the workspace, jaws half open, clear of the objects."""
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, -0.17
 """Gripper joint targets (rad) of the open and the closed jaw."""
 

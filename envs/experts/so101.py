@@ -5,9 +5,10 @@ decides what to do from that state alone (plus a count of steps spent closing or
 point for the grasp point (the midpoint between the fingertip pads) a bounded distance toward the phase's goal,
 solves damped least squares inverse kinematics for it with the jaws pointing straight down and turned to the
 object's faces, and adds the servos' gravity sag so the arm ends where it was sent. It follows
-``env.set_target`` switches: the named object is read every step, and a held wrong object is put down first.
+``env.set_target`` switches: the named object is read every step, and a held wrong object is put down first
+(carried clear of the tray in place).
 
-Lift and place: hover above the object, descend, close, lift (place: carry over the tray, lower, open).
+Lift and place: above the object, descend, close, lift (place: carry over the tray, lower, open).
 Push: rise, go to a point behind the object on its line to the zone, lower the closed jaws to the table and
 push through the object's centre toward the zone centre, re-aligning when the object drifts off the line.
 """
@@ -25,15 +26,18 @@ DOWN = np.array([0.0, 0.0, -1.0])
 TILT_WEIGHT = 0.3
 """Metres of grasp-point error one radian of tilt from straight down is worth in the IK."""
 DAMPING = 1e-3
+"""Damping of the least squares (m^2): keeps steps bounded near singular poses."""
 MAX_DQ = 0.2
-ITERATIONS = 8
-ROLL_SWEEPS = 3
+"""Largest joint change of one IK iteration (rad)."""
+ITERATIONS, ROLL_SWEEPS = 8, 3
+"""IK iterations per sweep; sweeps (position, then the wrist roll turned to the jaw direction) per solve."""
 TOP_DOWN_SEED = (-0.45, 0.6, 1.4)
 """shoulder_lift, elbow_flex, wrist_flex of a top-down pose over the middle of the table: the IK's fallback seed."""
 
 TOP_DOWN_REACH = 0.075
 """Highest grasp point the arm holds straight down (wrist_flex reaches its limit above); higher, it may tilt."""
 SOFT_TILT = 0.03
+"""The tilt weight above top-down reach (lifting, carrying): the grasp point's position comes first."""
 TRAVEL = 0.07
 """Height of the grasp point moving between objects (m): 3 cm over the tallest."""
 CARRY = 0.10
@@ -41,10 +45,10 @@ CARRY = 0.10
 GRIP_DEPTH = 0.012
 """How far below an object's top the pads' centre closes (m)."""
 RELEASE = 0.03
-TRAY_INSIDE = 0.03
-TRAY_HALF_OUTER = TRAY_HALF + TRAY_WALL
-"""Offset of an object's centre from the tray's under which it is inside the tray, whatever its angle (m)."""
 """Height of a carried object's bottom above the table where place lets go (m): it drops into the tray."""
+TRAY_INSIDE = 0.03
+"""Offset of an object's centre from the tray's under which it is inside the tray, whatever its angle (m)."""
+TRAY_HALF_OUTER = TRAY_HALF + TRAY_WALL
 FAST, SLOW = 0.03, 0.012
 """Largest move of the grasp point per step (m) in free space and near the object."""
 ALIGNED, FINE = 0.006, 0.0025
@@ -54,6 +58,8 @@ CLOSE_STEPS, OPEN_STEPS = 6, 5
 OPEN = 0.65
 """Gripper angle of the open jaws (rad): pads 5 cm apart inside, room around a 3 cm object, not wide enough to
 brush its neighbours or the tray's walls."""
+NEIGHBOUR = 0.08
+"""Distance between object centres under which the jaws turn to straddle the object away from its neighbour (m)."""
 HELD = (0.02, 0.45)
 """Gripper angles (rad) of jaws stopped on an object (closing on nothing goes to -0.17)."""
 PUSH_HEIGHT = 0.014
@@ -62,8 +68,6 @@ PUSH_CONTACT = 0.026
 """Distance from an object's centre to the pusher's centre when they touch (m): 1.5 cm radius, pads ~1 cm deep."""
 PUSH_STEP = 0.02
 """How far into the object the pusher is sent (m): the servos push with a force that grows with the lag."""
-GRIPPER_SHUT = -0.17
-"""Gripper angle of the closed jaws (rad), where the pusher's position is taken."""
 
 
 class So101Expert(Expert):
@@ -104,7 +108,7 @@ class So101Expert(Expert):
         # The point the IK moves, in the site's frame: midway between the fingertip pads, with the jaws 4 cm apart
         # (lift, place: the grasp point) or closed (push: the pusher).
         d = self._scratch
-        d.qpos[m.joint("gripper").qposadr[0]] = 0.46 if self.kind != "push" else GRIPPER_SHUT
+        d.qpos[m.joint("gripper").qposadr[0]] = 0.46 if self.kind != "push" else GRIPPER_CLOSED
         mujoco.mj_kinematics(m, d)
         mid = np.mean([d.geom_xpos[m.geom(p).id] for p in ("fixed_jaw_pad", "moving_jaw_pad")], axis=0)
         self._offset = d.site_xmat[self._site].reshape(3, 3).T @ (mid - d.site_xpos[self._site])
@@ -129,8 +133,9 @@ class So101Expert(Expert):
         """Arm angles (5,) from ``q`` putting the grasp point at ``point``, pointing down, jaws along ``jaw``.
 
         Damped least squares over shoulder_pan, shoulder_lift, elbow_flex and wrist_flex for the position and
-        the two tilt components of the approach axis; wrist_roll, which then turns the jaws about the vertical,
-        is set in closed form (the jaw axis is symmetric: the nearer of the two turns).
+        the approach axis's difference from straight down (weighted by ``tilt``), a joint at its limit held there;
+        wrist_roll, which then turns the jaws about the vertical, is set in closed form (the jaw axis is
+        symmetric: the nearer of the two turns).
         """
         import mujoco
 
@@ -264,16 +269,19 @@ class So101Expert(Expert):
         obj = env.object_pos(held)
         if tray is None or np.max(np.abs(obj[:2] - tray[:2])) > TRAY_HALF_OUTER + 0.04:
             return self._release(env, here)
-        goal = here[:2] + self._aside_spot(env, tray, held) - obj[:2]
+        spot = self._aside_spot(env, tray, held)
+        if np.linalg.norm(spot - obj[:2]) < 0.015:
+            return self._release(env, here)
+        goal = here[:2] + spot - obj[:2]
         if here[2] < CARRY - 0.02:
             return self.move(env, here, [*here[:2], CARRY], FAST, None, GRIPPER_CLOSED)
         return self.move(env, here, [*goal, CARRY], FAST, None, GRIPPER_CLOSED)
 
     @staticmethod
     def _aside_spot(env, tray: np.ndarray, held: int) -> np.ndarray:
-        """Where to put a wrong object down: 12 cm from the tray, within reach, as far as can be from the others."""
+        """Where to put a wrong object down: 13 cm from the tray, within reach, as far as can be from the others."""
         others = [env.object_pos(i)[:2] for i in range(len(env.objects)) if i != held]
-        spots = [tray[:2] + 0.12 * np.array([np.cos(a), np.sin(a)]) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+        spots = [tray[:2] + 0.13 * np.array([np.cos(a), np.sin(a)]) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
         reach = [p for p in spots if 0.13 < np.linalg.norm(p) < 0.27 and abs(np.arctan2(p[1], p[0])) < 1.0] or spots
         return max(reach, key=lambda p: min(np.linalg.norm(p - q) for q in others))
 
@@ -302,19 +310,26 @@ class So101Expert(Expert):
         return bool(np.linalg.norm(p[:2] - here[:2]) < 0.03 and abs(p[2] - here[2]) < 0.035 and HELD[0] < angle < HELD[1])
 
     def _jaw_direction(self, env, index: int) -> np.ndarray:
-        """The horizontal direction the jaws should close along: the nearest to where they close now.
+        """The horizontal direction the jaws should close along.
 
-        A cube is held by the pair of faces whose normal is nearest the jaws' axis (the wrist turns at most 45
-        degrees, and never flips between the pairs while closing); a cylinder by any pair, so the jaws stay.
+        With another object within 8 cm, across the line to the nearest one (the open jaws then straddle the
+        object without reaching its neighbour); otherwise the nearest to where the jaws close now (the wrist
+        turns at most 45 degrees and never flips while closing). A cube is held by the pair of faces whose
+        normal is nearest that direction; a cylinder by any pair.
         """
         _, rot = self._kinematics(env.data.qpos[self._qadr[:5]])
-        current = np.array([rot[0, 2], rot[1, 2], 0.0])
-        current /= max(np.linalg.norm(current), 1e-6)
+        wanted = np.array([rot[0, 2], rot[1, 2], 0.0])
+        obj = env.object_pos(index)[:2]
+        gaps = [env.object_pos(i)[:2] - obj for i in range(len(env.objects)) if i != index]
+        nearest = min(gaps, key=np.linalg.norm)
+        if np.linalg.norm(nearest) < NEIGHBOUR:
+            wanted = np.array([-nearest[1], nearest[0], 0.0])
+        wanted /= max(np.linalg.norm(wanted), 1e-6)
         if env.shape(index) != "cube":
-            return current
+            return wanted
         cube = env.object_rot(index)
         normals = [np.array([n[0], n[1], 0.0]) for n in (cube[:, 0], cube[:, 1])]
-        best = max(normals, key=lambda n: abs(n @ current) / max(np.linalg.norm(n), 1e-6))
+        best = max(normals, key=lambda n: abs(n @ wanted) / max(np.linalg.norm(n), 1e-6))
         return best / max(np.linalg.norm(best), 1e-6)
 
     def _toward(self, here: np.ndarray, goal, step: float) -> np.ndarray:
