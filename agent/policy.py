@@ -286,7 +286,7 @@ class Policy:
 
     # -------------------------------------------------------------------- act
     def acts_through_session(self, task_id: str) -> bool:
-        """Whether :meth:`act` on ``task_id`` takes the KV-cached path (and so accepts any ``env_ids``).
+        """Whether :meth:`act_chunks` on ``task_id`` takes the KV-cached path.
 
         It does with ``use_session`` unless the task has a prompt: the session drops the oldest timesteps
         of a full window, and a prompt must never leave it.
