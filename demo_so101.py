@@ -81,7 +81,7 @@ class So101DemoConfig:
     """How chunks run (default: the preset's)."""
     dagger_rounds: int = 2
     """DAgger rounds between training phases (0: behaviour cloning only)."""
-    dagger_episodes: int = 30
+    dagger_episodes: int = 20
     """Policy episodes per task per DAgger round."""
     eval_episodes: int = 50
     """Evaluation episodes per task (unseen scenes: seeds from 10 000)."""
