@@ -362,3 +362,25 @@ def test_an_instruction_mid_episode_switches_the_object_the_expert_lifts(tmp_pat
     assert event["change"] == f"the target is now the {new} (was the {first})"
     assert "instruction 'do a little dance' on /instruction refused: it names no object of the scene" in log
     assert report["context_resets"] >= 2  # deploy took each new instruction as a new context
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["place", "push"])
+def test_the_expert_places_and_pushes_over_the_bridge_as_in_plain_simulation(kind):
+    """`sim-robot` + `deploy --actor expert` with the kind's robot file, two 8 s episodes: the same successes as the
+    expert in plain simulation, the named object the one achieved."""
+    task, seeds = f"so101/{kind}-v1", [0, 1]
+    robot_file = ROBOTS / f"so101_{kind}.toml"
+    episode_s = get_arm(task).control_period * get_task(task).max_steps
+    domain = random_domain_id()
+    args = ["--robot", str(robot_file), "--transport", "dds", "--episodes", "2", "--episode-seconds", str(episode_s)]
+    with NodeProcess("sim-robot", args, domain) as robot, \
+            Deployer(DeployConfig(robot=robot_file, actor="expert", network="loopback", domain_id=domain)) as node:
+        th, report = run_in_thread(node, 2 * episode_s + 10)
+        assert robot.wait(2 * episode_s + 40) == 0
+        node.stop()
+        th.join(15)
+    plain = [e["success"] for e in simulate_episodes(task, ExpertActor(), seeds, episode_s)]
+    episodes = robot.of("episode")
+    assert [e["success"] for e in episodes] == plain == [True, True], (episodes, report["holds"])
+    assert all(e["achieved"] == [e["target_object"]] and not e["wrong_object"] for e in episodes)
