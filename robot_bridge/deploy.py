@@ -69,6 +69,7 @@ first, pinned) and run ``.venv-ros/bin/omnipolicy deploy --transport rclpy``;
 
     omnipolicy deploy --checkpoint runs/reacher --task dmc/reacher-easy --transport dds
     omnipolicy deploy --actor expert --task dmc/reacher-easy --transport rclpy --duration 30
+    omnipolicy deploy --actor expert --robot robot_bridge/robots/so101_lift.toml
     omnipolicy deploy --checkpoint runs/arm --robot my_arm.toml --task my/arm-task --transport dds
 """
 
@@ -126,8 +127,9 @@ class DeployConfig:
     """Drive a ROS 2 robot with a trained policy (or the task's scripted expert) behind a safety filter."""
 
     task: str | None = None
-    """Task the robot performs: without --robot, a task with a shipped arm (dmc/reacher-easy, the default, or
-    dmc/reacher-easy-pixels); with --robot, the checkpoint's task id (default: the robot file's `task`)."""
+    """Task the robot performs: without --robot, a task with a shipped arm (dmc/reacher-easy, the default,
+    dmc/reacher-easy-pixels, so101/{lift,place,push}-v1 and their -unseen- variants); with --robot, the checkpoint's
+    task id (default: the robot file's `task`)."""
     robot: Path | None = None
     """Robot file (TOML; docs/ros2.md) of the arm to drive, instead of --task's shipped arm."""
     checkpoint: Path | None = None
@@ -280,6 +282,11 @@ class TwinExpertActor:
     def resume(self, index: int, obs: dict) -> None:
         """After a hold (not a new episode or instruction): the expert keeps its state (a grasp in progress); it
         re-plans from the synced scene at every step anyway."""
+
+    def close(self) -> None:
+        close_twin = getattr(getattr(self, "twin", None), "close", None)
+        if close_twin is not None:
+            close_twin()
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
         actions = []
@@ -741,6 +748,9 @@ class Deployer:
         }
 
     def close(self) -> None:
+        close_actor = getattr(self.actor, "close", None)
+        if close_actor is not None:
+            close_actor()  # the expert twin's simulator (its renderers)
         if self._own_transport:
             self.t.close()
 

@@ -70,6 +70,7 @@ SIGINT/SIGTERM stop it cleanly (summary written, endpoints closed).
 
     omnipolicy sim-robot --task dmc/reacher-easy --transport dds --episodes 10
     omnipolicy sim-robot --robot tests/data/robots/two_joint_arm.toml --transport dds
+    omnipolicy sim-robot --robot robot_bridge/robots/so101_lift.toml --episodes 10 --episode-seconds 5
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ class SimRobotConfig:
     commands in)."""
 
     task: str = "dmc/reacher-easy"
-    """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy, dmc/reacher-easy-pixels)."""
+    """Task whose arm to simulate (tasks with an arm: dmc/reacher-easy, dmc/reacher-easy-pixels, so101/lift-v1,
+    so101/place-v1, so101/push-v1 and their -unseen- variants)."""
     robot: Path | None = None
     """Robot file (TOML; docs/ros2.md) of the arm to simulate instead of --task's: its `mjcf` model or `sim` class."""
     transport: Literal["dds", "rclpy"] = "dds"
