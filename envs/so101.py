@@ -211,8 +211,8 @@ class So101Env(TaskEnv):
 
     @property
     def instruction(self) -> str:
-        """The current instruction (the observation's ``instruction``)."""
-        return self.phrasing.text()
+        """The current instruction (the observation's ``instruction``; the task's goal before the first reset)."""
+        return self.phrasing.text() if self.phrasing else self.task.instruction
 
     def describe(self, index: int) -> str:
         """An object's plain name, e.g. ``"red cube"``."""

@@ -54,6 +54,11 @@ FAST, SLOW = 0.03, 0.012
 ALIGNED, FINE = 0.006, 0.0025
 """Horizontal error under which the jaws descend toward the object, and past its top (m): the pads clear a
 3 cm object by 5 mm on each side."""
+TWIST = 0.12
+"""Angle (rad) between the jaws' axis and the wanted one under which they descend past the object's top."""
+ROLL_STEP = 0.18
+"""Largest wrist_roll target away from its current angle (rad): turning the jaws takes a few steps, and no target
+jumps (the SO-101 robot files bound each step's change)."""
 CLOSE_STEPS, OPEN_STEPS = 6, 5
 OPEN = 0.65
 """Gripper angle of the open jaws (rad): pads 5 cm apart inside, room around a 3 cm object, not wide enough to
@@ -196,6 +201,7 @@ class So101Expert(Expert):
                 q = other
         if tilt > SOFT_TILT and np.linalg.norm(self._kinematics(q)[0] - point) > 0.008:
             q = self.solve(q, point, jaw, SOFT_TILT)  # out of top-down reach: tilt rather than stop short
+        q[4] = np.clip(q[4], current[4] - ROLL_STEP, current[4] + ROLL_STEP)
         sag = env.data.qfrc_bias[self._dadr[:5]] / self._kp[:5]
         return self.continuous([*(q + sag), gripper])
 
@@ -232,10 +238,11 @@ class So101Expert(Expert):
             if here[2] < TRAVEL - 0.015 and flat > 0.02:  # low and off the object: rise first, sweep nothing
                 return self.move(env, here, [*here[:2], TRAVEL], FAST, jaw, OPEN)
             return self.move(env, here, [*obj[:2], TRAVEL], FAST if flat > 0.04 else SLOW, jaw, OPEN)
-        if flat > FINE and grip + 0.004 < here[2] < top + 0.01:  # pads at its top but off centre: re-align above it
-            return self.move(env, here, [*obj[:2], top + 0.015], SLOW, jaw, OPEN)
-        if here[2] > grip + 0.004:
-            return self.move(env, here, [*obj[:2], grip], SLOW, jaw, OPEN)
+        _, rot = self._kinematics(env.data.qpos[self._qadr[:5]])
+        twist = np.arccos(min(1.0, abs(rot[:, 2] @ jaw) / max(np.linalg.norm(rot[:2, 2]), 1e-6)))
+        aligned = flat <= FINE and twist <= TWIST
+        if here[2] > grip + 0.004 or not aligned:  # past the object's top only centred and turned to it
+            return self.move(env, here, [*obj[:2], grip if aligned else top + 0.015], SLOW, jaw, OPEN)
         self.closing = 1
         self.close_at = np.array([*obj[:2], grip])
         return self.command(env, self.close_at, jaw, GRIPPER_CLOSED)
