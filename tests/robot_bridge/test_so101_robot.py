@@ -385,3 +385,51 @@ def test_the_expert_places_and_pushes_over_the_bridge_as_in_plain_simulation(kin
     episodes = robot.of("episode")
     assert [e["success"] for e in episodes] == plain == [True, True], (episodes, report["holds"])
     assert all(e["achieved"] == [e["target_object"]] and not e["wrong_object"] for e in episodes)
+
+
+ROS_PYTHON = ROOT / ".venv-ros" / "bin" / "python"
+PROBE = """
+import json, time
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+rclpy.init()
+node = rclpy.create_node("so101_probe")
+got = {}
+node.create_subscription(JointState, "/joint_states", lambda m: got.setdefault("joint_states", list(m.name)), 10)
+node.create_subscription(Image, "/camera/wrist/image_raw",
+                         lambda m: got.setdefault("wrist", [m.height, m.width, m.encoding]), qos_profile_sensor_data)
+end = time.monotonic() + 20
+while time.monotonic() < end and (len(got) < 2 or time.monotonic() < end - 15):
+    rclpy.spin_once(node, timeout_sec=0.05)
+print(json.dumps({"topics": {name: types for name, types in node.get_topic_names_and_types()}, **got}))
+"""
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not (ROOT / ".venv-ros" / ".omnipolicy-ros-ok").exists(),
+                    reason="no .venv-ros; create it with scripts/make_ros_venv.sh")
+def test_a_real_ros2_node_lists_the_so101_topics_and_reads_its_messages():
+    """rclpy (PyPI's ros-rclpy, Fast DDS) next to sim-robot and deploy (Cyclone DDS): `ros2 topic list -t` from a
+    real ROS 2 node shows the robot file's topics with their types, and it decodes the joint states and images."""
+    import json
+    import subprocess
+
+    from omnipolicy.robot_bridge.wire.loopback import loopback_env
+
+    domain = random_domain_id()
+    args = ["--robot", str(ROBOTS / "so101_lift.toml"), "--transport", "dds"]
+    with NodeProcess("sim-robot", args, domain) as robot, expert_deploy(domain) as node:
+        th, _ = run_in_thread(node)
+        try:
+            probe = subprocess.run([str(ROS_PYTHON), "-c", PROBE], env=loopback_env(domain, rmw="rmw_fastrtps_cpp"),
+                                   capture_output=True, text=True, timeout=90)
+        finally:
+            node.stop()
+            th.join(15)
+        robot.close()
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert {t: types for t, types in seen["topics"].items() if t in TOPICS} == {k: [v] for k, v in TOPICS.items()}
+    assert seen["joint_states"] == list(JOINTS) and seen["wrist"] == [96, 96, "rgb8"]
