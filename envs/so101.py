@@ -51,6 +51,8 @@ LIFT_HEIGHT = 0.05
 """Lift succeeds when the object's lowest point is this far above the table (m)."""
 REST_SPEED = 0.05
 """Place succeeds only with the object slower than this (m/s) and out of the jaws."""
+IN_TRAY = 0.02
+"""Place counts an object in the tray only with its lowest point this close to the table (m): on the floor."""
 ON_TABLE = 0.01
 """Push counts an object in the zone only with its lowest point this close to the table (m): not carried."""
 
@@ -327,7 +329,7 @@ class So101Env(TaskEnv):
         if self.kind == "place":
             dof = self.model.joint(self.objects[index]).dofadr[0]
             speed = np.linalg.norm(self.data.qvel[dof:dof + 3])
-            return bool(np.all(offset < TRAY_HALF) and self._bottom(index) < 0.02 and speed < REST_SPEED
+            return bool(np.all(offset < TRAY_HALF) and self._bottom(index) < IN_TRAY and speed < REST_SPEED
                         and not self._held(index))
         return bool(np.all(offset < ZONE_HALF) and self._bottom(index) < ON_TABLE)
 
