@@ -407,7 +407,7 @@ class Deployer:
                 self._needs.setdefault(s.topic, {}).setdefault(s.field, []).append(who)
         self._estimating = False  # the joint states carry no velocity (said once)
         self._reset_requested = False
-        self._restart = False  # a new episode or instruction the actor has not acted on yet
+        self._restart = True  # a start (the first, a new episode or instruction) the actor has not acted on yet
         self._late = False
         self._holding: str | None = "stale"  # nothing received yet
         self.holds = {r: 0 for r in HOLD_REASONS}

@@ -377,6 +377,34 @@ def test_new_episode_resets_the_context(transport):
     assert actor.resets == resets + 1
 
 
+class ResumingActor(StubActor):
+    """An actor whose state is the scene's (the expert twin): it goes on after a hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resumes = 0
+
+    def resume(self, index: int, obs: dict) -> None:
+        self.resumes += 1
+
+
+def test_an_actor_that_resumes_goes_on_after_a_hold_and_starts_afresh_at_a_new_episode(transport):
+    actor = ResumingActor()
+    node = node_with(transport, actor)
+    feed(node, 10.0)
+    assert node.decide(now=10.01) is not None and (actor.resets, actor.resumes) == (1, 0)  # the first act: a start
+    assert node.last_reason is None and node.decide(now=10.5) is not None and node.last_reason == "stale"
+    feed(node, 10.6)
+    node.decide(now=10.61)
+    assert node.last_reason is None and (actor.resets, actor.resumes) == (1, 1)  # after the hold: resumed
+    node.on_episode(Bool(True))  # a new episode while holding: the start waits for the next act
+    node.decide(now=11.5)
+    assert node.last_reason == "stale" and (actor.resets, actor.resumes) == (1, 1)
+    feed(node, 11.6)
+    node.decide(now=11.61)
+    assert (actor.resets, actor.resumes) == (2, 1)
+
+
 # ---------------------------------------------------------------------------
 # Part 2: against sim-robot on 127.0.0.1
 # ---------------------------------------------------------------------------
