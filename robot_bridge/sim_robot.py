@@ -55,8 +55,10 @@ a ``{"event": "ready"}`` line once its endpoints exist and a
 
 **Instructions.** An arm whose robot file has an ``[instruction]`` topic
 (the SO-101 scenes) publishes the scene's instruction (``std_msgs/String``)
-at each episode's start, and again whenever a new reader joins the topic (a
-deploy node that starts later still hears the instruction in force). A new instruction on that
+when the scene is reset and right after each episode's start message (so a
+recording from that message on holds it), and again whenever a new reader
+joins the topic (a deploy node that starts later still hears the instruction
+in force). A new instruction on that
 topic is applied between two control steps: the scene follows it (the
 SO-101: the named object becomes the target, and success is judged for it)
 or refuses it with one log line saying why (text naming no object of the
@@ -397,11 +399,14 @@ class SimRobot:
             self.pub_task.publish(JointState(Header(stamp=stamp, frame_id="world"), self.spec.task_state_names, self.sim.task_state()))
 
     def announce(self) -> None:
-        """Publish the instruction of the scene just reset (the instruction in force until a new one comes)."""
-        if self.pub_instruction is None:
-            return
-        self.instruction = self.sim.instruction()
-        if self.instruction is not None:
+        """Take the instruction of the scene just reset as the one in force and publish it."""
+        if self.pub_instruction is not None:
+            self.instruction = self.sim.instruction()
+            self.say_instruction()
+
+    def say_instruction(self) -> None:
+        """Publish the instruction in force (if the arm has one)."""
+        if self.pub_instruction is not None and self.instruction is not None:
             self.pub_instruction.publish(String(data=self.instruction))
 
     def greet_readers(self) -> None:
@@ -410,8 +415,8 @@ class SimRobot:
         if self.pub_instruction is None:
             return
         readers = self.pub_instruction.matched()
-        if readers > self._instruction_readers and self.instruction is not None:
-            self.pub_instruction.publish(String(data=self.instruction))
+        if readers > self._instruction_readers:
+            self.say_instruction()
         self._instruction_readers = readers
 
     def take_instructions(self, ep: dict[str, Any]) -> None:
@@ -480,6 +485,7 @@ class SimRobot:
                     continue
                 started = True
                 self.pub_episode.publish(Bool(True))
+                self.say_instruction()  # after the start too: a recording of the episode holds its instruction
             t0 = time.perf_counter()
             pos, vel, _ = self.sim.joint_state()
             effort, held = self.commands.effort(pos, vel, cfg.trajectory_kp, cfg.trajectory_kd)

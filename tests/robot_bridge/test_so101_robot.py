@@ -433,3 +433,34 @@ def test_a_real_ros2_node_lists_the_so101_topics_and_reads_its_messages():
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     assert {t: types for t, types in seen["topics"].items() if t in TOPICS} == {k: [v] for k, v in TOPICS.items()}
     assert seen["joint_states"] == list(JOINTS) and seen["wrist"] == [96, 96, "rgb8"]
+
+
+def test_a_recording_of_the_expert_over_the_bridge_imports_with_the_episodes_instruction(tmp_path):
+    """`omnipolicy record` of one lift episode (sim-robot + deploy --actor expert), then `dataset from-rosbag
+    --robot so101_lift.toml`: every tick's cameras, joints and the instruction sim-robot published for the episode,
+    and the action merged from both controllers."""
+    pytest.importorskip("rosbags")
+    from omnipolicy.commands import dataset_command
+    from omnipolicy.datasets import EpisodeStore
+    from omnipolicy.robot_bridge.recorder import BagRecorder
+
+    robot_file = ROBOTS / "so101_lift.toml"
+    domain = random_domain_id()
+    args = ["--robot", str(robot_file), "--episodes", "1", "--episode-seconds", "5.0", "--seed", "3"]
+    with DdsTransport(network="loopback", domain_id=domain) as t:
+        recorder = BagRecorder(load_robot_file(robot_file), tmp_path / "bags", t, episodes=1)
+        with NodeProcess("sim-robot", args, domain) as robot, expert_deploy(domain) as node:
+            th, _ = run_in_thread(node)
+            try:
+                assert robot.wait(90) == 0 and recorder.done.wait(10)
+            finally:
+                node.stop()
+                th.join(15)
+        bags = recorder.close()
+    (episode,) = robot.of("episode")
+    dataset_command(["from-rosbag", *map(str, bags), "--out", str(tmp_path / "ds"), "--robot", str(robot_file)],
+                    "omnipolicy dataset")
+    ep = EpisodeStore(tmp_path / "ds").load_episode(0)
+    assert ep.task_id == LIFT and 60 <= ep.length <= 101 and ep.actions.shape == (ep.length, 6)
+    assert set(ep.observations["instruction"]) == {episode["instruction"]}  # the scene's, naming its object
+    assert ep.observations["front"].shape == (ep.length, 96, 96, 3) and ep.observations["joints"].shape == (ep.length, 6)
