@@ -235,7 +235,8 @@ def test_tiny_training_with_chunks_then_acting_one_action_per_tick(tmp_path, exe
     other = TokenCache.build([root], TOK, tmp_path / "other", progress=False)
     assert other.manifest["digest"] != cache.manifest["digest"] and other.episode(0).num_timesteps == 10
 
-    actor = PolicyActor.from_checkpoint(result.checkpoint)
+    actor = PolicyActor.from_checkpoint(result.checkpoint, ensemble_weight=0.2)
+    assert actor.recipe().ensemble_weight == 0.2  # evaluation workers rebuild the same actor
     actor.begin(SimpleNamespace(id=TASK), [None, None])
     rng = np.random.default_rng(5)
     for e in (0, 1):
