@@ -65,7 +65,7 @@ def test_user_error_is_one_line_with_status_2(case: str, tmp_path: Path) -> None
     if want is None:
         assert lines[0].startswith("omnipolicy collect: error: Unknown task id 'nosuch/task'. ")
         assert lines[0].endswith(" tasks are registered in domains "
-                                 "['classic', 'atari', 'mujoco', 'dmc', 'metaworld']; `omnipolicy tasks` lists them.")
+                                 "['classic', 'atari', 'mujoco', 'dmc', 'metaworld', 'so101']; `omnipolicy tasks` lists them.")
     else:
         assert lines[0] == want
     assert proc.stdout == ""
