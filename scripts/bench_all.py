@@ -7,7 +7,7 @@ null for a figure reported without a target). A benchmark that fails, or ends wi
 one row saying so and makes the exit status 1; a missed target does not (timings on a shared machine
 are noisy: the table says what was met).
 
-    .venv/bin/python scripts/bench_all.py                       # all six, quick profiles (`make bench`)
+    .venv/bin/python scripts/bench_all.py                       # all seven, quick profiles (`make bench`)
     .venv/bin/python scripts/bench_all.py --benches tokenizer train --no-quick
 """
 
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 SCRIPTS = Path(__file__).resolve().parent
-BENCHES = ("tokenizer", "loader", "collect", "inference", "train", "bridge")
+BENCHES = ("tokenizer", "loader", "collect", "inference", "train", "bridge", "chunking")
 
 
 @dataclass(frozen=True)
 class Args:
-    benches: tuple[Literal["tokenizer", "loader", "collect", "inference", "train", "bridge"], ...] = BENCHES
+    benches: tuple[Literal["tokenizer", "loader", "collect", "inference", "train", "bridge", "chunking"], ...] = BENCHES
     """Benchmarks to run, in this order (``scripts/bench_<name>.py``)."""
     quick: bool = True
     """Run each benchmark's quick profile (``--quick``); ``--no-quick`` runs the full ones."""
