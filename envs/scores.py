@@ -67,6 +67,7 @@ def summarize(results: Sequence[TaskResult], protocol: dict) -> dict:
             "normalized_mean": float(norm.mean()),
             "normalized_ci95": bootstrap_ci(norm),
             "success_rate": None if r.successes is None else float(np.mean(r.successes)),
+            "successes": r.successes,
             "mean_length": float(np.mean(r.lengths)),
             "random_score": r.random_score,
             "expert_score": r.expert_score,

@@ -38,6 +38,7 @@ def test_a_tiny_run_writes_the_whole_report(tmp_path: Path):
     assert s["evaluation"]["tasks"]["so101/lift-v1"]["episodes"] == 2
     assert s["unseen"]["tasks"]["so101/lift-unseen-v1"]["episodes"] == 1
     assert s["bridge"]["robot"]["episodes"] == 1
+    assert s["bridge"]["direct_success_rate"] == float(s["evaluation"]["tasks"]["so101/lift-v1"]["successes"][0])
     report = (tmp_path / "run" / "report.md").read_text()
     for section in ("Per task", "Instructions phrased as in no training episode", "Instruction swaps", "Over ROS 2",
                     "Timings"):
