@@ -384,21 +384,12 @@ def _align_extra(path: Path, ep: BagEpisode, layout: BagLayout) -> BagEpisode:
         keep &= ok
         for j, s in enumerate(sources):
             values[s.key] = np.stack([rows[i][j] for i in idx]) if rows else np.zeros((len(ep), len(s.names)))  # (T, n)
-    sel = np.flatnonzero(keep)
-    return BagEpisode(
-        observations={k: v[sel] for k, v in {**ep.observations, **values}.items()},
-        actions=ep.actions[sel],
-        timestamps_ns=ep.timestamps_ns[sel],
-        state_timestamps_ns=ep.state_timestamps_ns[sel],
-        joint_names=ep.joint_names,
-        dropped=ep.dropped + int(len(ep) - len(sel)),
-        rejected=ep.rejected + rejected,
-        stale=stale,
-    )
+    return _subset(replace(ep, observations={**ep.observations, **values}, rejected=ep.rejected + rejected, stale=stale),
+                   keep)
 
 
-def _instructions(path: Path, ep: BagEpisode, layout: BagLayout) -> dict[str, Any]:
-    """Each text field's value at every timestep of ``ep``, and ``"__keep__"``: the timesteps that have one.
+def _instructions(path: Path, ep: BagEpisode, layout: BagLayout) -> tuple[dict[str, list[str]], np.ndarray]:
+    """Each text field's values at the timesteps of ``ep`` that have one, and which those are (bool ``(T,)``).
 
     With an instruction topic in the bag, a timestep's text is the latest ``std_msgs/String`` received at or before
     its command (an instruction holds until the next; commands before the first are dropped, as a policy that
@@ -426,7 +417,7 @@ def _instructions(path: Path, ep: BagEpisode, layout: BagLayout) -> dict[str, An
                              f"record the robot's instruction topic") from None
         values, keep = [text] * T, np.ones(T, dtype=bool)
     sel = np.flatnonzero(keep)
-    return {**{key: [values[i] for i in sel] for key in layout.texts}, "__keep__": keep}
+    return {key: [values[i] for i in sel] for key in layout.texts}, keep
 
 
 def _subset(ep: BagEpisode, keep: np.ndarray) -> BagEpisode:
@@ -468,9 +459,9 @@ def read_bag_episode(path: str | Path, layout: BagLayout) -> tuple[Episode, BagR
     ep = read_bag(path, layout.obs_map, layout.config)
     if layout.extra and len(ep):
         ep = _align_extra(path, ep, layout)
-    texts = _instructions(path, ep, layout) if layout.texts and len(ep) else {}
-    if texts:
-        keep = texts.pop("__keep__")
+    texts: dict[str, list[str]] = {}
+    if layout.texts and len(ep):
+        texts, keep = _instructions(path, ep, layout)
         ep = _subset(ep, keep)
     if len(ep) == 0:
         stale = ", ".join(f"{topic} at {n}" for topic, n in ep.stale.items() if n)
