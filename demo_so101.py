@@ -130,39 +130,13 @@ def _episode_seconds(task_id: str) -> float:
     return task.max_steps * arm_of(task_id, robot_file(task_id)).control_period
 
 
-def record_expert_over_ros(task_id: str, episodes: int, bags: Path, seed: int) -> list[Path]:
-    """``sim-robot`` runs ``episodes`` scenes of ``task_id`` from ``seed``, ``deploy --actor expert`` drives it and
-    ``omnipolicy record`` writes a bag per episode into ``bags`` (DDS on 127.0.0.1)."""
-    robot = robot_file(task_id)
-    domain = random_domain_id()
-    args = ["--robot", str(robot), "--episodes", str(episodes), "--episode-seconds", str(_episode_seconds(task_id)),
-            "--seed", str(seed)]
-    with DdsTransport(domain_id=domain, network="loopback") as t:
-        recorder = BagRecorder(arm_of(task_id, robot), bags, t, episodes=episodes)
-        with NodeProcess("sim-robot", args, domain, ready_timeout=120) as sim, \
-                Deployer(DeployConfig(robot=robot, actor="expert", network="loopback", domain_id=domain)) as node:
-            runner = threading.Thread(target=node.run, daemon=True)
-            runner.start()
-            try:
-                sim.wait(episodes * (_episode_seconds(task_id) + 5) + 120)
-                recorder.done.wait(10)
-            finally:
-                node.stop()
-                runner.join(15)
-        return recorder.close()
-
-
-def policy_over_ros(checkpoint: Path, task_id: str, episodes: int, seed: int) -> dict[str, Any]:
-    """The checkpoint drives ``sim-robot`` over ROS 2 for ``episodes`` scenes from ``seed``: sim-robot's summary
-    (success per episode) and the deploy node's report (acted and held ticks, latency)."""
-    robot = robot_file(task_id)
-    domain = random_domain_id()
-    args = ["--robot", str(robot), "--episodes", str(episodes), "--episode-seconds", str(_episode_seconds(task_id)),
-            "--seed", str(seed)]
+def _drive_sim_robot(task_id: str, episodes: int, seed: int, deploy: DeployConfig, domain: int) -> dict[str, Any]:
+    """``sim-robot`` runs ``episodes`` scenes of ``task_id`` from ``seed`` while a deploy node of ``deploy`` drives it
+    (DDS on 127.0.0.1, ROS domain ``domain``); returns sim-robot's summary (None if it gave none) and deploy's report."""
+    args = ["--robot", str(robot_file(task_id)), "--episodes", str(episodes), "--episode-seconds",
+            str(_episode_seconds(task_id)), "--seed", str(seed)]
     report: dict[str, Any] = {}
-    with NodeProcess("sim-robot", args, domain, ready_timeout=120) as sim, \
-            Deployer(DeployConfig(robot=robot, checkpoint=checkpoint, actor="policy", network="loopback",
-                                  domain_id=domain, torch_threads=1)) as node:
+    with NodeProcess("sim-robot", args, domain, ready_timeout=120) as sim, Deployer(deploy) as node:
         runner = threading.Thread(target=lambda: report.update(node.run()), daemon=True)
         runner.start()
         try:
@@ -172,6 +146,27 @@ def policy_over_ros(checkpoint: Path, task_id: str, episodes: int, seed: int) ->
             runner.join(30)
     summary = sim.of("summary")
     return {"robot": summary[0] if summary else None, "deploy": report}
+
+
+def record_expert_over_ros(task_id: str, episodes: int, bags: Path, seed: int) -> list[Path]:
+    """``sim-robot`` runs ``episodes`` scenes of ``task_id`` from ``seed``, ``deploy --actor expert`` drives it and
+    ``omnipolicy record`` writes a bag per episode into ``bags`` (DDS on 127.0.0.1)."""
+    robot, domain = robot_file(task_id), random_domain_id()
+    with DdsTransport(domain_id=domain, network="loopback") as t:
+        recorder = BagRecorder(arm_of(task_id, robot), bags, t, episodes=episodes)
+        _drive_sim_robot(task_id, episodes, seed,
+                         DeployConfig(robot=robot, actor="expert", network="loopback", domain_id=domain), domain)
+        recorder.done.wait(10)
+        return recorder.close()
+
+
+def policy_over_ros(checkpoint: Path, task_id: str, episodes: int, seed: int) -> dict[str, Any]:
+    """The checkpoint drives ``sim-robot`` over ROS 2 for ``episodes`` scenes from ``seed``: sim-robot's summary
+    (success per episode) and the deploy node's report (acted and held ticks, latency)."""
+    domain = random_domain_id()
+    return _drive_sim_robot(task_id, episodes, seed,
+                            DeployConfig(robot=robot_file(task_id), checkpoint=checkpoint, actor="policy",
+                                         network="loopback", domain_id=domain, torch_threads=1), domain)
 
 
 # ---------------------------------------------------------------------------
