@@ -23,6 +23,10 @@ PATCH_SIZE = 16
 """Side of an image patch in pixels (fixed by the tokenizer)."""
 ACTION_INPUTS = ("tokens", "hidden")
 """What the model reads at action positions (see ``ModelConfig.action_inputs``)."""
+IMAGE_ENCODERS = ("patches", "resampler", "vq")
+"""How an image becomes model inputs (see ``ModelConfig.image_encoder``)."""
+FUSIONS = ("early", "cross-attention")
+"""Where the images meet the token stream (see ``ModelConfig.fusion``)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,18 @@ class ModelConfig:
         chunk_execution: how chunks are executed, which also sets how training episodes are tokenized:
             ``"ensemble"`` (query every tick, temporal ensembling of the overlapping chunks) or ``"receding"``
             (query every k-th tick, execute the chunk open loop; the model sees every k-th observation).
+        image_encoder: how an image becomes model inputs: ``"patches"`` (Gato: every 16x16 patch one token, embedded
+            by the ResNet block), ``"resampler"`` (a Perceiver Resampler, :mod:`~omnipolicy.agent.resampler`: the
+            image's patch embeddings become ``resampler_latents`` learned latents, so an 84x84 frame takes N slots
+            instead of 36) or ``"vq"`` (discrete codes of a trained image tokenizer).
+        resampler_latents: ``N``, latents per image of the resampler.
+        resampler_depth: attention + feed-forward layers of the resampler.
+        fusion: where the images meet the token stream: ``"early"`` (their slots are in the sequence: Gato, Gemini)
+            or ``"cross-attention"`` (Flamingo, :mod:`~omnipolicy.agent.cross_attention`: the images leave the
+            sequence; gated cross-attention blocks let each token attend to the resampler latents of its
+            timestep's images; the gates start at 0, so the untrained blocks change nothing). Needs the resampler.
+        cross_attn_every: a gated cross-attention block before every this many transformer blocks (1: every block;
+            Flamingo-9B: 4), starting with the first.
         vocab_size: size of the embedding table and logits; ``None`` until
             bound to a tokenizer layout with :meth:`with_layout` (or :meth:`with_vocab`).
         continuous_ids: ``[start, stop)`` of the continuous-bin ids, bound by :meth:`with_layout`.
@@ -83,6 +99,11 @@ class ModelConfig:
     action_inputs: str = "tokens"
     action_chunk: int = 1
     chunk_execution: str = "ensemble"
+    image_encoder: str = "patches"
+    resampler_latents: int = 8
+    resampler_depth: int = 2
+    fusion: str = "early"
+    cross_attn_every: int = 1
     vocab_size: int | None = None
     continuous_ids: tuple[int, int] | None = None
     separator_id: int | None = None
@@ -105,6 +126,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.value_features must be an even int >= 0, got {self.value_features!r}")
         if self.action_inputs not in ACTION_INPUTS:
             raise ValueError(f"ModelConfig.action_inputs must be one of {ACTION_INPUTS}, got {self.action_inputs!r}")
+        self._check_vision()
         try:
             self.chunking
         except ValueError as e:
@@ -114,6 +136,37 @@ class ModelConfig:
             if not 0 <= lo < hi <= (self.vocab_size or hi):
                 raise ValueError(f"ModelConfig.continuous_ids must be a range inside the vocabulary, got {self.continuous_ids!r}")
             object.__setattr__(self, "continuous_ids", (lo, hi))
+
+    def _check_vision(self) -> None:
+        """Validate the image encoder and fusion options (see the class docstring)."""
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"ModelConfig.image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"ModelConfig.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        for name in ("resampler_latents", "resampler_depth", "cross_attn_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.fusion == "cross-attention" and self.image_encoder != "resampler":
+            raise ValueError(f"ModelConfig.fusion='cross-attention' attends to the resampler's latents: it needs "
+                             f"image_encoder='resampler', got image_encoder={self.image_encoder!r}")
+
+    @property
+    def slots_per_image(self) -> int | None:
+        """Sequence slots an image takes: ``None`` for one per patch, ``resampler_latents``, or 0 when the images
+        leave the sequence (cross-attention). The tokenizer lays out timesteps with it."""
+        if self.fusion == "cross-attention":
+            return 0
+        if self.image_encoder == "resampler":
+            return self.resampler_latents
+        return None
+
+    @property
+    def cross_attn_layers(self) -> tuple[int, ...]:
+        """The transformer blocks preceded by a gated cross-attention block (none with early fusion)."""
+        if self.fusion != "cross-attention":
+            return ()
+        return tuple(range(0, self.n_layer, self.cross_attn_every))
 
     @property
     def chunking(self) -> ActionChunking:
@@ -170,7 +223,13 @@ class ModelConfig:
         block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + (d * f + f * b) + (f * d + d * b)
         head = 0 if self.tie_embeddings else v * d
         values = self.value_features * d if self.continuous_ids is not None else 0
-        return embed + values + patch + self.n_layer * block + norm + head
+        vision = 0
+        if self.image_encoder == "resampler":  # latents; per layer 2 norms, q, kv, out, a norm and the x4 feed-forward
+            ff = norm + 2 * 4 * d * d
+            vision = self.resampler_latents * d + self.resampler_depth * (2 * norm + 4 * d * d + ff) + norm
+        # gated cross-attention blocks: a norm, q, kv, out, the x4 feed-forward and two scalar gates each
+        vision += len(self.cross_attn_layers) * (norm + 4 * d * d + norm + 2 * 4 * d * d + 2)
+        return embed + values + patch + self.n_layer * block + norm + head + vision
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -36,6 +36,13 @@ forward over the whole context); the default ``0.5`` drops down to half the
 context, so a rebuild happens once every ``~context / (2 L)`` steps and the
 steps in between cost only the prefill and the decodes.
 
+Images. With ``image_encoder="resampler"`` an image's slots read its resampler latents, computed once when
+the image arrives (eagerly, before the prefill) and kept, like every input embedding, in the stored inputs
+that a rebuild reuses. With ``fusion="cross-attention"`` the images have no slots: each timestep's latents
+are kept in a frame buffer (one slot per timestep, reused cyclically: a window never holds more timesteps
+than the context has tokens), each cached token remembers its timestep's frame, and the gated
+cross-attention blocks run in the prefill, the decode steps and the rebuilds over them.
+
 On CUDA the weights run in bfloat16 (logits in float32), the fixed-size
 prefill and the decode step are captured as CUDA graphs and replayed; the
 decode graph reads its position, local position, input token and action
@@ -71,7 +78,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from omnipolicy.tokenizers.image import image_starts
+
 from .config import PATCH_SIZE
+from .cross_attention import ImageContext
 from .model import GatoModel, expected_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -149,6 +159,8 @@ class _EnvState:
     fill: int = 0  # tokens whose keys/values are in the cache (positions 0 .. fill-1)
     pending: int = -1  # last action token of the newest timestep, chosen but not yet fed (-1: none)
     pending_local: int = 0  # its local position
+    frames: deque = field(default_factory=deque)  # cross-attention: frame slot of each timestep in the window (-1: none)
+    frames_seen: int = 0  # timesteps given a frame slot (the next one takes frames_seen % frame capacity)
 
     @property
     def window_tokens(self) -> int:
@@ -169,6 +181,7 @@ class _PrefillInputs(NamedTuple):
     cnt: np.ndarray  # int64 (B,) tokens of this step's prefill
     patches: np.ndarray | None  # float32 (B * P, 3, 16, 16); None without patch slots
     ppos: np.ndarray  # int64 (B * P, 2) (row, col)
+    frame: np.ndarray  # int64 (B, C) cross-attention: each token's frame slot, -1 where none
 
 
 class InferenceSession:
@@ -228,9 +241,14 @@ class InferenceSession:
         self._expect = False  # some action dimension is decoded by its expected id (see step's expected_dims)
         self._static = False  # run the graph-mode bodies eagerly (static shapes, device-side decode state)
         self._pool = None
+        self.slots = cfg.slots_per_image  # None: one slot per patch; N: resampler latents per image; 0: cross-attention
+        self._xattn_at = {layer: i for i, layer in enumerate(cfg.cross_attn_layers)}  # block -> its xattn block
+        self.frames = self.frames_valid = None  # cross-attention: (B, F, M, D) latents of each frame slot, (B, F, M)
         self.stats = {"steps": 0, "rebuilds": 0, "rebuilt_tokens": 0, "evicted_timesteps": 0}
         with torch.inference_mode():
             self._allocate(max(config.prefill_size, 16), config.max_patches, 16)
+            if self._xattn_at:
+                self._ensure_frames(cfg.resampler_latents)
 
     # ---------------------------------------------------------------- buffers
     def _allocate(self, C: int, P: int, A_cap: int) -> None:
@@ -242,12 +260,14 @@ class InferenceSession:
         k_cache = torch.zeros((L, B, H, K, hd), device=dev, dtype=dt)  # (layers, B, H, K, hd)
         v_cache = torch.zeros_like(k_cache)
         hist = torch.zeros((B, K, D), device=dev, dtype=dt)  # input embeddings without the window position
+        tok_frame = torch.full((B, K), -1, device=dev, dtype=torch.long)  # cross-attention: frame slot of each token
         if old is not None:
             n = min(self.K, K)
             k_cache[..., :n, :] = self.k_cache[..., :n, :]
             v_cache[..., :n, :] = self.v_cache[..., :n, :]
             hist[:, :n] = self.hist[:, :n]
-        self.k_cache, self.v_cache, self.hist = k_cache, v_cache, hist
+            tok_frame[:, :n] = self.tok_frame[:, :n]
+        self.k_cache, self.v_cache, self.hist, self.tok_frame = k_cache, v_cache, hist, tok_frame
         self.C, self.P, self.A_cap, self.K = C, P, A_cap, K
         i64 = dict(device=dev, dtype=torch.long)
         # inputs of the prefill, staged from the host each step
@@ -256,8 +276,11 @@ class InferenceSession:
         self.in_pidx = torch.full((B, C), -1, **i64)  # index into the (B * P) patches, -1 elsewhere
         self.in_fill = torch.zeros((B,), **i64)  # cache fill before the step
         self.in_cnt = torch.ones((B,), **i64)  # tokens of this step's prefill
-        self.in_patches = torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), device=dev, dtype=dt)
+        self.in_patches = torch.zeros((B * P if self.slots is None else 0, 3, PATCH_SIZE, PATCH_SIZE), device=dev, dtype=dt)
         self.in_ppos = torch.zeros((B * P, 2), **i64)
+        self.in_slots = torch.zeros((B * P if self.slots else 0, D), device=dev, dtype=dt)  # resampler slots' latents
+        self.in_frame = torch.full((B, C), -1, **i64)  # cross-attention: frame slot of each prefill token
+        self.dec_frame = torch.full((B,), -1, **i64)  # and of the decoded tokens
         self.in_mask = torch.zeros((A_cap, V), device=dev, dtype=torch.float32)  # 0 on valid ids, -inf elsewhere
         self.in_temp = torch.ones((), device=dev, dtype=torch.float32)
         self.in_expect = torch.zeros((A_cap,), device=dev, dtype=torch.bool)  # dims decoded by the expected id
@@ -292,6 +315,7 @@ class InferenceSession:
                 "cnt": torch.zeros((B,), dtype=torch.long, **pin),
                 "patches": torch.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), dtype=dt, **pin),
                 "ppos": torch.zeros((B * P, 2), dtype=torch.long, **pin),
+                "frame": torch.zeros((B, C), dtype=torch.long, **pin),
                 "mask": torch.zeros((A_cap, V), dtype=torch.float32, **pin),
                 "rb_rows": torch.zeros((B,), dtype=torch.long, **pin),
                 "rb_shift": torch.zeros((B,), dtype=torch.long, **pin),
@@ -354,6 +378,9 @@ class InferenceSession:
             st = self._envs[e]
             for _ in range(steps):
                 st.steps.pop()
+                if st.frames:
+                    st.frames.pop()
+                    st.frames_seen -= 1
             # the newest kept timestep's last action token was fed by the next step's prefill
             st.fill, st.pending = sum(st.steps), -1
 
@@ -362,15 +389,46 @@ class InferenceSession:
         return self.cfg.pad_id if self.hidden else action_token
 
     # ------------------------------------------------------------- the model
-    def _embed(self, tok: Tensor, loc: Tensor, pidx: Tensor | None, patches: Tensor | None, ppos: Tensor | None) -> Tensor:
-        """Input embeddings without the window position, as ``GatoModel.embed`` computes them. (B, S, D)"""
+    def _embed(self, tok: Tensor, loc: Tensor, pidx: Tensor | None, patches: Tensor | None, ppos: Tensor | None,
+               slot_emb: Tensor | None = None) -> Tensor:
+        """Input embeddings without the window position, as ``GatoModel.embed`` computes them. (B, S, D)
+
+        The image slots (``pidx >= 0``) read ``slot_emb`` (n, D) when given (the resampler's latents, computed
+        before), else the embeddings of ``patches``."""
         m = self.model
         x = m.wte(tok)  # (B, S, D)
-        if patches is not None and patches.shape[0] > 0:
+        if slot_emb is None and patches is not None and patches.shape[0] > 0:
             rc = ppos.clamp(0, self.cfg.pos_bins - 1)
-            pe = m.patch_embed(patches) + m.patch_row(rc[:, 0]) + m.patch_col(rc[:, 1])  # (n, D)
-            x = torch.where((pidx >= 0).unsqueeze(-1), pe[pidx.clamp(min=0)].to(x.dtype), x)
+            slot_emb = m.patch_embed(patches) + m.patch_row(rc[:, 0]) + m.patch_col(rc[:, 1])  # (n, D)
+        if slot_emb is not None and slot_emb.shape[0] > 0:
+            x = torch.where((pidx >= 0).unsqueeze(-1), slot_emb[pidx.clamp(min=0)].to(x.dtype), x)
         return x + m.wle(loc)
+
+    def _context(self, rows: Tensor, frame: Tensor) -> ImageContext | None:
+        """The cross-attention blocks' input for tokens of ``rows`` (B,) whose frame slots are ``frame`` (B, S)."""
+        if not self._xattn_at:
+            return None
+        B, F, M, D = self.frames.shape
+        index = torch.where(frame >= 0, rows.unsqueeze(1) * F + frame, -1)  # (B, S) into the flat frames
+        return ImageContext(self.frames.view(B * F, M, D), self.frames_valid.view(B * F, M), index)
+
+    def _ensure_frames(self, M: int) -> None:
+        """Frame buffers of (at least) ``M`` latents per frame, one frame slot per possible timestep of a window."""
+        if self.frames is not None and self.frames.shape[2] >= M:
+            return
+        old, old_valid, F = self.frames, self.frames_valid, self.context
+        self.frames = torch.zeros((self.B, F, M, self.D), device=self.device, dtype=self.dtype)
+        self.frames_valid = torch.zeros((self.B, F, M), device=self.device, dtype=torch.bool)
+        if old is not None:
+            self.frames[:, :, : old.shape[2]] = old
+            self.frames_valid[:, :, : old.shape[2]] = old_valid
+        self._graphs.clear()  # captured graphs read the old buffers
+
+    def _xattn(self, layer: int, x: Tensor, ctx: ImageContext | None) -> Tensor:
+        """``x`` through the gated cross-attention block before block ``layer``, if it has one."""
+        if ctx is None or layer not in self._xattn_at:
+            return x
+        return self.model.xattn[self._xattn_at[layer]](x, ctx)
 
     def _forward_new(
         self,
@@ -382,6 +440,7 @@ class InferenceSession:
         last: Tensor | None = None,
         kv_only: bool = False,
         n_out: int = 1,
+        frame: Tensor | None = None,
     ) -> Tensor | None:
         """Run new tokens through the blocks, writing their keys/values at ``pos``.
 
@@ -399,6 +458,7 @@ class InferenceSession:
             last: (B, n_out) indices of the tokens whose outputs are wanted (without ``start``).
             kv_only: fill the cache only, return nothing.
             n_out: tokens per row whose outputs are wanted.
+            frame: (B, S) cross-attention: each token's frame slot (-1: none); kept for rebuilds.
 
         Returns:
             (B, n_out) hidden states (before the final norm) of the wanted tokens of each row, or ``None``.
@@ -406,22 +466,31 @@ class InferenceSession:
         B, S, D = pre.shape
         H, hd, K = self.H, D // self.H, self.K
         one = slice(None) if env is None else slice(env, env + 1)
+        ctx = None
+        if self._xattn_at:
+            row_ids = self._rows[:B] if env is None else self._rows[env : env + 1]
+            ctx = self._context(row_ids, frame)
         if start is None:
             slot = pos.clamp(max=K - 1)  # padding queries of full windows stay inside the buffer
             rows = self._rows[:B, None]
             self.hist[one][rows, slot] = pre
+            if ctx is not None:
+                self.tok_frame[one][rows, slot] = frame
             x = pre + self.model.wpe(pos.clamp(max=self.context - 1))
             visible = self._keys[:kv_len] <= pos.unsqueeze(-1)  # (B, S, kv_len): causal over the cache
             mask = torch.zeros(visible.shape, device=pre.device, dtype=pre.dtype).masked_fill_(~visible, float("-inf"))
             mask = mask.unsqueeze(1)  # (B, 1, S, kv_len), shared by every layer
         else:
             self.hist[one, start : start + S] = pre
+            if ctx is not None:
+                self.tok_frame[one, start : start + S] = frame
             x = pre + self.model.wpe.weight[start : start + S]
             mask = None
             if S > 1:  # query i sees keys 0 .. start + i
                 mask = self._causal[:S, K - start : K - start + kv_len]
         n_layer = len(self.model.blocks)
         for layer, blk in enumerate(self.model.blocks):
+            x = self._xattn(layer, x, ctx)
             h = blk.ln_1(x)
             q, k, v = blk.attn.c_attn(h).view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, S, hd)
             kc, vc = self.k_cache[layer, one], self.v_cache[layer, one]  # (B, H, K, hd)
@@ -500,10 +569,13 @@ class InferenceSession:
         S = self.C if width is None else width
         tok, loc = self.in_tok[:, :S], self.in_loc[:, :S]
         pos = self.in_fill.unsqueeze(1) + self._cols[:S]  # (B, S)
-        pre = self._embed(tok, loc, self.in_pidx[:, :S], self.in_patches if self.P else None, self.in_ppos)
+        pre = self._embed(tok, loc, self.in_pidx[:, :S], self.in_patches if self.P else None, self.in_ppos,
+                          self.in_slots if self.slots else None)
         last = (self.in_cnt - 1).clamp(min=0)  # (B,) last real token of each row
         wanted = (last[:, None] - (n_out - 1) + self._cols[:n_out]).clamp(min=0)  # (B, n_out)
-        x = self._forward_new(pre, pos, kv_len, start=start, last=wanted, n_out=n_out)  # (B, n_out, D)
+        frame = self.in_frame[:, :S]
+        x = self._forward_new(pre, pos, kv_len, start=start, last=wanted, n_out=n_out, frame=frame)  # (B, n_out, D)
+        self.dec_frame.copy_(frame[self._rows, last])  # the decoded action tokens belong to the same timestep
         if n_out > 1:  # hidden action inputs: every action dimension at once, no decode step follows
             self._choose_all(x, greedy, span, record=start is None or self._record)
         elif start is None:  # graph mode: the decode graph reads its state from the device
@@ -520,7 +592,7 @@ class InferenceSession:
         fed = self.dec_tok[:, None] if not self.hidden else self._pad_tok  # the chosen action, or the padding id
         pre = self._embed(fed, self.dec_loc[:, None], None, None, None)  # (B, 1, D)
         pos = self.dec_pos[:, None] if start is None else None
-        x = self._forward_new(pre, pos, kv_len, start=start)
+        x = self._forward_new(pre, pos, kv_len, start=start, frame=self.dec_frame[:, None])
         self.dec_tok.copy_(self._choose(x[:, 0], greedy, span, k=k))
         if start is None:
             self.dec_pos.add_(1)
@@ -554,10 +626,16 @@ class InferenceSession:
         idx = (self._keys.unsqueeze(0) + shift.unsqueeze(1)).clamp(max=self.K - 1)  # (R, K)
         hist = torch.gather(self.hist[r], 1, idx.unsqueeze(-1).expand(-1, -1, self.D))  # (R, K, D) shifted left
         self.hist[r] = hist
+        ctx = None
+        if self._xattn_at:
+            tok_frame = torch.gather(self.tok_frame[r], 1, idx)  # (R, K) shifted with the tokens
+            self.tok_frame[r] = tok_frame
+            ctx = self._context(r, tok_frame[:, :M])
         x = hist[:, :M] + self.model.wpe(self._keys[:M])  # (R, M, D)
         R, D, H = len(r), self.D, self.H
         hd = D // H
         for layer, blk in enumerate(self.model.blocks):
+            x = self._xattn(layer, x, ctx)
             h = blk.ln_1(x)
             q, k, v = (t.view(R, M, H, hd).transpose(1, 2) for t in blk.attn.c_attn(h).split(D, dim=2))  # (R, H, M, hd)
             self.k_cache[layer][r, :, :M] = k
@@ -606,11 +684,16 @@ class InferenceSession:
         ppos = getattr(o, "patch_pos", None)
         n_slots = int((tok == self.patch_id).sum()) if self.patch_id is not None else 0
         n_patches = 0 if patches is None else len(patches)
-        if n_slots != n_patches:
-            raise ValueError(f"env {e}: {n_slots} patch tokens but {n_patches} patches were given")
         if n_patches:
             patches = np.asarray(patches, dtype=np.float32).reshape(n_patches, 3, PATCH_SIZE, PATCH_SIZE)
             ppos = np.asarray(ppos).reshape(n_patches, 2)
+        if self.slots is None and n_slots != n_patches:
+            raise ValueError(f"env {e}: {n_slots} patch tokens but {n_patches} patches were given")
+        if self.slots is not None:
+            n_images = len(image_starts(ppos)) if n_patches else 0
+            if n_slots != n_images * self.slots:
+                raise ValueError(f"env {e}: {n_slots} image slots but {n_images} image(s) of {self.slots} slots each "
+                                 f"were given (ModelConfig.slots_per_image)")
         return tok, patches, ppos
 
     def _evict(self, st: _EnvState, need: int) -> tuple[int, int] | None:
@@ -621,6 +704,8 @@ class InferenceSession:
         dropped = 0
         while st.steps and st.window_tokens - dropped + need > target:
             dropped += st.steps.popleft()
+            if st.frames:
+                st.frames.popleft()
             self.stats["evicted_timesteps"] += 1
         if not st.steps:
             st.fill, st.pending = 0, -1
@@ -663,9 +748,10 @@ class InferenceSession:
                                                                 expected_dims)
         A = len(ranges)
         rebuilt, counts = self._make_room(arrays, ids, A)
+        frames = self._encode_images(arrays, ids)  # the resampler's latents, once per image
 
         # stage the prefill inputs, the logit masks and (when sampling) the noise on the device
-        prefill = self._prefill_inputs(arrays, ids, counts)
+        prefill = self._prefill_inputs(arrays, ids, counts, frames)
         mask = self._set_action_masks(ranges, expect)
         self._stage(prefill, mask)
         greedy = temperature == 0
@@ -677,7 +763,7 @@ class InferenceSession:
         self._prefill_and_decode(ids, counts, A, greedy, span, return_logits)
         action_tokens = self.out_tok[:, :A].cpu().numpy()[ids]  # the one host synchronisation
 
-        self._advance_windows(arrays, ids, counts, action_tokens)
+        self._advance_windows(arrays, ids, counts, action_tokens, frames)
         self.stats["steps"] += 1
         logits = self._masked_logits(ids, A, span) if return_logits else None
         return StepResult(action_tokens.astype(np.int64), logits, rebuilt)
@@ -730,7 +816,8 @@ class InferenceSession:
                 rebuild_rows.append(e), shifts.append(r[0]), lengths.append(r[1])
         fed = A - 1 if self.hidden else 0  # the hidden prefill carries the fed action positions too
         counts = [len(tok) + (self._envs[e].pending >= 0) + fed for (tok, _, _), e in zip(arrays, ids)]
-        n_patch = max((0 if p is None else len(p)) for _, p, _ in arrays)
+        n_patch = max(((0 if p is None else len(p)) if self.slots is None else int((tok == self.patch_id).sum()))
+                      for tok, p, _ in arrays)  # image slots
         C, P, A_cap = self.C, self.P, self.A_cap
         if max(counts) > C or n_patch > P or A + 3 > A_cap:
             self._allocate(max(C, -(-max(counts) // 16) * 16), max(P, n_patch), max(A_cap, A + 3))
@@ -740,7 +827,48 @@ class InferenceSession:
             self.stats["rebuilt_tokens"] += sum(lengths)
         return rebuild_rows, counts
 
-    def _prefill_inputs(self, arrays: list[_ObsArrays], ids: list[int], counts: list[int]) -> _PrefillInputs:
+    def _image_vectors(self, arrays: list[_ObsArrays]) -> list[Tensor | None]:
+        """Each observation's image vectors (``GatoModel.embed_images``: its resampler latents, (r, D)), or None."""
+        has = [a[1] is not None and len(a[1]) > 0 for a in arrays]
+        out: list[Tensor | None] = [None] * len(arrays)
+        if not any(has):
+            return out
+        patches = self._to_device(np.concatenate([a[1] for a, h in zip(arrays, has) if h])).to(self.dtype)
+        ppos = self._to_device(np.concatenate([a[2] for a, h in zip(arrays, has) if h]).astype(np.int64))
+        vec = self.model.embed_images(patches, ppos)  # (sum r, D)
+        counts = [len(image_starts(a[2])) * self.cfg.resampler_latents for a, h in zip(arrays, has) if h]
+        parts = iter(vec.split(counts))
+        return [next(parts) if h else None for h in has]
+
+    def _encode_images(self, arrays: list[_ObsArrays], ids: list[int]) -> dict[int, int]:
+        """The resampler's latents of the step's images, computed once: into the slot buffer (early fusion) or a
+        new frame slot per stepped environment (cross-attention); returns each environment's frame slot (-1: none)."""
+        frames = dict.fromkeys(ids, -1)
+        if not self.slots and not self._xattn_at:
+            return frames
+        for vec, e in zip(self._image_vectors(arrays), ids):
+            if self.slots:
+                if vec is not None:
+                    self.in_slots[e * self.P : e * self.P + len(vec)] = vec
+                continue
+            st = self._envs[e]
+            frames[e] = self._new_frame(st, e, vec)
+        return frames
+
+    def _new_frame(self, st: _EnvState, e: int, vec: Tensor | None) -> int:
+        """Give environment ``e``'s next timestep a frame slot holding latents ``vec`` (M, D); -1 without images."""
+        st.frames_seen += 1
+        if vec is None:
+            return -1
+        self._ensure_frames(len(vec))
+        f = (st.frames_seen - 1) % self.frames.shape[1]
+        self.frames[e, f].zero_()
+        self.frames[e, f, : len(vec)] = vec
+        self.frames_valid[e, f] = torch.arange(self.frames.shape[2], device=self.device) < len(vec)
+        return f
+
+    def _prefill_inputs(self, arrays: list[_ObsArrays], ids: list[int], counts: list[int],
+                        frames: dict[int, int] | None = None) -> _PrefillInputs:
         """The host arrays of the prefill, one row per environment of the session.
 
         A stepped row holds the previous action's last token (when one is pending), then the observation
@@ -754,23 +882,28 @@ class InferenceSession:
         pidx_in = np.full((B, C), -1, np.int64)
         fill_in = np.array([st.fill for st in self._envs], np.int64)  # inactive rows write only past their fill
         cnt_in = np.ones(B, np.int64)
-        patches_in = np.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), np.float32) if P else None
+        patches_in = np.zeros((B * P, 3, PATCH_SIZE, PATCH_SIZE), np.float32) if P and self.slots is None else None
         ppos_in = np.zeros((B * P, 2), np.int64)
+        frame_in = np.full((B, C), -1, np.int64)
         for (tok, patches, ppos), e, c in zip(arrays, ids, counts):
             st, L = self._envs[e], len(tok)
             j = int(st.pending >= 0)  # 1 when the previous action's last token leads
+            if frames is not None:
+                frame_in[e, :c] = frames[e]
             if j:
                 tok_in[e, 0], loc_in[e, 0] = self._fed(st.pending), st.pending_local
+                frame_in[e, 0] = st.frames[-1] if st.frames else -1  # the previous timestep's token
             tok_in[e, j:j + L] = tok
             tok_in[e, j + L:c] = self.cfg.pad_id if self.hidden else 0  # the fed action positions (hidden only)
             loc_in[e, j:c] = np.arange(c - j)
             cnt_in[e] = c
-            if patches is not None and len(patches):
+            if patches is not None and len(patches) and self.slots != 0:
                 slots = np.flatnonzero(tok == self.patch_id) + j
                 pidx_in[e, slots] = e * P + np.arange(len(slots))
-                patches_in[e * P : e * P + len(patches)] = patches
-                ppos_in[e * P : e * P + len(patches)] = ppos
-        return _PrefillInputs(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in)
+                if patches_in is not None:
+                    patches_in[e * P : e * P + len(patches)] = patches
+                    ppos_in[e * P : e * P + len(patches)] = ppos
+        return _PrefillInputs(tok_in, loc_in, pidx_in, fill_in, cnt_in, patches_in, ppos_in, frame_in)
 
     def _set_action_masks(self, ranges: np.ndarray, expect: np.ndarray) -> np.ndarray | None:
         """Set which action dimensions take their expected id; the new additive logit masks, float32 (A_cap, V)
@@ -849,13 +982,14 @@ class InferenceSession:
                 self._decode_body(greedy, span, max(ends) + k)
 
     def _advance_windows(self, arrays: list[_ObsArrays], ids: list[int], counts: list[int],
-                         action_tokens: np.ndarray) -> None:
+                         action_tokens: np.ndarray, frames: dict[int, int]) -> None:
         """Add the stepped timesteps to their windows; the last action token of each stays pending (chosen, not fed)."""
         A = action_tokens.shape[1]
         decoded = 0 if self.hidden else A - 1  # tokens fed by decode steps (the hidden prefill fed them all)
         for (tok, _, _), e, c, a in zip(arrays, ids, counts, action_tokens):
             st = self._envs[e]
             st.steps.append(len(tok) + A)
+            st.frames.append(frames[e])
             st.fill += c + decoded
             st.pending, st.pending_local = int(a[-1]), len(tok) + A - 1
 
@@ -870,6 +1004,8 @@ class InferenceSession:
         pairs = [("tok", self.in_tok, prefill.tok), ("loc", self.in_loc, prefill.loc),
                  ("pidx", self.in_pidx, prefill.pidx), ("fill", self.in_fill, prefill.fill),
                  ("cnt", self.in_cnt, prefill.cnt)]
+        if self._xattn_at:
+            pairs.append(("frame", self.in_frame, prefill.frame))
         if mask is not None:
             pairs.append(("mask", self.in_mask, mask))
         if prefill.patches is not None:
@@ -914,18 +1050,28 @@ class InferenceSession:
             if max(len(a[0]) for a in arrays) > self.cfg.local_positions:
                 raise ValueError(f"env {e}: a timestep exceeds the model's {self.cfg.local_positions} local positions")
             patches = [a[1] for a in arrays if a[1] is not None and len(a[1])]
-            pt = pp = pidx = None
-            if patches:
+            pt = pp = pidx = slot_emb = frame = None
+            if patches and self.slots != 0:
                 pt = self._to_device(np.concatenate(patches)).to(self.dtype)
                 pp = self._to_device(np.concatenate([a[2] for a in arrays if a[1] is not None and len(a[1])]).astype(np.int64))
                 is_patch = tok == self.patch_id
                 pidx = self._to_device(np.where(is_patch, np.cumsum(is_patch) - 1, -1))[None]
+                if self.slots:
+                    slot_emb = self.model.embed_images(pt, pp)  # (I * N, D) the resampler's latents
+            new_frames = [-1] * len(arrays)
+            if self._xattn_at:  # each timestep a frame; the pending token is the previous timestep's
+                new_frames = [self._new_frame(st, e, vec) for vec in self._image_vectors(arrays)]
+                lead = [st.frames[-1] if st.frames else -1] if st.pending >= 0 else []
+                frame = self._to_device(np.concatenate(
+                    [np.array(lead, np.int64)] + [np.full(len(a[0]), f, np.int64) for a, f in zip(arrays, new_frames)]))[None]
             n = len(tok)
             pos = torch.arange(st.fill, st.fill + n, device=self.device)[None]
             t_loc = self._to_device(loc.astype(np.int64))[None]
             t_tok = self.model.input_tokens(self._to_device(tok)[None], t_loc)  # the timesteps' actions, hidden or not
-            self._forward_new(self._embed(t_tok, t_loc, pidx, pt, pp), pos, st.fill + n, env=e, kv_only=True)
+            self._forward_new(self._embed(t_tok, t_loc, pidx, pt, pp, slot_emb), pos, st.fill + n, env=e, kv_only=True,
+                              frame=frame)
             st.steps.extend(len(a[0]) for a in arrays)
+            st.frames.extend(new_frames)
             st.fill += n
             st.pending = -1
 

@@ -13,6 +13,14 @@ Inputs follow the training batch of ``omnipolicy.datasets.WindowLoader``:
     patch_pos   int64 (P, 2)    (row, col) of each patch within its image
     loss_mask   bool  (B, S)    targets: the model predicts ``tokens[:, t]`` from ``tokens[:, :t]``
 
+With ``image_encoder="resampler"`` each image takes ``N = resampler_latents`` slots and ``patch_index``
+indexes its latents (``image * N + latent``; the patches are whole images, one after another, each from its
+patch (0, 0)). With ``fusion="cross-attention"`` the images have no slots, and two more inputs say which
+images each token attends to (:mod:`~omnipolicy.agent.cross_attention`):
+
+    frame_index int64 (B, S)    each token's frame (its timestep's images), -1 where it has none
+    image_frame int64 (I,)      frame of each image, ascending
+
 The embedding of a token is its table embedding (or its patch embedding) plus
 a learned local position (within the timestep) and a learned window position
 (within the context; windows start at a timestep boundary, so training and
@@ -29,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PATCH_SIZE, ModelConfig
+from .cross_attention import GatedCrossAttention, ImageContext, frame_latents
+from .resampler import PerceiverResampler
 
 
 def expected_ids(logits: Tensor) -> Tensor:
@@ -221,6 +231,9 @@ class GatoModel(nn.Module):
             raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_layout(tokenizer.layout)")
         if cfg.action_inputs == "hidden" and None in (cfg.continuous_ids, cfg.separator_id, cfg.pad_id):
             raise ValueError("ModelConfig.action_inputs='hidden' needs the layout's ids; bind it with cfg.with_layout(layout)")
+        if cfg.image_encoder == "vq":
+            raise NotImplementedError("ModelConfig.image_encoder='vq' needs the VQ image tokenizer, which this build "
+                                      "does not have; choose 'patches' or 'resampler'")
         self.cfg = cfg
         D = cfg.n_embd
         self.wte = TokenEmbedding(cfg)  # token table over the whole vocabulary (+ continuous value features)
@@ -234,6 +247,10 @@ class GatoModel(nn.Module):
         self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        # registered last, so that the default model draws the same initial weights as before they existed
+        self.resampler = PerceiverResampler(cfg) if cfg.image_encoder == "resampler" else None
+        self.xattn = nn.ModuleList(GatedCrossAttention(cfg) for _ in cfg.cross_attn_layers)
+        self._xattn_at = {layer: i for i, layer in enumerate(cfg.cross_attn_layers)}  # block index -> xattn index
         self.apply(self._init_weights)
         self.wte.reset_value_proj()
         for name, p in self.named_parameters():
@@ -258,6 +275,52 @@ class GatoModel(nn.Module):
         rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
         return self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])
 
+    def encode_images(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
+        """The resampler's latents of whole images (patches one image after another, each from (0, 0)), (I, N, D)."""
+        if self.resampler is None:
+            raise ValueError(f"encode_images needs image_encoder='resampler', the model has {self.cfg.image_encoder!r}")
+        return self.resampler(self.embed_patches(patches, patch_pos), patch_pos)
+
+    def embed_images(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
+        """The vectors images give the model, in order: the patch embeddings (P, D), or with the resampler each
+        image's latents (I * N, D) (what early fusion's slots read, or what cross-attention attends to)."""
+        if self.resampler is None:
+            return self.embed_patches(patches, patch_pos)
+        return self.encode_images(patches, patch_pos).flatten(0, 1)
+
+    def image_context(self, patches: Tensor | None, patch_pos: Tensor | None, image_frame: Tensor,
+                      frame_index: Tensor) -> ImageContext:
+        """The cross-attention blocks' input: each frame's latents and each token's frame (see the module docstring).
+
+        Without images (none in the batch) a zero image stands in, which no token attends to: the resampler
+        and the blocks stay in the graph with a zero contribution (every step then updates the same parameters).
+        """
+        if patches is None or patches.shape[0] == 0:
+            patches = frame_index.new_zeros((1, 3, PATCH_SIZE, PATCH_SIZE), dtype=self.wpe.weight.dtype)
+            patch_pos = frame_index.new_zeros((1, 2))
+            image_frame = frame_index.new_zeros((1,))
+            frame_index = torch.full_like(frame_index, -1)
+        lat = self.encode_images(patches, patch_pos)  # (I, N, D)
+        num_frames = int(image_frame.max()) + 1
+        frames, valid = frame_latents(lat, image_frame, num_frames)
+        return ImageContext(frames, valid, frame_index)
+
+    def batch_context(self, batch: dict[str, Tensor]) -> ImageContext | None:
+        """:meth:`image_context` of a training batch with cross-attention fusion, else None."""
+        if not self.cfg.cross_attn_layers:
+            return None
+        if "frame_index" not in batch:  # a batch without images (synthetic windows)
+            return self.image_context(None, None, batch["tokens"].new_zeros(0), torch.full_like(batch["tokens"], -1))
+        return self.image_context(batch["patches"], batch["patch_pos"], batch["image_frame"], batch["frame_index"])
+
+    def run_blocks(self, x: Tensor, context: ImageContext | None, blocks: slice = slice(None)) -> Tensor:
+        """The transformer ``blocks`` (a slice of them), each preceded by its gated cross-attention block if any."""
+        for i in range(len(self.blocks))[blocks]:
+            if i in self._xattn_at:
+                x = self.xattn[self._xattn_at[i]](x, context)
+            x = self.blocks[i](x)
+        return x
+
     def embed(
         self,
         tokens: Tensor,
@@ -275,7 +338,7 @@ class GatoModel(nn.Module):
                 (with ``action_inputs="hidden"`` the actions are found after each timestep's separator).
             patches: (P, 3, 16, 16) float; patch_pos: (P, 2) int64 (row, col).
             positions: (S,) or (B, S) window positions; default ``0 .. S-1``.
-            patch_embeddings: (P, D) from :meth:`embed_patches`, instead of
+            patch_embeddings: (P, D) from :meth:`embed_images`, instead of
                 ``patches`` and ``patch_pos`` (a policy re-uses them across steps).
 
         Returns:
@@ -285,9 +348,12 @@ class GatoModel(nn.Module):
         if positions is None:
             positions = torch.arange(S, device=tokens.device)
         x = self.wte(self.input_tokens(tokens, local_pos))  # (B, S, D)
+        if self.cfg.slots_per_image == 0:  # cross-attention: the images are not in the sequence
+            x = x + self.wle(local_pos) + self.wpe(positions)
+            return F.dropout(x, self.cfg.dropout, self.training)
         pe = patch_embeddings
         if pe is None and patches is not None and patches.shape[0] > 0:
-            pe = self.embed_patches(patches, patch_pos)  # (P, D)
+            pe = self.embed_images(patches, patch_pos)  # (P, D) or (I * N, D)
         if pe is not None and pe.shape[0] > 0:
             flat = patch_index.reshape(-1)  # (B*S,)
             slots = torch.nonzero(flat >= 0).squeeze(1)  # (P',) patch slots
@@ -295,7 +361,7 @@ class GatoModel(nn.Module):
         elif self.training and torch.is_grad_enabled():
             # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
             # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
-            zero = self.embed_patches(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device))
+            zero = self.embed_images(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device))
             x = x + 0.0 * zero.sum()
         x = x + self.wle(local_pos) + self.wpe(positions)
         return F.dropout(x, self.cfg.dropout, self.training)
@@ -309,12 +375,12 @@ class GatoModel(nn.Module):
         patch_pos: Tensor | None,
         positions: Tensor | None = None,
         patch_embeddings: Tensor | None = None,
+        context: ImageContext | None = None,
     ) -> Tensor:
-        """Final hidden states (after the last norm), (B, S, D); see :meth:`embed` for the inputs."""
+        """Final hidden states (after the last norm), (B, S, D); see :meth:`embed` for the inputs and
+        :meth:`image_context` for ``context`` (cross-attention fusion only)."""
         x = self.embed(tokens, local_pos, patch_index, patches, patch_pos, positions, patch_embeddings)
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_f(x)
+        return self.ln_f(self.run_blocks(x, context))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Logits over the whole vocabulary, (..., V), from hidden states (..., D)."""
@@ -356,8 +422,11 @@ class GatoModel(nn.Module):
         tokens = batch["tokens"]
         target_mask = batch["loss_mask"][:, 1:]  # (B, S-1): h[:, t] predicts tokens[:, t+1]
         x = self.embed(tokens, batch["local_pos"], batch["patch_index"], batch["patches"], batch["patch_pos"])
-        for block in self.blocks[:-1]:
-            x = block(x)  # (B, S, D)
+        context = self.batch_context(batch)
+        x = self.run_blocks(x, context, slice(None, -1))  # (B, S, D)
+        last = len(self.blocks) - 1
+        if last in self._xattn_at:
+            x = self.xattn[self._xattn_at[last]](x, context)
         # the last block only where a prediction is scored: same values as self(...)[selected]
         selected = F.pad(target_mask, (0, 1))  # (B, S)
         h_sel = self.ln_f(self.blocks[-1].forward_selected(x, selected))  # (N, D)

@@ -40,6 +40,7 @@ import torch
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
 
 from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint
+from .cross_attention import ImageContext
 from .inference import InferenceSession, SessionConfig
 from .model import GatoModel, expected_ids
 
@@ -55,7 +56,7 @@ class _Timestep:
     local_pos: np.ndarray  # int64 (L,)
     patches: np.ndarray  # float32 (p, 3, 16, 16)
     patch_pos: np.ndarray  # int64 (p, 2)
-    patch_emb: torch.Tensor | None = None  # (p, D) on the model's device, computed once
+    patch_emb: torch.Tensor | None = None  # (r, D) on the model's device, computed once: GatoModel.embed_images
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _WindowBatch(NamedTuple):
     patch_index: torch.Tensor  # int64 (B, width): row of patch_emb, -1 elsewhere
     patch_emb: torch.Tensor | None  # (P, D) in patch_index order
     lengths: np.ndarray  # int64 (B,) tokens of each window
+    context: ImageContext | None = None  # cross-attention fusion: each timestep's latents, each token's timestep
 
 
 class Policy:
@@ -245,24 +247,23 @@ class Policy:
             raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
         spec = self.spec(task_id)
         chunk, stride = self.meta.model.chunking.for_action(spec.action)
-        ep = self.tok.tokenize_episode(spec, observations, actions, chunk=chunk, stride=stride)
+        ep = self.tok.tokenize_episode(spec, observations, actions, chunk=chunk, stride=stride,
+                                       image_slots=self.model.cfg.slots_per_image)
         L, budget = ep.tokens_per_timestep, int(self.model.cfg.context * max_fraction)
         keep = min(budget // L, ep.num_timesteps)
         if keep < 1:
             raise ValueError(f"Task {task_id!r}: a prompt timestep has {L} tokens, more than {budget} ({max_fraction} of the context)")
         first = ep.num_timesteps - keep
-        is_patch = ep.tokens == self.tok.layout.patch_id
-        patch_of = np.cumsum(is_patch) - 1  # token -> its row of ep.patches
+        p = len(ep.patches) // ep.num_timesteps  # patches per timestep (timestep-major)
         steps = []
         for t in range(first, ep.num_timesteps):
             sl = slice(t * L, (t + 1) * L)
-            rows = patch_of[sl][is_patch[sl]]
-            patches = np.asarray(ep.patches[rows], dtype=np.float32).reshape(-1, 3, 16, 16)
-            patch_pos = ep.patch_pos[rows].astype(np.int64).reshape(-1, 2)
+            patches = np.asarray(ep.patches[t * p:(t + 1) * p], dtype=np.float32).reshape(-1, 3, 16, 16)
+            patch_pos = ep.patch_pos[t * p:(t + 1) * p].astype(np.int64).reshape(-1, 2)
             emb = None
-            if len(rows):
+            if p:
                 with torch.inference_mode():
-                    emb = self.model.embed_patches(torch.from_numpy(patches).to(self.device), torch.from_numpy(patch_pos).to(self.device))
+                    emb = self.model.embed_images(torch.from_numpy(patches).to(self.device), torch.from_numpy(patch_pos).to(self.device))
             steps.append(_Timestep(ep.tokens[sl].astype(np.int64), ep.local_pos[sl].astype(np.int64), patches, patch_pos, emb))
         self._prompts[task_id] = steps
         return keep
@@ -360,7 +361,7 @@ class Policy:
     def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:
         """One observation as a timestep: its tokens up to the separator, their local positions, its patches."""
         one = {f.name: [obs[f.name]] if f.kind == "text" else np.asarray(obs[f.name])[None] for f in spec.observation}
-        ep = self.tok.tokenize_episode(spec, one, None)  # observation tokens + separator
+        ep = self.tok.tokenize_episode(spec, one, None, image_slots=self.model.cfg.slots_per_image)  # up to the separator
         return _Timestep(
             ep.tokens.astype(np.int64),
             ep.local_pos.astype(np.int64),
@@ -423,13 +424,12 @@ class Policy:
     def _tokenize_and_embed(self, spec: TimestepSpec, observations: Sequence[Mapping[str, Any]]) -> list[_Timestep]:
         """The new observations as timesteps, their patches embedded once (later steps re-use them from the context)."""
         current = [self._tokenize(spec, obs) for obs in observations]
-        counts = [len(c.patches) for c in current]
-        if sum(counts):
-            pe = self.model.embed_patches(
+        if sum(len(c.patches) for c in current):
+            pe = self.model.embed_images(
                 torch.from_numpy(np.concatenate([c.patches for c in current])).to(self.device),
                 torch.from_numpy(np.concatenate([c.patch_pos for c in current])).to(self.device),
-            )  # (sum p, D)
-            for c, emb in zip(current, pe.split(counts)):
+            )  # (sum r, D)
+            for c, emb in zip(current, pe.split(len(pe) // len(current))):  # every env of a task: the same images
                 c.patch_emb = emb
         return current
 
@@ -476,8 +476,31 @@ class Policy:
             patch_embs += [t.patch_emb for t in steps if t.patch_emb is not None]
         dev = self.device
         patch_emb = torch.cat(patch_embs) if patch_embs else None  # (P, D) in patch_index order
+        context = None
+        if self.model.cfg.cross_attn_layers:
+            context = self._image_context(seqs, width)
+            patch_emb = None
         return _WindowBatch(torch.from_numpy(tokens).to(dev), torch.from_numpy(local_pos).to(dev),
-                            torch.from_numpy(patch_index).to(dev), patch_emb, lengths)
+                            torch.from_numpy(patch_index).to(dev), patch_emb, lengths, context)
+
+    def _image_context(self, seqs: list[list[_Timestep]], width: int) -> ImageContext:
+        """Cross-attention fusion: every timestep with images is a frame (its latents, ``_Timestep.patch_emb``);
+        each token's frame is its timestep's, and the ``A - 1`` fed action positions past a window are the
+        newest timestep's."""
+        frames, index = [], np.full((len(seqs), width), -1, np.int64)
+        for b, steps in enumerate(seqs):
+            col = 0
+            for t in steps:
+                if t.patch_emb is not None:
+                    index[b, col:col + len(t.tokens)] = len(frames)
+                    frames.append(t.patch_emb)
+                col += len(t.tokens)
+            index[b, col:] = index[b, col - 1]
+        if not frames:
+            return self.model.image_context(None, None, torch.zeros(0, dtype=torch.long), torch.from_numpy(index))
+        latents = torch.stack(frames)  # (F, M, D): the frames of one task have the same images
+        valid = torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)
+        return ImageContext(latents, valid, torch.from_numpy(index).to(self.device))
 
     def _decode_recomputing(self, batch: _WindowBatch, ranges: np.ndarray, expect: np.ndarray,
                             obs_len: int) -> np.ndarray:
@@ -498,8 +521,9 @@ class Policy:
         action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
         for k in range(A):
             n = int(batch.lengths.max()) + k
+            ctx = None if batch.context is None else batch.context._replace(index=batch.context.index[:, :n])
             hidden = self.model(batch.tokens[:, :n], batch.local_pos[:, :n], batch.patch_index[:, :n], None, None,
-                                patch_embeddings=batch.patch_emb)  # (B, n, D)
+                                patch_embeddings=batch.patch_emb, context=ctx)  # (B, n, D)
             lo, hi = int(ranges[k, 0]), int(ranges[k, 1])
             logits = self.model.logits(hidden[rows, pos - 1])[:, lo:hi].float()  # (B, hi - lo): valid ids only
             action_tokens[:, k] = self._choose(logits, expect[k]) + lo
@@ -520,7 +544,7 @@ class Policy:
         rows = torch.arange(B, device=dev)[:, None]
         batch.local_pos[rows, slots] = obs_len + cols[:-1]
         hidden = self.model(batch.tokens, batch.local_pos, batch.patch_index, None, None,
-                            patch_embeddings=batch.patch_emb)  # (B, width, D)
+                            patch_embeddings=batch.patch_emb, context=batch.context)  # (B, width, D)
         h = hidden[rows, lengths[:, None] - 1 + cols]  # (B, A, D): the separator's, then each action slot's
         action_tokens = torch.empty((B, A), dtype=torch.long, device=dev)
         for k in range(A):

@@ -43,6 +43,7 @@ from omnipolicy.datasets.cache import EPISODE_COLUMNS
 from omnipolicy.files import write_text_atomic
 from omnipolicy.tokenizers import Tokenizer
 from omnipolicy.tokenizers.chunking import ActionChunking
+from omnipolicy.tokenizers.image import concat_ranges, image_starts
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
@@ -84,6 +85,17 @@ class TrainConfig:
     """How the chunks are executed (ModelConfig.chunk_execution): ensemble (query every tick, temporal ensembling of
     the overlapping chunks) or receding (train on every k-th tick, execute each chunk open loop). Default: the
     preset's (ensemble)."""
+    image_encoder: Literal["patches", "resampler", "vq"] | None = None
+    """How an image becomes model inputs (ModelConfig.image_encoder): patches (Gato: one token per 16x16 patch),
+    resampler (a Perceiver Resampler: N latents per image) or vq. Default: the preset's (patches)."""
+    resampler_latents: int | None = None
+    """Latents per image of the resampler (ModelConfig.resampler_latents). Default: the preset's (8)."""
+    fusion: Literal["early", "cross-attention"] | None = None
+    """Where images meet the tokens (ModelConfig.fusion): early (in the sequence) or cross-attention (Flamingo's
+    gated cross-attention over the resampler's latents; needs --image-encoder resampler). Default: the preset's."""
+    cross_attn_every: int | None = None
+    """A gated cross-attention block before every this many transformer blocks (ModelConfig.cross_attn_every).
+    Default: the preset's (1)."""
     steps: int = 2000
     """Optimizer steps in total (a resumed run continues up to this)."""
     stop_at: int | None = None
@@ -176,6 +188,10 @@ class TrainConfig:
         if self.synthetic and chunking.size > 1:
             raise ValueError(f"TrainConfig: action_chunk={chunking.size} needs datasets (--data); the synthetic copy-task "
                              "windows have no episodes to chunk")
+        try:
+            self.vision_config(get_preset(self.preset))
+        except ValueError as e:
+            raise ValueError(f"TrainConfig: {e}") from None
 
     @property
     def chunking(self) -> ActionChunking:
@@ -184,9 +200,19 @@ class TrainConfig:
         size = preset.action_chunk if self.action_chunk is None else self.action_chunk
         return ActionChunking(size, self.chunk_execution or preset.chunk_execution)
 
+    def vision_config(self, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` with the image-encoder and fusion overrides (validated by ModelConfig)."""
+        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every")
+        return dataclasses.replace(cfg, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
+
+    @property
+    def slots_per_image(self) -> int | None:
+        """Sequence slots per image of the model this config trains (``ModelConfig.slots_per_image``)."""
+        return self.vision_config(get_preset(self.preset)).slots_per_image
+
     def model_config(self, layout: VocabLayout) -> ModelConfig:
-        """The preset with the context and action-input overrides, bound to ``layout``."""
-        cfg = get_preset(self.preset)
+        """The preset with the context, action-input, chunking and vision overrides, bound to ``layout``."""
+        cfg = self.vision_config(get_preset(self.preset))
         if self.context is not None:
             cfg = dataclasses.replace(cfg, context=self.context)
         if self.action_inputs is not None:
@@ -235,25 +261,57 @@ class TrainResult:
 def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
     """A numpy WindowLoader batch as tensors on ``device``."""
     out = {}
-    for key in ("tokens", "loss_mask", "local_pos", "patch_index", "patches", "patch_pos"):
+    for key in ("tokens", "loss_mask", "local_pos", "patch_index", "patches", "patch_pos", *_FRAME_KEYS):
+        if key not in batch:  # the frame keys come with cross-attention's images only
+            continue
         t = torch.from_numpy(np.ascontiguousarray(batch[key]))
         out[key] = t.to(device, non_blocking=True)
-    out["tokens"], out["local_pos"], out["patch_index"], out["patch_pos"] = (
-        out[k].long() for k in ("tokens", "local_pos", "patch_index", "patch_pos")
-    )
+    for key in ("tokens", "local_pos", "patch_index", "patch_pos", *_FRAME_KEYS):
+        if key in out:
+            out[key] = out[key].long()
     return out
 
 
-def slice_batch(batch: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
-    """Rows ``lo:hi`` of a WindowLoader batch, with only the patches they use (``patch_index`` remapped)."""
+_FRAME_KEYS = ("frame_index", "image_frame")
+"""The batch keys of cross-attention fusion (WindowLoader's whole images with ``image_slots=0``)."""
+
+
+def slice_batch(batch: dict[str, np.ndarray], lo: int, hi: int, slots_per_image: int | None = None) -> dict[str, np.ndarray]:
+    """Rows ``lo:hi`` of a WindowLoader batch, with only the patches they use (``patch_index`` remapped).
+
+    Args:
+        slots_per_image: the batch's layout (``ModelConfig.slots_per_image``): None for one slot per patch,
+            N for whole images of N slots each, 0 for cross-attention's frames.
+    """
+    out = {k: batch[k][lo:hi] for k in ("tokens", "loss_mask", "local_pos", "task_index")}
     index = batch["patch_index"][lo:hi]
+    if slots_per_image is None:
+        rows, index = _used(index)
+        out.update(patch_index=index, patches=batch["patches"][rows], patch_pos=batch["patch_pos"][rows])
+        return out
+    starts = np.append(image_starts(batch["patch_pos"]), len(batch["patch_pos"]))  # (I + 1,)
+    if slots_per_image > 0:
+        N = slots_per_image
+        images, image_index = _used(np.where(index >= 0, index // N, -1))
+        out["patch_index"] = np.where(index >= 0, image_index * N + index % N, -1)
+    else:
+        frames, out["frame_index"] = _used(batch["frame_index"][lo:hi])
+        keep = np.isin(batch["image_frame"], frames)
+        images = np.flatnonzero(keep)
+        out["image_frame"] = np.searchsorted(frames, batch["image_frame"][keep])
+        out["patch_index"] = index
+    rows = concat_ranges(starts[images], starts[images + 1] - starts[images])
+    out.update(patches=batch["patches"][rows], patch_pos=batch["patch_pos"][rows])
+    return out
+
+
+def _used(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values >= 0 of ``index`` (sorted) and ``index`` renumbered into them (-1 stays -1)."""
     used = index >= 0
-    rows, inverse = np.unique(index[used], return_inverse=True)
+    values, inverse = np.unique(index[used], return_inverse=True)
     new_index = np.full_like(index, -1)
     new_index[used] = inverse
-    out = {k: batch[k][lo:hi] for k in ("tokens", "loss_mask", "local_pos", "task_index")}
-    out.update(patch_index=new_index, patches=batch["patches"][rows], patch_pos=batch["patch_pos"][rows])
-    return out
+    return values, new_index
 
 
 def check_batch(batch: dict[str, np.ndarray], cfg: ModelConfig) -> None:
@@ -293,7 +351,8 @@ def build_dataset_loader(
     if not cfg.data:
         raise ValueError("train needs at least one dataset directory (--data DIR [DIR ...]) or --synthetic")
     tok = Tokenizer.default()
-    cache = TokenCache.build(list(cfg.data), tok, cfg.out / "token_cache", progress=is_main, chunking=cfg.chunking)
+    cache = TokenCache.build(list(cfg.data), tok, cfg.out / "token_cache", progress=is_main, chunking=cfg.chunking,
+                             image_slots=cfg.slots_per_image)
     _check_chunking(cfg.chunking, cache.specs, is_main)
     unknown = sorted(set(cfg.task_weights) - set(cache.task_ids))
     if unknown:
@@ -416,6 +475,7 @@ def accumulate_gradients(
     grad_accum: int = 1,
     device: torch.device | None = None,
     dtype: str = "float32",
+    slots_per_image: int | None = None,
 ) -> tuple[Tensor, int]:
     """Forward and backward passes over this rank's share of ``batch``, in ``grad_accum`` micro-batches.
 
@@ -432,6 +492,7 @@ def accumulate_gradients(
         grad_accum: micro-batches per rank.
         device: where the tensors go (default: the module's parameters' device).
         dtype: the training dtype (``"bfloat16"`` autocasts).
+        slots_per_image: the batch's image layout (see :func:`slice_batch`).
 
     Returns:
         ``(loss_sum, count)``: this rank's summed token loss (detached) and the global count of loss positions.
@@ -448,7 +509,7 @@ def accumulate_gradients(
     loss_sum = torch.zeros((), device=device)
     for k in range(grad_accum):
         lo = rank * per_rank + k * micro
-        part = to_tensors(slice_batch(batch, lo, lo + micro), device)
+        part = to_tensors(slice_batch(batch, lo, lo + micro, slots_per_image), device)
         sync = k == grad_accum - 1 or world == 1
         with (nullcontext() if sync else train_module.no_sync()), _autocast(device, dtype):
             part_sum, _ = train_module(part)
@@ -776,7 +837,8 @@ def _optimizer_step(
     batch = next(batches)
     check_batch(batch, run.model_cfg)
     loss_sum, global_count = accumulate_gradients(train_module, batch, rank=run.rank, world=run.world,
-                                                  grad_accum=cfg.grad_accum, device=run.device, dtype=cfg.dtype)
+                                                  grad_accum=cfg.grad_accum, device=run.device, dtype=cfg.dtype,
+                                                  slots_per_image=run.model_cfg.slots_per_image)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,8 @@ Layout of ``out_dir/``::
     loss_mask.npy      bool  (N,)
     local_pos.npy      int32 (N,)   position within the timestep
     timestep.npy       int32 (N,)   timestep index within the episode
-    patch_index.npy    int32 (N,)   row of ``patches`` for patch tokens, -1 elsewhere
+    patch_index.npy    int32 (N,)   row of ``patches`` for patch tokens, -1 elsewhere; in a cache built with
+                                    ``image_slots=N`` (a resampler's slots), ``image * N + latent`` of each slot
     patches.npy        uint8 (P, 16, 16, 3)   raw patches (``normalize_patches`` gives the model's float form)
     patch_pos.npy      int32 (P, 2)  (row, col) of each patch within its image
     episodes.npy       int64 (E, 9)  one row per episode, columns ``EPISODE_COLUMNS``
@@ -35,6 +36,7 @@ import numpy as np
 from omnipolicy.files import fsync_file, staging_dir, write_json_atomic
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, VocabLayout
 from omnipolicy.tokenizers.chunking import ActionChunking
+from omnipolicy.tokenizers.image import image_starts
 
 from .layout import INFO_PATH, find_stores
 from .store import EpisodeStore
@@ -94,11 +96,15 @@ def data_fingerprint(store: EpisodeStore) -> dict[str, Any]:
     }
 
 
-def _fingerprint(stores: Sequence[EpisodeStore], layout: "VocabLayout", chunking: ActionChunking) -> dict[str, Any]:
+def _fingerprint(stores: Sequence[EpisodeStore], layout: "VocabLayout", chunking: ActionChunking,
+                 image_slots: int | None = None) -> dict[str, Any]:
     fp = {"cache_version": CACHE_VERSION, "layout": layout.to_dict(), "stores": [data_fingerprint(s) for s in stores]}
     if chunking.size > 1:  # unchunked caches keep the key they had before chunking existed
         fp["chunking"] = chunking.to_dict()
+    if image_slots is not None:  # so do caches with one slot per patch
+        fp["image_slots"] = int(image_slots)
     return fp
+
 
 
 def _digest(fp: dict) -> str:
@@ -131,6 +137,8 @@ class TokenCache:
         layout: the tokenizer layout the cache was built with.
         specs: task id -> TimestepSpec.
         chunking: the action chunking the episodes were tokenized with (``ActionChunking()``: none).
+        image_slots: sequence slots per image the episodes were tokenized with (``None``: one per patch;
+            ``ModelConfig.slots_per_image``).
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
@@ -143,6 +151,7 @@ class TokenCache:
         self.task_ids: list[str] = list(self.manifest["task_ids"])
         self.specs: dict[str, TimestepSpec] = {t: TimestepSpec.from_dict(d) for t, d in self.manifest["specs"].items()}
         self.chunking = ActionChunking(**self.manifest["fingerprint"].get("chunking", {}))
+        self.image_slots: int | None = self.manifest["fingerprint"].get("image_slots")
         for name, (dtype, tail) in ARRAYS.items():
             arr = np.load(self.dir / f"{name}.npy", mmap_mode="r")
             expect = (self.manifest["sizes"][name], *tail)
@@ -160,6 +169,7 @@ class TokenCache:
         out_dir: str | os.PathLike,
         progress: bool = True,
         chunking: ActionChunking | None = None,
+        image_slots: int | None = None,
     ) -> "TokenCache":
         """Return the cache of ``stores`` tokenized by ``tokenizer`` at ``out_dir``, (re)building it if needed.
 
@@ -170,6 +180,8 @@ class TokenCache:
             progress: show a tqdm bar while tokenizing.
             chunking: tokenize each continuous-action task's episodes in chunks of actions (and with the
                 receding horizon's stride); part of the fingerprint. Default: none.
+            image_slots: sequence slots per image (``Tokenizer.tokenize_episode``'s; None: one per patch);
+                part of the fingerprint.
 
         Returns:
             The opened cache. Concurrent callers (e.g. several training ranks) wait on a lock; one builds.
@@ -180,10 +192,10 @@ class TokenCache:
         with open(out / ".lock", "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             chunking = ActionChunking() if chunking is None else chunking
-            fp = _fingerprint(stores, tokenizer.layout, chunking)
+            fp = _fingerprint(stores, tokenizer.layout, chunking, image_slots)
             if cls.is_current(out, fp):
                 return cls(out)
-            cls._build(stores, tokenizer, out, fp, progress, chunking)
+            cls._build(stores, tokenizer, out, fp, progress, chunking, image_slots)
         return cls(out)
 
     @staticmethod
@@ -198,7 +210,7 @@ class TokenCache:
 
     @staticmethod
     def _build(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", out: Path, fp: dict, progress: bool,
-               chunking: ActionChunking) -> None:
+               chunking: ActionChunking, image_slots: int | None = None) -> None:
         task_ids = sorted({t for s in stores for t in s.task_ids})
         specs: dict[str, dict] = {}
         for s in stores:
@@ -211,7 +223,7 @@ class TokenCache:
         # the arrays are built in a staging folder, so a failed build leaves the old cache as it was
         try:
             with staging_dir(out, prefix=".build-") as tmp:  # deleted on the way out, with what is left in it
-                sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress, chunking)
+                sizes = TokenCache._write_arrays(stores, tokenizer, task_ids, tmp, progress, chunking, image_slots)
                 (out / MANIFEST).unlink(missing_ok=True)
                 for name in ARRAYS:
                     os.replace(tmp / f"{name}.npy", out / f"{name}.npy")
@@ -235,7 +247,7 @@ class TokenCache:
 
     @staticmethod
     def _write_arrays(stores: Sequence[EpisodeStore], tokenizer: "Tokenizer", task_ids: list[str], tmp: Path,
-                      progress: bool, chunking: ActionChunking) -> dict[str, int]:
+                      progress: bool, chunking: ActionChunking, image_slots: int | None = None) -> dict[str, int]:
         """Tokenize every episode into ``tmp/<array>.npy``; return each array's length.
 
         Everything is written with plain file writes, so a full disk raises OSError (ENOSPC); writing
@@ -245,7 +257,7 @@ class TokenCache:
 
         streams = {name: open(tmp / f"{name}.bin", "wb") for name in ARRAYS}  # noqa: SIM115
         sizes = dict.fromkeys(ARRAYS, 0)
-        n_tok = n_patch = 0
+        n_tok = n_patch = n_image = 0
         total = sum(s.num_episodes for s in stores)
         bar = tqdm(total=total, desc="tokenize episodes", unit="ep", disable=not progress)
         try:
@@ -255,13 +267,15 @@ class TokenCache:
                     spec = store.timestep_spec(ep.task_id)
                     chunk, stride = chunking.for_action(spec.action)
                     tk = tokenizer.tokenize_episode(spec, ep.observations, ep.actions, raw_patches=True, chunk=chunk,
-                                                    stride=stride)
-                    n, p = len(tk.tokens), len(tk.patches)
+                                                    stride=stride, image_slots=image_slots)
+                    n, p, k = len(tk.tokens), len(tk.patches), len(image_starts(tk.patch_pos))
                     is_patch = tk.tokens == tokenizer.layout.patch_id
-                    if int(is_patch.sum()) != p:
-                        raise ValueError(f"{store.root} episode {ei}: {int(is_patch.sum())} patch tokens but {p} patches")
+                    slots, first = (p, n_patch) if image_slots is None else (k * image_slots, n_image * image_slots)
+                    if int(is_patch.sum()) != slots:
+                        raise ValueError(f"{store.root} episode {ei}: {int(is_patch.sum())} image slots, expected {slots} "
+                                         f"({p} patches of {k} images, image_slots={image_slots})")
                     patch_index = np.full(n, -1, np.int32)
-                    patch_index[is_patch] = n_patch + np.arange(p, dtype=np.int32)
+                    patch_index[is_patch] = first + np.arange(slots, dtype=np.int32)
                     row = [n_tok, n_tok + n, n_patch, n_patch + p, tk.tokens_per_timestep, tk.num_timesteps,
                            task_ids.index(ep.task_id), si, ei]
                     parts = {
@@ -274,7 +288,7 @@ class TokenCache:
                         arr = np.ascontiguousarray(arr, dtype=dtype).reshape((-1, *tail))
                         streams[name].write(arr.tobytes())
                         sizes[name] += len(arr)
-                    n_tok, n_patch = n_tok + n, n_patch + p
+                    n_tok, n_patch, n_image = n_tok + n, n_patch + p, n_image + k
                     bar.update(1)
         finally:
             bar.close()

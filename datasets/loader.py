@@ -10,6 +10,11 @@ tokens never carry loss.
 
 Everything is vectorised over the batch: one fancy-indexed gather per array from the memory-mapped cache.
 
+A cache built with ``image_slots`` (a resampler's N slots per image, or 0 for cross-attention) gives whole
+images: every image with a slot in the window (``patch_index`` = ``image * N + latent`` within the batch), or,
+with 0 slots, the images of every timestep in the window, with ``frame_index`` (B, S) (each token's timestep's
+frame, -1 where its task has no image) and ``image_frame`` (I,) (each image's frame).
+
 >>> # loader = WindowLoader(cache, context=1024, batch_size=32, task_weights={"atari/pong": 2.0, "atari/breakout": 1.0})
 >>> # batch = next(iter(loader))  # batch["tokens"]: int64 (32, 1024)
 """
@@ -21,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from omnipolicy.tokenizers import normalize_patches
+from omnipolicy.tokenizers.image import concat_ranges, image_starts
 
 from .cache import EPISODE_COLUMNS, TokenCache
 
@@ -101,13 +107,21 @@ class WindowLoader:
         n_starts = np.maximum(self._T - need + 1, 1)
         self._task_eps = [np.flatnonzero((col["task_index"] == t) & allowed) for t in present]
         self._task_cum = [np.cumsum(n_starts[e]) for e in self._task_eps]
+        self.image_slots = cache.image_slots
+        if self.image_slots is not None:  # whole images: where each starts, each episode's first and per timestep
+            starts = image_starts(cache.patch_pos)
+            self._img_start = np.append(starts, len(cache.patch_pos))  # (I + 1,)
+            self._ep_img0 = np.searchsorted(starts, col["patch_start"])  # (E,)
+            n_img = np.searchsorted(starts, col["patch_end"]) - self._ep_img0
+            self._ep_K = np.where(self._T > 0, n_img // np.maximum(self._T, 1), 0)  # (E,) images per timestep
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:
             yield self.sample()
 
     def sample(self) -> dict[str, np.ndarray]:
-        """One batch: tokens, loss_mask, local_pos, patch_index (B, S); patches, patch_pos; task_index, episode (B,)."""
+        """One batch: tokens, loss_mask, local_pos, patch_index (B, S); patches, patch_pos; task_index, episode (B,);
+        with cross-attention's whole images also frame_index (B, S) and image_frame (I,)."""
         B, S, rng = self.batch_size, self.context, self.rng
         task = rng.choice(len(self.task_names), size=B, p=self.task_probs)  # (B,) position in task_names
         episode = np.empty(B, np.int64)
@@ -147,21 +161,61 @@ class WindowLoader:
         loss = valid & ~in_prompt & c.loss_mask[src]
         loss[:, 0] = False  # nothing predicts the first token of a window
         local = np.where(valid, c.local_pos[src], 0).astype(np.int64)
+        out = {"tokens": tokens, "loss_mask": loss, "local_pos": local}
+        if self.image_slots is not None:
+            ep_tok = np.where(in_prompt, pe[:, None], episode[:, None])  # (B, S) each token's episode
+            out.update(self._whole_images(src, valid, ep_tok))
+        else:
+            out.update(self._patches(src, valid))
+        out["task_index"] = np.asarray(c.episodes[episode, EPISODE_COLUMNS.index("task_index")], dtype=np.int64)
+        out["episode"] = episode
+        return out
+
+    def _patches(self, src: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """One slot per patch: the window's patches and each slot's row of them."""
+        c, B, S = self.cache, *src.shape
         pidx = np.where(valid, c.patch_index[src], -1)
         is_patch = pidx >= 0
         rows_p = pidx[is_patch]  # (P,) global patch rows, in batch raster order
         patch_index = np.full((B, S), -1, np.int64)
         patch_index[is_patch] = np.arange(len(rows_p))
+        return {"patch_index": patch_index, **self._gather_patches(rows_p)}
+
+    def _gather_patches(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Patches (float) and positions of the cache's patch ``rows``."""
+        c = self.cache
         return {
-            "tokens": tokens,
-            "loss_mask": loss,
-            "local_pos": local,
-            "patch_index": patch_index,
-            "patches": normalize_patches(np.asarray(c.patches[rows_p])) if len(rows_p) else np.zeros((0, 3, 16, 16), np.float32),
-            "patch_pos": np.asarray(c.patch_pos[rows_p], dtype=np.int64).reshape(-1, 2),
-            "task_index": np.asarray(c.episodes[episode, EPISODE_COLUMNS.index("task_index")], dtype=np.int64),
-            "episode": episode,
+            "patches": normalize_patches(np.asarray(c.patches[rows])) if len(rows) else np.zeros((0, 3, 16, 16), np.float32),
+            "patch_pos": np.asarray(c.patch_pos[rows], dtype=np.int64).reshape(-1, 2),
         }
+
+    def _whole_images(self, src: np.ndarray, valid: np.ndarray, ep_tok: np.ndarray) -> dict[str, np.ndarray]:
+        """Whole images for a cache with ``image_slots``: those with a slot in the window (N > 0), or the frames
+        of every timestep in the window (0: cross-attention), and how the tokens refer to them."""
+        c, N = self.cache, self.image_slots
+        out: dict[str, np.ndarray] = {}
+        if N > 0:
+            slot = np.where(valid, c.patch_index[src], -1).astype(np.int64)  # (B, S) global image * N + latent
+            has = slot >= 0
+            images, inverse = np.unique(slot[has] // N, return_inverse=True)  # (I,) global images
+            patch_index = np.full(slot.shape, -1, np.int64)
+            patch_index[has] = inverse * N + slot[has] % N
+            out["patch_index"] = patch_index
+        else:
+            K = self._ep_K[ep_tok]  # (B, S) images per timestep of each token's episode
+            has = valid & (K > 0)
+            key = np.where(has, self._ep_img0[ep_tok] + c.timestep[src].astype(np.int64) * K, -1)  # first image of the frame
+            firsts, inverse = np.unique(key[has], return_inverse=True)  # (F,)
+            per = np.zeros(len(firsts), np.int64)
+            per[inverse] = K[has]  # (F,) images of each frame
+            images = concat_ranges(firsts, per)  # (I,) each frame's images in order
+            frame_index = np.full(key.shape, -1, np.int64)
+            frame_index[has] = inverse
+            out.update(patch_index=np.full(key.shape, -1, np.int64), frame_index=frame_index,
+                       image_frame=np.repeat(np.arange(len(firsts)), per))
+        lo, hi = self._img_start[images], self._img_start[images + 1]
+        out.update(self._gather_patches(concat_ranges(lo, hi - lo)))
+        return out
 
 
 def holdout_split(cache: TokenCache, fraction: float, eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ class TokenizedEpisode:
         timestep: int32 ``(N,)`` timestep index, ``0..T-1``.
         patches: float32 ``(P, 3, 16, 16)`` in [-0.25, 0.25], or uint8
             ``(P, 16, 16, 3)`` when tokenized with ``raw_patches=True``; the k-th
-            ``patch_id`` token in ``tokens`` is ``patches[k]``.
+            ``patch_id`` token in ``tokens`` is ``patches[k]`` (with ``image_slots``, see :meth:`Tokenizer.tokenize_episode`).
         patch_pos: int32 ``(P, 2)`` ``(row, col)`` of each patch in its image.
         tokens_per_timestep: ``L``.
         obs_tokens_per_timestep: tokens of a timestep up to and including the separator.
@@ -259,6 +259,7 @@ class Tokenizer:
         raw_patches: bool = False,
         chunk: int = 1,
         stride: int = 1,
+        image_slots: int | None = None,
     ) -> TokenizedEpisode:
         """Tokenize ``T`` timesteps at once (see the module docstring for the layout).
 
@@ -280,6 +281,10 @@ class Tokenizer:
             chunk: actions per timestep (``ActionChunking.for_action`` gives it; 1: Gato's one action).
             stride: ticks between timesteps (``1 <= stride <= chunk``); the observations at the ticks between are
                 left out.
+            image_slots: sequence slots (``patch_id`` tokens) per image: ``None`` for one per patch (Gato), ``N``
+                for a model that encodes each image into ``N`` vectors (the k-th slot then reads vector
+                ``k % N`` of image ``k // N``), 0 for a model that takes images outside the sequence. The
+                patches are returned whole in every case.
 
         Returns:
             The :class:`TokenizedEpisode`.
@@ -294,7 +299,7 @@ class Tokenizer:
             observations, actions = _strided(spec, observations, actions, chunk, stride)
         actions, t = _checked_actions(spec, actions)
         text_blocks, t = self._text_blocks(spec, observations, t)
-        image_blocks, raw_list, pos_list, t = self._image_blocks(spec, observations, t)
+        image_blocks, raw_list, pos_list, t = self._image_blocks(spec, observations, t, image_slots)
         tensor_blocks, clipped, t = self._tensor_blocks(spec, observations, t)
         if t is None:
             raise ValueError("Cannot tokenize an episode with no observation fields and no actions")
@@ -342,9 +347,13 @@ class Tokenizer:
         return blocks, t
 
     def _image_blocks(
-        self, spec: TimestepSpec, observations: Mapping, t: int | None
+        self, spec: TimestepSpec, observations: Mapping, t: int | None, image_slots: int | None = None
     ) -> tuple[list[_Block], list[np.ndarray], list[np.ndarray], int | None]:
-        """Images: patch slots, with each image's raw patches ``(T, n, 16, 16, 3)`` and positions ``(n, 2)``."""
+        """Images: their slots (one per patch, or ``image_slots``), with each image's raw patches
+        ``(T, n, 16, 16, 3)`` and positions ``(n, 2)``."""
+        if image_slots is not None and (isinstance(image_slots, bool) or not isinstance(image_slots, (int, np.integer))
+                                        or image_slots < 0):
+            raise ValueError(f"image_slots must be None (one slot per patch) or an int >= 0, got {image_slots!r}")
         blocks, raw_list, pos_list = [], [], []
         for f in spec.fields("image"):
             x = _field_array(observations, f, t)
@@ -352,7 +361,9 @@ class Tokenizer:
             raw, pos = image_to_patches(x, field=f.name)
             raw_list.append(raw)
             pos_list.append(pos)
-            blocks.append(_Block(f.name, f.kind, np.full((1, pos.shape[0]), self.layout.patch_id, np.int64), False))
+            n = pos.shape[0] if image_slots is None else int(image_slots)
+            if n:
+                blocks.append(_Block(f.name, f.kind, np.full((1, n), self.layout.patch_id, np.int64), False))
         return blocks, raw_list, pos_list, t
 
     def _tensor_blocks(

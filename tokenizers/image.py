@@ -67,6 +67,19 @@ def image_to_patches(images: np.ndarray, field: str = "image") -> tuple[np.ndarr
     return raw, np.stack([r, k], axis=1).astype(np.int32)
 
 
+def image_starts(patch_pos: np.ndarray) -> np.ndarray:
+    """int64 ``(I,)``: the first row of every image in patch positions ``(P, 2)`` of images one after another
+    (each image's patches start at ``(0, 0)``, in raster order)."""
+    pp = np.asarray(patch_pos).reshape(-1, 2)
+    return np.flatnonzero((pp[:, 0] == 0) & (pp[:, 1] == 0))
+
+
+def concat_ranges(lo: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """int64 ``concatenate([arange(l, l + n) for l, n in zip(lo, counts)])``, vectorised (e.g. images' patch rows)."""
+    lo, counts = np.asarray(lo, np.int64), np.asarray(counts, np.int64)
+    return np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+
+
 def normalize_patches(raw: np.ndarray) -> np.ndarray:
     """uint8 ``(P, 16, 16, 3)`` raw patches -> float32 ``(P, 3, 16, 16)`` in [-0.25, 0.25].
 
