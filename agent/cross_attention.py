@@ -85,11 +85,16 @@ class GatedCrossAttention(nn.Module):
         has = ctx.index >= 0  # (B, S)
         idx = ctx.index.clamp(min=0)
         q = self.to_q(self.norm(x)).view(B, S, H, hd)
-        kv = self.to_kv(ctx.latents.to(x.dtype))[idx]  # (B, S, M, 2D): each frame projected once, then gathered
+        latents = ctx.latents.to(x.dtype)
+        if latents.shape[0] <= B * S:  # (B, S, M, 2D): each frame projected once, then gathered
+            kv = self.to_kv(latents)[idx]
+        else:  # more frames than tokens (a session's frame buffer): project only the latents read
+            kv = self.to_kv(latents[idx])
         M = kv.shape[2]
         k, v = kv.view(B, S, M, 2, H, hd).unbind(3)  # 2 x (B, S, M, H, hd)
         scores = torch.einsum("bshd,bsmhd->bshm", q, k) * hd**-0.5  # (B, S, H, M)
-        scores = scores.masked_fill(~ctx.valid[idx].unsqueeze(2), float("-inf"))
+        allowed = ctx.valid[idx] | ~has.unsqueeze(-1)  # (B, S, M); a token without a frame reads any, then 0
+        scores = scores.masked_fill(~allowed.unsqueeze(2), float("-inf"))
         y = torch.einsum("bshm,bsmhd->bshd", scores.softmax(-1), v).reshape(B, S, D)
         return self.to_out(y) * has.unsqueeze(-1).to(x.dtype)  # tokens without a frame: 0
 

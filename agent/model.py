@@ -305,16 +305,24 @@ class GatoModel(nn.Module):
         frames, valid = frame_latents(lat, image_frame, num_frames)
         return ImageContext(frames, valid, frame_index)
 
+    def no_image_context(self, shape: tuple[int, int], device: torch.device) -> ImageContext:
+        """The context of (B, S) tokens none of which has an image."""
+        index = torch.full(shape, -1, dtype=torch.long, device=device)
+        return self.image_context(None, None, index.new_zeros(0), index)
+
     def batch_context(self, batch: dict[str, Tensor]) -> ImageContext | None:
         """:meth:`image_context` of a training batch with cross-attention fusion, else None."""
         if not self.cfg.cross_attn_layers:
             return None
         if "frame_index" not in batch:  # a batch without images (synthetic windows)
-            return self.image_context(None, None, batch["tokens"].new_zeros(0), torch.full_like(batch["tokens"], -1))
+            return self.no_image_context(batch["tokens"].shape, batch["tokens"].device)
         return self.image_context(batch["patches"], batch["patch_pos"], batch["image_frame"], batch["frame_index"])
 
     def run_blocks(self, x: Tensor, context: ImageContext | None, blocks: slice = slice(None)) -> Tensor:
-        """The transformer ``blocks`` (a slice of them), each preceded by its gated cross-attention block if any."""
+        """The transformer ``blocks`` (a slice of them), each preceded by its gated cross-attention block if any
+        (without a ``context``, no token has an image)."""
+        if context is None and self.xattn:
+            context = self.no_image_context(x.shape[:2], x.device)
         for i in range(len(self.blocks))[blocks]:
             if i in self._xattn_at:
                 x = self.xattn[self._xattn_at[i]](x, context)

@@ -328,6 +328,14 @@ def check_batch(batch: dict[str, np.ndarray], cfg: ModelConfig) -> None:
             f"A timestep has {lp + 1} tokens but the model's local position table has {cfg.local_positions} "
             f"entries; use a preset with more local_positions or smaller observations"
         )
+    slots = cfg.slots_per_image
+    if slots is not None and len(batch["patch_pos"]):  # whole images: N slots each, or none (cross-attention)
+        n_images = len(image_starts(batch["patch_pos"]))
+        top = int(batch["patch_index"].max(initial=-1))
+        if top >= n_images * slots or (slots == 0 and "frame_index" not in batch):
+            raise ValueError(f"Batch images are not laid out for the model's slots_per_image={slots} (image_encoder="
+                             f"{cfg.image_encoder!r}, fusion={cfg.fusion!r}): {n_images} image(s), slot rows up to {top}; "
+                             f"build the token cache with image_slots={slots}")
 
 
 def build_dataset_loader(

@@ -101,6 +101,9 @@ def test_tokens_without_an_image_attend_to_nothing():
     with torch.no_grad():
         y = block.attend(x, ImageContext(latents, valid, index))
         assert torch.equal(y[index < 0], torch.zeros(3, 32))
+        empty = valid.clone()
+        empty[0] = False  # the frame a token without one is pointed at may be an unused, empty slot
+        assert torch.equal(block.attend(x, ImageContext(latents, empty, index))[index < 0], torch.zeros(3, 32))
         assert (y[index >= 0].abs().sum(-1) > 0).all()
         # a padded latent changes nothing: frame 2 equals its first four latents alone
         alone = block.attend(x[1:, :2], ImageContext(latents[2:, :4], torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.long)))
@@ -137,3 +140,29 @@ def test_each_token_attends_to_its_own_timesteps_images(tmp_path):
     has = full.index[3:6] >= 0
     assert torch.equal(has, sub.index >= 0)
     torch.testing.assert_close(sub.latents[sub.index[has]], full.latents[full.index[3:6][has]], atol=1e-6, rtol=1e-6)
+
+
+def test_a_session_on_a_task_without_images_equals_the_model_without_context():
+    from omnipolicy.agent.inference import InferenceSession, ObsTokens, SessionConfig
+
+    cross, _ = models()
+    cross.eval()
+    with torch.no_grad():
+        for block in cross.xattn:  # open gates: the feed-forward half acts on every token, image or not
+            block.gate_attn.fill_(0.5)
+            block.gate_ff.fill_(0.5)
+    session = InferenceSession(cross, SessionConfig(num_envs=1), patch_id=LAYOUT.patch_id)
+    rng = np.random.default_rng(0)
+    ranges = np.array([[DISC, DISC + 4]])
+    seq = []
+    for _ in range(6):
+        obs = np.array([DISC + rng.integers(0, 1024), LAYOUT.separator_id])
+        out = session.step([ObsTokens(obs)], ranges, return_logits=True)
+        seq.append(np.concatenate([obs, out.action_tokens[0]]))
+        tokens = torch.from_numpy(np.concatenate(seq))[None]
+        local = torch.arange(3).repeat(len(seq))[None]
+        with torch.no_grad():
+            h = cross(tokens, local, torch.full_like(tokens, -1), None, None)  # no context: no token has an image
+            ref = cross.logits(h[0, -2])[DISC:DISC + 4]
+        assert torch.isfinite(out.logits[0, 0, DISC:DISC + 4]).all()
+        torch.testing.assert_close(out.logits[0, 0, DISC:DISC + 4], ref, atol=1e-4, rtol=1e-4)

@@ -71,9 +71,10 @@ def reference_logits(model: GatoModel, window: list[tuple[ObsTokens, np.ndarray]
     local = np.concatenate([np.arange(len(s)) for s in steps])
     is_slot = tokens == LAYOUT.patch_id
     pidx = np.where(is_slot, np.cumsum(is_slot) - 1, -1)
-    patches = torch.from_numpy(np.concatenate([o.patches for o, _ in window]))
-    ppos = torch.from_numpy(np.concatenate([o.patch_pos for o, _ in window]))
-    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))[None]  # noqa: E731
+    dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
+    patches = torch.from_numpy(np.concatenate([o.patches for o, _ in window])).to(dev, dt)
+    ppos = torch.from_numpy(np.concatenate([o.patch_pos for o, _ in window])).to(dev)
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64)).to(dev)[None]  # noqa: E731
     ctx = None
     if model.cfg.cross_attn_layers:  # each timestep's images are one frame
         frame_index = np.repeat(np.arange(len(steps)), [len(s) for s in steps])
@@ -81,7 +82,7 @@ def reference_logits(model: GatoModel, window: list[tuple[ObsTokens, np.ndarray]
         ctx = model.image_context(patches, ppos, t(image_frame)[0], t(frame_index))
     h = model(t(tokens), t(local), t(pidx), patches, ppos, context=ctx)
     n = len(tokens)
-    return model.logits(h[0, n - A - 1 : n - 1])
+    return model.logits(h[0, n - A - 1 : n - 1]).float().cpu()
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -177,6 +178,25 @@ def test_session_with_cached_latents_equals_full_recomputation(encoder, fusion, 
     histories[0].append((o, out.action_tokens[0]))
     ref = reference_logits(model, histories[0][-session.window_timesteps(0):])
     np.testing.assert_allclose(out.logits[0, 0, CONT:CONT + 1024].numpy(), ref[0, CONT:CONT + 1024].numpy(), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("encoder,fusion", OPTIONS)
+def test_cuda_graph_session_with_images_equals_full_recomputation(encoder, fusion):
+    model = vision_model(encoder, fusion, context=96 if fusion == "early" else 40).cuda()
+    session = InferenceSession(model, SessionConfig(num_envs=2, dtype="float32"), patch_id=LAYOUT.patch_id)
+    assert session.use_graphs
+    rng = np.random.default_rng(2)
+    histories = {0: [], 1: []}
+    for t in range(14):
+        obs = [make_obs(rng, model.cfg) for _ in range(2)]
+        out = session.step(obs, RANGES, return_logits=True)
+        for row, (o, a) in enumerate(zip(obs, out.action_tokens)):
+            histories[row].append((o, a))
+            ref = reference_logits(model, histories[row][-session.window_timesteps(row):])
+            for k, (lo, hi) in enumerate(RANGES):
+                np.testing.assert_allclose(out.logits[row, k, lo:hi].numpy(), ref[k, lo:hi].numpy(), atol=2e-3, rtol=1e-3)
+    assert session.stats["rebuilds"] > 0 and [key[0] for key in session._graphs].count("prefill") == 1
 
 
 def test_session_refuses_slots_that_do_not_match_the_images():
@@ -309,3 +329,20 @@ def test_the_recomputing_policy_acts_like_the_session_with_a_prompt_and_without(
                                    image_slots=model.cfg.slots_per_image)
         got = session.step([ObsTokens(one.tokens, one.patches, one.patch_pos)], TOK.action_token_ranges(PIX_SPEC))
         assert int(recompute.act("toy/pixels-v0", [o])[0]) == int(got.action_tokens[0, 0]) - DISC
+
+
+def test_train_flags_override_the_preset_and_a_mislaid_batch_is_refused(tmp_path, capsys):
+    from omnipolicy.agent.train import check_batch, train_command
+
+    pixel_store(tmp_path / "data")
+    train_command(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
+                   "--context", "32", "--image-encoder", "resampler", "--resampler-latents", "4", "--fusion",
+                   "cross-attention", "--cross-attn-every", "2", "--no-progress", "--no-tensorboard", "--threads", "1"],
+                  prog="omnipolicy train")
+    assert "trained 2 steps" in capsys.readouterr().out
+    m = load_meta(tmp_path / "run").model
+    assert (m.image_encoder, m.resampler_latents, m.fusion, m.cross_attn_every) == ("resampler", 4, "cross-attention", 2)
+    plain = TokenCache.build(tmp_path / "data", TOK, tmp_path / "plain", progress=False)  # one slot per patch
+    batch = WindowLoader(plain, context=20, batch_size=2).sample()
+    with pytest.raises(ValueError, match=r"not laid out for the model's slots_per_image=3 .* image_slots=3"):
+        check_batch(batch, vision_model("resampler", "early").cfg)
