@@ -101,7 +101,8 @@ class SessionConfig:
     """Static prefill width C (the observation tokens of one timestep plus the previous action's last token);
     0 sizes it from the first step (rounded up to a multiple of 16) and grows it when a longer observation comes."""
     max_patches: int = 0
-    """Static image-patch capacity per environment and step; 0 sizes it from the first step and grows it."""
+    """Static image-slot capacity per environment and step (patches, or resampler latents); 0 sizes it from the
+    first step and grows it."""
     dtype: str = "auto"
     """Weights and cache dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16."""
     cuda_graphs: bool = True
