@@ -51,6 +51,8 @@ COMMANDS: dict[str, Command] = {
     "dagger": Command("omnipolicy.commands:dagger_command",
                       "Run a checkpoint's policy and record the expert's action in each state it visits (DAgger)."),
     "dataset": Command("omnipolicy.commands:dataset_command", "Inspect, verify, import or export a dataset (info, verify, ...)."),
+    "image-tokenizer": Command("omnipolicy.agent.image_tokenizer:image_tokenizer_command",
+                               "Train an FSQ image tokenizer on datasets' frames (for --image-encoder vq), or measure one."),
     "train": Command("omnipolicy.agent.train:train_command", "Train a generalist policy on one or more datasets."),
     "eval": Command("omnipolicy.commands:eval_command", "Evaluate a checkpoint in the simulators and write a report."),
     "demo": Command("omnipolicy.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),

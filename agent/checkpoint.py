@@ -8,6 +8,7 @@ in the same parent, then renamed: :func:`omnipolicy.files.atomic_dir`)::
       checkpoint.json     format, model config, tokenizer VocabLayout,
                           TimestepSpec per task id, training state (step, losses, config)
       trainer.pt          optimizer, RNG and data-loader state (only for --resume)
+      image_tokenizer/    the image tokenizer of a model whose images are vq codes (ImageTokenizer.save's files)
 
 A training run keeps its checkpoints under ``<out>/checkpoints/`` with a
 ``latest`` file naming the newest one; :func:`resolve_checkpoint` accepts the
@@ -27,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from omnipolicy.files import atomic_dir
+from omnipolicy.tokenizers.image_vq import ImageTokenizer
 from omnipolicy.tokenizers.spec import TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
@@ -38,6 +40,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
 TRAINER = "trainer.pt"
+IMAGE_TOKENIZER = "image_tokenizer"
 LATEST = "latest"
 
 
@@ -86,6 +89,7 @@ def save_checkpoint(
     model: GatoModel,
     meta: CheckpointMeta,
     trainer_state: dict[str, Any] | None = None,
+    image_tokenizer: ImageTokenizer | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically, replacing one already at ``path``.
 
@@ -94,17 +98,49 @@ def save_checkpoint(
         model: the (unwrapped) model whose weights to save.
         meta: configs, layout, task specs and training state.
         trainer_state: optimizer/RNG/loader state to resume training (saved with ``torch.save``).
+        image_tokenizer: the tokenizer of the layout's image codes (required when the layout has some).
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        ValueError: the image tokenizer is missing or is not the layout's.
     """
+    _check_image_tokenizer(meta.layout, image_tokenizer, "save_checkpoint")
     path = Path(path)
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER)
+        if image_tokenizer is not None:
+            (tmp / IMAGE_TOKENIZER).mkdir()
+            image_tokenizer.write_into(tmp / IMAGE_TOKENIZER)
     return path
+
+
+def _check_image_tokenizer(layout: VocabLayout, image: ImageTokenizer | None, where: str) -> None:
+    want = (layout.image_codes, layout.image_model)
+    got = (0, "") if image is None else (image.num_codes, image.sha256[:16])
+    if want != got:
+        raise ValueError(f"{where}: the layout's image codes ({want[0]} codes of image tokenizer {want[1] or 'none'}) "
+                         f"need their image tokenizer, got {image!r}")
+
+
+def load_image_tokenizer(path: str | os.PathLike) -> ImageTokenizer | None:
+    """The image tokenizer a checkpoint's image codes come from (None when its images are patches).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``, or its layout has image codes but no image tokenizer folder.
+        ValueError: the folder is damaged or holds another tokenizer than the layout's.
+    """
+    ckpt = resolve_checkpoint(path)
+    layout = load_meta(ckpt).layout
+    if not layout.image_codes:
+        return None
+    image = ImageTokenizer.load(ckpt / IMAGE_TOKENIZER)
+    _check_image_tokenizer(layout, image, str(ckpt))
+    return image
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -65,9 +65,11 @@ class ModelConfig:
             ``"ensemble"`` (query every tick, temporal ensembling of the overlapping chunks) or ``"receding"``
             (query every k-th tick, execute the chunk open loop; the model sees every k-th observation).
         image_encoder: how an image becomes model inputs: ``"patches"`` (Gato: every 16x16 patch one token, embedded
-            by the ResNet block), ``"resampler"`` (a Perceiver Resampler, :mod:`~omnipolicy.agent.resampler`: the
-            image's patch embeddings become ``resampler_latents`` learned latents, so an 84x84 frame takes N slots
-            instead of 36) or ``"vq"`` (discrete codes of a trained image tokenizer).
+            by the ResNet block plus row/column embeddings), ``"resampler"`` (a Perceiver Resampler,
+            :mod:`~omnipolicy.agent.resampler`: the image's patch embeddings become ``resampler_latents`` learned
+            latents, so an 84x84 frame takes N slots instead of 36) or ``"vq"`` (each patch is a discrete code of a
+            trained image tokenizer, between ``<image>`` and ``</image>`` markers, looked up in the token table like
+            any other id; the model then has no patch embedding and its vocabulary holds the codes).
         resampler_latents: ``N``, latents per image of the resampler.
         resampler_depth: attention + feed-forward layers of the resampler.
         fusion: where the images meet the token stream: ``"early"`` (their slots are in the sequence: Gato, Gemini)
@@ -148,8 +150,9 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.fusion == "cross-attention" and self.image_encoder != "resampler":
+            why = " (vq images are codes in the token sequence: early fusion only)" if self.image_encoder == "vq" else ""
             raise ValueError(f"ModelConfig.fusion='cross-attention' attends to the resampler's latents: it needs "
-                             f"image_encoder='resampler', got image_encoder={self.image_encoder!r}")
+                             f"image_encoder='resampler', got image_encoder={self.image_encoder!r}{why}")
 
     @property
     def slots_per_image(self) -> int | None:
@@ -172,6 +175,11 @@ class ModelConfig:
     def chunking(self) -> ActionChunking:
         """``action_chunk`` and ``chunk_execution`` as the tokenizer takes them."""
         return ActionChunking(self.action_chunk, self.chunk_execution)
+
+    @property
+    def embeds_patches(self) -> bool:
+        """Whether the model has the patch embedding (every image encoder but ``"vq"``, whose images are codes)."""
+        return self.image_encoder != "vq"
 
     @property
     def head_dim(self) -> int:
@@ -214,9 +222,10 @@ class ModelConfig:
             raise ValueError("ModelConfig.num_params needs a vocab_size (bind one with with_vocab or pass it)")
         d, f, c, b = self.n_embd, self.d_ff, self.patch_channels, int(self.bias)
         norm = 2 * d if self.bias else d
-        embed = v * d + self.context * d + self.local_positions * d + 2 * self.pos_bins * d
-        patch = (
-            3 * c * self.patch_stride**2 + c  # stem conv
+        embed = v * d + self.context * d + self.local_positions * d
+        patch = 0 if not self.embeds_patches else (
+            2 * self.pos_bins * d  # row and column tables
+            + 3 * c * self.patch_stride**2 + c  # stem conv
             + 2 * (2 * c + 9 * c * c) + c  # two (GroupNorm, conv3x3) pairs; the first conv has no bias
             + c * self.patch_grid**2 * d + d  # projection to the model width
         )

@@ -21,6 +21,9 @@ images each token attends to (:mod:`~omnipolicy.agent.cross_attention`):
     frame_index int64 (B, S)    each token's frame (its timestep's images), -1 where it has none
     image_frame int64 (I,)      frame of each image, ascending
 
+With ``image_encoder="vq"`` the images are ordinary ids of ``tokens`` (an image tokenizer's codes between
+``<image>`` and ``</image>``): no patches come and the model has no patch embedding.
+
 The embedding of a token is its table embedding (or its patch embedding) plus
 a learned local position (within the timestep) and a learned window position
 (within the context; windows start at a timestep boundary, so training and
@@ -231,17 +234,15 @@ class GatoModel(nn.Module):
             raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_layout(tokenizer.layout)")
         if cfg.action_inputs == "hidden" and None in (cfg.continuous_ids, cfg.separator_id, cfg.pad_id):
             raise ValueError("ModelConfig.action_inputs='hidden' needs the layout's ids; bind it with cfg.with_layout(layout)")
-        if cfg.image_encoder == "vq":
-            raise NotImplementedError("ModelConfig.image_encoder='vq' needs the VQ image tokenizer, which this build "
-                                      "does not have; choose 'patches' or 'resampler'")
         self.cfg = cfg
         D = cfg.n_embd
         self.wte = TokenEmbedding(cfg)  # token table over the whole vocabulary (+ continuous value features)
         self.wpe = nn.Embedding(cfg.context, D)  # position within the context window
         self.wle = nn.Embedding(cfg.local_positions, D)  # position within the timestep
-        self.patch_embed = PatchEmbedding(cfg)
-        self.patch_row = nn.Embedding(cfg.pos_bins, D)
-        self.patch_col = nn.Embedding(cfg.pos_bins, D)
+        if cfg.embeds_patches:  # "vq" images are codes of the token table
+            self.patch_embed = PatchEmbedding(cfg)
+            self.patch_row = nn.Embedding(cfg.pos_bins, D)
+            self.patch_col = nn.Embedding(cfg.pos_bins, D)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(D, bias=cfg.bias)
         self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
@@ -271,7 +272,15 @@ class GatoModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def embed_patches(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
-        """Embeddings of image patches with their row/column positions (clamped to the table), (P, D)."""
+        """Embeddings of image patches with their row/column positions (clamped to the table), (P, D).
+
+        Raises:
+            ValueError: the model reads images as codes (``image_encoder="vq"``) and has no patch embedding.
+        """
+        if not self.cfg.embeds_patches:
+            raise ValueError(f"This model reads images as codes (image_encoder={self.cfg.image_encoder!r}) and has no "
+                             f"patch embedding, but {patches.shape[0]} image patches came; tokenize its images with "
+                             "the checkpoint's image tokenizer")
         rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
         return self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])
 
@@ -366,7 +375,7 @@ class GatoModel(nn.Module):
             flat = patch_index.reshape(-1)  # (B*S,)
             slots = torch.nonzero(flat >= 0).squeeze(1)  # (P',) patch slots
             x = x.reshape(B * S, -1).index_copy(0, slots, pe[flat[slots]].to(x.dtype)).view(B, S, -1)  # slots take their patch
-        elif self.training and torch.is_grad_enabled():
+        elif self.training and torch.is_grad_enabled() and self.cfg.embeds_patches:
             # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
             # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
             zero = self.embed_images(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device))

@@ -39,7 +39,7 @@ import torch
 
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
 
-from .checkpoint import CheckpointMeta, load_meta, load_model_weights, resolve_checkpoint
+from .checkpoint import CheckpointMeta, load_image_tokenizer, load_meta, load_model_weights, resolve_checkpoint
 from .cross_attention import ImageContext
 from .inference import InferenceSession, SessionConfig
 from .model import GatoModel, expected_ids
@@ -157,7 +157,8 @@ class Policy:
 
         Args:
             path: see :func:`~omnipolicy.agent.checkpoint.resolve_checkpoint`.
-            tokenizer: default ``Tokenizer.default()`` (the installed one).
+            tokenizer: default ``Tokenizer.default()`` (the installed one); a checkpoint whose images are vq codes
+                gives it its own image tokenizer (a copy saved with it) unless it has one.
             device: where the model runs.
             temperature, seed, use_session, continuous_decoding: see :class:`Policy`.
 
@@ -167,6 +168,8 @@ class Policy:
         """
         tokenizer = Tokenizer.default() if tokenizer is None else tokenizer
         ckpt = resolve_checkpoint(path)
+        if tokenizer.image is None and load_meta(ckpt).layout.image_codes:
+            tokenizer = tokenizer.with_image_tokenizer(load_image_tokenizer(ckpt))
         diff = load_meta(ckpt).layout.diff(tokenizer.layout)
         if diff:  # refuse before loading any weights
             raise ValueError(

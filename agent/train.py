@@ -41,7 +41,7 @@ from tqdm import tqdm
 from omnipolicy.datasets import TokenCache, WindowLoader, holdout_split
 from omnipolicy.datasets.cache import EPISODE_COLUMNS
 from omnipolicy.files import write_text_atomic
-from omnipolicy.tokenizers import Tokenizer
+from omnipolicy.tokenizers import ImageTokenizer, Tokenizer
 from omnipolicy.tokenizers.chunking import ActionChunking
 from omnipolicy.tokenizers.image import concat_ranges, image_starts
 from omnipolicy.tokenizers.spec import TimestepSpec
@@ -87,7 +87,11 @@ class TrainConfig:
     preset's (ensemble)."""
     image_encoder: Literal["patches", "resampler", "vq"] | None = None
     """How an image becomes model inputs (ModelConfig.image_encoder): patches (Gato: one token per 16x16 patch),
-    resampler (a Perceiver Resampler: N latents per image) or vq. Default: the preset's (patches)."""
+    resampler (a Perceiver Resampler: N latents per image) or vq (each 16x16 patch a code of the --image-tokenizer,
+    between <image> markers, in the shared vocabulary). Default: the preset's (patches)."""
+    image_tokenizer: Path | None = None
+    """The image tokenizer folder (`omnipolicy image-tokenizer train --out`) of --image-encoder vq (needed by vq
+    only); checkpoints carry a copy."""
     resampler_latents: int | None = None
     """Latents per image of the resampler (ModelConfig.resampler_latents). Default: the preset's (8)."""
     fusion: Literal["early", "cross-attention"] | None = None
@@ -189,9 +193,19 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: action_chunk={chunking.size} needs datasets (--data); the synthetic copy-task "
                              "windows have no episodes to chunk")
         try:
-            self.vision_config(get_preset(self.preset))
+            encoder = self.vision_config(get_preset(self.preset)).image_encoder
         except ValueError as e:
             raise ValueError(f"TrainConfig: {e}") from None
+        if encoder == "vq" and self.image_tokenizer is None:
+            raise ValueError("TrainConfig: image_encoder='vq' needs the image tokenizer its codes come from "
+                             "(--image-tokenizer DIR, the folder of `omnipolicy image-tokenizer train --out`), got none")
+        if encoder != "vq" and self.image_tokenizer is not None:
+            raise ValueError(f"TrainConfig: --image-tokenizer {self.image_tokenizer} is only used by image_encoder='vq' "
+                             f"(images as its codes), got image_encoder={encoder!r}; add --image-encoder vq or drop "
+                             "--image-tokenizer")
+        if self.synthetic and self.image_tokenizer is not None:
+            raise ValueError("TrainConfig: --image-encoder vq needs datasets (--data) with images; the synthetic "
+                             "copy-task windows have none")
 
     @property
     def chunking(self) -> ActionChunking:
@@ -220,6 +234,13 @@ class TrainConfig:
         chunking = self.chunking
         cfg = dataclasses.replace(cfg, action_chunk=chunking.size, chunk_execution=chunking.execution)
         return cfg.with_layout(layout)
+
+    def tokenizer(self) -> Tokenizer:
+        """The installed tokenizer, writing images as the ``image_tokenizer``'s codes where one is given."""
+        tok = Tokenizer.default()
+        if self.image_tokenizer is None:
+            return tok
+        return tok.with_image_tokenizer(ImageTokenizer.load(self.image_tokenizer))
 
 
 @dataclass
@@ -358,7 +379,7 @@ def build_dataset_loader(
     """
     if not cfg.data:
         raise ValueError("train needs at least one dataset directory (--data DIR [DIR ...]) or --synthetic")
-    tok = Tokenizer.default()
+    tok = cfg.tokenizer()
     cache = TokenCache.build(list(cfg.data), tok, cfg.out / "token_cache", progress=is_main, chunking=cfg.chunking,
                              image_slots=cfg.slots_per_image)
     _check_chunking(cfg.chunking, cache.specs, is_main)
@@ -659,8 +680,10 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     """:func:`train` in this process: data, model and optimizer, resume, the step loop, the result."""
     loader, layout, tasks, val_batches = _training_data(cfg, loader, layout, tasks, world, is_main)
     model_cfg = cfg.model_config(layout)
+    image_tokenizer = _image_tokenizer(cfg, layout)
     model, optimizer = _build_model(cfg, model_cfg, tasks, world, device, is_main)
-    run = _Run(cfg, rank, world, device, is_main, loader, layout, tasks, val_batches, model_cfg, model, optimizer)
+    run = _Run(cfg, rank, world, device, is_main, loader, layout, tasks, val_batches, model_cfg, model, optimizer,
+               image_tokenizer)
     _resume(run)
     train_module = _train_module(run)
     writer, bar = _open_logs(cfg, is_main, run.step)
@@ -693,6 +716,8 @@ class _Run:
     model_cfg: ModelConfig
     model: GatoModel
     optimizer: torch.optim.Optimizer
+    image_tokenizer: ImageTokenizer | None = None
+    """The tokenizer of the vq image codes, saved with each checkpoint (None: images are patches)."""
     step: int = 0
     """Optimizer steps done in total (including those before a resume)."""
     tokens_seen: int = 0
@@ -743,6 +768,26 @@ def _training_data(
     elif layout is None or tasks is None:
         raise ValueError("train(loader=...) also needs layout= and tasks=")
     return loader, layout, tasks, val_batches
+
+
+def _image_tokenizer(cfg: TrainConfig, layout: VocabLayout) -> ImageTokenizer | None:
+    """The image tokenizer of ``--image-encoder vq`` (None otherwise), checked against the data's layout.
+
+    Raises:
+        ValueError: the layout's image codes are not this tokenizer's (or there are none to go with it, or codes
+            but no tokenizer).
+    """
+    if cfg.image_tokenizer is None:
+        if layout.image_codes:
+            raise ValueError(f"The training data's layout holds image codes (image tokenizer {layout.image_model}); "
+                             "train it with --image-encoder vq --image-tokenizer DIR")
+        return None
+    image = ImageTokenizer.load(cfg.image_tokenizer)
+    if (layout.image_codes, layout.image_model) != (image.num_codes, image.sha256[:16]):
+        raise ValueError(f"--image-tokenizer {cfg.image_tokenizer} ({image.num_codes} codes, {image.sha256[:16]}) is not "
+                         f"the one the training data was tokenized with ({layout.image_codes} codes, "
+                         f"{layout.image_model or 'none'})")
+    return image
 
 
 def _build_model(
@@ -917,7 +962,7 @@ def _save(run: _Run) -> Path:
         "step": step,
         "tokens_seen": run.tokens_seen,
     }
-    path = save_checkpoint(ckpt_root / f"step_{step:07d}", run.model, meta, trainer_state)
+    path = save_checkpoint(ckpt_root / f"step_{step:07d}", run.model, meta, trainer_state, run.image_tokenizer)
     write_text_atomic(ckpt_root / LATEST, path.name + "\n")
     _prune(ckpt_root, cfg.keep_last)
     return path

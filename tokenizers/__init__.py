@@ -10,13 +10,16 @@ from .continuous import decode_continuous, encode_continuous, mu_law_decode, mu_
 from .discrete import encode_discrete
 from .episode import TokenizedEpisode, Tokenizer
 from .image import image_to_patches, normalize_patches
+from .image_vq import FSQConfig, ImageTokenizer
 from .spec import FieldSpec, TimestepSpec, check_observation
 from .text import TextTokenizer
 from .vocab import SPECIAL_TOKENS, VocabLayout
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "FSQConfig",
     "FieldSpec",
+    "ImageTokenizer",
     "TextTokenizer",
     "TimestepSpec",
     "TokenizedEpisode",

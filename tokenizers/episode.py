@@ -7,6 +7,10 @@ One timestep is laid out as (Gato, section 2.1)::
      order)] [continuous / discrete tensor tokens (keys sorted, row-major)]
     [separator '|'] [action tokens (row-major)]
 
+A tokenizer that carries an image tokenizer (:meth:`Tokenizer.with_image_tokenizer`) writes each image as
+``<image>`` + one code per 16x16 patch (ids of the layout's image range) + ``</image>`` instead of patch
+slots, so an image is ordinary tokens of the shared vocabulary and no patches come out.
+
 Every timestep of one call has the same length ``L``. The whole episode is
 produced with numpy array operations over the time axis; there is no Python
 loop per timestep (only per field).
@@ -33,6 +37,7 @@ import numpy as np
 from .continuous import decode_continuous, encode_continuous
 from .discrete import encode_discrete
 from .image import PATCH, image_to_patches, normalize_patches
+from .image_vq import ImageTokenizer
 from .spec import FieldSpec, TimestepSpec
 from .text import TextTokenizer
 from .vocab import NUM_BINS, NUM_DISCRETE, VocabLayout
@@ -187,21 +192,29 @@ class Tokenizer:
     Args:
         text: the text tokenizer (SentencePiece).
         layout: the id layout; default ``VocabLayout(text_size=text.vocab_size)``
-            tagged with the text model's hash.
+            tagged with the text model's hash (and with ``image``'s code range).
+        image: an image tokenizer: images become ``<image>`` codes ``</image>`` instead of patch slots.
 
     Raises:
-        ValueError: ``layout`` does not match the text model.
+        ValueError: ``layout`` does not match the text model or the image tokenizer.
     """
 
-    def __init__(self, text: TextTokenizer, layout: VocabLayout | None = None) -> None:
+    def __init__(self, text: TextTokenizer, layout: VocabLayout | None = None,
+                 image: ImageTokenizer | None = None) -> None:
         expected = VocabLayout(text_size=text.vocab_size, text_model=text.sha256[:16])
+        if image is not None:
+            expected = expected.with_image_codes(image.num_codes, image.sha256[:16])
         layout = expected if layout is None else layout
         if layout.text_size != text.vocab_size or (layout.text_model and layout.text_model != expected.text_model):
             raise ValueError(f"VocabLayout does not match the text model: {'; '.join(layout.diff(expected))}")
+        if (layout.image_codes, layout.image_model) != (expected.image_codes, expected.image_model):
+            raise ValueError(f"VocabLayout does not match the image tokenizer ({image!r}): "
+                             f"{'; '.join(layout.diff(expected))}")
         if layout.num_bins != NUM_BINS or layout.num_discrete != NUM_DISCRETE:
             raise ValueError(f"VocabLayout must have {NUM_BINS} bins and {NUM_DISCRETE} discrete ids, got {layout}")
         self.text = text
         self.layout = layout
+        self.image = image
 
     @classmethod
     def default(cls) -> "Tokenizer":
@@ -212,6 +225,12 @@ class Tokenizer:
     def from_model_file(cls, path: str | Path) -> "Tokenizer":
         """A tokenizer with another SentencePiece model (trained with byte fallback)."""
         return cls(TextTokenizer.from_file(path))
+
+    def with_image_tokenizer(self, image: ImageTokenizer | None) -> "Tokenizer":
+        """This tokenizer writing images as ``image``'s codes (``None``: as patch slots), with the matching layout."""
+        if image is None:
+            return Tokenizer(self.text)
+        return Tokenizer(self.text, image=image)
 
     def __repr__(self) -> str:
         return f"Tokenizer(layout={self.layout})"
@@ -284,7 +303,7 @@ class Tokenizer:
             image_slots: sequence slots (``patch_id`` tokens) per image: ``None`` for one per patch (Gato), ``N``
                 for a model that encodes each image into ``N`` vectors (the k-th slot then reads vector
                 ``k % N`` of image ``k // N``), 0 for a model that takes images outside the sequence. The
-                patches are returned whole in every case.
+                patches are returned whole in every case. ``None`` with an image tokenizer (its images are codes).
 
         Returns:
             The :class:`TokenizedEpisode`.
@@ -293,7 +312,7 @@ class Tokenizer:
             KeyError: an observation field is missing.
             ValueError: shapes or lengths disagree with the spec or each other,
                 a continuous value is NaN/inf, a discrete value is out of range,
-                or an image is not uint8, or a bad ``chunk`` / ``stride``.
+                or an image is not uint8, or a bad ``chunk`` / ``stride`` / ``image_slots``.
         """
         if chunk != 1 or stride != 1:
             observations, actions = _strided(spec, observations, actions, chunk, stride)
@@ -350,14 +369,24 @@ class Tokenizer:
         self, spec: TimestepSpec, observations: Mapping, t: int | None, image_slots: int | None = None
     ) -> tuple[list[_Block], list[np.ndarray], list[np.ndarray], int | None]:
         """Images: their slots (one per patch, or ``image_slots``), with each image's raw patches
-        ``(T, n, 16, 16, 3)`` and positions ``(n, 2)``."""
+        ``(T, n, 16, 16, 3)`` and positions ``(n, 2)``; with an image tokenizer ``<image>`` codes ``</image>``
+        ``(T, n + 2)`` and no patches."""
         if image_slots is not None and (isinstance(image_slots, bool) or not isinstance(image_slots, (int, np.integer))
                                         or image_slots < 0):
             raise ValueError(f"image_slots must be None (one slot per patch) or an int >= 0, got {image_slots!r}")
+        if image_slots is not None and self.image is not None:
+            raise ValueError(f"image_slots={image_slots!r} lays out image slots, but this tokenizer writes images as "
+                             "the codes of its image tokenizer; expected image_slots=None")
         blocks, raw_list, pos_list = [], [], []
         for f in spec.fields("image"):
             x = _field_array(observations, f, t)
             t = x.shape[0]
+            if self.image is not None:
+                codes = self.image.encode(x, field=f.name) + self.layout.image_offset  # (T, n)
+                ids = np.empty((t, codes.shape[1] + 2), np.int64)
+                ids[:, 0], ids[:, 1:-1], ids[:, -1] = self.layout.image_start_id, codes, self.layout.image_end_id
+                blocks.append(_Block(f.name, f.kind, ids, False))
+                continue
             raw, pos = image_to_patches(x, field=f.name)
             raw_list.append(raw)
             pos_list.append(pos)

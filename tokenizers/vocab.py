@@ -7,6 +7,11 @@ discrete range separate from text instead of overlapping it)::
     [continuous_offset, continuous_offset + 1024)  continuous bins
     [discrete_offset, discrete_offset + 1024)      discrete values
     [special_offset, special_offset + n_special)   separator '|', padding, image-patch marker, ...
+    [image_offset, image_offset + image_codes)     image codes (only with an image tokenizer; 0 ids otherwise)
+
+With an image tokenizer (:class:`~omnipolicy.tokenizers.image_vq.ImageTokenizer`) the specials also hold
+the ``<image>`` and ``</image>`` markers (``image_start``, ``image_end``) that frame each image's codes, and
+``image_model`` names the tokenizer's weights: codes of another image tokenizer are another layout.
 
 The layout is saved with every checkpoint and token cache; anything that reads
 tokens compares its layout against the stored one first.
@@ -21,6 +26,7 @@ True
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 NUM_BINS: int = 1024
@@ -35,6 +41,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("separator", "pad", "patch")
 fills unused context, ``patch`` marks a slot whose embedding comes from an
 image patch instead of the embedding table.
 """
+IMAGE_MARKERS: tuple[str, ...] = ("image_start", "image_end")
+"""The special tokens ``<image>`` and ``</image>`` around an image's codes (layouts with image codes only)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class VocabLayout:
             model the text ids come from (``""``: unspecified). Two layouts with
             different text models are different layouts, so caches and
             checkpoints built with another text model are caught.
+        image_codes: size of the image-code range after the specials (0: images are patches, no codes).
+        image_model: first 16 hex digits of the image tokenizer's SHA-256 (``""`` without image codes).
     """
 
     text_size: int
@@ -59,6 +69,8 @@ class VocabLayout:
     special: tuple[str, ...] = field(default=SPECIAL_TOKENS)
     version: int = 1
     text_model: str = ""
+    image_codes: int = 0
+    image_model: str = ""
 
     def __post_init__(self) -> None:
         for name in ("text_size", "num_bins", "num_discrete"):
@@ -69,6 +81,26 @@ class VocabLayout:
         if missing:
             raise ValueError(f"VocabLayout.special must contain {list(SPECIAL_TOKENS)}, missing {missing}")
         object.__setattr__(self, "special", tuple(self.special))
+        if isinstance(self.image_codes, bool) or not isinstance(self.image_codes, int) or self.image_codes < 0:
+            raise ValueError(f"VocabLayout.image_codes must be an int >= 0 (0: no image codes), got {self.image_codes!r}")
+        if self.image_codes:
+            missing = [s for s in IMAGE_MARKERS if s not in self.special]
+            if missing or not self.image_model:
+                raise ValueError(f"VocabLayout with image_codes={self.image_codes} needs the specials {list(IMAGE_MARKERS)} "
+                                 f"(missing {missing}) and an image_model hash (got {self.image_model!r}); build it "
+                                 "with layout.with_image_codes(n, image_model)")
+        elif self.image_model:
+            raise ValueError(f"VocabLayout.image_model is {self.image_model!r} but image_codes is 0; expected both or neither")
+
+    def with_image_codes(self, image_codes: int, image_model: str) -> "VocabLayout":
+        """This layout with an image-code range of ``image_codes`` ids and the ``<image>``/``</image>`` markers.
+
+        >>> layout = VocabLayout(text_size=1000).with_image_codes(1000, "0123456789abcdef")
+        >>> layout.image_start_id, layout.image_end_id, layout.ranges()["image"], layout.vocab_size
+        (3051, 3052, (3053, 4053), 4053)
+        """
+        special = self.special + tuple(s for s in IMAGE_MARKERS if s not in self.special)
+        return dataclasses.replace(self, special=special, image_codes=int(image_codes), image_model=str(image_model))
 
     @property
     def continuous_offset(self) -> int:
@@ -83,9 +115,14 @@ class VocabLayout:
         return self.discrete_offset + self.num_discrete
 
     @property
+    def image_offset(self) -> int:
+        """First image-code id (just after the specials)."""
+        return self.special_offset + len(self.special)
+
+    @property
     def vocab_size(self) -> int:
         """Total number of ids (the size of the embedding table and logits)."""
-        return self.special_offset + len(self.special)
+        return self.image_offset + self.image_codes
 
     def special_id(self, name: str) -> int:
         """Id of a special token by name.
@@ -110,6 +147,16 @@ class VocabLayout:
     def patch_id(self) -> int:
         return self.special_id("patch")
 
+    @property
+    def image_start_id(self) -> int:
+        """``<image>`` (layouts with image codes only)."""
+        return self.special_id("image_start")
+
+    @property
+    def image_end_id(self) -> int:
+        """``</image>`` (layouts with image codes only)."""
+        return self.special_id("image_end")
+
     def ranges(self) -> dict[str, tuple[int, int]]:
         """Every named id range as ``name -> (start, stop)``."""
         out = {
@@ -120,10 +167,14 @@ class VocabLayout:
         for name in self.special:
             i = self.special_id(name)
             out[name] = (i, i + 1)
+        if self.image_codes:
+            out["image"] = (self.image_offset, self.image_offset + self.image_codes)
         return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.image_codes:  # layouts without image codes keep their JSON (checkpoints, cache digests) as before
+            del d["image_codes"], d["image_model"]
         d["special"] = list(self.special)
         d["ranges"] = {k: list(v) for k, v in self.ranges().items()}  # informative, ignored on load
         return d
