@@ -34,7 +34,7 @@ from omnipolicy.datasets.layout import find_stores
 from omnipolicy.datasets.store import EpisodeStore
 from omnipolicy.files import atomic_dir
 from omnipolicy.tokenizers.image import PATCH, image_to_patches
-from omnipolicy.tokenizers.image_vq import PATCH_DIM, FSQConfig, ImageTokenizer, fsq_bound
+from omnipolicy.tokenizers.image_vq import FSQ_EPS, PATCH_DIM, FSQConfig, ImageTokenizer
 
 RECONSTRUCTIONS = "reconstructions.png"
 METRICS = "metrics.json"
@@ -107,7 +107,7 @@ class FSQAutoencoder(nn.Module):
         self.dec = nn.ModuleList([nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, PATCH_DIM)])
         levels = torch.tensor(config.levels, dtype=torch.float64)
         self.register_buffer("levels", levels, persistent=False)
-        half_l = (levels - 1) * (1 - 1e-3) / 2
+        half_l = (levels - 1) * (1 + FSQ_EPS) / 2
         offset = torch.where(levels % 2 == 0, 0.5, 0.0)
         self.register_buffer("half_l", half_l, persistent=False)
         self.register_buffer("offset", offset, persistent=False)
@@ -167,9 +167,10 @@ class FSQAutoencoder(nn.Module):
         return module
 
 
-def patches_to_inputs(raw: np.ndarray) -> Tensor:
-    """uint8 patches (P, 16, 16, 3) -> float32 (P, 768) in [-1, 1], flattened as the numpy encoder does."""
-    return torch.from_numpy(np.asarray(raw).reshape(-1, PATCH_DIM).astype(np.float32) / 127.5 - 1.0)
+def patches_to_inputs(raw: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 patches (P, 16, 16, 3) -> (P, 768) in [-1, 1] of ``dtype``, flattened and scaled as the numpy encoder
+    does (in float64, then cast)."""
+    return torch.from_numpy(np.asarray(raw).reshape(-1, PATCH_DIM).astype(np.float64) / 127.5 - 1.0).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------------- data
@@ -341,7 +342,7 @@ def fit_autoencoder(module: FSQAutoencoder, patches: np.ndarray, cfg: ImageToken
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         mse01 = losses[-1] / 4  # [-1, 1] -> [0, 1] pixels
         bar.set_postfix(loss=f"{losses[-1]:.4f}", psnr=f"{10 * math.log10(1 / max(mse01, 1e-12)):.1f}", refresh=False)
         bar.update(1)

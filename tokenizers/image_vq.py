@@ -45,7 +45,8 @@ WEIGHTS_FILE = "image_tokenizer.npz"
 PATCH_DIM = PATCH * PATCH * 3
 """Inputs of the encoder: one 16x16 RGB patch, flattened row-major (rows, columns, channels)."""
 FSQ_EPS = 1e-3
-"""The bound keeps a margin of this fraction inside the outermost levels, so rounding never leaves the grid."""
+"""The bound reaches this fraction past the outermost levels: every level is reached exactly, and rounding never
+leaves the grid."""
 
 
 # ---------------------------------------------------------------------------------------------------------- FSQ
@@ -58,11 +59,11 @@ def _levels(levels: Sequence[int]) -> np.ndarray:
 def fsq_bound(z: np.ndarray, levels: Sequence[int]) -> np.ndarray:
     """Squash ``z`` (..., d) into the FSQ range of each dimension: rounding gives the centred digits.
 
-    Dimension ``i`` lands in ``(-(L_i // 2), (L_i - 1) // 2)`` (a margin of ``FSQ_EPS`` inside the ends);
+    Dimension ``i`` lands in ``[-(L_i // 2), (L_i - 1) // 2]`` widened by ``FSQ_EPS`` (less than half a step);
     even levels are shifted by half a step so that ``z = 0`` maps to a level, as in the FSQ paper.
     """
     L = _levels(levels).astype(np.float64)
-    half_l = (L - 1) * (1 - FSQ_EPS) / 2
+    half_l = (L - 1) * (1 + FSQ_EPS) / 2
     offset = np.where(L % 2 == 0, 0.5, 0.0)
     shift = np.arctanh(offset / half_l)
     return np.tanh(z + shift) * half_l - offset

@@ -25,8 +25,8 @@ True
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import asdict, dataclass, field
 
 NUM_BINS: int = 1024
