@@ -379,10 +379,11 @@ def train_image_tokenizer(cfg: ImageTokenizerConfig) -> ImageTokenizerResult:
                   f"{cfg.fsq.num_codes} codes", file=sys.stderr)
         torch.manual_seed(cfg.seed)
         module = FSQAutoencoder(cfg.fsq)
+        t_fit = time.perf_counter()
         losses = fit_autoencoder(module, patches, cfg)
-        train_seconds = time.perf_counter() - t0
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-                "data": [str(p) for p in cfg.data], "final_loss": losses[-1], "train_seconds": round(train_seconds, 1)}
+                "distinct": cfg.distinct, "data": [str(p) for p in cfg.data], "final_loss": losses[-1],
+                "load_seconds": round(t_fit - t0, 1), "train_seconds": round(time.perf_counter() - t_fit, 1)}
         tokenizer = module.export(info)
     finally:
         torch.set_num_threads(threads)
@@ -393,7 +394,7 @@ def train_image_tokenizer(cfg: ImageTokenizerConfig) -> ImageTokenizerResult:
         "num_codes": tokenizer.num_codes,
         "levels": list(cfg.levels),
         "sha256": tokenizer.sha256,
-        **{k: info[k] for k in ("steps", "train_seconds", "final_loss")},
+        **{k: info[k] for k in ("steps", "load_seconds", "train_seconds", "final_loss")},
     }
     tokenizer.info["metrics"] = {k: metrics[k] for k in ("held_out", "test", "train")}
     png = reconstruction_png(tokenizer, frames.test, cfg.samples)
@@ -452,8 +453,8 @@ def image_tokenizer_command(argv: list[str], prog: str) -> None:
         return
     result = train_image_tokenizer(cmd)
     m = result.metrics
-    print(f"trained {cmd.steps} steps in {m['train_seconds']:.1f} s; {m['num_codes']} codes (levels {m['levels']}), "
-          f"final batch loss {m['final_loss']:.4f}")
+    print(f"trained {cmd.steps} steps in {m['train_seconds']:.1f} s (frames loaded in {m['load_seconds']:.1f} s); "
+          f"{m['num_codes']} codes (levels {m['levels']}), final batch loss {m['final_loss']:.4f}")
     print(summary_line("held-out episodes" if m["held_out"] else "training frames (none held out)", m["test"]))
     print(summary_line("training frames", m["train"]))
     print(f"wrote {result.out} (tokenizer {m['sha256'][:16]}, {RECONSTRUCTIONS}, {METRICS})")

@@ -122,7 +122,7 @@ def test_the_command_writes_the_tokenizer_the_png_and_the_metrics(store, tmp_pat
 
     out = tmp_path / "itok"
     main(["image-tokenizer", "train", "--data", str(store), "--out", str(out), "--steps", "20", "--batch-size", "64",
-          "--hidden", "16", "--samples", "4", "--no-progress", "--threads", "1"])
+          "--hidden", "16", "--samples", "4", "--distinct", "--no-progress", "--threads", "1"])
     printed = capsys.readouterr().out
     assert "trained 20 steps" in printed and "held-out episodes: 12 frames, MSE" in printed and "perplexity" in printed
     assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, RECONSTRUCTIONS, METRICS])
