@@ -100,11 +100,13 @@ def test_bad_image_options_are_refused_with_the_valid_choices():
         ModelConfig(**base, fusion="cross-attention")
     with pytest.raises(ValueError, match=r"TrainConfig: .*needs image_encoder='resampler'"):
         TrainConfig(fusion="cross-attention")
-    with pytest.raises(NotImplementedError, match=r"image_encoder='vq' needs the VQ image tokenizer"):
-        GatoModel(ModelConfig(**base, image_encoder="vq", vocab_size=100))
+    with pytest.raises(ValueError, match=r"needs image_encoder='resampler', got image_encoder='vq' \(vq images are codes"):
+        ModelConfig(**base, image_encoder="vq", fusion="cross-attention")
+    vq = GatoModel(ModelConfig(**base, image_encoder="vq", vocab_size=100))  # images as codes: no image modules
+    assert vq.resampler is None and not hasattr(vq, "patch_embed") and len(vq.xattn) == 0
 
 
-@pytest.mark.parametrize("encoder,fusion", OPTIONS + [("resampler", "cross-attention-every-2")])
+@pytest.mark.parametrize("encoder,fusion", OPTIONS + [("resampler", "cross-attention-every-2"), ("vq", "early")])
 def test_num_params_is_exact(encoder, fusion):
     every = 2 if fusion.endswith("every-2") else 1
     model = vision_model(encoder, fusion.removesuffix("-every-2"), n_layer=3, cross_attn_every=every, bias=every == 1)

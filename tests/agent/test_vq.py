@@ -4,6 +4,7 @@ session equal to recomputation). The numpy tokenizer alone: tests/tokenizers/tes
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import replace
@@ -148,18 +149,38 @@ def test_the_command_writes_the_tokenizer_the_png_and_the_metrics(store, tmp_pat
 
 
 def test_model_config_validates_the_image_encoder_and_counts_vq_parameters_exactly():
-    with pytest.raises(ValueError, match=r"image_encoder must be one of \('patches', 'vq'\), got 'pixels'"):
+    with pytest.raises(ValueError, match=r"image_encoder must be one of \('patches', 'resampler', 'vq'\), got 'pixels'"):
         ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, image_encoder="pixels")
-    for encoder in ("patches", "vq"):
-        cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=64, local_positions=32, patch_channels=8,
-                          patch_stride=4, image_encoder=encoder, vocab_size=5000)
+    with pytest.raises(ValueError, match=r"fusion='cross-attention' .* needs image_encoder='resampler', got "
+                                         r"image_encoder='vq' \(vq images are codes in the token sequence"):
+        ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, image_encoder="vq", fusion="cross-attention")
+    base = dict(n_layer=3, n_embd=32, n_head=2, d_ff=64, context=64, local_positions=32, patch_channels=8,
+                patch_stride=4, resampler_latents=3, vocab_size=5000)
+    combos = [("patches", "early"), ("resampler", "early"), ("resampler", "cross-attention"), ("vq", "early")]
+    for (encoder, fusion), bias, tie in itertools.product(combos, (True, False), (True, False)):
+        cfg = ModelConfig(**base, image_encoder=encoder, fusion=fusion, bias=bias, tie_embeddings=tie,
+                          cross_attn_every=2 if bias else 1)
         model = GatoModel(cfg)
-        assert cfg.num_params() == model.num_params()
-    assert not hasattr(model, "patch_embed")  # vq: images are codes of the token table
+        assert cfg.num_params() == model.num_params() == sum(p.numel() for p in model.parameters()), (encoder, fusion)
+        assert hasattr(model, "patch_embed") == (encoder != "vq")  # the resampler reads the patch embedding too
+    patch_params = sum(p.numel() for n, p in GatoModel(replace(cfg, image_encoder="patches")).named_parameters()
+                       if n.startswith("patch_"))
+    assert cfg.num_params() == replace(cfg, image_encoder="patches").num_params() - patch_params > 0
     with pytest.raises(ValueError, match="reads images as codes"):
         model.embed_patches(torch.zeros(1, 3, 16, 16), torch.zeros(1, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="image_encoder='vq' and image_tokenizer go together"):
+
+
+def test_train_config_pairs_the_vq_encoder_with_its_image_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match=r"image_encoder='vq' needs the image tokenizer .*--image-tokenizer DIR"):
         TrainConfig(image_encoder="vq")
+    for encoder in (None, "patches", "resampler"):
+        with pytest.raises(ValueError, match=r"--image-tokenizer .* is only used by image_encoder='vq' .*got "
+                                             rf"image_encoder='{encoder or 'patches'}'"):
+            TrainConfig(data=(tmp_path,), image_encoder=encoder, image_tokenizer=tmp_path)
+    with pytest.raises(ValueError, match=r"TrainConfig: .*needs image_encoder='resampler', got image_encoder='vq'"):
+        TrainConfig(data=(tmp_path,), image_encoder="vq", image_tokenizer=tmp_path, fusion="cross-attention")
+    cfg = TrainConfig(data=(tmp_path,), image_encoder="vq", image_tokenizer=tmp_path)
+    assert cfg.slots_per_image is None and cfg.model_config(Tokenizer.default().layout).image_encoder == "vq"
 
 
 def policy_cfg(store: Path, itok: Path, out: Path, **kw) -> TrainConfig:

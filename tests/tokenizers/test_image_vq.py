@@ -163,3 +163,7 @@ def test_an_episode_with_vq_images_has_image_markers_around_36_codes_per_96x96_i
     # the same episode without the image tokenizer: 36 patch slots per image instead
     plain = Tokenizer.default().tokenize_episode(spec, obs, rng.uniform(-1, 1, (4, 2)))
     assert plain.tokens_per_timestep == ep.tokens_per_timestep - 4 and len(plain.patches) == 4 * 72
+    # image slots (the resampler's) are a layout of patches: a tokenizer writing codes refuses them
+    with pytest.raises(ValueError, match=r"image_slots=4 lays out image slots, but this tokenizer writes images as "
+                                         r"the codes of its image tokenizer; expected image_slots=None"):
+        tok.tokenize_episode(spec, obs, rng.uniform(-1, 1, (4, 2)), image_slots=4)
