@@ -24,7 +24,7 @@ class Episode:
         task_id: registry id of the task (e.g. ``"metaworld/reach-v3"``).
         observations: field name -> values with a leading time axis T (images uint8 (T, H, W, C), vectors
             (T, *shape), discrete ints (T, *shape), text: a sequence of T strings).
-        actions: (T, *action.shape) in the action's dtype.
+        actions: (T, *action.shape) in the action's dtype (a text action: T strings).
         rewards: (T,) reward received after each action.
         success: whether the episode solved the task (None where the task has no success signal).
         seed: the reset seed that produced the episode (collection skips seeds already stored).
@@ -128,8 +128,11 @@ def prepare_episode(ep: Episode, spec: TimestepSpec | None = None) -> PreparedEp
         else:
             arr = np.asarray(value, dtype=f.dtype)
             cols[key], stats[key] = tensor_column(arr, f.shape), numeric_stats(arr)
-    actions = np.asarray(ep.actions, dtype=spec.action.dtype)
-    cols["action"], stats["action"] = tensor_column(actions, spec.action.shape), numeric_stats(actions)
+    if spec.action.kind == "text":  # answers: a string column, no statistics (as text observations)
+        cols["action"] = pa.array([str(s) for s in np.asarray(ep.actions).reshape(t)], pa.string())
+    else:
+        actions = np.asarray(ep.actions, dtype=spec.action.dtype)
+        cols["action"], stats["action"] = tensor_column(actions, spec.action.shape), numeric_stats(actions)
     rewards = np.asarray(ep.rewards, dtype=np.float32).reshape(t)
     done = np.zeros(t, dtype=bool)
     done[-1] = True

@@ -141,6 +141,11 @@ class TaskEnv(gym.Env):
 
     def _action(self, action: Any) -> np.ndarray:
         f = self.task.timestep.action
+        if f.kind == "text":  # an answer: a str (or a 0-d / one-element array of one)
+            a = np.asarray(action, dtype=object).reshape(-1)
+            if a.size != 1 or not isinstance(a[0], str):
+                raise ValueError(f"{self.task.id}: expected a text action (one str), got {action!r}")
+            return np.array(a[0], dtype=str)
         a = np.asarray(action)
         if a.size != f.size:
             scalar = f" or one int of {self.action_space}" if isinstance(self.action_space, gym.spaces.Discrete) else ""

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
-DOMAINS: tuple[str, ...] = ("classic", "atari", "mujoco", "dmc", "metaworld", "so101")
+DOMAINS: tuple[str, ...] = ("classic", "atari", "mujoco", "dmc", "metaworld", "so101", "vqa")
 FAMILY_MODULES: tuple[str, ...] = tuple(f"omnipolicy.envs.{d}" for d in DOMAINS)
 """Modules whose import registers the tasks of one family (one per domain)."""
 
@@ -118,8 +118,10 @@ class TaskSpec:
         return " + ".join(parts)
 
     def action_summary(self) -> str:
-        """Short text like ``discrete(6)`` or ``continuous(4) [-1, 1]``."""
+        """Short text like ``discrete(6)``, ``continuous(4) [-1, 1]`` or ``text(8 tokens)``."""
         a = self.timestep.action
+        if a.kind == "text":
+            return f"text({a.n} tokens)"
         if a.kind == "discrete":
             return f"discrete({a.n})"
         text = f"continuous{a.shape}"
@@ -362,7 +364,7 @@ def protocol_mismatch(spec: TaskSpec, scores: Mapping[str, Any] | None = None) -
 class TasksConfig:
     """List the registered tasks with their measured random and expert scores."""
 
-    domain: Literal["classic", "atari", "mujoco", "dmc", "metaworld", "so101"] | None = None
+    domain: Literal["classic", "atari", "mujoco", "dmc", "metaworld", "so101", "vqa"] | None = None
     """Only tasks of this domain."""
     default_only: bool = False
     """Only the tasks of the default suite."""

@@ -21,8 +21,8 @@ import numpy as np
 from .registry import TaskSpec, make_expert
 
 #: String values of an env's reset ``info`` kept with each episode, for per-value breakdowns in reports (the
-#: instruction's phrasing, the object it names).
-EPISODE_LABELS: tuple[str, ...] = ("phrasing", "target_object")
+#: instruction's phrasing, the object it names, a question's type, the number of examples before a query).
+EPISODE_LABELS: tuple[str, ...] = ("phrasing", "target_object", "question_type", "shots")
 #: Boolean ``info`` values an env reports per step, kept per episode as "ever True" (a rate in reports).
 EPISODE_FLAGS: tuple[str, ...] = ("wrong_object",)
 
@@ -82,7 +82,10 @@ class ExpertActor(ScriptedActor):
 
 
 class RandomActor:
-    """Uniform random actions from the task's action space (seeded per task: the task order does not matter)."""
+    """Uniform random actions from the task's action space (seeded per task: the task order does not matter).
+
+    A text action (an answer) is one of the env's ``answer_choices``, uniformly: chance accuracy.
+    """
 
     name = "random"
 
@@ -93,12 +96,16 @@ class RandomActor:
     def begin(self, task: TaskSpec, envs: Sequence) -> None:
         self.rng = np.random.default_rng([self.seed, zlib.crc32(task.id.encode())])
         self.action = task.timestep.action
+        if self.action.kind == "text":
+            self.choices = list(envs[0].answer_choices)
 
     def reset_env(self, index: int, obs: dict) -> None:
         pass
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
         a = self.action
+        if a.kind == "text":
+            return [np.array(self.choices[self.rng.integers(len(self.choices))]) for _ in active]
         if a.kind == "discrete":
             return [self.rng.integers(0, a.n, size=a.shape).astype(a.dtype) for _ in active]
         low, high = np.asarray(a.low).reshape(a.shape), np.asarray(a.high).reshape(a.shape)

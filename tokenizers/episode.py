@@ -39,7 +39,7 @@ from .discrete import encode_discrete
 from .image import PATCH, image_to_patches, normalize_patches
 from .image_vq import ImageTokenizer
 from .spec import FieldSpec, TimestepSpec
-from .text import TextTokenizer
+from .text import END_OF_TEXT, TextTokenizer
 from .vocab import NUM_BINS, NUM_DISCRETE, VocabLayout
 
 
@@ -215,6 +215,11 @@ class Tokenizer:
         self.text = text
         self.layout = layout
         self.image = image
+        end = text.encode(END_OF_TEXT)
+        if len(end) != 1:
+            raise ValueError(f"The text model must encode the end marker {END_OF_TEXT!r} as one id, got {end}")
+        self.end_id = end[0]
+        """The text id that ends a text action (:data:`~omnipolicy.tokenizers.text.END_OF_TEXT`)."""
 
     @classmethod
     def default(cls) -> "Tokenizer":
@@ -263,11 +268,29 @@ class Tokenizer:
             ValueError: wrong shape, NaN/inf, or a discrete value out of range.
         """
         a = spec.action
+        if a.kind == "text":
+            return self.encode_text_actions(a, actions), 0
         x = np.asarray(actions)
         if x.ndim != len(a.shape) + 1 or x.shape[1:] != a.shape:
             raise ValueError(f"Actions must have shape (T, {', '.join(map(str, a.shape))}) for field "
                              f"{a.name!r}, got {x.shape}".replace(", )", ")"))
         return self._encode_tensor(a, x, x.shape[0])
+
+    def encode_text_actions(self, a: FieldSpec, texts: Sequence[str] | np.ndarray) -> np.ndarray:
+        """``T`` answers -> int64 ``(T, n)`` text ids: each answer, the end marker, the end marker repeated.
+
+        Raises:
+            ValueError: an answer holds the end marker or does not fit in ``n - 1`` tokens.
+        """
+        texts = [str(t) for t in np.asarray(texts, dtype=object).reshape(-1)]
+        ids, lengths = self.text.encode_batch(texts, field=a.name)  # (T, k), -1 = pad
+        for i, t in enumerate(texts):
+            if END_OF_TEXT in t or lengths[i] >= a.n:
+                raise ValueError(f"Text action {a.name!r} takes answers of at most {a.n - 1} tokens without "
+                                 f"{END_OF_TEXT!r}; timestep {i} is {t!r} ({int(lengths[i])} tokens)")
+        out = np.full((len(texts), a.n), self.end_id, np.int64)  # (T, n)
+        out[:, : ids.shape[1]] = np.where(ids >= 0, ids, self.end_id)
+        return out
 
     # --------------------------------------------------------------- episode
     def tokenize_episode(
@@ -356,7 +379,13 @@ class Tokenizer:
                 raise KeyError(f"Observation field {f.name!r} is missing; got keys {sorted(observations)}")
             texts = observations[f.name]
             texts = texts.tolist() if isinstance(texts, np.ndarray) else texts
-            ids, _ = self.text.encode_batch(texts, field=f.name)  # (T, k), -1 = pad
+            ids, lengths = self.text.encode_batch(texts, field=f.name)  # (T, k), -1 = pad
+            if f.n is not None:  # per-step text: exactly n tokens
+                if len(lengths) and lengths.max() > f.n:
+                    i = int(lengths.argmax())
+                    raise ValueError(f"Text field {f.name!r} holds at most {f.n} tokens, timestep {i} has "
+                                     f"{int(lengths[i])}: {texts[i]!r}")
+                ids = np.pad(ids, ((0, 0), (0, f.n - ids.shape[1])), constant_values=-1)
             if t is None:
                 t = ids.shape[0]
             elif ids.shape[0] != t:
@@ -429,6 +458,10 @@ class Tokenizer:
     def action_token_ranges(self, spec: TimestepSpec) -> np.ndarray:
         """int64 ``(A, 2)``: the valid ``[lo, hi)`` token ids of each action element."""
         a = spec.action
+        if a.kind == "text":
+            out = np.zeros((a.n, 2), dtype=np.int64)
+            out[:, 1] = self.layout.text_size
+            return out
         if a.kind == "continuous":
             lo, hi = self.layout.continuous_offset, self.layout.continuous_offset + NUM_BINS
         else:
@@ -441,7 +474,8 @@ class Tokenizer:
         """Action tokens ``(..., A)`` -> actions ``(..., *spec.action.shape)`` in the action's dtype.
 
         Continuous: bin centre, then inverse mu-law (or inverse linear scaling
-        in the bounded mode). Discrete: the value itself.
+        in the bounded mode). Discrete: the value itself. Text: the string of
+        the ids before the first end marker (``(...)`` strings).
 
         Raises:
             ValueError: the last axis is not ``A``, or a token is outside its
@@ -449,8 +483,9 @@ class Tokenizer:
         """
         a = spec.action
         tok = np.asarray(action_tokens)
-        if tok.ndim < 1 or tok.shape[-1] != a.size:
-            raise ValueError(f"Action tokens must have shape (..., {a.size}) for action {a.name!r}, got {tok.shape}")
+        width = a.n if a.kind == "text" else a.size
+        if tok.ndim < 1 or tok.shape[-1] != width:
+            raise ValueError(f"Action tokens must have shape (..., {width}) for action {a.name!r}, got {tok.shape}")
         if tok.dtype.kind not in "iu":
             raise ValueError(f"Action tokens must be integers, got dtype {tok.dtype}")
         lo, hi = self.action_token_ranges(spec)[0]
@@ -459,6 +494,10 @@ class Tokenizer:
             idx = tuple(np.argwhere(bad)[0].tolist())
             raise ValueError(f"Action token {tok[idx]} at index {idx} is outside the valid range [{lo}, {hi}) "
                              f"for {a.kind} action {a.name!r}")
+        if a.kind == "text":
+            rows = tok.reshape(-1, width).tolist()
+            texts = [self.decode_text(r[: r.index(self.end_id)] if self.end_id in r else r) for r in rows]
+            return np.array(texts, dtype=object).reshape(tok.shape[:-1]).astype(str)
         values = tok.astype(np.int64) - lo  # (..., A)
         if a.kind == "continuous":
             values = decode_continuous(values, a.low, a.high, element_ndim=1)

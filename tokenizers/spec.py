@@ -43,7 +43,11 @@ class FieldSpec:
         low, high: for ``continuous``: per-element bounds, flattened. When
             given, values are scaled linearly to [-1, 1] (bounded mode) instead
             of mu-law companded.
-        n: for ``discrete``: number of valid values per element (``<= 1024``).
+        n: for ``discrete``: number of valid values per element (``<= 1024``). For ``text``: a fixed width in
+            tokens (optional for an observation, required for a text action). A text observation without it is an
+            instruction, padded to the longest encoding of a call; with it, per-step text (a question) padded to
+            exactly ``n`` tokens. A text action (an answer, a caption) is ``n`` tokens: the text, the end marker
+            (:data:`~omnipolicy.tokenizers.text.END_OF_TEXT`), then the end marker repeated.
         names: optional element names, flattened (e.g. a robot's joints, as a LeRobot feature's ``names``); a
             deployment checks them against the robot's.
     """
@@ -74,6 +78,9 @@ class FieldSpec:
                 raise ValueError(f"FieldSpec {self.name!r}: every low must be < high, got low={low} high={high}")
             object.__setattr__(self, "low", low)
             object.__setattr__(self, "high", high)
+        if self.kind == "text" and self.n is not None:
+            if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+                raise ValueError(f"FieldSpec {self.name!r}: a text width n must be an int >= 1, got {self.n!r}")
         if self.kind == "discrete":
             if self.n is None or not (1 <= int(self.n) <= NUM_DISCRETE):
                 raise ValueError(f"FieldSpec {self.name!r}: discrete fields need n in [1, {NUM_DISCRETE}], got {self.n!r}")
@@ -145,8 +152,11 @@ class TimestepSpec:
         names = [f.name for f in self.observation]
         if len(set(names)) != len(names):
             raise ValueError(f"TimestepSpec: duplicate observation keys in {names}")
-        if self.action.kind not in ("continuous", "discrete"):
-            raise ValueError(f"TimestepSpec: action must be continuous or discrete, got {self.action.kind!r}")
+        if self.action.kind not in ("continuous", "discrete", "text"):
+            raise ValueError(f"TimestepSpec: action must be continuous, discrete or text, got {self.action.kind!r}")
+        if self.action.kind == "text" and self.action.n is None:
+            raise ValueError(f"TimestepSpec: a text action needs its width in tokens (n), got n=None for "
+                             f"{self.action.name!r}")
 
     def fields(self, kind: str) -> tuple[FieldSpec, ...]:
         """Observation fields of one kind, in tokenization order (sorted by name)."""

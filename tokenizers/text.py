@@ -25,6 +25,9 @@ import sentencepiece as spm
 
 DEFAULT_MODEL: Path = Path(__file__).resolve().parent / "assets" / "text.model"
 _SPACE_MARK = "\u2581"  # SentencePiece's internal space symbol
+END_OF_TEXT = "\n"
+"""Ends a text action (an answer, a caption): one token of the shipped model (its byte piece), never inside an
+answer, so a greedy decoder stops reading at the first one."""
 
 
 class TextTokenizer:

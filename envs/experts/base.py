@@ -47,10 +47,13 @@ class Expert:
 
 
 class RandomPolicy(Expert):
-    """Uniform random actions over the action spec (the normalisation's 0 point)."""
+    """Uniform random actions over the action spec (the normalisation's 0 point); a text action is one of the
+    env's ``answer_choices`` (chance accuracy)."""
 
     def act(self, env, obs: dict[str, Any]) -> np.ndarray:
         a = self.spec.timestep.action
+        if a.kind == "text":
+            return np.array(env.answer_choices[int(self.rng.integers(len(env.answer_choices)))])
         if a.kind == "discrete":
             return self.rng.integers(0, a.n, size=a.shape).astype(a.dtype)
         return self.continuous(self.rng.uniform(np.reshape(a.low, a.shape), np.reshape(a.high, a.shape)))

@@ -12,8 +12,10 @@ import pytest
 from omnipolicy.envs import DEFAULT_SUITE, get_task, list_tasks, make_env, make_expert
 from omnipolicy.envs.experts.base import RandomPolicy
 from omnipolicy.envs.registry import load_attr
+from omnipolicy.tokenizers import Tokenizer
 
 TASK_IDS = [s.id for s in list_tasks()]
+TOKENIZER = Tokenizer.default()
 STEPS = 6
 
 
@@ -23,6 +25,9 @@ def check_obs(spec, obs: dict, instruction: str | None = None) -> None:
     assert sorted(obs) == sorted(names), f"observation keys {sorted(obs)} != spec {sorted(names)}"
     for f in spec.timestep.observation:
         value = obs[f.name]
+        if f.kind == "text" and f.n is not None:  # per-step text (a question): fits its width
+            assert isinstance(value, str) and len(TOKENIZER.encode_text(value)) <= f.n, (f.name, value)
+            continue
         if f.kind == "text":
             assert isinstance(value, str) and value == (spec.instruction if instruction is None else instruction)
             continue
@@ -78,6 +83,8 @@ def test_task_contract(task_id: str) -> None:
             # Gymnasium's convention: one discrete value is Discrete(n), several MultiDiscrete.
             expected = gym.spaces.Discrete(a.n) if a.size == 1 else gym.spaces.MultiDiscrete(np.full(a.shape, a.n))
             assert env.action_space == expected, f"action_space {env.action_space} != {expected}"
+        elif a.kind == "text":
+            assert isinstance(env.action_space, gym.spaces.Text) and native == env.action_space
         else:
             assert isinstance(env.action_space, gym.spaces.Box) and env.action_space.shape == a.shape
             assert native.shape == a.shape
@@ -94,7 +101,10 @@ def test_task_contract(task_id: str) -> None:
         policy = RandomPolicy(spec, seed=0)
         actions = [policy.act(env, first) for _ in range(STEPS)]
         for act in actions:
-            assert act.shape == a.shape and act.dtype == np.dtype(a.dtype)
+            if a.kind == "text":
+                assert act.shape == () and isinstance(act.item(), str)
+            else:
+                assert act.shape == a.shape and act.dtype == np.dtype(a.dtype)
         clean = rollout(env, 5, actions, mutate=False)
         for item in clean:
             if isinstance(item, dict):
@@ -113,8 +123,12 @@ def test_task_contract(task_id: str) -> None:
         # from the same screen; there the seed drives the no-op start (another emulator state, see
         # tests/envs/test_atari.py) and the sticky actions.
         if spec.domain != "atari":
-            other = rollout(env, 6, [], mutate=False)
-            assert any(not np.array_equal(clean[0][k], other[0][k]) for k in clean[0] if k != "instruction")
+            def differs(seed: int) -> bool:
+                other = rollout(env, seed, [], mutate=False)
+                return any(not np.array_equal(clean[0][k], other[0][k]) for k in clean[0] if k != "instruction")
+
+            # Two seeds may draw the same question where the question is all there is (a question-only task).
+            assert differs(6) or (spec.domain == "vqa" and (differs(7) or differs(8)))
     finally:
         env.close()
 
@@ -174,7 +188,8 @@ def test_discrete_actions_round_trip_through_a_dataset(tmp_path) -> None:
             assert reward == ep.rewards[t]
 
 
-@pytest.mark.parametrize("task_id", TASK_IDS)
+# A vision-language episode ends at its answer (tests/envs/test_vqa.py), so it never reaches a step limit.
+@pytest.mark.parametrize("task_id", [t for t in TASK_IDS if get_task(t).domain != "vqa"])
 def test_episode_truncates_at_max_steps(task_id: str) -> None:
     spec = replace(get_task(task_id), max_steps=3)
     env = load_attr(spec.entry_point)(spec, **spec.factory_kwargs)
