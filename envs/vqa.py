@@ -41,12 +41,12 @@ EVAL_SEEDS = 10_000
 """Reset seeds from this one on draw held-out questions and scenes (the evaluation protocol's first seed)."""
 IMAGE_SIZE = 64
 """Height and width of every image (16 patches of 16x16)."""
-QUESTION_TOKENS = 24
-"""Width of the question field in tokens (easy-VQA's longest question takes 17)."""
+QUESTION_TOKENS = 32
+"""Width of the question field in tokens (easy-VQA's longest question takes 17, the SO-101 scenes' 28)."""
 ANSWER_TOKENS = 8
 """Width of an answer in tokens, the end marker included (easy-VQA's longest answer, ``rectangle``, takes 5)."""
-CAPTION_TOKENS = 40
-"""Width of a caption in tokens, the end marker included."""
+CAPTION_TOKENS = 48
+"""Width of a caption in tokens, the end marker included (the longest caption takes 39)."""
 
 
 @dataclass(frozen=True)
