@@ -16,6 +16,8 @@ Conventions shared by every task (``omnipolicy tasks`` lists them):
   spec's form: a discrete action is an int64 array of shape (1,), one token, stored as a
   (T, 1) column. ``env.step`` takes either form: ``env.action_space.sample()`` (an int)
   or the spec's array;
+* a text action (the vision-language tasks' answers, ``envs/vqa.py``) is a ``str``: ``env.step``
+  takes the string, the tokenizer makes it a fixed width of text tokens ending in an end marker;
 * ``reset(seed=s)`` is deterministic; episodes truncate at ``spec.max_steps``;
 * where ``spec.has_success``, ``info["success"]`` is True once the task has been solved in
   the episode (so the last step's value is the episode's success);
