@@ -70,3 +70,19 @@ def test_the_session_rebuilding_a_full_window_still_answers_as_recomputation():
         assert (out.action_tokens < TOK.layout.text_size).all()
         rebuilt += len(out.rebuilt)
     assert rebuilt >= 3
+
+
+def test_the_actor_keeps_a_few_shot_episode_in_one_context_while_its_question_changes():
+    """A question is per-step text (a fixed width), not an instruction: a new one does not reset the context."""
+    from omnipolicy.agent.actor import PolicyActor
+
+    cached, _ = policies(context=512)
+    actor = PolicyActor(cached)
+    task = get_task(TASK)
+    actor.begin(task, [None])
+    rng = np.random.default_rng(2)
+    actor.reset_env(0, observation(rng, 0))
+    for t in range(4):
+        (answer,) = actor.act([0], [observation(rng, t)])
+        assert isinstance(answer.item(), str)
+    assert cached._session.window_timesteps(0) == 4
