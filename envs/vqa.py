@@ -14,6 +14,8 @@ Sources of questions:
   its front camera, with questions generated from the simulator's true state (colours, shapes, left of / right
   of in the image, in the tray), and a caption task listing the objects from left to right. Scenes come from
   the reset seed, so evaluation seeds are scenes never collected.
+* ``metaworld``: Meta-World ``push-v3`` frames from the camera behind the gripper, "is the puck left of the
+  gripper / the goal?", answered from the simulator's state (scenes by seed, as for the SO-101).
 
 Variants: ``blind`` drops the image (the question-only baseline: the same data, no pixels); ``shots = K``
 makes an episode of ``k + 1`` questions of one type, ``k`` drawn in ``[0, K]`` (the ``shots`` label): the
@@ -195,6 +197,81 @@ class So101Scenes:
         return Item(img, f"is the {names[i]} in the tray?", "yes" if i == in_tray else "no", kind)
 
 
+# ---------------------------------------------------------------------------------------------
+# Meta-World frames
+
+
+class MetaWorldScenes:
+    """Questions about Meta-World ``push-v3`` frames, generated from the simulator's true state.
+
+    A scene is the task's reset for a seed, the gripper moved by a few steps in a random direction, and the puck
+    put anywhere in its range; the ``behindGripper`` camera (it rides with the gripper, which stays at the image's
+    centre) sees it at 64x64. Left and right are the image's: the projection of each point by the camera. A
+    question is asked only where the two points are at least 2 pixels apart sideways and in view.
+    """
+
+    question_types: tuple[str, ...] = ("puck vs gripper", "puck vs goal")
+    answers: tuple[str, ...] = ("yes", "no")
+    CAMERA = "behindGripper"
+    PUCK_LOW, PUCK_HIGH = (-0.1, 0.6), (0.1, 0.7)
+    """The range of the puck's centre on the table (Meta-World's own for push-v3)."""
+
+    def __init__(self) -> None:
+        import mujoco
+
+        from .metaworld import MetaWorldEnv
+
+        self.env = MetaWorldEnv(get_task("metaworld/push-v3"), "push-v3")
+        self.sim = self.env.env  # Meta-World's own env: its model and data
+        self.renderer = mujoco.Renderer(self.sim.model, IMAGE_SIZE, IMAGE_SIZE)
+        self._puck = self.sim.model.joint("objjoint").qposadr[0]
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+    def _pixel(self, p: np.ndarray) -> np.ndarray:
+        """(column, row) of a world point in the 64x64 image."""
+        m, d = self.sim.model, self.sim.data
+        cam = m.camera(self.CAMERA).id
+        rel = p - d.cam_xpos[cam]
+        axes = d.cam_xmat[cam].reshape(3, 3)
+        f = IMAGE_SIZE / 2 / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)
+        depth = -(rel @ axes[:, 2])
+        return IMAGE_SIZE / 2 + f * np.array([rel @ axes[:, 0], -(rel @ axes[:, 1])]) / depth
+
+    def _visible_apart(self, a: np.ndarray, b: np.ndarray) -> bool:
+        inside = all(0 <= v < IMAGE_SIZE for v in (*a, *b))
+        return inside and abs(a[0] - b[0]) >= 2
+
+    def draw(self, split: str, seed: int, rng: np.random.Generator, question_type: str | None = None) -> Item:
+        import mujoco
+
+        del split  # the seed is the scene: evaluation seeds are scenes never collected
+        state, _ = self.env._reset(seed)
+        direction = np.append(rng.uniform(-1, 1, 3), 0.0).astype(np.float32)
+        for _ in range(int(rng.integers(0, 16))):
+            state, *_ = self.env._step(direction)
+        hand, goal = np.asarray(state["state"][0:3]), np.asarray(state["state"][36:39])
+        kind = question_type or self.question_types[int(rng.integers(len(self.question_types)))]
+        other = hand if kind == "puck vs gripper" else goal
+        d = self.sim.data
+        for _ in range(100):
+            puck = np.array([*rng.uniform(self.PUCK_LOW, self.PUCK_HIGH), d.qpos[self._puck + 2]])
+            d.qpos[self._puck:self._puck + 3] = puck
+            mujoco.mj_forward(self.sim.model, d)
+            a, b = self._pixel(puck), self._pixel(other)
+            if self._visible_apart(a, b):
+                break
+        else:  # the goal out of view: ask about the gripper, always at the centre
+            kind, other = "puck vs gripper", hand
+            a, b = self._pixel(puck), self._pixel(other)
+        self.renderer.update_scene(d, camera=self.CAMERA)
+        name = "gripper" if kind == "puck vs gripper" else "goal"
+        return Item(self.renderer.render().copy(), f"is the puck left of the {name}?", "yes" if a[0] < b[0] else "no",
+                    kind)
+
+
 def caption_of(names: list[str], u: np.ndarray) -> str:
     """The objects from left to right: ``"red cube, blue cylinder, green cube, purple cylinder"``."""
     return ", ".join(names[i] for i in np.argsort(u))
@@ -206,7 +283,8 @@ def caption_facts(caption: str, truth: str) -> float:
     return sum(a == b for a, b in zip(said, true)) / len(true)
 
 
-SOURCES = {"easy": EasyVqa, "so101": So101Scenes, "so101-caption": functools.partial(So101Scenes, caption=True)}
+SOURCES = {"easy": EasyVqa, "so101": So101Scenes, "so101-caption": functools.partial(So101Scenes, caption=True),
+           "metaworld": MetaWorldScenes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +296,7 @@ class VqaEnv(TaskEnv):
 
     Args:
         spec: the task's spec.
-        source: ``"easy"``, ``"so101"`` or ``"so101-caption"`` (see the module docstring).
+        source: ``"easy"``, ``"so101"``, ``"so101-caption"`` or ``"metaworld"`` (see the module docstring).
         blind: leave the image out of the observation (the question-only baseline).
         shots: the most examples before the query (0: one question per episode).
         render_mode: None or ``"rgb_array"`` (``render()`` gives the current image).
@@ -340,6 +418,8 @@ def vqa_task(id: str, source: str, *, blind: bool = False, shots: int = 0, width
 @vqa_task("vqa/so101-blind-v1", "so101", blind=True)
 @vqa_task("vqa/so101-caption-v1", "so101-caption", width=CAPTION_TOKENS,
           instruction="Name the objects on the table from left to right.")
+@vqa_task("vqa/metaworld-v1", "metaworld")
+@vqa_task("vqa/metaworld-blind-v1", "metaworld", blind=True)
 def make_vqa(spec, render_mode: str | None = None, *, source: str, blind: bool = False, shots: int = 0) -> VqaEnv:
     """A vision-language task."""
     return VqaEnv(spec, source, blind=blind, shots=shots, render_mode=render_mode)
