@@ -106,10 +106,12 @@ class EasyVqa:
                     easy_answer_type(answers[index]))
 
     def draw(self, split: str, seed: int, rng: np.random.Generator, question_type: str | None = None) -> Item:
-        """Question ``seed`` of a fixed shuffle of the split, or (with a type) a random question of that type."""
+        """Question ``seed`` (counted from :data:`EVAL_SEEDS` in the test split) of a fixed shuffle of the split,
+        or (with a type) a random question of that type."""
         if question_type is None:
             order = _easy_order(split)
-            return self.item(split, int(order[seed % len(order)]))
+            index = seed - EVAL_SEEDS if split == "test" else seed
+            return self.item(split, int(order[index % len(order)]))
         pool = _easy_type_index(split)[question_type]
         return self.item(split, int(pool[rng.integers(len(pool))]))
 
@@ -333,13 +335,12 @@ class VqaEnv(TaskEnv):
         else:  # an unseeded reset draws the next question of the current stream
             self._seed = int(self._rng.integers(EVAL_SEEDS))
         split = "test" if self._seed >= EVAL_SEEDS else "train"
-        index = self._seed - EVAL_SEEDS if split == "test" else self._seed
         if self.shots:
             k = int(self._rng.integers(self.shots + 1))
             kind = self.source.question_types[int(self._rng.integers(len(self.source.question_types)))]
-            self._items = [self.source.draw(split, index, self._rng, kind) for _ in range(k + 1)]
+            self._items = [self.source.draw(split, self._seed, self._rng, kind) for _ in range(k + 1)]
         else:
-            self._items = [self.source.draw(split, index, self._rng)]
+            self._items = [self.source.draw(split, self._seed, self._rng)]
         self._t = 0
         info = {"question_type": self._items[-1].question_type}
         if self.shots:

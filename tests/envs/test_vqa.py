@@ -142,3 +142,14 @@ def test_metaworld_answers_follow_where_the_puck_is_drawn():
         assert kinds == {"puck vs gripper", "puck vs goal"}
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("task_id", ["vqa/so101-v1", "vqa/metaworld-v1"])
+def test_evaluation_seeds_are_scenes_never_collected(task_id):
+    env = make_env(task_id)
+    try:
+        collected = {env.reset(seed=s)[0]["image"].tobytes() for s in range(5)}
+        evaluated = {env.reset(seed=EVAL_SEEDS + s)[0]["image"].tobytes() for s in range(5)}
+        assert len(collected) == 5 and not collected & evaluated
+    finally:
+        env.close()
