@@ -475,7 +475,7 @@ class Tokenizer:
 
         Continuous: bin centre, then inverse mu-law (or inverse linear scaling
         in the bounded mode). Discrete: the value itself. Text: the string of
-        the ids before the first end marker (``(...)`` strings).
+        the ids before the first end marker (a str array of shape ``(...)``).
 
         Raises:
             ValueError: the last axis is not ``A``, or a token is outside its
