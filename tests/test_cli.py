@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from omnipolicy import cli
+from omnipolicy.envs.registry import DOMAINS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,8 +65,8 @@ def test_user_error_is_one_line_with_status_2(case: str, tmp_path: Path) -> None
     assert len(lines) == 1, proc.stderr
     if want is None:
         assert lines[0].startswith("omnipolicy collect: error: Unknown task id 'nosuch/task'. ")
-        assert lines[0].endswith(" tasks are registered in domains "
-                                 "['classic', 'atari', 'mujoco', 'dmc', 'metaworld', 'so101']; `omnipolicy tasks` lists them.")
+        assert lines[0].endswith(f" tasks are registered in domains {list(DOMAINS)}; `omnipolicy tasks` lists them.")
+        assert "'vqa']" in lines[0]
     else:
         assert lines[0] == want
     assert proc.stdout == ""
