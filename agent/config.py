@@ -15,6 +15,7 @@ enough to train usefully on two cores in minutes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from omnipolicy.tokenizers.chunking import ActionChunking
@@ -27,6 +28,8 @@ IMAGE_ENCODERS = ("patches", "resampler", "vq")
 """How an image becomes model inputs (see ``ModelConfig.image_encoder``)."""
 FUSIONS = ("early", "cross-attention")
 """Where the images meet the token stream (see ``ModelConfig.fusion``)."""
+FFN_KINDS = ("dense", "moe")
+"""Feed-forward of the blocks (see ``ModelConfig.ffn``)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,12 @@ class ModelConfig:
             timestep's images; the gates start at 0, so the untrained blocks change nothing). Needs the resampler.
         cross_attn_every: a gated cross-attention block before every this many transformer blocks (1: every block;
             Flamingo-9B: 4), starting with the first.
+        ffn: feed-forward of every block: ``"dense"`` (one MLP of width ``d_ff``) or ``"moe"`` (a dropless top-k
+            mixture of ``moe_experts`` MLPs of that shape, :mod:`omnipolicy.agent.moe`).
+        moe_experts: experts per MoE layer ``E``.
+        moe_top_k: experts each token is sent to ``k`` (``1 <= k <= E``).
+        moe_aux_coef: weight of the load-balancing loss ``E * sum_i f_i P_i`` (mean over layers) in training.
+        moe_z_coef: weight of the router z-loss (mean over layers) in training.
         vocab_size: size of the embedding table and logits; ``None`` until
             bound to a tokenizer layout with :meth:`with_layout` (or :meth:`with_vocab`).
         continuous_ids: ``[start, stop)`` of the continuous-bin ids, bound by :meth:`with_layout`.
@@ -106,6 +115,11 @@ class ModelConfig:
     resampler_depth: int = 2
     fusion: str = "early"
     cross_attn_every: int = 1
+    ffn: str = "dense"
+    moe_experts: int = 8
+    moe_top_k: int = 2
+    moe_aux_coef: float = 0.01
+    moe_z_coef: float = 0.001
     vocab_size: int | None = None
     continuous_ids: tuple[int, int] | None = None
     separator_id: int | None = None
@@ -133,6 +147,7 @@ class ModelConfig:
             self.chunking
         except ValueError as e:
             raise ValueError(f"ModelConfig: {e}") from None
+        self._check_moe()
         if self.continuous_ids is not None:
             lo, hi = (int(v) for v in self.continuous_ids)
             if not 0 <= lo < hi <= (self.vocab_size or hi):
@@ -170,6 +185,18 @@ class ModelConfig:
         if self.fusion != "cross-attention":
             return ()
         return tuple(range(0, self.n_layer, self.cross_attn_every))
+
+    def _check_moe(self) -> None:
+        if self.ffn not in FFN_KINDS:
+            raise ValueError(f"ModelConfig.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        if not isinstance(self.moe_experts, int) or self.moe_experts < 1:
+            raise ValueError(f"ModelConfig.moe_experts must be an int >= 1, got {self.moe_experts!r}")
+        if not isinstance(self.moe_top_k, int) or not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"ModelConfig.moe_top_k must be an int in [1, moe_experts={self.moe_experts}], "
+                             f"got {self.moe_top_k!r}")
+        for name in ("moe_aux_coef", "moe_z_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"ModelConfig.{name} must be a float >= 0, got {getattr(self, name)!r}")
 
     @property
     def chunking(self) -> ActionChunking:
@@ -229,7 +256,7 @@ class ModelConfig:
             + 2 * (2 * c + 9 * c * c) + c  # two (GroupNorm, conv3x3) pairs; the first conv has no bias
             + c * self.patch_grid**2 * d + d  # projection to the model width
         )
-        block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + (d * f + f * b) + (f * d + d * b)
+        block = norm + (d * 3 * d + 3 * d * b) + (d * d + d * b) + norm + self._ffn_params(self.moe_experts)
         head = 0 if self.tie_embeddings else v * d
         values = self.value_features * d if self.continuous_ids is not None else 0
         vision = 0
@@ -239,6 +266,22 @@ class ModelConfig:
         # gated cross-attention blocks: a norm, q, kv, out, the x4 feed-forward and two scalar gates each
         vision += len(self.cross_attn_layers) * (norm + 4 * d * d + norm + 2 * 4 * d * d + 2)
         return embed + values + patch + self.n_layer * block + norm + head + vision
+
+    def num_active_params(self, vocab_size: int | None = None) -> int:
+        """Parameters one token's forward pass uses: :meth:`num_params` less the experts it is not routed to
+        (``moe_experts - moe_top_k`` per MoE layer); equal to :meth:`num_params` for a dense model.
+
+        Raises:
+            ValueError: no vocabulary size is known.
+        """
+        idle = self._ffn_params(self.moe_experts) - self._ffn_params(self.moe_top_k)
+        return self.num_params(vocab_size) - self.n_layer * idle
+
+    def _ffn_params(self, experts: int) -> int:
+        """Parameters of one block's feed-forward with ``experts`` experts (the router counted in full)."""
+        d, f, b = self.n_embd, self.d_ff, int(self.bias)
+        mlp = (d * f + f * b) + (f * d + d * b)
+        return mlp if self.ffn == "dense" else d * self.moe_experts + experts * mlp
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -292,14 +335,27 @@ def format_params(n: int) -> str:
     return f"{n / 1e3:.1f}K"
 
 
-def presets_table(layout) -> str:
-    """One line per preset with its shape and exact parameter count when bound to ``layout``."""
-    lines = [f"{'preset':<11} {'layers':>6} {'width':>6} {'heads':>5} {'ff':>6} {'context':>7} {'params':>14}"]
-    for name, cfg in PRESETS.items():
-        n = cfg.with_layout(layout).num_params()
-        lines.append(
-            f"{name:<11} {cfg.n_layer:>6} {cfg.n_embd:>6} {cfg.n_head:>5} {cfg.d_ff:>6} {cfg.context:>7} "
-            f"{n:>14,d} ({format_params(n)})"
-        )
-    lines.append(f"(vocabulary size {layout.vocab_size}; embeddings tied with the LM head)")
+def presets_table(layout, adjust: Callable[[ModelConfig], ModelConfig] | None = None) -> str:
+    """One line per preset with its shape and exact parameter count when bound to ``layout``.
+
+    Args:
+        layout: the tokenizer's :class:`~omnipolicy.tokenizers.VocabLayout`.
+        adjust: applied to each preset first (a training run's overrides, such as ``ffn="moe"``); with
+            mixture-of-experts feed-forwards the table also gives the experts and the active parameters per token.
+    """
+    cfgs = {name: (adjust(cfg) if adjust else cfg).with_layout(layout) for name, cfg in PRESETS.items()}
+    moe = any(cfg.ffn == "moe" for cfg in cfgs.values())
+    head = f"{'preset':<11} {'layers':>6} {'width':>6} {'heads':>5} {'ff':>6} {'context':>7} {'params':>14}"
+    lines = [f"{head:<72} {'experts':>9} {'active':>14}" if moe else head]
+    for name, cfg in cfgs.items():
+        n = cfg.num_params()
+        line = (f"{name:<11} {cfg.n_layer:>6} {cfg.n_embd:>6} {cfg.n_head:>5} {cfg.d_ff:>6} {cfg.context:>7} "
+                f"{n:>14,d} ({format_params(n)})")
+        if moe:
+            a = cfg.num_active_params()
+            experts = f"{cfg.moe_experts} top-{cfg.moe_top_k}" if cfg.ffn == "moe" else "dense"
+            line = f"{line:<72} {experts:>9} {a:>14,d} ({format_params(a)})"
+        lines.append(line)
+    lines.append(f"(vocabulary size {layout.vocab_size}; embeddings tied with the LM head"
+                 + ("; active: parameters one token uses, the experts it is routed to)" if moe else ")"))
     return "\n".join(lines)

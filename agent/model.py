@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from .config import PATCH_SIZE, ModelConfig
 from .cross_attention import GatedCrossAttention, ImageContext, frame_latents
+from .moe import MoE, RouterStats
 from .resampler import PerceiverResampler
 
 
@@ -191,14 +192,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.
+
+    ``mlp`` is the dense :class:`MLP`, or with ``cfg.ffn == "moe"`` a :class:`~omnipolicy.agent.moe.MoE` of
+    experts of that shape (every block's: Mixtral's choice, where Switch alternates dense and MoE blocks).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.mlp: MLP | MoE = MoE(cfg, lambda: MLP(cfg)) if cfg.ffn == "moe" else MLP(cfg)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -270,6 +275,22 @@ class GatoModel(nn.Module):
     def num_params(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def router_stats(self) -> list[RouterStats]:
+        """Each MoE block's :class:`~omnipolicy.agent.moe.RouterStats` of the last forward pass in training mode,
+        in block order (empty for a dense model, or after a forward pass in eval mode)."""
+        return [blk.mlp.stats for blk in self.blocks if isinstance(blk.mlp, MoE) and blk.mlp.stats is not None]
+
+    def router_loss(self) -> Tensor | None:
+        """``moe_aux_coef * aux + moe_z_coef * z`` of the last forward pass in training mode, with ``aux`` and ``z``
+        the load-balancing and z-losses averaged over the MoE blocks (a scalar in the autograd graph, to add to
+        the mean token loss); ``None`` without router statistics (a dense model, eval mode)."""
+        stats = self.router_stats()
+        if not stats:
+            return None
+        aux = torch.stack([s.aux for s in stats]).mean()
+        z = torch.stack([s.z for s in stats]).mean()
+        return self.cfg.moe_aux_coef * aux + self.cfg.moe_z_coef * z
 
     def embed_patches(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
         """Embeddings of image patches with their row/column positions (clamped to the table), (P, D).

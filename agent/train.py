@@ -61,6 +61,8 @@ from .model import GatoModel
 from .synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+_MOE_FIELDS = ("ffn", "moe_experts", "moe_top_k", "moe_aux_coef", "moe_z_coef")
+"""The feed-forward overrides of ``TrainConfig``, named as the ``ModelConfig`` fields they set."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,17 @@ class TrainConfig:
     cross_attn_every: int | None = None
     """A gated cross-attention block before every this many transformer blocks (ModelConfig.cross_attn_every).
     Default: the preset's (1)."""
+    ffn: Literal["dense", "moe"] | None = None
+    """Feed-forward of every block (ModelConfig.ffn): dense (one MLP) or moe (a dropless top-k mixture of experts of
+    the MLP's shape, with load-balancing and router z-losses). Default: the preset's (dense)."""
+    moe_experts: int | None = None
+    """Experts per MoE layer (ModelConfig.moe_experts; needs --ffn moe). Default: the preset's (8)."""
+    moe_top_k: int | None = None
+    """Experts each token is routed to (ModelConfig.moe_top_k; needs --ffn moe). Default: the preset's (2)."""
+    moe_aux_coef: float | None = None
+    """Weight of the load-balancing loss (ModelConfig.moe_aux_coef; needs --ffn moe). Default: the preset's (0.01)."""
+    moe_z_coef: float | None = None
+    """Weight of the router z-loss (ModelConfig.moe_z_coef; needs --ffn moe). Default: the preset's (0.001)."""
     steps: int = 2000
     """Optimizer steps in total (a resumed run continues up to this)."""
     stop_at: int | None = None
@@ -193,9 +206,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: action_chunk={chunking.size} needs datasets (--data); the synthetic copy-task "
                              "windows have no episodes to chunk")
         try:
-            encoder = self.vision_config(get_preset(self.preset)).image_encoder
+            shape = self.adjust(get_preset(self.preset))
         except ValueError as e:
             raise ValueError(f"TrainConfig: {e}") from None
+        encoder = shape.image_encoder
         if encoder == "vq" and self.image_tokenizer is None:
             raise ValueError("TrainConfig: image_encoder='vq' needs the image tokenizer its codes come from "
                              "(--image-tokenizer DIR, the folder of `omnipolicy image-tokenizer train --out`), got none")
@@ -206,6 +220,10 @@ class TrainConfig:
         if self.synthetic and self.image_tokenizer is not None:
             raise ValueError("TrainConfig: --image-encoder vq needs datasets (--data) with images; the synthetic "
                              "copy-task windows have none")
+        moe_set = [f"--{name.replace('_', '-')}" for name in _MOE_FIELDS[1:] if getattr(self, name) is not None]
+        if shape.ffn != "moe" and moe_set:
+            raise ValueError(f"TrainConfig: {', '.join(moe_set)} configure a mixture-of-experts feed-forward, but the "
+                             f"model's is {shape.ffn!r}; add --ffn moe")
 
     @property
     def chunking(self) -> ActionChunking:
@@ -225,15 +243,23 @@ class TrainConfig:
         return self.vision_config(get_preset(self.preset)).slots_per_image
 
     def model_config(self, layout: VocabLayout) -> ModelConfig:
-        """The preset with the context, action-input, chunking and vision overrides, bound to ``layout``."""
-        cfg = self.vision_config(get_preset(self.preset))
-        if self.context is not None:
-            cfg = dataclasses.replace(cfg, context=self.context)
+        """The preset with the context, action-input, chunking, vision and feed-forward overrides, bound to ``layout``."""
+        cfg = self.adjust(get_preset(self.preset))
         if self.action_inputs is not None:
             cfg = dataclasses.replace(cfg, action_inputs=self.action_inputs)
         chunking = self.chunking
         cfg = dataclasses.replace(cfg, action_chunk=chunking.size, chunk_execution=chunking.execution)
         return cfg.with_layout(layout)
+
+    def adjust(self, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` (a preset) with this run's overrides of its shape: the vision options, the context and the
+        feed-forward.
+
+        Raises:
+            ValueError: an override the model config refuses (the message names it).
+        """
+        shape = {name: getattr(self, name) for name in ("context", *_MOE_FIELDS) if getattr(self, name) is not None}
+        return dataclasses.replace(self.vision_config(cfg), **shape)
 
     def tokenizer(self) -> Tokenizer:
         """The installed tokenizer, writing images as the ``image_tokenizer``'s codes where one is given."""
@@ -484,15 +510,20 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 class LossModule(nn.Module):
-    """Wraps the model so DDP sees ``forward(batch) -> (loss_sum, count)``."""
+    """Wraps the model so DDP sees ``forward(batch) -> (loss_sum, count, router_loss)``.
+
+    ``router_loss`` is the weighted MoE auxiliary loss of this forward pass (:meth:`GatoModel.router_loss`), to be
+    added to the mean token loss; ``None`` for a dense model.
+    """
 
     def __init__(self, model: GatoModel, bin_sigma: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.bin_sigma = bin_sigma
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return self.model.loss_terms(batch, self.bin_sigma)
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        loss_sum, count = self.model.loss_terms(batch, self.bin_sigma)
+        return loss_sum, count, self.model.router_loss()
 
 
 def accumulate_gradients(
@@ -510,11 +541,12 @@ def accumulate_gradients(
 
     However the batch is split (across ranks, then into micro-batches), each parameter's ``.grad`` ends as
     the gradient of the whole batch's summed token loss divided by the batch's count of loss positions:
-    the mean loss of the batch. With more than one rank ``train_module`` is a
+    the mean loss of the batch. A mixture-of-experts model adds the gradient of its router loss, averaged over
+    the micro-batches of every rank (the router losses are means over tokens already). With more than one rank ``train_module`` is a
     ``DistributedDataParallel`` that averages over ranks on the last micro-batch.
 
     Args:
-        train_module: a :class:`LossModule` (or DDP around one) returning ``(loss_sum, count)``.
+        train_module: a :class:`LossModule` (or DDP around one) returning ``(loss_sum, count, router_loss)``.
         batch: the global WindowLoader batch (every rank passes the same one).
         rank: this process's rank; it takes rows ``[rank * B / world, (rank + 1) * B / world)``.
         world: number of ranks.
@@ -541,8 +573,11 @@ def accumulate_gradients(
         part = to_tensors(slice_batch(batch, lo, lo + micro, slots_per_image), device)
         sync = k == grad_accum - 1 or world == 1
         with (nullcontext() if sync else train_module.no_sync()), _autocast(device, dtype):
-            part_sum, _ = train_module(part)
-        (part_sum * scale).backward()
+            part_sum, _, router = train_module(part)
+        objective = part_sum * scale
+        if router is not None:
+            objective = objective + router / grad_accum  # DDP's mean over ranks completes the mean over micro-batches
+        objective.backward()
         loss_sum += part_sum.detach()
     return loss_sum, global_count
 
@@ -802,7 +837,9 @@ def _build_model(
     model = GatoModel(model_cfg).to(device)
     if is_main:
         amp = autocast_dtype(device, cfg.dtype)
-        print(f"model {cfg.preset}: {model.num_params():,d} parameters, context {model_cfg.context}, vocabulary "
+        active = (f" ({model_cfg.num_active_params():,d} active per token: {model_cfg.moe_experts} experts, top-"
+                  f"{model_cfg.moe_top_k})" if model_cfg.ffn == "moe" else "")
+        print(f"model {cfg.preset}: {model.num_params():,d} parameters{active}, context {model_cfg.context}, vocabulary "
               f"{model_cfg.vocab_size}; {len(tasks)} task(s); {world} process(es) on {device}, "
               f"{'bfloat16 autocast' if amp else 'float32'}", file=sys.stderr)
     optimizer = make_optimizer(model, cfg, device)
@@ -942,6 +979,21 @@ def _report_step(
         writer.add_scalar("train/tokens_per_s", tok_s, step)
         if grad_norm is not None:
             writer.add_scalar("train/grad_norm", float(grad_norm), step)
+        _log_router(writer, run.model, step)
+
+
+def _log_router(writer: Any, model: GatoModel, step: int) -> None:
+    """The MoE routing of the step's last micro-batch: the router losses (mean over layers), and per layer each
+    expert's share of the token-to-expert assignments and the mean entropy of the tokens' router distributions."""
+    stats = model.router_stats()
+    if not stats:
+        return
+    writer.add_scalar("moe/aux_loss", float(np.mean([float(s.aux.detach()) for s in stats])), step)
+    writer.add_scalar("moe/z_loss", float(np.mean([float(s.z.detach()) for s in stats])), step)
+    for layer, s in enumerate(stats):
+        writer.add_scalar(f"moe/layer{layer}/entropy", float(s.entropy), step)
+        for e, share in enumerate(s.load.tolist()):
+            writer.add_scalar(f"moe/layer{layer}/load_expert{e}", share, step)
 
 
 def _save(run: _Run) -> Path:
@@ -997,8 +1049,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CLI
 
 
-def _presets_text() -> str:
-    return presets_table(Tokenizer.default().layout)
+def _presets_text(cfg: TrainConfig) -> str:
+    return presets_table(Tokenizer.default().layout, adjust=cfg.adjust)
 
 
 def train_command(argv: list[str], prog: str) -> None:
@@ -1011,10 +1063,14 @@ def train_command(argv: list[str], prog: str) -> None:
             f"{c.with_layout(layout).num_params():,d} parameters"
             for name, c in PRESETS.items()
         ]
+        moe = dataclasses.replace(PRESETS["cpu-tiny"], ffn="moe").with_layout(layout)
+        lines.append(f"--ffn moe replaces each MLP by {moe.moe_experts} experts of its shape, {moe.moe_top_k} per token: "
+                     f"cpu-tiny then has {moe.num_params():,d} parameters, {moe.num_active_params():,d} active per "
+                     "token (--list-presets --ffn moe lists every preset)")
         description += "\n\nModel presets (exact parameter counts with the installed tokenizer):\n\n" + "\n\n".join(lines)
     cfg = tyro.cli(TrainConfig, args=argv, prog=prog, description=description)
     if cfg.list_presets:
-        print(_presets_text())
+        print(_presets_text(cfg))
         return
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
