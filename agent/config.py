@@ -247,7 +247,7 @@ class ModelConfig:
         v = self.vocab_size if vocab_size is None else vocab_size
         if v is None:
             raise ValueError("ModelConfig.num_params needs a vocab_size (bind one with with_vocab or pass it)")
-        d, f, c, b = self.n_embd, self.d_ff, self.patch_channels, int(self.bias)
+        d, c, b = self.n_embd, self.patch_channels, int(self.bias)
         norm = 2 * d if self.bias else d
         embed = v * d + self.context * d + self.local_positions * d
         patch = 0 if not self.embeds_patches else (
