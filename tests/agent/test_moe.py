@@ -264,10 +264,11 @@ def test_list_presets_with_moe_flags_shows_total_and_active_counts(capsys):
 # ------------------------------------------------------ session, checkpoints
 
 
-def session_and_reference_logits(model: GatoModel, steps: int, seed: int = 0):
+def session_and_reference_logits(model: GatoModel, steps: int, seed: int = 0, session: InferenceSession | None = None):
     """Yield, for each step of a 2-env episode, the session's masked logits and those of a full forward."""
     ranges = np.array([[CONT, CONT + 1024], [CONT, CONT + 1024]])
-    session = InferenceSession(model, SessionConfig(num_envs=2), patch_id=LAYOUT.patch_id)
+    session = session or InferenceSession(model, SessionConfig(num_envs=2), patch_id=LAYOUT.patch_id)
+    dev = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     history: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[], []]
     for _ in range(steps):
@@ -284,12 +285,13 @@ def session_and_reference_logits(model: GatoModel, steps: int, seed: int = 0):
             local = np.concatenate([np.arange(len(o.tokens) + len(a)) for o, a in window])
             is_patch = tokens == LAYOUT.patch_id
             pidx = np.where(is_patch, np.cumsum(is_patch) - 1, -1)
-            t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))[None]  # noqa: E731
+            t = lambda a: torch.from_numpy(np.asarray(a)).to(dev)  # noqa: E731
             with torch.no_grad():
-                h = model(t(tokens), t(local), t(pidx), torch.from_numpy(np.concatenate([o.patches for o, _ in window])),
-                          torch.from_numpy(np.concatenate([o.patch_pos for o, _ in window])))
+                h = model(t(tokens)[None], t(local)[None], t(pidx)[None], t(np.concatenate([o.patches for o, _ in window])),
+                          t(np.concatenate([o.patch_pos for o, _ in window])))
             n = len(tokens)
-            yield out.logits[e][:, CONT:CONT + 1024], model.logits(h[0, n - 3 : n - 1])[:, CONT:CONT + 1024]
+            ref = model.logits(h[0, n - 3 : n - 1]).float().cpu()
+            yield out.logits[e][:, CONT:CONT + 1024], ref[:, CONT:CONT + 1024]
 
 
 def test_kv_cached_session_equals_full_recomputation():
@@ -299,6 +301,25 @@ def test_kv_cached_session_equals_full_recomputation():
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
         compared += 1
     assert compared == 28
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_session_equals_full_recomputation():
+    model = tiny_model(seed=7).cuda().eval()
+    session = InferenceSession(model, SessionConfig(num_envs=2, dtype="float32"), patch_id=LAYOUT.patch_id)
+    for got, ref in session_and_reference_logits(model, steps=14, session=session):
+        torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)
+    kinds = [key[0] for key in session._graphs]
+    assert session.use_graphs and "prefill" in kinds and "decode" in kinds  # the MoE step was captured, not eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_training_learns(tmp_path):
+    cfg = TrainConfig(out=tmp_path, preset="cpu-tiny", context=64, steps=120, batch_size=8, lr=3e-3, warmup_steps=10,
+                      save_every=1000, progress=False, tensorboard=False, device="cuda", ffn="moe", moe_experts=4)
+    src = SyntheticWindows(LAYOUT, context=64, batch_size=8, num_windows=8, seed=0)
+    result = train(cfg, loader=src, layout=LAYOUT, tasks=TASKS)
+    assert result.losses[0] > 5.0 and np.mean(result.losses[-5:]) < 0.2, result.losses[-10:]
 
 
 def test_checkpoint_round_trip_gives_identical_outputs_and_old_checkpoints_load_as_dense(tmp_path):
