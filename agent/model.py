@@ -278,13 +278,13 @@ class GatoModel(nn.Module):
 
     def router_stats(self) -> list[RouterStats]:
         """Each MoE block's :class:`~omnipolicy.agent.moe.RouterStats` of the last forward pass in training mode,
-        in block order (empty for a dense model, or after a forward pass in eval mode)."""
+        in block order (empty for a dense model, or before any forward pass in training mode)."""
         return [blk.mlp.stats for blk in self.blocks if isinstance(blk.mlp, MoE) and blk.mlp.stats is not None]
 
     def router_loss(self) -> Tensor | None:
         """``moe_aux_coef * aux + moe_z_coef * z`` of the last forward pass in training mode, with ``aux`` and ``z``
         the load-balancing and z-losses averaged over the MoE blocks (a scalar in the autograd graph, to add to
-        the mean token loss); ``None`` without router statistics (a dense model, eval mode)."""
+        the mean token loss); ``None`` for a dense model or before any forward pass in training mode."""
         stats = self.router_stats()
         if not stats:
             return None

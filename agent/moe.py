@@ -129,7 +129,8 @@ class MoE(nn.Module):
         make_expert: builds one expert (the block's dense MLP class, so that each expert has its shape).
 
     Attributes:
-        stats: the :class:`RouterStats` of the last forward pass in training mode; ``None`` after one in eval mode.
+        stats: the :class:`RouterStats` of the last forward pass in training mode (``None`` before the first);
+            forward passes in eval mode (validation, acting) leave it as it is.
     """
 
     def __init__(self, cfg: ModelConfig, make_expert: Callable[[], nn.Module]) -> None:
@@ -151,7 +152,8 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])  # (T, D)
         logits = self.router_logits(x)  # (T, E)
         weights, experts = route(logits, self.top_k)  # (T, k), (T, k)
-        self.stats = router_stats(logits, experts) if self.training else None
+        if self.training:
+            self.stats = router_stats(logits, experts)
         if x.is_cuda and not torch.is_grad_enabled():
             out = self._combine_all(x, weights, experts)
         else:

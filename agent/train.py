@@ -513,7 +513,7 @@ class LossModule(nn.Module):
     """Wraps the model so DDP sees ``forward(batch) -> (loss_sum, count, router_loss)``.
 
     ``router_loss`` is the weighted MoE auxiliary loss of this forward pass (:meth:`GatoModel.router_loss`), to be
-    added to the mean token loss; ``None`` for a dense model.
+    added to the mean token loss; ``None`` for a dense model or in eval mode.
     """
 
     def __init__(self, model: GatoModel, bin_sigma: float = 0.0) -> None:
@@ -523,7 +523,7 @@ class LossModule(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         loss_sum, count = self.model.loss_terms(batch, self.bin_sigma)
-        return loss_sum, count, self.model.router_loss()
+        return loss_sum, count, self.model.router_loss() if self.model.training else None
 
 
 def accumulate_gradients(

@@ -198,6 +198,9 @@ def test_gradients_reach_every_expert_that_received_tokens_and_only_those():
         for e, expert in enumerate(blk.mlp.experts):
             assert (float(expert.c_proj.weight.grad.abs().sum()) > 0) == bool(stats.load[e] > 0)
         assert float(blk.mlp.router.weight.grad.abs().sum()) > 0
+    with torch.no_grad():  # validation: no router loss, and the training step's statistics stay for the logs
+        assert LossModule(model.eval())(batch(seed=6))[2] is None
+    assert len(model.router_stats()) == 2
 
 
 def test_dropless_routing_makes_micro_batches_give_the_whole_batch_gradient():
