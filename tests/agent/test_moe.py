@@ -368,7 +368,7 @@ def test_train_cli_with_moe_learns_and_logs_the_routing(tmp_path, capsys):
         shares = [tb.Scalars(f"moe/layer{layer}/load_expert{e}")[-1].value for e in range(4)]
         assert sum(shares) == pytest.approx(1.0, abs=1e-5) and max(shares) <= 0.5 + 1e-6, shares  # k = 2: <= 1/2
         assert 0 < tb.Scalars(f"moe/layer{layer}/entropy")[-1].value <= math.log(4) + 1e-5
-    assert tb.Scalars("moe/aux_loss")[-1].value >= 1.0 - 1e-5
+    assert 0.5 < tb.Scalars("moe/aux_loss")[-1].value < 4.0  # about 1 near balance, 4 (= E) on one expert
 
 
 def test_moe_overfits_a_tiny_dataset(tmp_path):
