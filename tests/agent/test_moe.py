@@ -224,7 +224,8 @@ def test_dropless_routing_makes_micro_batches_give_the_whole_batch_gradient():
 
 
 def test_parameter_counts_total_and_active_are_exact():
-    for overrides in (dict(moe_experts=8, moe_top_k=2), dict(moe_experts=3, moe_top_k=3), dict(bias=False)):
+    for overrides in (dict(moe_experts=8, moe_top_k=2), dict(moe_experts=3, moe_top_k=3), dict(bias=False),
+                      dict(image_encoder="resampler", fusion="cross-attention")):  # with the vision options too
         cfg = tiny_config(**overrides)
         with torch.device("meta"):
             model = GatoModel(cfg)
