@@ -1050,7 +1050,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _presets_text(cfg: TrainConfig) -> str:
-    return presets_table(Tokenizer.default().layout, adjust=cfg.adjust)
+    return presets_table(cfg.tokenizer().layout, adjust=cfg.adjust)  # with the image codes of a vq tokenizer
 
 
 def train_command(argv: list[str], prog: str) -> None:
