@@ -58,6 +58,8 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("omnipolicy.demo:demo_command", "Collect, train, evaluate and report end to end (the main job)."),
     "demo-so101": Command("omnipolicy.demo_so101:demo_so101_command",
                           "The SO-101 camera + instruction job: collect (directly and over ROS 2), train, evaluate."),
+    "compare-models": Command("omnipolicy.compare_models:compare_command",
+                              "Train the model's image-encoder, fusion and feed-forward options on the same data; tabulate."),
     "deploy": Command("omnipolicy.robot_bridge.deploy:deploy_command", "Drive a ROS 2 robot with a trained policy."),
     "sim-robot": Command("omnipolicy.robot_bridge.sim_robot:sim_robot_command", "Expose a simulated MuJoCo arm as a ROS 2 robot."),
     "record": Command("omnipolicy.robot_bridge.recorder:record_command",
