@@ -59,6 +59,13 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, load_script, capsys):
     assert set(errors) == {"classic/pendulum-v1"} and 0.0 < errors["classic/pendulum-v1"] < 4.0  # torque in [-2, 2]
     with pytest.raises(ValueError, match="action error needs a continuous action, the task's is discrete"):
         tool.action_error(tool.PolicyActor.from_checkpoint(out / "train"), "classic/cartpole-v1", 1, 2, 0)
+    # the open-loop probe: the expert drives, the policy predicts alongside, correlated per action dimension
+    probe = load_script("probe_actions")
+    got = probe.probe(probe.Config(checkpoint=out / "train", task="classic/pendulum-v1", episodes=3, first=1, last=4))
+    assert got["samples"] == 12 and len(got["corr"]) == len(got["mae"]) == len(got["mae_of_mean"]) == 1
+    assert -1.0 <= got["corr"][0] <= 1.0 and 0.0 <= got["mae"][0] < 4.0
+    with pytest.raises(ValueError, match="classic/cartpole-v1 has a discrete action"):
+        probe.probe(probe.Config(checkpoint=out / "train", task="classic/cartpole-v1"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a user error: one line and status 2 (tests/test_cli.py)
         main(["eval", "--checkpoint", str(out / "train"), "--tasks", "classic/acrobot-v1", "--out", str(tmp_path / "x")])
