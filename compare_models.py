@@ -295,4 +295,6 @@ def run_compare(cfg: CompareConfig) -> list[dict[str, Any]]:
 def compare_command(argv: list[str], prog: str) -> None:
     import tyro
 
-    run_compare(tyro.cli(CompareConfig, args=argv, prog=prog, description=__doc__.split("\n\n")[0]))
+    description = ("Train the model's image-encoder, fusion and feed-forward options on the same data and steps, "
+                   "evaluate each the same way, and write one table (comparison.md).")
+    run_compare(tyro.cli(CompareConfig, args=argv, prog=prog, description=description))
