@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from omnipolicy.agent.actor import PolicyActor
+from omnipolicy.agent.config import FUSIONS, IMAGE_ENCODERS
 from omnipolicy.agent.image_tokenizer import ImageTokenizerConfig, train_image_tokenizer
 from omnipolicy.agent.train import TrainConfig, train
 from omnipolicy.demo import DemoConfig, DemoRecipe, collect_demonstrations
@@ -33,8 +34,6 @@ from omnipolicy.envs.evaluate import evaluate
 from omnipolicy.envs.registry import get_task
 from omnipolicy.files import write_text_atomic
 
-IMAGE_ENCODERS = ("patches", "resampler", "vq")
-FUSIONS = ("early", "cross-attention")
 DEFAULT_VARIANTS = tuple(f"{v}{moe}" for v in ("patches/early", "resampler/early", "resampler/cross-attention",
                                                "vq/early") for moe in ("", "+moe"))
 """The combinations that make sense: cross-attention attends to the resampler's latents, so it needs that encoder."""
