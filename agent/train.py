@@ -142,6 +142,9 @@ class TrainConfig:
     0: Gato's one-hot cross-entropy. Neighbouring bins share credit, which small budgets learn much faster from."""
     prompt_prob: float = 0.25
     """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
+    random_shift: int = 0
+    """DrQ's random-shift augmentation of training images, in pixels: each window's images move together by up to
+    this many pixels per axis (border pixels repeated; DrQ: 4). 0: images as recorded. Evaluation never shifts."""
     val_fraction: float = 0.0
     """Share of each task's episodes held out of training for a validation loss on their action tokens (its last
     floor(share x episodes); a task with fewer than 1 / share episodes keeps all of them). 0 disables."""
@@ -189,6 +192,8 @@ class TrainConfig:
             )
         if not self.bin_sigma >= 0:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
+        if not isinstance(self.random_shift, int) or self.random_shift < 0:
+            raise ValueError(f"TrainConfig.random_shift must be an int >= 0 (pixels), got {self.random_shift!r}")
         if not 0.0 <= self.prompt_prob <= 1.0:
             raise ValueError(f"TrainConfig.prompt_prob must be in [0, 1], got {self.prompt_prob!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -422,6 +427,7 @@ def build_dataset_loader(
         prompt_prob=cfg.prompt_prob,
         seed=cfg.seed,
         episodes=train_eps,
+        random_shift=cfg.random_shift,
     )
     val: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     if len(held_out):

@@ -8,6 +8,9 @@ prefixed, with probability ``prompt_prob``, by whole timesteps of another episod
 from that episode's end half of the time and from a uniform position otherwise (Gato, section 3.3); prompt
 tokens never carry loss.
 
+With ``random_shift`` > 0 (DrQ's augmentation, :mod:`~omnipolicy.datasets.augment`) every image of a window moves
+by one random offset of up to that many pixels per axis, the same for the whole window.
+
 Everything is vectorised over the batch: one fancy-indexed gather per array from the memory-mapped cache.
 
 A cache built with ``image_slots`` (a resampler's N slots per image, or 0 for cross-attention) gives whole
@@ -28,6 +31,7 @@ import numpy as np
 from omnipolicy.tokenizers import normalize_patches
 from omnipolicy.tokenizers.image import concat_ranges, image_starts
 
+from .augment import shift_patches
 from .cache import EPISODE_COLUMNS, TokenCache
 
 
@@ -45,6 +49,7 @@ class WindowLoader:
         prompt_fraction: at most this fraction of the window is prompt (whole timesteps, at least one).
         prompt_end_prob: probability that a prompt is taken from its episode's end.
         episodes: cache episode indices that windows and prompts come from (None: all; see :func:`holdout_split`).
+        random_shift: DrQ's random shift in pixels (0: images as they are).
 
     Raises:
         ValueError: bad sizes, unknown task ids, no task with positive weight, or no episode to draw from.
@@ -61,11 +66,14 @@ class WindowLoader:
         prompt_fraction: float = 0.5,
         prompt_end_prob: float = 0.5,
         episodes: Sequence[int] | np.ndarray | None = None,
+        random_shift: int = 0,
     ) -> None:
         if context < 2 or batch_size < 1:
             raise ValueError(f"context must be >= 2 and batch_size >= 1, got context={context}, batch_size={batch_size}")
         if not 0.0 <= prompt_prob <= 1.0 or not 0.0 < prompt_fraction < 1.0:
             raise ValueError(f"prompt_prob must be in [0, 1] and prompt_fraction in (0, 1), got {prompt_prob}, {prompt_fraction}")
+        if not isinstance(random_shift, (int, np.integer)) or random_shift < 0:
+            raise ValueError(f"random_shift must be an int >= 0 (pixels), got {random_shift!r}")
         if cache.num_episodes == 0:
             raise ValueError(f"Token cache {cache.dir} holds no episodes")
         self.cache, self.context, self.batch_size = cache, int(context), int(batch_size)
@@ -108,9 +116,11 @@ class WindowLoader:
         self._task_eps = [np.flatnonzero((col["task_index"] == t) & allowed) for t in present]
         self._task_cum = [np.cumsum(n_starts[e]) for e in self._task_eps]
         self.image_slots = cache.image_slots
-        if self.image_slots is not None:  # whole images: where each starts, each episode's first and per timestep
-            starts = image_starts(cache.patch_pos)
-            self._img_start = np.append(starts, len(cache.patch_pos))  # (I + 1,)
+        self.random_shift = int(random_shift)
+        if self.image_slots is not None or self.random_shift:  # where each image starts
+            self._img_start = np.append(image_starts(cache.patch_pos), len(cache.patch_pos))  # (I + 1,)
+        if self.image_slots is not None:  # whole images: each episode's first and per timestep
+            starts = self._img_start[:-1]
             self._ep_img0 = np.searchsorted(starts, col["patch_start"])  # (E,)
             n_img = np.searchsorted(starts, col["patch_end"]) - self._ep_img0
             self._ep_K = np.where(self._T > 0, n_img // np.maximum(self._T, 1), 0)  # (E,) images per timestep
@@ -179,15 +189,32 @@ class WindowLoader:
         rows_p = pidx[is_patch]  # (P,) global patch rows, in batch raster order
         patch_index = np.full((B, S), -1, np.int64)
         patch_index[is_patch] = np.arange(len(rows_p))
-        return {"patch_index": patch_index, **self._gather_patches(rows_p)}
+        return {"patch_index": patch_index, **self._gather_patches(rows_p, np.nonzero(is_patch)[0])}
 
-    def _gather_patches(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Patches (float) and positions of the cache's patch ``rows``."""
+    def _gather_patches(self, rows: np.ndarray, window: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Patches (float) and positions of the cache's patch ``rows``; ``window`` (one per row, needed with
+        ``random_shift`` > 0): the batch row each belongs to, whose random offset it gets (an image shown in
+        several windows of a cache with whole images takes its first window's)."""
         c = self.cache
-        return {
-            "patches": normalize_patches(np.asarray(c.patches[rows])) if len(rows) else np.zeros((0, 3, 16, 16), np.float32),
-            "patch_pos": np.asarray(c.patch_pos[rows], dtype=np.int64).reshape(-1, 2),
-        }
+        if not len(rows):
+            return {"patches": np.zeros((0, 3, 16, 16), np.float32), "patch_pos": np.zeros((0, 2), np.int64)}
+        raw = np.asarray(c.patches[rows]) if not self.random_shift else self._shifted(rows, window)
+        return {"patches": normalize_patches(raw), "patch_pos": np.asarray(c.patch_pos[rows], dtype=np.int64).reshape(-1, 2)}
+
+    def _shifted(self, rows: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """uint8 patches of the cache's ``rows``, each of their images shifted by its window's random offset."""
+        c, pad = self.cache, self.random_shift
+        image = np.searchsorted(self._img_start, rows, side="right") - 1  # (P,) global image of each row
+        pairs, inverse = np.unique(np.stack([window, image], axis=1), axis=0, return_inverse=True)  # (J, 2)
+        inverse = inverse.reshape(-1)
+        lo, hi = self._img_start[pairs[:, 1]], self._img_start[pairs[:, 1] + 1]
+        grid = np.asarray(c.patch_pos[hi - 1], np.int64).reshape(-1, 2) + 1  # (J, 2) the last patch's (row, col) + 1
+        n_windows = int(window.max()) + 1
+        offsets = self.rng.integers(0, 2 * pad + 1, size=(n_windows, 2))[pairs[:, 0]]
+        count = hi - lo
+        local = np.cumsum(count) - count  # (J,) each image's first row in the gathered patches
+        shifted = shift_patches(np.asarray(c.patches[concat_ranges(lo, count)]), local, grid, offsets, pad)
+        return shifted[local[inverse] + rows - lo[inverse]]
 
     def _whole_images(self, src: np.ndarray, valid: np.ndarray, ep_tok: np.ndarray) -> dict[str, np.ndarray]:
         """Whole images for a cache with ``image_slots``: those with a slot in the window (N > 0), or the frames
@@ -197,7 +224,8 @@ class WindowLoader:
         if N > 0:
             slot = np.where(valid, c.patch_index[src], -1).astype(np.int64)  # (B, S) global image * N + latent
             has = slot >= 0
-            images, inverse = np.unique(slot[has] // N, return_inverse=True)  # (I,) global images
+            images, first, inverse = np.unique(slot[has] // N, return_index=True, return_inverse=True)  # (I,)
+            image_window = np.nonzero(has)[0][first]  # (I,) the first window that shows each image
             patch_index = np.full(slot.shape, -1, np.int64)
             patch_index[has] = inverse * N + slot[has] % N
             out["patch_index"] = patch_index
@@ -205,16 +233,18 @@ class WindowLoader:
             K = self._ep_K[ep_tok]  # (B, S) images per timestep of each token's episode
             has = valid & (K > 0)
             key = np.where(has, self._ep_img0[ep_tok] + c.timestep[src].astype(np.int64) * K, -1)  # first image of the frame
-            firsts, inverse = np.unique(key[has], return_inverse=True)  # (F,)
+            firsts, first, inverse = np.unique(key[has], return_index=True, return_inverse=True)  # (F,)
             per = np.zeros(len(firsts), np.int64)
             per[inverse] = K[has]  # (F,) images of each frame
             images = concat_ranges(firsts, per)  # (I,) each frame's images in order
+            image_window = np.repeat(np.nonzero(has)[0][first], per)  # (I,) the first window that shows each
             frame_index = np.full(key.shape, -1, np.int64)
             frame_index[has] = inverse
             out.update(patch_index=np.full(key.shape, -1, np.int64), frame_index=frame_index,
                        image_frame=np.repeat(np.arange(len(firsts)), per))
         lo, hi = self._img_start[images], self._img_start[images + 1]
-        out.update(self._gather_patches(concat_ranges(lo, hi - lo)))
+        rows = concat_ranges(lo, hi - lo)
+        out.update(self._gather_patches(rows, np.repeat(image_window, hi - lo)))
         return out
 
 

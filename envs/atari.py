@@ -10,6 +10,11 @@ start from different emulator states; an episode lasts at most
 evaluate (10 episodes of every task); the Breakout expert's full game lasts
 ~12 600 steps. The 210x160 frame is area-resized to 84x84x3 (each output pixel
 is the mean of the input pixels it covers, fractional overlaps weighted).
+
+The ``-stack`` variants (``atari/pong-stack``) play the same games under the same protocol (they share the
+expert and random scores) and show the last three frames instead of one: the image's three channels are the
+grey levels of the frames at t - 2, t - 1 and t (DQN's frame stacking; a reset repeats its first frame), so a
+single image shows which way the ball moves.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ SIZE = 84
 EPISODE_STEPS = 2000
 """Episode limit of every Atari task, in agent steps (8000 frames, 2 min 13 s of play): the evaluation's cap and
 the one the expert and random scores are measured at."""
+STACK = 3
+"""Frames in the image of a ``-stack`` task (one per colour channel)."""
+GREY = np.array([0.299, 0.587, 0.114], np.float32)
+"""ITU-R BT.601 luma weights of R, G, B."""
 SETTINGS = {"frameskip": 4, "repeat_action_probability": 0.25, "noop_max": 30}
 """The simulator settings of the protocol, passed to :func:`make_atari` (the registry records them with the task)."""
 PROTOCOL = (
@@ -79,13 +88,20 @@ class AtariEnv(GymTaskEnv):
         render_mode: None or ``"rgb_array"``.
         noop_max: each reset plays a uniform 1 to ``noop_max`` no-op frames, drawn from the env's RNG
             (``np_random``, seeded by ``reset(seed=...)``); 0 plays none. ``info["noops"]`` says how many.
+        frame_stack: 1 (the frame in colour) or :data:`STACK` (the grey levels of the last three frames as the
+            image's channels, oldest first).
     """
 
-    def __init__(self, spec, env, render_mode: str | None = None, *, noop_max: int = 0) -> None:
+    def __init__(self, spec, env, render_mode: str | None = None, *, noop_max: int = 0, frame_stack: int = 1) -> None:
         if not isinstance(noop_max, int) or noop_max < 0:
             raise ValueError(f"{spec.id}: noop_max must be an int >= 0, got {noop_max!r}")
+        if frame_stack not in (1, STACK):
+            raise ValueError(f"{spec.id}: frame_stack must be 1 or {STACK} (one frame per colour channel), "
+                             f"got {frame_stack!r}")
         super().__init__(spec, env, render_mode)
         self.noop_max = noop_max
+        self.frame_stack = frame_stack
+        self._frames: np.ndarray | None = None  # (84, 84, STACK) the grey frames shown, oldest first
 
     @property
     def ale(self):
@@ -93,12 +109,21 @@ class AtariEnv(GymTaskEnv):
         return self.env.unwrapped.ale
 
     def _convert(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        return {"image": area_resize(obs)}
+        frame = area_resize(obs)
+        if self.frame_stack == 1:
+            return {"image": frame}
+        grey = np.clip(np.rint(frame.astype(np.float32) @ GREY), 0, 255).astype(np.uint8)
+        if self._frames is None:  # the episode's first frame fills the stack
+            self._frames = np.repeat(grey[..., None], self.frame_stack, axis=-1)
+        else:
+            self._frames = np.concatenate([self._frames[..., 1:], grey[..., None]], axis=-1)
+        return {"image": self._frames.copy()}
 
     def _reset(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict]:
         import ale_py  # the simulator loads only when it is used: importing the task registry loads none
 
         _, info = self.env.reset(seed=seed)
+        self._frames = None
         noops = int(self.np_random.integers(1, self.noop_max + 1)) if self.noop_max else 0
         for _ in range(noops):  # single frames: no game ends or scores within half a second of its start
             self.ale.act(ale_py.Action.NOOP)
@@ -113,36 +138,38 @@ class AtariEnv(GymTaskEnv):
         return self.ale.getScreenRGB()
 
 
-@register_task(
-    "atari/pong",
-    domain="atari",
-    observation=(image(),),
-    action=discrete_action(6),
-    max_steps=EPISODE_STEPS,
-    instruction="Move your paddle on the right to return the ball past the opponent.",
-    expert="omnipolicy.envs.experts.atari:PongExpert",
-    default=True,
-    game="Pong",
-    **SETTINGS,
-)
-@register_task(
-    "atari/breakout",
-    domain="atari",
-    observation=(image(),),
-    action=discrete_action(4),
-    max_steps=EPISODE_STEPS,
-    instruction="Move the paddle to bounce the ball into the bricks and break them all.",
-    expert="omnipolicy.envs.experts.atari:BreakoutExpert",
-    default=True,
-    game="Breakout",
-    **SETTINGS,
-)
 def make_atari(spec, render_mode: str | None = None, *, game: str, frameskip: int, repeat_action_probability: float,
-               noop_max: int) -> AtariEnv:
-    """An ALE v5 game with the protocol's settings (:data:`SETTINGS`); the episode limit is the spec's."""
+               noop_max: int, frame_stack: int = 1) -> AtariEnv:
+    """An ALE v5 game with the protocol's settings (:data:`SETTINGS`); the episode limit is the spec's;
+    ``frame_stack``: see :class:`AtariEnv`."""
     import ale_py  # the simulator loads only when it is used: importing the task registry loads none
     import gymnasium as gym
 
     gym.register_envs(ale_py)
     env = gym.make(f"ALE/{game}-v5", frameskip=frameskip, repeat_action_probability=repeat_action_probability)
-    return AtariEnv(spec, env.unwrapped, render_mode, noop_max=noop_max)
+    return AtariEnv(spec, env.unwrapped, render_mode, noop_max=noop_max, frame_stack=frame_stack)
+
+
+GAMES = {
+    "pong": ("Pong", 6, "Move your paddle on the right to return the ball past the opponent.", "PongExpert"),
+    "breakout": ("Breakout", 4, "Move the paddle to bounce the ball into the bricks and break them all.",
+                 "BreakoutExpert"),
+}
+"""Task name -> (ALE game, actions in the minimal set, instruction, expert class in ``envs/experts/atari.py``)."""
+
+for _name, (_game, _actions, _instruction, _expert) in GAMES.items():
+    for _stack in (1, STACK):  # atari/<name> (in the default suite) and atari/<name>-stack (same scores)
+        register_task(
+            f"atari/{_name}" + ("-stack" if _stack > 1 else ""),
+            domain="atari",
+            observation=(image(),),
+            action=discrete_action(_actions),
+            max_steps=EPISODE_STEPS,
+            instruction=_instruction,
+            expert=f"omnipolicy.envs.experts.atari:{_expert}",
+            default=_stack == 1,
+            scores_from=f"atari/{_name}" if _stack > 1 else None,
+            game=_game,
+            **({"frame_stack": _stack} if _stack > 1 else {}),
+            **SETTINGS,
+        )(make_atari)

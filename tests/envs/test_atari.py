@@ -107,3 +107,37 @@ def test_atari_observation_is_the_resized_screen() -> None:
     screen = env.render()
     assert screen.shape == (210, 160, 3)
     np.testing.assert_array_equal(obs["image"], area_resize(screen))
+
+
+def test_stack_tasks_show_the_grey_levels_of_the_last_three_frames() -> None:
+    from omnipolicy.envs.atari import GREY, STACK, area_resize
+
+    spec, plain = get_task("atari/pong-stack"), get_task("atari/pong")
+    assert score_protocol(spec) == score_protocol(plain) and not spec.default
+    assert (spec.expert_score, spec.random_score) == (plain.expert_score, plain.random_score)  # one protocol
+
+    def grey(screen: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(area_resize(screen).astype(np.float32) @ GREY), 0, 255).astype(np.uint8)
+
+    env = make_env("atari/pong-stack", seed=0, render_mode="rgb_array")
+    try:
+        obs, _ = env.reset(seed=3)
+        first = grey(env.render())
+        assert obs["image"].shape == (84, 84, STACK) and obs["image"].dtype == np.uint8
+        for c in range(STACK):  # a reset repeats its first frame
+            np.testing.assert_array_equal(obs["image"][..., c], first)
+        shown = [first, first]
+        for _ in range(40):
+            obs, *_ = env.step(np.array([2]))
+            shown.append(grey(env.render()))
+            for c in range(STACK):
+                np.testing.assert_array_equal(obs["image"][..., c], shown[-STACK + c])
+        assert not np.array_equal(shown[-1], shown[-2])  # the frames differ: something moved
+        obs, _ = env.reset(seed=4)
+        assert all(np.array_equal(obs["image"][..., c], obs["image"][..., 0]) for c in range(STACK))
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="frame_stack must be 1 or 3"):
+        from omnipolicy.envs.atari import make_atari
+
+        make_atari(spec, game="Pong", frame_stack=2, **SETTINGS)
