@@ -76,3 +76,19 @@ def test_loader_shifts_every_image_of_a_window_by_one_offset(stores: Path, tmp_p
     assert len(set(found)) > 1  # windows move independently
     with pytest.raises(ValueError, match="random_shift must be an int >= 0"):
         WindowLoader(cache, random_shift=-1, **kw)
+
+
+@pytest.mark.parametrize("slots", [2, 0])  # a resampler's slots per image; 0: cross-attention's frames
+def test_whole_image_windows_shift_each_image_as_a_whole(stores: Path, tmp_path: Path, tok: Tokenizer,  # noqa: F811
+                                                          slots: int) -> None:
+    cache = TokenCache.build([stores], tok, tmp_path / "cache", progress=False, image_slots=slots)
+    kw = dict(context=40, batch_size=6, task_weights={"toy/pixels-v0": 1.0}, seed=2)
+    plain, moved = WindowLoader(cache, **kw).sample(), WindowLoader(cache, random_shift=2, **kw).sample()
+    np.testing.assert_array_equal(plain["tokens"], moved["tokens"])
+    assert plain["patches"].shape == moved["patches"].shape and len(plain["patches"]) % 6 == 0
+    for first in range(0, len(plain["patches"]), 6):  # every image (2x3 patches) is its plain self, shifted once
+        raw = np.rint((plain["patches"][first:first + 6] + 0.25) * 4 * 255 / 2).astype(np.uint8)
+        image = np.moveaxis(raw, 1, -1).reshape(2, 3, 16, 16, 3).transpose(0, 2, 1, 3, 4).reshape(32, 48, 3)
+        got = moved["patches"][first:first + 6]
+        assert any(np.array_equal(normalize_patches(reference_shift(image, dy, dx, 2)), got)
+                   for dy in range(5) for dx in range(5))
