@@ -36,6 +36,8 @@ from omnipolicy.files import atomic_dir
 from omnipolicy.tokenizers.image import PATCH, image_to_patches
 from omnipolicy.tokenizers.image_vq import FSQ_EPS, PATCH_DIM, FSQConfig, ImageTokenizer
 
+from .train import cosine_lr
+
 RECONSTRUCTIONS = "reconstructions.png"
 METRICS = "metrics.json"
 
@@ -320,10 +322,6 @@ class ImageTokenizerResult:
     seconds: float
 
 
-def _lr(step: int, cfg: ImageTokenizerConfig) -> float:
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-
-
 def fit_autoencoder(module: FSQAutoencoder, patches: np.ndarray, cfg: ImageTokenizerConfig) -> list[float]:
     """Adam steps on random batches of ``patches`` (uint8 (P, 16, 16, 3)): the loss of each step.
 
@@ -339,7 +337,7 @@ def fit_autoencoder(module: FSQAutoencoder, patches: np.ndarray, cfg: ImageToken
     module.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = cosine_lr(step, cfg.lr, cfg.steps)  # no warm-up, down to a tenth
         x = patches_to_inputs(patches[np.sort(gen.integers(0, len(patches), cfg.batch_size))])  # (B, 768)
         recon, _ = module(x)
         loss = F.mse_loss(recon, x)

@@ -497,14 +497,23 @@ def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, Vo
 # ----------------------------------------------------------------------- helpers
 
 
+def cosine_lr(step: int, peak: float, steps: int, warmup_steps: int = 0, min_ratio: float = 0.1) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``steps``: linear warm-up over ``warmup_steps``, then
+    cosine decay from ``peak`` to ``min_ratio * peak``.
+
+    >>> [round(cosine_lr(s, 1.0, 100), 6) for s in (0, 50, 100)], cosine_lr(4, 1.0, 100, warmup_steps=10)
+    ([1.0, 0.55, 0.1], 0.5)
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * ratio
+    return cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
