@@ -98,6 +98,17 @@ class DemoRecipe:
     })
     """DAgger episodes per task per round, as a multiple of ``--dagger-episodes`` (0, or a domain without an
     entry: no rounds for the task): rounds correct the states a policy drifts into, where a task needs it."""
+    weight: dict[str, float] = field(default_factory=lambda: {
+        "atari": 1.0,
+        "classic": 1.0,
+        "dmc": 1.0,
+        "metaworld": 1.0,
+        "mujoco": 1.0,
+    })
+    """Training sampling weight of each task (a task whose domain has no entry: 1): a task is drawn for a training
+    window in proportion to its weight, so it gets that many times the windows of a task with weight 1. Equal by
+    default: 120 demonstrations and weight 4 for pick-place and push, which reach 53-57% success trained as a family
+    of three, reached 40% and 10% in the main job (docs/results.md)."""
     dagger_step_share: float = 0.2
     """A round also labels at least this share of each task's demonstration steps, running more episodes where the
     policy's are short (a policy that falls early labels almost nothing in a fixed number of episodes)."""
@@ -113,6 +124,7 @@ class DemoRecipe:
             "max_steps": (self.max_steps, 0, None, "an int >= 0 (0: the task's own limit)"),
             "noise": (self.noise, 0.0, 1.0, "in [0, 1]"),
             "dagger_scale": (self.dagger_scale, 0, None, "an int >= 0 (0: no rounds)"),
+            "weight": (self.weight, 0.0, None, "a float >= 0 (0: collected and evaluated, never trained on)"),
         }
         for name, (table, low, high, expected) in checks.items():
             bad = {k: v for k, v in table.items() if v < low or (high is not None and v > high)}
@@ -152,6 +164,16 @@ class DemoRecipe:
     def dagger_scale_for(self, task_id: str) -> int:
         """Multiple of ``DemoConfig.dagger_episodes`` a round runs of ``task_id`` (0: the task gets no rounds)."""
         return _entry(self.dagger_scale, task_id) or 0
+
+    def weight_for(self, task_id: str) -> float:
+        """Training sampling weight of ``task_id`` (1 where neither the task nor its domain has an entry).
+
+        >>> recipe = DemoRecipe(weight={"atari": 0.5, "metaworld/push-v3": 4.0})
+        >>> [recipe.weight_for(t) for t in ("metaworld/push-v3", "atari/pong", "dmc/reacher-easy")]
+        [4.0, 0.5, 1.0]
+        """
+        value = _entry(self.weight, task_id)
+        return 1.0 if value is None else float(value)
 
     def dagger_tasks(self, tasks: Sequence[str]) -> list[str]:
         """The tasks of ``tasks`` that get DAgger rounds, in their order."""
@@ -374,6 +396,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
                 chunk_execution=cfg.chunk_execution,
                 prompt_prob=cfg.prompt_prob,
                 val_fraction=cfg.val_fraction,
+                task_weights={t: recipe.weight_for(t) for t in tasks},
                 val_every=1000,
                 save_every=250,
                 resume=True,
@@ -442,8 +465,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 2. One generalist on all of it, with DAgger rounds between phases of one learning-rate schedule.
     t0 = time.perf_counter()
     rounds = cfg.rounds_for(tasks)
+    weighted = {t: w for t in tasks if (w := cfg.recipe.weight_for(t)) != 1.0}
     print(f"[2/3] training {cfg.preset} on {len(tasks)} tasks for {cfg.train_steps} steps"
-          + (f" with {rounds} DAgger round(s)" if rounds else ""))
+          + (f" with {rounds} DAgger round(s)" if rounds else "")
+          + (f", sampling weights {weighted} (the rest 1)" if weighted else ""))
     result = train_with_dagger(cfg, out, tasks, timings)
     timings["train_s"] = time.perf_counter() - t0 - timings.get("dagger_s", 0.0)
     if result.val_loss:
@@ -475,6 +500,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                        f"task: { {t: cfg.dagger_episodes_for(t) for t in cfg.recipe.dagger_tasks(tasks)} }"
                        if rounds else "none"),
             "continuous_decoding": actor.policy.continuous_decoding,
+            "training_weights": weighted,
             "demonstration_action_noise": {t: v for t, v in noise.items() if v},
             "demonstration_max_steps": {t: v for t, v in caps.items() if v is not None},
             "model": f"action inputs {cfg.action_inputs}, Gaussian bin targets sigma {cfg.bin_sigma}",

@@ -173,6 +173,7 @@ def test_default_recipe_gives_every_default_task_its_settings():
     assert labelled == [t for t in DEFAULT_SUITE if DEFAULT_RECIPE[t][3]]
     assert cfg.recipe.dagger_domains == ("atari", "classic", "dmc", "mujoco")  # named in the report's protocol
     assert (cfg.recipe.dagger_step_share, cfg.recipe.dagger_max_episodes) == (0.2, 200)
+    assert {cfg.recipe.weight_for(t) for t in DEFAULT_SUITE} == {1.0}  # equal training weights
     # --episodes and --action-noise set one value for every task over the recipe's
     flat = DemoConfig(episodes=5, action_noise=0.1)
     assert {(flat.episodes_for(t), flat.noise_for(t)) for t in DEFAULT_SUITE} == {(5, 0.1)}
@@ -184,20 +185,22 @@ def test_recipe_entries_are_options_of_the_demo_command(capsys):
     from omnipolicy.demo import DemoConfig
 
     args = ["--recipe.episodes.atari", "20", "--recipe.noise.classic/cartpole-v1", "0.1", "--recipe.max-steps.dmc",
-            "500", "--recipe.dagger-scale.metaworld", "1", "--recipe.dagger-step-share", "0.5"]
+            "500", "--recipe.dagger-scale.metaworld", "1", "--recipe.dagger-step-share", "0.5",
+            "--recipe.weight.atari", "2"]
     cfg = tyro.cli(DemoConfig, args=args)
     assert cfg.episodes_for("atari/pong") == 20 and cfg.episodes_for("metaworld/reach-v3") == 40
     assert cfg.noise_for("classic/cartpole-v1") == 0.1 and cfg.noise_for("classic/acrobot-v1") == 0.0
     assert cfg.recipe.max_steps_for("dmc/point_mass-easy") == 500
     assert cfg.recipe.max_steps_for("dmc/reacher-easy") == 150  # the task's own entry wins over its domain's
     assert cfg.dagger_episodes_for("metaworld/reach-v3") == 10 and cfg.recipe.dagger_step_share == 0.5
+    assert cfg.recipe.weight_for("atari/pong") == 2.0 and cfg.recipe.weight_for("metaworld/push-v3") == 1.0
     assert tyro.cli(DemoConfig, args=[]) == DemoConfig()
     with pytest.raises(SystemExit):
         tyro.cli(DemoConfig, args=["--help"], prog="omnipolicy demo")
     help_text = capsys.readouterr().out
     for option in ("--recipe.episodes.atari", "--recipe.noise.mujoco/inverted-double-pendulum-v5",
                    "--recipe.max-steps.metaworld", "--recipe.dagger-scale.classic/pendulum-v1",
-                   "--recipe.dagger-max-steps"):
+                   "--recipe.dagger-max-steps", "--recipe.weight.metaworld"):
         assert option in help_text
 
 
@@ -208,6 +211,8 @@ def test_recipe_rejects_bad_values_and_names_a_missing_entry():
         DemoRecipe(noise={**DemoRecipe().noise, "dmc": 2.0})
     with pytest.raises(ValueError, match=r"DemoRecipe.episodes values must be an int >= 1, got \{'atari': 0\}"):
         DemoRecipe(episodes={**DemoRecipe().episodes, "atari": 0})
+    with pytest.raises(ValueError, match=r"DemoRecipe.weight values must be a float >= 0 .*, got \{'atari': -1.0\}"):
+        DemoRecipe(weight={"atari": -1.0})
     with pytest.raises(ValueError, match=r"DemoRecipe.dagger_max_steps must be >= 1, got 0"):
         DemoRecipe(dagger_max_steps=0)
     recipe = DemoRecipe(episodes={"dmc": 12}, noise={"dmc": 0.3}, max_steps={"dmc": 500}, dagger_scale={"dmc": 1})
@@ -219,3 +224,17 @@ def test_recipe_rejects_bad_values_and_names_a_missing_entry():
     assert DemoConfig(episodes=3, action_noise=0.0, recipe=recipe).episodes_for("atari/pong") == 3
     # a domain without a cap or a DAgger entry: the task's own limit, no rounds
     assert recipe.max_steps_for("atari/pong") is None and recipe.dagger_tasks(["atari/pong"]) == []
+
+
+def test_recipe_weights_reach_the_training_config(tmp_path, monkeypatch):
+    from omnipolicy import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "train", lambda cfg: seen.append(cfg) or "result")
+    recipe = demo.DemoRecipe(weight={"metaworld": 1.0, "atari": 0.5, "metaworld/push-v3": 4.0})
+    cfg = demo.DemoConfig(train_steps=10, dagger_rounds=0, recipe=recipe)
+    tasks = ["atari/pong", "metaworld/push-v3", "metaworld/reach-v3", "dmc/reacher-easy"]
+    assert demo.train_with_dagger(cfg, tmp_path, tasks, {}) == "result"
+    assert [c.task_weights for c in seen] == [
+        {"atari/pong": 0.5, "metaworld/push-v3": 4.0, "metaworld/reach-v3": 1.0, "dmc/reacher-easy": 1.0}]
+    assert seen[0].steps == seen[0].stop_at == 10
