@@ -107,8 +107,7 @@ class DemoRecipe:
     })
     """Training sampling weight of each task (a task whose domain has no entry: 1): a task is drawn for a training
     window in proportion to its weight, so it gets that many times the windows of a task with weight 1. Equal by
-    default: 120 demonstrations and weight 4 for pick-place and push, which reach 53-57% success trained as a family
-    of three, reached 40% and 10% in the main job (docs/results.md)."""
+    default; the per-family budgets measured are in docs/results.md ("The grasping recipe in the main job")."""
     dagger_step_share: float = 0.2
     """A round also labels at least this share of each task's demonstration steps, running more episodes where the
     policy's are short (a policy that falls early labels almost nothing in a fixed number of episodes)."""
