@@ -52,6 +52,7 @@ from .checkpoint import (
     WEIGHTS,
     CheckpointMeta,
     load_meta,
+    load_model_weights,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
@@ -166,6 +167,12 @@ class TrainConfig:
     """TensorBoard logging period in steps."""
     resume: bool = False
     """Continue from the newest checkpoint in out/ (exactly, including data order)."""
+    init_from: Path | None = None
+    """Start from this checkpoint's weights (a checkpoint, its checkpoints folder or its run folder) instead of a
+    fresh initialisation: fine-tuning, e.g. a policy from a model pretrained on vision-language questions. The
+    optimizer, schedule and step start anew; the model must have the same parameter shapes and vocabulary (the same
+    preset and options). The context may differ: positions past the checkpoint's keep their fresh initialisation.
+    A ``--resume`` that finds a checkpoint in out/ continues from it."""
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -879,6 +886,11 @@ def _resume(run: _Run) -> None:
             run.last_ckpt = ckpt
             if is_main:
                 print(f"resumed from {ckpt} at step {run.step}", file=sys.stderr)
+    if run.last_ckpt is None and cfg.init_from is not None:
+        changed = _init_from(run.model, cfg.init_from, run.layout)
+        if is_main:
+            print(f"--init-from: weights of {resolve_checkpoint(cfg.init_from)}"
+                  + (f" (trained with other options, checkpoint vs now: {changed})" if changed else ""), file=sys.stderr)
     # a resumed run that has no step left still reports its checkpoint and last validation
     run.val_loss = dict(done.get("val_loss") or {})
     run.fit_loss = dict(done.get("fit_loss") or {})
@@ -1035,14 +1047,54 @@ def _save(run: _Run) -> Path:
     return path
 
 
+def _config_differences(saved: ModelConfig, now: ModelConfig) -> dict[str, tuple[Any, Any]]:
+    """The model options that differ, ``{name: (saved, now)}``."""
+    old, new = saved.to_dict(), now.to_dict()
+    return {k: (v, new[k]) for k, v in old.items() if new[k] != v}
+
+
+def _init_from(model: GatoModel, path: Path, layout: VocabLayout) -> dict[str, tuple[Any, Any]]:
+    """Load the weights of the checkpoint at ``path`` into ``model`` (fine-tuning's start).
+
+    Returns:
+        The model options that differ without changing a parameter's shape, ``{name: (checkpoint's, this run's)}``
+        (say ``action_inputs``; the context is not counted): the weights load, and the caller tells the user.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: its vocabulary layout or its parameters' names or shapes are not the model's (the message
+            names the first differences).
+    """
+    ckpt = resolve_checkpoint(path)
+    source, meta = load_model_weights(ckpt)
+    if meta.layout != layout:
+        raise ValueError(f"--init-from: checkpoint {ckpt} has another vocabulary layout: {'; '.join(meta.layout.diff(layout))}")
+    theirs, mine = source.state_dict(), model.state_dict()
+    old_wpe, new_wpe = theirs.get("wpe.weight"), mine.get("wpe.weight")
+    if old_wpe is not None and new_wpe is not None and old_wpe.shape[1:] == new_wpe.shape[1:]:
+        # the context may differ: copy the positions both have
+        rows = min(len(old_wpe), len(new_wpe))
+        theirs["wpe.weight"] = torch.cat([old_wpe[:rows], new_wpe[rows:]])
+    diff = [f"{k}: {tuple(theirs[k].shape) if k in theirs else 'absent'} vs {tuple(mine[k].shape) if k in mine else 'absent'}"
+            for k in sorted(set(theirs) | set(mine))
+            if k not in theirs or k not in mine or theirs[k].shape != mine[k].shape]
+    changed = _config_differences(meta.model, model.cfg)
+    changed.pop("context", None)
+    if diff:
+        raise ValueError(f"--init-from: checkpoint {ckpt} holds another model's parameters (checkpoint vs this run): "
+                         f"{'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}; config differences {changed}")
+    model.load_state_dict(theirs)
+    return changed
+
+
 def _restore(
     ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device
 ) -> tuple[int, int, dict[str, Any]]:
     """Load ``ckpt`` into the model, optimizer, RNGs and loader: ``(step, tokens_seen, the checkpoint's train_state)``."""
     meta = load_meta(ckpt)
     if meta.model != model_cfg:
-        diff = {k: (v, model_cfg.to_dict()[k]) for k, v in meta.model.to_dict().items() if model_cfg.to_dict()[k] != v}
-        raise ValueError(f"--resume: checkpoint {ckpt} has another model config (checkpoint, now): {diff}")
+        raise ValueError(f"--resume: checkpoint {ckpt} has another model config (checkpoint, now): "
+                         f"{_config_differences(meta.model, model_cfg)}")
     if meta.layout != layout:
         raise ValueError(f"--resume: checkpoint {ckpt} has another vocabulary layout: {'; '.join(meta.layout.diff(layout))}")
     load_model(model, str(ckpt / WEIGHTS), strict=True, device=str(device))

@@ -133,6 +133,34 @@ def test_resume_refuses_another_model(tmp_path):
         train(small_cfg(tmp_path, steps=4, preset="cpu-small", resume=True), loader=source(), layout=LAYOUT, tasks=TASKS)
 
 
+def test_init_from_loads_a_checkpoints_weights_and_starts_a_fresh_schedule(tmp_path):
+    from omnipolicy.agent.train import _init_from
+
+    data = dict(batch_size=8, num_windows=8)
+    trained = train(small_cfg(tmp_path / "pre", steps=40, batch_size=8), loader=source(**data), layout=LAYOUT, tasks=TASKS)
+    pre = params(tmp_path / "pre")
+    # the weights, a longer context: the positions the checkpoint has are copied, the others keep their initialisation
+    torch.manual_seed(5)
+    model = GatoModel(small_cfg(tmp_path, context=128).model_config(LAYOUT))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    assert _init_from(model, tmp_path / "pre", LAYOUT) == {}  # nothing but the context differs
+    got = model.state_dict()
+    assert all(torch.equal(got[k], pre[k]) for k in pre if k != "wpe.weight")
+    assert torch.equal(got["wpe.weight"][:64], pre["wpe.weight"]) and torch.equal(got["wpe.weight"][64:], fresh["wpe.weight"][64:])
+    # a run from it starts at the checkpoint's loss, at step 0 of its own schedule
+    tuned = train(small_cfg(tmp_path / "tuned", steps=2, batch_size=8, init_from=tmp_path / "pre"), loader=source(**data),
+                  layout=LAYOUT, tasks=TASKS)
+    scratch = train(small_cfg(tmp_path / "scratch", steps=2, batch_size=8), loader=source(**data), layout=LAYOUT, tasks=TASKS)
+    assert tuned.step == 2 and tuned.losses[0] < 0.5 * scratch.losses[0]
+    assert abs(tuned.losses[0] - trained.losses[-1]) < 0.5 * trained.losses[-1] + 0.1  # about where the checkpoint ended
+    hidden = GatoModel(small_cfg(tmp_path, action_inputs="hidden").model_config(LAYOUT))  # same shapes, another option
+    assert _init_from(hidden, tmp_path / "pre", LAYOUT) == {"action_inputs": ("tokens", "hidden")}
+    with pytest.raises(ValueError, match=r"--init-from: checkpoint .* holds another model's parameters .*n_layer"):
+        _init_from(GatoModel(small_cfg(tmp_path, preset="cpu-small").model_config(LAYOUT)), tmp_path / "pre", LAYOUT)
+    with pytest.raises(FileNotFoundError, match="No checkpoint at"):
+        train(small_cfg(tmp_path / "x", init_from=tmp_path / "missing"), loader=source(), layout=LAYOUT, tasks=TASKS)
+
+
 def test_grad_accumulation_gives_the_same_gradient():
     batch = source(images=4).next_batch()
     whole = float64_gradients(batch)
