@@ -12,8 +12,11 @@ Sources of questions:
   its training questions for collection seeds, its test questions for evaluation seeds.
 * ``so101``: the SO-101 tabletop scene (``envs/so101.py``: four coloured cubes and cylinders, a tray) seen by
   its front camera, with questions generated from the simulator's true state (colours, shapes, left of / right
-  of in the image, in the tray), and a caption task listing the objects from left to right. Scenes come from
-  the reset seed, so evaluation seeds are scenes never collected.
+  of in the image, in the tray), a caption task listing the objects from left to right, and ``so101-where``:
+  "where is the X object?", answered left / middle / right (the third of the image it is in: one object to
+  find and its position to read, what a policy reaching for the named object needs; ``so101-where-96`` at the
+  SO-101 tasks' own camera size, 96x96). Scenes come from the reset seed, so evaluation seeds are scenes never
+  collected.
 * ``metaworld``: Meta-World ``push-v3`` frames from the camera behind the gripper, "is the puck left of the
   gripper / the goal?", answered from the simulator's state (scenes by seed, as for the SO-101).
 
@@ -42,7 +45,7 @@ from .registry import get_task, image, register_task
 EVAL_SEEDS = 10_000
 """Reset seeds from this one on draw held-out questions and scenes (the evaluation protocol's first seed)."""
 IMAGE_SIZE = 64
-"""Height and width of every image (16 patches of 16x16)."""
+"""Height and width of the images (16 patches of 16x16), except where a task says otherwise."""
 QUESTION_TOKENS = 32
 """Width of the question field in tokens (easy-VQA's longest question takes 17, the SO-101 scenes' 28)."""
 ANSWER_TOKENS = 8
@@ -145,14 +148,18 @@ class So101Scenes:
     """
 
     question_types: tuple[str, ...] = ("colour", "shape", "left of", "in tray")
+    SIDES: tuple[str, ...] = ("left", "middle", "right")
+    """The answers of ``where``: the third of the image's width the object's centre projects into."""
 
-    def __init__(self, caption: bool = False) -> None:
+    def __init__(self, caption: bool = False, where: bool = False, size: int = IMAGE_SIZE) -> None:
         from .so101 import COLOURS, So101Env
 
-        self.caption = caption
-        self.scene = So101Env(get_task("so101/place-v1"), "place", size=IMAGE_SIZE)
-        self.answers: tuple[str, ...] = ((*COLOURS, "cube", "cylinder", "yes", "no") if not caption else
-                                         ("",))
+        self.caption, self.where, self.size = caption, where, int(size)
+        self.scene = So101Env(get_task("so101/place-v1"), "place", size=self.size)
+        self.answers: tuple[str, ...] = (("",) if caption else self.SIDES if where else
+                                         (*COLOURS, "cube", "cylinder", "yes", "no"))
+        if where:
+            self.question_types = ("where",)
 
     def close(self) -> None:
         self.scene.close()
@@ -173,9 +180,9 @@ class So101Scenes:
         cam = env.model.camera("front").id
         pos, axes = env.data.cam_xpos[cam], env.data.cam_xmat[cam].reshape(3, 3)
         rel = np.array([env.object_pos(i) - pos for i in range(len(env.objects))])  # (4, 3)
-        u = (rel @ axes[:, 0]) / -(rel @ axes[:, 2])  # image x / depth: larger is further right
+        u = (rel @ axes[:, 0]) / -(rel @ axes[:, 2])  # image x / depth (tan of the angle): larger is further right
         names = [env.describe(i) for i in range(len(env.objects))]
-        return env.render_camera("front", IMAGE_SIZE, IMAGE_SIZE), names, u, in_tray
+        return env.render_camera("front", self.size, self.size), names, u, in_tray
 
     def draw(self, split: str, seed: int, rng: np.random.Generator, question_type: str | None = None) -> Item:
         del split  # the seed is the scene: evaluation seeds are scenes never collected
@@ -185,6 +192,10 @@ class So101Scenes:
         kind = question_type or self.question_types[int(rng.integers(len(self.question_types)))]
         i = int(rng.integers(len(names)))
         colour, shape = names[i].split()
+        if kind == "where":
+            half_width = np.tan(np.deg2rad(self.scene.model.cam_fovy[self.scene.model.camera("front").id]) / 2)
+            third = int(np.clip((u[i] / half_width + 1) / 2 * 3, 0, 2))  # square image: the same angle both ways
+            return Item(img, f"where is the {names[i]}?", self.SIDES[third], kind)
         if kind == "colour":
             side = "leftmost" if rng.random() < 0.5 else "rightmost"
             j = int(np.argmin(u) if side == "leftmost" else np.argmax(u))
@@ -286,7 +297,8 @@ def caption_facts(caption: str, truth: str) -> float:
 
 
 SOURCES = {"easy": EasyVqa, "so101": So101Scenes, "so101-caption": functools.partial(So101Scenes, caption=True),
-           "metaworld": MetaWorldScenes}
+           "so101-where": functools.partial(So101Scenes, where=True),
+           "so101-where-96": functools.partial(So101Scenes, where=True, size=96), "metaworld": MetaWorldScenes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,9 +403,10 @@ def question(name: str = "question", width: int = QUESTION_TOKENS) -> FieldSpec:
 
 
 def vqa_task(id: str, source: str, *, blind: bool = False, shots: int = 0, width: int = ANSWER_TOKENS,
-             instruction: str = "Answer the question about the image."):
-    """``register_task`` for one vision-language task (see :class:`VqaEnv` for the arguments)."""
-    observation = (question(),) + (() if blind else (image("image", IMAGE_SIZE, IMAGE_SIZE),))
+             instruction: str = "Answer the question about the image.", size: int = IMAGE_SIZE):
+    """``register_task`` for one vision-language task (see :class:`VqaEnv` for the arguments; ``size``: the
+    image's height and width, which the source must render)."""
+    observation = (question(),) + (() if blind else (image("image", size, size),))
     if shots:
         observation += (question("example", ANSWER_TOKENS),)
     return register_task(
@@ -417,6 +430,9 @@ def vqa_task(id: str, source: str, *, blind: bool = False, shots: int = 0, width
           instruction="Answer about the last image as the examples before it answer about theirs.")
 @vqa_task("vqa/so101-v1", "so101")
 @vqa_task("vqa/so101-blind-v1", "so101", blind=True)
+@vqa_task("vqa/so101-where-v1", "so101-where")
+@vqa_task("vqa/so101-where-blind-v1", "so101-where", blind=True)
+@vqa_task("vqa/so101-where-96-v1", "so101-where-96", size=96)
 @vqa_task("vqa/so101-caption-v1", "so101-caption", width=CAPTION_TOKENS,
           instruction="Name the objects on the table from left to right.")
 @vqa_task("vqa/metaworld-v1", "metaworld")

@@ -99,6 +99,35 @@ def test_so101_answers_and_captions_follow_the_true_scene():
         caption.close()
 
 
+@pytest.mark.parametrize("task_id,size", [("vqa/so101-where-v1", 64), ("vqa/so101-where-96-v1", 96)])
+def test_so101_where_answers_the_third_of_the_image_the_named_object_is_in(task_id, size):
+    env = make_env(task_id)
+    caption = make_env("vqa/so101-caption-v1")
+    try:
+        answers = []
+        for seed in range(40):
+            obs, info = env.reset(seed=seed)
+            assert info["question_type"] == "where" and obs["question"].startswith("where is the ")
+            assert obs["image"].shape == (size, size, 3)
+            scene, name = env.source.scene, obs["question"][len("where is the "):-1]
+            named = next(i for i in range(4) if scene.describe(i) == name)
+            m, d = scene.model, scene.data
+            cam = m.camera("front").id
+            rel = scene.object_pos(named) - d.cam_xpos[cam]
+            axes = d.cam_xmat[cam].reshape(3, 3)
+            f = size / 2 / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)  # the focal length in pixels
+            column = size / 2 + f * (rel @ axes[:, 0]) / -(rel @ axes[:, 2])
+            assert env.answer == ("left", "middle", "right")[min(2, max(0, int(column // (size / 3))))]
+            caption.reset(seed=seed)
+            if caption.answer.split(", ")[0] == name:  # the leftmost object is never right of the middle
+                assert env.answer in ("left", "middle")
+            answers.append(env.answer)
+        assert set(answers) == {"left", "middle", "right"}
+    finally:
+        env.close()
+        caption.close()
+
+
 def test_a_collected_episode_round_trips_through_the_store_and_the_tokenizer(tmp_path):
     from omnipolicy.datasets.collect import collect
     from omnipolicy.datasets.store import EpisodeStore
