@@ -43,6 +43,8 @@ meshes whose corners do not meet barely decimate. 1 mm is far below a pixel of a
 
 JAW_MESHES = ("wrist_roll_follower_so101_v1", "moving_jaw_so101_v1")
 """The meshes of the two jaws (their hulls do not collide; the fingertip pads do)."""
+JAW_PADS = ("fixed_jaw_pad", "moving_jaw_pad")
+"""The fingertip pad geoms of the two jaws: they collide, and the grasp point is midway between them."""
 
 STIFF = (0.004, 1.0)
 """Contact solref of the objects and the pads: stiffer than the default (0.02 s), so jaws squeezing with the
@@ -198,7 +200,7 @@ def build_model(target: str | None, image_size: tuple[int, int] = (96, 96), keep
             mesh.file = ""
             mesh.uservert = vertices.ravel().tolist()
             mesh.userface = faces.ravel().tolist()
-    for pad in ("fixed_jaw_pad", "moving_jaw_pad"):
+    for pad in JAW_PADS:
         # The package's jaw_pads option: the fingertip boxes collide (bit 1), giving the jaws flat faces to hold by.
         spec.geom(pad).contype = 1
         spec.geom(pad).conaffinity = 1
