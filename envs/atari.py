@@ -15,6 +15,12 @@ The ``-stack`` variants (``atari/pong-stack``) play the same games under the sam
 expert and random scores) and show the last three frames instead of one: the image's three channels are the
 grey levels of the frames at t - 2, t - 1 and t (DQN's frame stacking; a reset repeats its first frame), so a
 single image shows which way the ball moves.
+
+The ``-located`` variants (``atari/pong-located``) play the same games under the same protocol too, but show no
+pixels: the observation is the positions a perfect object detector would report, read from the game's RAM (the
+ball this step and the step before, our paddle, and in Pong the opponent's paddle; each RAM byte ``v`` as
+``v / 127.5 - 1``, a ball out of play at -1). They measure what an image encoder that localises the ball would
+give a policy, the lever the pixel tasks lack.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from omnipolicy.envs.base import GymTaskEnv
-from omnipolicy.envs.registry import discrete_action, image, register_task
+from omnipolicy.envs.registry import discrete_action, image, register_task, vector
 
 SCREEN = (210, 160)
 SIZE = 84
@@ -34,6 +40,9 @@ EPISODE_STEPS = 2000
 the one the expert and random scores are measured at."""
 STACK = 3
 """Frames in the image of a ``-stack`` task (one per colour channel)."""
+LOCATED = {"Pong": {"ball_x": 49, "ball_y": 54, "paddle": 51, "opponent": 50},
+           "Breakout": {"ball_x": 99, "ball_y": 101, "paddle": 72}}
+"""RAM addresses of the objects a ``-located`` task shows, per game (the experts read the same bytes)."""
 GREY = np.array([0.299, 0.587, 0.114], np.float32)
 """ITU-R BT.601 luma weights of R, G, B."""
 SETTINGS = {"frameskip": 4, "repeat_action_probability": 0.25, "noop_max": 30}
@@ -92,7 +101,8 @@ class AtariEnv(GymTaskEnv):
             image's channels, oldest first).
     """
 
-    def __init__(self, spec, env, render_mode: str | None = None, *, noop_max: int = 0, frame_stack: int = 1) -> None:
+    def __init__(self, spec, env, render_mode: str | None = None, *, noop_max: int = 0, frame_stack: int = 1,
+                 located: tuple[int, ...] = ()) -> None:
         if not isinstance(noop_max, int) or noop_max < 0:
             raise ValueError(f"{spec.id}: noop_max must be an int >= 0, got {noop_max!r}")
         if frame_stack not in (1, STACK):
@@ -102,6 +112,8 @@ class AtariEnv(GymTaskEnv):
         self.noop_max = noop_max
         self.frame_stack = frame_stack
         self._frames: np.ndarray | None = None  # (84, 84, STACK) the grey frames shown, oldest first
+        self.located = tuple(int(a) for a in located)  # RAM addresses shown instead of pixels (ball x, y first)
+        self._ball: np.ndarray | None = None  # the ball's (x, y) bytes at the step before
 
     @property
     def ale(self):
@@ -109,6 +121,12 @@ class AtariEnv(GymTaskEnv):
         return self.env.unwrapped.ale
 
     def _convert(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        if self.located:
+            ram = self.ale.getRAM()
+            now = ram[list(self.located)].astype(np.float32)
+            before = now[:2] if self._ball is None else self._ball  # an episode's first step: no motion yet
+            self._ball = now[:2].copy()
+            return {"objects": np.concatenate([now[:2], before, now[2:]]) / 127.5 - 1.0}
         frame = area_resize(obs)
         if self.frame_stack == 1:
             return {"image": frame}
@@ -123,7 +141,7 @@ class AtariEnv(GymTaskEnv):
         import ale_py  # the simulator loads only when it is used: importing the task registry loads none
 
         _, info = self.env.reset(seed=seed)
-        self._frames = None
+        self._frames, self._ball = None, None
         noops = int(self.np_random.integers(1, self.noop_max + 1)) if self.noop_max else 0
         for _ in range(noops):  # single frames: no game ends or scores within half a second of its start
             self.ale.act(ale_py.Action.NOOP)
@@ -139,15 +157,16 @@ class AtariEnv(GymTaskEnv):
 
 
 def make_atari(spec, render_mode: str | None = None, *, game: str, frameskip: int, repeat_action_probability: float,
-               noop_max: int, frame_stack: int = 1) -> AtariEnv:
+               noop_max: int, frame_stack: int = 1, located: bool = False) -> AtariEnv:
     """An ALE v5 game with the protocol's settings (:data:`SETTINGS`); the episode limit is the spec's;
-    ``frame_stack``: see :class:`AtariEnv`."""
+    ``frame_stack``: see :class:`AtariEnv`; ``located``: show the objects' RAM positions (:data:`LOCATED`)."""
     import ale_py  # the simulator loads only when it is used: importing the task registry loads none
     import gymnasium as gym
 
     gym.register_envs(ale_py)
     env = gym.make(f"ALE/{game}-v5", frameskip=frameskip, repeat_action_probability=repeat_action_probability)
-    return AtariEnv(spec, env.unwrapped, render_mode, noop_max=noop_max, frame_stack=frame_stack)
+    return AtariEnv(spec, env.unwrapped, render_mode, noop_max=noop_max, frame_stack=frame_stack,
+                    located=tuple(LOCATED[game].values()) if located else ())
 
 
 GAMES = {
@@ -158,6 +177,19 @@ GAMES = {
 """Task name -> (ALE game, actions in the minimal set, instruction, expert class in ``envs/experts/atari.py``)."""
 
 for _name, (_game, _actions, _instruction, _expert) in GAMES.items():
+    register_task(  # the same game with the objects' positions instead of pixels (same scores)
+        f"atari/{_name}-located",
+        domain="atari",
+        observation=(vector("objects", len(LOCATED[_game]) + 2),),
+        action=discrete_action(_actions),
+        max_steps=EPISODE_STEPS,
+        instruction=_instruction,
+        expert=f"omnipolicy.envs.experts.atari:{_expert}",
+        scores_from=f"atari/{_name}",
+        game=_game,
+        located=True,
+        **SETTINGS,
+    )(make_atari)
     for _stack in (1, STACK):  # atari/<name> (in the default suite) and atari/<name>-stack (same scores)
         register_task(
             f"atari/{_name}" + ("-stack" if _stack > 1 else ""),

@@ -141,3 +141,32 @@ def test_stack_tasks_show_the_grey_levels_of_the_last_three_frames() -> None:
         from omnipolicy.envs.atari import make_atari
 
         make_atari(spec, game="Pong", frame_stack=2, **SETTINGS)
+
+
+@pytest.mark.parametrize("game, task_id", [("Pong", "atari/pong-located"), ("Breakout", "atari/breakout-located")])
+def test_located_tasks_show_the_objects_ram_positions(game: str, task_id: str) -> None:
+    from omnipolicy.envs.atari import LOCATED
+
+    spec, plain = get_task(task_id), get_task(task_id.replace("-located", ""))
+    assert score_protocol(spec) == score_protocol(plain) and not spec.default
+    assert (spec.expert_score, spec.random_score) == (plain.expert_score, plain.random_score)  # one protocol
+    assert [f.name for f in spec.timestep.observation] == ["objects"]
+    addresses = list(LOCATED[game].values())
+    env = make_env(task_id, seed=0)
+    try:
+        obs, _ = env.reset(seed=3)
+        ram = env.ale.getRAM()
+        bytes_ = ram[addresses].astype(np.float64)
+        want = np.concatenate([bytes_[:2], bytes_[:2], bytes_[2:]]) / 127.5 - 1  # no motion at the first step
+        np.testing.assert_allclose(obs["objects"], want, atol=1e-6)
+        moved = False
+        for _ in range(80):  # FIRE serves in Breakout; Pong serves by itself
+            before = env.ale.getRAM()[addresses[:2]].astype(np.float64)
+            obs, *_ = env.step(np.array([1]))
+            now = env.ale.getRAM()[addresses].astype(np.float64)
+            np.testing.assert_allclose(obs["objects"], np.concatenate([now[:2], before, now[2:]]) / 127.5 - 1,
+                                       atol=1e-6)
+            moved |= bool(now[1] != 0 and before[1] != 0 and np.any(now[:2] != before))
+        assert moved  # the ball came into play and its two positions differ
+    finally:
+        env.close()
