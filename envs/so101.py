@@ -7,7 +7,9 @@ and an instruction from the task's phrasings: the base tasks use the training ph
 ``-unseen-`` tasks only phrasings that are held out of training (:data:`HELDOUT`, docs/so101.md).
 
 The policy sees the ``front`` and ``wrist`` cameras, the six joint angles and the instruction, never object
-positions. The action is six absolute joint-position targets for the arm's position actuators, held for
+positions; the ``-located`` tasks (``so101/lift-located-v1``, ``so101/place-located-v1``; the same scenes,
+instructions, expert and scores) replace the cameras with the objects' true poses, what a perfect object
+detector would report, to tell what vision costs a policy from what control does. The action is six absolute joint-position targets for the arm's position actuators, held for
 25 physics steps of 2 ms (20 Hz). ``info`` reports ``success`` (sticky), ``target_object``, ``phrasing``,
 ``heldout`` and ``wrong_object`` (a non-named object was lifted / put in the tray / pushed into the zone).
 
@@ -177,7 +179,8 @@ class So101Env(TaskEnv):
         joint_names: the six joints / position actuators in controller order.
     """
 
-    def __init__(self, spec, kind: str, heldout: bool = False, size: int = 96, render_mode: str | None = None) -> None:
+    def __init__(self, spec, kind: str, heldout: bool = False, size: int = 96, render_mode: str | None = None,
+                 located: bool = False) -> None:
         import mujoco
 
         from omnipolicy.envs.so101_scene import build_model
@@ -185,7 +188,7 @@ class So101Env(TaskEnv):
         if kind not in KINDS:
             raise ValueError(f"Unknown SO-101 task kind {kind!r}; expected one of {list(KINDS)}")
         super().__init__(spec, render_mode)
-        self.kind, self.heldout, self.size = kind, heldout, int(size)
+        self.kind, self.heldout, self.size, self.located = kind, heldout, int(size), bool(located)
         self.model = build_model(KINDS[kind].target, image_size=(self.size, self.size))
         self.data = mujoco.MjData(self.model)
         self.joint_names = JOINTS
@@ -342,7 +345,19 @@ class So101Env(TaskEnv):
             "wrong_object": self._wrong,
         }
 
+    def located_objects(self) -> np.ndarray:
+        """The ``-located`` tasks' ``objects`` field: per colour in :data:`COLOURS` order, the object's centre
+        (x, y, z, m) and ``cos 4 yaw, sin 4 yaw`` of its top face (a cube looks the same every quarter turn)."""
+        out = np.zeros((len(COLOURS), LOCATED_VALUES), np.float32)
+        for i in range(len(self.objects)):
+            x_axis = self.object_rot(i)[:, 0]
+            yaw = np.arctan2(x_axis[1], x_axis[0])
+            out[list(COLOURS).index(self.colours[i])] = [*self.object_pos(i), np.cos(4 * yaw), np.sin(4 * yaw)]
+        return out.ravel()
+
     def _observe(self) -> dict[str, Any]:
+        if self.located:
+            return {"objects": self.located_objects(), "joints": self.joints(), "instruction": self.instruction}
         return {
             "front": self.render_camera("front", self.size, self.size),
             "wrist": self.render_camera("wrist", self.size, self.size),
@@ -445,20 +460,26 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # Tasks
 
+LOCATED_VALUES = 5
+"""Values per object in the ``-located`` tasks' ``objects`` field: x, y, z, cos 4 yaw, sin 4 yaw."""
 JOINTS_FIELD = replace(vector("joints", len(JOINTS)), names=LEROBOT_NAMES)
 ACTION_FIELD = replace(bounded_action(CTRL_LOW, CTRL_HIGH, len(JOINTS)), names=LEROBOT_NAMES)
 
 
-def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, scores_from: str | None = None):
+def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, scores_from: str | None = None,
+               located: bool = False):
     """``register_task`` for one SO-101 task: ``kind`` lift / place / push, images ``size`` x ``size``.
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
-    ones (give ``scores_from`` the base task: the same scenes and expert).
+    ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the objects'
+    true poses instead (:meth:`So101Env.located_objects`), what a perfect object detector would report.
     """
+    views = ((vector("objects", len(COLOURS) * LOCATED_VALUES),) if located else
+             (image("front", size, size), image("wrist", size, size)))
     return register_task(
         id,
         domain="so101",
-        observation=(image("front", size, size), image("wrist", size, size), JOINTS_FIELD, text("instruction")),
+        observation=(*views, JOINTS_FIELD, text("instruction")),
         action=ACTION_FIELD,
         max_steps=KINDS[kind].max_steps,
         instruction=KINDS[kind].goal,
@@ -469,6 +490,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
         kind=kind,
         heldout=heldout,
         size=size,
+        **({"located": True} if located else {}),
     )
 
 
@@ -478,6 +500,9 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-unseen-v1", "lift", heldout=True, scores_from="so101/lift-v1")
 @so101_task("so101/place-unseen-v1", "place", heldout=True, scores_from="so101/place-v1")
 @so101_task("so101/push-unseen-v1", "push", heldout=True, scores_from="so101/push-v1")
-def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96) -> So101Env:
+@so101_task("so101/lift-located-v1", "lift", scores_from="so101/lift-v1", located=True)
+@so101_task("so101/place-located-v1", "place", scores_from="so101/place-v1", located=True)
+def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
+               located: bool = False) -> So101Env:
     """An SO-101 tabletop task."""
-    return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode)
+    return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode, located=located)

@@ -230,3 +230,32 @@ def test_decimated_meshes_are_cached_and_reused(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == cached
     np.testing.assert_array_equal(again.mesh_vert, model.mesh_vert)
     assert [again.mesh(i).name for i in range(again.nmesh)] == [model.mesh(i).name for i in range(model.nmesh)]
+
+
+def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
+    from omnipolicy.envs.so101 import LOCATED_VALUES
+
+    spec, plain = get_task("so101/lift-located-v1"), get_task("so101/lift-v1")
+    assert [f.name for f in spec.timestep.observation] == ["objects", "joints", "instruction"]
+    assert (spec.expert_score, spec.expert_success) == (plain.expert_score, plain.expert_success)
+    env, twin = make_env("so101/lift-located-v1"), make_env("so101/lift-v1")
+    try:
+        for seed in (3, 11):
+            obs, info = env.reset(seed=seed)
+            twin_obs, twin_info = twin.reset(seed=seed)  # the same scene and instruction as the camera task
+            assert obs["instruction"] == twin_obs["instruction"] and info == twin_info
+            np.testing.assert_array_equal(obs["joints"], twin_obs["joints"])
+            rows = obs["objects"].reshape(len(COLOURS), LOCATED_VALUES)
+            for i in range(len(env.objects)):
+                row = rows[list(COLOURS).index(env.colours[i])]
+                np.testing.assert_allclose(row[:3], env.object_pos(i), atol=1e-6)
+                assert abs(np.hypot(row[3], row[4]) - 1) < 1e-5
+            named = rows[list(COLOURS).index(env.target_object.split()[0])]
+            np.testing.assert_allclose(named[:3], env.object_pos(env.target_index), atol=1e-6)
+            expert = make_expert("so101/lift-located-v1")
+            expert.reset(env, obs)
+            _, info = run_expert(env, expert, obs, env.task.max_steps)
+            assert info["success"], seed  # the expert acts from the simulator, as in the camera task
+    finally:
+        env.close()
+        twin.close()
