@@ -20,7 +20,7 @@ The ``-located`` variants (``atari/pong-located``) play the same games under the
 pixels: the observation is the positions a perfect object detector would report, read from the game's RAM (the
 ball this step and the step before, our paddle, and in Pong the opponent's paddle; each RAM byte ``v`` as
 ``v / 127.5 - 1``, a ball out of play at -1). They measure what an image encoder that localises the ball would
-give a policy, the lever the pixel tasks lack.
+give a policy (docs/results.md, "Atari with the ball located").
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ and an instruction from the task's phrasings: the base tasks use the training ph
 The policy sees the ``front`` and ``wrist`` cameras, the six joint angles and the instruction, never object
 positions; the ``-located`` tasks (``so101/lift-located-v1``, ``so101/place-located-v1``; the same scenes,
 instructions, expert and scores) replace the cameras with the objects' true poses, what a perfect object
-detector would report, to tell what vision costs a policy from what control does. The action is six absolute joint-position targets for the arm's position actuators, held for
-25 physics steps of 2 ms (20 Hz). ``info`` reports ``success`` (sticky), ``target_object``, ``phrasing``,
-``heldout`` and ``wrong_object`` (a non-named object was lifted / put in the tray / pushed into the zone).
+detector would report, to tell what vision costs a policy from what control does. The action is six absolute
+joint-position targets for the arm's position actuators, held for 25 physics steps of 2 ms (20 Hz). ``info``
+reports ``success`` (sticky), ``target_object``, ``phrasing``, ``heldout`` and ``wrong_object`` (a non-named
+object was lifted / put in the tray / pushed into the zone).
 
 Another image size is one decorator away (the observation and the factory's ``size`` go together)::
 
