@@ -9,7 +9,8 @@ and an instruction from the task's phrasings: the base tasks use the training ph
 The policy sees the ``front`` and ``wrist`` cameras, the six joint angles and the instruction, never object
 positions; the ``-located`` tasks (``so101/lift-located-v1``, ``so101/place-located-v1``; the same scenes,
 instructions, expert and scores) replace the cameras with the objects' true poses, what a perfect object
-detector would report, to tell what vision costs a policy from what control does. The action is six absolute
+detector would report, to tell what vision costs a policy from what control does; ``so101/lift-named-v1`` shows
+the named object's pose alone (no colour to match with the instruction). The action is six absolute
 joint-position targets for the arm's position actuators, held for 25 physics steps of 2 ms (20 Hz). ``info``
 reports ``success`` (sticky), ``target_object``, ``phrasing``, ``heldout`` and ``wrong_object`` (a non-named
 object was lifted / put in the tray / pushed into the zone).
@@ -181,7 +182,7 @@ class So101Env(TaskEnv):
     """
 
     def __init__(self, spec, kind: str, heldout: bool = False, size: int = 96, render_mode: str | None = None,
-                 located: bool = False) -> None:
+                 located: str = "") -> None:
         import mujoco
 
         from omnipolicy.envs.so101_scene import build_model
@@ -189,7 +190,9 @@ class So101Env(TaskEnv):
         if kind not in KINDS:
             raise ValueError(f"Unknown SO-101 task kind {kind!r}; expected one of {list(KINDS)}")
         super().__init__(spec, render_mode)
-        self.kind, self.heldout, self.size, self.located = kind, heldout, int(size), bool(located)
+        if located not in LOCATED:
+            raise ValueError(f"SO-101 located must be one of {LOCATED}, got {located!r}")
+        self.kind, self.heldout, self.size, self.located = kind, heldout, int(size), located
         self.model = build_model(KINDS[kind].target, image_size=(self.size, self.size))
         self.data = mujoco.MjData(self.model)
         self.joint_names = JOINTS
@@ -348,12 +351,15 @@ class So101Env(TaskEnv):
 
     def located_objects(self) -> np.ndarray:
         """The ``-located`` tasks' ``objects`` field: per colour in :data:`COLOURS` order, the object's centre
-        (x, y, z, m) and ``cos 4 yaw, sin 4 yaw`` of its top face (a cube looks the same every quarter turn)."""
+        (x, y, z, m) and ``cos 4 yaw, sin 4 yaw`` of its top face (a cube looks the same every quarter turn); the
+        ``-named`` tasks' the named object's alone."""
         out = np.zeros((len(COLOURS), LOCATED_VALUES), np.float32)
         for i in range(len(self.objects)):
             x_axis = self.object_rot(i)[:, 0]
             yaw = np.arctan2(x_axis[1], x_axis[0])
             out[list(COLOURS).index(self.colours[i])] = [*self.object_pos(i), np.cos(4 * yaw), np.sin(4 * yaw)]
+        if self.located == "named":
+            return out[list(COLOURS).index(self.colours[self.target_index])]
         return out.ravel()
 
     def _observe(self) -> dict[str, Any]:
@@ -463,19 +469,21 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 LOCATED_VALUES = 5
 """Values per object in the ``-located`` tasks' ``objects`` field: x, y, z, cos 4 yaw, sin 4 yaw."""
+LOCATED = ("", "all", "named")
+"""What an SO-101 task shows instead of its cameras: nothing (the cameras), all objects' poses, the named one's."""
 JOINTS_FIELD = replace(vector("joints", len(JOINTS)), names=LEROBOT_NAMES)
 ACTION_FIELD = replace(bounded_action(CTRL_LOW, CTRL_HIGH, len(JOINTS)), names=LEROBOT_NAMES)
 
 
 def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, scores_from: str | None = None,
-               located: bool = False):
+               located: str = ""):
     """``register_task`` for one SO-101 task: ``kind`` lift / place / push, images ``size`` x ``size``.
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
-    ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the objects'
-    true poses instead (:meth:`So101Env.located_objects`), what a perfect object detector would report.
+    ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the true poses
+    of ``"all"`` the objects or of the ``"named"`` one instead (:meth:`So101Env.located_objects`).
     """
-    views = ((vector("objects", len(COLOURS) * LOCATED_VALUES),) if located else
+    views = ((vector("objects", (len(COLOURS) if located == "all" else 1) * LOCATED_VALUES),) if located else
              (image("front", size, size), image("wrist", size, size)))
     return register_task(
         id,
@@ -491,7 +499,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
         kind=kind,
         heldout=heldout,
         size=size,
-        **({"located": True} if located else {}),
+        **({"located": located} if located else {}),
     )
 
 
@@ -501,9 +509,10 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-unseen-v1", "lift", heldout=True, scores_from="so101/lift-v1")
 @so101_task("so101/place-unseen-v1", "place", heldout=True, scores_from="so101/place-v1")
 @so101_task("so101/push-unseen-v1", "push", heldout=True, scores_from="so101/push-v1")
-@so101_task("so101/lift-located-v1", "lift", scores_from="so101/lift-v1", located=True)
-@so101_task("so101/place-located-v1", "place", scores_from="so101/place-v1", located=True)
+@so101_task("so101/lift-located-v1", "lift", scores_from="so101/lift-v1", located="all")
+@so101_task("so101/place-located-v1", "place", scores_from="so101/place-v1", located="all")
+@so101_task("so101/lift-named-v1", "lift", scores_from="so101/lift-v1", located="named")
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
-               located: bool = False) -> So101Env:
+               located: str = "") -> So101Env:
     """An SO-101 tabletop task."""
     return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode, located=located)

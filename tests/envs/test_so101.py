@@ -233,7 +233,7 @@ def test_decimated_meshes_are_cached_and_reused(tmp_path, monkeypatch) -> None:
 
 
 def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
-    from omnipolicy.envs.so101 import LOCATED_VALUES
+    from omnipolicy.envs.so101 import LOCATED_VALUES, So101Env
 
     spec, plain = get_task("so101/lift-located-v1"), get_task("so101/lift-v1")
     assert [f.name for f in spec.timestep.observation] == ["objects", "joints", "instruction"]
@@ -252,6 +252,12 @@ def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
                 assert abs(np.hypot(row[3], row[4]) - 1) < 1e-5
             named = rows[list(COLOURS).index(env.target_object.split()[0])]
             np.testing.assert_allclose(named[:3], env.object_pos(env.target_index), atol=1e-6)
+            alone = make_env("so101/lift-named-v1")  # the named object's pose alone: the same row
+            try:
+                obs_named, _ = alone.reset(seed=seed)
+                np.testing.assert_allclose(obs_named["objects"], named, atol=1e-6)
+            finally:
+                alone.close()
             expert = make_expert("so101/lift-located-v1")
             expert.reset(env, obs)
             _, info = run_expert(env, expert, obs, env.task.max_steps)
@@ -259,3 +265,5 @@ def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
     finally:
         env.close()
         twin.close()
+    with pytest.raises(ValueError, match="located must be one of"):
+        So101Env(spec, "lift", located="some")
