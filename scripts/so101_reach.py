@@ -27,7 +27,7 @@ import tqdm
 import tyro
 
 from omnipolicy.envs.registry import get_task, make_env, make_expert
-from omnipolicy.envs.so101_scene import JAW_PADS
+from omnipolicy.envs.so101_scene import jaw_midpoint
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,6 @@ class Config:
     """First reset seed (the demonstrations use seeds from 0)."""
     expert: bool = False
     """Drive with the scripted expert instead of a policy (the reference figures)."""
-
-
-def jaw_point(env) -> np.ndarray:
-    """Midpoint of the two jaw pads (world frame, m)."""
-    return np.mean([env.data.geom_xpos[env.model.geom(g).id] for g in JAW_PADS], axis=0)
 
 
 def reach(cfg: Config, actor=None) -> dict:
@@ -80,7 +75,7 @@ def reach(cfg: Config, actor=None) -> dict:
         while not done:
             action = actor.act([0], [obs])[0] if actor is not None else expert.act(env, obs)
             obs, _, terminated, truncated, info = env.step(action)
-            jaws = jaw_point(scene)
+            jaws = jaw_midpoint(scene.model, scene.data)
             dist = np.array([np.linalg.norm(scene.object_pos(i) - jaws) for i in range(len(scene.objects))])
             closest = np.minimum(closest, dist)
             done = terminated or truncated

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from omnipolicy.envs.experts.base import Expert
-from omnipolicy.envs.so101_scene import GRIPPER_CLOSED, JAW_PADS, TRAY_HALF, TRAY_WALL
+from omnipolicy.envs.so101_scene import GRIPPER_CLOSED, TRAY_HALF, TRAY_WALL, jaw_midpoint
 
 DOWN = np.array([0.0, 0.0, -1.0])
 TILT_WEIGHT = 0.3
@@ -115,7 +115,7 @@ class So101Expert(Expert):
         d = self._scratch
         d.qpos[m.joint("gripper").qposadr[0]] = 0.46 if self.kind != "push" else GRIPPER_CLOSED
         mujoco.mj_kinematics(m, d)
-        mid = np.mean([d.geom_xpos[m.geom(p).id] for p in JAW_PADS], axis=0)
+        mid = jaw_midpoint(m, d)
         self._offset = d.site_xmat[self._site].reshape(3, 3).T @ (mid - d.site_xpos[self._site])
 
     def _kinematics(self, q: np.ndarray):
