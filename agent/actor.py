@@ -81,12 +81,11 @@ class PolicyActor:
         self.texts[index] = self._texts(obs)
 
     def _texts(self, obs: dict | None) -> tuple[str, ...]:
-        """The observation's instruction fields (text without a fixed width; per-step text, such as a question,
-        changes every step by design)."""
+        """The observation's instructions (:meth:`~omnipolicy.tokenizers.spec.TimestepSpec.instructions`; a
+        question changes every step by design)."""
         if not obs:
             return ()
-        return tuple(str(obs[f.name]) for f in self.spec.observation
-                     if f.kind == "text" and f.n is None and f.name in obs)
+        return tuple(str(obs[f.name]) for f in self.spec.instructions() if f.name in obs)
 
     def act(self, active: Sequence[int], observations: Sequence[dict]) -> list[np.ndarray]:
         for i, o in zip(active, observations):

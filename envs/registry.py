@@ -141,9 +141,9 @@ def image(name: str = "image", height: int = 84, width: int = 84) -> FieldSpec:
     return FieldSpec(name, "image", (height, width, 3), "uint8")
 
 
-def text(name: str = "instruction") -> FieldSpec:
-    """A text observation (a str per step)."""
-    return FieldSpec(name, "text", (), "str")
+def text(name: str = "instruction", n: int | None = None) -> FieldSpec:
+    """A text observation (a str per step); ``n`` fixes its width in tokens (see :class:`FieldSpec`)."""
+    return FieldSpec(name, "text", (), "str", n=n)
 
 
 def discrete_action(n: int) -> FieldSpec:

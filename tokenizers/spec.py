@@ -44,9 +44,11 @@ class FieldSpec:
             given, values are scaled linearly to [-1, 1] (bounded mode) instead
             of mu-law companded.
         n: for ``discrete``: number of valid values per element (``<= 1024``). For ``text``: a fixed width in
-            tokens (optional for an observation, required for a text action). A text observation without it is an
-            instruction, padded to the longest encoding of a call; with it, per-step text (a question) padded to
-            exactly ``n`` tokens. A text action (an answer, a caption) is ``n`` tokens: the text, the end marker
+            tokens (optional for an observation, required for a text action). A text observation without it is
+            padded to the longest encoding of a call (an episode), so the local positions of the fields after it
+            shift with its length; with it, padded to exactly ``n`` tokens, so they stay put (what a policy needs
+            to tell same-looking fields apart by position, such as several objects' poses). A text action (an
+            answer, a caption) is ``n`` tokens: the text, the end marker
             (:data:`~omnipolicy.tokenizers.text.END_OF_TEXT`), then the end marker repeated.
         names: optional element names, flattened (e.g. a robot's joints, as a LeRobot feature's ``names``); a
             deployment checks them against the robot's.
@@ -161,6 +163,12 @@ class TimestepSpec:
     def fields(self, kind: str) -> tuple[FieldSpec, ...]:
         """Observation fields of one kind, in tokenization order (sorted by name)."""
         return tuple(sorted((f for f in self.observation if f.kind == kind), key=lambda f: f.name))
+
+    def instructions(self) -> tuple[FieldSpec, ...]:
+        """The text observations that say what to do (kept through an episode unless changed on purpose): every
+        text observation of a task that acts; none of a task that answers in text (its text observations are
+        per-step questions)."""
+        return () if self.action.kind == "text" else self.fields("text")
 
     def field(self, name: str) -> FieldSpec:
         for f in self.observation:

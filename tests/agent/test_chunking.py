@@ -249,12 +249,13 @@ def test_tiny_training_with_chunks_then_acting_one_action_per_tick(tmp_path, exe
     assert replace(meta.model, action_chunk=1).chunking.size == 1
 
 
-def test_a_new_instruction_mid_episode_starts_a_fresh_context_as_deploy_does():
+@pytest.mark.parametrize("width", [None, 12])  # padded per episode, or to a fixed width (the SO-101 tasks')
+def test_a_new_instruction_mid_episode_starts_a_fresh_context_as_deploy_does(width):
     from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 
     policy = policy_of(chunked_model("hidden", chunk=1, execution="ensemble"), use_session=True)
     base = policy.spec(TASK)
-    spec = TimestepSpec((*base.observation, FieldSpec("instruction", "text", (), "str")), base.action)
+    spec = TimestepSpec((*base.observation, FieldSpec("instruction", "text", (), "str", n=width)), base.action)
     policy.meta.tasks[TASK] = spec
     actor = PolicyActor(policy)
     actor.begin(SimpleNamespace(id=TASK, timestep=spec), [None])

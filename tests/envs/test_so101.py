@@ -139,6 +139,27 @@ def test_heldout_phrasings_never_reach_the_training_tasks_and_vice_versa() -> No
                 env.close()
 
 
+def test_every_phrasing_fits_the_instruction_width_so_positions_stay_put() -> None:
+    from omnipolicy.tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.default()
+    for kind, k in KINDS.items():
+        texts = [p.text() for colour in COLOURS for shape in SHAPE_WORDS for heldout in (False, True)
+                 for p in phrasings(kind, colour, shape, heldout)]
+        lengths = [len(tokenizer.encode_text(t)) for t in texts]
+        assert max(lengths) <= k.words and min(lengths) < max(lengths), kind  # they differ, and all fit
+    # the objects' poses sit at the same positions of a timestep whatever the phrasing's length (a policy tells
+    # the colours' slots apart by position)
+    spec = get_task("so101/lift-located-v1").timestep
+    assert spec.field("instruction").n == KINDS["lift"].words
+    layouts = []
+    for text in ("Lift the red cube.", "Grab the purple cylinder and lift it."):
+        obs = {"objects": np.zeros((1, 20), np.float32), "joints": np.zeros((1, 6), np.float32), "instruction": [text]}
+        ep = tokenizer.tokenize_episode(spec, obs, np.zeros((1, 6), np.float32))
+        layouts.append((ep.tokens_per_timestep, ep.tokens[KINDS["lift"].words:].tolist()))
+    assert layouts[0] == layouts[1]
+
+
 def test_set_target_rewrites_the_instruction_and_moves_success() -> None:
     env = make_env("so101/lift-v1")
     try:
