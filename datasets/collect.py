@@ -229,7 +229,7 @@ def _open_tasks(task_ids: Sequence[str], episodes: int, out: str | os.PathLike, 
         task = get_task(tid)
         if filter_expert_fraction is not None:
             _keep(task, 0.0, filter_expert_fraction)  # fail early on unmeasured scores
-        store = EpisodeStore(task_path(out, tid), fps=int(getattr(task, "fps", DEFAULT_FPS) or DEFAULT_FPS))
+        store = EpisodeStore(task_path(out, tid), fps=task.fps or DEFAULT_FPS)
         store.recover()
         if store.num_episodes and tid not in store.task_ids:
             raise ValueError(f"{store.root} holds other tasks {store.task_ids}, not {tid!r}")

@@ -56,6 +56,8 @@ class TaskSpec:
             state task with identical dynamics); defaults to ``id``.
         expert_success: measured success rate of the expert (None if the task has none).
         random_success: measured success rate of the random policy (None if the task has none).
+        fps: control steps per second where the task models a real rate (a robot's), recorded by its datasets
+            (LeRobot's ``fps`` and timestamps); None for the datasets' default.
     """
 
     id: str
@@ -73,6 +75,7 @@ class TaskSpec:
     expert_score: float = math.nan
     expert_success: float | None = None
     random_success: float | None = None
+    fps: int | None = None
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
@@ -173,6 +176,7 @@ def register_task(
     has_success: bool = False,
     default: bool = False,
     scores_from: str | None = None,
+    fps: int | None = None,
     **kwargs: Any,
 ) -> Callable[[F], F]:
     """Register a task whose env the decorated factory builds; stack one per task.
@@ -188,6 +192,7 @@ def register_task(
         has_success: the env reports ``info["success"]``.
         default: part of the default suite.
         scores_from: task id whose measured scores this task shares.
+        fps: control steps per second, where the task models a real rate.
         **kwargs: passed to the factory when this task's env is built.
 
     Returns:
@@ -212,6 +217,7 @@ def register_task(
             has_success=has_success,
             default=default,
             scores_from=scores_from,
+            fps=fps,
         )
         return factory
 
@@ -428,6 +434,7 @@ def tasks_command(argv: list[str], prog: str) -> None:
                 "domain": s.domain,
                 "timestep": s.timestep.to_dict(),
                 "max_steps": s.max_steps,
+                "fps": s.fps,
                 "score_protocol": score_protocol(s),
                 "instruction": s.instruction,
                 "random_score": s.random_score,

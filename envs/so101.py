@@ -498,6 +498,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
         has_success=True,
         default=False,
         scores_from=scores_from,
+        fps=CONTROL_HZ,
         kind=kind,
         heldout=heldout,
         size=size,

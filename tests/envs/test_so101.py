@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,21 @@ def test_every_phrasing_fits_the_instruction_width_so_positions_stay_put() -> No
         ep = tokenizer.tokenize_episode(spec, obs, np.zeros((1, 6), np.float32))
         layouts.append((ep.tokens_per_timestep, ep.tokens[KINDS["lift"].words:].tolist()))
     assert layouts[0] == layouts[1]
+
+
+def test_datasets_record_the_control_rate(tmp_path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from omnipolicy.datasets.collect import collect
+
+    assert get_task("so101/lift-located-v1").fps == CONTROL_HZ == 20
+    summary = collect(["so101/lift-located-v1"], 1, tmp_path, workers=0, progress=False, max_steps=5)
+    root = Path(summary["so101/lift-located-v1"]["path"])
+    assert json.loads((root / "meta" / "info.json").read_text())["fps"] == CONTROL_HZ
+    rows = pq.read_table(next((root / "data").rglob("*.parquet"))).to_pydict()
+    np.testing.assert_allclose(rows["timestamp"], np.arange(len(rows["timestamp"])) / CONTROL_HZ, atol=1e-6)
 
 
 def test_set_target_rewrites_the_instruction_and_moves_success() -> None:
