@@ -78,6 +78,8 @@ class TrainConfig:
     """Model preset (see --list-presets for their parameter counts)."""
     context: int | None = None
     """Context window in tokens; default: the preset's."""
+    n_layer: int | None = None
+    """Transformer blocks; default: the preset's (the other dimensions stay the preset's)."""
     action_inputs: Literal["tokens", "hidden"] | None = None
     """What the model reads at action positions (ModelConfig.action_inputs): tokens (Gato) or hidden (every action
     predicted from observations only; no copying of the last action); default: the preset's."""
@@ -264,13 +266,14 @@ class TrainConfig:
         return cfg.with_layout(layout)
 
     def adjust(self, cfg: ModelConfig) -> ModelConfig:
-        """``cfg`` (a preset) with this run's overrides of its shape: the vision options, the context and the
-        feed-forward.
+        """``cfg`` (a preset) with this run's overrides of its shape: the vision options, the context, the depth and
+        the feed-forward.
 
         Raises:
             ValueError: an override the model config refuses (the message names it).
         """
-        shape = {name: getattr(self, name) for name in ("context", *_MOE_FIELDS) if getattr(self, name) is not None}
+        shape = {name: getattr(self, name) for name in ("context", "n_layer", *_MOE_FIELDS)
+                 if getattr(self, name) is not None}
         return dataclasses.replace(self.vision_config(cfg), **shape)
 
     def tokenizer(self) -> Tokenizer:

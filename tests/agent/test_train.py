@@ -306,3 +306,13 @@ def test_stop_at_then_resume_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match=r"stop_at must be in \[1, steps=6\]"):
         replace(cfg, stop_at=7)
+
+
+def test_n_layer_overrides_the_presets_depth_only(tmp_path):
+    deep = small_cfg(tmp_path, n_layer=3).model_config(LAYOUT)
+    base = small_cfg(tmp_path).model_config(LAYOUT)
+    assert (deep.n_layer, base.n_layer) == (3, 2)
+    assert replace(deep, n_layer=2) == base  # nothing else moved
+    assert len(GatoModel(deep).blocks) == 3
+    with pytest.raises(ValueError, match="n_layer"):
+        small_cfg(tmp_path, n_layer=0).model_config(LAYOUT)
