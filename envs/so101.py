@@ -354,14 +354,18 @@ class So101Env(TaskEnv):
     def located_objects(self) -> np.ndarray:
         """The ``-located`` tasks' ``objects`` field: per colour in :data:`COLOURS` order, the object's centre
         (x, y, z, m) and ``cos 4 yaw, sin 4 yaw`` of its top face (a cube looks the same every quarter turn); the
-        ``-named`` tasks' the named object's alone."""
+        ``-named`` tasks' the named object's alone; the ``-named-first`` tasks' all four with the named object's
+        first, then the others in colour order (the distractors without the binding)."""
         out = np.zeros((len(COLOURS), LOCATED_VALUES), np.float32)
         for i in range(len(self.objects)):
             x_axis = self.object_rot(i)[:, 0]
             yaw = np.arctan2(x_axis[1], x_axis[0])
             out[list(COLOURS).index(self.colours[i])] = [*self.object_pos(i), np.cos(4 * yaw), np.sin(4 * yaw)]
+        named = list(COLOURS).index(self.colours[self.target_index])
         if self.located == "named":
-            return out[list(COLOURS).index(self.colours[self.target_index])]
+            return out[named]
+        if self.located == "named-first":
+            return np.concatenate([out[named], np.delete(out, named, axis=0).ravel()])
         return out.ravel()
 
     def _observe(self) -> dict[str, Any]:
@@ -471,8 +475,9 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 LOCATED_VALUES = 5
 """Values per object in the ``-located`` tasks' ``objects`` field: x, y, z, cos 4 yaw, sin 4 yaw."""
-LOCATED = ("", "all", "named")
-"""What an SO-101 task shows instead of its cameras: nothing (the cameras), all objects' poses, the named one's."""
+LOCATED = ("", "all", "named", "named-first")
+"""What an SO-101 task shows instead of its cameras: nothing (the cameras), all objects' poses, the named one's,
+all objects' poses with the named one's first."""
 JOINTS_FIELD = replace(vector("joints", len(JOINTS)), names=LEROBOT_NAMES)
 ACTION_FIELD = replace(bounded_action(CTRL_LOW, CTRL_HIGH, len(JOINTS)), names=LEROBOT_NAMES)
 
@@ -483,9 +488,10 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
     ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the true poses
-    of ``"all"`` the objects or of the ``"named"`` one instead (:meth:`So101Env.located_objects`).
+    of ``"all"`` the objects, of the ``"named"`` one, or of all with the named one first (``"named-first"``) instead
+    (:meth:`So101Env.located_objects`).
     """
-    views = ((vector("objects", (len(COLOURS) if located == "all" else 1) * LOCATED_VALUES),) if located else
+    views = ((vector("objects", (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES),) if located else
              (image("front", size, size), image("wrist", size, size)))
     return register_task(
         id,
@@ -515,6 +521,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-located-v1", "lift", scores_from="so101/lift-v1", located="all")
 @so101_task("so101/place-located-v1", "place", scores_from="so101/place-v1", located="all")
 @so101_task("so101/lift-named-v1", "lift", scores_from="so101/lift-v1", located="named")
+@so101_task("so101/lift-named-first-v1", "lift", scores_from="so101/lift-v1", located="named-first")
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
                located: str = "") -> So101Env:
     """An SO-101 tabletop task."""

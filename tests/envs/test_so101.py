@@ -295,6 +295,13 @@ def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
                 np.testing.assert_allclose(obs_named["objects"], named, atol=1e-6)
             finally:
                 alone.close()
+            first = make_env("so101/lift-named-first-v1")  # all four, the named one's row first
+            try:
+                obs_first, _ = first.reset(seed=seed)
+                others = [r for r in rows if not np.array_equal(r, named)]
+                np.testing.assert_allclose(obs_first["objects"], np.concatenate([named, *others]), atol=1e-6)
+            finally:
+                first.close()
             expert = make_expert("so101/lift-located-v1")
             expert.reset(env, obs)
             _, info = run_expert(env, expert, obs, env.task.max_steps)
