@@ -113,7 +113,7 @@ from omnipolicy.robot_bridge.wire.transport import (
     Transport,
     make_transport,
 )
-from omnipolicy.tokenizers import check_observation
+from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
 
 log = logging.getLogger("omnipolicy.deploy")
 
@@ -342,6 +342,20 @@ def arm_limits(arm: ArmSpec, cfg: DeployConfig) -> SafetyLimits:
     return lim.replace(**changes) if changes else lim
 
 
+def instruction_problem(spec: TimestepSpec, text: str, tokenizer: Tokenizer) -> str | None:
+    """Why a policy of ``spec`` cannot read ``text`` as its instruction (more tokens than a text field's fixed
+    width), or None."""
+    widths = {f.name: f.n for f in spec.observation if f.kind == "text" and f.n is not None}
+    if not widths:
+        return None
+    tokens = len(tokenizer.encode_text(text))
+    over = {name: n for name, n in widths.items() if tokens > n}
+    if over:
+        return (f"{tokens} text tokens, but the policy reads instructions of at most {min(over.values())} "
+                f"(field(s) {sorted(over)}); say it in fewer words")
+    return None
+
+
 class Deployer:
     """The deploy node: subscriptions, the per-tick decision, the command publisher; a context manager.
 
@@ -376,6 +390,9 @@ class Deployer:
         # the text fields (an instruction) the policy reads: --instruction, then each String on the arm's
         # instruction topic (a new instruction starts a new context)
         self.text = {f.name: cfg.instruction for f in self.spec.observation if f.kind == "text"}
+        self._tokenizer = Tokenizer.default()
+        if cfg.instruction is not None and (problem := instruction_problem(self.spec, cfg.instruction, self._tokenizer)):
+            raise ValueError(f"--instruction {cfg.instruction!r}: {problem}")
         self._said_waiting = False
         if self.text and cfg.instruction is None and arm.instruction_topic is None:
             raise ValueError(f"the policy for {task.id!r} reads an instruction (text field(s) {sorted(self.text)}): "
@@ -556,9 +573,13 @@ class Deployer:
                 self._reset_requested = True
 
     def on_instruction(self, msg: String) -> None:
-        """A new instruction: every text field of the observation takes it, and the policy's context starts afresh."""
+        """A new instruction: every text field of the observation takes it, and the policy's context starts afresh.
+        One the policy cannot read (too long) is logged and ignored: the arm goes on with the previous one."""
         with self._lock:
             if all(v == msg.data for v in self.text.values()):
+                return
+            if problem := instruction_problem(self.spec, msg.data, self._tokenizer):
+                log.error("ignored the instruction on %s: %r: %s", self.arm.instruction_topic, msg.data, problem)
                 return
             log.info("new instruction on %s: %r", self.arm.instruction_topic, msg.data)
             self.text = dict.fromkeys(self.text, msg.data)

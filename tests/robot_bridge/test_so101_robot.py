@@ -138,6 +138,20 @@ def test_an_instruction_naming_no_single_object_is_refused_with_the_reason(text,
         object_named(text, COLOURS, SHAPES)
 
 
+def test_deploy_refuses_an_instruction_longer_than_the_policys_width():
+    from omnipolicy.robot_bridge.deploy import instruction_problem
+    from omnipolicy.tokenizers import Tokenizer
+
+    tok, spec = Tokenizer.default(), get_task(LIFT).timestep
+    assert instruction_problem(spec, "Pick up the crimson block.", tok) is None
+    long = "Please carefully pick up the small crimson block that lies over there and lift it well above the table."
+    n = len(tok.encode_text(long))
+    assert n > 24
+    assert instruction_problem(spec, long, tok) == (f"{n} text tokens, but the policy reads instructions of at most "
+                                                    "24 (field(s) ['instruction']); say it in fewer words")
+    assert instruction_problem(get_task("metaworld/reach-v3").timestep, long, tok) is None  # no fixed width
+
+
 def test_follow_switches_the_target_and_success_follows_it():
     arm = make_sim_arm(LIFT)
     try:
