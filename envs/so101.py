@@ -355,7 +355,8 @@ class So101Env(TaskEnv):
         """The ``-located`` tasks' ``objects`` field: per colour in :data:`COLOURS` order, the object's centre
         (x, y, z, m) and ``cos 4 yaw, sin 4 yaw`` of its top face (a cube looks the same every quarter turn); the
         ``-named`` tasks' the named object's alone; the ``-named-first`` tasks' all four with the named object's
-        first, then the others in colour order (the distractors without the binding)."""
+        first, then the others in colour order (the distractors without the binding); the ``-cued`` tasks' all four in
+        colour order, then the named colour as a one-hot of 4 (the binding without reading the instruction)."""
         out = np.zeros((len(COLOURS), LOCATED_VALUES), np.float32)
         for i in range(len(self.objects)):
             x_axis = self.object_rot(i)[:, 0]
@@ -366,6 +367,8 @@ class So101Env(TaskEnv):
             return out[named]
         if self.located == "named-first":
             return np.concatenate([out[named], np.delete(out, named, axis=0).ravel()])
+        if self.located == "cued":
+            return np.concatenate([out.ravel(), np.eye(len(COLOURS), dtype=np.float32)[named]])
         return out.ravel()
 
     def _observe(self) -> dict[str, Any]:
@@ -475,9 +478,9 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 LOCATED_VALUES = 5
 """Values per object in the ``-located`` tasks' ``objects`` field: x, y, z, cos 4 yaw, sin 4 yaw."""
-LOCATED = ("", "all", "named", "named-first")
+LOCATED = ("", "all", "named", "named-first", "cued")
 """What an SO-101 task shows instead of its cameras: nothing (the cameras), all objects' poses, the named one's,
-all objects' poses with the named one's first."""
+all objects' poses with the named one's first, all objects' poses and the named colour as a one-hot."""
 JOINTS_FIELD = replace(vector("joints", len(JOINTS)), names=LEROBOT_NAMES)
 ACTION_FIELD = replace(bounded_action(CTRL_LOW, CTRL_HIGH, len(JOINTS)), names=LEROBOT_NAMES)
 
@@ -488,10 +491,11 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
     ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the true poses
-    of ``"all"`` the objects, of the ``"named"`` one, or of all with the named one first (``"named-first"``) instead
-    (:meth:`So101Env.located_objects`).
+    of ``"all"`` the objects, of the ``"named"`` one, of all with the named one first (``"named-first"``), or of all
+    and the named colour as a one-hot (``"cued"``) instead (:meth:`So101Env.located_objects`).
     """
-    views = ((vector("objects", (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES),) if located else
+    values = (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES + (len(COLOURS) if located == "cued" else 0)
+    views = ((vector("objects", values),) if located else
              (image("front", size, size), image("wrist", size, size)))
     return register_task(
         id,
@@ -522,6 +526,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/place-located-v1", "place", scores_from="so101/place-v1", located="all")
 @so101_task("so101/lift-named-v1", "lift", scores_from="so101/lift-v1", located="named")
 @so101_task("so101/lift-named-first-v1", "lift", scores_from="so101/lift-v1", located="named-first")
+@so101_task("so101/lift-located-cued-v1", "lift", scores_from="so101/lift-v1", located="cued")
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
                located: str = "") -> So101Env:
     """An SO-101 tabletop task."""

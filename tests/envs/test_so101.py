@@ -302,6 +302,13 @@ def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
                 np.testing.assert_allclose(obs_first["objects"], np.concatenate([named, *others]), atol=1e-6)
             finally:
                 first.close()
+            cued = make_env("so101/lift-located-cued-v1")  # all four in colour order, then the named colour
+            try:
+                obs_cued, _ = cued.reset(seed=seed)
+                cue = np.eye(len(COLOURS))[list(COLOURS).index(env.target_object.split()[0])]
+                np.testing.assert_allclose(obs_cued["objects"], np.concatenate([rows.ravel(), cue]), atol=1e-6)
+            finally:
+                cued.close()
             expert = make_expert("so101/lift-located-v1")
             expert.reset(env, obs)
             _, info = run_expert(env, expert, obs, env.task.max_steps)
