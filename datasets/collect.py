@@ -184,6 +184,11 @@ def task_path(out: str | os.PathLike, task_id: str) -> Path:
     return Path(out).joinpath(*task_id.split("/"))
 
 
+def task_store(out: str | os.PathLike, task_id: str) -> EpisodeStore:
+    """One task's dataset inside a collection's output folder; a new one records the task's control rate."""
+    return EpisodeStore(task_path(out, task_id), fps=get_task(task_id).fps or DEFAULT_FPS)
+
+
 def _keep(task: Any, ret: float, fraction: float | None) -> bool:
     if fraction is None:
         return True
@@ -229,7 +234,7 @@ def _open_tasks(task_ids: Sequence[str], episodes: int, out: str | os.PathLike, 
         task = get_task(tid)
         if filter_expert_fraction is not None:
             _keep(task, 0.0, filter_expert_fraction)  # fail early on unmeasured scores
-        store = EpisodeStore(task_path(out, tid), fps=task.fps or DEFAULT_FPS)
+        store = task_store(out, tid)
         store.recover()
         if store.num_episodes and tid not in store.task_ids:
             raise ValueError(f"{store.root} holds other tasks {store.task_ids}, not {tid!r}")

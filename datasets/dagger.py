@@ -36,9 +36,9 @@ from omnipolicy.envs import get_task, make_env, make_expert
 from omnipolicy.envs.rollout import ScriptedActor, run_episodes
 from omnipolicy.envs.workers import actor_recipe, init_actor_worker, worker_actor
 
-from .collect import task_path, to_episode
+from .collect import task_path, task_store, to_episode
 from .episode import Episode
-from .store import DEFAULT_FPS, EpisodeStore
+from .store import EpisodeStore
 
 DEFAULT_SEED = 70_000
 """First reset seed of a round: away from collection (0+), evaluation (10 000+) and action-error (50 000+) seeds."""
@@ -193,7 +193,7 @@ def dagger_round(
     """
     counts, caps = _check_round_args(actor, task_ids, episodes, max_steps, expert_share, workers)
     recipe = actor_recipe(actor, f"dagger_round(workers={workers})") if workers > 1 else None
-    stores = {t: EpisodeStore(task_path(out, t), fps=get_task(t).fps or DEFAULT_FPS) for t in task_ids if counts[t] > 0}
+    stores = {t: task_store(out, t) for t in task_ids if counts[t] > 0}
     jobs = {}
     for t, store in stores.items():
         store.recover()

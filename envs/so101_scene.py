@@ -51,6 +51,7 @@ def jaw_midpoint(model, data) -> np.ndarray:
     """The grasp point: midway between the two fingertip pads (:data:`JAW_PADS`) in ``data`` (world frame, m)."""
     return np.mean([data.geom_xpos[model.geom(p).id] for p in JAW_PADS], axis=0)
 
+
 STIFF = (0.004, 1.0)
 """Contact solref of the objects and the pads: stiffer than the default (0.02 s), so jaws squeezing with the
 servo's full force sink into an object by a fraction of a millimetre, not by several."""
