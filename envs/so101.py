@@ -356,7 +356,9 @@ class So101Env(TaskEnv):
         (x, y, z, m) and ``cos 4 yaw, sin 4 yaw`` of its top face (a cube looks the same every quarter turn); the
         ``-named`` tasks' the named object's alone; the ``-named-first`` tasks' all four with the named object's
         first, then the others in colour order (the distractors without the binding); the ``-cued`` tasks' all four in
-        colour order, then the named colour as a one-hot of 4 (the binding without reading the instruction)."""
+        colour order, then the named colour as a one-hot of 4 (the binding without reading the instruction); the
+        ``-tokens`` tasks' all four as one image patch per object (:func:`object_patches`: one token each, where the
+        other tasks spend five)."""
         out = np.zeros((len(COLOURS), LOCATED_VALUES), np.float32)
         for i in range(len(self.objects)):
             x_axis = self.object_rot(i)[:, 0]
@@ -369,6 +371,8 @@ class So101Env(TaskEnv):
             return np.concatenate([out[named], np.delete(out, named, axis=0).ravel()])
         if self.located == "cued":
             return np.concatenate([out.ravel(), np.eye(len(COLOURS), dtype=np.float32)[named]])
+        if self.located == "tokens":
+            return object_patches(out)
         return out.ravel()
 
     def _observe(self) -> dict[str, Any]:
@@ -478,9 +482,43 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 LOCATED_VALUES = 5
 """Values per object in the ``-located`` tasks' ``objects`` field: x, y, z, cos 4 yaw, sin 4 yaw."""
-LOCATED = ("", "all", "named", "named-first", "cued")
+LOCATED = ("", "all", "named", "named-first", "cued", "tokens")
 """What an SO-101 task shows instead of its cameras: nothing (the cameras), all objects' poses, the named one's,
-all objects' poses with the named one's first, all objects' poses and the named colour as a one-hot."""
+all objects' poses with the named one's first, all objects' poses and the named colour as a one-hot, all objects'
+poses and colours as one image patch (one token) per object (:func:`object_patches`)."""
+LOCATED_RANGES = ((-0.5, 0.5), (-0.5, 0.5), (-0.5, 0.5), (-1.0, 1.0), (-1.0, 1.0))
+"""The range of each located value that :func:`object_patches` writes as grey levels: x, y, z (m), cos, sin."""
+
+
+def object_patches(rows: np.ndarray) -> np.ndarray:
+    """One 16x16 RGB patch per object, side by side in :data:`COLOURS` order: (16, 16 * objects, 3) uint8.
+
+    What an object detector's output looks like to a model that embeds one token per object: each patch is a
+    4x4 grid of 4x4-pixel cells; the first row of cells is the object's colour, the next rows hold its
+    :data:`LOCATED_VALUES` values (``rows``, (objects, 5)) as grey levels, each in two cells (the coarse level, then
+    the remainder at 1/255 of its step: about 0.02 mm for a position), the last two cells 0.
+    """
+    n = rows.shape[0]
+    out = np.zeros((16, 16 * n, 3), np.uint8)
+    cells = np.zeros((n, 16, 3), np.uint8)
+    cells[:, :4] = np.round(np.array(list(COLOURS.values())) * 255).astype(np.uint8)[:n, None, :]
+    lo, hi = np.array(LOCATED_RANGES).T
+    q = np.clip((rows - lo) / (hi - lo), 0.0, 1.0) * 255.0  # (n, 5) in [0, 255]
+    coarse = np.floor(q)
+    fine = np.round((q - coarse) * 255.0)
+    cells[:, 4:4 + 2 * LOCATED_VALUES:2] = coarse.astype(np.uint8)[..., None]
+    cells[:, 5:5 + 2 * LOCATED_VALUES:2] = fine.astype(np.uint8)[..., None]
+    for k in range(n):
+        out[:, 16 * k:16 * (k + 1)] = cells[k].reshape(4, 4, 3).repeat(4, axis=0).repeat(4, axis=1)
+    return out
+
+
+def read_object_patches(image: np.ndarray) -> np.ndarray:
+    """The located values written by :func:`object_patches`, (objects, 5) float32 (its inverse up to rounding)."""
+    cells = image[::4, ::4].reshape(4, -1, 4, 3).transpose(1, 0, 2, 3).reshape(-1, 16, 3)[:, :, 0].astype(np.float64)
+    q = cells[:, 4:4 + 2 * LOCATED_VALUES:2] + cells[:, 5:5 + 2 * LOCATED_VALUES:2] / 255.0
+    lo, hi = np.array(LOCATED_RANGES).T
+    return (lo + q / 255.0 * (hi - lo)).astype(np.float32)
 JOINTS_FIELD = replace(vector("joints", len(JOINTS)), names=LEROBOT_NAMES)
 ACTION_FIELD = replace(bounded_action(CTRL_LOW, CTRL_HIGH, len(JOINTS)), names=LEROBOT_NAMES)
 
@@ -491,11 +529,13 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
     ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the true poses
-    of ``"all"`` the objects, of the ``"named"`` one, of all with the named one first (``"named-first"``), or of all
-    and the named colour as a one-hot (``"cued"``) instead (:meth:`So101Env.located_objects`).
+    of ``"all"`` the objects, of the ``"named"`` one, of all with the named one first (``"named-first"``), of all
+    and the named colour as a one-hot (``"cued"``), or of all as one image patch per object (``"tokens"``) instead
+    (:meth:`So101Env.located_objects`).
     """
     values = (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES + (len(COLOURS) if located == "cued" else 0)
-    views = ((vector("objects", values),) if located else
+    views = ((image("objects", 16, 16 * len(COLOURS)),) if located == "tokens" else
+             (vector("objects", values),) if located else
              (image("front", size, size), image("wrist", size, size)))
     return register_task(
         id,
@@ -527,6 +567,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-named-v1", "lift", scores_from="so101/lift-v1", located="named")
 @so101_task("so101/lift-named-first-v1", "lift", scores_from="so101/lift-v1", located="named-first")
 @so101_task("so101/lift-located-cued-v1", "lift", scores_from="so101/lift-v1", located="cued")
+@so101_task("so101/lift-located-tokens-v1", "lift", scores_from="so101/lift-v1", located="tokens")
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
                located: str = "") -> So101Env:
     """An SO-101 tabletop task."""

@@ -318,3 +318,33 @@ def test_located_tasks_show_the_objects_true_poses_by_colour() -> None:
         twin.close()
     with pytest.raises(ValueError, match="located must be one of"):
         So101Env(spec, "lift", located="some")
+
+
+def test_the_tokens_task_shows_one_patch_per_object_that_decodes_to_its_pose() -> None:
+    from omnipolicy.envs.so101 import LOCATED_VALUES, object_patches, read_object_patches
+    from omnipolicy.tokenizers.image import image_to_patches
+
+    spec = get_task("so101/lift-located-tokens-v1").timestep
+    assert [(f.name, f.kind, f.shape) for f in spec.observation][:1] == [("objects", "image", (16, 64, 3))]
+    env, rows_env = make_env("so101/lift-located-tokens-v1"), make_env("so101/lift-located-v1")
+    try:
+        for seed in (3, 11):
+            obs, _ = env.reset(seed=seed)
+            rows = rows_env.reset(seed=seed)[0]["objects"].reshape(len(COLOURS), LOCATED_VALUES)
+            # each object's pose comes back to 0.02 mm (positions) and 1e-4 (cos, sin of 4 yaw)
+            np.testing.assert_allclose(read_object_patches(obs["objects"]), rows, atol=2e-5)
+            patches, pos = image_to_patches(obs["objects"][None])
+            patches = patches[0]
+            assert patches.shape[0] == len(COLOURS) and [tuple(p) for p in pos] == [(0, k) for k in range(4)]
+            for k, rgb in enumerate(COLOURS.values()):  # patch k: colour k's top row of cells, its pose below
+                np.testing.assert_array_equal(patches[k, 0, 0], np.round(np.array(rgb) * 255))
+                np.testing.assert_array_equal(patches[k][:, :, 0], object_patches(rows)[:, 16 * k:16 * (k + 1), 0])
+            expert = make_expert("so101/lift-located-tokens-v1")
+            expert.reset(env, obs)
+            _, info = run_expert(env, expert, obs, env.task.max_steps)
+            assert info["success"], seed
+    finally:
+        env.close()
+        rows_env.close()
+    far = np.array([[9.0, -9.0, 0.0, 1.0, -1.0]], np.float32)  # out of range: clipped to the ends, not wrapped
+    np.testing.assert_allclose(read_object_patches(object_patches(far)), [[0.5, -0.5, 0.0, 1.0, -1.0]], atol=2e-5)
