@@ -358,7 +358,7 @@ class So101Env(TaskEnv):
         first, then the others in colour order (the distractors without the binding); the ``-cued`` tasks' all four in
         colour order, then the named colour as a one-hot of 4 (the binding without reading the instruction); the
         ``-tokens`` tasks' all four as one image patch per object (:func:`object_patches`: one token each, where the
-        other tasks spend five)."""
+        other tasks spend five); the ``-named-tokens`` tasks' the named object's patch alone."""
         out = np.zeros((len(COLOURS), LOCATED_VALUES), np.float32)
         for i in range(len(self.objects)):
             x_axis = self.object_rot(i)[:, 0]
@@ -373,6 +373,8 @@ class So101Env(TaskEnv):
             return np.concatenate([out.ravel(), np.eye(len(COLOURS), dtype=np.float32)[named]])
         if self.located == "tokens":
             return object_patches(out)
+        if self.located == "named-tokens":
+            return object_patches(out[named:named + 1], [self.colours[self.target_index]])
         return out.ravel()
 
     def _observe(self) -> dict[str, Any]:
@@ -482,16 +484,17 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 LOCATED_VALUES = 5
 """Values per object in the ``-located`` tasks' ``objects`` field: x, y, z, cos 4 yaw, sin 4 yaw."""
-LOCATED = ("", "all", "named", "named-first", "cued", "tokens")
+LOCATED = ("", "all", "named", "named-first", "cued", "tokens", "named-tokens")
 """What an SO-101 task shows instead of its cameras: nothing (the cameras), all objects' poses, the named one's,
 all objects' poses with the named one's first, all objects' poses and the named colour as a one-hot, all objects'
-poses and colours as one image patch (one token) per object (:func:`object_patches`)."""
+poses and colours as one image patch (one token) per object (:func:`object_patches`), the named one's patch."""
 LOCATED_RANGES = ((-0.5, 0.5), (-0.5, 0.5), (-0.5, 0.5), (-1.0, 1.0), (-1.0, 1.0))
 """The range of each located value that :func:`object_patches` writes as grey levels: x, y, z (m), cos, sin."""
 
 
-def object_patches(rows: np.ndarray) -> np.ndarray:
-    """One 16x16 RGB patch per object, side by side in :data:`COLOURS` order: (16, 16 * objects, 3) uint8.
+def object_patches(rows: np.ndarray, colours: list[str] | None = None) -> np.ndarray:
+    """One 16x16 RGB patch per object, side by side: (16, 16 * objects, 3) uint8; the objects' colours are
+    ``colours`` (names of :data:`COLOURS`; default: the first ``objects`` of them, in order).
 
     What an object detector's output looks like to a model that embeds one token per object: each patch is a
     4x4 grid of 4x4-pixel cells; the first row of cells is the object's colour, the next rows hold its
@@ -501,7 +504,10 @@ def object_patches(rows: np.ndarray) -> np.ndarray:
     n = rows.shape[0]
     out = np.zeros((16, 16 * n, 3), np.uint8)
     cells = np.zeros((n, 16, 3), np.uint8)
-    cells[:, :4] = np.round(np.array(list(COLOURS.values())) * 255).astype(np.uint8)[:n, None, :]
+    rgb = np.array([COLOURS[c] for c in (list(COLOURS)[:n] if colours is None else colours)])
+    if rgb.shape[0] != n:
+        raise ValueError(f"object_patches needs a colour per object: {n} objects, {rgb.shape[0]} colours")
+    cells[:, :4] = np.round(rgb * 255).astype(np.uint8)[:, None, :]
     lo, hi = np.array(LOCATED_RANGES).T
     q = np.clip((rows - lo) / (hi - lo), 0.0, 1.0) * 255.0  # (n, 5) in [0, 255]
     coarse = np.floor(q)
@@ -530,11 +536,12 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
     ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the true poses
     of ``"all"`` the objects, of the ``"named"`` one, of all with the named one first (``"named-first"``), of all
-    and the named colour as a one-hot (``"cued"``), or of all as one image patch per object (``"tokens"``) instead
-    (:meth:`So101Env.located_objects`).
+    and the named colour as a one-hot (``"cued"``), of all as one image patch per object (``"tokens"``) or of the
+    named one as its patch (``"named-tokens"``) instead (:meth:`So101Env.located_objects`).
     """
     values = (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES + (len(COLOURS) if located == "cued" else 0)
     views = ((image("objects", 16, 16 * len(COLOURS)),) if located == "tokens" else
+             (image("objects", 16, 16),) if located == "named-tokens" else
              (vector("objects", values),) if located else
              (image("front", size, size), image("wrist", size, size)))
     return register_task(
@@ -568,6 +575,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-named-first-v1", "lift", scores_from="so101/lift-v1", located="named-first")
 @so101_task("so101/lift-located-cued-v1", "lift", scores_from="so101/lift-v1", located="cued")
 @so101_task("so101/lift-located-tokens-v1", "lift", scores_from="so101/lift-v1", located="tokens")
+@so101_task("so101/lift-named-tokens-v1", "lift", scores_from="so101/lift-v1", located="named-tokens")
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
                located: str = "") -> So101Env:
     """An SO-101 tabletop task."""

@@ -339,6 +339,12 @@ def test_the_tokens_task_shows_one_patch_per_object_that_decodes_to_its_pose() -
             for k, rgb in enumerate(COLOURS.values()):  # patch k: colour k's top row of cells, its pose below
                 np.testing.assert_array_equal(patches[k, 0, 0], np.round(np.array(rgb) * 255))
                 np.testing.assert_array_equal(patches[k][:, :, 0], object_patches(rows)[:, 16 * k:16 * (k + 1), 0])
+            alone = make_env("so101/lift-named-tokens-v1")  # the named object's patch alone
+            try:
+                named = list(COLOURS).index(env.target_object.split()[0])
+                np.testing.assert_array_equal(alone.reset(seed=seed)[0]["objects"], obs["objects"][:, 16 * named:16 * (named + 1)])
+            finally:
+                alone.close()
             expert = make_expert("so101/lift-located-tokens-v1")
             expert.reset(env, obs)
             _, info = run_expert(env, expert, obs, env.task.max_steps)
@@ -348,3 +354,5 @@ def test_the_tokens_task_shows_one_patch_per_object_that_decodes_to_its_pose() -
         rows_env.close()
     far = np.array([[9.0, -9.0, 0.0, 1.0, -1.0]], np.float32)  # out of range: clipped to the ends, not wrapped
     np.testing.assert_allclose(read_object_patches(object_patches(far)), [[0.5, -0.5, 0.0, 1.0, -1.0]], atol=2e-5)
+    with pytest.raises(ValueError, match="a colour per object: 1 objects, 4 colours"):
+        object_patches(far, list(COLOURS))
