@@ -177,6 +177,8 @@ class So101Env(TaskEnv):
         heldout: draw only held-out phrasings (the ``-unseen-`` tasks) instead of training ones.
         size: height and width of both cameras' images.
         render_mode: None or ``"rgb_array"`` (``render()`` gives the front camera at 240x240).
+        located: what the policy sees instead of the cameras (:data:`LOCATED`).
+        aim: the action's last three values are the named object's centre, not commands (:func:`so101_task`).
 
     Attributes:
         model, data: the MuJoCo model and data (the ROS 2 simulated robot steps them through ``step``).
@@ -184,7 +186,7 @@ class So101Env(TaskEnv):
     """
 
     def __init__(self, spec, kind: str, heldout: bool = False, size: int = 96, render_mode: str | None = None,
-                 located: str = "") -> None:
+                 located: str = "", aim: bool = False) -> None:
         import mujoco
 
         from omnipolicy.envs.so101_scene import build_model
@@ -194,7 +196,7 @@ class So101Env(TaskEnv):
         super().__init__(spec, render_mode)
         if located not in LOCATED:
             raise ValueError(f"SO-101 located must be one of {LOCATED}, got {located!r}")
-        self.kind, self.heldout, self.size, self.located = kind, heldout, int(size), located
+        self.kind, self.heldout, self.size, self.located, self.aim = kind, heldout, int(size), located, bool(aim)
         self.model = build_model(KINDS[kind].target, image_size=(self.size, self.size))
         self.data = mujoco.MjData(self.model)
         self.joint_names = JOINTS
@@ -218,6 +220,8 @@ class So101Env(TaskEnv):
         import gymnasium as gym
 
         lo, hi = self.model.actuator_ctrlrange[self._ctrl].T
+        if self.aim:  # the named object's centre after the joint targets (not executed)
+            lo, hi = np.r_[lo, [AIM_LOW] * len(AIM_NAMES)], np.r_[hi, [AIM_HIGH] * len(AIM_NAMES)]
         return gym.spaces.Box(lo.astype(np.float32), hi.astype(np.float32), dtype=np.float32)
 
     @property
@@ -458,7 +462,7 @@ class So101Env(TaskEnv):
     def _step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict]:
         import mujoco
 
-        self.data.ctrl[self._ctrl] = action
+        self.data.ctrl[self._ctrl] = action[:len(JOINTS)]  # an -aim task's last values are not commands
         mujoco.mj_step(self.model, self.data, nstep=PHYSICS_STEPS)
         solved = self.achieved(self.target_index)
         reward = float(solved and not self._solved)
@@ -525,19 +529,28 @@ def read_object_patches(image: np.ndarray) -> np.ndarray:
     q = cells[:, 4:4 + 2 * LOCATED_VALUES:2] + cells[:, 5:5 + 2 * LOCATED_VALUES:2] / 255.0
     lo, hi = np.array(LOCATED_RANGES).T
     return (lo + q / 255.0 * (hi - lo)).astype(np.float32)
+
+
 JOINTS_FIELD = replace(vector("joints", len(JOINTS)), names=LEROBOT_NAMES)
 ACTION_FIELD = replace(bounded_action(CTRL_LOW, CTRL_HIGH, len(JOINTS)), names=LEROBOT_NAMES)
+AIM_NAMES = ("aim.x", "aim.y", "aim.z")
+"""The ``-aim`` tasks' extra action values: the named object's centre (m), which the arm does not execute."""
+AIM_LOW, AIM_HIGH = LOCATED_RANGES[0]  # metres, as the located positions
+AIM_FIELD = replace(bounded_action((*CTRL_LOW, *[AIM_LOW] * len(AIM_NAMES)), (*CTRL_HIGH, *[AIM_HIGH] * len(AIM_NAMES)),
+                                   len(JOINTS) + len(AIM_NAMES)), names=(*LEROBOT_NAMES, *AIM_NAMES))
 
 
 def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, scores_from: str | None = None,
-               located: str = ""):
+               located: str = "", aim: bool = False):
     """``register_task`` for one SO-101 task: ``kind`` lift / place / push, images ``size`` x ``size``.
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
     ones (give ``scores_from`` the base task: the same scenes and expert). ``located``: no cameras; the true poses
     of ``"all"`` the objects, of the ``"named"`` one, of all with the named one first (``"named-first"``), of all
     and the named colour as a one-hot (``"cued"``), of all as one image patch per object (``"tokens"``) or of the
-    named one as its patch (``"named-tokens"``) instead (:meth:`So101Env.located_objects`).
+    named one as its patch (``"named-tokens"``) instead (:meth:`So101Env.located_objects`). ``aim``: the action
+    has three more values, the named object's centre (:data:`AIM_NAMES`), which the expert fills in and the arm
+    ignores: the policy is trained to say where the named object is at every step (an auxiliary target).
     """
     values = (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES + (len(COLOURS) if located == "cued" else 0)
     views = ((image("objects", 16, 16 * len(COLOURS)),) if located == "tokens" else
@@ -548,7 +561,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
         id,
         domain="so101",
         observation=(*views, JOINTS_FIELD, text("instruction", n=KINDS[kind].words)),
-        action=ACTION_FIELD,
+        action=AIM_FIELD if aim else ACTION_FIELD,
         max_steps=KINDS[kind].max_steps,
         instruction=KINDS[kind].goal,
         expert="omnipolicy.envs.experts.so101:So101Expert",
@@ -560,6 +573,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
         heldout=heldout,
         size=size,
         **({"located": located} if located else {}),
+        **({"aim": True} if aim else {}),
     )
 
 
@@ -576,7 +590,9 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-located-cued-v1", "lift", scores_from="so101/lift-v1", located="cued")
 @so101_task("so101/lift-located-tokens-v1", "lift", scores_from="so101/lift-v1", located="tokens")
 @so101_task("so101/lift-named-tokens-v1", "lift", scores_from="so101/lift-v1", located="named-tokens")
+@so101_task("so101/lift-located-aim-v1", "lift", scores_from="so101/lift-v1", located="all", aim=True)
+@so101_task("so101/lift-aim-v1", "lift", scores_from="so101/lift-v1", aim=True)
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
-               located: str = "") -> So101Env:
-    """An SO-101 tabletop task."""
-    return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode, located=located)
+               located: str = "", aim: bool = False) -> So101Env:
+    """An SO-101 tabletop task (``aim``: the action's last three values are ignored; see :func:`so101_task`)."""
+    return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode, located=located, aim=aim)

@@ -68,7 +68,10 @@ def probe(cfg: Config) -> dict:
         for t in range(cfg.last + 1):
             mine, theirs = np.asarray(actor.act([0], [obs])[0], np.float64), np.asarray(expert.act(env, obs), np.float64)
             if t >= cfg.first:
-                base = np.asarray(obs[cfg.relative_to], np.float64) if cfg.relative_to else 0.0
+                base = np.zeros_like(theirs)
+                if cfg.relative_to:  # the first values only where the action has more (an -aim task's aim)
+                    rel = np.asarray(obs[cfg.relative_to], np.float64)
+                    base[:rel.size] = rel
                 predicted.append(mine - base)
                 shown.append(theirs - base)
             obs, _, terminated, truncated, _ = env.step(theirs)

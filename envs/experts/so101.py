@@ -86,6 +86,7 @@ class So101Expert(Expert):
     def __init__(self, spec, seed: int = 0) -> None:
         super().__init__(spec, seed)
         self.kind = spec.factory_kwargs["kind"]
+        self.aim = bool(spec.factory_kwargs.get("aim", False))
         self._scratch = None
         self.reset(None, {})
 
@@ -203,7 +204,8 @@ class So101Expert(Expert):
             q = self.solve(q, point, jaw, SOFT_TILT)  # out of top-down reach: tilt rather than stop short
         q[4] = np.clip(q[4], current[4] - ROLL_STEP, current[4] + ROLL_STEP)
         sag = env.data.qfrc_bias[self._dadr[:5]] / self._kp[:5]
-        return self.continuous([*(q + sag), gripper])
+        aim = env.object_pos(env.target_index) if self.aim else ()  # an -aim task's: the named object's centre
+        return self.continuous([*(q + sag), gripper, *aim])
 
     # -- the state machine -----------------------------------------------------------------------
     def act(self, env, obs: dict[str, Any]) -> np.ndarray:

@@ -356,3 +356,36 @@ def test_the_tokens_task_shows_one_patch_per_object_that_decodes_to_its_pose() -
     np.testing.assert_allclose(read_object_patches(object_patches(far)), [[0.5, -0.5, 0.0, 1.0, -1.0]], atol=2e-5)
     with pytest.raises(ValueError, match="a colour per object: 1 objects, 4 colours"):
         object_patches(far, list(COLOURS))
+
+
+def test_aim_tasks_add_the_named_objects_centre_to_the_action_and_the_arm_ignores_it() -> None:
+    from omnipolicy.envs.so101 import AIM_NAMES
+
+    for task, twin in (("so101/lift-located-aim-v1", "so101/lift-located-v1"), ("so101/lift-aim-v1", "so101/lift-v1")):
+        spec = get_task(task)
+        assert spec.timestep.action.shape == (len(JOINTS) + 3,)
+        assert spec.timestep.action.names == (*LEROBOT_NAMES, *AIM_NAMES)
+        assert spec.timestep.observation == get_task(twin).timestep.observation
+    env, twin = make_env("so101/lift-located-aim-v1"), make_env("so101/lift-located-v1")
+    try:
+        obs, _ = env.reset(seed=7)
+        twin_obs, _ = twin.reset(seed=7)
+        expert, twin_expert = make_expert("so101/lift-located-aim-v1"), make_expert("so101/lift-located-v1")
+        expert.reset(env, obs)
+        twin_expert.reset(twin, twin_obs)
+        for _ in range(env.task.max_steps):
+            aim = env.object_pos(env.target_index).copy()
+            action, twin_action = expert.act(env, obs), twin_expert.act(twin, twin_obs)
+            np.testing.assert_array_equal(action[:len(JOINTS)], twin_action)  # the same commands
+            np.testing.assert_allclose(action[len(JOINTS):], aim, atol=1e-6)  # then where the named object is
+            wrong = action.copy()
+            wrong[len(JOINTS):] = [0.4, -0.4, 0.3]  # a wrong aim moves nothing
+            obs, _, done, _, info = env.step(wrong)
+            twin_obs, *_ = twin.step(twin_action)
+            np.testing.assert_array_equal(obs["objects"], twin_obs["objects"])
+            if done:
+                break
+        assert info["success"]
+    finally:
+        env.close()
+        twin.close()
