@@ -81,6 +81,13 @@ class ModelConfig:
             timestep's images; the gates start at 0, so the untrained blocks change nothing). Needs the resampler.
         cross_attn_every: a gated cross-attention block before every this many transformer blocks (1: every block;
             Flamingo-9B: 4), starting with the first.
+        film: condition each image patch on the instruction before the transformer sees it (FiLM, Perez et al.
+            2018, as RT-1 conditions its image encoder on the instruction): the patch's embedding ``e`` becomes
+            ``e * (1 + gamma) + beta``, where ``(gamma, beta)`` is a learned linear map of the mean table embedding of
+            the text tokens before it in its timestep (the instruction); the map starts at zero, so an untrained
+            FiLM changes nothing. A patch can then say "I am what the instruction names" in one vector, where
+            without it the choice among the objects is left to attention. Needs ``image_encoder="patches"`` and early
+            fusion.
         ffn: feed-forward of every block: ``"dense"`` (one MLP of width ``d_ff``) or ``"moe"`` (a dropless top-k
             mixture of ``moe_experts`` MLPs of that shape, :mod:`omnipolicy.agent.moe`).
         moe_experts: experts per MoE layer ``E``.
@@ -115,6 +122,7 @@ class ModelConfig:
     resampler_depth: int = 2
     fusion: str = "early"
     cross_attn_every: int = 1
+    film: bool = False
     ffn: str = "dense"
     moe_experts: int = 8
     moe_top_k: int = 2
@@ -164,6 +172,11 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.film, bool):
+            raise ValueError(f"ModelConfig.film must be a bool, got {self.film!r}")
+        if self.film and (self.image_encoder != "patches" or self.fusion != "early"):
+            raise ValueError(f"ModelConfig.film conditions the patch embeddings in the sequence: it needs "
+                             f"image_encoder='patches' and fusion='early', got {self.image_encoder!r} and {self.fusion!r}")
         if self.fusion == "cross-attention" and self.image_encoder != "resampler":
             why = " (vq images are codes in the token sequence: early fusion only)" if self.image_encoder == "vq" else ""
             raise ValueError(f"ModelConfig.fusion='cross-attention' attends to the resampler's latents: it needs "
@@ -265,6 +278,7 @@ class ModelConfig:
             vision = self.resampler_latents * d + self.resampler_depth * (2 * norm + 4 * d * d + ff) + norm
         # gated cross-attention blocks: a norm, q, kv, out, the x4 feed-forward and two scalar gates each
         vision += len(self.cross_attn_layers) * (norm + 4 * d * d + norm + 2 * 4 * d * d + 2)
+        vision += (d * 2 * d + 2 * d) if self.film else 0  # the FiLM map: weight and bias
         return embed + values + patch + self.n_layer * block + norm + head + vision
 
     def num_active_params(self, vocab_size: int | None = None) -> int:

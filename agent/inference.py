@@ -403,6 +403,8 @@ class InferenceSession:
             slot_emb = m.patch_embed(patches) + m.patch_row(rc[:, 0]) + m.patch_col(rc[:, 1])  # (n, D)
         if slot_emb is not None and slot_emb.shape[0] > 0:
             x = torch.where((pidx >= 0).unsqueeze(-1), slot_emb[pidx.clamp(min=0)].to(x.dtype), x)
+            if m.film is not None:
+                x = m.film(x, tok, loc, pidx >= 0, m.wte.weight)
         return x + m.wle(loc)
 
     def _context(self, rows: Tensor, frame: Tensor) -> ImageContext | None:

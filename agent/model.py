@@ -93,6 +93,41 @@ class PatchEmbedding(nn.Module):
         return self.proj((x + h).flatten(1))
 
 
+class InstructionFiLM(nn.Module):
+    """FiLM of the image patches by the instruction (``ModelConfig.film``): ``e * (1 + gamma) + beta``.
+
+    ``(gamma, beta)`` is a linear map, zero at the start, of the mean table embedding of the text tokens up to
+    each position within its timestep (text comes first in a timestep, so a patch's mean covers the whole
+    instruction; text after the separator, an answer, comes after every patch and never counts).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.text_ids = cfg.continuous_ids[0]  # text ids are [0, continuous offset) (tokenizers.vocab)
+        self.proj = nn.Linear(cfg.n_embd, 2 * cfg.n_embd)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, tokens: Tensor, local_pos: Tensor, slots: Tensor, table: Tensor) -> Tensor:
+        """``x`` (B, S, D) with the ``slots`` (B, S) bool positions conditioned on their timestep's text.
+
+        ``tokens``: the ids the model reads (B, S); ``local_pos``: positions within the timestep (B, S);
+        ``table``: the token table (V, D). A row may begin inside a timestep (a pending action token): its
+        first positions count as one timestep with whatever text they hold (none)."""
+        is_text = (tokens < self.text_ids).unsqueeze(-1).to(x.dtype)  # (B, S, 1)
+        feats = torch.cat([table[tokens].to(x.dtype) * is_text, is_text], dim=-1)  # (B, S, D + 1)
+        total = feats.cumsum(1)
+        idx = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        start = torch.where(local_pos == 0, idx, 0).cummax(1).values  # (B, S) first position of each timestep
+        before = (total - feats).gather(1, start.unsqueeze(-1).expand_as(total))  # sums before each timestep
+        seg = total - before  # (B, S, D + 1) sums within the timestep up to each position
+        mean = seg[..., :-1] / seg[..., -1:].clamp(min=1.0)
+        gamma, beta = self.proj(mean).chunk(2, dim=-1)
+        return torch.where(slots.unsqueeze(-1), x * (1 + gamma) + beta, x)
+
+
 class TokenEmbedding(nn.Embedding):
     """The token table over the whole vocabulary, plus a smooth value term for continuous bins.
 
@@ -239,6 +274,8 @@ class GatoModel(nn.Module):
             raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_layout(tokenizer.layout)")
         if cfg.action_inputs == "hidden" and None in (cfg.continuous_ids, cfg.separator_id, cfg.pad_id):
             raise ValueError("ModelConfig.action_inputs='hidden' needs the layout's ids; bind it with cfg.with_layout(layout)")
+        if cfg.film and cfg.continuous_ids is None:
+            raise ValueError("ModelConfig.film needs the layout's text ids; bind it with cfg.with_layout(layout)")
         self.cfg = cfg
         D = cfg.n_embd
         self.wte = TokenEmbedding(cfg)  # token table over the whole vocabulary (+ continuous value features)
@@ -262,6 +299,10 @@ class GatoModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # made last and zeroed: the rest draws the same initial weights with FiLM as without, and FiLM starts inert
+        self.film = InstructionFiLM(cfg) if cfg.film else None
+        if self.film is not None:
+            self.film.reset_parameters()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -385,7 +426,8 @@ class GatoModel(nn.Module):
         B, S = tokens.shape
         if positions is None:
             positions = torch.arange(S, device=tokens.device)
-        x = self.wte(self.input_tokens(tokens, local_pos))  # (B, S, D)
+        tokens = self.input_tokens(tokens, local_pos)
+        x = self.wte(tokens)  # (B, S, D)
         if self.cfg.slots_per_image == 0:  # cross-attention: the images are not in the sequence
             x = x + self.wle(local_pos) + self.wpe(positions)
             return F.dropout(x, self.cfg.dropout, self.training)
@@ -396,11 +438,15 @@ class GatoModel(nn.Module):
             flat = patch_index.reshape(-1)  # (B*S,)
             slots = torch.nonzero(flat >= 0).squeeze(1)  # (P',) patch slots
             x = x.reshape(B * S, -1).index_copy(0, slots, pe[flat[slots]].to(x.dtype)).view(B, S, -1)  # slots take their patch
+            if self.film is not None:
+                x = self.film(x, tokens, local_pos, patch_index >= 0, self.wte.weight)
         elif self.training and torch.is_grad_enabled() and self.cfg.embeds_patches:
             # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
             # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
             zero = self.embed_images(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device))
             x = x + 0.0 * zero.sum()
+            if self.film is not None:
+                x = x + 0.0 * sum(p.sum() for p in self.film.parameters())
         x = x + self.wle(local_pos) + self.wpe(positions)
         return F.dropout(x, self.cfg.dropout, self.training)
 

@@ -105,6 +105,9 @@ class TrainConfig:
     cross_attn_every: int | None = None
     """A gated cross-attention block before every this many transformer blocks (ModelConfig.cross_attn_every).
     Default: the preset's (1)."""
+    film: bool = False
+    """Condition every image patch on the instruction (ModelConfig.film: FiLM, as RT-1's image encoder; needs
+    --image-encoder patches and early fusion)."""
     ffn: Literal["dense", "moe"] | None = None
     """Feed-forward of every block (ModelConfig.ffn): dense (one MLP) or moe (a dropless top-k mixture of experts of
     the MLP's shape, with load-balancing and router z-losses). Default: the preset's (dense)."""
@@ -248,7 +251,7 @@ class TrainConfig:
 
     def vision_config(self, cfg: ModelConfig) -> ModelConfig:
         """``cfg`` with the image-encoder and fusion overrides (validated by ModelConfig)."""
-        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every")
+        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every", "film")
         return dataclasses.replace(cfg, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
 
     @property
