@@ -10,7 +10,9 @@ The policy sees the ``front`` and ``wrist`` cameras, the six joint angles and th
 positions; the ``-located`` tasks (``so101/lift-located-v1``, ``so101/place-located-v1``; the same scenes,
 instructions, expert and scores) replace the cameras with the objects' true poses, what a perfect object
 detector would report, to tell what vision costs a policy from what control does; ``so101/lift-named-v1`` shows
-the named object's pose alone (no colour to match with the instruction). The action is six absolute
+the named object's pose alone (no colour to match with the instruction); ``so101/lift-located-tokens-v1`` shows
+each object as one image patch (one token each). The ``-aim-`` tasks add the named object's centre to the
+action, a training target that the arm does not execute. The action is six absolute
 joint-position targets for the arm's position actuators, held for 25 physics steps of 2 ms (20 Hz). ``info``
 reports ``success`` (sticky), ``target_object``, ``phrasing``, ``heldout`` and ``wrong_object`` (a non-named
 object was lifted / put in the tray / pushed into the zone).
