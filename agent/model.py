@@ -93,6 +93,13 @@ class PatchEmbedding(nn.Module):
         return self.proj((x + h).flatten(1))
 
 
+def timestep_starts(local_pos: Tensor) -> Tensor:
+    """The first position of each token's timestep, (B, S) int64, from the local positions (B, S): the last
+    position at or before it whose local position is 0 (0 for the tokens before a row's first timestep starts)."""
+    idx = torch.arange(local_pos.shape[1], device=local_pos.device).expand_as(local_pos)
+    return torch.where(local_pos == 0, idx, 0).cummax(1).values
+
+
 class InstructionFiLM(nn.Module):
     """FiLM of the image patches by the instruction (``ModelConfig.film``): ``e * (1 + gamma) + beta``.
 
@@ -119,8 +126,7 @@ class InstructionFiLM(nn.Module):
         is_text = (tokens < self.text_ids).unsqueeze(-1).to(x.dtype)  # (B, S, 1)
         feats = torch.cat([table[tokens].to(x.dtype) * is_text, is_text], dim=-1)  # (B, S, D + 1)
         total = feats.cumsum(1)
-        idx = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        start = torch.where(local_pos == 0, idx, 0).cummax(1).values  # (B, S) first position of each timestep
+        start = timestep_starts(local_pos)
         before = (total - feats).gather(1, start.unsqueeze(-1).expand_as(total))  # sums before each timestep
         seg = total - before  # (B, S, D + 1) sums within the timestep up to each position
         mean = seg[..., :-1] / seg[..., -1:].clamp(min=1.0)
@@ -477,8 +483,7 @@ class GatoModel(nn.Module):
             return tokens
         is_sep = tokens == self.cfg.separator_id
         seps = is_sep.cumsum(1)  # separators up to and including each position
-        idx = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        start = torch.where(local_pos == 0, idx, 0).cummax(1).values  # first position of each token's timestep
+        start = timestep_starts(local_pos)
         after_sep = seps - seps.gather(1, start) + is_sep.gather(1, start).long() > 0
         return tokens.masked_fill(after_sep & ~is_sep, self.cfg.pad_id)
 
