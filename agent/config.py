@@ -88,6 +88,13 @@ class ModelConfig:
             FiLM changes nothing. A patch can then say "I am what the instruction names" in one vector, where
             without it the choice among the objects is left to attention. Needs ``image_encoder="patches"`` and early
             fusion.
+        keypoints: ``K`` spatial-softmax keypoints per image (Levine et al. 2016, robomimic's visuomotor encoders;
+            0: none): ``K`` learned 1x1 maps of the patch block's features, each a softmax over the whole image's
+            cells, give ``K`` expected (x, y) positions in the image (in patch widths); a learned linear map of
+            those ``2K`` numbers (zero at the start, so untrained keypoints change nothing) is added to every patch
+            embedding of the image. Where a feature is becomes a value in every slot of its image, as the object's
+            pose is in its token on the located tasks. Needs a patch embedding (``image_encoder`` patches or
+            resampler).
         ffn: feed-forward of every block: ``"dense"`` (one MLP of width ``d_ff``) or ``"moe"`` (a dropless top-k
             mixture of ``moe_experts`` MLPs of that shape, :mod:`omnipolicy.agent.moe`).
         moe_experts: experts per MoE layer ``E``.
@@ -123,6 +130,7 @@ class ModelConfig:
     fusion: str = "early"
     cross_attn_every: int = 1
     film: bool = False
+    keypoints: int = 0
     ffn: str = "dense"
     moe_experts: int = 8
     moe_top_k: int = 2
@@ -177,6 +185,11 @@ class ModelConfig:
         if self.film and (self.image_encoder != "patches" or self.fusion != "early"):
             raise ValueError(f"ModelConfig.film conditions the patch embeddings in the sequence: it needs "
                              f"image_encoder='patches' and fusion='early', got {self.image_encoder!r} and {self.fusion!r}")
+        if isinstance(self.keypoints, bool) or not isinstance(self.keypoints, int) or self.keypoints < 0:
+            raise ValueError(f"ModelConfig.keypoints must be an int >= 0, got {self.keypoints!r}")
+        if self.keypoints and not self.embeds_patches:
+            raise ValueError(f"ModelConfig.keypoints reads the patch block's features: it needs image_encoder 'patches' "
+                             f"or 'resampler', got {self.image_encoder!r}")
         if self.fusion == "cross-attention" and self.image_encoder != "resampler":
             why = " (vq images are codes in the token sequence: early fusion only)" if self.image_encoder == "vq" else ""
             raise ValueError(f"ModelConfig.fusion='cross-attention' attends to the resampler's latents: it needs "
@@ -279,6 +292,8 @@ class ModelConfig:
         # gated cross-attention blocks: a norm, q, kv, out, the x4 feed-forward and two scalar gates each
         vision += len(self.cross_attn_layers) * (norm + 4 * d * d + norm + 2 * 4 * d * d + 2)
         vision += (d * 2 * d + 2 * d) if self.film else 0  # the FiLM map: weight and bias
+        k = self.keypoints
+        vision += (c * k + k + 2 * k * d + d) if k else 0  # the keypoint maps (1x1 conv) and their projection
         return embed + values + patch + self.n_layer * block + norm + head + vision
 
     def num_active_params(self, vocab_size: int | None = None) -> int:

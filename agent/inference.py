@@ -399,8 +399,7 @@ class InferenceSession:
         m = self.model
         x = m.wte(tok)  # (B, S, D)
         if slot_emb is None and patches is not None and patches.shape[0] > 0:
-            rc = ppos.clamp(0, self.cfg.pos_bins - 1)
-            slot_emb = m.patch_embed(patches) + m.patch_row(rc[:, 0]) + m.patch_col(rc[:, 1])  # (n, D)
+            slot_emb = m.embed_patches(patches, ppos)  # (n, D)
         if slot_emb is not None and slot_emb.shape[0] > 0:
             x = torch.where((pidx >= 0).unsqueeze(-1), slot_emb[pidx.clamp(min=0)].to(x.dtype), x)
             if m.film is not None:

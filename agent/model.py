@@ -85,12 +85,60 @@ class PatchEmbedding(nn.Module):
         self.conv2 = nn.Conv2d(c, c, kernel_size=3, padding=1)
         self.proj = nn.Linear(c * cfg.patch_grid**2, cfg.n_embd)
 
-    def forward(self, patches: Tensor) -> Tensor:
-        # patches: (P, 3, 16, 16) -> (P, D)
-        x = self.stem(patches)  # (P, C, G, G)
+    def features(self, patches: Tensor) -> Tensor:
+        """The block's feature maps before the projection: (P, 3, 16, 16) -> (P, C, G, G)."""
+        x = self.stem(patches)
         h = self.conv1(F.gelu(self.norm1(x)))
         h = self.conv2(F.gelu(self.norm2(h)))
-        return self.proj((x + h).flatten(1))
+        return x + h
+
+    def forward(self, patches: Tensor) -> Tensor:
+        return self.proj(self.features(patches).flatten(1))  # (P, D)
+
+
+class SpatialKeypoints(nn.Module):
+    """Spatial-softmax keypoints of whole images (``ModelConfig.keypoints``), added to each of their patches.
+
+    Each of ``K`` learned 1x1 maps of the patch block's features is a softmax over all the cells of one image
+    (every patch's ``G x G`` grid); its expected cell centre is the keypoint's (x, y), in patch widths and
+    heights from the image's top-left corner (so an image cut short at a window's end keeps the coordinates of
+    the cells it has). A linear map of an image's ``2K`` coordinates, zero at the start, is what each of its
+    patches gets. The patches are images one after another, each from patch (0, 0) in raster order (as the
+    resampler reads them); a lone zero-position patch (a buffer's padding) is an image of its own.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.grid = cfg.patch_grid
+        self.maps = nn.Conv2d(cfg.patch_channels, cfg.keypoints, kernel_size=1)
+        self.proj = nn.Linear(2 * cfg.keypoints, cfg.n_embd)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def coordinates(self, feats: Tensor, patch_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """``(xy, image)``: each image's keypoints (P, K, 2) (x, y; rows past the number of images are zero) and
+        each patch's image (P,), from feature maps (P, C, G, G) and patch positions (P, 2)."""
+        P, G = feats.shape[0], self.grid
+        image = ((patch_pos == 0).all(1).long().cumsum(0) - 1).clamp(min=0)  # (P,)
+        off = (torch.arange(G, device=feats.device, dtype=torch.float32) + 0.5) / G
+        ys = patch_pos[:, :1].float() + off  # (P, G) cell centres in patch heights from the image's top
+        xs = patch_pos[:, 1:].float() + off  # (P, G) and in patch widths from its left
+        logits = self.maps(feats).float().flatten(2)  # (P, K, G * G)
+        K = logits.shape[1]
+        peak = logits.new_full((P, K), float("-inf"))  # each image's largest logit (the softmax is shift-free)
+        peak.scatter_reduce_(0, image[:, None].expand(P, K), logits.detach().amax(2), "amax")
+        w = torch.exp(logits - peak[image].unsqueeze(-1))  # (P, K, G * G)
+        cx = xs[:, None, :].expand(P, G, G).reshape(P, 1, G * G)  # column of each cell, row-major
+        cy = ys[:, :, None].expand(P, G, G).reshape(P, 1, G * G)
+        sums = torch.stack([w.sum(2), (w * cx).sum(2), (w * cy).sum(2)], -1)  # (P, K, 3)
+        total = sums.new_zeros(P, K, 3).index_add_(0, image, sums)
+        xy = total[..., 1:] / total[..., :1].clamp(min=1e-30)
+        return xy.to(feats.dtype), image
+
+    def forward(self, feats: Tensor, patch_pos: Tensor) -> Tensor:
+        """What each patch gets from its image's keypoints, (P, D)."""
+        xy, image = self.coordinates(feats, patch_pos)
+        return self.proj(xy.flatten(1))[image]
 
 
 def timestep_starts(local_pos: Tensor) -> Tensor:
@@ -274,6 +322,10 @@ class GatoModel(nn.Module):
         ValueError: ``cfg.vocab_size`` is not set.
     """
 
+    INERT_AT_START = ("film", "keypoints")
+    """Modules that change nothing until trained (their output maps start at zero): a model without them can be
+    fine-tuned with them (``train --init-from``)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size is None:
@@ -309,6 +361,7 @@ class GatoModel(nn.Module):
         self.film = InstructionFiLM(cfg) if cfg.film else None
         if self.film is not None:
             self.film.reset_parameters()
+        self.keypoints = SpatialKeypoints(cfg) if cfg.keypoints else None  # the same: made last, projection zero
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -350,7 +403,9 @@ class GatoModel(nn.Module):
                              f"patch embedding, but {patches.shape[0]} image patches came; tokenize its images with "
                              "the checkpoint's image tokenizer")
         rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
-        return self.patch_embed(patches) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])
+        feats = self.patch_embed.features(patches)
+        e = self.patch_embed.proj(feats.flatten(1)) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])
+        return e if self.keypoints is None else e + self.keypoints(feats, patch_pos)
 
     def encode_images(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
         """The resampler's latents of whole images (patches one image after another, each from (0, 0)), (I, N, D)."""

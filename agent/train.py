@@ -108,6 +108,9 @@ class TrainConfig:
     film: bool = False
     """Condition every image patch on the instruction (ModelConfig.film: FiLM, as RT-1's image encoder; needs
     --image-encoder patches and early fusion)."""
+    keypoints: int | None = None
+    """Spatial-softmax keypoints per image (ModelConfig.keypoints): K learned maps of the patch features, each
+    one expected (x, y) over the whole image, given to every patch of the image. Default: the preset's (0, none)."""
     ffn: Literal["dense", "moe"] | None = None
     """Feed-forward of every block (ModelConfig.ffn): dense (one MLP) or moe (a dropless top-k mixture of experts of
     the MLP's shape, with load-balancing and router z-losses). Default: the preset's (dense)."""
@@ -251,7 +254,7 @@ class TrainConfig:
 
     def vision_config(self, cfg: ModelConfig) -> ModelConfig:
         """``cfg`` with the image-encoder and fusion overrides (validated by ModelConfig)."""
-        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every", "film")
+        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every", "film", "keypoints")
         return dataclasses.replace(cfg, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
 
     @property
@@ -1062,9 +1065,13 @@ def _config_differences(saved: ModelConfig, now: ModelConfig) -> dict[str, tuple
 def _init_from(model: GatoModel, path: Path, layout: VocabLayout) -> dict[str, tuple[Any, Any]]:
     """Load the weights of the checkpoint at ``path`` into ``model`` (fine-tuning's start).
 
+    Modules this run adds that start inert (``GatoModel.INERT_AT_START``: FiLM, keypoints) keep their initial
+    weights when the checkpoint has none, so a trained model can be fine-tuned with them.
+
     Returns:
         The model options that differ without changing a parameter's shape, ``{name: (checkpoint's, this run's)}``
-        (say ``action_inputs``; the context is not counted): the weights load, and the caller tells the user.
+        (say ``action_inputs`` or ``film``; the context is not counted): the weights load, and the caller tells
+        the user.
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
@@ -1081,6 +1088,9 @@ def _init_from(model: GatoModel, path: Path, layout: VocabLayout) -> dict[str, t
         # the context may differ: copy the positions both have
         rows = min(len(old_wpe), len(new_wpe))
         theirs["wpe.weight"] = torch.cat([old_wpe[:rows], new_wpe[rows:]])
+    for k in mine:
+        if k not in theirs and k.startswith(tuple(f"{name}." for name in GatoModel.INERT_AT_START)):
+            theirs[k] = mine[k]
     diff = [f"{k}: {tuple(theirs[k].shape) if k in theirs else 'absent'} vs {tuple(mine[k].shape) if k in mine else 'absent'}"
             for k in sorted(set(theirs) | set(mine))
             if k not in theirs or k not in mine or theirs[k].shape != mine[k].shape]

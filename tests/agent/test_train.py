@@ -155,6 +155,14 @@ def test_init_from_loads_a_checkpoints_weights_and_starts_a_fresh_schedule(tmp_p
     assert abs(tuned.losses[0] - trained.losses[-1]) < 0.5 * trained.losses[-1] + 0.1  # about where the checkpoint ended
     hidden = GatoModel(small_cfg(tmp_path, action_inputs="hidden").model_config(LAYOUT))  # same shapes, another option
     assert _init_from(hidden, tmp_path / "pre", LAYOUT) == {"action_inputs": ("tokens", "hidden")}
+    # modules that start inert (FiLM, keypoints) and the checkpoint lacks keep their initial weights
+    torch.manual_seed(6)
+    grown = GatoModel(small_cfg(tmp_path, film=True, keypoints=3).model_config(LAYOUT))
+    new = {k: v.clone() for k, v in grown.state_dict().items() if k.startswith(("film.", "keypoints."))}
+    assert _init_from(grown, tmp_path / "pre", LAYOUT) == {"film": (False, True), "keypoints": (0, 3)}
+    got = grown.state_dict()
+    assert sorted(new) == sorted(set(got) - set(pre)) and all(torch.equal(got[k], v) for k, v in new.items())
+    assert all(torch.equal(got[k], pre[k]) for k in pre if k != "wpe.weight")
     with pytest.raises(ValueError, match=r"--init-from: checkpoint .* holds another model's parameters .*n_layer"):
         _init_from(GatoModel(small_cfg(tmp_path, preset="cpu-small").model_config(LAYOUT)), tmp_path / "pre", LAYOUT)
     with pytest.raises(FileNotFoundError, match="No checkpoint at"):

@@ -1,5 +1,6 @@
-"""FiLM of the image patches by the instruction (``ModelConfig.film``): config, what it conditions on, the
-zero start, the KV-cached session against a full recomputation, and the train flag."""
+"""FiLM of the image patches by the instruction (``ModelConfig.film``) and spatial-softmax keypoints of each image
+(``ModelConfig.keypoints``): config, what each depends on, the zero start, the KV-cached session against a full
+recomputation, and the train flags."""
 
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ BASE = dict(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=96, local_positions
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/agent/conftest.py
 
 
-def model(film: bool, seed: int = 0, randomise: bool = True) -> GatoModel:
+def model(film: bool, seed: int = 0, randomise: bool = True, keypoints: int = 0) -> GatoModel:
     torch.manual_seed(seed)
-    m = GatoModel(ModelConfig(**BASE, film=film).with_layout(LAYOUT)).eval()
-    if film and randomise:  # a trained FiLM: the zero start changes nothing (tested below)
+    m = GatoModel(ModelConfig(**BASE, film=film, keypoints=keypoints).with_layout(LAYOUT)).eval()
+    if randomise:  # trained FiLM and keypoint maps: their zero start changes nothing (tested below)
         with torch.no_grad():
-            m.film.proj.weight.normal_(0.0, 0.5)
-            m.film.proj.bias.normal_(0.0, 0.1)
+            for part in (m.film, m.keypoints):
+                if part is None:
+                    continue
+                part.proj.weight.normal_(0.0, 0.5)
+                part.proj.bias.normal_(0.0, 0.1)
     return m
 
 
@@ -98,9 +102,10 @@ def test_each_patch_is_conditioned_on_its_own_timesteps_instruction_only():
     torch.testing.assert_close(x[0, values], px[0, values], atol=1e-6, rtol=0.0)
 
 
+@pytest.mark.parametrize("film, keypoints", [(True, 0), (False, 3), (True, 3)])
 @pytest.mark.parametrize("static", [False, True])
-def test_session_with_film_equals_full_recomputation(static):
-    m = model(True)
+def test_session_with_film_or_keypoints_equals_full_recomputation(static, film, keypoints):
+    m = model(film, keypoints=keypoints)
     session = InferenceSession(m, SessionConfig(num_envs=2), patch_id=LAYOUT.patch_id)
     session._static = static  # the CUDA-graph bodies, eagerly
     rng = np.random.default_rng(2)
@@ -118,3 +123,55 @@ def test_session_with_film_equals_full_recomputation(static):
                 ref = m.logits(m(*window_inputs(window))[0, n - 3:n - 1]).float()
             for k, (lo, hi) in enumerate(RANGES):
                 np.testing.assert_allclose(out.logits[row, k, lo:hi].numpy(), ref[k, lo:hi].numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_keypoint_options_are_checked_and_counted():
+    with pytest.raises(ValueError, match=r"keypoints must be an int >= 0, got -1"):
+        ModelConfig(**BASE, keypoints=-1)
+    with pytest.raises(ValueError, match=r"keypoints must be an int >= 0, got True"):
+        ModelConfig(**BASE, keypoints=True)
+    with pytest.raises(ValueError, match=r"keypoints reads the patch block's features: .* got 'vq'"):
+        ModelConfig(**BASE, keypoints=4, image_encoder="vq")
+    m = model(False, keypoints=5)
+    assert m.cfg.num_params() == m.num_params() == model(False).num_params() + (8 * 5 + 5) + (2 * 5 * 32 + 32)
+    assert TrainConfig(keypoints=5).model_config(LAYOUT).keypoints == 5
+    assert TrainConfig().model_config(LAYOUT).keypoints == 0
+
+
+def test_keypoints_are_the_expected_cell_of_each_image():
+    m = model(False, keypoints=2)
+    with torch.no_grad():  # keypoint 0 reads channel 0, keypoint 1 channel 1, sharply
+        m.keypoints.maps.weight.zero_()
+        m.keypoints.maps.bias.zero_()
+        m.keypoints.maps.weight[0, 0] = m.keypoints.maps.weight[1, 1] = 60.0
+    G = m.cfg.patch_grid  # 4 cells a patch side
+    # a 2x3-patch image, then a 1x2 one
+    pos = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [0, 0], [0, 1]])
+    feats = torch.zeros(len(pos), 8, G, G)
+    feats[4, 0, 2, 1] = 1.0  # image 0, patch (1, 1), cell (2, 1)
+    feats[7, 0, 3, 3] = 1.0  # image 1, patch (0, 1), cell (3, 3)
+    feats[0, 1, 0, 0] = feats[5, 1, 0, 0] = 1.0  # image 0, channel 1: two equal peaks, their midpoint
+    xy, image = m.keypoints.coordinates(feats, pos)
+    assert image.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    expected = torch.tensor([[[1 + 1.5 / G, 1 + 2.5 / G], [(0.5 / G + 2 + 0.5 / G) / 2, (0.5 / G + 1 + 0.5 / G) / 2]],
+                             [[1 + 3.5 / G, 3.5 / G], [1.0, 0.5]]])  # image 1, channel 1 flat: the centre of 1x2 patches
+    torch.testing.assert_close(xy[:2], expected, atol=1e-5, rtol=0.0)
+    # what a patch gets depends on its own image only, and the same for each of its patches
+    emb = m.embed_patches(torch.rand(len(pos), 3, 16, 16) - 0.5, pos)
+    x = torch.rand(len(pos), 3, 16, 16) - 0.5
+    other = x.clone()
+    other[6:] = torch.rand(2, 3, 16, 16) - 0.5  # another second image
+    a, b = m.embed_patches(x, pos), m.embed_patches(other, pos)
+    torch.testing.assert_close(a[:6], b[:6], atol=0.0, rtol=0.0)
+    kp = m.keypoints(m.patch_embed.features(x), pos)
+    assert torch.equal(kp[0], kp[5]) and not torch.allclose(kp[0], kp[6]) and emb.shape == (8, 32)
+
+
+@torch.no_grad()
+def test_untrained_keypoints_change_nothing():
+    rng = np.random.default_rng(3)
+    window = [(obs(rng, "pick up the red cube"), np.array([CONT + 3, DISC + 1])) for _ in range(2)]
+    args = window_inputs(window)
+    plain, kp = model(False), model(False, keypoints=4, randomise=False)
+    torch.testing.assert_close(kp(*args), plain(*args), atol=0.0, rtol=0.0)
+    assert (model(False, keypoints=4)(*args) - plain(*args)).abs().amax() > 1e-3  # trained ones do change it
