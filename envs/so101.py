@@ -223,7 +223,8 @@ class So101Env(TaskEnv):
 
         lo, hi = self.model.actuator_ctrlrange[self._ctrl].T
         if self.aim:  # the named object's centre after the joint targets (not executed)
-            lo, hi = np.r_[lo, [AIM_LOW] * len(AIM_NAMES)], np.r_[hi, [AIM_HIGH] * len(AIM_NAMES)]
+            n = len(JOINTS)
+            lo, hi = np.r_[lo, np.asarray(AIM_FIELD.low)[n:]], np.r_[hi, np.asarray(AIM_FIELD.high)[n:]]
         return gym.spaces.Box(lo.astype(np.float32), hi.astype(np.float32), dtype=np.float32)
 
     @property
