@@ -95,6 +95,10 @@ class ModelConfig:
             embedding of the image. Where a feature is becomes a value in every slot of its image, as the object's
             pose is in its token on the located tasks. Needs a patch embedding (``image_encoder`` patches or
             resampler).
+        keypoint_film: condition the keypoint maps on the instruction (FiLM of the patch block's features, channel
+            by channel, by a learned map of the timestep's mean text embedding, zero at the start), so that a
+            keypoint can be "where the named object is" rather than where one fixed feature is. Needs
+            ``keypoints`` > 0, ``image_encoder="patches"`` and early fusion.
         ffn: feed-forward of every block: ``"dense"`` (one MLP of width ``d_ff``) or ``"moe"`` (a dropless top-k
             mixture of ``moe_experts`` MLPs of that shape, :mod:`omnipolicy.agent.moe`).
         moe_experts: experts per MoE layer ``E``.
@@ -131,6 +135,7 @@ class ModelConfig:
     cross_attn_every: int = 1
     film: bool = False
     keypoints: int = 0
+    keypoint_film: bool = False
     ffn: str = "dense"
     moe_experts: int = 8
     moe_top_k: int = 2
@@ -190,6 +195,12 @@ class ModelConfig:
         if self.keypoints and not self.embeds_patches:
             raise ValueError(f"ModelConfig.keypoints reads the patch block's features: it needs image_encoder 'patches' "
                              f"or 'resampler', got {self.image_encoder!r}")
+        if not isinstance(self.keypoint_film, bool):
+            raise ValueError(f"ModelConfig.keypoint_film must be a bool, got {self.keypoint_film!r}")
+        if self.keypoint_film and (not self.keypoints or self.image_encoder != "patches" or self.fusion != "early"):
+            raise ValueError(f"ModelConfig.keypoint_film conditions the keypoint maps of the patches in the sequence: it "
+                             f"needs keypoints > 0, image_encoder='patches' and fusion='early', got {self.keypoints}, "
+                             f"{self.image_encoder!r} and {self.fusion!r}")
         if self.fusion == "cross-attention" and self.image_encoder != "resampler":
             why = " (vq images are codes in the token sequence: early fusion only)" if self.image_encoder == "vq" else ""
             raise ValueError(f"ModelConfig.fusion='cross-attention' attends to the resampler's latents: it needs "
@@ -294,6 +305,7 @@ class ModelConfig:
         vision += (d * 2 * d + 2 * d) if self.film else 0  # the FiLM map: weight and bias
         k = self.keypoints
         vision += (c * k + k + 2 * k * d + d) if k else 0  # the keypoint maps (1x1 conv) and their projection
+        vision += (d * 2 * c + 2 * c) if self.keypoint_film else 0  # the keypoints' FiLM map
         return embed + values + patch + self.n_layer * block + norm + head + vision
 
     def num_active_params(self, vocab_size: int | None = None) -> int:

@@ -399,7 +399,8 @@ class InferenceSession:
         m = self.model
         x = m.wte(tok)  # (B, S, D)
         if slot_emb is None and patches is not None and patches.shape[0] > 0:
-            slot_emb = m.embed_patches(patches, ppos)  # (n, D)
+            instruction = m.patch_instructions(tok, loc, pidx, patches.shape[0]) if self.cfg.keypoint_film else None
+            slot_emb = m.embed_patches(patches, ppos, instruction)  # (n, D)
         if slot_emb is not None and slot_emb.shape[0] > 0:
             x = torch.where((pidx >= 0).unsqueeze(-1), slot_emb[pidx.clamp(min=0)].to(x.dtype), x)
             if m.film is not None:

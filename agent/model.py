@@ -112,13 +112,24 @@ class SpatialKeypoints(nn.Module):
         self.grid = cfg.patch_grid
         self.maps = nn.Conv2d(cfg.patch_channels, cfg.keypoints, kernel_size=1)
         self.proj = nn.Linear(2 * cfg.keypoints, cfg.n_embd)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.film = nn.Linear(cfg.n_embd, 2 * cfg.patch_channels) if cfg.keypoint_film else None
+        for layer in (self.proj, self.film):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
-    def coordinates(self, feats: Tensor, patch_pos: Tensor) -> tuple[Tensor, Tensor]:
+    def coordinates(self, feats: Tensor, patch_pos: Tensor, instruction: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(xy, image)``: each image's keypoints (P, K, 2) (x, y; rows past the number of images are zero) and
-        each patch's image (P,), from feature maps (P, C, G, G) and patch positions (P, 2)."""
+        each patch's image (P,), from feature maps (P, C, G, G) and patch positions (P, 2); with
+        ``keypoint_film``, each patch's instruction vector (P, D) (:meth:`GatoModel.patch_instructions`) scales
+        and shifts its features first."""
         P, G = feats.shape[0], self.grid
+        if self.film is not None:
+            if instruction is None:
+                raise ValueError("these keypoints are conditioned on the instruction (keypoint_film): pass each patch's "
+                                 "instruction vector (GatoModel.patch_instructions)")
+            gamma, beta = self.film(instruction.to(feats.dtype)).chunk(2, dim=-1)  # (P, C) each
+            feats = feats * (1 + gamma[..., None, None]) + beta[..., None, None]
         image = ((patch_pos == 0).all(1).long().cumsum(0) - 1).clamp(min=0)  # (P,)
         off = (torch.arange(G, device=feats.device, dtype=torch.float32) + 0.5) / G
         ys = patch_pos[:, :1].float() + off  # (P, G) cell centres in patch heights from the image's top
@@ -135,9 +146,9 @@ class SpatialKeypoints(nn.Module):
         xy = total[..., 1:] / total[..., :1].clamp(min=1e-30)
         return xy.to(feats.dtype), image
 
-    def forward(self, feats: Tensor, patch_pos: Tensor) -> Tensor:
+    def forward(self, feats: Tensor, patch_pos: Tensor, instruction: Tensor | None = None) -> Tensor:
         """What each patch gets from its image's keypoints, (P, D)."""
-        xy, image = self.coordinates(feats, patch_pos)
+        xy, image = self.coordinates(feats, patch_pos, instruction)
         return self.proj(xy.flatten(1))[image]
 
 
@@ -171,15 +182,20 @@ class InstructionFiLM(nn.Module):
         ``tokens``: the ids the model reads (B, S); ``local_pos``: positions within the timestep (B, S);
         ``table``: the token table (V, D). A row may begin inside a timestep (a pending action token): its
         first positions count as one timestep with whatever text they hold (none)."""
-        is_text = (tokens < self.text_ids).unsqueeze(-1).to(x.dtype)  # (B, S, 1)
-        feats = torch.cat([table[tokens].to(x.dtype) * is_text, is_text], dim=-1)  # (B, S, D + 1)
-        total = feats.cumsum(1)
-        start = timestep_starts(local_pos)
-        before = (total - feats).gather(1, start.unsqueeze(-1).expand_as(total))  # sums before each timestep
-        seg = total - before  # (B, S, D + 1) sums within the timestep up to each position
-        mean = seg[..., :-1] / seg[..., -1:].clamp(min=1.0)
-        gamma, beta = self.proj(mean).chunk(2, dim=-1)
+        gamma, beta = self.proj(instruction_means(tokens, local_pos, table, self.text_ids).to(x.dtype)).chunk(2, dim=-1)
         return torch.where(slots.unsqueeze(-1), x * (1 + gamma) + beta, x)
+
+
+def instruction_means(tokens: Tensor, local_pos: Tensor, table: Tensor, text_ids: int) -> Tensor:
+    """(B, S, D): at each position, the mean table embedding of the text tokens (ids below ``text_ids``) from its
+    timestep's start up to it (zero where there are none), from ``tokens`` and ``local_pos`` (B, S)."""
+    is_text = (tokens < text_ids).unsqueeze(-1).to(table.dtype)  # (B, S, 1)
+    feats = torch.cat([table[tokens] * is_text, is_text], dim=-1)  # (B, S, D + 1)
+    total = feats.cumsum(1)
+    start = timestep_starts(local_pos)
+    before = (total - feats).gather(1, start.unsqueeze(-1).expand_as(total))  # sums before each timestep
+    seg = total - before  # (B, S, D + 1) sums within the timestep up to each position
+    return seg[..., :-1] / seg[..., -1:].clamp(min=1.0)
 
 
 class TokenEmbedding(nn.Embedding):
@@ -332,8 +348,8 @@ class GatoModel(nn.Module):
             raise ValueError("GatoModel needs cfg.vocab_size; bind it with cfg.with_layout(tokenizer.layout)")
         if cfg.action_inputs == "hidden" and None in (cfg.continuous_ids, cfg.separator_id, cfg.pad_id):
             raise ValueError("ModelConfig.action_inputs='hidden' needs the layout's ids; bind it with cfg.with_layout(layout)")
-        if cfg.film and cfg.continuous_ids is None:
-            raise ValueError("ModelConfig.film needs the layout's text ids; bind it with cfg.with_layout(layout)")
+        if (cfg.film or cfg.keypoint_film) and cfg.continuous_ids is None:
+            raise ValueError("ModelConfig.film and keypoint_film need the layout's text ids; bind it with cfg.with_layout(layout)")
         self.cfg = cfg
         D = cfg.n_embd
         self.wte = TokenEmbedding(cfg)  # token table over the whole vocabulary (+ continuous value features)
@@ -392,8 +408,19 @@ class GatoModel(nn.Module):
         z = torch.stack([s.z for s in stats]).mean()
         return self.cfg.moe_aux_coef * aux + self.cfg.moe_z_coef * z
 
-    def embed_patches(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
-        """Embeddings of image patches with their row/column positions (clamped to the table), (P, D).
+    def patch_instructions(self, tokens: Tensor, local_pos: Tensor, patch_index: Tensor, n_patches: int) -> Tensor:
+        """Each patch's instruction vector (n_patches, D): the mean table embedding of its timestep's text tokens
+        before it (what ``keypoint_film`` conditions on; zero for a patch no slot refers to), from the model's
+        input ``tokens``, ``local_pos`` and ``patch_index`` (B, S)."""
+        means = instruction_means(tokens, local_pos, self.wte.weight, self.cfg.continuous_ids[0])  # (B, S, D)
+        flat = patch_index.reshape(-1)
+        slots = torch.nonzero(flat >= 0).squeeze(1)
+        out = means.new_zeros(n_patches, means.shape[-1])
+        return out.index_copy(0, flat[slots], means.reshape(-1, means.shape[-1])[slots])
+
+    def embed_patches(self, patches: Tensor, patch_pos: Tensor, instruction: Tensor | None = None) -> Tensor:
+        """Embeddings of image patches with their row/column positions (clamped to the table), (P, D);
+        ``instruction`` (P, D): each patch's instruction vector, needed by ``keypoint_film``.
 
         Raises:
             ValueError: the model reads images as codes (``image_encoder="vq"``) and has no patch embedding.
@@ -405,7 +432,7 @@ class GatoModel(nn.Module):
         rc = patch_pos.clamp(0, self.cfg.pos_bins - 1)
         feats = self.patch_embed.features(patches)
         e = self.patch_embed.proj(feats.flatten(1)) + self.patch_row(rc[:, 0]) + self.patch_col(rc[:, 1])
-        return e if self.keypoints is None else e + self.keypoints(feats, patch_pos)
+        return e if self.keypoints is None else e + self.keypoints(feats, patch_pos, instruction)
 
     def encode_images(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
         """The resampler's latents of whole images (patches one image after another, each from (0, 0)), (I, N, D)."""
@@ -413,11 +440,12 @@ class GatoModel(nn.Module):
             raise ValueError(f"encode_images needs image_encoder='resampler', the model has {self.cfg.image_encoder!r}")
         return self.resampler(self.embed_patches(patches, patch_pos), patch_pos)
 
-    def embed_images(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
+    def embed_images(self, patches: Tensor, patch_pos: Tensor, instruction: Tensor | None = None) -> Tensor:
         """The vectors images give the model, in order: the patch embeddings (P, D), or with the resampler each
-        image's latents (I * N, D) (what early fusion's slots read, or what cross-attention attends to)."""
+        image's latents (I * N, D) (what early fusion's slots read, or what cross-attention attends to);
+        ``instruction``: see :meth:`embed_patches`."""
         if self.resampler is None:
-            return self.embed_patches(patches, patch_pos)
+            return self.embed_patches(patches, patch_pos, instruction)
         return self.encode_images(patches, patch_pos).flatten(0, 1)
 
     def image_context(self, patches: Tensor | None, patch_pos: Tensor | None, image_frame: Tensor,
@@ -494,7 +522,10 @@ class GatoModel(nn.Module):
             return F.dropout(x, self.cfg.dropout, self.training)
         pe = patch_embeddings
         if pe is None and patches is not None and patches.shape[0] > 0:
-            pe = self.embed_images(patches, patch_pos)  # (P, D) or (I * N, D)
+            instruction = None
+            if self.cfg.keypoint_film:
+                instruction = self.patch_instructions(tokens, local_pos, patch_index, patches.shape[0])
+            pe = self.embed_images(patches, patch_pos, instruction)  # (P, D) or (I * N, D)
         if pe is not None and pe.shape[0] > 0:
             flat = patch_index.reshape(-1)  # (B*S,)
             slots = torch.nonzero(flat >= 0).squeeze(1)  # (P',) patch slots
@@ -504,7 +535,8 @@ class GatoModel(nn.Module):
         elif self.training and torch.is_grad_enabled() and self.cfg.embeds_patches:
             # no image in this batch: keep the patch parameters in the graph with a zero contribution, so
             # every step updates the same parameters (DDP needs that; single-process then matches it exactly)
-            zero = self.embed_images(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device))
+            zero = self.embed_images(x.new_zeros(1, 3, PATCH_SIZE, PATCH_SIZE), torch.zeros(1, 2, dtype=torch.long, device=x.device),
+                                     x.new_zeros(1, x.shape[-1]) if self.cfg.keypoint_film else None)
             x = x + 0.0 * zero.sum()
             if self.film is not None:
                 x = x + 0.0 * sum(p.sum() for p in self.film.parameters())

@@ -263,11 +263,11 @@ class Policy:
             sl = slice(t * L, (t + 1) * L)
             patches = np.asarray(ep.patches[t * p:(t + 1) * p], dtype=np.float32).reshape(-1, 3, 16, 16)
             patch_pos = ep.patch_pos[t * p:(t + 1) * p].astype(np.int64).reshape(-1, 2)
-            emb = None
+            step = _Timestep(ep.tokens[sl].astype(np.int64), ep.local_pos[sl].astype(np.int64), patches, patch_pos)
             if p:
                 with torch.inference_mode():
-                    emb = self.model.embed_images(torch.from_numpy(patches).to(self.device), torch.from_numpy(patch_pos).to(self.device))
-            steps.append(_Timestep(ep.tokens[sl].astype(np.int64), ep.local_pos[sl].astype(np.int64), patches, patch_pos, emb))
+                    step.patch_emb = self._embed_images([step])
+            steps.append(step)
         self._prompts[task_id] = steps
         return keep
 
@@ -428,13 +428,26 @@ class Policy:
         """The new observations as timesteps, their patches embedded once (later steps re-use them from the context)."""
         current = [self._tokenize(spec, obs) for obs in observations]
         if sum(len(c.patches) for c in current):
-            pe = self.model.embed_images(
-                torch.from_numpy(np.concatenate([c.patches for c in current])).to(self.device),
-                torch.from_numpy(np.concatenate([c.patch_pos for c in current])).to(self.device),
-            )  # (sum r, D)
+            pe = self._embed_images(current)  # (sum r, D)
             for c, emb in zip(current, pe.split(len(pe) // len(current))):  # every env of a task: the same images
                 c.patch_emb = emb
         return current
+
+    def _embed_images(self, steps: list[_Timestep]) -> torch.Tensor:
+        """``GatoModel.embed_images`` of the timesteps' patches, one timestep after another; with ``keypoint_film``
+        each patch conditioned on its own timestep's instruction."""
+        instruction = None
+        if self.model.cfg.keypoint_film:
+            parts = []
+            for step in steps:
+                is_patch = step.tokens == self.tok.layout.patch_id
+                pidx = np.where(is_patch, np.cumsum(is_patch) - 1, -1)
+                t = lambda a: torch.from_numpy(a)[None].to(self.device)  # noqa: E731
+                parts.append(self.model.patch_instructions(t(step.tokens), t(step.local_pos), t(pidx), len(step.patches)))
+            instruction = torch.cat(parts)
+        return self.model.embed_images(torch.from_numpy(np.concatenate([s.patches for s in steps])).to(self.device),
+                                       torch.from_numpy(np.concatenate([s.patch_pos for s in steps])).to(self.device),
+                                       instruction)
 
     def _fit_windows(self, task_id: str, obs_len: int, A: int, envs: list[_EnvContext]) -> list[_Timestep]:
         """Make room in the windows of ``envs`` for the task's prompt and a new timestep; returns the prompt.

@@ -111,6 +111,9 @@ class TrainConfig:
     keypoints: int | None = None
     """Spatial-softmax keypoints per image (ModelConfig.keypoints): K learned maps of the patch features, each
     one expected (x, y) over the whole image, given to every patch of the image. Default: the preset's (0, none)."""
+    keypoint_film: bool = False
+    """Condition the keypoint maps on the instruction (ModelConfig.keypoint_film: FiLM of the features they read), so
+    a keypoint can be where the named object is; needs --keypoints."""
     ffn: Literal["dense", "moe"] | None = None
     """Feed-forward of every block (ModelConfig.ffn): dense (one MLP) or moe (a dropless top-k mixture of experts of
     the MLP's shape, with load-balancing and router z-losses). Default: the preset's (dense)."""
@@ -254,7 +257,7 @@ class TrainConfig:
 
     def vision_config(self, cfg: ModelConfig) -> ModelConfig:
         """``cfg`` with the image-encoder and fusion overrides (validated by ModelConfig)."""
-        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every", "film", "keypoints")
+        names = ("image_encoder", "resampler_latents", "fusion", "cross_attn_every", "film", "keypoints", "keypoint_film")
         return dataclasses.replace(cfg, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
 
     @property

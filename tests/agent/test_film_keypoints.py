@@ -22,16 +22,17 @@ BASE = dict(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=96, local_positions
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/agent/conftest.py
 
 
-def model(film: bool, seed: int = 0, randomise: bool = True, keypoints: int = 0) -> GatoModel:
+def model(film: bool, seed: int = 0, randomise: bool = True, keypoints: int = 0, keypoint_film: bool = False) -> GatoModel:
     torch.manual_seed(seed)
-    m = GatoModel(ModelConfig(**BASE, film=film, keypoints=keypoints).with_layout(LAYOUT)).eval()
+    cfg = ModelConfig(**BASE, film=film, keypoints=keypoints, keypoint_film=keypoint_film)
+    m = GatoModel(cfg.with_layout(LAYOUT)).eval()
     if randomise:  # trained FiLM and keypoint maps: their zero start changes nothing (tested below)
         with torch.no_grad():
-            for part in (m.film, m.keypoints):
-                if part is None:
-                    continue
-                part.proj.weight.normal_(0.0, 0.5)
-                part.proj.bias.normal_(0.0, 0.1)
+            layers = [m.film.proj if film else None, m.keypoints.proj if keypoints else None,
+                      m.keypoints.film if keypoint_film else None]
+            for layer in filter(None, layers):
+                layer.weight.normal_(0.0, 0.5)
+                layer.bias.normal_(0.0, 0.1)
     return m
 
 
@@ -61,7 +62,7 @@ def test_film_options_are_checked_and_counted():
         ModelConfig(**BASE, film=True, image_encoder="resampler")
     with pytest.raises(ValueError, match=r"film must be a bool, got 1"):
         ModelConfig(**BASE, film=1)
-    with pytest.raises(ValueError, match=r"film needs the layout's text ids"):
+    with pytest.raises(ValueError, match=r"film and keypoint_film need the layout.s text ids"):
         GatoModel(ModelConfig(**BASE, film=True, vocab_size=LAYOUT.vocab_size))
     m = model(True)
     assert m.cfg.num_params() == m.num_params() == model(False).num_params() + 32 * 64 + 64
@@ -102,10 +103,11 @@ def test_each_patch_is_conditioned_on_its_own_timesteps_instruction_only():
     torch.testing.assert_close(x[0, values], px[0, values], atol=1e-6, rtol=0.0)
 
 
-@pytest.mark.parametrize("film, keypoints", [(True, 0), (False, 3), (True, 3)])
+@pytest.mark.parametrize("film, keypoints, keypoint_film", [(True, 0, False), (False, 3, False), (True, 3, False),
+                                                          (False, 3, True), (True, 3, True)])
 @pytest.mark.parametrize("static", [False, True])
-def test_session_with_film_or_keypoints_equals_full_recomputation(static, film, keypoints):
-    m = model(film, keypoints=keypoints)
+def test_session_with_film_or_keypoints_equals_full_recomputation(static, film, keypoints, keypoint_film):
+    m = model(film, keypoints=keypoints, keypoint_film=keypoint_film)
     session = InferenceSession(m, SessionConfig(num_envs=2), patch_id=LAYOUT.patch_id)
     session._static = static  # the CUDA-graph bodies, eagerly
     rng = np.random.default_rng(2)
@@ -175,3 +177,34 @@ def test_untrained_keypoints_change_nothing():
     plain, kp = model(False), model(False, keypoints=4, randomise=False)
     torch.testing.assert_close(kp(*args), plain(*args), atol=0.0, rtol=0.0)
     assert (model(False, keypoints=4)(*args) - plain(*args)).abs().amax() > 1e-3  # trained ones do change it
+
+
+def test_instruction_conditioned_keypoints_move_with_their_own_timesteps_instruction():
+    with pytest.raises(ValueError, match=r"keypoint_film conditions the keypoint maps .* got 0, 'patches' and 'early'"):
+        ModelConfig(**BASE, keypoint_film=True)
+    m = model(False, keypoints=3, keypoint_film=True)
+    assert m.cfg.num_params() == m.num_params() == model(False, keypoints=3).num_params() + 32 * 16 + 16
+    assert TrainConfig(keypoints=3, keypoint_film=True).model_config(LAYOUT).keypoint_film
+    with pytest.raises(ValueError, match=r"conditioned on the instruction .* pass each patch's instruction vector"):
+        m.embed_patches(torch.zeros(4, 3, 16, 16), torch.zeros(4, 2, dtype=torch.long))
+    with torch.no_grad():
+        m.keypoints.maps.weight.mul_(50.0)  # sharp maps: the keypoints sit on a few cells, and move when gains change
+    rng = np.random.default_rng(4)
+    a1, a2 = np.array([CONT + 3, DISC + 1]), np.array([CONT + 9, DISC + 2])
+    first, second = obs(rng, "pick up the green cube"), obs(rng, "lift the blue can")
+    n_text = len(TOK.encode_text("pick up the green cube"))
+    recoloured = ObsTokens(np.concatenate([TOK.encode_text("pick up the blue cube"), first.tokens[n_text:]]),
+                           first.patches, first.patch_pos)  # the same length: the positions stay
+    x = m.embed(*window_inputs([(first, a1), (second, a2)]))
+    y = m.embed(*window_inputs([(recoloured, a1), (second, a2)]))
+    slots1 = np.flatnonzero(first.tokens == LAYOUT.patch_id)
+    n1 = len(first.tokens) + 2
+    assert (x[0, slots1] - y[0, slots1]).abs().amax() > 1e-3  # the first image's keypoints follow its words
+    torch.testing.assert_close(x[0, n1:], y[0, n1:], atol=1e-6, rtol=0.0)  # the second timestep's do not move
+    # and the instruction vector of a patch is its timestep's mean text embedding
+    tokens, local, pidx, patches, _ = window_inputs([(first, a1), (second, a2)])
+    got = m.patch_instructions(tokens, local, pidx, len(patches))
+    table = m.wte.weight
+    torch.testing.assert_close(got[0], table[torch.from_numpy(first.tokens[:n_text])].mean(0), atol=1e-6, rtol=0.0)
+    torch.testing.assert_close(got[-1], table[torch.from_numpy(second.tokens[:len(TOK.encode_text("lift the blue can"))])]
+                               .mean(0), atol=1e-6, rtol=0.0)

@@ -40,13 +40,21 @@ def tokenize(obs: dict) -> ObsTokens:
     return ObsTokens(ep.tokens.astype(np.int64), ep.patches, ep.patch_pos)
 
 
-@pytest.mark.parametrize("decoding,inputs,ffn", [("mode", "tokens", "dense"), ("mean", "tokens", "dense"),
-                                                 ("mean", "hidden", "dense"), ("mode", "tokens", "moe")])
-def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_window(decoding, inputs, ffn):
+@pytest.mark.parametrize("decoding,inputs,ffn,conditioned", [
+    ("mode", "tokens", "dense", False), ("mean", "tokens", "dense", False), ("mean", "hidden", "dense", False),
+    ("mode", "tokens", "moe", False), ("mean", "hidden", "dense", True)])
+def test_session_acts_like_the_recomputing_policy_over_episodes_longer_than_the_window(decoding, inputs, ffn,
+                                                                                     conditioned):
+    """``conditioned``: FiLM and keypoints conditioned on the instruction, their projections drawn (trained-like)."""
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, d_ff=64, context=96, local_positions=64, patch_channels=8,
-                      patch_stride=4, action_inputs=inputs, ffn=ffn, moe_experts=4).with_layout(TOK.layout)
+                      patch_stride=4, action_inputs=inputs, ffn=ffn, moe_experts=4, film=conditioned,
+                      keypoints=3 * conditioned, keypoint_film=conditioned).with_layout(TOK.layout)
     model = GatoModel(cfg).eval()
+    if conditioned:
+        with torch.no_grad():
+            for layer in (model.film.proj, model.keypoints.proj, model.keypoints.film):
+                layer.weight.normal_(0.0, 0.3)
     policy = Policy(model, CheckpointMeta(cfg, TOK.layout, {TASK: SPEC}), TOK, continuous_decoding=decoding)
     expect = policy.expected_dims(TASK)
     assert expect.tolist() == [decoding == "mean"] * 2
