@@ -5,13 +5,15 @@ For ``--episodes`` unseen scenes of an ``so101/*`` camera task, each camera's ke
 table. Colours are dealt to the objects at every reset, so a keypoint that tracks "the red thing" is measured
 against the red object, wherever it is. Per camera and colour: the keypoint whose (x, y) predicts that object's
 table (x, y) best by a least-squares linear fit (R², the mean over x and y; fitted on the first half of the
-scenes and scored on the second, so a keypoint that does not track it scores about 0 or below). The front
+scenes and scored on the second, so a keypoint that does not track it scores about 0 or below), and the same
+for the named object (``named``: what keypoints conditioned on the instruction, ``--keypoint-film``, should
+follow; the instruction is read as the model reads it). The front
 camera does not move, so a keypoint on an object maps to its table position by one fixed (near-linear) map;
 the wrist camera's view starts from the same home pose in every scene.
 
     python scripts/probe_keypoints.py runs/so101/train --task so101/lift-v1 --episodes 80
 
-Ends with one line of JSON: per camera, each colour's best keypoint and its held-out R².
+Ends with one line of JSON: per camera, each colour's (and the named object's) best keypoint and its held-out R².
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tyro
 from omnipolicy.agent.checkpoint import load_model_weights, resolve_checkpoint
 from omnipolicy.envs.registry import make_env
 from omnipolicy.envs.so101_scene import COLOURS
+from omnipolicy.tokenizers import Tokenizer
 from omnipolicy.tokenizers.image import image_to_patches, normalize_patches
 
 
@@ -71,18 +74,27 @@ def probe(cfg: Config) -> dict:
     cameras = [name for name in ("front", "wrist") if name in env.observation_space.spaces]
     if not cameras:
         raise ValueError(f"{cfg.task!r} has no camera observation (front, wrist)")
+    tokenizer = Tokenizer.default()
+    layout = tokenizer.layout
     keypoints = {name: [] for name in cameras}  # camera -> per scene (K, 2)
-    places = {colour: [] for colour in COLOURS}  # colour -> per scene its object's table (x, y)
+    places = {colour: [] for colour in [*COLOURS, "named"]}  # per scene the object's table (x, y)
     for k in tqdm.trange(cfg.episodes, desc=f"keypoints {cfg.task}"):
         obs, _ = env.reset(seed=cfg.seed + k)
         scene = env.unwrapped
         for i, colour in enumerate(scene.colours):
             places[colour].append(scene.object_pos(i)[:2])
+        places["named"].append(scene.object_pos(scene.target_index)[:2])
         for name in cameras:
             raw, pos = image_to_patches(np.asarray(obs[name])[None], field=name)
             patches = torch.from_numpy(normalize_patches(raw[0]))
             pos_t = torch.from_numpy(pos.astype(np.int64))
-            xy, _ = model.keypoints.coordinates(model.patch_embed.features(patches), pos_t)
+            instruction = None
+            if model.cfg.keypoint_film:  # the instruction's text tokens, then the image's patches: one timestep
+                text = tokenizer.encode_text(obs["instruction"]).astype(np.int64)
+                tokens = torch.from_numpy(np.r_[text, np.full(len(pos), layout.patch_id)])[None]
+                pidx = torch.from_numpy(np.r_[np.full(len(text), -1), np.arange(len(pos))])[None]
+                instruction = model.patch_instructions(tokens, torch.arange(tokens.shape[1])[None], pidx, len(pos))
+            xy, _ = model.keypoints.coordinates(model.patch_embed.features(patches), pos_t, instruction)
             keypoints[name].append(xy[0].numpy())  # the one image's (K, 2)
     env.close()
     out: dict[str, dict] = {}

@@ -19,11 +19,12 @@ from omnipolicy.tokenizers import Tokenizer
 TASK = "so101/lift-v1"
 
 
-def red_detector(tmp_path, seed: int = 0):
-    """A checkpoint whose keypoint 0 is the softmax of each 4x4 cell's redness (R - (G + B) / 2), sharply."""
+def red_detector(tmp_path, seed: int = 0, keypoint_film: bool = False):
+    """A checkpoint whose keypoint 0 is the softmax of each 4x4 cell's redness (R - (G + B) / 2), sharply (with
+    ``keypoint_film``, FiLM maps that start at zero: the same keypoints whatever the instruction)."""
     layout = Tokenizer.default().layout
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, context=256, local_positions=256, patch_channels=8,
-                      patch_stride=4, keypoints=3).with_layout(layout)
+                      patch_stride=4, keypoints=3, keypoint_film=keypoint_film).with_layout(layout)
     torch.manual_seed(seed)
     model = GatoModel(cfg)
     with torch.no_grad():
@@ -45,6 +46,10 @@ def test_a_red_detector_keypoint_follows_the_red_object_only(load_script, tmp_pa
     assert out["keypoints"] == 3 and set(out["cameras"]) == {"front", "wrist"}
     assert front["red"]["keypoint"] == 0 and front["red"]["r2"] > 0.8
     assert max(front[c]["r2"] for c in ("green", "blue", "purple")) < 0.5
+    assert front["named"]["r2"] < 0.5  # the red object is named in about one scene of four
+    # a model whose keypoints read the instruction: the probe gives it the instruction (inert FiLM: the same figures)
+    conditioned = tool.probe(tool.Config(red_detector(tmp_path / "film", keypoint_film=True), task=TASK, episodes=40))
+    assert conditioned["cameras"] == out["cameras"]
 
 
 def test_held_out_r2_scores_a_fitted_map_on_unseen_rows(load_script):
