@@ -113,9 +113,7 @@ class SpatialKeypoints(nn.Module):
         self.maps = nn.Conv2d(cfg.patch_channels, cfg.keypoints, kernel_size=1)
         self.proj = nn.Linear(2 * cfg.keypoints, cfg.n_embd)
         self.film = nn.Linear(cfg.n_embd, 2 * cfg.patch_channels) if cfg.keypoint_film else None
-        # all zero: the maps start flat (every keypoint at the image's centre, with gradient to every cell; drawn
-        # maps on the block's unnormalised features start peaked on one background cell and stay there)
-        for layer in (self.maps, self.proj, self.film):
+        for layer in (self.proj, self.film):
             if layer is not None:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
