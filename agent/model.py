@@ -414,9 +414,9 @@ class GatoModel(nn.Module):
         input ``tokens``, ``local_pos`` and ``patch_index`` (B, S)."""
         means = instruction_means(tokens, local_pos, self.wte.weight, self.cfg.continuous_ids[0])  # (B, S, D)
         flat = patch_index.reshape(-1)
-        slots = torch.nonzero(flat >= 0).squeeze(1)
-        out = means.new_zeros(n_patches, means.shape[-1])
-        return out.index_copy(0, flat[slots], means.reshape(-1, means.shape[-1])[slots])
+        rows = torch.where(flat >= 0, flat, n_patches)  # positions that are no patch write to a spare last row
+        out = means.new_zeros(n_patches + 1, means.shape[-1])  # (static shapes: the session's CUDA graphs)
+        return out.index_copy(0, rows, means.reshape(-1, means.shape[-1]))[:n_patches]
 
     def embed_patches(self, patches: Tensor, patch_pos: Tensor, instruction: Tensor | None = None) -> Tensor:
         """Embeddings of image patches with their row/column positions (clamped to the table), (P, D);
