@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnipolicy.tokenizers.image import image_starts
+from omnipolicy.tokenizers.image import image_starts, patch_slots
 
 from .config import PATCH_SIZE
 from .cross_attention import ImageContext
@@ -1057,8 +1057,7 @@ class InferenceSession:
             if patches and self.slots != 0:
                 pt = self._to_device(np.concatenate(patches)).to(self.dtype)
                 pp = self._to_device(np.concatenate([a[2] for a in arrays if a[1] is not None and len(a[1])]).astype(np.int64))
-                is_patch = tok == self.patch_id
-                pidx = self._to_device(np.where(is_patch, np.cumsum(is_patch) - 1, -1))[None]
+                pidx = self._to_device(patch_slots(tok, self.patch_id))[None]
                 if self.slots:
                     slot_emb = self.model.embed_images(pt, pp)  # (I * N, D) the resampler's latents
             new_frames = [-1] * len(arrays)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
+from omnipolicy.tokenizers.image import patch_slots
 
 from .checkpoint import CheckpointMeta, load_image_tokenizer, load_meta, load_model_weights, resolve_checkpoint
 from .cross_attention import ImageContext
@@ -440,8 +441,7 @@ class Policy:
         if self.model.cfg.keypoint_film:
             parts = []
             for step in steps:
-                is_patch = step.tokens == self.tok.layout.patch_id
-                pidx = np.where(is_patch, np.cumsum(is_patch) - 1, -1)
+                pidx = patch_slots(step.tokens, self.tok.layout.patch_id)
                 t = lambda a: torch.from_numpy(a)[None].to(self.device)  # noqa: E731
                 parts.append(self.model.patch_instructions(t(step.tokens), t(step.local_pos), t(pidx), len(step.patches)))
             instruction = torch.cat(parts)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from omnipolicy.tokenizers.image import patch_slots
 from omnipolicy.tokenizers.spec import FieldSpec, TimestepSpec
 from omnipolicy.tokenizers.vocab import VocabLayout
 
@@ -99,7 +100,7 @@ class SyntheticWindows:
         local_pos = np.tile(np.arange(L), n_steps)[:S]
         is_patch = tokens == lay.patch_id  # patch slots come first in a timestep: slot k = local position k
         side = max(1, int(np.ceil(np.sqrt(P)))) if P else 1
-        patch_index = np.where(is_patch, np.cumsum(is_patch) - 1, -1)
+        patch_index = patch_slots(tokens, lay.patch_id)
         return {
             "tokens": tokens.astype(np.int64),
             "patch_index": patch_index.astype(np.int64),

@@ -34,7 +34,7 @@ from omnipolicy.agent.checkpoint import load_model_weights, resolve_checkpoint
 from omnipolicy.envs.registry import make_env
 from omnipolicy.envs.so101_scene import COLOURS
 from omnipolicy.tokenizers import Tokenizer
-from omnipolicy.tokenizers.image import image_to_patches, normalize_patches
+from omnipolicy.tokenizers.image import image_to_patches, normalize_patches, patch_slots
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ def probe(cfg: Config) -> dict:
             instruction = None
             if model.cfg.keypoint_film:  # the instruction's text tokens, then the image's patches: one timestep
                 text = tokenizer.encode_text(obs["instruction"]).astype(np.int64)
-                tokens = torch.from_numpy(np.r_[text, np.full(len(pos), layout.patch_id)])[None]
-                pidx = torch.from_numpy(np.r_[np.full(len(text), -1), np.arange(len(pos))])[None]
+                ids = np.r_[text, np.full(len(pos), layout.patch_id)]
+                tokens, pidx = torch.from_numpy(ids)[None], torch.from_numpy(patch_slots(ids, layout.patch_id))[None]
                 instruction = model.patch_instructions(tokens, torch.arange(tokens.shape[1])[None], pidx, len(pos))
             xy, _ = model.keypoints.coordinates(model.patch_embed.features(patches), pos_t, instruction)
             keypoints[name].append(xy[0].numpy())  # the one image's (K, 2)

@@ -74,6 +74,13 @@ def image_starts(patch_pos: np.ndarray) -> np.ndarray:
     return np.flatnonzero((pp[:, 0] == 0) & (pp[:, 1] == 0))
 
 
+def patch_slots(tokens: np.ndarray, patch_id: int) -> np.ndarray:
+    """int64, the shape of ``tokens``: ``k`` at the ``k``-th patch token (its row of the patches), -1 elsewhere
+    (a model's ``patch_index`` for one token sequence)."""
+    is_patch = np.asarray(tokens) == patch_id
+    return np.where(is_patch, np.cumsum(is_patch) - 1, -1).astype(np.int64)
+
+
 def concat_ranges(lo: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """int64 ``concatenate([arange(l, l + n) for l, n in zip(lo, counts)])``, vectorised (e.g. images' patch rows)."""
     lo, counts = np.asarray(lo, np.int64), np.asarray(counts, np.int64)
