@@ -141,6 +141,9 @@ class DaggerConfig:
     """Seeds are taken from here upwards, skipping those the store already holds."""
     workers: int = 1
     """Processes that run tasks side by side (each loads the checkpoint)."""
+    continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
+    """How the policy decodes a continuous action dimension while it drives (as in `omnipolicy eval`): run the
+    round with the decoding it will be evaluated with, so the expert labels the states that policy reaches."""
 
 
 def dagger_command(argv: list[str], prog: str) -> None:
@@ -149,7 +152,7 @@ def dagger_command(argv: list[str], prog: str) -> None:
 
     cfg = tyro.cli(DaggerConfig, args=argv, prog=prog)
     t0 = time.perf_counter()
-    actor = PolicyActor.from_checkpoint(cfg.checkpoint)
+    actor = PolicyActor.from_checkpoint(cfg.checkpoint, continuous_decoding=cfg.continuous_decoding)
     summary = dagger_round(actor, cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
                            expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers)
     width = max(len(t) for t in summary)

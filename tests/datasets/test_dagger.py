@@ -105,3 +105,18 @@ def test_dagger_command_in_two_worker_processes(checkpoint, tmp_path, capsys):
     assert 32 <= summary["steps"] <= 60  # Pendulum 2 x 15 steps; CartPole may fall before 15
     assert set(summary["policy_return"]) == {PENDULUM, CARTPOLE}
     assert EpisodeStore(task_path(tmp_path / "d", CARTPOLE)).num_episodes == 2
+
+
+def test_dagger_command_drives_with_the_decoding_it_is_given(checkpoint, tmp_path, capsys):
+    """A round run with ``--continuous-decoding`` visits the states eval's policy with that decoding visits."""
+    common = ["--checkpoint", str(checkpoint), "--episodes", "2", "--max-steps", "15", "--seed", "500"]
+    returns = {}
+    for decoding in ("mean", "mode"):
+        main(["dagger", *common, "--task", PENDULUM, "--continuous-decoding", decoding, "--out", str(tmp_path / decoding)])
+        returns[decoding] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["policy_return"][PENDULUM]
+        main(["eval", *common, "--tasks", PENDULUM, "--continuous-decoding", decoding, "--no-video",
+              "--out", str(tmp_path / f"eval_{decoding}")])
+        report = json.loads((tmp_path / f"eval_{decoding}" / "report.json").read_text())
+        assert report["protocol"]["continuous_decoding"] == decoding
+        assert returns[decoding] == pytest.approx(report["tasks"][PENDULUM]["return_mean"], abs=2e-3)
+    assert abs(returns["mean"] - returns["mode"]) > 0.1  # the decoding changed what the policy did
