@@ -140,7 +140,10 @@ class DaggerConfig:
     seed: int = DEFAULT_SEED
     """Seeds are taken from here upwards, skipping those the store already holds."""
     workers: int = 1
-    """Processes that run tasks side by side (each loads the checkpoint)."""
+    """Processes that run batches of episodes side by side (each loads the checkpoint)."""
+    num_envs: int = 16
+    """Episodes of a task run side by side through the policy in one batch; each batch is stored when it ends
+    (memory holds one batch's environments, renderers and recorded frames per worker)."""
     continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
     """How the policy decodes a continuous action dimension while it drives (as in `omnipolicy eval`): run the
     round with the decoding it will be evaluated with, so the expert labels the states that policy reaches."""
@@ -154,7 +157,8 @@ def dagger_command(argv: list[str], prog: str) -> None:
     t0 = time.perf_counter()
     actor = PolicyActor.from_checkpoint(cfg.checkpoint, continuous_decoding=cfg.continuous_decoding)
     summary = dagger_round(actor, cfg.task, cfg.episodes, cfg.out, max_steps=cfg.max_steps,
-                           expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers)
+                           expert_share=cfg.expert_share, seed=cfg.seed, workers=cfg.workers,
+                           num_envs=cfg.num_envs)
     width = max(len(t) for t in summary)
     for tid, s in summary.items():
         succ = "" if s["policy_success_rate"] is None else f", success {100 * s['policy_success_rate']:.0f}%"

@@ -98,7 +98,7 @@ def _free_seeds(store: EpisodeStore, task_id: str, start: int, count: int) -> li
 
 def _check_round_args(actor: Any, task_ids: Sequence[str], episodes: int | Mapping[str, int],
                       max_steps: int | Mapping[str, int | None] | None, expert_share: float,
-                      workers: int) -> tuple[dict[str, int], dict[str, int | None]]:
+                      workers: int, num_envs: int | None) -> tuple[dict[str, int], dict[str, int | None]]:
     """Validate :func:`dagger_round`'s arguments; returns each task's episode count and episode length cap."""
     known = getattr(actor, "tasks", None)
     counts = {t: int(episodes.get(t, 0) if isinstance(episodes, Mapping) else episodes) for t in task_ids}
@@ -116,15 +116,17 @@ def _check_round_args(actor: Any, task_ids: Sequence[str], episodes: int | Mappi
         raise ValueError(f"expert_share must be in [0, 1], got {expert_share}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if num_envs is not None and num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     return counts, caps
 
 
-def _run_jobs(actor: Any, recipe: Any, jobs: dict[str, list[int]], caps: dict[str, int | None], expert_share: float,
-              workers: int, keep: Callable[[str, list[Episode]], None]) -> None:
-    """Run each task's seeds (in this process, or one task per job in worker processes); ``keep`` takes each result."""
+def _run_jobs(actor: Any, recipe: Any, jobs: list[tuple[str, list[int]]], caps: dict[str, int | None],
+              expert_share: float, workers: int, keep: Callable[[str, list[Episode]], None]) -> None:
+    """Run each job's seeds side by side (in this process, or in worker processes); ``keep`` takes each result."""
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
-        for t, seeds in jobs.items():
+        for t, seeds in jobs:
             keep(t, policy_episodes(actor, t, seeds, caps[t], expert_share))
     elif jobs:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -132,8 +134,8 @@ def _run_jobs(actor: Any, recipe: Any, jobs: dict[str, list[int]], caps: dict[st
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_actor_worker,
                                  initargs=(recipe, threads, os.getpid())) as pool:
             # the longest tasks first, so no worker is left with one long task at the end
-            order = sorted(jobs, key=lambda t: -len(jobs[t]) * _limit(t, caps[t]))
-            futures = {pool.submit(_worker_episodes, t, jobs[t], caps[t], expert_share): t for t in order}
+            order = sorted(jobs, key=lambda job: -len(job[1]) * _limit(job[0], caps[job[0]]))
+            futures = {pool.submit(_worker_episodes, t, seeds, caps[t], expert_share): t for t, seeds in order}
             for fut in as_completed(futures):
                 keep(futures[fut], fut.result())
 
@@ -166,6 +168,7 @@ def dagger_round(
     seed: int = DEFAULT_SEED,
     workers: int = 1,
     progress: bool = True,
+    num_envs: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One DAgger round: run the actor in each task and append the expert-labelled episodes to ``out``.
 
@@ -180,8 +183,11 @@ def dagger_round(
         max_steps: cap on episode length, one value or per task id (None: the task's own limit).
         expert_share: probability that a step executes the expert's action (DAgger's beta).
         seed: first reset seed; seeds the task's store already holds are skipped.
-        workers: processes that run tasks side by side (1: in this process).
+        workers: processes that run batches side by side (1: in this process).
         progress: show a tqdm bar.
+        num_envs: environments a batch runs side by side through the actor; each batch is stored when it ends
+            (memory stays bounded by one batch per worker, and an interrupted round keeps the batches done).
+            None: all of a task's episodes in one batch (fastest where memory allows: state observations).
 
     Returns:
         task id -> ``{"path", "episodes", "new", "steps", "policy_return", "policy_success_rate"}``: the store's
@@ -191,20 +197,22 @@ def dagger_round(
     Raises:
         ValueError: bad arguments, or a task the actor was not trained on.
     """
-    counts, caps = _check_round_args(actor, task_ids, episodes, max_steps, expert_share, workers)
+    counts, caps = _check_round_args(actor, task_ids, episodes, max_steps, expert_share, workers, num_envs)
     recipe = actor_recipe(actor, f"dagger_round(workers={workers})") if workers > 1 else None
     stores = {t: task_store(out, t) for t in task_ids if counts[t] > 0}
-    jobs = {}
+    jobs = []
     for t, store in stores.items():
         store.recover()
-        jobs[t] = _free_seeds(store, t, seed, counts[t])
+        seeds = _free_seeds(store, t, seed, counts[t])
+        size = num_envs or len(seeds)
+        jobs += [(t, seeds[i:i + size]) for i in range(0, len(seeds), size)]
     added: dict[str, list[Episode]] = {}
-    bar = tqdm(total=sum(len(s) for s in jobs.values()), desc="dagger", unit="ep", disable=not progress,
+    bar = tqdm(total=sum(len(s) for _, s in jobs), desc="dagger", unit="ep", disable=not progress,
                dynamic_ncols=True)
 
     def keep(task_id: str, eps: list[Episode]) -> None:
-        stores[task_id].append_episodes(eps)  # one crash-safe commit per task
-        added[task_id] = eps
+        stores[task_id].append_episodes(eps)  # one crash-safe commit per batch
+        added.setdefault(task_id, []).extend(eps)
         bar.set_postfix_str(task_id)
         bar.update(len(eps))
 

@@ -8,6 +8,11 @@ object's faces, and adds the servos' gravity sag so the arm ends where it was se
 ``env.set_target`` switches: the named object is read every step, and a held wrong object is put down first
 (carried clear of the tray in place).
 
+It also labels states another actor reached (DAgger): a grip it did not start itself counts as held when the
+last command closed the jaws and they have stopped on the named object, and its count of closing steps only
+advances while the jaws are really commanded closed, so it keeps saying "close" to an actor that has not.
+In its own rollouts both rules change nothing: its last command is its own.
+
 Lift and place: above the object, descend, close, lift (place: carry over the tray, lower, open).
 Push: rise, go to a point behind the object on its line to the zone, lower the closed jaws to the table and
 push through the object's centre toward the zone centre, re-aligning when the object drifts off the line.
@@ -67,6 +72,8 @@ NEIGHBOUR = 0.08
 """Distance between object centres under which the jaws turn to straddle the object away from its neighbour (m)."""
 HELD = (0.02, 0.45)
 """Gripper angles (rad) of jaws stopped on an object (closing on nothing goes to -0.17)."""
+STOPPED = 0.05
+"""Gripper speed (rad/s) under which closing jaws have stopped (on an object, or fully closed)."""
 PUSH_HEIGHT = 0.014
 """Height of the pusher (the closed pads' centre) above the table while pushing (m)."""
 PUSH_CONTACT = 0.026
@@ -111,6 +118,7 @@ class So101Expert(Expert):
         self._body = m.site_bodyid[self._site]
         self._roll_joint = m.joint("wrist_roll").id
         self._kp = m.actuator_gainprm[[m.actuator(j).id for j in env.joint_names], 0]
+        self._grip_ctrl = m.actuator("gripper").id
         # The point the IK moves, in the site's frame: midway between the fingertip pads, with the jaws 4 cm apart
         # (lift, place: the grasp point) or closed (push: the pusher).
         d = self._scratch
@@ -222,7 +230,7 @@ class So101Expert(Expert):
             return self._put_aside(env, here, wrong[0])
         if env.achieved(index):  # placed: stay clear of it
             return self.move(env, here, [*here[:2], TRAVEL], FAST, None, OPEN)
-        if self.closing >= CLOSE_STEPS and self._held(env, index, here):
+        if (self.closing >= CLOSE_STEPS or (not self.closing and self._gripped(env))) and self._held(env, index, here):
             return self._carry(env, here, obj, index)
         jaw = self._jaw_direction(env, index)
         top = obj[2] + env.half_height(index)
@@ -233,7 +241,7 @@ class So101Expert(Expert):
         flat = np.linalg.norm(obj[:2] - here[:2])
         if self.closing:
             if flat < 0.02 and abs(here[2] - grip) < 0.02:
-                self.closing += 1
+                self.closing += self._squeezing(env)  # an actor that has not closed yet is told to again
                 return self.command(env, self.close_at, jaw, GRIPPER_CLOSED)  # hold still: following would push it
             self.closing = 0  # knocked away while closing: start over
         if flat > ALIGNED:
@@ -311,6 +319,14 @@ class So101Expert(Expert):
             return self.command(env, here, None, OPEN)
         self.opening = 0
         return self.move(env, here, [*here[:2], here[2] + 0.04], FAST, None, OPEN)
+
+    def _squeezing(self, env) -> bool:
+        """Whether the last command closed the jaws (past where they stop on an object)."""
+        return bool(env.data.ctrl[self._grip_ctrl] < HELD[0])
+
+    def _gripped(self, env) -> bool:
+        """Whether the jaws were commanded closed and have stopped: on an object if :meth:`_held` says so."""
+        return self._squeezing(env) and abs(env.data.qvel[self._dadr[5]]) < STOPPED
 
     def _held(self, env, index: int, here: np.ndarray) -> bool:
         """Whether object ``index`` sits between the closed jaws (they stop on it, short of closing fully)."""

@@ -120,3 +120,41 @@ def test_dagger_command_drives_with_the_decoding_it_is_given(checkpoint, tmp_pat
         assert report["protocol"]["continuous_decoding"] == decoding
         assert returns[decoding] == pytest.approx(report["tasks"][PENDULUM]["return_mean"], abs=2e-3)
     assert abs(returns["mean"] - returns["mode"]) > 0.1  # the decoding changed what the policy did
+
+
+class FailsOnBatch:
+    """Wraps an actor and raises when batch ``n`` (counted from 1) begins: an interrupted round."""
+
+    def __init__(self, inner, n: int) -> None:
+        self.inner, self.name, self.n, self.begun = inner, inner.name, n, 0
+
+    def begin(self, task, envs) -> None:
+        self.begun += 1
+        if self.begun == self.n:
+            raise KeyboardInterrupt
+        self.inner.begin(task, envs)
+
+    def reset_env(self, index, obs) -> None:
+        self.inner.reset_env(index, obs)
+
+    def act(self, active, observations):
+        return self.inner.act(active, observations)
+
+
+def test_a_round_in_batches_stores_each_batch_and_keeps_those_done(checkpoint, tmp_path):
+    whole = dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM], 5, tmp_path / "whole", max_steps=10,
+                         expert_share=1.0, progress=False)
+    batched = dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM], 5, tmp_path / "batched", max_steps=10,
+                           expert_share=1.0, progress=False, num_envs=2)
+    assert batched[PENDULUM]["new"] == whole[PENDULUM]["new"] == 5 and batched[PENDULUM]["steps"] == 50
+    a, b = EpisodeStore(task_path(tmp_path / "whole", PENDULUM)), EpisodeStore(task_path(tmp_path / "batched", PENDULUM))
+    assert b.seeds(PENDULUM) == set(range(DEFAULT_SEED, DEFAULT_SEED + 5))
+    np.testing.assert_array_equal(np.concatenate([e.actions for e in a]),
+                                  np.concatenate([e.actions for e in b]))
+    with pytest.raises(KeyboardInterrupt):
+        dagger_round(FailsOnBatch(PolicyActor.from_checkpoint(checkpoint), 3), [PENDULUM], 5, tmp_path / "cut",
+                     max_steps=10, progress=False, num_envs=2)
+    cut = EpisodeStore(task_path(tmp_path / "cut", PENDULUM))
+    assert cut.seeds(PENDULUM) == set(range(DEFAULT_SEED, DEFAULT_SEED + 4))  # two batches of two were stored
+    with pytest.raises(ValueError, match="num_envs must be >= 1, got 0"):
+        dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM], 1, tmp_path / "x", num_envs=0, progress=False)

@@ -233,6 +233,57 @@ def test_expert_follows_a_target_switch_mid_episode(task_id: str, steps: int) ->
         env.close()
 
 
+def test_expert_labels_a_grip_it_did_not_make_as_its_own() -> None:
+    """DAgger: a fresh expert handed a state where another closed the jaws on the named object lifts it."""
+    from omnipolicy.envs.experts.so101 import CLOSE_STEPS
+
+    task_id = "so101/lift-located-v1"
+    env, maker = make_env(task_id), make_expert(task_id)
+    try:
+        obs, _ = env.reset(seed=3)
+        maker.reset(env, obs)
+        for _ in range(env.task.max_steps):  # the expert grips; stop where its next action is the lift
+            if maker.closing >= CLOSE_STEPS and maker._held(env, env.target_index, maker.grasp_point(env)):
+                break
+            obs, *_ = env.step(maker.act(env, obs))
+        else:
+            pytest.fail("the expert never gripped the object")
+        fresh = make_expert(task_id)
+        fresh.reset(env, obs)
+        label, own = fresh.act(env, obs), maker.act(env, obs)
+        np.testing.assert_allclose(label, own, atol=1e-9)  # the lift, jaws kept closed (not "open and approach")
+        assert label[5] < 0.0
+        _, info = run_expert(env, fresh, obs, env.task.max_steps)
+        assert info["success"]
+    finally:
+        env.close()
+
+
+def test_expert_keeps_telling_an_actor_that_has_not_closed_to_close() -> None:
+    """DAgger: the count of closing steps runs only while the jaws are commanded closed (no 'closed on nothing')."""
+    from omnipolicy.envs.experts.so101 import CLOSE_STEPS, OPEN
+
+    task_id = "so101/lift-located-v1"
+    env, expert = make_env(task_id), make_expert(task_id)
+    try:
+        obs, _ = env.reset(seed=4)
+        expert.reset(env, obs)
+        labels = []
+        for _ in range(env.task.max_steps):
+            label = expert.act(env, obs)
+            labels.append(label[5])
+            if label[5] < 0.0 and len([g for g in labels if g < 0.0]) <= 2 * CLOSE_STEPS:
+                label = np.array([*label[:5], OPEN])  # the actor keeps its jaws open while told to close
+            obs, _, terminated, _, info = env.step(label)
+            if terminated:
+                break
+        told = np.flatnonzero(np.array(labels) < 0.0)
+        assert len(told) > 2 * CLOSE_STEPS and np.all(np.diff(told[:2 * CLOSE_STEPS + 1]) == 1)  # said close each step
+        assert info["success"]  # then closes when it finally may, and lifts
+    finally:
+        env.close()
+
+
 def test_cameras_see_different_views_and_render_other_sizes() -> None:
     env = make_env("so101/push-v1")
     try:
