@@ -59,8 +59,8 @@ FAST, SLOW = 0.03, 0.012
 ALIGNED, FINE = 0.012, 0.012
 """Horizontal error under which the jaws descend toward the object, and past its top (m). The descent keeps
 centring the jaws on the object, so 12 mm at the gate still grasps; a tighter gate is a trap for whoever imitates
-it with less precision than the simulator's state gives (a camera policy ~1 cm off hovers over the object
-forever, as this expert does under execution noise: 0 of 40 lifts at 2.5 mm, 38 of 40 at 12 mm, DART noise 0.02)."""
+it with less precision than the simulator's state gives: a camera policy about 1 cm off hovers over the object,
+as this expert did under execution noise with 2.5 mm (docs/results.md, "The descent gate")."""
 TWIST = 0.12
 """Angle (rad) between the jaws' axis and the wanted one under which they descend past the object's top."""
 ROLL_STEP = 0.18
