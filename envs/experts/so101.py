@@ -8,10 +8,11 @@ object's faces, and adds the servos' gravity sag so the arm ends where it was se
 ``env.set_target`` switches: the named object is read every step, and a held wrong object is put down first
 (carried clear of the tray in place).
 
-It also labels states another actor reached (DAgger): a grip it did not start itself counts as held when the
-last command closed the jaws and they have stopped on the named object, and its count of closing steps only
-advances while the jaws are really commanded closed, so it keeps saying "close" to an actor that has not.
-In its own rollouts both rules change nothing: its last command is its own.
+It lifts as soon as the jaws, commanded closed, have stopped on the named object: a rule the joints show (a
+learner that sees the gripper angle stop can follow it), where waiting a fixed count of closing steps would show
+it the same picture before "hold" and before "lift". The same rule labels a grip another actor made (DAgger), and
+its count of closing steps only advances while the jaws are really commanded closed, so it keeps saying "close"
+to an actor that has not.
 
 Lift and place: above the object, descend, close, lift (place: carry over the tray, lower, open).
 Push: rise, go to a point behind the object on its line to the zone, lower the closed jaws to the table and
@@ -67,6 +68,7 @@ ROLL_STEP = 0.18
 """Largest wrist_roll target away from its current angle (rad): turning the jaws takes a few steps, and no target
 jumps (the SO-101 robot files bound each step's change)."""
 CLOSE_STEPS, OPEN_STEPS = 6, 5
+"""Steps the jaws get to close (jaws that stop on the object earlier lift at once) and to open."""
 OPEN = 0.65
 """Gripper angle of the open jaws (rad): pads 5 cm apart inside, room around a 3 cm object, not wide enough to
 brush its neighbours or the tray's walls."""
@@ -74,8 +76,8 @@ NEIGHBOUR = 0.08
 """Distance between object centres under which the jaws turn to straddle the object away from its neighbour (m)."""
 HELD = (0.02, 0.45)
 """Gripper angles (rad) of jaws stopped on an object (closing on nothing goes to -0.17)."""
-STOPPED = 0.05
-"""Gripper speed (rad/s) under which closing jaws have stopped (on an object, or fully closed)."""
+STOPPED = 0.3
+"""Gripper speed (rad/s) under which closing jaws have stopped (on an object, or fully closed): 0.015 rad a step."""
 PUSH_HEIGHT = 0.014
 """Height of the pusher (the closed pads' centre) above the table while pushing (m)."""
 PUSH_CONTACT = 0.026
@@ -232,7 +234,7 @@ class So101Expert(Expert):
             return self._put_aside(env, here, wrong[0])
         if env.achieved(index):  # placed: stay clear of it
             return self.move(env, here, [*here[:2], TRAVEL], FAST, None, OPEN)
-        if (self.closing >= CLOSE_STEPS or (not self.closing and self._gripped(env))) and self._held(env, index, here):
+        if (self.closing >= CLOSE_STEPS or self._gripped(env)) and self._held(env, index, here):  # lift once stopped
             return self._carry(env, here, obj, index)
         jaw = self._jaw_direction(env, index)
         top = obj[2] + env.half_height(index)

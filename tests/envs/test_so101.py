@@ -245,17 +245,43 @@ def test_expert_grasps_through_execution_noise() -> None:
     assert sum(lifted) >= 8, lifted
 
 
-def test_expert_labels_a_grip_it_did_not_make_as_its_own() -> None:
-    """DAgger: a fresh expert handed a state where another closed the jaws on the named object lifts it."""
+def test_expert_lifts_once_the_jaws_stop_on_the_object() -> None:
+    """Hold or lift is decided from what the joints show (the gripper still closing, or stopped), not a count."""
     from omnipolicy.envs.experts.so101 import CLOSE_STEPS
 
+    task_id = "so101/lift-located-v1"
+    for seed in range(3):
+        env, expert = make_env(task_id), make_expert(task_id)
+        obs, _ = env.reset(seed=seed)
+        expert.reset(env, obs)
+        moved, holds, lift = [], [], None
+        prev = obs["joints"][5]
+        for t in range(env.task.max_steps):
+            before = expert.closing
+            action = expert.act(env, obs)
+            moved.append(abs(obs["joints"][5] - prev))
+            if expert.closing > before:
+                holds.append(t)
+            elif holds and lift is None:
+                lift = t
+            prev = obs["joints"][5]
+            obs, _, terminated, _, info = env.step(action)
+            if terminated:
+                break
+        env.close()
+        assert info["success"] and 1 < len(holds) < CLOSE_STEPS and lift == holds[-1] + 1
+        assert sum(moved[t] < 0.03 for t in holds[1:]) <= 1 and moved[lift] < 0.03  # a count of 6 held 3 still steps
+
+
+def test_expert_labels_a_grip_it_did_not_make_as_its_own() -> None:
+    """DAgger: a fresh expert handed a state where another closed the jaws on the named object lifts it."""
     task_id = "so101/lift-located-v1"
     env, maker = make_env(task_id), make_expert(task_id)
     try:
         obs, _ = env.reset(seed=3)
         maker.reset(env, obs)
         for _ in range(env.task.max_steps):  # the expert grips; stop where its next action is the lift
-            if maker.closing >= CLOSE_STEPS and maker._held(env, env.target_index, maker.grasp_point(env)):
+            if maker.closing and maker._gripped(env) and maker._held(env, env.target_index, maker.grasp_point(env)):
                 break
             obs, *_ = env.step(maker.act(env, obs))
         else:
