@@ -8,11 +8,12 @@ object's faces, and adds the servos' gravity sag so the arm ends where it was se
 ``env.set_target`` switches: the named object is read every step, and a held wrong object is put down first
 (carried clear of the tray in place).
 
-It lifts as soon as the jaws, commanded closed, have stopped on the named object: a rule the joints show (a
-learner that sees the gripper angle stop can follow it), where waiting a fixed count of closing steps would show
-it the same picture before "hold" and before "lift". The same rule labels a grip another actor made (DAgger), and
-its count of closing steps only advances while the jaws are really commanded closed, so it keeps saying "close"
-to an actor that has not.
+It lifts as soon as the closing jaws have stopped on the named object: a rule the joints show (a learner that
+sees the gripper angle stop can follow it), where waiting a fixed count of closing steps would show it the same
+picture before "hold" and before "lift". The same rule labels a grip another actor made (DAgger), and its count
+of closing steps only advances once the jaws have left the open angle, so it keeps saying "close" to an actor
+that has not. It reads joints and objects only (no record of the commands), so a twin synced from a robot's
+topics acts the same.
 
 Lift and place: above the object, descend, close, lift (place: carry over the tray, lower, open).
 Push: rise, go to a point behind the object on its line to the zone, lower the closed jaws to the table and
@@ -122,7 +123,6 @@ class So101Expert(Expert):
         self._body = m.site_bodyid[self._site]
         self._roll_joint = m.joint("wrist_roll").id
         self._kp = m.actuator_gainprm[[m.actuator(j).id for j in env.joint_names], 0]
-        self._grip_ctrl = m.actuator("gripper").id
         # The point the IK moves, in the site's frame: midway between the fingertip pads, with the jaws 4 cm apart
         # (lift, place: the grasp point) or closed (push: the pusher).
         d = self._scratch
@@ -234,7 +234,7 @@ class So101Expert(Expert):
             return self._put_aside(env, here, wrong[0])
         if env.achieved(index):  # placed: stay clear of it
             return self.move(env, here, [*here[:2], TRAVEL], FAST, None, OPEN)
-        if (self.closing >= CLOSE_STEPS or self._gripped(env)) and self._held(env, index, here):  # lift once stopped
+        if (self.closing >= CLOSE_STEPS or self._jaws_still(env)) and self._held(env, index, here):  # lift once stopped
             return self._carry(env, here, obj, index)
         jaw = self._jaw_direction(env, index)
         top = obj[2] + env.half_height(index)
@@ -245,7 +245,7 @@ class So101Expert(Expert):
         flat = np.linalg.norm(obj[:2] - here[:2])
         if self.closing:
             if flat < 0.02 and abs(here[2] - grip) < 0.02:
-                self.closing += self._squeezing(env)  # an actor that has not closed yet is told to again
+                self.closing += self._closing_jaws(env)  # an actor that has not closed yet is told to again
                 return self.command(env, self.close_at, jaw, GRIPPER_CLOSED)  # hold still: following would push it
             self.closing = 0  # knocked away while closing: start over
         if flat > ALIGNED:
@@ -324,13 +324,14 @@ class So101Expert(Expert):
         self.opening = 0
         return self.move(env, here, [*here[:2], here[2] + 0.04], FAST, None, OPEN)
 
-    def _squeezing(self, env) -> bool:
-        """Whether the last command closed the jaws (past where they stop on an object)."""
-        return bool(env.data.ctrl[self._grip_ctrl] < HELD[0])
+    def _closing_jaws(self, env) -> bool:
+        """Whether the jaws have left the open angle (closing, or closed): read from the joints alone, as a twin
+        synced from a robot's joint states has no record of the commands."""
+        return bool(env.data.qpos[self._qadr[5]] < OPEN - 0.05)
 
-    def _gripped(self, env) -> bool:
-        """Whether the jaws were commanded closed and have stopped: on an object if :meth:`_held` says so."""
-        return self._squeezing(env) and abs(env.data.qvel[self._dadr[5]]) < STOPPED
+    def _jaws_still(self, env) -> bool:
+        """Whether the gripper has stopped moving (with :meth:`_held`: the jaws have stopped on the object)."""
+        return abs(env.data.qvel[self._dadr[5]]) < STOPPED
 
     def _held(self, env, index: int, here: np.ndarray) -> bool:
         """Whether object ``index`` sits between the closed jaws (they stop on it, short of closing fully)."""
