@@ -112,7 +112,8 @@ def test_dagger_command_drives_with_the_decoding_it_is_given(checkpoint, tmp_pat
     common = ["--checkpoint", str(checkpoint), "--episodes", "2", "--max-steps", "15", "--seed", "500"]
     returns = {}
     for decoding in ("mean", "mode"):
-        main(["dagger", *common, "--task", PENDULUM, "--continuous-decoding", decoding, "--out", str(tmp_path / decoding)])
+        main(["dagger", *common, "--task", PENDULUM, "--continuous-decoding", decoding,
+              "--out", str(tmp_path / decoding)])
         returns[decoding] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["policy_return"][PENDULUM]
         main(["eval", *common, "--tasks", PENDULUM, "--continuous-decoding", decoding, "--no-video",
               "--out", str(tmp_path / f"eval_{decoding}")])
@@ -147,7 +148,8 @@ def test_a_round_in_batches_stores_each_batch_and_keeps_those_done(checkpoint, t
     batched = dagger_round(PolicyActor.from_checkpoint(checkpoint), [PENDULUM], 5, tmp_path / "batched", max_steps=10,
                            expert_share=1.0, progress=False, num_envs=2)
     assert batched[PENDULUM]["new"] == whole[PENDULUM]["new"] == 5 and batched[PENDULUM]["steps"] == 50
-    a, b = EpisodeStore(task_path(tmp_path / "whole", PENDULUM)), EpisodeStore(task_path(tmp_path / "batched", PENDULUM))
+    a = EpisodeStore(task_path(tmp_path / "whole", PENDULUM))
+    b = EpisodeStore(task_path(tmp_path / "batched", PENDULUM))
     assert b.seeds(PENDULUM) == set(range(DEFAULT_SEED, DEFAULT_SEED + 5))
     np.testing.assert_array_equal(np.concatenate([e.actions for e in a]),
                                   np.concatenate([e.actions for e in b]))
