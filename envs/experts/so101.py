@@ -324,6 +324,11 @@ class So101Expert(Expert):
         self.opening = 0
         return self.move(env, here, [*here[:2], here[2] + 0.04], FAST, None, OPEN)
 
+    def grips(self, env, index: int) -> bool:
+        """Whether the jaws have closed and stopped on object ``index`` (the state this expert lifts from)."""
+        self._setup(env)
+        return self._jaws_still(env) and self._held(env, index, self.grasp_point(env))
+
     def _closing_jaws(self, env) -> bool:
         """Whether the jaws have left the open angle (closing, or closed): read from the joints alone, as a twin
         synced from a robot's joint states has no record of the commands."""

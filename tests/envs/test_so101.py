@@ -281,7 +281,7 @@ def test_expert_labels_a_grip_it_did_not_make_as_its_own() -> None:
         obs, _ = env.reset(seed=3)
         maker.reset(env, obs)
         for _ in range(env.task.max_steps):  # the expert grips; stop where its next action is the lift
-            if maker.closing and maker._jaws_still(env) and maker._held(env, env.target_index, maker.grasp_point(env)):
+            if maker.closing and maker.grips(env, env.target_index):
                 break
             obs, *_ = env.step(maker.act(env, obs))
         else:

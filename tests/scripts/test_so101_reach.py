@@ -29,8 +29,10 @@ def test_the_expert_reaches_the_named_object_and_a_still_arm_does_not(load_scrip
     expert = tool.reach(tool.Config(task="so101/lift-v1", episodes=2, expert=True))
     assert expert["episodes"] == 2 and expert["success"] == 1.0 and expert["named_nearest"] == 1.0
     assert expert["closest_median_m"] < 0.01 and expert["wrong_object"] == 0.0
+    assert expert["gripped"] == 1.0 and abs(expert["above_median_m"]) < 0.01  # down at the object, then held
     still = tool.reach(tool.Config(task="so101/lift-v1", episodes=2, seed=10_000), actor=HoldStill())
     assert still["success"] == 0.0 and still["closest_median_m"] > 0.05  # the objects lie far from the raised arm
+    assert still["gripped"] == 0.0
     with pytest.raises(ValueError, match="measures so101/\\* tasks"):
         tool.reach(tool.Config(task="classic/pendulum-v1", expert=True))
     with pytest.raises(ValueError, match="give a checkpoint, or --expert"):
