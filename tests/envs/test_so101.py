@@ -298,7 +298,7 @@ def test_expert_labels_a_grip_it_did_not_make_as_its_own() -> None:
 
 
 def test_expert_keeps_telling_an_actor_that_has_not_closed_to_close() -> None:
-    """DAgger: the count of closing steps runs only while the jaws are commanded closed (no 'closed on nothing')."""
+    """DAgger: the count of closing steps runs only once the jaws have left open (no 'closed on nothing')."""
     from omnipolicy.envs.experts.so101 import CLOSE_STEPS, OPEN
 
     task_id = "so101/lift-located-v1"
