@@ -60,7 +60,8 @@ class EvalConfig:
     """Sampling temperature for action tokens (0 = greedy)."""
     continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
     """Greedy bin of a continuous action dimension: the expected bin under the model's distribution (mean), the
-    most likely one (mode, Gato's argmax), or auto: mean for checkpoints trained with Gaussian bin targets."""
+    most likely one (mode, Gato's argmax), or auto: the checkpoint's own preference (its training run's
+    ``--decoding``; by default mean for checkpoints trained with Gaussian bin targets, mode otherwise)."""
     ensemble_weight: float = 0.01
     """Temporal-ensembling weight m of a checkpoint trained with action chunking and chunk_execution=ensemble: the
     executed action is the mean of the overlapping chunks' predictions weighted exp(-m * i), i = 0 the oldest

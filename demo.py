@@ -250,6 +250,9 @@ class DemoConfig:
     """DART action noise for every task (default: the recipe's, ``--recipe.noise.*``)."""
     bin_sigma: float = 8.0
     """Gaussian width of continuous action targets in bins (TrainConfig.bin_sigma; 0 = Gato's one-hot)."""
+    decoding: Literal["auto", "mean", "mode"] = "auto"
+    """How the trained policy picks a continuous action's bin, in the evaluation and wherever its checkpoint is
+    used with ``--continuous-decoding auto`` (TrainConfig.decoding; auto: the expected bin with bin_sigma > 0)."""
     action_inputs: Literal["tokens", "hidden"] = "hidden"
     """What the model reads at action positions (ModelConfig.action_inputs; tokens = Gato)."""
     action_chunk: int | None = None
@@ -390,6 +393,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
                 warmup_steps=100,
                 seed=cfg.seed,
                 bin_sigma=cfg.bin_sigma,
+                decoding=cfg.decoding,
                 action_inputs=cfg.action_inputs,
                 action_chunk=cfg.action_chunk,
                 chunk_execution=cfg.chunk_execution,

@@ -80,6 +80,9 @@ class So101DemoConfig:
     """Actions per timestep (ACT's chunking; default: the preset's, 1)."""
     chunk_execution: Literal["ensemble", "receding"] | None = None
     """How chunks run (default: the preset's)."""
+    decoding: Literal["auto", "mean", "mode"] = "auto"
+    """How the policy picks a continuous action's bin (evaluation, DAgger, and ``deploy`` left at auto; auto: the
+    expected bin, since the job trains with Gaussian bin targets)."""
     dagger_rounds: int = 2
     """DAgger rounds between training phases (0: behaviour cloning only)."""
     dagger_episodes: int = 20
@@ -112,7 +115,8 @@ class So101DemoConfig:
                           train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
                           eval_episodes=self.eval_episodes, eval_workers=self.workers, video=self.video,
                           seed=self.seed, action_chunk=self.action_chunk, chunk_execution=self.chunk_execution,
-                          dagger_rounds=self.dagger_rounds, dagger_episodes=self.dagger_episodes, recipe=recipe)
+                          dagger_rounds=self.dagger_rounds, dagger_episodes=self.dagger_episodes, recipe=recipe,
+                          decoding=self.decoding)
 
 
 def robot_file(task_id: str) -> Path:

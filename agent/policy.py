@@ -49,6 +49,19 @@ CONTINUOUS_DECODINGS = ("auto", "mean", "mode")
 """How a continuous action dimension picks its bin under greedy decoding (see :class:`Policy`)."""
 
 
+def preferred_decoding(meta: CheckpointMeta) -> str:
+    """The decoding ``"auto"`` stands for with this checkpoint: its run's ``TrainConfig.decoding``, or when that is
+    auto (or the checkpoint predates it) mean for Gaussian bin targets (``bin_sigma > 0``), mode for one-hot ones."""
+    config = meta.train_state.get("config") or {}
+    chosen = config.get("decoding") or "auto"
+    if chosen not in CONTINUOUS_DECODINGS:
+        raise ValueError(f"the checkpoint's training config has decoding {chosen!r}; expected one of "
+                         f"{CONTINUOUS_DECODINGS}")
+    if chosen != "auto":
+        return chosen
+    return "mean" if (config.get("bin_sigma") or 0) > 0 else "mode"
+
+
 @dataclass
 class _Timestep:
     """One timestep of an environment's context (numpy, ready to batch)."""
@@ -91,8 +104,9 @@ class Policy:
         temperature: 0 for greedy decoding, > 0 to sample with this temperature.
         continuous_decoding: with greedy decoding, how a continuous action dimension picks its bin:
             ``"mean"`` the expected bin under the masked softmax, rounded; ``"mode"`` the most likely bin
-            (Gato's argmax); ``"auto"`` (default) the one that matches the training loss: mean for a checkpoint
-            trained with Gaussian bin targets (``TrainConfig.bin_sigma > 0``, whose predictions are
+            (Gato's argmax); ``"auto"`` (default) the one the checkpoint was trained to prefer
+            (``TrainConfig.decoding``), or when that is auto the one that matches the training loss: mean for a
+            checkpoint trained with Gaussian bin targets (``TrainConfig.bin_sigma > 0``, whose predictions are
             unimodal bumps), mode for one-hot targets (whose diffuse tails would pull a mean to the middle).
             Discrete dimensions always take the mode.
         seed: seed of the sampling generator.
@@ -127,8 +141,7 @@ class Policy:
         if continuous_decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"continuous_decoding must be one of {CONTINUOUS_DECODINGS}, got {continuous_decoding!r}")
         if continuous_decoding == "auto":
-            sigma = (meta.train_state.get("config") or {}).get("bin_sigma") or 0
-            continuous_decoding = "mean" if sigma > 0 else "mode"
+            continuous_decoding = preferred_decoding(meta)
         self.continuous_decoding = continuous_decoding
         self.model = model.eval()
         self.meta = meta

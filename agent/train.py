@@ -152,6 +152,11 @@ class TrainConfig:
     bin_sigma: float = 0.0
     """Continuous action targets as a Gaussian of this many bins around the demonstrated bin (HL-Gauss; loss = KL);
     0: Gato's one-hot cross-entropy. Neighbouring bins share credit, which small budgets learn much faster from."""
+    decoding: Literal["auto", "mean", "mode"] = "auto"
+    """How this run's policies pick a continuous action's bin when ``eval``, ``dagger`` or ``deploy`` are left at
+    ``--continuous-decoding auto`` (written into each checkpoint): mean (the expected bin), mode (the most likely
+    bin, Gato's argmax), or auto: mean with ``bin_sigma > 0``, mode without. Grasping policies trained with
+    ``bin_sigma`` succeed more often with mode."""
     prompt_prob: float = 0.25
     """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
     random_shift: int = 0
@@ -210,6 +215,8 @@ class TrainConfig:
             )
         if not self.bin_sigma >= 0:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
+        if self.decoding not in ("auto", "mean", "mode"):
+            raise ValueError(f"TrainConfig.decoding must be 'auto', 'mean' or 'mode', got {self.decoding!r}")
         if not isinstance(self.random_shift, int) or self.random_shift < 0:
             raise ValueError(f"TrainConfig.random_shift must be an int >= 0 (pixels), got {self.random_shift!r}")
         if not 0.0 <= self.prompt_prob <= 1.0:

@@ -171,6 +171,9 @@ class DeployConfig:
     """torch device of the policy."""
     temperature: float = 0.0
     """Policy sampling temperature (0: greedy)."""
+    continuous_decoding: Literal["auto", "mean", "mode"] = "auto"
+    """Greedy bin of a continuous action dimension, as in ``omnipolicy eval``: mean (expected bin), mode (most
+    likely bin), or auto: the checkpoint's own preference (its training run's ``--decoding``)."""
     torch_threads: int = 1
     """torch CPU threads (0: torch's default). One is fastest for the small presets on a shared CPU: measured here
     under load, a control step took 3.1 ms p50 / 7.7 ms p99 with 1 thread and 16.5 / 77.6 ms with 2."""
@@ -240,7 +243,8 @@ def policy_actor(cfg: "DeployConfig") -> Actor:
 
     if cfg.torch_threads > 0 and torch.device(cfg.device).type == "cpu":
         torch.set_num_threads(cfg.torch_threads)
-    return PolicyActor.from_checkpoint(cfg.checkpoint, device=cfg.device, temperature=cfg.temperature)
+    return PolicyActor.from_checkpoint(cfg.checkpoint, device=cfg.device, temperature=cfg.temperature,
+                                   continuous_decoding=cfg.continuous_decoding)
 
 
 class TwinExpertActor:

@@ -86,6 +86,13 @@ def test_auto_decoding_follows_the_training_targets_and_bad_names_are_refused():
     assert policy({"config": {"bin_sigma": 0.0}}).continuous_decoding == "mode"
     assert policy({"config": {"bin_sigma": 8.0}}).continuous_decoding == "mean"
     assert policy({"config": {"bin_sigma": 8.0}}, continuous_decoding="mode").continuous_decoding == "mode"
+    # the run's own choice (TrainConfig.decoding) wins over the bin_sigma rule; an explicit one wins over both
+    assert policy({"config": {"bin_sigma": 8.0, "decoding": "mode"}}).continuous_decoding == "mode"
+    assert policy({"config": {"bin_sigma": 0.0, "decoding": "mean"}}).continuous_decoding == "mean"
+    assert policy({"config": {"bin_sigma": 8.0, "decoding": "auto"}}).continuous_decoding == "mean"
+    assert policy({"config": {"decoding": "mode"}}, continuous_decoding="mean").continuous_decoding == "mean"
+    with pytest.raises(ValueError, match=r"training config has decoding 'median'; expected one of"):
+        policy({"config": {"decoding": "median"}})
     with pytest.raises(ValueError, match=r"continuous_decoding must be one of \('auto', 'mean', 'mode'\), got 'median'"):
         policy({}, continuous_decoding="median")
 

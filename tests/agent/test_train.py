@@ -316,6 +316,17 @@ def test_stop_at_then_resume_equals_uninterrupted_run(tmp_path):
         replace(cfg, stop_at=7)
 
 
+def test_the_runs_decoding_is_written_into_its_checkpoints_for_policies_to_follow(tmp_path):
+    from omnipolicy.agent.policy import preferred_decoding
+
+    done = train(small_cfg(tmp_path, decoding="mean"), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    meta = load_meta(done.checkpoint)
+    assert meta.train_state["config"]["decoding"] == "mean" and meta.train_state["config"]["bin_sigma"] == 0
+    assert preferred_decoding(meta) == "mean"  # one-hot targets alone would have said mode
+    with pytest.raises(ValueError, match=r"TrainConfig.decoding must be 'auto', 'mean' or 'mode', got 'median'"):
+        small_cfg(tmp_path, decoding="median")
+
+
 def test_n_layer_overrides_the_presets_depth_only(tmp_path):
     deep = small_cfg(tmp_path, n_layer=3).model_config(LAYOUT)
     base = small_cfg(tmp_path).model_config(LAYOUT)

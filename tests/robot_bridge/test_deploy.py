@@ -629,6 +629,23 @@ def test_policy_actor_decodes_valid_actions_like_policy_act(random_checkpoint):
         actor.begin(get_task("dmc/cartpole-balance"), [None])
 
 
+def test_deploy_decodes_as_the_checkpoint_prefers_unless_told(tmp_path):
+    pytest.importorskip("torch")
+    from omnipolicy.agent import CheckpointMeta, GatoModel, ModelConfig, save_checkpoint
+    from omnipolicy.robot_bridge.deploy import policy_actor
+    from omnipolicy.tokenizers import Tokenizer
+
+    layout = Tokenizer.default().layout
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=90, local_positions=32, patch_channels=8,
+                      patch_stride=4).with_vocab(layout.vocab_size)
+    path = tmp_path / "step_0000001"  # trained with Gaussian bin targets (auto alone: mean) and told to prefer mode
+    save_checkpoint(path, GatoModel(cfg), CheckpointMeta(cfg, layout, {TASK: get_task(TASK).timestep},
+                                                         {"config": {"bin_sigma": 8.0, "decoding": "mode"}}))
+    assert policy_actor(DeployConfig(task=TASK, checkpoint=path)).policy.continuous_decoding == "mode"
+    told = policy_actor(DeployConfig(task=TASK, checkpoint=path, continuous_decoding="mean"))
+    assert told.policy.continuous_decoding == "mean"
+
+
 def test_limits_hold_on_the_wire():
     """Tightened limits: every command on the wire within the effort limit and the maximum change per tick,
     and the real arm's wrist kept near its tightened position limit while the expert pushes past it."""
