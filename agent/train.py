@@ -59,6 +59,7 @@ from .checkpoint import (
 )
 from .config import PRESETS, ModelConfig, get_preset, presets_table
 from .model import GatoModel
+from .policy import CONTINUOUS_DECODINGS
 from .synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -215,7 +216,7 @@ class TrainConfig:
             )
         if not self.bin_sigma >= 0:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
-        if self.decoding not in ("auto", "mean", "mode"):
+        if self.decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"TrainConfig.decoding must be 'auto', 'mean' or 'mode', got {self.decoding!r}")
         if not isinstance(self.random_shift, int) or self.random_shift < 0:
             raise ValueError(f"TrainConfig.random_shift must be an int >= 0 (pixels), got {self.random_shift!r}")

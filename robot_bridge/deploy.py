@@ -244,7 +244,7 @@ def policy_actor(cfg: "DeployConfig") -> Actor:
     if cfg.torch_threads > 0 and torch.device(cfg.device).type == "cpu":
         torch.set_num_threads(cfg.torch_threads)
     return PolicyActor.from_checkpoint(cfg.checkpoint, device=cfg.device, temperature=cfg.temperature,
-                                   continuous_decoding=cfg.continuous_decoding)
+                                       continuous_decoding=cfg.continuous_decoding)
 
 
 class TwinExpertActor:

@@ -67,7 +67,7 @@ TWIST = 0.3
 """Angle (rad) between the jaws' axis and the wanted one under which they descend past the object's top. A cube
 closed on 0.35 rad off its faces still lifts (0.45: 25 of 28); with 0.12 the camera policy, whose wrist roll is
 about 0.28 rad off over a cube, hovered or held the grip it made at an angle no demonstration showed
-(docs/results.md, "The twist gate")."""
+(docs/results.md, "DAgger under the new hold rule and the twist gate")."""
 ROLL_STEP = 0.18
 """Largest wrist_roll target away from its current angle (rad): turning the jaws takes a few steps, and no target
 jumps (the SO-101 robot files bound each step's change)."""
