@@ -47,7 +47,9 @@ Holding publishes the interface's hold command (zero effort; see
 its tick is never sent: the control loop sends the hold command instead.
 After a hold or a late tick, and on every ``Bool(True)`` on the arm's episode
 topic (and every new instruction), the policy's context is reset: its history
-no longer matches the robot. The expert twin keeps its state machine over a
+no longer matches the robot. A new episode also starts the rate limit afresh,
+as at start-up (the arm was reset; the velocity guard bounds the first
+command), so the last scene's last command does not hold the new one back. The expert twin keeps its state machine over a
 hold (it re-plans from the synced scene at every step; a grasp in progress
 goes on) and starts afresh only at a new episode or instruction.
 The policy acts through a KV-cached ``InferenceSession`` (a few ms a step on
@@ -428,6 +430,7 @@ class Deployer:
                 self._needs.setdefault(s.topic, {}).setdefault(s.field, []).append(who)
         self._estimating = False  # the joint states carry no velocity (said once)
         self._reset_requested = False
+        self._new_episode = False  # a start on the episode topic: the scene (and the arm) were reset
         self._restart = True  # a start (the first, a new episode or instruction) the actor has not acted on yet
         self._late = False
         self._holding: str | None = "stale"  # nothing received yet
@@ -574,7 +577,7 @@ class Deployer:
     def on_episode(self, msg: Bool) -> None:
         if msg.data:
             with self._lock:
-                self._reset_requested = True
+                self._reset_requested = self._new_episode = True
 
     def on_instruction(self, msg: String) -> None:
         """A new instruction: every text field of the observation takes it, and the policy's context starts afresh.
@@ -619,7 +622,10 @@ class Deployer:
             reason = self._hold_reason(now)
             values = {k: v for st in self._topics.values() for k, v in st.values.items()}
             reset, self._reset_requested = self._reset_requested, False
+            new_episode, self._new_episode = self._new_episode, False
             late, self._late = self._late, False
+        if new_episode:  # the arm was reset: the rate limit starts afresh, as at start-up, not from the last scene's
+            self.safety.last_sent = None  # last command (the velocity guard still bounds the first one)
         command = None
         if reason is None:
             # a new episode, or the history broke (a hold, or a late action replaced): the actor starts afresh

@@ -40,8 +40,10 @@ are rejected with one log line each and leave the previous command in force.
 **Episodes.** Episode ``k`` starts from ``env.reset(seed=SEED + k)``, exactly
 as plain simulation does, and lasts ``--episode-seconds``; the first one
 starts when the first command arrives (until then the arm rests at its
-initial state and the state is published). At the start of each episode the
-node publishes ``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
+initial state and the state is published). A new episode takes the command
+in force out of force: the reset arm holds until the next command arrives
+(the last scene's target would otherwise pull it back toward where the last
+episode ended). At the start of each episode the node publishes ``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
 ``Bool(success)`` on ``/sim_robot/success``, where **success means the
 target is reached at the end of the episode** (for the reacher: the
 fingertip inside the target sphere, dm_control's reward radius; an SO-101
@@ -255,6 +257,14 @@ class CommandSlot:
             # timeout counted from its oldest group's arrival: a controller that falls silent stops the whole arm
             kind = "trajectory" if all(g.message_class is JointTrajectory for g in self.groups) else "effort"
             self._store(command, kind, min(t for t, _ in newest))  # type: ignore[union-attr]
+
+    def clear(self) -> None:
+        """Take every command out of force: the arm holds (as before its first command) until each group has sent
+        one again. At a new episode, so that the previous scene's last command does not move the reset arm for the
+        ticks before the actor's first command for the new scene arrives."""
+        with self._lock:
+            self._effort = self._target = self._newest = None
+            self._group_newest = [None] * len(self.groups)
 
     def _rejected(self, msg: Any, reason: str) -> None:
         with self._lock:
@@ -504,6 +514,7 @@ class SimRobot:
                     break
                 step_in_ep = 0
                 self.sim.reset(cfg.seed + episode)
+                self.commands.clear()  # the last scene's command must not move the reset arm
                 ep = self._new_episode(episode)
                 self.pub_episode.publish(Bool(True))
                 self.announce()

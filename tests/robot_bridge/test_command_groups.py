@@ -130,6 +130,23 @@ def test_the_arm_holds_until_every_group_has_a_command_then_each_group_keeps_its
     assert slot.effort(q, qd, 5.0, 0.2)[0].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, -0.3])
 
 
+def test_a_cleared_slot_holds_until_every_group_commands_again():
+    """What sim-robot does at a new episode: the last scene's command no longer moves the reset arm."""
+    arm = load_robot_file(ROBOT)
+    slot = CommandSlot(JointMap(JOINTS), timeout=0.1, interface="position", groups=arm.command_groups)
+    q, qd = np.linspace(-0.1, 0.4, 6), np.zeros(6)
+    slot.on_group(0, trajectory_from_action([0.1, 0.2, 0.3, 0.4, 0.5], JointMap(ARM_JOINTS)))
+    slot.on_group(1, Float64MultiArray(MultiArrayLayout(), [0.9]))
+    assert slot.effort(q, qd, 5.0, 0.2) == (pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.9]), False)
+    slot.clear()
+    command, held = slot.effort(q, qd, 5.0, 0.2)
+    assert held and command.tolist() == q.tolist()  # holds where it is
+    slot.on_group(1, Float64MultiArray(MultiArrayLayout(), [0.2]))
+    assert slot.effort(q, qd, 5.0, 0.2)[1]  # the gripper's alone is not a command of the arm
+    slot.on_group(0, trajectory_from_action([-0.1, -0.2, -0.3, -0.4, -0.5], JointMap(ARM_JOINTS)))
+    assert slot.effort(q, qd, 5.0, 0.2) == (pytest.approx([-0.1, -0.2, -0.3, -0.4, -0.5, 0.2]), False)
+
+
 def test_an_effort_command_of_groups_expires_with_its_oldest_group():
     groups = (CommandGroup(("a",), "/a"), CommandGroup(("b",), "/b"))
     now = [0.0]
