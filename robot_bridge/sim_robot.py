@@ -43,7 +43,8 @@ starts when the first command arrives (until then the arm rests at its
 initial state and the state is published). A new episode takes the command
 in force out of force: the reset arm holds until the next command arrives
 (the last scene's target would otherwise pull it back toward where the last
-episode ended). At the start of each episode the node publishes ``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
+episode ended). At the start of each episode the node publishes
+``Bool(True)`` on ``/sim_robot/episode_start``; at its end,
 ``Bool(success)`` on ``/sim_robot/success``, where **success means the
 target is reached at the end of the episode** (for the reacher: the
 fingertip inside the target sphere, dm_control's reward radius; an SO-101
