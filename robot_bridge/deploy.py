@@ -51,7 +51,8 @@ no longer matches the robot. A new episode also starts the rate limit afresh,
 as at start-up (the arm was reset; the velocity guard bounds the first
 command), so the last scene's last command does not hold the new one back.
 The expert twin keeps its state machine over a hold (it re-plans from the
-synced scene at every step; a grasp in progress goes on) and starts afresh only at a new episode or instruction.
+synced scene at every step; a grasp in progress goes on) and starts afresh
+only at a new episode or instruction.
 The policy acts through a KV-cached ``InferenceSession`` (a few ms a step on
 a CPU for the tiny presets). The node keeps running when the robot
 side restarts (state goes stale -> hold; state returns -> resume).
