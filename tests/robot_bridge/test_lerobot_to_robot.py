@@ -63,8 +63,8 @@ def run(checkpoint: Path) -> dict:
         steps: list = []  # (the rate limit's reference, the policy's command) of every tick the policy acted
         decide = node.decide
 
-        def watch(*args, **kwargs):
-            reference = node.safety.last_sent
+        def watch(*args, **kwargs):  # an episode start restarts the rate limit (as at start-up): no reference then
+            reference = None if node._new_episode else node.safety.last_sent
             command = decide(*args, **kwargs)
             if node.last_reason is None and reference is not None:
                 steps.append((np.array(reference), np.array(command)))
