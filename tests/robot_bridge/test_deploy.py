@@ -598,8 +598,8 @@ def test_camera_observation_over_the_wire():
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory) -> Path:
+def save_random_checkpoint(path: Path, train_state: dict | None = None) -> Path:
+    """An untrained one-layer model for TASK saved at ``path`` (with ``train_state`` as its training record)."""
     torch = pytest.importorskip("torch")
     from omnipolicy.agent import CheckpointMeta, GatoModel, ModelConfig, save_checkpoint
     from omnipolicy.tokenizers import Tokenizer
@@ -608,9 +608,14 @@ def random_checkpoint(tmp_path_factory) -> Path:
     cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=90, local_positions=32, patch_channels=8,
                       patch_stride=4).with_vocab(layout.vocab_size)
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "step_0000001"
-    save_checkpoint(path, GatoModel(cfg), CheckpointMeta(cfg, layout, {TASK: get_task(TASK).timestep}))
+    meta = CheckpointMeta(cfg, layout, {TASK: get_task(TASK).timestep}, train_state or {})
+    save_checkpoint(path, GatoModel(cfg), meta)
     return path
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory) -> Path:
+    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "step_0000001")
 
 
 def test_policy_actor_decodes_valid_actions_like_policy_act(random_checkpoint):
@@ -643,17 +648,10 @@ def test_policy_actor_decodes_valid_actions_like_policy_act(random_checkpoint):
 
 
 def test_deploy_decodes_as_the_checkpoint_prefers_unless_told(tmp_path):
-    pytest.importorskip("torch")
-    from omnipolicy.agent import CheckpointMeta, GatoModel, ModelConfig, save_checkpoint
     from omnipolicy.robot_bridge.deploy import policy_actor
-    from omnipolicy.tokenizers import Tokenizer
 
-    layout = Tokenizer.default().layout
-    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=90, local_positions=32, patch_channels=8,
-                      patch_stride=4).with_vocab(layout.vocab_size)
-    path = tmp_path / "step_0000001"  # trained with Gaussian bin targets (auto alone: mean) and told to prefer mode
-    save_checkpoint(path, GatoModel(cfg), CheckpointMeta(cfg, layout, {TASK: get_task(TASK).timestep},
-                                                         {"config": {"bin_sigma": 8.0, "decoding": "mode"}}))
+    # trained with Gaussian bin targets (auto alone: mean) and told to prefer mode
+    path = save_random_checkpoint(tmp_path / "step_0000001", {"config": {"bin_sigma": 8.0, "decoding": "mode"}})
     assert policy_actor(DeployConfig(task=TASK, checkpoint=path)).policy.continuous_decoding == "mode"
     told = policy_actor(DeployConfig(task=TASK, checkpoint=path, continuous_decoding="mean"))
     assert told.policy.continuous_decoding == "mean"
