@@ -1,7 +1,8 @@
 """``omnipolicy deploy``: drive a ROS 2 robot with a trained policy (or the task's scripted expert), safely.
 
 Each control tick (the fixed-rate control loop, default the task's control
-rate) does, in this order:
+rate; with ``--act-on state`` as soon as every observation topic has brought a
+new message) does, in this order:
 
 1. **e-stop**: a ``Bool(True)`` on ``--estop-topic`` latches a stop; only a
    ``Bool(True)`` on ``--estop-clear-topic`` releases it (``False`` on the
@@ -41,6 +42,15 @@ checkpoint carries its spec). Before anything is sent the policy's spec must mat
 (:meth:`~omnipolicy.robot_bridge.robot_file.ArmSpec.check_spec`): observation keys, shapes, image sizes, one action
 value per joint, and the element names where the checkpoint's fields carry them; else deploy refuses, naming the
 mismatch.
+
+**When to act.** ``--act-on clock`` (default) ticks on deploy's own clock at the control rate: right for a
+robot whose topics come at their own rates (joint states at 100 Hz, a camera at 30). The robot's clock and
+deploy's are not in phase, so an observation waits up to a period for the tick and the command up to a period
+for the robot's next control step. ``--act-on state`` acts as soon as every topic of the observation has
+brought a new message since the last tick (at most every 0.8 periods, at least every 1.5; the watchdog judges
+then): for a robot that publishes its whole state once per control period, as ``sim-robot`` does, the command
+reaches the step after the observation, as in simulation. The report's ``observation_age`` (receive to act, of
+the newest joint state) shows the lag either way.
 
 Holding publishes the interface's hold command (zero effort; see
 :mod:`~omnipolicy.robot_bridge.wire.safety`). A command not ready one period after
@@ -148,6 +158,10 @@ class DeployConfig:
     """ROS domain id (default: ROS_DOMAIN_ID or 0)."""
     rate_hz: float = 0.0
     """Control rate (0: the arm's control rate, 50 Hz for dmc/reacher-easy)."""
+    act_on: Literal["clock", "state"] = "clock"
+    """clock: tick at the control rate on deploy's clock (any robot); state: act as soon as every observation topic
+    has brought a new message (a robot that publishes its state once per control period, such as sim-robot: no
+    phase lag between its clock and deploy's)."""
     state_timeout: float | None = None
     """Watchdog: hold when the newest valid state of any observation topic is older than this (s; default: 0.1 s or
     2.5 control periods, whichever is longer: a 10 Hz arm's states arrive every 0.1 s)."""
@@ -420,6 +434,8 @@ class Deployer:
         self.watchdogs = {topic: Watchdog(self.state_timeout) for topic in self.topic_types}
         self._lock = threading.Lock()
         self._topics = {topic: _Topic() for topic in self.topic_types}
+        self._fresh: set[str] = set()  # topics with a new valid message since the last tick
+        self.observed = threading.Event()  # every topic has one: what --act-on state ticks on
         self._sources: dict[str, list[Any]] = {topic: [] for topic in self.topic_types}
         for s in (*arm.observation.sources, *self.twin_sources):
             self._sources.setdefault(s.topic, []).append(s)
@@ -440,6 +456,7 @@ class Deployer:
         self.acted = 0
         self.context_resets = 0
         self.act_time: list[float] = []
+        self.observation_age: list[float] = []  # receive to act, of the newest joint state
         self.tick_time: list[float] = []
         self.last_command: np.ndarray | None = None
         self.last_reason: str | None = None
@@ -466,8 +483,10 @@ class Deployer:
         if self.text and arm.instruction_topic is not None:
             self.t.subscription(arm.instruction_topic, String, self.on_instruction,
                                 arm.qos_of(arm.instruction_topic, QOS_DEFAULT))
-        log.info("deploying %s (%s) on %s (%s network) at %.1f Hz; observation recipe: %s", self.task_id, cfg.actor,
-                 self.t.name, self.t.network, 1.0 / self.period, "; ".join(arm.observation.describe()))
+        log.info("deploying %s (%s) on %s (%s network) at %.1f Hz (%s); observation recipe: %s", self.task_id,
+                 cfg.actor, self.t.name, self.t.network, 1.0 / self.period,
+                 "on each new state" if cfg.act_on == "state" else "on deploy's clock",
+                 "; ".join(arm.observation.describe()))
         if self.twin_sources:
             log.info("the expert twin also reads (never a policy): %s", "; ".join(s.describe() for s in self.twin_sources))
         log.info("commands: %s", arm.describe_commands())
@@ -535,6 +554,9 @@ class Deployer:
                     return  # no estimate yet (first message, or after a gap): not usable, the watchdog is not fed
             st.msg, st.values, st.invalid, st.missing = msg, values, False, ()
             self.watchdogs[topic].feed(now)
+            self._fresh.add(topic)
+            if len(self._fresh) == len(self._topics):
+                self.observed.set()
 
     def _reject(self, topic: str, msg: RosMessage, reason: str, missing: tuple[str, ...] = ()) -> None:
         """Hold until a valid message comes; one log line (for missing fields: once, until they come back)."""
@@ -625,6 +647,9 @@ class Deployer:
             reset, self._reset_requested = self._reset_requested, False
             new_episode, self._new_episode = self._new_episode, False
             late, self._late = self._late, False
+            self._fresh.clear()
+            self.observed.clear()
+            age = self.watchdogs[self.arm.joint_states_topic].age(now)
         if new_episode:  # the arm was reset: the rate limit starts afresh, as at start-up, not from the last scene's
             self.safety.last_sent = None  # last command (the velocity guard still bounds the first one)
         command = None
@@ -634,6 +659,8 @@ class Deployer:
             self.context_resets += fresh
             self._restart |= reset  # a new episode or instruction: kept until the actor has acted on it
             command, reason = self._act(values, fresh)
+            if reason is None:
+                self.observation_age.append(age)
         else:
             self._restart |= reset
         if reason is not None:
@@ -682,7 +709,8 @@ class Deployer:
             :meth:`report` with the loop's ``LoopSummary`` under ``"loop"``.
         """
         loop_cfg = ControlLoopConfig(rate_hz=1.0 / self.period, fallback="default", default_action=self.fallback,
-                                     duration_s=duration, print_summary=False)
+                                     duration_s=duration, print_summary=False,
+                                     trigger=self.observed if self.cfg.act_on == "state" else None)
         self.loop = ControlLoop(self.decide, loop_cfg, send=self.send)
         if self._stop_requested:
             self.loop.stop()
@@ -765,6 +793,7 @@ class Deployer:
             "actor": self.cfg.actor,
             "transport": self.t.name,
             "rate_hz": round(1.0 / self.period, 3),
+            "act_on": self.cfg.act_on,
             "max_delta": self.max_delta,
             "ticks": self.ticks,
             "acted": self.acted,
@@ -775,6 +804,7 @@ class Deployer:
                       "ignored_releases": self.estop.ignored_releases, "engaged": self.estop.engaged},
             "safety": self.safety.report(),
             "act_time": percentiles_ms(self.act_time),
+            "observation_age": percentiles_ms(self.observation_age),
             "tick_time": percentiles_ms(self.tick_time),
             "commands_published": sum(p.published for p in self.pubs),
         }

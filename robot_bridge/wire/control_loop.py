@@ -20,6 +20,12 @@ callback runs in the loop's thread and a late action is replaced after the
 fact. When the loop falls a whole period behind it skips the ticks it
 missed (counted) instead of bursting to catch up.
 
+With a ``trigger`` (an event set when a new observation is complete), a tick is
+due when the event is set instead of on the grid: at the soonest
+``TRIGGER_SPACING[0]`` periods after the last tick and at the latest
+``TRIGGER_SPACING[1]`` periods after it, set or not. Acting on each observation
+as it arrives puts no phase lag between the robot's clock and the loop's.
+
 The loop ends after ``max_steps`` ticks, ``duration_s`` seconds, or when
 :meth:`ControlLoop.stop` is called -- from another thread or from a signal
 handler (it only sets a flag; the loop notices it within one period).
@@ -48,6 +54,10 @@ from typing import Any
 import numpy as np
 
 FALLBACKS = ("hold", "default")
+TRIGGER_SPACING = (0.8, 1.5)
+"""With a trigger: the least and the most time between two ticks, in periods. The least keeps a robot that publishes
+faster than the control rate from driving the loop (and the rate limit per tick) faster; the most lets the loop
+act (or hold) when the robot falls silent."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,10 @@ class ControlLoopConfig:
     """Stop after this many seconds (None: no limit)."""
     threaded: bool = True
     """Run the callback in a worker thread so a fallback goes out at the deadline even while it stalls."""
+    trigger: Any = None
+    """Tick when this event is set rather than on the fixed grid (see the module's docstring): an object with
+    ``is_set()`` and ``wait(timeout) -> bool`` such as a ``threading.Event``; the callback clears it when it takes the
+    observation."""
     spin_s: float = 0.0005
     """Busy-wait this long before each tick instead of sleeping (sleep wakes up late by up to a scheduler slice)."""
     print_summary: bool = True
@@ -86,6 +100,10 @@ class ControlLoopConfig:
             raise ValueError(f"ControlLoopConfig.max_steps must be an int >= 0 or None, got {self.max_steps!r}")
         if self.duration_s is not None and not self.duration_s >= 0:
             raise ValueError(f"ControlLoopConfig.duration_s must be >= 0 or None, got {self.duration_s!r}")
+        if self.trigger is not None and not (callable(getattr(self.trigger, "wait", None))
+                                             and callable(getattr(self.trigger, "is_set", None))):
+            raise ValueError(f"ControlLoopConfig.trigger must have wait(timeout) and is_set() (a threading.Event), "
+                             f"got {type(self.trigger).__name__}")
         if not self.spin_s >= 0:
             raise ValueError(f"ControlLoopConfig.spin_s must be >= 0, got {self.spin_s!r}")
 
@@ -256,6 +274,22 @@ class ControlLoop:
                 self.sleep(left - spin)
             # else: busy-wait the last ``spin`` seconds
 
+    def _wait_for_trigger(self, last_due: float | None) -> float:
+        """Wait for the trigger (at most :data:`TRIGGER_SPACING` after the last tick); returns the tick's due time."""
+        period, trigger = self.config.period_s, self.config.trigger
+        now = self.clock()
+        earliest = now if last_due is None else last_due + TRIGGER_SPACING[0] * period
+        latest = (now if last_due is None else last_due) + TRIGGER_SPACING[1] * period
+        fired = trigger.is_set()
+        while not fired and not self._stop:
+            left = latest - self.clock()
+            if left <= 0:
+                break
+            fired = trigger.wait(min(left, period))  # in slices: a stop is noticed within a period
+        due = max(self.clock(), earliest) if fired else latest
+        self._wait_until(due)
+        return due
+
     def _fallback(self) -> Any:
         cfg = self.config
         if cfg.fallback == "hold" and self.last_action is not None:
@@ -295,7 +329,7 @@ class ControlLoop:
         t0 = self.clock() + min(period, 0.001)
         end = math.inf if cfg.duration_s is None else t0 + cfg.duration_s
         k = 0
-        first_wake = last_wake = None
+        first_wake = last_wake = due = None
         try:
             while True:
                 if self._stop:
@@ -303,9 +337,9 @@ class ControlLoop:
                 if cfg.max_steps is not None and steps >= cfg.max_steps:
                     stopped_by = "max_steps"
                     break
-                due = t0 + k * period
-                if due >= end:
-                    stopped_by = "duration"
+                due = t0 + k * period if cfg.trigger is None else self._wait_for_trigger(due)
+                if due >= end or self._stop:
+                    stopped_by = "duration" if due >= end else "stop"
                     break
                 self._wait_until(due)
                 wake = self.clock()
@@ -322,7 +356,7 @@ class ControlLoop:
                     self._emit(fb)
                 steps += 1
                 k += 1
-                behind = self.clock() - (t0 + k * period)
+                behind = -math.inf if cfg.trigger is not None else self.clock() - (t0 + k * period)
                 if behind > period:  # a whole period late: skip the ticks already missed
                     n = int(behind // period)
                     skipped += n

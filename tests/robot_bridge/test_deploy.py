@@ -117,6 +117,20 @@ def test_acts_on_the_exact_observation_and_checks_the_spec(transport):
     assert node.acted == 1 and node.holds["stale"] == 1
 
 
+def test_a_new_message_on_every_topic_makes_an_observation_and_the_tick_takes_it(transport):
+    node = node_with(transport, act_on="state")
+    node.on_state(JS, joint_state(ARM.joints, (0.1, 0.2), (0.0, 0.0)), now=10.0)
+    assert not node.observed.is_set()  # the task state of that instant has not come yet
+    node.on_state(TS, joint_state(ARM.task_state_names, (0.05, -0.02)), now=10.002)
+    assert node.observed.is_set()  # what --act-on state ticks on
+    node.decide(now=10.005)
+    assert not node.observed.is_set() and node.last_reason is None
+    assert node.observation_age == [pytest.approx(0.005)]  # receive to act, of the newest joint state
+    node.on_state(TS, joint_state(ARM.task_state_names, (0.05, -0.02)), now=10.05)
+    assert not node.observed.is_set()  # one topic anew is not a new observation
+    assert node.report()["act_on"] == "state" and node.report()["observation_age"]["p50_ms"] == pytest.approx(5.0)
+
+
 def test_a_checkpoint_of_another_observation_spec_is_refused(transport):
     other = get_task("mujoco/reacher-v5").timestep  # one "state" vector: the recipe cannot build it
     with pytest.raises(ValueError, match=r"differ from the checkpoint's observation keys \['state'\]"):
@@ -455,12 +469,16 @@ def check_against_plain(robot: NodeProcess, seed: int = 0) -> dict:
     return summary
 
 
-def test_expert_drives_sim_robot_over_dds_like_plain_simulation():
+@pytest.mark.parametrize("act_on", ["clock", "state"])
+def test_expert_drives_sim_robot_over_dds_like_plain_simulation(act_on):
     domain = random_domain_id()
-    with sim_robot(domain) as robot, Deployer(DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain)) as node:
+    cfg = DeployConfig(task=TASK, actor="expert", network="loopback", domain_id=domain, act_on=act_on)
+    with sim_robot(domain) as robot, Deployer(cfg) as node:
         with running(node) as report:
             assert robot.wait(EPISODES * EPISODE_S + 60) == 0
     check_against_plain(robot)  # under the arm's default rate limit
+    if act_on == "state":  # each state acted on as it arrives, not when deploy's clock next ticks (up to a period)
+        assert report["observation_age"]["p50_ms"] < 0.4 * 1000 * ARM.control_period, report["observation_age"]
     assert report["acted"] > EPISODES * EPISODE_S * 40 and report["loop"]["steps"] > 0
     assert report["max_delta"] == {"shoulder": 0.73375, "wrist": 1.83}
     assert robot.of("ready")[0]["network"] == "loopback"  # NodeProcess asks for it

@@ -102,6 +102,59 @@ def test_callback_errors_stop_the_loop_and_propagate():
         assert loop.summary.stopped_by == "error" and loop.summary.steps == 2
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
+class FakeTrigger:
+    """An event set at given times of a fake clock (a robot's observations arriving)."""
+
+    def __init__(self, clock: FakeClock, times: list[float]) -> None:
+        self.clock, self.pending = clock, sorted(times)
+
+    def is_set(self) -> bool:
+        return bool(self.pending) and self.pending[0] <= self.clock.t
+
+    def clear(self) -> None:
+        self.pending = [t for t in self.pending if t > self.clock.t]
+
+    def wait(self, timeout: float) -> bool:
+        if self.is_set():
+            return True
+        if self.pending and self.pending[0] <= self.clock.t + timeout:
+            self.clock.t = self.pending[0]
+            return True
+        self.clock.t += timeout
+        return False
+
+
+def test_a_triggered_loop_ticks_on_each_observation_within_its_spacing():
+    clock = FakeClock()
+    # observations at a 30 ms phase, silence, then two 20 ms apart (faster than the 10 Hz rate), then one more
+    trigger = FakeTrigger(clock, [0.03, 0.13, 0.23, 0.60, 0.62, 0.75])
+    ticks = []
+
+    def policy(step):
+        ticks.append(clock.t)
+        trigger.clear()  # the callback takes the observation
+        return step
+
+    cfg = ControlLoopConfig(rate_hz=10.0, max_steps=8, threaded=False, trigger=trigger, spin_s=0.0, print_summary=False)
+    sent = []
+    with ControlLoop(policy, cfg, send=sent.append, clock=clock, sleep=clock.sleep) as loop:
+        s = loop.run()
+    # on each observation; 1.5 periods after the last tick when none comes (0.38, 0.53); 0.8 periods apart at least
+    assert ticks == pytest.approx([0.03, 0.13, 0.23, 0.38, 0.53, 0.61, 0.69, 0.77])
+    assert sent == list(range(8)) and s.misses == 0 and s.skipped_ticks == 0 and s.stopped_by == "max_steps"
+
+
 def test_invalid_configs_are_refused():
     with pytest.raises(ValueError, match="rate_hz must be a positive finite number"):
         ControlLoopConfig(rate_hz=0)
@@ -109,5 +162,7 @@ def test_invalid_configs_are_refused():
         ControlLoopConfig(fallback="zero")
     with pytest.raises(ValueError, match="needs a default_action"):
         ControlLoopConfig(fallback="default")
+    with pytest.raises(ValueError, match=r"trigger must have wait\(timeout\) and is_set\(\)"):
+        ControlLoopConfig(trigger=object())
     with pytest.raises(TypeError, match="callback must be callable"):
         ControlLoop(42)
