@@ -84,7 +84,7 @@ def make_actor(cfg: EvalConfig) -> tuple[Actor, tuple[str, ...]]:
                                             cfg.ensemble_weight)
         known = actor.tasks
         tasks = cfg.tasks or known
-        unknown = [t for t in tasks if t not in known]
+        unknown = [t for t in tasks if not actor.can_act(t)]  # a variant of a known task (held-out phrasings) too
         if unknown:
             raise ValueError(f"Checkpoint was not trained on {unknown}; it knows {list(known)}")
         return actor, tasks

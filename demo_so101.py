@@ -160,18 +160,21 @@ def record_expert_over_ros(task_id: str, episodes: int, bags: Path, seed: int) -
     with DdsTransport(domain_id=domain, network="loopback") as t:
         recorder = BagRecorder(arm_of(task_id, robot), bags, t, episodes=episodes)
         _drive_sim_robot(task_id, episodes, seed,
-                         DeployConfig(robot=robot, actor="expert", network="loopback", domain_id=domain), domain)
+                         DeployConfig(robot=robot, actor="expert", network="loopback", domain_id=domain,
+                                      act_on="state"), domain)
         recorder.done.wait(10)
         return recorder.close()
 
 
 def policy_over_ros(checkpoint: Path, task_id: str, episodes: int, seed: int) -> dict[str, Any]:
-    """The checkpoint drives ``sim-robot`` over ROS 2 for ``episodes`` scenes from ``seed``: sim-robot's summary
-    (success per episode) and the deploy node's report (acted and held ticks, latency)."""
+    """The checkpoint drives ``sim-robot`` over ROS 2 for ``episodes`` scenes from ``seed``, acting on each state as it
+    arrives (``deploy --act-on state``): sim-robot's summary (success per episode) and the deploy node's report (acted
+    and held ticks, latency)."""
     domain = random_domain_id()
     return _drive_sim_robot(task_id, episodes, seed,
                             DeployConfig(robot=robot_file(task_id), checkpoint=checkpoint, actor="policy",
-                                         network="loopback", domain_id=domain, torch_threads=1), domain)
+                                         network="loopback", domain_id=domain, torch_threads=1, act_on="state"),
+                            domain)
 
 
 # ---------------------------------------------------------------------------
@@ -179,38 +182,13 @@ def policy_over_ros(checkpoint: Path, task_id: str, episodes: int, seed: int) ->
 # ---------------------------------------------------------------------------
 
 
-class InstructionSwap:
-    """A task env whose instruction names another object after ``at`` steps (``So101Env.set_target``): the object
-    ``1 + seed % (n - 1)`` places after the named one in the scene's order. The step's observation carries the new
-    instruction; success is then judged for the new object, and lifting the first one counts as the wrong object."""
-
-    def __init__(self, env: Any, at: int) -> None:
-        self.env, self.task, self.at = env, env.task, int(at)
-
-    def reset(self, seed: int | None = None) -> tuple[dict, dict]:
-        self.seed = int(seed or 0)
-        return self.env.reset(seed=seed)
-
-    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if self.env.elapsed_steps == self.at and not (terminated or truncated):
-            n = len(self.env.objects)
-            other = (self.env.target_index + 1 + self.seed % (n - 1)) % n
-            obs = {**obs, "instruction": self.env.set_target(other)}
-        return obs, reward, terminated, truncated, info
-
-    def close(self) -> None:
-        self.env.close()
-
-    def __getattr__(self, name: str) -> Any:  # the simulator's internals, for an expert that reads them
-        return getattr(self.env, name)
-
-
 def swap_trials(actor: Any, task_id: str, trials: int, at: int, seed: int = 20_000) -> dict[str, Any]:
     """``trials`` episodes of ``task_id`` whose instruction names another object at step ``at``: how often the
     policy then achieves the new object's goal (``switched_rate``) or the first object's (``stayed_rate``: the
     wrong object, after the swap), over the episodes still running at the swap."""
-    envs = [InstructionSwap(make_env(task_id), at) for _ in range(2)]
+    envs = [make_env(task_id) for _ in range(2)]
+    for env in envs:
+        env.swap = (at, at)  # So101Env: the instruction names another object, drawn at random, at step ``at``
     try:
         rollouts = run_episodes(actor, get_task(task_id), envs, [seed + k for k in range(trials)])
     finally:

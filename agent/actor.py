@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from omnipolicy.envs import get_task
+
 from .chunking import ENSEMBLE_WEIGHT, ChunkExecutor
 from .policy import Policy
 
@@ -65,6 +67,16 @@ class PolicyActor:
             return base
         self.policy.spec(task.id)  # KeyError naming the checkpoint's tasks
         return task.id
+
+    def can_act(self, task_id: str) -> bool:
+        """Whether the actor acts in ``task_id``: a task it was trained on, or a variant of one (:meth:`acts_as`)."""
+        if task_id in self.policy.tasks:
+            return True
+        try:
+            self.acts_as(get_task(task_id))
+        except KeyError:
+            return False
+        return True
 
     def begin(self, task: Any, envs: Sequence) -> None:
         self.task_id = self.acts_as(task)

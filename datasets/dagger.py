@@ -105,7 +105,8 @@ def _check_round_args(actor: Any, task_ids: Sequence[str], episodes: int | Mappi
     caps = {t: max_steps.get(t) if isinstance(max_steps, Mapping) else max_steps for t in task_ids}
     if not task_ids:
         raise ValueError("dagger needs at least one task id")
-    unknown = [] if known is None else sorted(set(task_ids) - set(known))
+    can_act = getattr(actor, "can_act", lambda t: t in known)  # a policy also acts in variants of its tasks
+    unknown = [] if known is None else sorted(t for t in set(task_ids) if not can_act(t))
     if unknown:
         raise ValueError(f"the {getattr(actor, 'name', 'actor')} was not trained on {unknown}; it knows {sorted(known)}")
     if any(c < 0 for c in counts.values()):

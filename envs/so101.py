@@ -181,6 +181,10 @@ class So101Env(TaskEnv):
         render_mode: None or ``"rgb_array"`` (``render()`` gives the front camera at 240x240).
         located: what the policy sees instead of the cameras (:data:`LOCATED`).
         aim: the action's last three values are the named object's centre, not commands (:func:`so101_task`).
+        swap: ``(first, last)``: once per episode, at a step drawn from ``first..last``, the instruction names another
+            object (drawn at random), and success then refers to it; lifting (placing, pushing) the first one counts
+            as the wrong object (the ``-swap-`` tasks). A scene that is solved before its swap step keeps its
+            instruction.
 
     Attributes:
         model, data: the MuJoCo model and data (the ROS 2 simulated robot steps them through ``step``).
@@ -188,7 +192,7 @@ class So101Env(TaskEnv):
     """
 
     def __init__(self, spec, kind: str, heldout: bool = False, size: int = 96, render_mode: str | None = None,
-                 located: str = "", aim: bool = False) -> None:
+                 located: str = "", aim: bool = False, swap: tuple[int, int] | None = None) -> None:
         import mujoco
 
         from omnipolicy.envs.so101_scene import build_model
@@ -198,7 +202,11 @@ class So101Env(TaskEnv):
         super().__init__(spec, render_mode)
         if located not in LOCATED:
             raise ValueError(f"SO-101 located must be one of {LOCATED}, got {located!r}")
+        if swap is not None and not 1 <= swap[0] <= swap[1]:
+            raise ValueError(f"SO-101 swap must be (first, last) steps with 1 <= first <= last, got {swap!r}")
         self.kind, self.heldout, self.size, self.located, self.aim = kind, heldout, int(size), located, bool(aim)
+        self.swap = swap
+        self.swap_at: int | None = None  # this episode's swap step (None: no swap)
         self.model = build_model(KINDS[kind].target, image_size=(self.size, self.size))
         self.data = mujoco.MjData(self.model)
         self.joint_names = JOINTS
@@ -460,6 +468,8 @@ class So101Env(TaskEnv):
             self.data.mocap_pos[0] = [*target, 0.0]
         mujoco.mj_forward(self.model, self.data)
         self.set_target(int(rng.integers(len(self.objects))))
+        # drawn after the scene and its instruction: a -swap- task's scene is its base task's for the same seed
+        self.swap_at = None if self.swap is None else int(rng.integers(self.swap[0], self.swap[1] + 1))
         return self._observe(), self._info()
 
     def _step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict]:
@@ -471,6 +481,9 @@ class So101Env(TaskEnv):
         reward = float(solved and not self._solved)
         self._solved |= solved
         self._wrong |= any(self.achieved(i) for i in range(len(self.objects)) if i != self.target_index)
+        if self.elapsed_steps + 1 == self.swap_at and not self._solved:  # this step's observation names another object
+            n = len(self.objects)
+            self.set_target((self.target_index + 1 + int(self._rng.integers(n - 1))) % n)
         return self._observe(), reward, self._solved, False, self._info()
 
     def close(self) -> None:
@@ -543,8 +556,12 @@ AIM_FIELD = replace(bounded_action((*CTRL_LOW, *[AIM_LOW] * len(AIM_NAMES)), (*C
                                    len(JOINTS) + len(AIM_NAMES)), names=(*LEROBOT_NAMES, *AIM_NAMES))
 
 
+SWAP_STEPS = (1, 20)
+"""The ``-swap-`` tasks' range of swap steps: from the first step to about where the expert closes its jaws."""
+
+
 def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, scores_from: str | None = None,
-               located: str = "", aim: bool = False):
+               located: str = "", aim: bool = False, swap: tuple[int, int] | None = None):
     """``register_task`` for one SO-101 task: ``kind`` lift / place / push, images ``size`` x ``size``.
 
     The base tasks (``heldout=False``) draw training phrasings only; ``heldout=True`` draws only held-out
@@ -554,6 +571,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
     named one as its patch (``"named-tokens"``) instead (:meth:`So101Env.located_objects`). ``aim``: the action
     has three more values, the named object's centre (:data:`AIM_NAMES`), which the expert fills in and the arm
     ignores: the policy is trained to say where the named object is at every step (an auxiliary target).
+    ``swap``: the instruction names another object once, mid-episode (:class:`So101Env`'s ``swap``).
     """
     values = (1 if located == "named" else len(COLOURS)) * LOCATED_VALUES + (len(COLOURS) if located == "cued" else 0)
     views = ((image("objects", 16, 16 * len(COLOURS)),) if located == "tokens" else
@@ -577,6 +595,7 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
         size=size,
         **({"located": located} if located else {}),
         **({"aim": True} if aim else {}),
+        **({"swap": swap} if swap else {}),
     )
 
 
@@ -595,7 +614,10 @@ def so101_task(id: str, kind: str, *, heldout: bool = False, size: int = 96, sco
 @so101_task("so101/lift-named-tokens-v1", "lift", scores_from="so101/lift-v1", located="named-tokens")
 @so101_task("so101/lift-located-aim-v1", "lift", scores_from="so101/lift-v1", located="all", aim=True)
 @so101_task("so101/lift-aim-v1", "lift", scores_from="so101/lift-v1", aim=True)
+@so101_task("so101/lift-swap-v1", "lift", scores_from="so101/lift-v1", swap=SWAP_STEPS)
+@so101_task("so101/place-swap-v1", "place", scores_from="so101/place-v1", swap=SWAP_STEPS)
 def make_so101(spec, render_mode: str | None = None, *, kind: str, heldout: bool = False, size: int = 96,
-               located: str = "", aim: bool = False) -> So101Env:
+               located: str = "", aim: bool = False, swap: tuple[int, int] | None = None) -> So101Env:
     """An SO-101 tabletop task (``aim``: the action's last three values are ignored; see :func:`so101_task`)."""
-    return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode, located=located, aim=aim)
+    return So101Env(spec, kind, heldout=heldout, size=size, render_mode=render_mode, located=located, aim=aim,
+                    swap=swap)

@@ -21,6 +21,34 @@ def test_the_expert_follows_an_instruction_swap_to_the_new_object():
     assert result["switched_rate"] == 1.0 and result["stayed_rate"] == 0.0, result["episodes"]
 
 
+def test_eval_and_dagger_run_a_variant_of_the_checkpoints_task(tmp_path: Path):
+    """Held-out phrasings and instruction swaps share lift's observations: a lift checkpoint runs in them."""
+    import torch
+
+    from omnipolicy.agent import CheckpointMeta, GatoModel, ModelConfig, save_checkpoint
+    from omnipolicy.cli import main
+    from omnipolicy.datasets import EpisodeStore
+    from omnipolicy.envs import get_task
+    from omnipolicy.tokenizers import Tokenizer
+
+    layout = Tokenizer.default().layout
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, d_ff=64, context=160, local_positions=128, patch_channels=8,
+                      patch_stride=4).with_vocab(layout.vocab_size)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "step_0000001"
+    meta = CheckpointMeta(cfg, layout, {"so101/lift-v1": get_task("so101/lift-v1").timestep}, {})
+    save_checkpoint(ckpt, GatoModel(cfg), meta)
+    main(["eval", "--checkpoint", str(ckpt), "--tasks", "so101/lift-swap-v1", "so101/lift-unseen-v1", "--episodes", "1",
+          "--no-video", "--out", str(tmp_path / "eval")])
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    episodes = {t: report["tasks"][t]["episodes"] for t in report["tasks"]}
+    assert episodes == {"so101/lift-swap-v1": 1, "so101/lift-unseen-v1": 1}
+    main(["dagger", "--checkpoint", str(ckpt), "--task", "so101/lift-swap-v1", "--episodes", "1", "--max-steps", "8",
+          "--out", str(tmp_path / "dagger")])
+    store = EpisodeStore(tmp_path / "dagger" / "so101" / "lift-swap-v1")
+    assert store.num_episodes == 1  # stored under the variant's id, labelled by its expert
+
+
 def test_every_task_has_its_robot_file():
     for task in So101DemoConfig().tasks:
         assert robot_file(task).is_file()

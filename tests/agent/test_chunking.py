@@ -283,6 +283,9 @@ def test_a_variant_of_a_trained_task_acts_as_that_task():
     other = SimpleNamespace(id="x/other", scores_from=TASK, timestep=_with_extra_field(spec))
     with pytest.raises(KeyError, match="trained on"):
         actor.acts_as(other)
+    # what `eval` and `dagger` check before they run: registered variants of a trained task (held-out phrasings,
+    # instruction swaps) are accepted, other tasks are not
+    assert actor.can_act(TASK) and not actor.can_act("classic/acrobot-v1")
 
 
 def _with_extra_field(spec):

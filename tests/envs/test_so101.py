@@ -233,6 +233,31 @@ def test_expert_follows_a_target_switch_mid_episode(task_id: str, steps: int) ->
         env.close()
 
 
+def test_swap_tasks_name_another_object_once_mid_episode_and_the_expert_follows() -> None:
+    base, env, expert = make_env("so101/lift-v1"), make_env("so101/lift-swap-v1"), make_expert("so101/lift-swap-v1")
+    assert get_task("so101/lift-swap-v1").scores_from == "so101/lift-v1"
+    try:
+        for seed in range(3):
+            obs, _ = env.reset(seed=seed)
+            first, _ = base.reset(seed=seed)
+            assert obs["instruction"] == first["instruction"] and np.array_equal(obs["front"], first["front"])
+            assert 1 <= env.swap_at <= 20
+            named, seen = env.target_index, []
+            expert.reset(env, obs)
+            for _ in range(env.task.max_steps):
+                obs, _, terminated, truncated, info = env.step(expert.act(env, obs))
+                seen.append(obs["instruction"])
+                if terminated or truncated:
+                    break
+            # the step of the swap returns the new instruction; it stays to the end
+            assert len(set(seen[env.swap_at - 1:])) == 1 and seen[env.swap_at - 1] != first["instruction"]
+            assert set(seen[:env.swap_at - 1]) <= {first["instruction"]}
+            assert env.target_index != named and info["success"] and not info["wrong_object"]
+    finally:
+        env.close()
+        base.close()
+
+
 def test_expert_grasps_through_execution_noise() -> None:
     """Its descent gate is as loose as the grasp allows: under DART noise a learner's imprecision looks like, it
     still lifts (with the old 2.5 mm gate it hovered over the object waiting for alignment: 0 of 40)."""
