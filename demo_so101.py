@@ -47,6 +47,8 @@ from omnipolicy.robot_bridge.recorder import BagRecorder
 from omnipolicy.robot_bridge.sim_robot import NodeProcess
 from omnipolicy.robot_bridge.wire.dds import DdsTransport
 from omnipolicy.robot_bridge.wire.loopback import random_domain_id
+from omnipolicy.robot_bridge.wire.messages import Bool, String
+from omnipolicy.robot_bridge.wire.transport import QOS_DEFAULT
 
 TASKS = ("so101/lift-v1", "so101/place-v1", "so101/push-v1")
 ROBOTS = Path(__file__).resolve().parent / "robot_bridge" / "robots"
@@ -137,7 +139,8 @@ def _episode_seconds(task_id: str) -> float:
 
 def _drive_sim_robot(task_id: str, episodes: int, seed: int, deploy: DeployConfig, domain: int) -> dict[str, Any]:
     """``sim-robot`` runs ``episodes`` scenes of ``task_id`` from ``seed`` while a deploy node of ``deploy`` drives it
-    (DDS on 127.0.0.1, ROS domain ``domain``); returns sim-robot's summary (None if it gave none) and deploy's report."""
+    (DDS on 127.0.0.1, ROS domain ``domain``); returns sim-robot's summary (None if it gave none), its episode events
+    and deploy's report."""
     args = ["--robot", str(robot_file(task_id)), "--episodes", str(episodes), "--episode-seconds",
             str(_episode_seconds(task_id)), "--seed", str(seed)]
     report: dict[str, Any] = {}
@@ -150,7 +153,7 @@ def _drive_sim_robot(task_id: str, episodes: int, seed: int, deploy: DeployConfi
             node.stop()
             runner.join(30)
     summary = sim.of("summary")
-    return {"robot": summary[0] if summary else None, "deploy": report}
+    return {"robot": summary[0] if summary else None, "deploy": report, "episodes": sim.of("episode")}
 
 
 def record_expert_over_ros(task_id: str, episodes: int, bags: Path, seed: int) -> list[Path]:
@@ -175,6 +178,59 @@ def policy_over_ros(checkpoint: Path, task_id: str, episodes: int, seed: int) ->
                             DeployConfig(robot=robot_file(task_id), checkpoint=checkpoint, actor="policy",
                                          network="loopback", domain_id=domain, torch_threads=1, act_on="state"),
                             domain)
+
+
+class _SaysAnotherObject:
+    """On the arm's instruction topic, ``at`` control steps after each episode starts (a ``Bool(True)`` on the
+    episode topic), names another object of that episode's scene (the scene of ``seed`` + its index)."""
+
+    def __init__(self, transport: DdsTransport, task_id: str, seed: int, at: int) -> None:
+        arm = arm_of(task_id, robot_file(task_id))
+        self.env, self.seed, self.delay = make_env(task_id), seed, at * arm.control_period
+        self.env.swap = (at, at)  # its reset draws the swap step, as swap_trials' envs do
+        self.pub = transport.publisher(arm.instruction_topic, String, arm.qos_of(arm.instruction_topic, QOS_DEFAULT))
+        transport.subscription(arm.episode_topic, Bool, self.on_episode, arm.qos_of(arm.episode_topic, QOS_DEFAULT))
+        self.said: list[dict[str, Any]] = []
+        self.timers: list[threading.Timer] = []
+
+    def on_episode(self, msg: Bool) -> None:
+        if not msg.data:
+            return
+        index = len(self.said)
+        self.env.reset(seed=self.seed + index)
+        first = self.env.target_object
+        text = self.env.swap_target()  # the object and phrasing swap_trials' scene of that seed swaps to
+        self.said.append({"episode": index, "first": first, "new": self.env.target_object, "instruction": text})
+        timer = threading.Timer(self.delay, self.pub.publish, (String(data=text),))
+        timer.start()
+        self.timers.append(timer)
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.env.close()
+
+
+def swaps_over_ros(deploy: DeployConfig, task_id: str, episodes: int, at: int, seed: int) -> dict[str, Any]:
+    """``deploy`` (its ``domain_id`` set) drives ``sim-robot`` for ``episodes`` scenes of ``task_id`` from ``seed``;
+    ``at`` control steps into each scene another object is named on the instruction topic (both sim-robot and deploy
+    take it): how often the arm then achieves the new object's goal (``switched_rate``) or the first one's
+    (``stayed_rate``), as :func:`swap_trials` measures in plain simulation."""
+    if deploy.domain_id is None:
+        raise ValueError("swaps_over_ros needs deploy.domain_id: the nodes and the instruction meet on one domain")
+    with DdsTransport(domain_id=deploy.domain_id, network="loopback") as t:
+        speaker = _SaysAnotherObject(t, task_id, seed, at)
+        try:
+            out = _drive_sim_robot(task_id, episodes, seed, deploy, deploy.domain_id)
+        finally:
+            speaker.close()
+    pairs = list(zip(out["episodes"], speaker.said))  # sim-robot's episode events, what was said in each
+    followed = [(e, said) for e, said in pairs if e["target_object"] == said["new"]]  # the robot took the instruction
+    switched = [bool(e["success"]) for e, _ in followed]
+    stayed = [said["first"] in e["achieved"] for e, said in followed]
+    return {**out, "said": speaker.said, "swap_at_step": at, "swapped": len(followed),
+            "switched_rate": float(np.mean(switched)) if followed else None,
+            "stayed_rate": float(np.mean(stayed)) if followed else None}
 
 
 # ---------------------------------------------------------------------------

@@ -482,9 +482,14 @@ class So101Env(TaskEnv):
         self._solved |= solved
         self._wrong |= any(self.achieved(i) for i in range(len(self.objects)) if i != self.target_index)
         if self.elapsed_steps + 1 == self.swap_at and not self._solved:  # this step's observation names another object
-            n = len(self.objects)
-            self.set_target((self.target_index + 1 + int(self._rng.integers(n - 1))) % n)
+            self.swap_target()
         return self._observe(), reward, self._solved, False, self._info()
+
+    def swap_target(self) -> str:
+        """Name another object, drawn from the episode's RNG (what a ``-swap-`` task does at its swap step); returns
+        the new instruction."""
+        n = len(self.objects)
+        return self.set_target((self.target_index + 1 + int(self._rng.integers(n - 1))) % n)
 
     def close(self) -> None:
         for renderer in self._renderers.values():

