@@ -47,7 +47,7 @@ mismatch.
 robot whose topics come at their own rates (joint states at 100 Hz, a camera at 30). The robot's clock and
 deploy's are not in phase, so an observation waits up to a period for the tick and the command up to a period
 for the robot's next control step. ``--act-on state`` acts as soon as every topic of the observation has
-brought a new message since the last tick (at most every 0.8 periods, at least every 1.5; the watchdog judges
+brought a new message since the last tick (at most every 0.9 periods, at least every 1.5; the watchdog judges
 then): for a robot that publishes its whole state once per control period, as ``sim-robot`` does, the command
 reaches the step after the observation, as in simulation. The report's ``observation_age`` (receive to act, of
 the newest joint state) shows the lag either way.
@@ -457,6 +457,7 @@ class Deployer:
         self.context_resets = 0
         self.act_time: list[float] = []
         self.observation_age: list[float] = []  # receive to act, of the newest joint state
+        self.observations_overrun = 0  # complete observations replaced before a tick took them
         self.tick_time: list[float] = []
         self.last_command: np.ndarray | None = None
         self.last_reason: str | None = None
@@ -556,6 +557,13 @@ class Deployer:
             self.watchdogs[topic].feed(now)
             self._fresh.add(topic)
             if len(self._fresh) == len(self._topics):
+                self._fresh.clear()
+                if self.observed.is_set():  # the last one was never acted on: states come faster than the ticks
+                    self.observations_overrun += 1
+                    if self.observations_overrun == 1 and self.cfg.act_on == "state":
+                        log.warning("a new observation arrived before deploy acted on the last: the robot publishes "
+                                    "faster than the control rate (%.1f Hz), and --act-on state acts at most every "
+                                    "0.9 periods; --act-on clock suits such a robot", 1.0 / self.period)
                 self.observed.set()
 
     def _reject(self, topic: str, msg: RosMessage, reason: str, missing: tuple[str, ...] = ()) -> None:
@@ -647,8 +655,7 @@ class Deployer:
             reset, self._reset_requested = self._reset_requested, False
             new_episode, self._new_episode = self._new_episode, False
             late, self._late = self._late, False
-            self._fresh.clear()
-            self.observed.clear()
+            self.observed.clear()  # taken (a next one may be arriving: its topics so far stay counted)
             age = self.watchdogs[self.arm.joint_states_topic].age(now)
         if new_episode:  # the arm was reset: the rate limit starts afresh, as at start-up, not from the last scene's
             self.safety.last_sent = None  # last command (the velocity guard still bounds the first one)
@@ -805,6 +812,7 @@ class Deployer:
             "safety": self.safety.report(),
             "act_time": percentiles_ms(self.act_time),
             "observation_age": percentiles_ms(self.observation_age),
+            "observations_overrun": self.observations_overrun,
             "tick_time": percentiles_ms(self.tick_time),
             "commands_published": sum(p.published for p in self.pubs),
         }

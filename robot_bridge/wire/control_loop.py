@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 FALLBACKS = ("hold", "default")
-TRIGGER_SPACING = (0.8, 1.5)
+TRIGGER_SPACING = (0.9, 1.5)
 """With a trigger: the least and the most time between two ticks, in periods. The least keeps a robot that publishes
 faster than the control rate from driving the loop (and the rate limit per tick) faster; the most lets the loop
 act (or hold) when the robot falls silent."""

@@ -131,6 +131,14 @@ def test_a_new_message_on_every_topic_makes_an_observation_and_the_tick_takes_it
     assert node.report()["act_on"] == "state" and node.report()["observation_age"]["p50_ms"] == pytest.approx(5.0)
 
 
+def test_observations_faster_than_the_ticks_are_counted_and_said_once(transport, caplog):
+    node = node_with(transport, act_on="state")
+    for k in range(3):  # three whole observations before any tick
+        feed(node, 10.0 + 0.01 * k)
+    assert node.observed.is_set() and node.report()["observations_overrun"] == 2
+    assert len(warnings_with(caplog, "publishes faster than the control rate")) == 1
+
+
 def test_a_checkpoint_of_another_observation_spec_is_refused(transport):
     other = get_task("mujoco/reacher-v5").timestep  # one "state" vector: the recipe cannot build it
     with pytest.raises(ValueError, match=r"differ from the checkpoint's observation keys \['state'\]"):
