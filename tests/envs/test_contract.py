@@ -38,8 +38,9 @@ def check_obs(spec, obs: dict, instruction: str | None = None) -> None:
             assert np.all(np.isfinite(value)), f.name
 
 
-def rollout(env, seed: int, actions: list, mutate: bool):
-    """Observations (copied) and rewards of a seeded episode; ``mutate`` scribbles on every returned obs."""
+def rollout(env, seed: int, actions: list, mutate: bool, instructions: list | None = None):
+    """Observations (copied) and rewards of a seeded episode; ``mutate`` scribbles on every returned obs;
+    ``instructions`` gets the env's instruction in force at each observation (an SO-101 swap task changes it)."""
     trace = []
     obs, _ = env.reset(seed=seed)
     for a in [None] + actions:
@@ -47,6 +48,8 @@ def rollout(env, seed: int, actions: list, mutate: bool):
             obs, reward, terminated, truncated, _ = env.step(a)
             trace.append(reward)
         trace.append(copy.deepcopy(obs))
+        if instructions is not None:
+            instructions.append(getattr(env, "instruction", None))
         if mutate:
             for v in obs.values():
                 if isinstance(v, np.ndarray):
@@ -106,10 +109,12 @@ def test_task_contract(task_id: str) -> None:
                 assert act.shape == () and isinstance(act.item(), str)
             else:
                 assert act.shape == a.shape and act.dtype == np.dtype(a.dtype)
-        clean = rollout(env, 5, actions, mutate=False)
+        instructions: list = []
+        clean = rollout(env, 5, actions, mutate=False, instructions=instructions)
+        observed = iter(instructions)
         for item in clean:
             if isinstance(item, dict):
-                check_obs(spec, item, getattr(env, "instruction", None))
+                check_obs(spec, item, next(observed))
             else:
                 assert isinstance(item, float) and np.isfinite(item)
         # Same seed, same actions -> same episode, even when every returned array was overwritten.
