@@ -107,7 +107,7 @@ from omnipolicy.files import write_json_atomic
 from omnipolicy.robot_bridge.arms import ArmSpec, arm_of, get_arm, make_sim_arm
 from omnipolicy.robot_bridge.robot_file import NamedSource
 from omnipolicy.robot_bridge.sim_robot import emit, percentiles_ms, setup_logging
-from omnipolicy.robot_bridge.wire.control_loop import ControlLoop, ControlLoopConfig
+from omnipolicy.robot_bridge.wire.control_loop import TRIGGER_SPACING, ControlLoop, ControlLoopConfig
 from omnipolicy.robot_bridge.wire.messages import (
     Bool,
     Image,
@@ -563,7 +563,8 @@ class Deployer:
                     if self.observations_overrun == 1 and self.cfg.act_on == "state":
                         log.warning("a new observation arrived before deploy acted on the last: the robot publishes "
                                     "faster than the control rate (%.1f Hz), and --act-on state acts at most every "
-                                    "0.9 periods; --act-on clock suits such a robot", 1.0 / self.period)
+                                    "%g periods; --act-on clock suits such a robot", 1.0 / self.period,
+                                    TRIGGER_SPACING[0])
                 self.observed.set()
 
     def _reject(self, topic: str, msg: RosMessage, reason: str, missing: tuple[str, ...] = ()) -> None:

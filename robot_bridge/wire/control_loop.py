@@ -275,7 +275,8 @@ class ControlLoop:
             # else: busy-wait the last ``spin`` seconds
 
     def _wait_for_trigger(self, last_due: float | None) -> float:
-        """Wait for the trigger (at most :data:`TRIGGER_SPACING` after the last tick); returns the tick's due time."""
+        """Wait for the trigger (at most :data:`TRIGGER_SPACING` after the last tick); returns the tick's due time (the
+        caller waits until it)."""
         period, trigger = self.config.period_s, self.config.trigger
         now = self.clock()
         earliest = now if last_due is None else last_due + TRIGGER_SPACING[0] * period
@@ -286,9 +287,7 @@ class ControlLoop:
             if left <= 0:
                 break
             fired = trigger.wait(min(left, period))  # in slices: a stop is noticed within a period
-        due = max(self.clock(), earliest) if fired else latest
-        self._wait_until(due)
-        return due
+        return max(self.clock(), earliest) if fired else latest
 
     def _fallback(self) -> Any:
         cfg = self.config
