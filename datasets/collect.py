@@ -1,5 +1,8 @@
 """``omnipolicy collect``: roll out the scripted experts in parallel workers into episode stores.
 
+The demonstrator of a task is its teacher (``make_teacher``): the scripted expert, except where the task names
+an imitable teacher instead (the Atari games' trackers, ``envs/experts/atari.py``).
+
 Each task gets its own LeRobot v3 dataset at ``OUT/<task id>`` (e.g. ``OUT/metaworld/reach-v3``), because
 a LeRobot dataset has a single feature schema. Episode ``j`` of a task is reset with seed ``SEED + j``;
 seeds already in the store (or rejected by the filter earlier) are skipped, so a rerun of the same command
@@ -28,7 +31,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from omnipolicy.envs import get_task, make_env, make_expert
+from omnipolicy.envs import get_task, make_env, make_teacher
 from omnipolicy.envs.rollout import Rollout, ScriptedActor, run_episodes
 from omnipolicy.envs.workers import watch_parent
 
@@ -96,7 +99,7 @@ def rollout(env: Any, expert: Any, task: Any, seed: int, action_noise: float = 0
 
     Args:
         env: gymnasium-style env of the task (``make_env``).
-        expert: the task's expert (``make_expert``).
+        expert: the task's demonstrator (``make_teacher``: its expert unless it names a teacher).
         task: the task's ``TaskSpec``.
         seed: reset seed (also seeds the noise).
         action_noise: see ``CollectConfig.action_noise`` (the recorded actions are the expert's either way).
@@ -137,7 +140,7 @@ def _worker_rollout(task_id: str, seed: int, action_noise: float = 0.0,
     """Roll out and encode one episode; the env and expert are built once per worker and task."""
     if task_id not in _WORKER_CACHE:
         task = get_task(task_id)
-        _WORKER_CACHE[task_id] = (task, make_env(task_id, seed=int(seed)), make_expert(task_id, seed=int(seed)))
+        _WORKER_CACHE[task_id] = (task, make_env(task_id, seed=int(seed)), make_teacher(task_id, seed=int(seed)))
     task, env, expert = _WORKER_CACHE[task_id]
     t0 = time.perf_counter()
     ep = rollout(env, expert, task, seed, action_noise, max_steps)

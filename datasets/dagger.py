@@ -9,7 +9,8 @@ the task's scripted expert what it would do in each state the policy reached,
 and stores those (observation, expert action) pairs as episodes; training on
 the demonstrations plus the rounds teaches recoveries from the policy's own
 mistakes. The scripted experts here read the simulator's state, so they can
-label any state.
+label any state. Where a task names a teacher (``make_teacher``: the Atari
+trackers), the teacher labels, as it demonstrated.
 
     omnipolicy dagger --checkpoint runs/train --task dmc/cartpole-swingup --episodes 10 --out data/dagger
 
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from omnipolicy.envs import get_task, make_env, make_expert
+from omnipolicy.envs import get_task, make_env, make_teacher
 from omnipolicy.envs.rollout import ScriptedActor, run_episodes
 from omnipolicy.envs.workers import actor_recipe, init_actor_worker, worker_actor
 
@@ -67,7 +68,7 @@ def policy_episodes(actor: Any, task_id: str, seeds: Sequence[int], max_steps: i
         return []
     task = get_task(task_id)
     envs = [make_env(task_id) for _ in seeds]
-    teacher = ScriptedActor([make_expert(task_id, seed=int(s)) for s in seeds])
+    teacher = ScriptedActor([make_teacher(task_id, seed=int(s)) for s in seeds])
     execute = None
     if expert_share > 0:
         rng = np.random.default_rng([int(seeds[0]), 0xDA66E2])

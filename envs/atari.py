@@ -174,7 +174,8 @@ GAMES = {
     "breakout": ("Breakout", 4, "Move the paddle to bounce the ball into the bricks and break them all.",
                  "BreakoutExpert"),
 }
-"""Task name -> (ALE game, actions in the minimal set, instruction, expert class in ``envs/experts/atari.py``)."""
+"""Task name -> (ALE game, actions in the minimal set, instruction, expert class in ``envs/experts/atari.py``); the
+game's teacher (demonstrations, DAgger labels) is the ``<Game>Tracker`` class there."""
 
 for _name, (_game, _actions, _instruction, _expert) in GAMES.items():
     register_task(  # the same game with the objects' positions instead of pixels (same scores)
@@ -185,6 +186,7 @@ for _name, (_game, _actions, _instruction, _expert) in GAMES.items():
         max_steps=EPISODE_STEPS,
         instruction=_instruction,
         expert=f"omnipolicy.envs.experts.atari:{_expert}",
+        teacher=f"omnipolicy.envs.experts.atari:{_game}Tracker",
         scores_from=f"atari/{_name}",
         game=_game,
         located=True,
@@ -199,6 +201,7 @@ for _name, (_game, _actions, _instruction, _expert) in GAMES.items():
             max_steps=EPISODE_STEPS,
             instruction=_instruction,
             expert=f"omnipolicy.envs.experts.atari:{_expert}",
+            teacher=f"omnipolicy.envs.experts.atari:{_game}Tracker",
             default=_stack == 1,
             scores_from=f"atari/{_name}" if _stack > 1 else None,
             game=_game,

@@ -49,7 +49,10 @@ class TaskSpec:
         has_success: the env reports ``info["success"]`` (True once the task has been solved
             in the current episode).
         entry_point: ``"module:attr"`` of the env factory ``f(spec, render_mode=None, **kwargs)``.
-        expert_entry_point: ``"module:attr"`` of the expert class ``cls(spec, seed=0)``.
+        expert_entry_point: ``"module:attr"`` of the expert class ``cls(spec, seed=0)``: the normalisation's 100.
+        teacher_entry_point: ``"module:attr"`` of the class that demonstrates the task and labels DAgger rounds,
+            where it is not the expert (an imitable teacher: its action a function of what the learner sees);
+            None: the expert teaches.
         kwargs: extra keyword arguments of the env factory, as sorted ``(key, value)`` pairs.
         default: whether the task belongs to :data:`DEFAULT_SUITE`.
         scores_from: id whose measured scores this task shares (e.g. a pixel variant of a
@@ -76,6 +79,7 @@ class TaskSpec:
     expert_success: float | None = None
     random_success: float | None = None
     fps: int | None = None
+    teacher_entry_point: str | None = None
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
@@ -84,7 +88,7 @@ class TaskSpec:
             raise ValueError(f"Task id {self.id!r} must start with its domain, '{self.domain}/'")
         if self.max_steps < 1:
             raise ValueError(f"Task {self.id!r}: max_steps must be >= 1, got {self.max_steps}")
-        for path in (self.entry_point, self.expert_entry_point):
+        for path in filter(None, (self.entry_point, self.expert_entry_point, self.teacher_entry_point)):
             if path.count(":") != 1:
                 raise ValueError(f"Task {self.id!r}: expected a 'module:attr' path, got {path!r}")
 
@@ -173,6 +177,7 @@ def register_task(
     max_steps: int,
     instruction: str,
     expert: str,
+    teacher: str | None = None,
     has_success: bool = False,
     default: bool = False,
     scores_from: str | None = None,
@@ -189,6 +194,7 @@ def register_task(
         max_steps: episode limit.
         instruction: one-sentence goal.
         expert: ``"module:attr"`` of the expert class.
+        teacher: ``"module:attr"`` of the class that demonstrates and labels, where it is not the expert.
         has_success: the env reports ``info["success"]``.
         default: part of the default suite.
         scores_from: task id whose measured scores this task shares.
@@ -213,6 +219,7 @@ def register_task(
             instruction=instruction,
             entry_point=f"{factory.__module__}:{factory.__qualname__}",
             expert_entry_point=expert,
+            teacher_entry_point=teacher,
             kwargs=tuple(sorted(kwargs.items())),
             has_success=has_success,
             default=default,
@@ -322,6 +329,12 @@ def make_expert(task_id: str, seed: int = 0):
     """Build the scripted expert of a task: ``reset(env, obs)``, ``act(env, obs) -> action``."""
     spec = get_task(task_id)
     return load_attr(spec.expert_entry_point)(spec, seed=seed)
+
+
+def make_teacher(task_id: str, seed: int = 0):
+    """Build the policy that demonstrates a task and labels its DAgger rounds: its teacher, else its expert."""
+    spec = get_task(task_id)
+    return load_attr(spec.teacher_entry_point or spec.expert_entry_point)(spec, seed=seed)
 
 
 def __getattr__(name: str) -> Any:

@@ -383,3 +383,106 @@ class BreakoutExpert(_PaddleExpert):
         if ball[1] == 0:
             return self.FIRE  # serve
         return self._toward(resistance, self._nearest(resistance, ball[0] - self.CENTRE, steps=1))
+
+
+# -- teachers: what the learner can see decides the action ------------------------------------------------------
+
+def _reflect(value: float, low: float, high: float) -> float:
+    """``value`` folded into ``[low, high]`` as a ball bounces between two walls."""
+    span = high - low
+    m = (value - low) % (2 * span)
+    return low + (m if m <= span else 2 * span - m)
+
+
+class _Tracker(Expert):
+    """An imitable teacher: each action is a function of what an object detector sees in the last two frames.
+
+    The lookahead experts act on hidden emulator state (the paddle controller's resistance, the outcome of
+    candidate contacts played out ahead) and move the paddle only in the last few steps before a contact, so a
+    learner that sees the screen cannot tell when they will press; with the ball's position given exactly, a
+    cloned policy still plays at the random level (docs/results.md, "Atari with the ball located"). A tracker reads
+    only the objects a ``-located`` task shows (:data:`~omnipolicy.envs.atari.LOCATED`: the ball now and one step
+    before, the paddle), predicts where the ball crosses the paddle's line (bouncing off the side walls) and presses
+    toward it, with a dead band against the paddle's lattice of ~20 px per press. It plays worse than the lookahead
+    expert and is cloned far better, so it is the Atari tasks' teacher (demonstrations and DAgger labels) while the
+    expert stays the normalisation's 100.
+    """
+
+    GAME = ""
+    UP, DOWN, NOOP = 3, 2, 0
+    """Actions that move the paddle's RAM coordinate up and down."""
+
+    def reset(self, env, obs) -> None:
+        from omnipolicy.envs.atari import LOCATED  # the env module, loaded only when an Atari task runs
+
+        self.address = [LOCATED[self.GAME][k] for k in ("ball_x", "ball_y")] + [LOCATED[self.GAME]["paddle"]]
+        self.ball_before: np.ndarray | None = None
+        self.paddle_before: float | None = None
+
+    def act(self, env, obs):
+        ball_x, ball_y, paddle = env.ale.getRAM()[self.address].astype(np.float64)
+        before = self.ball_before
+        self.ball_before = np.array([ball_x, ball_y])
+        paddle_before, self.paddle_before = self.paddle_before, paddle
+        return self.discrete(self._press(ball_x, ball_y, before, paddle, paddle_before))
+
+    def _toward(self, paddle: float, target: float, dead: float) -> int:
+        return self.UP if paddle < target - dead else self.DOWN if paddle > target + dead else self.NOOP
+
+    def _press(self, ball_x, ball_y, before, paddle, paddle_before) -> int:
+        raise NotImplementedError
+
+
+class PongTracker(_Tracker):
+    """Pong's teacher: toward where the ball will cross our paddle's line, mid-court while it moves away.
+
+    RAM: ball x grows toward us and is 0 out of play; ball y bounces between ``WALLS``. Over the 10 collection
+    seeds it scores -6.3 a 2000-step episode (the lookahead expert +7.65, random -20.3).
+    """
+
+    GAME = "Pong"
+    LINE = 187
+    """Ball x at which our paddle returns it."""
+    WALLS = (44, 207)
+    IDLE = 120
+    DEAD = 3
+
+    def _press(self, ball_x, ball_y, before, paddle, paddle_before):
+        if ball_y < 1:  # out of play
+            target = self.IDLE
+        elif before is None or before[1] < 1:  # just served: no motion yet
+            target = ball_y
+        elif ball_x > before[0]:  # on its way to us
+            vx, vy = ball_x - before[0], ball_y - before[1]
+            target = _reflect(ball_y + vy * max(0.0, (self.LINE - ball_x) / vx), *self.WALLS)
+        else:
+            target = self.IDLE
+        return self._toward(paddle, target, self.DEAD)
+
+
+class BreakoutTracker(_Tracker):
+    """Breakout's teacher: serve, and keep the paddle under where the falling ball will cross its line.
+
+    RAM: ball y grows downward and is 0 out of play; ball x bounces between ``WALLS``; the paddle's x is its left
+    edge, ``CENTRE`` left of a centred hit. The paddle still moves for a few steps after a press, so the tracker
+    judges it ``LEAD`` of its last step ahead. Over the 10 collection seeds it scores 145 a 2000-step episode (range
+    46-365; the lookahead expert 379, random 1.1).
+    """
+
+    GAME = "Breakout"
+    UP, DOWN = 2, 3  # RIGHT moves the paddle's x up, LEFT down
+    FIRE = 1
+    LINE = 175
+    WALLS = (57, 201)
+    CENTRE = 9
+    DEAD = 8
+    LEAD = 0.3
+
+    def _press(self, ball_x, ball_y, before, paddle, paddle_before):
+        if ball_y < 1:
+            return self.FIRE  # serve
+        if before is not None and before[1] >= 1 and ball_y > before[1]:  # falling toward the paddle
+            vx, vy = ball_x - before[0], ball_y - before[1]
+            ball_x = _reflect(ball_x + vx * max(0.0, (self.LINE - ball_y) / vy), *self.WALLS)
+        ahead = paddle + self.LEAD * (paddle - (paddle if paddle_before is None else paddle_before))
+        return self._toward(ahead, ball_x - self.CENTRE, self.DEAD)
