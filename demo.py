@@ -499,7 +499,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "dagger": (f"{rounds} round(s) after steps {dagger_stops(cfg.train_steps, rounds)[:-1]}, "
                        f"{cfg.dagger_episodes} policy episodes per task each (capped at {cfg.recipe.dagger_max_steps} "
                        f"steps; more until they label {cfg.recipe.dagger_step_share:.0%} of the task's demonstration "
-                       f"steps), labelled by the experts, for the {', '.join(cfg.recipe.dagger_domains)} tasks; per "
+                       f"steps), labelled by the experts (Atari: the trackers), for the "
+                       f"{', '.join(cfg.recipe.dagger_domains)} tasks; per "
                        f"task: { {t: cfg.dagger_episodes_for(t) for t in cfg.recipe.dagger_tasks(tasks)} }"
                        if rounds else "none"),
             "continuous_decoding": actor.policy.continuous_decoding,
