@@ -452,6 +452,8 @@ def tasks_command(argv: list[str], prog: str) -> None:
                 "instruction": s.instruction,
                 "random_score": s.random_score,
                 "expert_score": s.expert_score,
+                "expert": s.expert_entry_point,
+                "teacher": s.teacher_entry_point or s.expert_entry_point,
                 "has_success": s.has_success,
                 "expert_success": s.expert_success,
                 "default": s.default,

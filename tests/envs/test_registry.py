@@ -77,3 +77,8 @@ def test_tasks_command_lists_every_task(capsys) -> None:
     tasks_command(["--domain", "metaworld", "--json"], prog="omnipolicy tasks")
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 10 and all(r["has_success"] and r["expert_success"] >= 0.9 for r in rows)
+    assert all(r["teacher"] == r["expert"] for r in rows)  # the expert demonstrates where no teacher is named
+    tasks_command(["--domain", "atari", "--json"], prog="omnipolicy tasks")
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["atari/pong"]["teacher"] == "omnipolicy.envs.experts.atari:PongTracker"
+    assert rows["atari/pong"]["expert"] == "omnipolicy.envs.experts.atari:PongExpert"
