@@ -436,7 +436,7 @@ class _Tracker(Expert):
 class PongTracker(_Tracker):
     """Pong's teacher: toward where the ball will cross our paddle's line, mid-court while it moves away.
 
-    RAM: ball x grows toward us and is 0 out of play; ball y bounces between ``WALLS``. Over the 10 collection
+    RAM: ball x grows toward us; ball y is 0 out of play and bounces between ``WALLS``. Over the 10 collection
     seeds it scores -6.3 a 2000-step episode (the lookahead expert +7.65, random -20.3).
     """
 

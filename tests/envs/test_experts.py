@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnipolicy.envs import get_task, list_tasks, make_env, make_expert
+from omnipolicy.envs import get_task, list_tasks, make_env, make_expert, make_teacher
+from omnipolicy.envs.experts.atari import BreakoutTracker, PongTracker
 from omnipolicy.envs.rollout import run_episode
 
 FAST = [s.id for s in list_tasks() if s.domain != "atari" and s.scores_from is None]
@@ -64,9 +65,6 @@ def test_atari_expert_protocol_episode(task_id: str, minimum: float) -> None:
 @pytest.mark.parametrize("task_id", ["atari/pong", "atari/pong-stack", "atari/pong-located", "atari/breakout",
                                      "atari/breakout-located", "classic/cartpole-v1", "metaworld/reach-v3"])
 def test_the_atari_games_are_taught_by_their_trackers_and_other_tasks_by_their_experts(task_id: str) -> None:
-    from omnipolicy.envs import make_teacher
-    from omnipolicy.envs.experts.atari import BreakoutTracker, PongTracker
-
     teacher, expert = make_teacher(task_id, seed=3), make_expert(task_id, seed=3)
     if task_id.startswith("atari/"):
         assert type(teacher) is (PongTracker if "pong" in task_id else BreakoutTracker)
@@ -76,8 +74,6 @@ def test_the_atari_games_are_taught_by_their_trackers_and_other_tasks_by_their_e
 
 
 def test_trackers_press_toward_where_the_ball_crosses_the_paddles_line() -> None:
-    from omnipolicy.envs.experts.atari import BreakoutTracker, PongTracker
-
     pong = PongTracker(get_task("atari/pong"))
     # heading to us 4 px a step both ways: 21.75 steps to x 187, y 100 + 87 = 187: up from 150
     assert pong._press(100, 100, np.array([96, 96]), 150, None) == pong.UP
@@ -98,9 +94,7 @@ def test_trackers_press_toward_where_the_ball_crosses_the_paddles_line() -> None
 @pytest.mark.parametrize("task_id,minimum", [("atari/pong-located", -13.3), ("atari/breakout-located", 40.0)])
 def test_trackers_play_a_protocol_episode_well_above_random(task_id: str, minimum: float) -> None:
     # Whole 2000-step episodes (about 2 s each). Pong: above 25% of the expert (-13.3; the 10 collection seeds
-    # -16 to +4, mean -6.3); Breakout: mean of two episodes (the collection seeds 46 to 365; random play 1.1).
-    from omnipolicy.envs import make_teacher
-
+    # -14 to +4, mean -6.3); Breakout: mean of two episodes (the collection seeds 46 to 365; random play 1.1).
     env, spec = make_env(task_id), get_task(task_id)
     returns = [run_episode(env, make_teacher(task_id, seed=k), seed=1000 + k).ret for k in range(2)]
     assert np.mean(returns) >= minimum and spec.normalize(np.mean(returns)) > 10.0, returns
