@@ -1,10 +1,10 @@
 """Collection overhead: env steps/s while collecting (record, encode, write crash-safely) vs the bare loop.
 
-Both run in this process on the same seeds with the same expert: the bare loop only steps the env and the
-expert; ``collect(..., workers=0)`` also records every observation, encodes the episode (Arrow columns,
-statistics, PNG for images), and commits it to a LeRobot v3 store every ``--flush-seconds``. Each side runs
-twice, alternating, and the faster run counts (this machine is shared). Optionally the same collection with
-worker processes shows the parallel throughput.
+Both run in this process on the same seeds with the same demonstrator (the task's teacher, ``make_teacher``, as
+``collect`` uses): the bare loop only steps the env and the demonstrator; ``collect(..., workers=0)`` also
+records every observation, encodes the episode (Arrow columns, statistics, PNG for images), and commits it to a
+LeRobot v3 store every ``--flush-seconds``. Each side runs twice, alternating, and the faster run counts (this
+machine is shared). Optionally the same collection with worker processes shows the parallel throughput.
 
     .venv/bin/python scripts/bench_collect.py --tasks classic/cartpole-v1 mujoco/inverted-pendulum-v5
     target: overhead < 25% without images; ends with one JSON line.
@@ -24,7 +24,7 @@ from pathlib import Path
 import tyro
 
 from omnipolicy.datasets.collect import collect
-from omnipolicy.envs import get_task, make_env, make_expert
+from omnipolicy.envs import get_task, make_env, make_teacher
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ QUICK = Args(seconds=1.5, rounds=2, workers=0, quick=True)
 
 
 def bare_loop(task_id: str, seeds: range) -> tuple[int, float, float]:
-    """Env + expert only; returns (steps, wall seconds, CPU seconds) excluding construction."""
+    """Env + demonstrator only; returns (steps, wall seconds, CPU seconds) excluding construction."""
     task = get_task(task_id)
-    env, expert = make_env(task_id, seed=seeds.start), make_expert(task_id, seed=seeds.start)
+    env, expert = make_env(task_id, seed=seeds.start), make_teacher(task_id, seed=seeds.start)
     steps, t0, c0 = 0, time.perf_counter(), time.process_time()
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
