@@ -426,8 +426,11 @@ class _Tracker(Expert):
         paddle_before, self.paddle_before = self.paddle_before, paddle
         return self.discrete(self._press(ball_x, ball_y, before, paddle, paddle_before))
 
-    def _toward(self, paddle: float, target: float, dead: float) -> int:
-        return self.UP if paddle < target - dead else self.DOWN if paddle > target + dead else self.NOOP
+    DEAD = 0.0
+    """Half-width of the band around the target where the tracker does not press."""
+
+    def _toward(self, paddle: float, target: float) -> int:
+        return self.UP if paddle < target - self.DEAD else self.DOWN if paddle > target + self.DEAD else self.NOOP
 
     def _press(self, ball_x, ball_y, before, paddle, paddle_before) -> int:
         raise NotImplementedError
@@ -457,7 +460,7 @@ class PongTracker(_Tracker):
             target = _reflect(ball_y + vy * max(0.0, (self.LINE - ball_x) / vx), *self.WALLS)
         else:
             target = self.IDLE
-        return self._toward(paddle, target, self.DEAD)
+        return self._toward(paddle, target)
 
 
 class BreakoutTracker(_Tracker):
@@ -485,4 +488,4 @@ class BreakoutTracker(_Tracker):
             vx, vy = ball_x - before[0], ball_y - before[1]
             ball_x = _reflect(ball_x + vx * max(0.0, (self.LINE - ball_y) / vy), *self.WALLS)
         ahead = paddle + self.LEAD * (paddle - (paddle if paddle_before is None else paddle_before))
-        return self._toward(ahead, ball_x - self.CENTRE, self.DEAD)
+        return self._toward(ahead, ball_x - self.CENTRE)
