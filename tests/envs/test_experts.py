@@ -79,9 +79,7 @@ def test_trackers_press_toward_where_the_ball_crosses_the_paddles_line() -> None
     assert pong._press(100, 100, np.array([96, 96]), 150, None) == pong.UP
     # from y 200 it would reach 287: bounced off the bottom wall (207) to 127: down from 150
     assert pong._press(100, 200, np.array([96, 196]), 150, None) == pong.DOWN
-    assert pong._press(100, 200, np.array([96, 196]), 129, None) == pong.NOOP  # aimed 4 short of 127: 117-129
-    # a paddle still moving 20 px a step toward smaller y is judged 10 px ahead: at 125 (115) it presses back
-    assert pong._press(100, 200, np.array([96, 196]), 125, 145) == pong.UP
+    assert pong._press(100, 200, np.array([96, 196]), 129, None) == pong.NOOP  # within the dead band of 127
     assert pong._press(100, 100, np.array([104, 96]), 150, None) == pong.DOWN  # moving away: mid-court (120)
     breakout = BreakoutTracker(get_task("atari/breakout"))
     assert breakout._press(0, 0, None, 100, 100) == breakout.FIRE  # no ball: serve
@@ -96,7 +94,7 @@ def test_trackers_press_toward_where_the_ball_crosses_the_paddles_line() -> None
 @pytest.mark.parametrize("task_id,minimum", [("atari/pong-located", -13.3), ("atari/breakout-located", 40.0)])
 def test_trackers_play_a_protocol_episode_well_above_random(task_id: str, minimum: float) -> None:
     # Whole 2000-step episodes (about 2 s each). Pong: above 25% of the expert (-13.3; the 10 collection seeds
-    # -11 to +1, mean -2.6); Breakout: mean of two episodes (the collection seeds 46 to 365; random play 1.1).
+    # -14 to +4, mean -6.3); Breakout: mean of two episodes (the collection seeds 46 to 365; random play 1.1).
     env, spec = make_env(task_id), get_task(task_id)
     returns = [run_episode(env, make_teacher(task_id, seed=k), seed=1000 + k).ret for k in range(2)]
     assert np.mean(returns) >= minimum and spec.normalize(np.mean(returns)) > 10.0, returns
