@@ -93,6 +93,12 @@ class TaskSpec:
                 raise ValueError(f"Task {self.id!r}: expected a 'module:attr' path, got {path!r}")
 
     @property
+    def demonstrator_entry_point(self) -> str:
+        """``module:attr`` of the class that demonstrates the task and labels its DAgger rounds: its teacher, else
+        its expert."""
+        return self.teacher_entry_point or self.expert_entry_point
+
+    @property
     def factory_kwargs(self) -> dict[str, Any]:
         """The env factory's extra keyword arguments as a dict."""
         return dict(self.kwargs)
@@ -334,7 +340,7 @@ def make_expert(task_id: str, seed: int = 0):
 def make_teacher(task_id: str, seed: int = 0):
     """Build the policy that demonstrates a task and labels its DAgger rounds: its teacher, else its expert."""
     spec = get_task(task_id)
-    return load_attr(spec.teacher_entry_point or spec.expert_entry_point)(spec, seed=seed)
+    return load_attr(spec.demonstrator_entry_point)(spec, seed=seed)
 
 
 def __getattr__(name: str) -> Any:
@@ -453,7 +459,7 @@ def tasks_command(argv: list[str], prog: str) -> None:
                 "random_score": s.random_score,
                 "expert_score": s.expert_score,
                 "expert": s.expert_entry_point,
-                "teacher": s.teacher_entry_point or s.expert_entry_point,
+                "teacher": s.demonstrator_entry_point,
                 "has_success": s.has_success,
                 "expert_success": s.expert_success,
                 "default": s.default,

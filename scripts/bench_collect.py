@@ -50,13 +50,13 @@ QUICK = Args(seconds=1.5, rounds=2, workers=0, quick=True)
 def bare_loop(task_id: str, seeds: range) -> tuple[int, float, float]:
     """Env + demonstrator only; returns (steps, wall seconds, CPU seconds) excluding construction."""
     task = get_task(task_id)
-    env, expert = make_env(task_id, seed=seeds.start), make_teacher(task_id, seed=seeds.start)
+    env, teacher = make_env(task_id, seed=seeds.start), make_teacher(task_id, seed=seeds.start)
     steps, t0, c0 = 0, time.perf_counter(), time.process_time()
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        expert.reset(env, obs)
+        teacher.reset(env, obs)
         for _ in range(task.max_steps):
-            obs, _, terminated, truncated, _ = env.step(expert.act(env, obs))
+            obs, _, terminated, truncated, _ = env.step(teacher.act(env, obs))
             steps += 1
             if terminated or truncated:
                 break
