@@ -73,7 +73,8 @@ def test_tasks_command_lists_every_task(capsys) -> None:
     out = capsys.readouterr().out
     for spec in list_tasks():
         assert spec.id in out
-    assert "discrete(6)" in out and "image 84x84x3" in out and "state (39,) + instruction text" in out
+    assert "discrete(6)" in out and "image 84x84x3" in out
+    assert "state (39,) + to_object (3,) + to_goal (3,) + instruction text" in out
     tasks_command(["--domain", "metaworld", "--json"], prog="omnipolicy tasks")
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 10 and all(r["has_success"] and r["expert_success"] >= 0.9 for r in rows)
