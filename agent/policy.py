@@ -372,7 +372,9 @@ class Policy:
         if bad or len(set(ids)) != len(ids):
             raise ValueError(f"env_ids must be distinct indices in [0, {self.num_envs}), got {ids}")
         for i, obs in zip(ids, observations):
-            check_observation(spec, obs, where=f"Task {task_id!r}, env {i} observation")
+            # The fields are the checkpoint's: a task whose observation changed since needs new data and training.
+            check_observation(spec, obs, where=f"Task {task_id!r} (as this checkpoint was trained on it), env {i} "
+                                               "observation")
         return ids
 
     def _tokenize(self, spec: TimestepSpec, obs: Mapping[str, Any]) -> _Timestep:

@@ -280,7 +280,8 @@ def test_observation_errors_name_key_expected_and_actual(checkpoint):
     policy.reset(1)
     with pytest.raises(KeyError, match=r"env 0 observation: missing key 'state'; expected keys \['image', 'instruction', 'state'\], got \['image', 'instruction'\]"):
         policy.act(IMAGE_TASK, [{k: v for k, v in good.items() if k != "state"}])
-    with pytest.raises(KeyError, match=r"unexpected key 'depth'"):
+    with pytest.raises(KeyError, match=r"\(as this checkpoint was trained on it\), env 0 observation: unexpected "
+                                       r"key 'depth'"):
         policy.act(IMAGE_TASK, [{**good, "depth": np.zeros(3)}])
     with pytest.raises(ValueError, match=r"key 'image' expected shape \(32, 24, 3\), got \(24, 32, 3\)"):
         policy.act(IMAGE_TASK, [{**good, "image": np.zeros((24, 32, 3), np.uint8)}])
