@@ -7,8 +7,8 @@ with an RNG seeded by the reset seed, so a seeded reset is deterministic.
 Besides the 39-value state, each task shows two offsets computed from it: the object's position from the hand
 (``to_object``) and the goal's from the object (``to_goal``), as dm_control's reacher shows ``to_target``. The
 state holds the same numbers, but each as a mu-law token of its own: a policy had to subtract two tokens of about
-0.6 m to find a 4 cm offset, and the offsets give it in one value at about 2% of its size. With them the
-grasping tasks cross the line at the main job's compute (docs/results.md, "Meta-World with the offsets shown").
+0.6 m to find a 4 cm offset, and the offsets give it in one value at about 2% of its size (docs/results.md,
+"Meta-World with the offsets shown").
 """
 
 from __future__ import annotations
