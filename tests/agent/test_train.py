@@ -210,6 +210,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         result = train(small_cfg(Path(out), steps=3), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
         if rank == 0:
             Path(out, "losses.json").write_text(json.dumps(result.losses))
+        dist.barrier()  # both ranks done before either tears the group down (a rank aborted in gloo's teardown once)
     finally:
         dist.destroy_process_group()
 
