@@ -260,12 +260,14 @@ class MetaWorldScenes:
     def draw(self, split: str, seed: int, rng: np.random.Generator, question_type: str | None = None) -> Item:
         import mujoco
 
+        from .metaworld import GOAL, HAND
+
         del split  # the seed is the scene: evaluation seeds are scenes never collected
         state, _ = self.env._reset(seed)
         direction = np.append(rng.uniform(-1, 1, 3), 0.0).astype(np.float32)
         for _ in range(int(rng.integers(0, 16))):
             state, *_ = self.env._step(direction)
-        hand, goal = np.asarray(state["state"][0:3]), np.asarray(state["state"][36:39])
+        hand, goal = np.asarray(state["state"][HAND]), np.asarray(state["state"][GOAL])
         kind = question_type or self.question_types[int(rng.integers(len(self.question_types)))]
         other = hand if kind == "puck vs gripper" else goal
         d = self.sim.data

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from omnipolicy.envs.experts.base import Expert
+from omnipolicy.envs.metaworld import GOAL, HAND, OBJECT
 
 POLICY_NAMES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
 """Policy class names that don't follow ``Sawyer<CamelName>V3Policy``."""
@@ -62,7 +63,7 @@ class PegInsertSideExpert(MetaWorldExpert):
         from metaworld.policies.policy import move
 
         s = np.asarray(obs["state"], dtype=np.float64)
-        hand, peg, goal = s[:3], s[4:7], s[-3:]
+        hand, peg, goal = s[HAND], s[OBJECT], s[GOAL]
         near_xy = np.linalg.norm(hand[:2] - peg[:2]) <= 0.04
         gap = hand[2] - peg[2]
         if self.held < self.HOLD:
