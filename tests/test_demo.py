@@ -173,7 +173,11 @@ def test_default_recipe_gives_every_default_task_its_settings():
     assert labelled == [t for t in DEFAULT_SUITE if DEFAULT_RECIPE[t][3]]
     assert cfg.recipe.dagger_domains == ("atari", "classic", "dmc", "mujoco")  # named in the report's protocol
     assert (cfg.recipe.dagger_step_share, cfg.recipe.dagger_max_episodes) == (0.2, 200)
-    assert {cfg.recipe.weight_for(t) for t in DEFAULT_SUITE} == {1.0}  # equal training weights
+    weights = {t: cfg.recipe.weight_for(t) for t in DEFAULT_SUITE}
+    assert sum(weights.values()) == len(DEFAULT_SUITE)  # per-task budgets moved, not added: the job's time holds
+    assert {t for t, w in weights.items() if w > 1} == {"dmc/cartpole-swingup", "mujoco/inverted-double-pendulum-v5",
+                                                        "metaworld/pick-place-v3", "metaworld/peg-insert-side-v3"}
+    assert weights["atari/pong"] == weights["atari/breakout"] == 0.25
     # --episodes and --action-noise set one value for every task over the recipe's
     flat = DemoConfig(episodes=5, action_noise=0.1)
     assert {(flat.episodes_for(t), flat.noise_for(t)) for t in DEFAULT_SUITE} == {(5, 0.1)}
