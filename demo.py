@@ -115,9 +115,10 @@ class DemoRecipe:
         "metaworld/peg-insert-side-v3": 1.5,
     })
     """Training sampling weight of each task (a task whose domain has no entry: 1): a task is drawn for a training
-    window in proportion to its weight, so it gets that many times the windows of a task with weight 1. The total
-    is the equal weights' (23), moved from the tasks that do not need their share to the ones that cross the line
-    with more compute; the measurements are in docs/results.md ("Per-task budgets in the main job")."""
+    window in proportion to its weight, so it gets that many times the windows of a task with weight 1. Over the
+    default suite the total is the equal weights' (23), moved from the tasks that do not need their share to the
+    ones that cross the line with more compute; the measurements are in docs/results.md ("The main job with
+    per-task budgets")."""
     dagger_step_share: float = 0.2
     """A round also labels at least this share of each task's demonstration steps, running more episodes where the
     policy's are short (a policy that falls early labels almost nothing in a fixed number of episodes)."""
