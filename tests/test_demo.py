@@ -141,7 +141,7 @@ DEFAULT_RECIPE = {
     "classic/mountaincar-v0": (60, 0.0, None, 0, 400),
     "classic/pendulum-v1": (100, 0.3, None, 30, 400),
     "dmc/cartpole-balance": (12, 0.3, None, 10, 400),
-    "dmc/cartpole-swingup": (30, 0.3, 400, 10, 400),
+    "dmc/cartpole-swingup": (30, 0.3, 400, 30, 400),
     "dmc/point_mass-easy": (12, 0.3, None, 10, 400),
     "dmc/reacher-easy": (80, 0.3, 150, 20, 150),
     "metaworld/button-press-topdown-v3": (40, 0.3, 250, 0, 250),
