@@ -105,6 +105,8 @@ def eval_command(argv: list[str], prog: str) -> None:
         get_task(t)  # unknown ids fail before any rollout, with close matches
     decoding = actor.policy.continuous_decoding if cfg.actor == "policy" else None  # "auto" resolved
     protocol = {"checkpoint": str(cfg.checkpoint), "temperature": cfg.temperature, "continuous_decoding": decoding}
+    if cfg.actor == "policy" and actor.policy.task_decoding:
+        protocol["task_decoding"] = actor.policy.task_decoding
     if cfg.actor == "policy" and actor.policy.meta.model.action_chunk > 1:
         model = actor.policy.meta.model
         protocol["action_chunk"] = {"size": model.action_chunk, "execution": model.chunk_execution,

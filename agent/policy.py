@@ -62,6 +62,16 @@ def preferred_decoding(meta: CheckpointMeta) -> str:
     return "mean" if (config.get("bin_sigma") or 0) > 0 else "mode"
 
 
+def preferred_task_decoding(meta: CheckpointMeta) -> dict[str, str]:
+    """The per-domain and per-task decodings ``"auto"`` also stands for with this checkpoint: its run's
+    ``TrainConfig.task_decoding`` (empty for checkpoints that predate it)."""
+    table = dict((meta.train_state.get("config") or {}).get("task_decoding") or {})
+    bad = {k: v for k, v in table.items() if v not in ("mean", "mode")}
+    if bad:
+        raise ValueError(f"the checkpoint's training config has task_decoding {bad}; expected 'mean' or 'mode'")
+    return table
+
+
 @dataclass
 class _Timestep:
     """One timestep of an environment's context (numpy, ready to batch)."""
@@ -107,8 +117,9 @@ class Policy:
             (Gato's argmax); ``"auto"`` (default) the one the checkpoint was trained to prefer
             (``TrainConfig.decoding``), or when that is auto the one that matches the training loss: mean for a
             checkpoint trained with Gaussian bin targets (``TrainConfig.bin_sigma > 0``, whose predictions are
-            unimodal bumps), mode for one-hot targets (whose diffuse tails would pull a mean to the middle).
-            Discrete dimensions always take the mode.
+            unimodal bumps), mode for one-hot targets (whose diffuse tails would pull a mean to the middle); under
+            auto, a domain or task named in the checkpoint's ``TrainConfig.task_decoding`` takes the decoding
+            named there (a task's own entry wins over its domain's). Discrete dimensions always take the mode.
         seed: seed of the sampling generator.
         use_session: act through a KV-cached :class:`~omnipolicy.agent.inference.InferenceSession`
             (tens of times faster than recomputing the window; when the window is full the oldest
@@ -140,6 +151,8 @@ class Policy:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
         if continuous_decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"continuous_decoding must be one of {CONTINUOUS_DECODINGS}, got {continuous_decoding!r}")
+        self.task_decoding = preferred_task_decoding(meta) if continuous_decoding == "auto" else {}
+        """Decodings of the domains and tasks that differ from ``continuous_decoding`` (see :meth:`decoding_for`)."""
         if continuous_decoding == "auto":
             continuous_decoding = preferred_decoding(meta)
         self.continuous_decoding = continuous_decoding
@@ -297,9 +310,14 @@ class Policy:
             self._ranges[task_id] = np.tile(ranges, (self.chunk_size(task_id), 1))
         return self._ranges[task_id]
 
+    def decoding_for(self, task_id: str) -> str:
+        """``"mean"`` or ``"mode"``: how ``task_id``'s continuous action dimensions pick their bin (its entry in
+        ``task_decoding``, else its domain's, else ``continuous_decoding``)."""
+        return self.task_decoding.get(task_id, self.task_decoding.get(task_id.split("/")[0], self.continuous_decoding))
+
     def expected_dims(self, task_id: str) -> np.ndarray:
-        """bool (k * A,): the action tokens of ``task_id`` decoded by their expected bin (see ``continuous_decoding``)."""
-        continuous = self.continuous_decoding == "mean" and self.spec(task_id).action.kind == "continuous"
+        """bool (k * A,): the action tokens of ``task_id`` decoded by their expected bin (see :meth:`decoding_for`)."""
+        continuous = self.decoding_for(task_id) == "mean" and self.spec(task_id).action.kind == "continuous"
         return np.full(len(self.action_ranges(task_id)), continuous)
 
     # -------------------------------------------------------------------- act

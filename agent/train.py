@@ -158,6 +158,10 @@ class TrainConfig:
     ``--continuous-decoding auto`` (written into each checkpoint): mean (the expected bin), mode (the most likely
     bin, Gato's argmax), or auto: mean with ``bin_sigma > 0``, mode without. Grasping policies trained with
     ``bin_sigma`` succeed more often with mode."""
+    task_decoding: dict[str, Literal["mean", "mode"]] = field(default_factory=dict)
+    """Decodings that ``--continuous-decoding auto`` takes for some domains or tasks instead of ``decoding``'s,
+    keyed by domain (``metaworld``) or task id (a task's entry wins over its domain's; written into each
+    checkpoint). An explicit ``--continuous-decoding mean`` or ``mode`` applies to every task."""
     prompt_prob: float = 0.25
     """Share of windows prefixed with a demonstration of the same task (Gato: 0.25)."""
     random_shift: int = 0
@@ -218,6 +222,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
         if self.decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"TrainConfig.decoding must be 'auto', 'mean' or 'mode', got {self.decoding!r}")
+        bad = {k: v for k, v in self.task_decoding.items() if v not in ("mean", "mode")}
+        if bad:
+            raise ValueError(f"TrainConfig.task_decoding values must be 'mean' or 'mode', got {bad}")
         if not isinstance(self.random_shift, int) or self.random_shift < 0:
             raise ValueError(f"TrainConfig.random_shift must be an int >= 0 (pixels), got {self.random_shift!r}")
         if not 0.0 <= self.prompt_prob <= 1.0:

@@ -30,6 +30,7 @@ def test_demo_smoke_collect_train_eval_report(tmp_path, load_script, capsys):
         lo, hi = t["normalized_ci95"]
         assert lo <= t["normalized_mean"] <= hi
     assert report["protocol"]["demonstrations"] == {"classic/cartpole-v1": 3, "classic/pendulum-v1": 3}
+    assert report["protocol"]["task_decoding"] == {"metaworld": "mode"}  # the recipe's, read back from the checkpoint
     assert 0.0 <= report["overall"]["share_at_least_50"] <= 1.0
     assert "tasks at or above 50% of expert" in (out / "report.md").read_text()
     # one of 3 demonstrations per task held out: both tasks have a validation and a training-episodes loss
@@ -190,7 +191,7 @@ def test_recipe_entries_are_options_of_the_demo_command(capsys):
 
     args = ["--recipe.episodes.atari", "20", "--recipe.noise.classic/cartpole-v1", "0.1", "--recipe.max-steps.dmc",
             "500", "--recipe.dagger-scale.metaworld", "1", "--recipe.dagger-step-share", "0.5",
-            "--recipe.weight.atari", "2"]
+            "--recipe.weight.atari", "2", "--recipe.decoding.metaworld", "mean"]
     cfg = tyro.cli(DemoConfig, args=args)
     assert cfg.episodes_for("atari/pong") == 20 and cfg.episodes_for("metaworld/reach-v3") == 40
     assert cfg.noise_for("classic/cartpole-v1") == 0.1 and cfg.noise_for("classic/acrobot-v1") == 0.0
@@ -198,6 +199,7 @@ def test_recipe_entries_are_options_of_the_demo_command(capsys):
     assert cfg.recipe.max_steps_for("dmc/reacher-easy") == 150  # the task's own entry wins over its domain's
     assert cfg.dagger_episodes_for("metaworld/reach-v3") == 10 and cfg.recipe.dagger_step_share == 0.5
     assert cfg.recipe.weight_for("atari/pong") == 2.0 and cfg.recipe.weight_for("metaworld/push-v3") == 1.0
+    assert cfg.recipe.decoding == {"metaworld": "mean"}
     assert tyro.cli(DemoConfig, args=[]) == DemoConfig()
     with pytest.raises(SystemExit):
         tyro.cli(DemoConfig, args=["--help"], prog="omnipolicy demo")
@@ -217,6 +219,8 @@ def test_recipe_rejects_bad_values_and_names_a_missing_entry():
         DemoRecipe(episodes={**DemoRecipe().episodes, "atari": 0})
     with pytest.raises(ValueError, match=r"DemoRecipe.weight values must be a float >= 0 .*, got \{'atari': -1.0\}"):
         DemoRecipe(weight={"atari": -1.0})
+    with pytest.raises(ValueError, match=r"DemoRecipe.decoding values must be 'mean' or 'mode', got \{'dmc': 'max'\}"):
+        DemoRecipe(decoding={"dmc": "max"})
     with pytest.raises(ValueError, match=r"DemoRecipe.dagger_max_steps must be >= 1, got 0"):
         DemoRecipe(dagger_max_steps=0)
     recipe = DemoRecipe(episodes={"dmc": 12}, noise={"dmc": 0.3}, max_steps={"dmc": 500}, dagger_scale={"dmc": 1})
@@ -242,3 +246,4 @@ def test_recipe_weights_reach_the_training_config(tmp_path, monkeypatch):
     assert [c.task_weights for c in seen] == [
         {"atari/pong": 0.5, "metaworld/push-v3": 4.0, "metaworld/reach-v3": 1.0, "dmc/reacher-easy": 1.0}]
     assert seen[0].steps == seen[0].stop_at == 10
+    assert seen[0].task_decoding == {"metaworld": "mode"}  # the recipe's decodings go into the checkpoint

@@ -97,6 +97,27 @@ def test_auto_decoding_follows_the_training_targets_and_bad_names_are_refused():
         policy({}, continuous_decoding="median")
 
 
+def test_auto_decoding_takes_the_runs_per_domain_and_per_task_choices():
+    """``TrainConfig.task_decoding``: a task's entry wins over its domain's, which wins over ``decoding``; an
+    explicit decoding applies to every task."""
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=4, d_ff=64, context=96, local_positions=64, patch_channels=8,
+                      patch_stride=4).with_vocab(TOK.layout.vocab_size)
+    tasks = {TASK: SPEC, "test/grasp-v0": SPEC, "other/reach-v0": SPEC}
+    state = {"config": {"bin_sigma": 8.0, "task_decoding": {"test": "mode", "test/grasp-v0": "mean"}}}
+
+    def policy(train_state, **kw):
+        return Policy(GatoModel(cfg).eval(), CheckpointMeta(cfg, TOK.layout, tasks, train_state), TOK, **kw)
+
+    auto = policy(state)
+    assert {t: auto.decoding_for(t) for t in tasks} == {TASK: "mode", "test/grasp-v0": "mean", "other/reach-v0": "mean"}
+    assert {t: auto.expected_dims(t).tolist() for t in tasks} == {
+        TASK: [False, False], "test/grasp-v0": [True, True], "other/reach-v0": [True, True]}
+    told = policy(state, continuous_decoding="mode")
+    assert told.task_decoding == {} and {told.decoding_for(t) for t in tasks} == {"mode"}
+    with pytest.raises(ValueError, match=r"task_decoding \{'test': 'median'\}; expected 'mean' or 'mode'"):
+        policy({"config": {"task_decoding": {"test": "median"}}})
+
+
 # ------------------------------------------------------------------------------ action chunking
 
 

@@ -326,6 +326,8 @@ def test_the_runs_decoding_is_written_into_its_checkpoints_for_policies_to_follo
     assert preferred_decoding(meta) == "mean"  # one-hot targets alone would have said mode
     with pytest.raises(ValueError, match=r"TrainConfig.decoding must be 'auto', 'mean' or 'mode', got 'median'"):
         small_cfg(tmp_path, decoding="median")
+    with pytest.raises(ValueError, match=r"TrainConfig.task_decoding values must be 'mean' or 'mode', got \{'dmc': 'auto'\}"):
+        small_cfg(tmp_path, task_decoding={"dmc": "auto"})
 
 
 def test_n_layer_overrides_the_presets_depth_only(tmp_path):
