@@ -127,7 +127,8 @@ class DemoRecipe:
     ``mean`` (the expected bin) or ``mode`` (the most likely one), written into the checkpoint as
     ``TrainConfig.task_decoding`` and used wherever it is evaluated, labelled or deployed with
     ``--continuous-decoding auto``. The grasps succeed more often on the most likely bin (open or closed, not
-    half-closed); the measurements are in docs/results.md ("The most likely bin for Meta-World")."""
+    half-closed); the measurements are in docs/results.md ("The main job with Meta-World on the most likely
+    bin")."""
     dagger_step_share: float = 0.2
     """A round also labels at least this share of each task's demonstration steps, running more episodes where the
     policy's are short (a policy that falls early labels almost nothing in a fixed number of episodes)."""
