@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 import tyro
 
 from omnipolicy.agent import PolicyActor, TrainConfig, train
+from omnipolicy.agent.policy import check_task_decoding
 from omnipolicy.agent.train import TrainResult
 from omnipolicy.datasets.collect import collect, task_path
 from omnipolicy.datasets.dagger import dagger_round
@@ -146,9 +147,7 @@ class DemoRecipe:
             "dagger_scale": (self.dagger_scale, 0, None, "an int >= 0 (0: no rounds)"),
             "weight": (self.weight, 0.0, None, "a float >= 0 (0: collected and evaluated, never trained on)"),
         }
-        bad = {k: v for k, v in self.decoding.items() if v not in ("mean", "mode")}
-        if bad:
-            raise ValueError(f"DemoRecipe.decoding values must be 'mean' or 'mode', got {bad}")
+        check_task_decoding(self.decoding, "DemoRecipe.decoding")
         for name, (table, low, high, expected) in checks.items():
             bad = {k: v for k, v in table.items() if v < low or (high is not None and v > high)}
             if bad:

@@ -62,14 +62,23 @@ def preferred_decoding(meta: CheckpointMeta) -> str:
     return "mean" if (config.get("bin_sigma") or 0) > 0 else "mode"
 
 
+def check_task_decoding(table: Mapping[str, str], name: str) -> dict[str, str]:
+    """``table`` (domain or task id -> ``"mean"`` or ``"mode"``) as a dict.
+
+    Raises:
+        ValueError: a value is neither; the message names ``name`` and the bad entries.
+    """
+    bad = {k: v for k, v in table.items() if v not in ("mean", "mode")}
+    if bad:
+        raise ValueError(f"{name} values must be 'mean' or 'mode', got {bad}")
+    return dict(table)
+
+
 def preferred_task_decoding(meta: CheckpointMeta) -> dict[str, str]:
     """The per-domain and per-task decodings ``"auto"`` also stands for with this checkpoint: its run's
     ``TrainConfig.task_decoding`` (empty for checkpoints that predate it)."""
-    table = dict((meta.train_state.get("config") or {}).get("task_decoding") or {})
-    bad = {k: v for k, v in table.items() if v not in ("mean", "mode")}
-    if bad:
-        raise ValueError(f"the checkpoint's training config has task_decoding {bad}; expected 'mean' or 'mode'")
-    return table
+    table = (meta.train_state.get("config") or {}).get("task_decoding") or {}
+    return check_task_decoding(table, "the checkpoint's TrainConfig.task_decoding")
 
 
 @dataclass

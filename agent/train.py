@@ -59,7 +59,7 @@ from .checkpoint import (
 )
 from .config import PRESETS, ModelConfig, get_preset, presets_table
 from .model import GatoModel
-from .policy import CONTINUOUS_DECODINGS
+from .policy import CONTINUOUS_DECODINGS, check_task_decoding
 from .synthetic import SYNTHETIC_TASK_ID, SyntheticWindows, synthetic_spec
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -222,9 +222,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
         if self.decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"TrainConfig.decoding must be 'auto', 'mean' or 'mode', got {self.decoding!r}")
-        bad = {k: v for k, v in self.task_decoding.items() if v not in ("mean", "mode")}
-        if bad:
-            raise ValueError(f"TrainConfig.task_decoding values must be 'mean' or 'mode', got {bad}")
+        check_task_decoding(self.task_decoding, "TrainConfig.task_decoding")
         if not isinstance(self.random_shift, int) or self.random_shift < 0:
             raise ValueError(f"TrainConfig.random_shift must be an int >= 0 (pixels), got {self.random_shift!r}")
         if not 0.0 <= self.prompt_prob <= 1.0:

@@ -114,7 +114,7 @@ def test_auto_decoding_takes_the_runs_per_domain_and_per_task_choices():
         TASK: [False, False], "test/grasp-v0": [True, True], "other/reach-v0": [True, True]}
     told = policy(state, continuous_decoding="mode")
     assert told.task_decoding == {} and {told.decoding_for(t) for t in tasks} == {"mode"}
-    with pytest.raises(ValueError, match=r"task_decoding \{'test': 'median'\}; expected 'mean' or 'mode'"):
+    with pytest.raises(ValueError, match=r"checkpoint's TrainConfig.task_decoding values must be 'mean' or 'mode', got \{'test': 'median'\}"):
         policy({"config": {"task_decoding": {"test": "median"}}})
 
 
