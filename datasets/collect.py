@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -163,7 +163,8 @@ class TaskProgress:
     done: set[int]
     kept: int = 0
     rejected: int = 0
-    in_flight: int = 0
+    flying: set[int] = field(default_factory=set)
+    """Seeds handed out whose episodes have not come back."""
     steps: int = 0
     buffer: list[PreparedEpisode] | None = None
     rejected_buffer: list[int] | None = None
@@ -175,7 +176,7 @@ class TaskProgress:
     def take_seed(self) -> int | None:
         while self.next_seed < self.max_seed and self.next_seed in self.done:
             self.next_seed += 1
-        if self.next_seed >= self.max_seed or self.have + self.in_flight >= self.target:
+        if self.next_seed >= self.max_seed or self.have + len(self.flying) >= self.target:
             return None
         seed = self.next_seed
         self.next_seed += 1
@@ -262,13 +263,22 @@ class _CollectionRun:
         self.last_flush = time.monotonic()
         self.interval = flush_seconds
 
-    def flush(self) -> None:
-        """Append the buffered episodes and rejected seeds to the stores (one crash-safe commit per store)."""
+    def flush(self, final: bool = False) -> None:
+        """Append the buffered episodes and rejected seeds to the stores (one crash-safe commit per store).
+
+        Episodes are stored in seed order, whatever order the workers finish them in: an episode waits in the
+        buffer while a lower seed of its task is still in flight (``final``: write every buffered one), so a
+        dataset's episode indices, and the training and held-out episodes drawn from them, do not depend on
+        scheduling.
+        """
         t0 = time.monotonic()
         for tp in self.tasks.values():
-            if tp.buffer or tp.rejected_buffer:
-                tp.store.append_episodes(tp.buffer, rejected_seeds={tp.task.id: tp.rejected_buffer})
-                tp.buffer, tp.rejected_buffer = [], []
+            tp.buffer.sort(key=lambda p: p.seed)
+            first_flying = min(tp.flying, default=None)
+            ready = [p for p in tp.buffer if final or first_flying is None or p.seed < first_flying]
+            if ready or tp.rejected_buffer:
+                tp.store.append_episodes(ready, rejected_seeds={tp.task.id: tp.rejected_buffer})
+                tp.buffer, tp.rejected_buffer = tp.buffer[len(ready):], []
         # a commit rewrites the tail data file: keep its share of the time under ~5%
         self.interval = max(self.flush_seconds, 20 * (time.monotonic() - t0))
 
@@ -280,7 +290,7 @@ class _CollectionRun:
     def accept(self, prepared: PreparedEpisode) -> None:
         """Buffer a finished episode, or its seed as rejected when the filter drops it."""
         tp = self.tasks[prepared.task_id]
-        tp.in_flight -= 1
+        tp.flying.discard(int(prepared.seed))
         tp.steps += prepared.length
         if tp.have >= tp.target:
             return  # a surplus rollout (the filter rejected fewer than expected)
@@ -297,11 +307,11 @@ class _CollectionRun:
     def next_job(self) -> tuple[str, int, float, int | None] | None:
         """Arguments of the next ``_worker_rollout`` (task id, seed, noise, cap), or None when all are handed out."""
         # the least advanced task first, so tasks progress together
-        order = sorted(self.tasks.values(), key=lambda tp: (tp.have + tp.in_flight) / max(tp.target, 1))
+        order = sorted(self.tasks.values(), key=lambda tp: (tp.have + len(tp.flying)) / max(tp.target, 1))
         for tp in order:
             s = tp.take_seed()
             if s is not None:
-                tp.in_flight += 1
+                tp.flying.add(s)
                 return tp.task.id, s, self.noise[tp.task.id], self.caps[tp.task.id]
         return None
 
@@ -313,7 +323,7 @@ class _CollectionRun:
             else:
                 self._run_pool(workers)
         finally:
-            self.flush()
+            self.flush(final=True)
             self.bar.close()
             for tp in self.tasks.values():
                 tp.store.close()

@@ -44,6 +44,32 @@ def test_workers_give_the_same_episodes_as_in_process(tmp_path: Path) -> None:
         np.testing.assert_array_equal(x.actions, y.actions)
 
 
+def test_episodes_are_stored_in_seed_order_whatever_order_they_finish_in(tmp_path: Path) -> None:
+    """Workers finish episodes out of order; the store gets them by seed, so episode indices (and the held-out
+    share and training draws made from them) do not depend on scheduling."""
+    from omnipolicy.datasets.collect import _CollectionRun, _open_tasks, _worker_rollout
+
+    tid = "classic/acrobot-v1"
+    tasks = _open_tasks([tid], 3, tmp_path, 0, None, 1.0)
+    run = _CollectionRun(tasks, None, 0.0, {tid: 0.0}, {tid: 20}, 3, progress=False)
+    jobs = [run.next_job() for _ in range(3)]
+    assert [j[1] for j in jobs] == [0, 1, 2] and run.next_job() is None
+    done = {seed: _worker_rollout(*job)[0] for job in jobs for seed in [job[1]]}
+    store = tasks[tid].store
+    run.accept(done[2])
+    run.flush()
+    assert store.num_episodes == 0  # seeds 0 and 1 still in flight
+    run.accept(done[0])
+    run.flush()
+    store.refresh()
+    assert [store.load_episode(i).seed for i in range(store.num_episodes)] == [0]
+    run.accept(done[1])
+    run.flush()
+    store.refresh()
+    assert [store.load_episode(i).seed for i in range(store.num_episodes)] == [0, 1, 2]
+    store.close()
+
+
 def test_gato_filter_keeps_only_near_expert_episodes(tmp_path: Path) -> None:
     from omnipolicy.envs import get_task
 
