@@ -29,7 +29,7 @@ from omnipolicy.agent.train import TrainResult
 from omnipolicy.datasets.collect import collect, task_path
 from omnipolicy.datasets.dagger import dagger_round
 from omnipolicy.datasets.store import EpisodeStore
-from omnipolicy.envs import DEFAULT_SUITE, get_task
+from omnipolicy.envs import DEFAULT_SUITE, get_task, task_entry
 from omnipolicy.envs.evaluate import evaluate
 from omnipolicy.files import write_json_atomic
 
@@ -181,11 +181,11 @@ class DemoRecipe:
         >>> DemoRecipe().max_steps_for("metaworld/push-v3"), DemoRecipe().max_steps_for("classic/cartpole-v1")
         (250, None)
         """
-        return _entry(self.max_steps, task_id) or None
+        return task_entry(self.max_steps, task_id) or None
 
     def dagger_scale_for(self, task_id: str) -> int:
         """Multiple of ``DemoConfig.dagger_episodes`` a round runs of ``task_id`` (0: the task gets no rounds)."""
-        return _entry(self.dagger_scale, task_id) or 0
+        return task_entry(self.dagger_scale, task_id) or 0
 
     def weight_for(self, task_id: str) -> float:
         """Training sampling weight of ``task_id`` (1 where neither the task nor its domain has an entry).
@@ -194,7 +194,7 @@ class DemoRecipe:
         >>> [recipe.weight_for(t) for t in ("metaworld/push-v3", "atari/pong", "dmc/reacher-easy")]
         [4.0, 0.5, 1.0]
         """
-        value = _entry(self.weight, task_id)
+        value = task_entry(self.weight, task_id)
         return 1.0 if value is None else float(value)
 
     def dagger_tasks(self, tasks: Sequence[str]) -> list[str]:
@@ -224,14 +224,9 @@ class DemoRecipe:
         return min(need, self.dagger_max_episodes)
 
 
-def _entry(table: Mapping[str, _V], task_id: str) -> _V | None:
-    """``table``'s value for ``task_id``: the task's own entry, else its domain's (None: neither has one)."""
-    return table.get(task_id, table.get(task_id.split("/")[0]))
-
-
 def _required(table: Mapping[str, _V], name: str, task_id: str, flag: str) -> _V:
-    """``_entry``, for a table that must cover every task (``name`` and ``flag`` are for the error message)."""
-    value = _entry(table, task_id)
+    """``task_entry``, for a table that must cover every task (``name`` and ``flag`` are for the error message)."""
+    value = task_entry(table, task_id)
     if value is None:
         raise ValueError(f"DemoRecipe.{name} has no entry for {task_id!r} or its domain {task_id.split('/')[0]!r}; "
                          f"it has {list(table)} (or set one value for every task with {flag})")

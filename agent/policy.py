@@ -37,6 +37,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from omnipolicy.envs.registry import task_entry
 from omnipolicy.tokenizers import TimestepSpec, Tokenizer, check_observation
 from omnipolicy.tokenizers.image import patch_slots
 
@@ -322,7 +323,7 @@ class Policy:
     def decoding_for(self, task_id: str) -> str:
         """``"mean"`` or ``"mode"``: how ``task_id``'s continuous action dimensions pick their bin (its entry in
         ``task_decoding``, else its domain's, else ``continuous_decoding``)."""
-        return self.task_decoding.get(task_id, self.task_decoding.get(task_id.split("/")[0], self.continuous_decoding))
+        return task_entry(self.task_decoding, task_id) or self.continuous_decoding
 
     def expected_dims(self, task_id: str) -> np.ndarray:
         """bool (k * A,): the action tokens of ``task_id`` decoded by their expected bin (see :meth:`decoding_for`)."""

@@ -28,10 +28,19 @@ Conventions shared by every task (``omnipolicy tasks`` lists them):
 from typing import Any
 
 from omnipolicy.envs import registry
-from omnipolicy.envs.registry import TaskSpec, get_task, list_tasks, make_env, make_expert, make_teacher, register_task
+from omnipolicy.envs.registry import (
+    TaskSpec,
+    get_task,
+    list_tasks,
+    make_env,
+    make_expert,
+    make_teacher,
+    register_task,
+    task_entry,
+)
 
 __all__ = ["TaskSpec", "register_task", "get_task", "list_tasks", "make_env", "make_expert", "make_teacher",
-           "DEFAULT_SUITE"]
+           "task_entry", "DEFAULT_SUITE"]
 
 
 def __getattr__(name: str) -> Any:

@@ -302,6 +302,19 @@ def list_tasks(domain: str | None = None) -> list[TaskSpec]:
     return [s for _, s in sorted(_REGISTRY.items()) if domain is None or s.domain == domain]
 
 
+V = TypeVar("V")
+
+
+def task_entry(table: Mapping[str, V], task_id: str) -> V | None:
+    """``table``'s value for ``task_id``, a table keyed by domain (``"dmc"``) or task id (``"dmc/reacher-easy"``):
+    the task's own entry, else its domain's (None: neither has one).
+
+    >>> task_entry({"dmc": 1, "dmc/reacher-easy": 2}, "dmc/reacher-easy"), task_entry({"dmc": 1}, "atari/pong")
+    (2, None)
+    """
+    return table.get(task_id, table.get(task_id.split("/")[0]))
+
+
 def load_attr(path: str) -> Any:
     """Import ``"module:attr"`` and return the attribute."""
     module, _, attr = path.partition(":")

@@ -54,7 +54,7 @@ def test_episodes_are_stored_in_seed_order_whatever_order_they_finish_in(tmp_pat
     run = _CollectionRun(tasks, None, 0.0, {tid: 0.0}, {tid: 20}, 3, progress=False)
     jobs = [run.next_job() for _ in range(3)]
     assert [j[1] for j in jobs] == [0, 1, 2] and run.next_job() is None
-    done = {seed: _worker_rollout(*job)[0] for job in jobs for seed in [job[1]]}
+    done = {job[1]: _worker_rollout(*job)[0] for job in jobs}
     store = tasks[tid].store
     run.accept(done[2])
     run.flush()
