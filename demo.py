@@ -254,6 +254,9 @@ class DemoConfig:
     """Windows per optimizer step."""
     lr: float = 1e-3
     """Peak learning rate."""
+    ema_decay: float = 0.999
+    """Decay of the moving average of the weights that the checkpoints hold and every round and evaluation acts
+    with (TrainConfig.ema_decay; 0: the last weights)."""
     eval_episodes: int = 10
     """Evaluation episodes per task."""
     eval_envs: int = 10
@@ -408,6 +411,7 @@ def train_with_dagger(cfg: DemoConfig, out: Path, tasks: Sequence[str], timings:
                 stop_at=stop,
                 batch_size=cfg.batch_size,
                 lr=cfg.lr,
+                ema_decay=cfg.ema_decay,
                 warmup_steps=100,
                 seed=cfg.seed,
                 bin_sigma=cfg.bin_sigma,
@@ -514,7 +518,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "preset": cfg.preset,
             "demonstrations": {t: collected[t]["episodes"] for t in tasks},
             "training": f"{result.step} steps, batch {cfg.batch_size}, seed {cfg.seed}, prompt share {cfg.prompt_prob}, "
-                        f"{cfg.val_fraction:.0%} of each task's demonstrations held out for validation",
+                        f"{cfg.val_fraction:.0%} of each task's demonstrations held out for validation"
+                        + (f", weights averaged (decay {cfg.ema_decay})" if cfg.ema_decay else ""),
             "dagger": (f"{rounds} round(s) after steps {dagger_stops(cfg.train_steps, rounds)[:-1]}, "
                        f"{cfg.dagger_episodes} policy episodes per task each (capped at {cfg.recipe.dagger_max_steps} "
                        f"steps; more until they label {cfg.recipe.dagger_step_share:.0%} of the task's demonstration "

@@ -148,6 +148,11 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per step (0 disables; 0.999 averages
+    over about the last thousand steps). With it, checkpoints hold the average (what ``eval``, ``dagger`` and
+    ``deploy`` act with, and what the validation loss measures) and their trainer state the raw weights that
+    training continues from. The decay ramps up as ``min(ema_decay, (1 + step) / (10 + step))``."""
     task_weights: dict[str, float] = field(default_factory=dict)
     """Sampling weight per task id (tasks not named get 1.0)."""
     bin_sigma: float = 0.0
@@ -218,6 +223,8 @@ class TrainConfig:
                 f"TrainConfig: need warmup_steps >= 0, lr > 0 and 0 <= min_lr_ratio <= 1, got "
                 f"{self.warmup_steps}, {self.lr}, {self.min_lr_ratio}"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1) (0 = no average), got {self.ema_decay!r}")
         if not self.bin_sigma >= 0:
             raise ValueError(f"TrainConfig.bin_sigma must be >= 0 (0 = one-hot targets), got {self.bin_sigma!r}")
         if self.decoding not in CONTINUOUS_DECODINGS:
@@ -529,6 +536,33 @@ def build_synthetic_loader(cfg: TrainConfig, context: int) -> tuple[Iterable, Vo
 # ----------------------------------------------------------------------- helpers
 
 
+RAW_WEIGHTS = "raw_weights"
+"""The trainer-state key of the raw weights, in checkpoints whose weights file holds their moving average."""
+
+
+def _average_of(model: GatoModel) -> GatoModel:
+    """A copy of ``model`` to hold its moving average: eval mode, no gradients."""
+    average = GatoModel(model.cfg).to(next(model.parameters()).device)
+    average.load_state_dict(model.state_dict())
+    return average.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """One step of the exponential moving average: ``average = decay * average + (1 - decay) * model`` for every
+    parameter; buffers are copied.
+
+    >>> a, m = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    >>> _ = a.weight.fill_(1.0), m.weight.fill_(3.0)
+    >>> update_average(a, m, 0.75); round(a.weight.item(), 6)
+    1.5
+    """
+    for p, src in zip(average.parameters(), model.parameters()):
+        p.lerp_(src, 1.0 - decay)
+    for b, src in zip(average.buffers(), model.buffers()):
+        b.copy_(src)
+
+
 def cosine_lr(step: int, peak: float, steps: int, warmup_steps: int = 0, min_ratio: float = 0.1) -> float:
     """Learning rate of optimizer step ``step`` (0-based) of ``steps``: linear warm-up over ``warmup_steps``, then
     cosine decay from ``peak`` to ``min_ratio * peak``.
@@ -765,7 +799,7 @@ def _train(cfg, loader, layout, tasks, rank, world, device, is_main) -> TrainRes
     image_tokenizer = _image_tokenizer(cfg, layout)
     model, optimizer = _build_model(cfg, model_cfg, tasks, world, device, is_main)
     run = _Run(cfg, rank, world, device, is_main, loader, layout, tasks, val_batches, model_cfg, model, optimizer,
-               image_tokenizer)
+               image_tokenizer, ema=_average_of(model) if cfg.ema_decay > 0 else None)
     _resume(run)
     train_module = _train_module(run)
     writer, bar = _open_logs(cfg, is_main, run.step)
@@ -800,6 +834,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     image_tokenizer: ImageTokenizer | None = None
     """The tokenizer of the vq image codes, saved with each checkpoint (None: images are patches)."""
+    ema: GatoModel | None = None
+    """The moving average of ``model``'s weights (``ema_decay`` > 0; eval mode, no gradients), else None."""
     step: int = 0
     """Optimizer steps done in total (including those before a resume)."""
     tokens_seen: int = 0
@@ -809,6 +845,11 @@ class _Run:
     fit_loss: dict[str, float] = field(default_factory=dict)
     last_ckpt: Path | None = None
     """The last checkpoint this call wrote, else the one it resumed from."""
+
+    @property
+    def policy_model(self) -> GatoModel:
+        """The weights a checkpoint's user acts with: the moving average where there is one, else the model."""
+        return self.model if self.ema is None else self.ema
 
     @property
     def ckpt_root(self) -> Path:
@@ -907,7 +948,7 @@ def _resume(run: _Run) -> None:
                 print(f"--resume: no checkpoint in {ckpt_root}; starting from scratch", file=sys.stderr)
         if ckpt is not None:
             run.step, run.tokens_seen, done = _restore(ckpt, run.model, run.optimizer, run.loader, run.model_cfg,
-                                                       run.layout, run.device)
+                                                       run.layout, run.device, run.ema)
             run.last_ckpt = ckpt
             if is_main:
                 print(f"resumed from {ckpt} at step {run.step}", file=sys.stderr)
@@ -984,6 +1025,8 @@ def _optimizer_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        update_average(run.ema, run.model, min(cfg.ema_decay, (1 + run.step) / (10 + run.step)))
     if run.world > 1:
         dist.all_reduce(loss_sum)
     loss = loss_sum.item() / max(global_count, 1)
@@ -995,15 +1038,16 @@ def _optimizer_step(
 
 
 def _validate(run: _Run) -> tuple[dict[str, float], dict[str, float]]:
-    """Loss on each task's held-out and training windows (main process only; the model stays in training mode)."""
-    model, device, cfg = run.model, run.device, run.cfg
+    """Loss of the checkpoints' weights (``run.policy_model``) on each task's held-out and training windows (main
+    process only; the trained model stays in training mode)."""
+    model, device, cfg = run.policy_model, run.device, run.cfg
     model.eval()
     out: dict[str, dict[str, float]] = {"val": {}, "fit": {}}
     with torch.no_grad(), _autocast(device, cfg.dtype):
         for (task, kind), vb in run.val_batches.items():
             s, n = model.loss_terms(to_tensors(vb, device), cfg.bin_sigma)
             out[kind][task] = float(s) / max(float(n), 1.0)
-    model.train()
+    run.model.train()
     return out["val"], out["fit"]
 
 
@@ -1066,7 +1110,9 @@ def _save(run: _Run) -> Path:
         "step": step,
         "tokens_seen": run.tokens_seen,
     }
-    path = save_checkpoint(ckpt_root / f"step_{step:07d}", run.model, meta, trainer_state, run.image_tokenizer)
+    if run.ema is not None:  # the weights file holds the average; training continues from the raw weights
+        trainer_state[RAW_WEIGHTS] = run.model.state_dict()
+    path = save_checkpoint(ckpt_root / f"step_{step:07d}", run.policy_model, meta, trainer_state, run.image_tokenizer)
     write_text_atomic(ckpt_root / LATEST, path.name + "\n")
     _prune(ckpt_root, cfg.keep_last)
     return path
@@ -1120,9 +1166,15 @@ def _init_from(model: GatoModel, path: Path, layout: VocabLayout) -> dict[str, t
 
 
 def _restore(
-    ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device
+    ckpt: Path, model, optimizer, loader, model_cfg: ModelConfig, layout: VocabLayout, device,
+    ema: GatoModel | None = None,
 ) -> tuple[int, int, dict[str, Any]]:
-    """Load ``ckpt`` into the model, optimizer, RNGs and loader: ``(step, tokens_seen, the checkpoint's train_state)``."""
+    """Load ``ckpt`` into the model, optimizer, RNGs and loader (and the moving average ``ema``, where there is one):
+    ``(step, tokens_seen, the checkpoint's train_state)``.
+
+    A checkpoint of a run with a moving average holds the average as its weights and the raw weights in its trainer
+    state: the model continues from the raw ones, the average from the average. A checkpoint without one starts
+    the average from its weights."""
     meta = load_meta(ckpt)
     if meta.model != model_cfg:
         raise ValueError(f"--resume: checkpoint {ckpt} has another model config (checkpoint, now): "
@@ -1131,6 +1183,10 @@ def _restore(
         raise ValueError(f"--resume: checkpoint {ckpt} has another vocabulary layout: {'; '.join(meta.layout.diff(layout))}")
     load_model(model, str(ckpt / WEIGHTS), strict=True, device=str(device))
     state = load_trainer_state(ckpt)
+    if ema is not None:
+        ema.load_state_dict(model.state_dict())
+    if RAW_WEIGHTS in state:
+        model.load_state_dict(state[RAW_WEIGHTS])
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
     if state.get("loader") is not None:

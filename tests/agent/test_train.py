@@ -317,6 +317,35 @@ def test_stop_at_then_resume_equals_uninterrupted_run(tmp_path):
         replace(cfg, stop_at=7)
 
 
+def test_checkpoints_hold_the_moving_average_and_training_continues_from_the_raw_weights(tmp_path):
+    from omnipolicy.agent.checkpoint import load_trainer_state
+    from omnipolicy.agent.train import RAW_WEIGHTS
+
+    torch.manual_seed(0)  # the run's initialisation (seed 0), to follow the average by hand
+    start = {k: v.double() for k, v in GatoModel(small_cfg(tmp_path).model_config(LAYOUT)).state_dict().items()}
+    cfg = small_cfg(tmp_path / "ema", ema_decay=0.9, save_every=1)
+    first = train(replace(cfg, stop_at=1), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    raw1 = load_trainer_state(first.checkpoint)[RAW_WEIGHTS]
+    average = params(first.checkpoint)
+    # after the first step the ramp's decay is min(0.9, 1 / 10): 0.1 of the start, 0.9 of the trained weights
+    moved = [k for k in start if not torch.equal(raw1[k], start[k].float())]
+    assert len(moved) > 10
+    for k in moved:
+        torch.testing.assert_close(average[k].double(), 0.1 * start[k] + 0.9 * raw1[k].double(), rtol=1e-5, atol=1e-6)
+    # a resumed run goes on from the raw weights and the average, as if never stopped
+    rest = train(replace(cfg, resume=True), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    full = train(replace(cfg, out=tmp_path / "full"), loader=source(images=4), layout=LAYOUT, tasks=TASKS)
+    assert first.losses + rest.losses == full.losses
+    a, b = params(tmp_path / "full"), params(tmp_path / "ema")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the checkpoint acts with the average: it differs from the raw weights the training holds
+    raw = load_trainer_state(full.checkpoint)[RAW_WEIGHTS]
+    assert any(not torch.equal(raw[k], a[k]) for k in moved)
+    assert load_meta(full.checkpoint).train_state["config"]["ema_decay"] == 0.9
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\) \(0 = no average\), got 1.0"):
+        small_cfg(tmp_path, ema_decay=1.0)
+
+
 def test_the_runs_decoding_is_written_into_its_checkpoints_for_policies_to_follow(tmp_path):
     from omnipolicy.agent.policy import preferred_decoding
 
