@@ -254,9 +254,10 @@ class DemoConfig:
     """Windows per optimizer step."""
     lr: float = 1e-3
     """Peak learning rate."""
-    ema_decay: float = 0.999
-    """Decay of the moving average of the weights that the checkpoints hold and every round and evaluation acts
-    with (TrainConfig.ema_decay; 0: the last weights)."""
+    ema_decay: float = 0.0
+    """Decay of a moving average of the weights for the checkpoints to hold, and every round and the evaluation to
+    act with (TrainConfig.ema_decay; 0: the last weights. At 0.999 the main job's validation loss fell and its
+    scores did too: docs/results.md, "The weights' moving average")."""
     eval_episodes: int = 10
     """Evaluation episodes per task."""
     eval_envs: int = 10
