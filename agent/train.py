@@ -954,6 +954,8 @@ def _resume(run: _Run) -> None:
                 print(f"resumed from {ckpt} at step {run.step}", file=sys.stderr)
     if run.last_ckpt is None and cfg.init_from is not None:
         changed = _init_from(run.model, cfg.init_from, run.layout)
+        if run.ema is not None:  # the average starts from the weights the run starts from
+            run.ema.load_state_dict(run.model.state_dict())
         if is_main:
             print(f"--init-from: weights of {resolve_checkpoint(cfg.init_from)}"
                   + (f" (trained with other options, checkpoint vs now: {changed})" if changed else ""), file=sys.stderr)

@@ -342,6 +342,13 @@ def test_checkpoints_hold_the_moving_average_and_training_continues_from_the_raw
     raw = load_trainer_state(full.checkpoint)[RAW_WEIGHTS]
     assert any(not torch.equal(raw[k], a[k]) for k in moved)
     assert load_meta(full.checkpoint).train_state["config"]["ema_decay"] == 0.9
+    # fine-tuning: the average starts from the checkpoint's weights, not from a fresh initialisation
+    tuned = train(replace(cfg, out=tmp_path / "tuned", init_from=tmp_path / "full", stop_at=1), loader=source(images=4),
+                  layout=LAYOUT, tasks=TASKS)
+    raw_tuned, average = load_trainer_state(tuned.checkpoint)[RAW_WEIGHTS], params(tuned.checkpoint)
+    for k in moved:
+        torch.testing.assert_close(average[k].double(), 0.1 * a[k].double() + 0.9 * raw_tuned[k].double(),
+                                   rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\) \(0 = no average\), got 1.0"):
         small_cfg(tmp_path, ema_decay=1.0)
 
